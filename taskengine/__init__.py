@@ -1,0 +1,1 @@
+"""taskengine: a durable, leased, Postgres-backed task engine behind django.tasks."""

@@ -1,0 +1,254 @@
+"""taskengine's django.tasks backend: ``TASKS = {"default": {"BACKEND":
+"taskengine.backend.DatabaseBackend"}}``.
+
+Enqueue writes on the caller's database connection, so inside ``transaction.atomic()``
+the job exists only if that transaction commits; ``task_enqueued`` fires on commit.
+Workers are woken by a NOTIFY sent on commit (Postgres) or by polling (SQLite).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from functools import partial
+from typing import Any
+
+from django.db import connections, transaction
+from django.tasks import Task, TaskResult, TaskResultStatus
+from django.tasks.backends.base import BaseTaskBackend
+from django.tasks.base import TaskError
+from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
+from django.tasks.signals import task_enqueued
+from django.utils.json import normalize_json
+from django.utils.module_loading import import_string
+
+from . import metrics, store
+from .conf import engine_settings
+from .states import to_task_result_status
+
+
+class InvalidTaskArguments(InvalidTask, TypeError):
+    """The arguments (or options) given at enqueue cannot be stored."""
+
+
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineTask(Task):
+    """A django.tasks Task with taskengine's per-task options.
+
+    Declared with ``@task(max_attempts=5, timeout=30, retry_backoff=2,
+    on_lease_expired="retry")``; call-time options through ``.using(unique_key=...,
+    tenant=..., acting_user=...)``.
+    """
+
+    max_attempts: int | None = None
+    timeout: float | None = None
+    retry_backoff: float | None = None
+    on_lease_expired: str = "retry"
+    unique_key: str | None = None
+    tenant: str | None = None
+    acting_user: Any = None
+
+    def using(self, *, priority=None, queue_name=None, run_after=None, backend=None,
+              unique_key=_UNSET, tenant=_UNSET, acting_user=_UNSET, max_attempts=None,
+              timeout=_UNSET, retry_backoff=None) -> EngineTask:
+        changes: dict[str, Any] = {}
+        for name, value in (("priority", priority), ("queue_name", queue_name),
+                            ("run_after", run_after), ("backend", backend),
+                            ("max_attempts", max_attempts), ("retry_backoff", retry_backoff)):
+            if value is not None:
+                changes[name] = value
+        for name, value in (("unique_key", unique_key), ("tenant", tenant),
+                            ("acting_user", acting_user), ("timeout", timeout)):
+            if value is not _UNSET:
+                changes[name] = value
+        return replace(self, **changes)
+
+    def enqueue_many(self, calls: Iterable[tuple[Sequence, Mapping] | Sequence]) -> list[TaskResult]:
+        """Enqueue one job per call in a single round trip. Each call is an args
+        sequence or an ``(args, kwargs)`` pair."""
+        pairs = [c if _is_pair(c) else (c, {}) for c in calls]
+        return self.get_backend().enqueue_many([(self, a, k) for a, k in pairs])
+
+
+def _is_pair(call: Any) -> bool:
+    return isinstance(call, tuple) and len(call) == 2 and isinstance(call[1], Mapping)
+
+
+def _missing_task(*args: Any, **kwargs: Any) -> None:
+    """Stands in for a task whose import path no longer resolves (see get_result)."""
+    raise ImportError("task no longer importable")
+
+
+def user_key(user: Any) -> str | None:
+    """The acting user's primary key as text (works for any user model's key type)."""
+    if user is None:
+        return None
+    return str(getattr(user, "pk", user))
+
+
+class DatabaseBackend(BaseTaskBackend):
+    task_class = EngineTask
+    supports_defer = True
+    supports_async_task = True
+    supports_get_result = True
+    supports_priority = True
+
+    def __init__(self, alias: str, params: dict[str, Any]) -> None:
+        super().__init__(alias, params)
+        self.database = self.options.get("database", "default")
+
+    # --- validation ------------------------------------------------------------------
+
+    def validate_task(self, task: Task) -> None:
+        super().validate_task(task)
+        max_attempts = getattr(task, "max_attempts", None)
+        if max_attempts is not None and (int(max_attempts) != max_attempts or max_attempts < 1):
+            raise InvalidTask("max_attempts must be a whole number of at least 1.")
+        timeout = getattr(task, "timeout", None)
+        if timeout is not None and not timeout > 0:
+            raise InvalidTask("timeout must be a positive number of seconds.")
+        backoff = getattr(task, "retry_backoff", None)
+        if backoff is not None and backoff < 0:
+            raise InvalidTask("retry_backoff must not be negative.")
+        if getattr(task, "on_lease_expired", "retry") not in ("retry", "fail"):
+            raise InvalidTask("on_lease_expired must be 'retry' or 'fail'.")
+        for name, limit in (("unique_key", 255), ("tenant", 64)):
+            value = getattr(task, name, None)
+            if value is not None and (not isinstance(value, str) or not value or len(value) > limit):
+                raise InvalidTask(f"{name} must be a non-empty string of at most {limit} characters.")
+
+    # --- enqueue ---------------------------------------------------------------------
+
+    def enqueue(self, task: Task, args: Sequence, kwargs: Mapping) -> TaskResult:
+        return self.enqueue_many([(task, args, kwargs)])[0]
+
+    def enqueue_many(self, calls: Iterable[tuple[Task, Sequence, Mapping]]) -> list[TaskResult]:
+        """Insert every call as a job in one statement on this backend's database."""
+        calls = list(calls)
+        rows = []
+        for task, args, kwargs in calls:
+            self.validate_task(task)
+            rows.append(self._new_job(task, args, kwargs))
+        connection = connections[self.database]
+        inserted = self._insert(connection, rows)
+        results = []
+        for (task, args, kwargs), job, row in zip(calls, inserted, rows, strict=True):
+            if not job.created:
+                results.append(self.get_result(str(job.id)))
+                continue
+            result = TaskResult(
+                task=task, id=str(job.id), status=TaskResultStatus.READY,
+                enqueued_at=job.enqueued_at, started_at=None, finished_at=None,
+                last_attempted_at=None, args=json.loads(row.args), kwargs=json.loads(row.kwargs),
+                backend=self.alias, errors=[], worker_ids=[],
+            )
+            results.append(result)
+            transaction.on_commit(
+                partial(task_enqueued.send, type(self), task_result=result),
+                using=self.database, robust=True,
+            )
+        created = [row for row, job in zip(rows, inserted, strict=True) if job.created]
+        transaction.on_commit(partial(metrics.jobs_submitted, created), using=self.database, robust=True)
+        return results
+
+    def _insert(self, connection, rows: list[store.NewJob]) -> list[store.InsertedJob]:
+        for _ in range(5):
+            try:
+                return store.insert_jobs(connection, rows)
+            except store.UniqueKeyRace:
+                continue  # the key's holder finished meanwhile: insert again
+        raise RuntimeError("unique key kept changing hands during enqueue; giving up")
+
+    def _new_job(self, task: Task, args: Sequence, kwargs: Mapping) -> store.NewJob:
+        try:
+            args_json = json.dumps(normalize_json(list(args)), allow_nan=False)
+            kwargs_json = json.dumps(normalize_json(dict(kwargs)), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidTaskArguments(
+                f"Arguments to task {task.module_path!r} must be JSON-serialisable: {exc}. "
+                "Nothing was enqueued."
+            ) from exc
+        max_attempts = getattr(task, "max_attempts", None) or engine_settings.MAX_ATTEMPTS
+        timeout = getattr(task, "timeout", None)
+        return store.NewJob(
+            task_path=task.module_path, backend=self.alias, queue=task.queue_name,
+            priority=task.priority, args=args_json, kwargs=kwargs_json, run_after=task.run_after,
+            max_attempts=int(max_attempts),
+            timeout_seconds=timeout if timeout is not None else engine_settings.TIMEOUT_SECONDS,
+            retry_backoff_seconds=getattr(task, "retry_backoff", None),
+            on_lease_expired=getattr(task, "on_lease_expired", "retry"),
+            unique_key=getattr(task, "unique_key", None), tenant=getattr(task, "tenant", None),
+            acting_user_id=user_key(getattr(task, "acting_user", None)),
+        )
+
+    # --- results ---------------------------------------------------------------------
+
+    def get_result(self, result_id: str) -> TaskResult:
+        from .models import ExecutionLog, Job
+
+        try:
+            pk = int(result_id)
+        except (TypeError, ValueError):
+            raise TaskResultDoesNotExist(result_id) from None
+        job = Job.objects.using(self.database).filter(pk=pk).first()
+        if job is None:
+            raise TaskResultDoesNotExist(result_id)
+        logs = list(
+            ExecutionLog.objects.using(self.database).filter(job_id=pk).order_by("attempt")
+            .values_list("worker_id", "error_class", "traceback")
+        )
+        return self.result_from_job(job, logs)
+
+    def result_from_job(self, job, logs: list[tuple[str, str | None, str]]) -> TaskResult:
+        result = TaskResult(
+            task=self._task_for(job),
+            id=str(job.pk),
+            status=to_task_result_status(job.state),
+            enqueued_at=job.enqueued_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            last_attempted_at=job.last_attempted_at,
+            args=job.args,
+            kwargs=job.kwargs,
+            backend=self.alias,
+            errors=[TaskError(exception_class_path=cls, traceback=tb) for _, cls, tb in logs if cls],
+            worker_ids=[worker for worker, _, _ in logs],
+        )
+        object.__setattr__(result, "_return_value", job.return_value)
+        return result
+
+    def _task_for(self, job) -> Task:
+        try:
+            task = import_string(job.task_path)
+        except ImportError:
+            task = None
+        if not isinstance(task, Task):
+            # The job outlived its code: describe it without pretending it can run.
+            return _clone_task(
+                EngineTask, func=_missing_task, priority=job.priority, backend=self.alias,
+                queue_name=job.queue, run_after=job.run_after, takes_context=False,
+                max_attempts=job.max_attempts, timeout=job.timeout_seconds,
+                on_lease_expired=job.on_lease_expired, unique_key=job.unique_key,
+                tenant=job.tenant, acting_user=job.acting_user_id,
+            )
+        return _clone_task(task, queue_name=job.queue, priority=job.priority,
+                           run_after=job.run_after, backend=self.alias)
+
+
+def _clone_task(source: Task | type[Task], **values: Any) -> Task:
+    """A Task carrying a stored job's queue and priority. Built without __init__ so a
+    job stored under a queue since removed from QUEUES can still be read."""
+    cls = source if isinstance(source, type) else type(source)
+    task = object.__new__(cls)
+    for f in fields(cls):
+        if f.name in values:
+            value = values[f.name]
+        elif isinstance(source, Task):
+            value = getattr(source, f.name)
+        else:
+            value = f.default
+        object.__setattr__(task, f.name, value)
+    return task

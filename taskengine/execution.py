@@ -1,0 +1,216 @@
+"""Running one attempt of a job and turning what happened into an Outcome.
+
+Handlers run outside any transaction the engine opened. A sync handler runs on one of
+the worker's threads; an async handler on the worker's event loop. Whatever the
+handler does — return, raise, time out, get cancelled, fail to import — becomes exactly
+one Outcome; the worker writes it with a fenced UPDATE (store.finish_jobs).
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import random
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import connections
+from django.tasks import Task, TaskContext, TaskResult, TaskResultStatus
+from django.utils.json import normalize_json
+from django.utils.module_loading import import_string
+
+from .conf import engine_settings
+from .states import AttemptOutcome, JobState
+from .store import ClaimedJob, Outcome
+
+
+class JobInterrupted(BaseException):
+    """Raised inside a running sync handler by the worker (BaseException, so a
+    handler's ``except Exception`` does not swallow it)."""
+
+    outcome = AttemptOutcome.FAILED
+
+
+class JobTimedOut(JobInterrupted):
+    outcome = AttemptOutcome.TIMED_OUT
+
+
+class JobCancelled(JobInterrupted):
+    outcome = AttemptOutcome.CANCELLED
+
+
+class LeaseLost(JobInterrupted):
+    outcome = AttemptOutcome.LOST
+
+
+class TaskNotFound(ImportError):
+    """The job's task path does not import to a django.tasks Task."""
+
+
+@dataclass(eq=False)
+class RunningJob:
+    """A claimed job from claim to finish, as the worker tracks it."""
+
+    job: ClaimedJob
+    task: Task | None = None
+    is_async: bool = False
+    monotonic_start: float = field(default_factory=time.monotonic)
+    deadline: float | None = None  # monotonic; None: no timeout
+    thread_id: int | None = None  # set while a sync handler runs
+    future: Any = None
+    interrupt_sent: type[JobInterrupted] | None = None
+    abandoned: bool = False  # the worker already wrote an outcome for it
+    lease_lost: bool = False
+    guard: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def held(self) -> tuple[int, int]:
+        return (self.job.id, self.job.attempt)
+
+
+def resolve_task(task_path: str) -> Task:
+    try:
+        task = import_string(task_path)
+    except ImportError as exc:
+        raise TaskNotFound(f"Task path {task_path!r} does not import: {exc}") from exc
+    if not isinstance(task, Task):
+        raise TaskNotFound(f"{task_path!r} is not a django.tasks Task (got {type(task).__name__}).")
+    return task
+
+
+def task_result_for(running: RunningJob, worker_ids: list[str], backend_alias: str) -> TaskResult:
+    job = running.job
+    return TaskResult(
+        task=running.task, id=str(job.id), status=TaskResultStatus.RUNNING,
+        enqueued_at=job.enqueued_at, started_at=job.started_at, finished_at=None,
+        last_attempted_at=job.last_attempted_at, args=job.args, kwargs=job.kwargs,
+        backend=backend_alias, errors=[], worker_ids=worker_ids,
+    )
+
+
+def call_arguments(running: RunningJob, worker_id: str) -> tuple[list, dict]:
+    args = list(running.job.args)
+    if running.task.takes_context:
+        if running.job.attempt > 1:
+            # Earlier attempts' workers and errors live in the store.
+            from django.tasks import task_backends
+
+            result = task_backends[running.task.backend].get_result(str(running.job.id))
+        else:
+            result = task_result_for(running, [worker_id], running.task.backend)
+        args.insert(0, TaskContext(task_result=result))
+    return args, running.job.kwargs
+
+
+def run_sync(running: RunningJob, worker_id: str) -> Outcome:
+    """Run a sync handler on the current thread. The worker may inject a
+    JobInterrupted into this thread while ``thread_id`` is set."""
+    try:
+        args, kwargs = call_arguments(running, worker_id)
+        with running.guard:
+            running.thread_id = threading.get_ident()
+        try:
+            value = running.task.func(*args, **kwargs)
+            error: BaseException | None = None
+        except BaseException as exc:  # noqa: BLE001 - even SystemExit is a failed attempt
+            value, error = None, exc
+        finally:
+            with running.guard:
+                running.thread_id = None
+    except JobInterrupted as late:
+        value, error = None, late  # injected just as the handler returned
+    finally:
+        _tidy_thread_connections()
+    return outcome_for(running, value, error)
+
+
+async def run_async(running: RunningJob, worker_id: str) -> Outcome:
+    import asyncio
+
+    args, kwargs = call_arguments(running, worker_id)
+    try:
+        coroutine = running.task.func(*args, **kwargs)
+        if running.job.timeout_seconds:
+            value = await asyncio.wait_for(coroutine, running.job.timeout_seconds)
+        else:
+            value = await coroutine
+        return outcome_for(running, value, None)
+    except TimeoutError as exc:
+        return outcome_for(running, None, JobTimedOut(f"timed out after {running.job.timeout_seconds}s")
+                           if running.job.timeout_seconds else exc)
+    except asyncio.CancelledError:
+        reason = running.interrupt_sent or JobCancelled
+        return outcome_for(running, None, reason(_interrupt_message(reason, running)))
+    except Exception as exc:  # noqa: BLE001
+        return outcome_for(running, None, exc)
+
+
+def _interrupt_message(reason: type[JobInterrupted], running: RunningJob) -> str:
+    if reason is JobTimedOut:
+        return f"timed out after {running.job.timeout_seconds}s"
+    if reason is LeaseLost:
+        return "lease lost: the job was recovered or its lease expired"
+    return "cancelled by an operator"
+
+
+def outcome_for(running: RunningJob, value: Any, error: BaseException | None) -> Outcome:
+    job = running.job
+    if error is None:
+        try:
+            return_json = json.dumps(normalize_json(value), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            error = TypeError(f"Return value of {job.task_path} is not JSON-serialisable: {exc}")
+        else:
+            return Outcome(job.id, job.attempt, JobState.SUCCEEDED, AttemptOutcome.SUCCEEDED,
+                           return_value=return_json)
+    return failure_outcome(job, error)
+
+
+def failure_outcome(job: ClaimedJob, error: BaseException) -> Outcome:
+    cls = type(error)
+    details = dict(
+        error_class=f"{cls.__module__}.{cls.__qualname__}",
+        error_message=str(error)[:2000],
+        traceback="".join(traceback.format_exception(error))[-20000:],
+    )
+    if isinstance(error, JobCancelled):
+        return Outcome(job.id, job.attempt, JobState.CANCELLED, AttemptOutcome.CANCELLED, **details)
+    kind = error.outcome if isinstance(error, JobInterrupted) else None
+    if job.attempt < job.max_attempts:
+        return Outcome(job.id, job.attempt, JobState.QUEUED, kind or AttemptOutcome.RETRY,
+                       retry_delay=retry_delay(job), **details)
+    return Outcome(job.id, job.attempt, JobState.FAILED, kind or AttemptOutcome.FAILED, **details)
+
+
+def retry_delay(job: ClaimedJob) -> float:
+    """Exponential backoff with jitter: base · 2^(attempt−1), capped, ± RETRY_JITTER."""
+    base = job.retry_backoff_seconds
+    if base is None:
+        base = engine_settings.RETRY_BACKOFF_SECONDS
+    delay = min(float(engine_settings.RETRY_BACKOFF_MAX_SECONDS), base * 2 ** (job.attempt - 1))
+    jitter = float(engine_settings.RETRY_JITTER)
+    return max(0.0, delay * random.uniform(1 - jitter, 1 + jitter))
+
+
+def interrupt_thread(running: RunningJob, reason: type[JobInterrupted]) -> bool:
+    """Raise ``reason`` inside the thread running ``running``'s sync handler. Takes
+    effect at the handler's next Python bytecode; a handler blocked in C code (a long
+    ``time.sleep``, a socket read) notices only when that call returns."""
+    with running.guard:
+        if running.thread_id is None or running.interrupt_sent is not None:
+            return False
+        running.interrupt_sent = reason
+        done = ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(running.thread_id), ctypes.py_object(reason))
+        return done == 1
+
+
+def _tidy_thread_connections() -> None:
+    """A handler must not leave its thread's connection inside a transaction or broken."""
+    for conn in connections.all(initialized_only=True):
+        if conn.in_atomic_block:
+            conn.close()
+        elif conn.errors_occurred:
+            conn.close_if_unusable_or_obsolete()

@@ -1,0 +1,74 @@
+"""manage.py runworker — run jobs. Thin: parses options and hands over to worker.Worker."""
+from __future__ import annotations
+
+import os
+
+from django.core.management.base import BaseCommand, CommandError
+from django.tasks import task_backends
+
+from taskengine import gate
+from taskengine.conf import engine_settings
+from taskengine.maintenance import build_services
+from taskengine.worker import Worker
+
+
+def queue_list(value: str) -> list[str]:
+    queues = [q.strip() for q in value.split(",") if q.strip()]
+    if not queues:
+        raise ValueError("empty queue list")
+    return queues
+
+
+class Command(BaseCommand):
+    help = "Run a taskengine worker: claim due jobs from the given queues and run them."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--queues", type=queue_list, default=["default"],
+                            help="Comma-separated queues to work ('*' = every queue in TASKS QUEUES). Default: default.")
+        parser.add_argument("--concurrency", type=int, default=8, help="Execution slots (threads). Default: 8.")
+        parser.add_argument("--lease-seconds", type=float, default=None,
+                            help=f"Lease per claimed job. Default: {engine_settings.LEASE_SECONDS}.")
+        parser.add_argument("--backoff-base", type=float, default=None,
+                            help="First idle poll interval in seconds; doubles while idle.")
+        parser.add_argument("--max-backoff", type=float, default=None, help="Longest idle poll interval in seconds.")
+        parser.add_argument("--burst", action="store_true", help="Drain what is due, then exit 0.")
+        parser.add_argument("--worker-id", default=None, help="Stable id for this worker (default: host-pid-random).")
+        parser.add_argument("--shutdown-grace", type=float, default=None,
+                            help="Seconds running jobs get to finish after SIGTERM before they are released.")
+        parser.add_argument("--gate-timeout", type=float, default=None,
+                            help="Exit non-zero if migrations are still pending after this many seconds.")
+        parser.add_argument("--no-leader", action="store_true",
+                            help="Never stand for leader (no recovery, schedules or pruning on this worker).")
+        parser.add_argument("--metrics-port", type=int, default=None,
+                            help="Serve this worker's Prometheus metrics on 127.0.0.1:PORT/metrics.")
+        parser.add_argument("--metrics-host", default="127.0.0.1", help="Address for --metrics-port.")
+        parser.add_argument("--database", default=None, help="Database alias (default: TASKENGINE DATABASE).")
+
+    def handle(self, *args, **options) -> None:
+        database = options["database"] or engine_settings.DATABASE
+        queues = options["queues"]
+        if queues == ["*"]:
+            queues = sorted(task_backends["default"].queues) or ["default"]
+        if options["concurrency"] < 1:
+            raise CommandError("--concurrency must be at least 1")
+        if not gate.wait_until_ready(database, timeout=options["gate_timeout"]):
+            raise CommandError(
+                f"migrations still pending on database {database!r} after {options['gate_timeout']}s; "
+                "run `manage.py migrate` and start the worker again"
+            )
+        if options["metrics_port"]:
+            from taskengine import metrics
+
+            metrics.serve(options["metrics_host"], options["metrics_port"])
+        worker = Worker(
+            queues=queues, concurrency=options["concurrency"], lease_seconds=options["lease_seconds"],
+            backoff_base=options["backoff_base"], max_backoff=options["max_backoff"], burst=options["burst"],
+            worker_id=options["worker_id"], database=database, shutdown_grace=options["shutdown_grace"],
+        )
+        if not options["no_leader"]:
+            worker.services = build_services(worker)
+        worker.install_signal_handlers()
+        code = worker.run()
+        if worker.stuck_threads:
+            # Handlers ignoring their interrupts would keep the interpreter alive.
+            os._exit(code)

@@ -1,0 +1,343 @@
+"""taskengine's tables. The state machine lives in states.py and is mirrored here as
+CHECK constraints, so no write path (ORM, raw SQL, a console action, psql) can store a
+job in a state the engine could not have produced.
+
+Rows are never deleted except by retention (terminal jobs only) — see
+maintenance/retention.py.
+"""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Now
+
+from .states import LIVE_STATES, TERMINAL_STATES, AttemptOutcome, JobState
+
+STATE_VALUES = [s.value for s in JobState]
+LIVE = sorted(str(s) for s in LIVE_STATES)
+TERMINAL = sorted(str(s) for s in TERMINAL_STATES)
+
+
+class LeaseExpiryPolicy(models.TextChoices):
+    RETRY = "retry", "Retry (back to queued)"
+    FAIL = "fail", "Fail the job"
+
+
+class JobQuerySet(models.QuerySet):
+    def queued(self) -> JobQuerySet:
+        return self.filter(state=JobState.QUEUED)
+
+    def running(self) -> JobQuerySet:
+        return self.filter(state=JobState.RUNNING)
+
+    def succeeded(self) -> JobQuerySet:
+        return self.filter(state=JobState.SUCCEEDED)
+
+    def failed(self) -> JobQuerySet:
+        return self.filter(state=JobState.FAILED)
+
+    def cancelled(self) -> JobQuerySet:
+        return self.filter(state=JobState.CANCELLED)
+
+    def live(self) -> JobQuerySet:
+        return self.filter(state__in=LIVE)
+
+    def terminal(self) -> JobQuerySet:
+        return self.filter(state__in=TERMINAL)
+
+    def for_tenants(self, tenants: list[str] | None) -> JobQuerySet:
+        """``None`` means every tenant (superusers); a list scopes to those tenants."""
+        if tenants is None:
+            return self
+        return self.filter(tenant__in=list(tenants))
+
+
+class Job(models.Model):
+    task_path = models.CharField(max_length=300, help_text="Import path of the @task object.")
+    backend = models.CharField(max_length=64, default="default")
+    queue = models.CharField(max_length=64, default="default")
+    priority = models.SmallIntegerField(default=0, help_text="-100…100; higher runs first.")
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.QUEUED)
+
+    run_after = models.DateTimeField(db_default=Now(), help_text="Earliest time the job may start.")
+    enqueued_at = models.DateTimeField(db_default=Now())
+    started_at = models.DateTimeField(null=True, blank=True, help_text="First attempt's start.")
+    last_attempted_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    attempts = models.PositiveIntegerField(
+        default=0, help_text="Claims so far; the current attempt number is the fencing token."
+    )
+    max_attempts = models.PositiveIntegerField(default=3)
+    timeout_seconds = models.FloatField(null=True, blank=True)
+    retry_backoff_seconds = models.FloatField(null=True, blank=True)
+    on_lease_expired = models.CharField(
+        max_length=8, choices=LeaseExpiryPolicy.choices, default=LeaseExpiryPolicy.RETRY
+    )
+
+    locked_by = models.CharField(max_length=128, null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+
+    return_value = models.JSONField(null=True, blank=True)
+    unique_key = models.CharField(max_length=255, null=True, blank=True)
+    tenant = models.CharField(max_length=64, null=True, blank=True)
+    acting_user_id = models.CharField(
+        max_length=64, null=True, blank=True, help_text="Primary key of the acting user, as text."
+    )
+    schedule = models.ForeignKey(
+        "Schedule", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
+    )
+    slot = models.DateTimeField(null=True, blank=True, help_text="Schedule slot this job runs.")
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        db_table = "taskengine_job"
+        ordering = ["-id"]
+        permissions = [
+            ("requeue_job", "Can requeue a finished job"),
+            ("retry_job", "Can retry a queued job now"),
+            ("cancel_job", "Can cancel a job"),
+            ("reconcile_apply", "Can apply reconcile fixes"),
+            ("view_backfill_report", "Can view backfill reports"),
+        ]
+        indexes = [
+            # The claim: WHERE state = 'queued' AND queue = … ORDER BY priority DESC,
+            # run_after, id. Partial, so finished rows cost the claim nothing.
+            models.Index(
+                "queue", models.F("priority").desc(), "run_after", "id",
+                condition=Q(state="queued"),
+                name="taskengine_job_claim_idx",
+            ),
+            # Recovery: running jobs by lease expiry.
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=Q(state="running"),
+                name="taskengine_job_lease_idx",
+            ),
+            models.Index(fields=["locked_by"], condition=Q(state="running"), name="taskengine_job_worker_idx"),
+            # Console: keyset pages per filter; retention and charts by finished_at.
+            models.Index(fields=["state", "-id"], name="taskengine_job_state_idx"),
+            models.Index(fields=["tenant", "-id"], name="taskengine_job_tenant_idx"),
+            models.Index(fields=["task_path", "-id"], name="taskengine_job_task_idx"),
+            models.Index(fields=["queue", "state"], name="taskengine_job_queue_state_idx"),
+            models.Index(fields=["finished_at"], name="taskengine_job_finished_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(state__in=STATE_VALUES), name="taskengine_job_state_valid"),
+            models.CheckConstraint(
+                condition=Q(priority__gte=-100, priority__lte=100), name="taskengine_job_priority_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(max_attempts__gte=1) & Q(attempts__lte=models.F("max_attempts")),
+                name="taskengine_job_attempts_bounded",
+            ),
+            # finished_at is set exactly when the job is terminal.
+            models.CheckConstraint(
+                condition=Q(state__in=TERMINAL, finished_at__isnull=False)
+                | Q(state__in=LIVE, finished_at__isnull=True),
+                name="taskengine_job_finished_iff_terminal",
+            ),
+            # A lease exists exactly while the job is running, and a running job has
+            # been attempted.
+            models.CheckConstraint(
+                condition=Q(state="running", locked_by__isnull=False, lease_expires_at__isnull=False, attempts__gte=1)
+                | (~Q(state="running") & Q(locked_by__isnull=True, lease_expires_at__isnull=True)),
+                name="taskengine_job_lease_iff_running",
+            ),
+            # One live job per unique key; a finished job frees its key.
+            models.UniqueConstraint(
+                fields=["unique_key"],
+                condition=Q(state__in=LIVE),
+                name="taskengine_job_unique_live_key",
+            ),
+            # Exactly one job per schedule slot, ever.
+            models.UniqueConstraint(fields=["schedule", "slot"], name="taskengine_job_schedule_slot_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Job {self.pk} {self.task_path} [{self.state}]"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+class ExecutionLog(models.Model):
+    """One row per attempt, written by the claim itself, finished by the fenced
+    completion (or by recovery as ``lost``). ``user_id`` is the legacy integer key of the
+    acting user; ``user_id_str`` the canonical text form that works for any user model."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="attempt_logs")
+    attempt = models.PositiveIntegerField()
+    worker_id = models.CharField(max_length=128)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=16, choices=AttemptOutcome.choices, null=True, blank=True)
+    error_class = models.CharField(max_length=300, null=True, blank=True)
+    error_message = models.TextField(blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
+    user_id = models.BigIntegerField(null=True, blank=True)
+    # Added by migration 0002 after the table existed; filled for old rows by 0003.
+    user_id_str = models.CharField(max_length=64, null=True, blank=True)
+
+    class Meta:
+        db_table = "task_execution_logs"
+        ordering = ["job_id", "attempt"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "attempt"], name="task_execution_logs_job_attempt_uniq"),
+        ]
+        indexes = [
+            models.Index(fields=["finished_at"], name="task_exec_logs_finished_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Job {self.job_id} attempt {self.attempt} ({self.outcome or 'running'})"
+
+
+class WorkerState(models.TextChoices):
+    RUNNING = "running", "Running"
+    DRAINING = "draining", "Draining"
+    STOPPED = "stopped", "Stopped"
+    DEAD = "dead", "Dead"
+
+
+class WorkerProcess(models.Model):
+    worker_id = models.CharField(max_length=128, primary_key=True)
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    queues = models.JSONField(default=list)
+    concurrency = models.PositiveIntegerField()
+    started_at = models.DateTimeField(db_default=Now())
+    last_heartbeat_at = models.DateTimeField(db_default=Now())
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    state = models.CharField(max_length=16, choices=WorkerState.choices, default=WorkerState.RUNNING)
+
+    class Meta:
+        db_table = "taskengine_worker"
+        ordering = ["-last_heartbeat_at"]
+        indexes = [models.Index(fields=["state", "last_heartbeat_at"], name="taskengine_worker_alive_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.worker_id} ({self.state})"
+
+
+class Leader(models.Model):
+    """One row per election name. ``term`` only ever grows; every leader-only write
+    carries it so a deposed leader's writes change nothing."""
+
+    name = models.CharField(max_length=64, primary_key=True)
+    holder = models.CharField(max_length=128)
+    term = models.BigIntegerField()
+    acquired_at = models.DateTimeField(db_default=Now())
+    renewed_at = models.DateTimeField(db_default=Now())
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "taskengine_leader"
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.holder} (term {self.term})"
+
+
+class MisfirePolicy(models.TextChoices):
+    SKIP = "skip", "Skip missed slots"
+    RUN_ONCE = "run_once", "Run once for all missed slots"
+    CATCH_UP = "catch_up", "Catch up (bounded)"
+
+
+class Schedule(models.Model):
+    name = models.SlugField(max_length=100, unique=True)
+    task_path = models.CharField(max_length=300)
+    cron = models.CharField(max_length=120, null=True, blank=True)
+    interval_seconds = models.PositiveIntegerField(null=True, blank=True)
+    timezone = models.CharField(max_length=64, default="UTC")
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    queue = models.CharField(max_length=64, default="default")
+    priority = models.SmallIntegerField(default=0)
+    tenant = models.CharField(max_length=64, null=True, blank=True)
+    enabled = models.BooleanField(default=True)
+    misfire_policy = models.CharField(max_length=16, choices=MisfirePolicy.choices, default=MisfirePolicy.RUN_ONCE)
+    catch_up_limit = models.PositiveIntegerField(default=10)
+    last_slot_at = models.DateTimeField(null=True, blank=True)
+    from_settings = models.BooleanField(default=False)
+    created_at = models.DateTimeField(db_default=Now())
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "taskengine_schedule"
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(cron__isnull=False) & Q(interval_seconds__isnull=True))
+                | (Q(cron__isnull=True) & Q(interval_seconds__isnull=False, interval_seconds__gte=1)),
+                name="taskengine_schedule_cron_xor_interval",
+            ),
+            models.CheckConstraint(
+                condition=Q(misfire_policy__in=[p.value for p in MisfirePolicy]),
+                name="taskengine_schedule_misfire_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class MissedSlot(models.Model):
+    """A slot the scheduler decided not to run (misfire policy), recorded once."""
+
+    schedule = models.ForeignKey(Schedule, on_delete=models.CASCADE, related_name="missed_slots")
+    slot = models.DateTimeField()
+    reason = models.CharField(max_length=64)
+    recorded_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "taskengine_missed_slot"
+        ordering = ["-slot"]
+        constraints = [models.UniqueConstraint(fields=["schedule", "slot"], name="taskengine_missed_slot_uniq")]
+
+
+class OperatorAction(models.Model):
+    """Append-only audit record of every operator write, stored in the same
+    transaction as the change it describes."""
+
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    actor_repr = models.CharField(max_length=150)
+    action = models.CharField(max_length=64)
+    target_type = models.CharField(max_length=64)
+    target_id = models.CharField(max_length=64)
+    tenant = models.CharField(max_length=64, null=True, blank=True)
+    state_before = models.JSONField(null=True, blank=True)
+    state_after = models.JSONField(null=True, blank=True)
+    reason = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "taskengine_operator_action"
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["target_type", "target_id"], name="taskengine_audit_target_idx"),
+            models.Index(fields=["tenant", "-created_at"], name="taskengine_audit_tenant_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.actor_repr} {self.action} {self.target_type}:{self.target_id}"
+
+
+class TenantMembership(models.Model):
+    """Which tenants a staff user may see and act on. Superusers see every tenant."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="taskengine_tenants")
+    tenant = models.CharField(max_length=64)
+
+    class Meta:
+        db_table = "taskengine_tenant_membership"
+        constraints = [models.UniqueConstraint(fields=["user", "tenant"], name="taskengine_tenant_membership_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.user} → {self.tenant}"

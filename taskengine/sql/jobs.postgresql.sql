@@ -1,0 +1,225 @@
+-- Job lifecycle queries for PostgreSQL. One named block per query; queries.py loads
+-- them by name. Conventions: time is always now() (the database clock), parameters are
+-- named, every transition is compare-and-set on the expected state (and, for a running
+-- job, on the fencing token: locked_by + attempts + a live lease).
+
+
+-- name: insert_jobs
+-- Enqueue one or many jobs in a single round trip. Rows with a unique key that is held
+-- by a live job are skipped (ON CONFLICT on taskengine_job_unique_live_key); the caller
+-- then looks the holder up. Workers are woken by the statement trigger
+-- taskengine_job_notify (see migration 0004) when the transaction commits.
+INSERT INTO taskengine_job (
+    task_path, backend, queue, priority, args, kwargs, state, run_after, enqueued_at,
+    attempts, max_attempts, timeout_seconds, retry_backoff_seconds, on_lease_expired,
+    unique_key, tenant, acting_user_id
+)
+SELECT n.task_path, n.backend, n.queue, n.priority, n.args, n.kwargs, 'queued',
+       COALESCE(n.run_after, now()), now(),
+       0, n.max_attempts, n.timeout_seconds, n.retry_backoff_seconds, n.on_lease_expired,
+       n.unique_key, n.tenant, n.acting_user_id
+  FROM unnest(
+        %(task_path)s::text[], %(backend)s::text[], %(queue)s::text[], %(priority)s::smallint[],
+        %(args)s::jsonb[], %(kwargs)s::jsonb[], %(run_after)s::timestamptz[],
+        %(max_attempts)s::integer[], %(timeout_seconds)s::float8[],
+        %(retry_backoff_seconds)s::float8[], %(on_lease_expired)s::text[],
+        %(unique_key)s::text[], %(tenant)s::text[], %(acting_user_id)s::text[]
+       ) WITH ORDINALITY AS n(task_path, backend, queue, priority, args, kwargs, run_after,
+                              max_attempts, timeout_seconds, retry_backoff_seconds,
+                              on_lease_expired, unique_key, tenant, acting_user_id, position)
+ ORDER BY n.position
+ON CONFLICT (unique_key) WHERE state IN ('queued', 'running') DO NOTHING
+RETURNING id, unique_key, enqueued_at, run_after;
+
+
+-- name: claim_jobs
+-- Lease up to %(limit)s due jobs from the given queues in one statement, and write the
+-- attempt's execution log row in the same statement.
+-- Index: taskengine_job_claim_idx (queue, priority DESC, run_after, id) WHERE queued —
+-- one ordered index scan per queue (the LATERAL), stopping after %(limit)s rows.
+WITH candidates AS (
+    SELECT picked.id
+      FROM unnest(%(queues)s::text[]) AS wanted(queue)
+     CROSS JOIN LATERAL (
+            SELECT job.id, job.priority, job.run_after
+              FROM taskengine_job AS job
+             WHERE job.state = 'queued'
+               AND job.queue = wanted.queue
+               AND job.run_after <= now()
+             ORDER BY job.priority DESC, job.run_after, job.id
+             LIMIT %(limit)s
+               FOR UPDATE SKIP LOCKED
+           ) AS picked
+     ORDER BY picked.priority DESC, picked.run_after, picked.id
+     LIMIT %(limit)s
+),
+claimed AS (
+    UPDATE taskengine_job AS job
+       SET state = 'running',
+           attempts = job.attempts + 1,
+           locked_by = %(worker_id)s,
+           lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+           started_at = COALESCE(job.started_at, now()),
+           last_attempted_at = now()
+      FROM candidates
+     WHERE job.id = candidates.id
+       AND job.state = 'queued'
+ RETURNING job.id, job.task_path, job.backend, job.queue, job.priority, job.args, job.kwargs,
+           job.attempts, job.max_attempts, job.timeout_seconds, job.retry_backoff_seconds,
+           job.enqueued_at, job.started_at, job.last_attempted_at, job.run_after,
+           job.tenant, job.acting_user_id
+),
+attempt_logged AS (
+    INSERT INTO task_execution_logs (job_id, attempt, worker_id, started_at, error_message,
+                                     traceback, user_id, user_id_str)
+    SELECT claimed.id, claimed.attempts, %(worker_id)s, claimed.last_attempted_at, '', '',
+           CASE WHEN claimed.acting_user_id ~ '^-?[0-9]{1,18}$'
+                THEN claimed.acting_user_id::bigint END,
+           claimed.acting_user_id
+      FROM claimed
+)
+SELECT * FROM claimed;
+
+
+-- name: claim_jobs_advisory
+-- The same claim through transaction-scoped advisory locks, for extreme contention
+-- (USE_ADVISORY_LOCKS=1): candidates are skipped when another claimer holds their
+-- advisory lock, and the UPDATE re-checks state = 'queued' on the newest row version,
+-- so a job claimed and committed meanwhile is not taken twice. xact locks end with the
+-- statement's transaction and never leak through PgBouncer.
+-- Index: taskengine_job_claim_idx.
+WITH candidates AS (
+    SELECT picked.id
+      FROM unnest(%(queues)s::text[]) AS wanted(queue)
+     CROSS JOIN LATERAL (
+            SELECT job.id, job.priority, job.run_after
+              FROM taskengine_job AS job
+             WHERE job.state = 'queued'
+               AND job.queue = wanted.queue
+               AND job.run_after <= now()
+               AND pg_try_advisory_xact_lock(%(lock_namespace)s, (job.id %% 2147483647)::integer)
+             ORDER BY job.priority DESC, job.run_after, job.id
+             LIMIT %(limit)s
+           ) AS picked
+     ORDER BY picked.priority DESC, picked.run_after, picked.id
+     LIMIT %(limit)s
+),
+claimed AS (
+    UPDATE taskengine_job AS job
+       SET state = 'running',
+           attempts = job.attempts + 1,
+           locked_by = %(worker_id)s,
+           lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+           started_at = COALESCE(job.started_at, now()),
+           last_attempted_at = now()
+      FROM candidates
+     WHERE job.id = candidates.id
+       AND job.state = 'queued'
+ RETURNING job.id, job.task_path, job.backend, job.queue, job.priority, job.args, job.kwargs,
+           job.attempts, job.max_attempts, job.timeout_seconds, job.retry_backoff_seconds,
+           job.enqueued_at, job.started_at, job.last_attempted_at, job.run_after,
+           job.tenant, job.acting_user_id
+),
+attempt_logged AS (
+    INSERT INTO task_execution_logs (job_id, attempt, worker_id, started_at, error_message,
+                                     traceback, user_id, user_id_str)
+    SELECT claimed.id, claimed.attempts, %(worker_id)s, claimed.last_attempted_at, '', '',
+           CASE WHEN claimed.acting_user_id ~ '^-?[0-9]{1,18}$'
+                THEN claimed.acting_user_id::bigint END,
+           claimed.acting_user_id
+      FROM claimed
+)
+SELECT * FROM claimed;
+
+
+-- name: extend_leases
+-- Heartbeat: extend the live leases this worker still holds. A job missing from the
+-- result has lost its lease (expired, recovered, or finished elsewhere).
+-- Index: primary key.
+UPDATE taskengine_job AS job
+   SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+  FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS held(id, attempt)
+ WHERE job.id = held.id
+   AND job.attempts = held.attempt
+   AND job.state = 'running'
+   AND job.locked_by = %(worker_id)s
+   AND job.lease_expires_at > now()
+RETURNING job.id, job.cancel_requested_at IS NOT NULL AS cancel_requested;
+
+
+-- name: finish_jobs
+-- Fenced completion of a batch of attempts. A row is written only while the worker
+-- still holds a live lease under the same attempt number; otherwise nothing changes and
+-- the id is missing from the result. A retry of a job whose cancellation was requested
+-- meanwhile ends cancelled instead.
+-- Index: primary key; task_execution_logs_job_attempt_uniq.
+WITH outcome AS (
+    SELECT o.*,
+           CASE WHEN o.next_state = 'queued' AND job.cancel_requested_at IS NOT NULL
+                THEN 'cancelled' ELSE o.next_state END AS final_state
+      FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(states)s::text[],
+                  %(outcomes)s::text[], %(retry_delays)s::float8[], %(return_values)s::jsonb[],
+                  %(error_classes)s::text[], %(error_messages)s::text[], %(tracebacks)s::text[])
+           AS o(id, attempt, next_state, outcome, retry_delay, return_value, error_class,
+                error_message, traceback)
+      JOIN taskengine_job AS job ON job.id = o.id
+),
+finished AS (
+    UPDATE taskengine_job AS job
+       SET state = outcome.final_state,
+           finished_at = CASE WHEN outcome.final_state = 'queued' THEN NULL ELSE now() END,
+           run_after = CASE WHEN outcome.final_state = 'queued'
+                            THEN now() + make_interval(secs => outcome.retry_delay)
+                            ELSE job.run_after END,
+           return_value = outcome.return_value,
+           locked_by = NULL,
+           lease_expires_at = NULL
+      FROM outcome
+     WHERE job.id = outcome.id
+       AND job.attempts = outcome.attempt
+       AND job.state = 'running'
+       AND job.locked_by = %(worker_id)s
+       AND job.lease_expires_at > now()
+ RETURNING job.id, job.state, job.finished_at
+),
+attempt_logged AS (
+    UPDATE task_execution_logs AS log
+       SET finished_at = now(),
+           outcome = CASE WHEN finished.state = 'cancelled' THEN 'cancelled' ELSE outcome.outcome END,
+           error_class = outcome.error_class,
+           error_message = outcome.error_message,
+           traceback = outcome.traceback
+      FROM outcome
+      JOIN finished ON finished.id = outcome.id
+     WHERE log.job_id = outcome.id
+       AND log.attempt = outcome.attempt
+)
+SELECT id, state, finished_at FROM finished;
+
+
+-- name: release_jobs
+-- Graceful shutdown: hand unfinished jobs back to the queue at once. A released attempt
+-- does not count against the job's budget (max_attempts grows by one), since the job
+-- did not fail. Fenced like finish_jobs.
+WITH released AS (
+    UPDATE taskengine_job AS job
+       SET state = 'queued',
+           run_after = now(),
+           max_attempts = job.max_attempts + 1,
+           locked_by = NULL,
+           lease_expires_at = NULL
+      FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS held(id, attempt)
+     WHERE job.id = held.id
+       AND job.attempts = held.attempt
+       AND job.state = 'running'
+       AND job.locked_by = %(worker_id)s
+       AND job.lease_expires_at > now()
+ RETURNING job.id, job.attempts
+),
+attempt_logged AS (
+    UPDATE task_execution_logs AS log
+       SET finished_at = now(), outcome = 'released'
+      FROM released
+     WHERE log.job_id = released.id AND log.attempt = released.attempts
+)
+SELECT id FROM released;

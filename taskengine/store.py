@@ -1,0 +1,321 @@
+"""The job store: every write the engine makes to a job row, on either database.
+
+Functions here take a Django connection and run the named SQL of queries.py. They
+never open a transaction around user code: each is one short statement (Postgres) or
+one short IMMEDIATE transaction (SQLite). Every state change is compare-and-set, and
+the functions report which rows they actually changed, so callers know if they won.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import transaction
+from django.utils.dateparse import parse_datetime
+
+from .queries import sql
+
+ADVISORY_LOCK_NAMESPACE = 0x7A5C  # first key of pg_try_advisory_xact_lock(int, int)
+
+
+@dataclass(slots=True)
+class NewJob:
+    task_path: str
+    queue: str
+    args: str  # JSON text
+    kwargs: str  # JSON text
+    backend: str = "default"
+    priority: int = 0
+    run_after: datetime | None = None
+    max_attempts: int = 3
+    timeout_seconds: float | None = None
+    retry_backoff_seconds: float | None = None
+    on_lease_expired: str = "retry"
+    unique_key: str | None = None
+    tenant: str | None = None
+    acting_user_id: str | None = None
+
+
+@dataclass(slots=True)
+class InsertedJob:
+    id: int
+    enqueued_at: datetime
+    run_after: datetime
+    created: bool  # False: a live job already held the unique key; id is that job's
+
+
+@dataclass(slots=True)
+class ClaimedJob:
+    id: int
+    task_path: str
+    backend: str
+    queue: str
+    priority: int
+    args: list[Any]
+    kwargs: dict[str, Any]
+    attempt: int  # the fencing token
+    max_attempts: int
+    timeout_seconds: float | None
+    retry_backoff_seconds: float | None
+    enqueued_at: datetime
+    started_at: datetime
+    last_attempted_at: datetime
+    run_after: datetime
+    tenant: str | None
+    acting_user_id: str | None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one attempt produced, to be written by finish_jobs."""
+
+    job_id: int
+    attempt: int
+    next_state: str  # succeeded | failed | cancelled | queued (retry)
+    outcome: str  # AttemptOutcome value
+    retry_delay: float = 0.0
+    return_value: str | None = None  # JSON text
+    error_class: str | None = None
+    error_message: str = ""
+    traceback: str = ""
+    finished_at: datetime | None = None  # set from the database once written
+
+
+def to_datetime(value: Any) -> datetime | None:
+    """Raw cursors return text for SQLite datetimes; make every value aware UTC."""
+    if value is None:
+        return None
+    parsed = value if isinstance(value, datetime) else parse_datetime(value)
+    if parsed is None:
+        raise ValueError(f"not a datetime: {value!r}")
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+def _sqlite_datetime(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+# --- enqueue -------------------------------------------------------------------------
+
+def insert_jobs(connection, jobs: list[NewJob]) -> list[InsertedJob]:
+    """Insert ``jobs`` on the caller's connection (inside the caller's transaction, if
+    any) and return one InsertedJob per input, in order. A job whose unique key is held
+    by a live job is not inserted; the live holder is returned with created=False."""
+    if not jobs:
+        return []
+    if connection.vendor == "postgresql":
+        rows = _insert_postgres(connection, jobs)
+    else:
+        rows = _insert_sqlite(connection, jobs)
+    missing = [i for i, row in enumerate(rows) if row is None]
+    for i in missing:
+        rows[i] = _live_holder(connection, jobs[i].unique_key)
+    return rows  # type: ignore[return-value]
+
+
+def _insert_postgres(connection, jobs: list[NewJob]) -> list[InsertedJob | None]:
+    params = {
+        "task_path": [j.task_path for j in jobs],
+        "backend": [j.backend for j in jobs],
+        "queue": [j.queue for j in jobs],
+        "priority": [j.priority for j in jobs],
+        "args": [j.args for j in jobs],
+        "kwargs": [j.kwargs for j in jobs],
+        "run_after": [j.run_after for j in jobs],
+        "max_attempts": [j.max_attempts for j in jobs],
+        "timeout_seconds": [j.timeout_seconds for j in jobs],
+        "retry_backoff_seconds": [j.retry_backoff_seconds for j in jobs],
+        "on_lease_expired": [j.on_lease_expired for j in jobs],
+        "unique_key": [j.unique_key for j in jobs],
+        "tenant": [j.tenant for j in jobs],
+        "acting_user_id": [j.acting_user_id for j in jobs],
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(sql(connection, "insert_jobs"), params)
+        returned = cursor.fetchall()
+    # Rows come back in insertion order (ORDER BY position); rows skipped by ON CONFLICT
+    # are absent, and only rows with a unique key can be skipped.
+    out: list[InsertedJob | None] = []
+    it = iter(returned)
+    pending = next(it, None)
+    for job in jobs:
+        if pending is not None and (job.unique_key is None or pending[1] == job.unique_key):
+            out.append(InsertedJob(pending[0], pending[2], pending[3], True))
+            pending = next(it, None)
+        else:
+            out.append(None)
+    return out
+
+
+def _insert_sqlite(connection, jobs: list[NewJob]) -> list[InsertedJob | None]:
+    query = sql(connection, "insert_job")
+    out: list[InsertedJob | None] = []
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+        for job in jobs:
+            params = {
+                "task_path": job.task_path, "backend": job.backend, "queue": job.queue,
+                "priority": job.priority, "args": job.args, "kwargs": job.kwargs,
+                "run_after": _sqlite_datetime(job.run_after), "max_attempts": job.max_attempts,
+                "timeout_seconds": job.timeout_seconds,
+                "retry_backoff_seconds": job.retry_backoff_seconds,
+                "on_lease_expired": job.on_lease_expired, "unique_key": job.unique_key,
+                "tenant": job.tenant, "acting_user_id": job.acting_user_id,
+            }
+            cursor.execute(query, params)
+            row = cursor.fetchone()
+            out.append(
+                InsertedJob(row[0], to_datetime(row[2]), to_datetime(row[3]), True) if row else None
+            )
+    return out
+
+
+def _live_holder(connection, unique_key: str | None) -> InsertedJob:
+    from .models import Job
+
+    holder = (
+        Job.objects.using(connection.alias).live().filter(unique_key=unique_key)
+        .values_list("id", "enqueued_at", "run_after").first()
+    )
+    if holder is None:
+        # The holder finished between our insert and this read: the key is free now,
+        # which the caller resolves by enqueueing again.
+        raise UniqueKeyRace(unique_key)
+    return InsertedJob(holder[0], holder[1], holder[2], False)
+
+
+class UniqueKeyRace(Exception):
+    """The live holder of a unique key finished while we looked it up; retry."""
+
+
+# --- claim, heartbeat, finish --------------------------------------------------------
+
+def claim_jobs(connection, *, worker_id: str, queues: list[str], limit: int,
+               lease_seconds: float, advisory: bool = False) -> list[ClaimedJob]:
+    """Lease up to ``limit`` due jobs, highest priority first, and start their attempts."""
+    if limit <= 0 or not queues:
+        return []
+    if connection.vendor == "postgresql":
+        name = "claim_jobs_advisory" if advisory else "claim_jobs"
+        params = {"queues": list(queues), "limit": limit, "worker_id": worker_id,
+                  "lease_seconds": float(lease_seconds), "lock_namespace": ADVISORY_LOCK_NAMESPACE}
+        with connection.cursor() as cursor:
+            cursor.execute(sql(connection, name), params)
+            rows = cursor.fetchall()
+    else:
+        params = {"queues": json.dumps(list(queues)), "limit": limit, "worker_id": worker_id,
+                  "lease_seconds": float(lease_seconds)}
+        with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+            cursor.execute(sql(connection, "claim_jobs"), params)
+            rows = cursor.fetchall()
+            if rows:
+                cursor.execute(sql(connection, "log_attempts"),
+                               {"ids": json.dumps([r[0] for r in rows]), "worker_id": worker_id})
+        rows.sort(key=lambda r: (-r[4], str(r[14]), r[0]))
+    return [
+        ClaimedJob(
+            id=r[0], task_path=r[1], backend=r[2], queue=r[3], priority=r[4],
+            args=_json(r[5]), kwargs=_json(r[6]), attempt=r[7], max_attempts=r[8],
+            timeout_seconds=r[9], retry_backoff_seconds=r[10],
+            enqueued_at=to_datetime(r[11]), started_at=to_datetime(r[12]),
+            last_attempted_at=to_datetime(r[13]), run_after=to_datetime(r[14]),
+            tenant=r[15], acting_user_id=r[16],
+        )
+        for r in rows
+    ]
+
+
+def extend_leases(connection, *, worker_id: str, held: list[tuple[int, int]],
+                  lease_seconds: float) -> dict[int, bool]:
+    """Extend the leases of ``held`` (job id, attempt) pairs. Returns {job id: cancel
+    requested} for the leases still held; a missing id has lost its lease."""
+    if not held:
+        return {}
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(sql(connection, "extend_leases"), {
+                "ids": [h[0] for h in held], "attempts": [h[1] for h in held],
+                "worker_id": worker_id, "lease_seconds": float(lease_seconds)})
+            return {row[0]: bool(row[1]) for row in cursor.fetchall()}
+    kept: dict[int, bool] = {}
+    query = sql(connection, "extend_leases")
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+        for job_id, attempt in held:
+            cursor.execute(query, {"id": job_id, "attempt": attempt, "worker_id": worker_id,
+                                   "lease_seconds": float(lease_seconds)})
+            row = cursor.fetchone()
+            if row:
+                kept[row[0]] = bool(row[1])
+    return kept
+
+
+def finish_jobs(connection, *, worker_id: str,
+                outcomes: list[Outcome]) -> dict[int, tuple[str, datetime | None]]:
+    """Write a batch of attempt outcomes, fenced. Returns {job id: (new state,
+    finished_at)} for the
+    writes that won; a missing id means the worker had lost the lease and nothing
+    changed."""
+    if not outcomes:
+        return {}
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(sql(connection, "finish_jobs"), {
+                "worker_id": worker_id,
+                "ids": [o.job_id for o in outcomes],
+                "attempts": [o.attempt for o in outcomes],
+                "states": [o.next_state for o in outcomes],
+                "outcomes": [o.outcome for o in outcomes],
+                "retry_delays": [float(o.retry_delay) for o in outcomes],
+                "return_values": [o.return_value for o in outcomes],
+                "error_classes": [o.error_class for o in outcomes],
+                "error_messages": [o.error_message for o in outcomes],
+                "tracebacks": [o.traceback for o in outcomes],
+            })
+            return {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
+    won: dict[int, tuple[str, datetime | None]] = {}
+    finish, log = sql(connection, "finish_job"), sql(connection, "finish_attempt_log")
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+        for o in outcomes:
+            cursor.execute(finish, {
+                "id": o.job_id, "attempt": o.attempt, "worker_id": worker_id,
+                "next_state": o.next_state, "retry_delay": float(o.retry_delay),
+                "return_value": o.return_value})
+            row = cursor.fetchone()
+            if row is None:
+                continue
+            won[row[0]] = (row[1], to_datetime(row[2]))
+            cursor.execute(log, {
+                "id": o.job_id, "attempt": o.attempt,
+                "outcome": "cancelled" if row[1] == "cancelled" else o.outcome,
+                "error_class": o.error_class, "error_message": o.error_message,
+                "traceback": o.traceback})
+    return won
+
+
+def release_jobs(connection, *, worker_id: str, held: list[tuple[int, int]]) -> list[int]:
+    """Hand still-running jobs back to the queue (graceful shutdown). Fenced."""
+    if not held:
+        return []
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(sql(connection, "release_jobs"), {
+                "ids": [h[0] for h in held], "attempts": [h[1] for h in held],
+                "worker_id": worker_id})
+            return [row[0] for row in cursor.fetchall()]
+    released: list[int] = []
+    release, log = sql(connection, "release_job"), sql(connection, "finish_attempt_log")
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+        for job_id, attempt in held:
+            cursor.execute(release, {"id": job_id, "attempt": attempt, "worker_id": worker_id})
+            if cursor.fetchone():
+                released.append(job_id)
+                cursor.execute(log, {"id": job_id, "attempt": attempt, "outcome": "released",
+                                     "error_class": None, "error_message": "", "traceback": ""})
+    return released

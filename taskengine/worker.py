@@ -1,0 +1,492 @@
+"""The runworker loop: claim → run → heartbeat → finish.
+
+One process, ``concurrency`` execution slots: sync handlers on a thread pool, async
+handlers on one event loop thread. The main thread alone talks to the database for the
+engine (claims, heartbeats, fenced finishes, releases), in short statements, never
+around a handler.
+
+Invariants:
+- A job is claimed only into a free slot, so a lease never waits for a thread.
+- Every outcome is written with a fenced UPDATE; if this worker lost the lease (it
+  expired, or recovery gave the job to someone else), the write changes nothing and the
+  result is discarded with a warning. Nothing is marked done that did not run here.
+- Database errors never kill the loop: the worker logs once, backs off, reconnects and
+  resumes; outcomes not yet written wait in memory (their leases may lapse meanwhile, in
+  which case the jobs are recovered and run again — at-least-once).
+- SIGTERM (or SIGINT): stop claiming, let running jobs finish within the grace period,
+  release the rest, mark the worker stopped, exit 0. A second signal exits at once
+  (leases then expire and recovery hands the jobs back).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Protocol
+
+from django.db import Error as DatabaseError
+from django.db import connections
+from django.tasks import TaskResultStatus, task_backends
+from django.tasks.base import TaskError
+from django.tasks.signals import task_finished, task_started
+
+from . import metrics, registry, store
+from .conf import engine_settings
+from .execution import (
+    JobCancelled,
+    JobInterrupted,
+    JobTimedOut,
+    LeaseLost,
+    RunningJob,
+    TaskNotFound,
+    failure_outcome,
+    interrupt_thread,
+    resolve_task,
+    run_async,
+    run_sync,
+    task_result_for,
+)
+from .listener import Listener
+from .states import to_task_result_status
+from .store import Outcome
+
+logger = logging.getLogger("taskengine.worker")
+
+HARD_TIMEOUT_GRACE = 2.0  # seconds a timed-out sync handler gets to notice the interrupt
+
+
+class Service(Protocol):
+    """A background service the worker starts after registering (e.g. leadership)."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        queues: Sequence[str],
+        concurrency: int = 8,
+        lease_seconds: float | None = None,
+        backoff_base: float | None = None,
+        max_backoff: float | None = None,
+        burst: bool = False,
+        worker_id: str | None = None,
+        database: str | None = None,
+        shutdown_grace: float | None = None,
+        heartbeat_seconds: float | None = None,
+        use_advisory_locks: bool | None = None,
+        poll_only: bool | None = None,
+        services: Sequence[Service] = (),
+    ) -> None:
+        s = engine_settings
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.queues = list(dict.fromkeys(queues))
+        if not self.queues:
+            raise ValueError("a worker needs at least one queue")
+        self.concurrency = concurrency
+        self.lease_seconds = float(lease_seconds or s.LEASE_SECONDS)
+        self.backoff_base = float(backoff_base if backoff_base is not None else s.POLL_BACKOFF_BASE)
+        self.max_backoff = float(max_backoff if max_backoff is not None else s.POLL_MAX_BACKOFF)
+        self.burst = burst
+        self.worker_id = worker_id or registry.new_worker_id()
+        self.database = database or s.DATABASE
+        self.shutdown_grace = float(shutdown_grace if shutdown_grace is not None else s.SHUTDOWN_GRACE_SECONDS)
+        self.heartbeat_seconds = float(heartbeat_seconds or min(s.HEARTBEAT_SECONDS, self.lease_seconds / 3))
+        self.use_advisory_locks = s.USE_ADVISORY_LOCKS if use_advisory_locks is None else use_advisory_locks
+        self.poll_only = s.POLL_ONLY if poll_only is None else poll_only
+        self.services = list(services)
+
+        self._wake = threading.Event()
+        self._done: queue.SimpleQueue[tuple[RunningJob, Outcome | None, BaseException | None]] = queue.SimpleQueue()
+        self._running: dict[int, RunningJob] = {}
+        self._pending: list[tuple[RunningJob, Outcome]] = []
+        self._tasks: dict[str, Any] = {}
+        self._draining = False
+        self._drain_deadline = 0.0
+        self._signals = 0
+        self._idle_rounds = 0
+        self._next_heartbeat = 0.0
+        self._db_retry_at = 0.0
+        self._db_backoff = 0.0
+        self._db_down_since: float | None = None
+        self._registered = False
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="taskengine-job")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listener: Listener | None = None
+        self.processed = 0
+        self.stuck_threads = False
+
+    @property
+    def connection(self):
+        return connections[self.database]
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            logger.info("received %s: draining (no new claims, %.0fs grace)",
+                        signal.Signals(signum).name, self.shutdown_grace, extra={"worker_id": self.worker_id})
+            self.request_stop()
+        else:
+            logger.warning("second signal: exiting now; running jobs are recovered when their leases expire",
+                           extra={"worker_id": self.worker_id})
+            for handler in logging.getLogger("taskengine").handlers + logging.getLogger().handlers:
+                handler.flush()
+            os._exit(1)
+
+    def request_stop(self) -> None:
+        if not self._draining:
+            self._draining = True
+            self._drain_deadline = time.monotonic() + self.shutdown_grace
+        self._wake.set()
+
+    def run(self) -> int:
+        """Run until drained (SIGTERM, request_stop, or --burst with nothing due)."""
+        logger.info("worker starting: queues=%s concurrency=%d lease=%.0fs claim=%s wake=%s",
+                    ",".join(self.queues), self.concurrency, self.lease_seconds,
+                    "advisory" if self.use_advisory_locks else "skip-locked",
+                    "poll" if self.poll_only or self.connection.vendor != "postgresql" else "listen",
+                    extra={"worker_id": self.worker_id})
+        try:
+            self._start_listener()
+            while not self._registered and not self._draining:
+                self._db_call("register", self._register)
+                if not self._registered:
+                    self._sleep_until_db_retry()
+            for service in self.services:
+                service.start()
+            self._loop_until_drained()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _register(self) -> None:
+        registry.register(self.database, self.worker_id, self.queues, self.concurrency)
+        self._registered = True
+        self._next_heartbeat = time.monotonic() + self.heartbeat_seconds
+
+    def _start_listener(self) -> None:
+        if self.poll_only or self.connection.vendor != "postgresql":
+            return
+        self._listener = Listener(self.connection.get_connection_params(), set(self.queues), self._wake)
+        self._listener.start()
+
+    def _loop_until_drained(self) -> None:
+        while True:
+            self._collect_done()
+            self._enforce_timeouts()
+            self._flush()
+            self._heartbeat_if_due()
+            if self._draining:
+                if not self._running and not self._pending:
+                    return
+                if time.monotonic() >= self._drain_deadline:
+                    self._release_remaining()
+                    return
+                self._wait(0.05)
+                continue
+            claimed = self._claim(self.concurrency - len(self._running))
+            for job in claimed:
+                self._start(job)
+            if claimed:
+                self._idle_rounds = 0
+                continue
+            if self.burst and not self._running and not self._pending and self._db_down_since is None:
+                logger.info("burst: nothing due, exiting", extra={"worker_id": self.worker_id})
+                return
+            self._wait(self._idle_wait())
+
+    def _shutdown(self) -> None:
+        for service in self.services:
+            try:
+                service.stop()
+            except Exception:  # noqa: BLE001
+                logger.exception("stopping service %r failed", service)
+        if self._listener:
+            self._listener.stop()
+        self._collect_done()
+        self._flush()
+        if self._registered:
+            self._db_call("stop", lambda: registry.mark_stopped(self.database, self.worker_id))
+        self.stuck_threads = bool(self._running)
+        self._executor.shutdown(wait=not self.stuck_threads, cancel_futures=True)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        logger.info("worker stopped: %d attempts processed", self.processed, extra={"worker_id": self.worker_id})
+
+    # --- waiting ---------------------------------------------------------------------
+
+    def _idle_wait(self) -> float:
+        wait = min(self.max_backoff, self.backoff_base * (2 ** self._idle_rounds))
+        self._idle_rounds = min(self._idle_rounds + 1, 30)
+        return wait
+
+    def _wait(self, timeout: float) -> None:
+        now = time.monotonic()
+        timeout = min(timeout, max(0.0, self._next_heartbeat - now))
+        deadlines = [r.deadline for r in self._running.values() if r.deadline is not None]
+        if deadlines:
+            timeout = min(timeout, max(0.0, min(deadlines) - now))
+        if self._wake.wait(timeout):
+            self._wake.clear()
+
+    # --- database calls --------------------------------------------------------------
+
+    def _db_call(self, operation: str, fn, default: Any = None) -> Any:
+        now = time.monotonic()
+        if now < self._db_retry_at:
+            return default
+        try:
+            result = fn()
+        except DatabaseError as exc:
+            metrics.DB_ERRORS.labels(operation).inc()
+            self._db_backoff = min(max(self._db_backoff * 2, 0.1), self.max_backoff * 5, 10.0)
+            self._db_retry_at = now + self._db_backoff
+            if self._db_down_since is None:
+                self._db_down_since = now
+                logger.error("database error during %s: %s; backing off and retrying", operation, exc,
+                             extra={"worker_id": self.worker_id})
+            try:
+                self.connection.close()
+            except DatabaseError:
+                pass
+            return default
+        if self._db_down_since is not None:
+            logger.warning("database reachable again after %.1fs; resuming", now - self._db_down_since,
+                           extra={"worker_id": self.worker_id})
+            self._db_down_since = None
+            self._db_backoff = 0.0
+        return result
+
+    def _sleep_until_db_retry(self) -> None:
+        self._wait(max(0.05, self._db_retry_at - time.monotonic()))
+
+    # --- claim and start -------------------------------------------------------------
+
+    def _claim(self, free: int) -> list[store.ClaimedJob]:
+        if free <= 0:
+            return []
+
+        def claim() -> list[store.ClaimedJob]:
+            started = time.perf_counter()
+            jobs = store.claim_jobs(self.connection, worker_id=self.worker_id, queues=self.queues,
+                                    limit=free, lease_seconds=self.lease_seconds,
+                                    advisory=self.use_advisory_locks)
+            metrics.CLAIM_LATENCY.observe(time.perf_counter() - started)
+            return jobs
+
+        return self._db_call("claim", claim, default=[])
+
+    def _start(self, job: store.ClaimedJob) -> None:
+        running = RunningJob(job=job)
+        self._running[job.id] = running
+        metrics.JOBS_RUNNING.labels(job.queue).inc()
+        logger.debug("claimed", extra=self._job_extra(job))
+        try:
+            running.task = self._resolve(job.task_path)
+        except TaskNotFound as exc:
+            self._done.put((running, failure_outcome(job, exc), None))
+            return
+        self._send_started(running)
+        if asyncio.iscoroutinefunction(running.task.func):
+            running.is_async = True
+            future = asyncio.run_coroutine_threadsafe(run_async(running, self.worker_id), self._event_loop())
+        else:
+            if job.timeout_seconds:
+                running.deadline = running.monotonic_start + job.timeout_seconds
+            future = self._executor.submit(run_sync, running, self.worker_id)
+        running.future = future
+        future.add_done_callback(lambda f, r=running: self._on_done(r, f))
+
+    def _on_done(self, running: RunningJob, future: Future) -> None:
+        try:
+            outcome, error = future.result(), None
+        except BaseException as exc:  # noqa: BLE001 - cancelled future or a bug in the runner
+            outcome, error = None, exc
+        self._done.put((running, outcome, error))
+        self._wake.set()
+
+    def _resolve(self, task_path: str):
+        task = self._tasks.get(task_path)
+        if task is None:
+            task = self._tasks[task_path] = resolve_task(task_path)
+        return task
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            threading.Thread(target=self._loop.run_forever, name="taskengine-asyncio", daemon=True).start()
+        return self._loop
+
+    # --- completion ------------------------------------------------------------------
+
+    def _collect_done(self) -> None:
+        while True:
+            try:
+                running, outcome, error = self._done.get_nowait()
+            except queue.Empty:
+                return
+            self._running.pop(running.job.id, None)
+            metrics.JOBS_RUNNING.labels(running.job.queue).dec()
+            metrics.JOB_DURATION.labels(running.job.queue).observe(time.monotonic() - running.monotonic_start)
+            if running.abandoned:
+                continue  # its timeout outcome was already written
+            if outcome is None:
+                outcome = failure_outcome(running.job, error or RuntimeError("no outcome"))
+            self._pending.append((running, outcome))
+
+    def _enforce_timeouts(self) -> None:
+        now = time.monotonic()
+        for running in list(self._running.values()):
+            if running.deadline is None or now < running.deadline or running.abandoned:
+                continue
+            if running.interrupt_sent is None:
+                interrupt_thread(running, JobTimedOut)
+                running.deadline = now + HARD_TIMEOUT_GRACE
+                logger.warning("timed out after %ss; interrupting", running.job.timeout_seconds,
+                               extra=self._job_extra(running.job))
+            else:
+                # The handler is stuck in C code and ignores the interrupt: record the
+                # timeout now; its slot stays taken until the thread returns.
+                running.abandoned = True
+                running.deadline = None
+                exc = JobTimedOut(f"timed out after {running.job.timeout_seconds}s (handler did not stop)")
+                self._pending.append((running, failure_outcome(running.job, exc)))
+                logger.error("handler ignored its timeout; slot held until it returns",
+                             extra=self._job_extra(running.job))
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        batch = self._pending
+        won = self._db_call(
+            "finish",
+            lambda: store.finish_jobs(self.connection, worker_id=self.worker_id, outcomes=[o for _, o in batch]),
+        )
+        if won is None:
+            return  # database down: keep them for the next try
+        self._pending = []
+        for running, outcome in batch:
+            self.processed += 1
+            state, finished_at = won.get(outcome.job_id, (None, None))
+            outcome.finished_at = finished_at
+            self._report(running, outcome, state)
+
+    def _report(self, running: RunningJob, outcome: Outcome, state: str | None) -> None:
+        job = running.job
+        extra = self._job_extra(job, duration_ms=round((time.monotonic() - running.monotonic_start) * 1000, 3))
+        if state is None:
+            metrics.LEASES_LOST.labels(job.queue).inc()
+            logger.warning("lease lost before finishing; outcome %s discarded (the job is recovered and runs again)",
+                           outcome.outcome, extra=extra)
+            return
+        metrics.job_finished(job.queue, job.task_path, state, outcome.outcome)
+        if outcome.error_class:
+            level = logging.ERROR if state == "failed" else logging.WARNING
+            retry = f" (retry in {outcome.retry_delay:.1f}s)" if state == "queued" else ""
+            logger.log(level, "attempt %s -> %s%s: %s: %s\n%s", outcome.outcome, state, retry,
+                       outcome.error_class, outcome.error_message, outcome.traceback.rstrip(), extra=extra)
+        else:
+            logger.info("succeeded", extra=extra)
+        if state != "queued" and running.task is not None:
+            self._send_finished(running, state, outcome)
+
+    def _release_remaining(self) -> None:
+        held = [r.held for r in self._running.values() if not r.abandoned]
+        released = self._db_call(
+            "release", lambda: store.release_jobs(self.connection, worker_id=self.worker_id, held=held), default=[])
+        for job_id in released:
+            logger.warning("grace period over: released back to the queue", extra=self._job_extra(self._running[job_id].job))
+            self._running[job_id].abandoned = True
+        if len(released) < len(held):
+            logger.warning("%d running jobs could not be released; they recover when their leases expire",
+                           len(held) - len(released), extra={"worker_id": self.worker_id})
+
+    # --- heartbeat -------------------------------------------------------------------
+
+    def _heartbeat_if_due(self) -> None:
+        now = time.monotonic()
+        if now < self._next_heartbeat or not self._registered:
+            return
+        self._next_heartbeat = now + self.heartbeat_seconds
+        live = [r for r in self._running.values() if not r.abandoned and not r.lease_lost]
+        kept = self._db_call("heartbeat", lambda: store.extend_leases(
+            self.connection, worker_id=self.worker_id, held=[r.held for r in live],
+            lease_seconds=self.lease_seconds))
+        if kept is None:
+            return
+        state = "draining" if self._draining else "running"
+        if not self._db_call("heartbeat", lambda: registry.heartbeat(self.database, self.worker_id, state), True):
+            self._db_call("register", self._register)
+        for running in live:
+            if running.job.id not in kept:
+                running.lease_lost = True
+                logger.warning("lease lost while running; interrupting the handler", extra=self._job_extra(running.job))
+                self._interrupt(running, LeaseLost)
+            elif kept[running.job.id] and running.interrupt_sent is None:
+                logger.info("cancellation requested; interrupting the handler", extra=self._job_extra(running.job))
+                self._interrupt(running, JobCancelled)
+
+    def _interrupt(self, running: RunningJob, reason: type[JobInterrupted]) -> None:
+        if running.is_async:
+            running.interrupt_sent = reason
+            running.future.cancel()
+        else:
+            interrupt_thread(running, reason)
+
+    # --- signals and logs ------------------------------------------------------------
+
+    def _send_started(self, running: RunningJob) -> None:
+        backend = task_backends[running.task.backend]
+        result = task_result_for(running, [self.worker_id], backend.alias)
+        if running.job.attempt > 1:
+            result = self._stored_result(running) or result
+        task_started.send(type(backend), task_result=result)
+
+    def _send_finished(self, running: RunningJob, state: str, outcome: Outcome) -> None:
+        """A first attempt's result is known here in full; after retries, the errors
+        and workers of earlier attempts are read back from the store."""
+        backend = task_backends[running.task.backend]
+        if running.job.attempt > 1:
+            result = self._stored_result(running)
+            if result is None:
+                return
+        else:
+            result = task_result_for(running, [self.worker_id], backend.alias)
+            status = to_task_result_status(state)
+            object.__setattr__(result, "status", status)
+            object.__setattr__(result, "finished_at", outcome.finished_at)
+            if outcome.error_class:
+                result.errors.append(TaskError(exception_class_path=outcome.error_class,
+                                               traceback=outcome.traceback))
+            if status == TaskResultStatus.SUCCESSFUL:
+                object.__setattr__(result, "_return_value", json.loads(outcome.return_value))
+        task_finished.send(type(backend), task_result=result)
+
+    def _stored_result(self, running: RunningJob):
+        try:
+            return task_backends[running.task.backend].get_result(str(running.job.id))
+        except Exception:  # noqa: BLE001 - a signal must not break the loop
+            logger.exception("could not load the stored result for a task signal",
+                             extra=self._job_extra(running.job))
+            return None
+
+    def _job_extra(self, job: store.ClaimedJob, **more: Any) -> dict[str, Any]:
+        return {"worker_id": self.worker_id, "job_id": job.id, "task_path": job.task_path,
+                "queue": job.queue, "attempt": job.attempt, "claimed_at": job.last_attempted_at.isoformat(),
+                **more}
