@@ -1,0 +1,34 @@
+"""Tenant scoping for the console, the admin and the API.
+
+``tenants_for(user)`` is None for superusers (every tenant) and otherwise the list of
+tenants the user may see; an empty list means none. Jobs with no tenant are visible to
+superusers only. TASKENGINE["TENANT_RESOLVER"] may name a callable (user) -> iterable
+of tenant names to replace the TenantMembership lookup.
+"""
+from __future__ import annotations
+
+from django.utils.module_loading import import_string
+
+from .conf import engine_settings
+from .models import TenantMembership
+
+
+def tenants_for(user) -> list[str] | None:
+    if user is None or not getattr(user, "is_authenticated", False) or not user.is_active:
+        return []
+    if user.is_superuser:
+        return None
+    resolver = engine_settings.TENANT_RESOLVER
+    if resolver:
+        return sorted(set(import_string(resolver)(user)))
+    return sorted(TenantMembership.objects.filter(user=user).values_list("tenant", flat=True))
+
+
+def scope_jobs(queryset, user):
+    """Restrict a Job queryset to what ``user`` may see."""
+    return queryset.for_tenants(tenants_for(user))
+
+
+def can_see_tenant(user, tenant: str | None) -> bool:
+    tenants = tenants_for(user)
+    return tenants is None or (tenant is not None and tenant in tenants)
