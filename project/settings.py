@@ -75,10 +75,17 @@ DATABASES = {
 }
 DATABASES["default"]["CONN_MAX_AGE"] = env("CONN_MAX_AGE")
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# django-prometheus's wrappers of the same backends count queries, errors and query
+# time per alias on /metrics (connection.vendor stays "postgresql" / "sqlite").
+_PROMETHEUS_ENGINES = {
+    "django.db.backends.postgresql": "django_prometheus.db.backends.postgresql",
+    "django.db.backends.sqlite3": "django_prometheus.db.backends.sqlite3",
+}
+DATABASES["default"]["ENGINE"] = _PROMETHEUS_ENGINES.get(DATABASES["default"]["ENGINE"], DATABASES["default"]["ENGINE"])
 
 # Parallel test runs (developers, CI) can keep their test databases apart.
 _test_suffix = env("TASKENGINE_TEST_DB_SUFFIX", default="")
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+if DATABASES["default"]["ENGINE"].endswith(".sqlite3"):
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
             # One writer at a time, taken at BEGIN: the claim cannot deadlock on a
