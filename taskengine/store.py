@@ -218,8 +218,7 @@ def claim_jobs(connection, *, worker_id: str, queues: list[str], limit: int,
             if rows:
                 cursor.execute(sql(connection, "log_attempts"),
                                {"ids": json.dumps([r[0] for r in rows]), "worker_id": worker_id})
-        rows.sort(key=lambda r: (-r[4], str(r[14]), r[0]))
-    return [
+    jobs = [
         ClaimedJob(
             id=r[0], task_path=r[1], backend=r[2], queue=r[3], priority=r[4],
             args=_json(r[5]), kwargs=_json(r[6]), attempt=r[7], max_attempts=r[8],
@@ -230,6 +229,9 @@ def claim_jobs(connection, *, worker_id: str, queues: list[str], limit: int,
         )
         for r in rows
     ]
+    # UPDATE … RETURNING has no order; hand jobs out in claim order.
+    jobs.sort(key=lambda j: (-j.priority, j.run_after, j.id))
+    return jobs
 
 
 def extend_leases(connection, *, worker_id: str, held: list[tuple[int, int]],
@@ -252,7 +254,7 @@ def extend_leases(connection, *, worker_id: str, held: list[tuple[int, int]],
                                    "lease_seconds": float(lease_seconds)})
             row = cursor.fetchone()
             if row:
-                kept[row[0]] = bool(row[1])
+                kept[row[0]] = row[1] is not None
     return kept
 
 

@@ -68,7 +68,8 @@ UPDATE taskengine_job
    AND state = 'running'
    AND locked_by = %(worker_id)s
    AND lease_expires_at > strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')
-RETURNING id, cancel_requested_at IS NOT NULL AS cancel_requested;
+-- The column itself: SQLite 3.40 evaluates "x IS NOT NULL" in RETURNING wrongly.
+RETURNING id, cancel_requested_at;
 
 
 -- name: finish_job

@@ -1,0 +1,280 @@
+"""Leased claiming and fenced completion, at the store level."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import psycopg
+import pytest
+from django.db import connection
+from django.db.models import F
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from taskengine import store
+from taskengine.maintenance import recovery
+from taskengine.models import ExecutionLog, Job
+from taskengine.queries import sql
+from taskengine.states import AttemptOutcome
+from tests import tasks
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def claim(worker="w1", limit=10, lease=30.0, queues=("default",), advisory=False):
+    return store.claim_jobs(connection, worker_id=worker, queues=list(queues), limit=limit,
+                            lease_seconds=lease, advisory=advisory)
+
+
+def succeed(job, worker="w1"):
+    return store.finish_jobs(connection, worker_id=worker, outcomes=[
+        store.Outcome(job.id, job.attempt, "succeeded", AttemptOutcome.SUCCEEDED, return_value="1")])
+
+
+def expire_lease(job_id):
+    Job.objects.filter(pk=job_id).update(lease_expires_at=Now() - timedelta(seconds=1))
+
+
+def db_now():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT CURRENT_TIMESTAMP")
+        return store.to_datetime(cursor.fetchone()[0])
+
+
+def test_claim_takes_highest_priority_then_oldest_run_after_then_id():
+    low = tasks.add.using(priority=-5).enqueue(1, 1)
+    first_normal = tasks.add.enqueue(1, 2)
+    second_normal = tasks.add.enqueue(1, 3)
+    high = tasks.add.using(priority=10).enqueue(1, 4)
+    claimed = claim(limit=3)
+    assert [j.id for j in claimed] == [int(high.id), int(first_normal.id), int(second_normal.id)]
+    assert Job.objects.get(pk=low.id).state == "queued"
+
+
+def test_claim_skips_jobs_not_yet_due_and_other_queues():
+    tasks.add.using(run_after=timezone.now() + timedelta(hours=1)).enqueue(1, 1)
+    tasks.add.using(queue_name="demo").enqueue(1, 1)
+    assert claim() == []
+    assert len(claim(queues=("demo",))) == 1
+
+
+def test_claim_sets_owner_fencing_token_and_lease_from_the_database_clock():
+    result = tasks.add.enqueue(1, 2)
+    before = db_now()
+    [job] = claim(worker="w-alpha", lease=42)
+    row = Job.objects.get(pk=result.id)
+    assert (row.state, row.locked_by, row.attempts, job.attempt) == ("running", "w-alpha", 1, 1)
+    lease = (row.lease_expires_at - before).total_seconds()
+    assert 41 <= lease <= 44
+    log = ExecutionLog.objects.get(job_id=result.id)
+    assert (log.attempt, log.worker_id, log.outcome) == (1, "w-alpha", None)
+
+
+def test_a_claimed_job_is_not_claimed_again_while_leased():
+    tasks.add.enqueue(1, 2)
+    assert len(claim(worker="a")) == 1
+    assert claim(worker="b") == []
+
+
+def test_claim_limit_is_respected():
+    tasks.add.enqueue_many([(i, i) for i in range(25)])
+    assert len(claim(limit=10)) == 10
+    assert len(claim(limit=100)) == 15
+
+
+def test_heartbeat_extends_live_leases_and_reports_lost_ones():
+    tasks.add.enqueue_many([(1, 1), (2, 2)])
+    kept_job, lost_job = claim(lease=5)
+    expire_lease(lost_job.id)
+    before = Job.objects.get(pk=kept_job.id).lease_expires_at
+    kept = store.extend_leases(connection, worker_id="w1", held=[(kept_job.id, 1), (lost_job.id, 1)],
+                               lease_seconds=60)
+    assert kept == {kept_job.id: False}
+    assert Job.objects.get(pk=kept_job.id).lease_expires_at > before + timedelta(seconds=50)
+
+
+def test_heartbeat_reports_a_requested_cancellation():
+    tasks.add.enqueue(1, 1)
+    [job] = claim()
+    Job.objects.filter(pk=job.id).update(cancel_requested_at=Now())
+    assert store.extend_leases(connection, worker_id="w1", held=[(job.id, 1)], lease_seconds=30) == {job.id: True}
+
+
+def test_finish_by_the_lease_holder_succeeds_and_closes_the_attempt():
+    result = tasks.add.enqueue(1, 2)
+    [job] = claim()
+    won = succeed(job)
+    assert won[job.id][0] == "succeeded"
+    row = Job.objects.get(pk=result.id)
+    assert (row.state, row.return_value, row.locked_by, row.lease_expires_at) == ("succeeded", 1, None, None)
+    assert row.finished_at is not None
+    log = ExecutionLog.objects.get(job_id=result.id)
+    assert log.outcome == "succeeded" and log.finished_at is not None
+
+
+def test_a_worker_whose_lease_expired_cannot_finish_the_job():
+    result = tasks.add.enqueue(1, 2)
+    [job] = claim(worker="stale")
+    expire_lease(job.id)
+    assert succeed(job, worker="stale") == {}
+    assert Job.objects.get(pk=result.id).state == "running"
+
+
+def test_stale_worker_cannot_complete_a_recovered_and_reclaimed_job():
+    result = tasks.add.enqueue(1, 2)
+    [stale] = claim(worker="stale")
+    expire_lease(stale.id)
+    [recovered] = recovery.run_once("default")
+    assert (recovered.id, recovered.state) == (stale.id, "queued")
+    [fresh] = claim(worker="fresh")
+    assert fresh.attempt == 2
+    assert succeed(stale, worker="stale") == {}  # late, under the old token
+    assert store.extend_leases(connection, worker_id="stale", held=[(stale.id, 1)], lease_seconds=30) == {}
+    assert succeed(fresh, worker="fresh")[fresh.id][0] == "succeeded"
+    logs = list(ExecutionLog.objects.filter(job_id=result.id).values_list("attempt", "worker_id", "outcome"))
+    assert logs == [(1, "stale", "lost"), (2, "fresh", "succeeded")]
+
+
+def test_another_worker_with_the_same_attempt_number_cannot_finish():
+    tasks.add.enqueue(1, 2)
+    [job] = claim(worker="owner")
+    assert succeed(job, worker="intruder") == {}
+
+
+def test_retry_outcome_requeues_with_backoff_on_the_database_clock():
+    result = tasks.add.enqueue(1, 2)
+    [job] = claim()
+    before = db_now()
+    won = store.finish_jobs(connection, worker_id="w1", outcomes=[
+        store.Outcome(job.id, 1, "queued", AttemptOutcome.RETRY, retry_delay=30, error_class="builtins.ValueError",
+                      error_message="x", traceback="tb")])
+    assert won[job.id][0] == "queued"
+    row = Job.objects.get(pk=result.id)
+    assert row.state == "queued" and row.finished_at is None and row.locked_by is None
+    assert 29 <= (row.run_after - before).total_seconds() <= 32
+    assert claim() == []
+
+
+def test_retry_of_a_job_whose_cancel_was_requested_ends_cancelled():
+    result = tasks.add.enqueue(1, 2)
+    [job] = claim()
+    Job.objects.filter(pk=job.id).update(cancel_requested_at=Now())
+    store.finish_jobs(connection, worker_id="w1", outcomes=[
+        store.Outcome(job.id, 1, "queued", AttemptOutcome.RETRY, retry_delay=0)])
+    row = Job.objects.get(pk=result.id)
+    assert row.state == "cancelled" and row.finished_at is not None
+    assert ExecutionLog.objects.get(job_id=job.id).outcome == "cancelled"
+
+
+def test_release_hands_the_job_back_without_spending_an_attempt():
+    result = tasks.add.using(max_attempts=1).enqueue(1, 2)
+    [job] = claim()
+    assert store.release_jobs(connection, worker_id="w1", held=[(job.id, 1)]) == [job.id]
+    row = Job.objects.get(pk=result.id)
+    assert (row.state, row.attempts, row.max_attempts) == ("queued", 1, 2)
+    assert ExecutionLog.objects.get(job_id=job.id).outcome == "released"
+    [again] = claim()
+    assert again.attempt == 2
+
+
+def test_recovery_fails_a_job_whose_attempts_are_spent():
+    result = tasks.add.using(max_attempts=1).enqueue(1, 2)
+    [job] = claim()
+    expire_lease(job.id)
+    [recovered] = recovery.run_once("default")
+    assert recovered.state == "failed"
+    row = Job.objects.get(pk=result.id)
+    assert row.state == "failed" and row.finished_at is not None
+
+
+def test_recovery_leaves_a_job_that_finished_before_its_write():
+    result = tasks.add.enqueue(1, 2)
+    [job] = claim()
+    succeed(job)
+    Job.objects.filter(pk=job.id).update(lease_expires_at=None)
+    assert recovery.run_once("default") == []
+    assert Job.objects.get(pk=result.id).state == "succeeded"
+
+
+def test_check_constraints_refuse_impossible_states():
+    from django.db import IntegrityError, transaction
+
+    result = tasks.add.enqueue(1, 2)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Job.objects.filter(pk=result.id).update(state="succeeded")  # no finished_at
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Job.objects.filter(pk=result.id).update(state="running")  # no lease
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Job.objects.filter(pk=result.id).update(attempts=F("max_attempts") + 1)
+
+
+# --- PostgreSQL: concurrency -----------------------------------------------------------
+
+def _second_connection():
+    s = connection.settings_dict
+    return psycopg.connect(host=s["HOST"] or "127.0.0.1", port=s["PORT"] or 5432, user=s["USER"] or "postgres",
+                           password=s["PASSWORD"] or None, dbname=s["NAME"])
+
+
+@pytest.mark.postgres
+def test_claim_skips_rows_locked_by_another_connection():
+    locked = tasks.add.enqueue(1, 1)
+    free = tasks.add.enqueue(2, 2)
+    with _second_connection() as other:
+        other.execute("SELECT id FROM taskengine_job WHERE id = %s FOR UPDATE", [int(locked.id)])
+        claimed = claim(limit=10)
+        assert [j.id for j in claimed] == [int(free.id)]
+    assert [j.id for j in claim(limit=10)] == [int(locked.id)]
+
+
+@pytest.mark.postgres
+def test_advisory_claim_skips_jobs_whose_advisory_lock_is_held():
+    held = tasks.add.enqueue(1, 1)
+    free = tasks.add.enqueue(2, 2)
+    with _second_connection() as other:
+        other.execute("SELECT pg_advisory_xact_lock(%s, %s)", [store.ADVISORY_LOCK_NAMESPACE, int(held.id)])
+        claimed = claim(limit=10, advisory=True)
+        assert [j.id for j in claimed] == [int(free.id)]
+    [late] = claim(limit=10, advisory=True)
+    assert late.id == int(held.id)
+    assert Job.objects.get(pk=held.id).attempts == 1
+
+
+@pytest.mark.postgres
+def test_concurrent_claims_from_many_connections_never_share_a_job():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connections
+
+    tasks.add.enqueue_many([(i, i) for i in range(400)])
+
+    def claimer(n):
+        try:
+            got = []
+            while batch := store.claim_jobs(connections["default"], worker_id=f"w{n}", queues=["default"],
+                                            limit=7, lease_seconds=30, advisory=n % 2 == 0):
+                got += [j.id for j in batch]
+            return got
+        finally:
+            connections["default"].close()
+
+    with ThreadPoolExecutor(6) as pool:
+        claimed = [i for ids in pool.map(claimer, range(6)) for i in ids]
+    assert len(claimed) == 400 and len(set(claimed)) == 400
+
+
+@pytest.mark.postgres
+def test_claim_plan_is_an_index_scan_on_the_claim_index_at_any_size():
+    with connection.cursor() as cursor:
+        for total in (10_000, 200_000):
+            cursor.execute("""
+                INSERT INTO taskengine_job (task_path, backend, queue, priority, args, kwargs, state, run_after,
+                    enqueued_at, attempts, max_attempts, on_lease_expired)
+                SELECT 'tests.tasks.noop', 'default', 'default', 0, '[]', '{}', 'queued', now(), now(), 0, 3, 'retry'
+                  FROM generate_series(1, %s - (SELECT count(*) FROM taskengine_job))""", [total])
+            cursor.execute("ANALYZE taskengine_job")
+            cursor.execute("EXPLAIN " + sql(connection, "claim_jobs"),
+                           {"queues": ["default"], "limit": 50, "worker_id": "x", "lease_seconds": 30.0})
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            assert "taskengine_job_claim_idx" in plan, plan
+            assert "Seq Scan on taskengine_job" not in plan, plan
+            assert "Index Scan using taskengine_job_claim_idx" in plan, plan
