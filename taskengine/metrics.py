@@ -1,6 +1,18 @@
-"""Prometheus metrics of the engine (prometheus_client's default registry, which
-django-prometheus serves at /metrics). Labels are bounded: queue, task path, state —
-never job ids. See docs/observability.md.
+"""Prometheus metrics of the engine, in prometheus_client's default registry (which
+django-prometheus serves at the web's /metrics and ``runworker --metrics-port`` serves
+from a worker). See docs/observability.md for every metric and the alerts built on them.
+
+Invariants:
+- Labels are bounded: queue, task path, state, operation — never job ids, worker ids or
+  error messages.
+- These are per-process counters: a job is counted as submitted by the process that
+  enqueued it (on commit) and as finished by the worker that ran it, so the fleet-wide
+  identity holds over the sum of all scraped processes::
+
+      submitted + requeued = succeeded + failed + cancelled + queued + running
+
+  (queued and running from the database gauges of taskengine.collectors).
+- Updating a metric never touches the database and never raises into the caller.
 """
 from __future__ import annotations
 
@@ -9,17 +21,21 @@ from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
-JOBS_SUBMITTED = Counter("taskengine_jobs_submitted", "Jobs enqueued (committed).", ["queue", "task"])
-JOBS_RUNNING = Gauge("taskengine_jobs_running", "Jobs running in this process.", ["queue"])
+# prometheus_client appends ``_total`` to counter names on exposition.
+JOBS_SUBMITTED = Counter("taskengine_jobs_submitted", "Jobs enqueued (counted on commit).", ["queue", "task"])
+JOBS_REQUEUED = Counter("taskengine_jobs_requeued", "Finished jobs an operator sent back to the queue.", ["queue", "task"])
+JOBS_RUNNING = Gauge("taskengine_jobs_running", "Jobs running in this process right now.", ["queue"])
 JOBS_SUCCEEDED = Counter("taskengine_jobs_succeeded", "Jobs that finished successfully.", ["queue", "task"])
-JOBS_FAILED = Counter("taskengine_jobs_failed", "Jobs that failed for good (attempts exhausted).", ["queue", "task"])
-JOBS_RETRIED = Counter("taskengine_jobs_retried", "Failed attempts sent back to the queue.", ["queue", "task"])
-JOBS_CANCELLED = Counter("taskengine_jobs_cancelled", "Running jobs that ended cancelled.", ["queue", "task"])
+JOBS_FAILED = Counter("taskengine_jobs_failed", "Jobs that failed for good (attempts exhausted, or recovered as failed).",
+                      ["queue", "task"])
+JOBS_RETRIED = Counter("taskengine_jobs_retried", "Failed attempts sent back to the queue for a retry.", ["queue", "task"])
+JOBS_CANCELLED = Counter("taskengine_jobs_cancelled", "Jobs that ended cancelled.", ["queue", "task"])
 JOBS_RECOVERED = Counter("taskengine_jobs_recovered", "Running jobs whose lease expired and were recovered.", ["queue"])
 LEASES_LOST = Counter("taskengine_leases_lost", "Attempts whose lease this worker lost before finishing.", ["queue"])
-DB_ERRORS = Counter("taskengine_db_errors", "Database errors met by the engine.", ["operation"])
+DB_ERRORS = Counter("taskengine_db_errors", "Database errors met by the engine, by operation.", ["operation"])
+WORKER_SLOTS = Gauge("taskengine_worker_slots", "Execution slots (concurrency) of the worker in this process.")
 CLAIM_LATENCY = Histogram(
-    "taskengine_claim_latency_seconds", "Time the claim statement took.",
+    "taskengine_claim_latency_seconds", "Time one claim statement took (empty claims included).",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 JOB_DURATION = Histogram(
@@ -29,11 +45,19 @@ JOB_DURATION = Histogram(
 
 
 def jobs_submitted(jobs: Iterable) -> None:
+    """Count newly inserted jobs (objects with ``queue`` and ``task_path``)."""
     for (queue, task), n in _Tally((j.queue, j.task_path) for j in jobs).items():
         JOBS_SUBMITTED.labels(queue, task).inc(n)
 
 
-def job_finished(queue: str, task: str, state: str, outcome: str) -> None:
+def jobs_requeued(queue: str, task: str, count: int = 1) -> None:
+    """An operator moved finished jobs back to ``queued`` (console / admin / reconcile)."""
+    JOBS_REQUEUED.labels(queue, task).inc(count)
+
+
+def job_finished(queue: str, task: str, state: str, outcome: str | None = None) -> None:
+    """An attempt ended and the job is now in ``state``. ``queued`` means a retry;
+    ``cancelled`` also counts an operator's cancel of a job that never ran."""
     if state == "succeeded":
         JOBS_SUCCEEDED.labels(queue, task).inc()
     elif state == "failed":
@@ -42,6 +66,14 @@ def job_finished(queue: str, task: str, state: str, outcome: str) -> None:
         JOBS_CANCELLED.labels(queue, task).inc()
     elif state == "queued":
         JOBS_RETRIED.labels(queue, task).inc()
+
+
+def job_recovered(queue: str, task: str, state: str) -> None:
+    """Recovery swept an expired lease back to ``queued`` or to ``failed``; a job
+    recovered as failed is a failed job too (it will not run again)."""
+    JOBS_RECOVERED.labels(queue).inc()
+    if state == "failed":
+        JOBS_FAILED.labels(queue, task).inc()
 
 
 def serve(host: str, port: int) -> None:
