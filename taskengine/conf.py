@@ -44,6 +44,14 @@ DEFAULTS: dict[str, Any] = {
     "SCHEDULES": {},
     # "text" or "json".
     "LOG_FORMAT": "text",
+    # /metrics database gauges (taskengine.collectors): seconds a reading is reused, so
+    # frequent or parallel scrapes cost one set of queries.
+    "METRICS_CACHE_SECONDS": 5.0,
+    # Queue depth is counted exactly up to this many jobs per queue; deeper queues
+    # report the PostgreSQL planner's estimate (SQLite: the cap).
+    "METRICS_DEPTH_EXACT_LIMIT": 10000,
+    # At most this many queues get per-queue gauges (bounded label cardinality).
+    "METRICS_MAX_QUEUES": 50,
     # Callable path: (user) -> iterable of tenant names a staff user may see, or None
     # to use TenantMembership rows.
     "TENANT_RESOLVER": None,

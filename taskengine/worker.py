@@ -162,6 +162,7 @@ class Worker:
                     "advisory" if self.use_advisory_locks else "skip-locked",
                     "poll" if self.poll_only or self.connection.vendor != "postgresql" else "listen",
                     extra={"worker_id": self.worker_id})
+        metrics.WORKER_SLOTS.set(self.concurrency)
         try:
             self._start_listener()
             while not self._registered and not self._draining:
@@ -296,7 +297,7 @@ class Worker:
         running = RunningJob(job=job)
         self._running[job.id] = running
         metrics.JOBS_RUNNING.labels(job.queue).inc()
-        logger.debug("claimed", extra=self._job_extra(job))
+        logger.info("claimed", extra=self._job_extra(job, event="claimed"))
         try:
             running.task = self._resolve(job.task_path)
         except TaskNotFound as exc:
@@ -359,7 +360,7 @@ class Worker:
                 interrupt_thread(running, JobTimedOut)
                 running.deadline = now + HARD_TIMEOUT_GRACE
                 logger.warning("timed out after %ss; interrupting", running.job.timeout_seconds,
-                               extra=self._job_extra(running.job))
+                               extra=self._job_extra(running.job, event="timed_out"))
             else:
                 # The handler is stuck in C code and ignores the interrupt: record the
                 # timeout now; its slot stays taken until the thread returns.
@@ -368,7 +369,7 @@ class Worker:
                 exc = JobTimedOut(f"timed out after {running.job.timeout_seconds}s (handler did not stop)")
                 self._pending.append((running, failure_outcome(running.job, exc)))
                 logger.error("handler ignored its timeout; slot held until it returns",
-                             extra=self._job_extra(running.job))
+                             extra=self._job_extra(running.job, event="timeout_ignored"))
 
     def _flush(self) -> None:
         if not self._pending:
@@ -389,20 +390,27 @@ class Worker:
 
     def _report(self, running: RunningJob, outcome: Outcome, state: str | None) -> None:
         job = running.job
-        extra = self._job_extra(job, duration_ms=round((time.monotonic() - running.monotonic_start) * 1000, 3))
+        extra = self._job_extra(job, duration_ms=round((time.monotonic() - running.monotonic_start) * 1000, 3),
+                                outcome=str(outcome.outcome), state=state,
+                                finished_at=outcome.finished_at.isoformat() if outcome.finished_at else None)
         if state is None:
             metrics.LEASES_LOST.labels(job.queue).inc()
             logger.warning("lease lost before finishing; outcome %s discarded (the job is recovered and runs again)",
-                           outcome.outcome, extra=extra)
+                           outcome.outcome, extra={**extra, "event": "lease_lost"})
             return
         metrics.job_finished(job.queue, job.task_path, state, outcome.outcome)
         if outcome.error_class:
+            # The traceback travels as its own field: the text format prints it under the
+            # line, the JSON format keeps every event on one line.
             level = logging.ERROR if state == "failed" else logging.WARNING
             retry = f" (retry in {outcome.retry_delay:.1f}s)" if state == "queued" else ""
-            logger.log(level, "attempt %s -> %s%s: %s: %s\n%s", outcome.outcome, state, retry,
-                       outcome.error_class, outcome.error_message, outcome.traceback.rstrip(), extra=extra)
+            event = "retry" if state == "queued" else state
+            logger.log(level, "attempt %s -> %s%s: %s: %s", outcome.outcome, state, retry,
+                       outcome.error_class, outcome.error_message,
+                       extra={**extra, "event": event, "error_class": outcome.error_class,
+                              "traceback": outcome.traceback.rstrip()})
         else:
-            logger.info("succeeded", extra=extra)
+            logger.info("succeeded", extra={**extra, "event": "succeeded"})
         if state != "queued" and running.task is not None:
             self._send_finished(running, state, outcome)
 
@@ -411,7 +419,8 @@ class Worker:
         released = self._db_call(
             "release", lambda: store.release_jobs(self.connection, worker_id=self.worker_id, held=held), default=[])
         for job_id in released:
-            logger.warning("grace period over: released back to the queue", extra=self._job_extra(self._running[job_id].job))
+            logger.warning("grace period over: released back to the queue",
+                           extra=self._job_extra(self._running[job_id].job, event="released"))
             self._running[job_id].abandoned = True
         if len(released) < len(held):
             logger.warning("%d running jobs could not be released; they recover when their leases expire",
@@ -436,10 +445,12 @@ class Worker:
         for running in live:
             if running.job.id not in kept:
                 running.lease_lost = True
-                logger.warning("lease lost while running; interrupting the handler", extra=self._job_extra(running.job))
+                logger.warning("lease lost while running; interrupting the handler",
+                               extra=self._job_extra(running.job, event="lease_lost"))
                 self._interrupt(running, LeaseLost)
             elif kept[running.job.id] and running.interrupt_sent is None:
-                logger.info("cancellation requested; interrupting the handler", extra=self._job_extra(running.job))
+                logger.info("cancellation requested; interrupting the handler",
+                            extra=self._job_extra(running.job, event="cancel_requested"))
                 self._interrupt(running, JobCancelled)
 
     def _interrupt(self, running: RunningJob, reason: type[JobInterrupted]) -> None:
@@ -489,4 +500,4 @@ class Worker:
     def _job_extra(self, job: store.ClaimedJob, **more: Any) -> dict[str, Any]:
         return {"worker_id": self.worker_id, "job_id": job.id, "task_path": job.task_path,
                 "queue": job.queue, "attempt": job.attempt, "claimed_at": job.last_attempted_at.isoformat(),
-                **more}
+                "run_after": job.run_after.isoformat() if job.run_after else None, **more}
