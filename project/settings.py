@@ -115,6 +115,8 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "var" / "static"
 LOGIN_URL = "admin:login"
+# CSRF failures on /taskengine/api/ answer JSON (403); elsewhere Django's own page.
+CSRF_FAILURE_VIEW = "taskengine.console.access.csrf_failure"
 
 TASKS = {
     "default": {

@@ -11,5 +11,6 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
+    path("taskengine/", include("taskengine.urls")),
     path("", include("django_prometheus.urls")),
 ]

@@ -1,0 +1,227 @@
+"""Django admin for taskengine: jobs (with requeue / retry now / cancel actions),
+attempts, schedules, workers, leader, missed slots, the audit trail and tenant
+memberships.
+
+Rules:
+- Every list and detail is tenant-scoped in ``get_queryset`` (jobs, attempts, audit,
+  schedules, missed slots): superusers see everything, other staff only their tenants.
+- Jobs, attempts, workers, leaders and audit rows are read-only here; jobs change only
+  through the three actions, which run ``operations.perform`` job by job (permission,
+  tenant scope, compare-and-set, audit row in the same transaction). Jobs are never
+  deleted from the admin (retention prunes terminal jobs).
+- An action first shows a confirmation page with the number of selected jobs per state
+  (and how many the action applies to); "select all N matching the filter" works and
+  is capped at ``BULK_LIMIT`` jobs per run.
+- Schedule and tenant-membership edits are for superusers and write audit rows.
+- No list runs an unbounded count(*) (BoundedCountPaginator, show_full_result_count
+  off) and no filter scans the table for its choices.
+"""
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import Count
+from django.template.response import TemplateResponse
+from django.utils.html import format_html
+
+from . import operations
+from .console.admin_support import (
+    AuditedAdmin, BoundedCountPaginator, QueueFilter, ReadOnlyAdmin, TaskFilter, TenantFilter,
+    TenantScopedAdmin,
+)
+from .console.counts import bounded_count
+from .console.serialize import truncate_traceback
+from .models import (
+    ExecutionLog, Job, Leader, MissedSlot, OperatorAction, Schedule, TenantMembership, WorkerProcess,
+)
+
+BULK_LIMIT = 5000
+ACTION_STATES = {"requeue": ("failed", "cancelled"), "retry": ("queued",), "cancel": ("queued", "running")}
+
+
+def traceback_html(log: ExecutionLog):
+    tb = truncate_traceback(log.traceback or "")
+    if not tb["text"]:
+        return "—"
+    note = f" (last {len(tb['text'])} of {tb['length']} characters)" if tb["truncated"] else ""
+    return format_html('<details><summary>traceback{}</summary><pre class="te-traceback">{}</pre></details>',
+                       note, tb["text"])
+
+
+class ExecutionLogInline(admin.TabularInline):
+    model = ExecutionLog
+    extra = 0
+    can_delete = False
+    fields = ("attempt", "worker_id", "started_at", "finished_at", "outcome", "error_class",
+              "error_message", "traceback_tail", "user_id_str")
+    readonly_fields = fields
+
+    @admin.display(description="traceback")
+    def traceback_tail(self, obj):
+        return traceback_html(obj)
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Job)
+class JobAdmin(TenantScopedAdmin):
+    list_display = ("id", "task_path", "queue", "state", "tenant", "attempts", "max_attempts",
+                    "enqueued_at", "run_after", "finished_at")
+    list_filter = ("state", QueueFilter, TaskFilter, TenantFilter, ("enqueued_at", admin.DateFieldListFilter))
+    search_fields = ("=id", "=task_path", "=unique_key")
+    paginator = BoundedCountPaginator
+    show_full_result_count = False
+    list_per_page = 50
+    inlines = [ExecutionLogInline]
+    actions = ["requeue_jobs", "retry_jobs_now", "cancel_jobs"]
+    exclude = ("schedule",)
+    readonly_fields = ("task_path", "backend", "queue", "priority", "args", "kwargs", "state", "run_after",
+                       "enqueued_at", "started_at", "last_attempted_at", "finished_at", "attempts",
+                       "max_attempts", "timeout_seconds", "retry_backoff_seconds", "on_lease_expired",
+                       "locked_by", "lease_expires_at", "cancel_requested_at", "return_value", "unique_key",
+                       "tenant", "acting_user_id", "schedule_name", "slot")
+
+    @admin.display(description="schedule")
+    def schedule_name(self, obj):
+        return obj.schedule.name if obj.schedule_id else "—"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # The change form is read-only (every field is in readonly_fields); viewing
+        # needs view permission only.
+        return False
+
+    def has_requeue_permission(self, request) -> bool:
+        return operations.has_permission(request.user, "requeue")
+
+    def has_retry_permission(self, request) -> bool:
+        return operations.has_permission(request.user, "retry")
+
+    def has_cancel_permission(self, request) -> bool:
+        return operations.has_permission(request.user, "cancel")
+
+    @admin.action(permissions=["requeue"], description="Requeue selected failed/cancelled jobs")
+    def requeue_jobs(self, request, queryset):
+        return self._run_action(request, queryset, "requeue")
+
+    @admin.action(permissions=["retry"], description="Retry selected queued jobs now")
+    def retry_jobs_now(self, request, queryset):
+        return self._run_action(request, queryset, "retry")
+
+    @admin.action(permissions=["cancel"], description="Cancel selected jobs")
+    def cancel_jobs(self, request, queryset):
+        return self._run_action(request, queryset, "cancel")
+
+    def _run_action(self, request, queryset, action: str):
+        total = bounded_count(queryset, BULK_LIMIT)
+        if not total.exact:
+            self.message_user(request, f"{total.display()} jobs selected; an action applies to at most "
+                                       f"{BULK_LIMIT:,} at a time. Narrow the filter.", messages.ERROR)
+            return None
+        if request.POST.get("confirm") != "yes":
+            return self._confirmation(request, queryset, action, total.value)
+        ids = list(queryset.order_by("pk").values_list("pk", flat=True))
+        result = operations.perform_many(action, ids, actor=request.user, reason=request.POST.get("reason", ""))
+        if result.done:
+            self.message_user(request, f"{action}: {len(result.done)} job(s) done.", messages.SUCCESS)
+        if result.refused:
+            sample = "; ".join(list(result.refused.values())[:5])
+            self.message_user(request, f"{action}: {len(result.refused)} job(s) refused: {sample}", messages.WARNING)
+        return None
+
+    def _confirmation(self, request, queryset, action: str, total: int):
+        by_state = {row["state"]: row["n"] for row in queryset.order_by().values("state").annotate(n=Count("id"))}
+        applicable = sum(n for state, n in by_state.items() if state in ACTION_STATES[action])
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Confirm: {action} {total} job(s)",
+            "opts": self.model._meta,
+            "action": action,
+            "action_name": request.POST.get("action", ""),
+            "by_state": sorted(by_state.items()),
+            "total": total,
+            "applicable": applicable,
+            "select_across": request.POST.get("select_across", "0"),
+            "selected": request.POST.getlist(admin.helpers.ACTION_CHECKBOX_NAME),
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "taskengine/admin/confirm_action.html", context)
+
+
+@admin.register(ExecutionLog)
+class ExecutionLogAdmin(TenantScopedAdmin, ReadOnlyAdmin):
+    tenant_lookup = "job__tenant"
+    list_display = ("job_id", "attempt", "worker_id", "started_at", "finished_at", "outcome", "error_class")
+    list_filter = ("outcome",)
+    search_fields = ("=job__id", "=worker_id")
+    paginator = BoundedCountPaginator
+    show_full_result_count = False
+    exclude = ("traceback",)
+    readonly_fields = ("traceback_tail",)
+
+    @admin.display(description="traceback")
+    def traceback_tail(self, obj):
+        return traceback_html(obj)
+
+
+@admin.register(OperatorAction)
+class OperatorActionAdmin(TenantScopedAdmin, ReadOnlyAdmin):
+    list_display = ("created_at", "actor_repr", "action", "target_type", "target_id", "tenant")
+    list_filter = ("action", "target_type")
+    search_fields = ("=target_id", "=actor_repr")
+    paginator = BoundedCountPaginator
+    show_full_result_count = False
+
+
+@admin.register(WorkerProcess)
+class WorkerProcessAdmin(ReadOnlyAdmin):
+    list_display = ("worker_id", "host", "pid", "state", "concurrency", "started_at", "last_heartbeat_at")
+    list_filter = ("state",)
+
+
+@admin.register(Leader)
+class LeaderAdmin(ReadOnlyAdmin):
+    list_display = ("name", "holder", "term", "acquired_at", "renewed_at", "expires_at")
+
+
+@admin.register(MissedSlot)
+class MissedSlotAdmin(TenantScopedAdmin, ReadOnlyAdmin):
+    tenant_lookup = "schedule__tenant"
+    list_display = ("schedule", "slot", "reason", "recorded_at")
+
+
+class SuperuserEditsOnly:
+    def has_add_permission(self, request, *args) -> bool:
+        return request.user.is_superuser
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
+
+
+@admin.register(Schedule)
+class ScheduleAdmin(SuperuserEditsOnly, TenantScopedAdmin, AuditedAdmin):
+    audit_target = "schedule"
+    list_display = ("name", "task_path", "cron", "interval_seconds", "timezone", "queue", "enabled", "last_slot_at")
+    list_filter = ("enabled", "queue")
+    search_fields = ("name", "task_path")
+
+
+@admin.register(TenantMembership)
+class TenantMembershipAdmin(SuperuserEditsOnly, AuditedAdmin):
+    audit_target = "tenant_membership"
+    list_display = ("user", "tenant")
+    search_fields = ("tenant", "user__username")
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser

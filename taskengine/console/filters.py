@@ -1,0 +1,92 @@
+"""Job filters and keyset pagination, shared by the job list page and the JSON API.
+
+Filters: ``state``, ``queue``, ``task`` (exact task path), ``tenant``, and the
+enqueue date range ``since`` / ``until`` (dates, inclusive, UTC). Each filter maps to an
+index (taskengine_job_state_idx, _queue_state_idx, _task_idx, _tenant_idx).
+
+Pages are keyset pages ordered by id, newest first: ``after=<id>`` gives the next
+(older) page (``id < after``), ``before=<id>`` the previous (newer) one (``id >
+before``). No OFFSET anywhere: page 10,000 costs what page 1 costs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
+
+from django import forms
+
+from ..models import Job
+from ..states import JobState
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+
+
+class JobFilterForm(forms.Form):
+    state = forms.ChoiceField(choices=[("", "any state"), *JobState.choices], required=False)
+    queue = forms.CharField(max_length=64, required=False)
+    task = forms.CharField(max_length=300, required=False, label="Task path")
+    tenant = forms.CharField(max_length=64, required=False)
+    since = forms.DateField(required=False, help_text="Enqueued on or after (UTC date).")
+    until = forms.DateField(required=False, help_text="Enqueued on or before (UTC date).")
+    after = forms.IntegerField(required=False, min_value=0, widget=forms.HiddenInput)
+    before = forms.IntegerField(required=False, min_value=0, widget=forms.HiddenInput)
+    limit = forms.IntegerField(required=False, min_value=1, max_value=MAX_LIMIT, widget=forms.HiddenInput)
+
+    def clean(self):
+        data = super().clean()
+        if data.get("after") is not None and data.get("before") is not None:
+            raise forms.ValidationError("give either after or before, not both")
+        return data
+
+    def filter(self, queryset):
+        """Apply the (valid) filters to ``queryset``."""
+        data = self.cleaned_data
+        for name, lookup in (("state", "state"), ("queue", "queue"), ("task", "task_path"), ("tenant", "tenant")):
+            if data.get(name):
+                queryset = queryset.filter(**{lookup: data[name]})
+        if data.get("since"):
+            queryset = queryset.filter(enqueued_at__gte=datetime.combine(data["since"], time.min, UTC))
+        if data.get("until"):
+            end = datetime.combine(data["until"], time.min, UTC) + timedelta(days=1)
+            queryset = queryset.filter(enqueued_at__lt=end)
+        return queryset
+
+    def filter_params(self) -> dict[str, str]:
+        """The active filters as query parameters (for page links)."""
+        data = self.cleaned_data
+        out = {}
+        for name in ("state", "queue", "task", "tenant", "since", "until"):
+            if data.get(name):
+                out[name] = str(data[name])
+        if data.get("limit"):
+            out["limit"] = str(data["limit"])
+        return out
+
+
+@dataclass(slots=True)
+class KeysetPage:
+    items: list[Job] = field(default_factory=list)
+    next_after: int | None = None  # pass as after= for the next (older) page
+    prev_before: int | None = None  # pass as before= for the previous (newer) page
+
+
+def keyset_page(queryset, form: JobFilterForm) -> KeysetPage:
+    """One page of ``queryset`` (already filtered and scoped), newest first."""
+    data = form.cleaned_data
+    limit = data.get("limit") or DEFAULT_LIMIT
+    if data.get("before") is not None:
+        rows = list(queryset.filter(pk__gt=data["before"]).order_by("pk")[: limit + 1])
+        has_newer = len(rows) > limit
+        items = list(reversed(rows[:limit]))
+        return KeysetPage(items=items, next_after=items[-1].pk if items else None,
+                          prev_before=items[0].pk if has_newer and items else None)
+    if data.get("after") is not None:
+        queryset = queryset.filter(pk__lt=data["after"])
+    rows = list(queryset.order_by("-pk")[: limit + 1])
+    items = rows[:limit]
+    return KeysetPage(
+        items=items,
+        next_after=items[-1].pk if len(rows) > limit else None,
+        prev_before=items[0].pk if data.get("after") is not None and items else None,
+    )

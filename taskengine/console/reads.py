@@ -1,0 +1,181 @@
+"""The console's read models: dashboard summary, job lists and detail, workers and
+leader, schedules. Every function takes the requesting user and scopes what it reads
+with ``tenancy``; none writes. Times come from the database clock (``counts.db_now``).
+
+Cost on a big table (see docs/performance.md): counts are bounded (``counts.
+bounded_count``), the throughput chart reads the last hour through the
+``finished_at`` index, lists are keyset pages.
+"""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from typing import Any
+
+from croniter import croniter
+from django.conf import settings
+from django.db.models import Count, Min
+from django.db.models.functions import TruncMinute
+from zoneinfo import ZoneInfo
+
+from .. import gate
+from ..conf import engine_settings
+from ..models import ExecutionLog, Job, Leader, OperatorAction, Schedule, WorkerProcess, WorkerState
+from ..states import JobState
+from ..tenancy import scope_jobs, tenants_for
+from . import serialize
+from .counts import bounded_count, db_now, distinct_values
+
+CHART_MINUTES = 60
+LIST_DEFER = ("args", "kwargs", "return_value")
+
+
+def jobs_for(user, using: str = "default"):
+    return scope_jobs(Job.objects.using(using), user)
+
+
+def audit_for(user, using: str = "default"):
+    tenants = tenants_for(user)
+    rows = OperatorAction.objects.using(using)
+    return rows if tenants is None else rows.filter(tenant__in=tenants)
+
+
+def schedules_for(user, using: str = "default"):
+    tenants = tenants_for(user)
+    rows = Schedule.objects.using(using)
+    return rows if tenants is None else rows.filter(tenant__in=tenants)
+
+
+def gate_banner(using: str = "default") -> dict[str, Any]:
+    """Cached once open; a closed gate is re-read live so the banner says why."""
+    if gate.is_ready(using):
+        return {"ready": True, "reason": ""}
+    status = gate.status(using)
+    return {"ready": status.ready, "reason": status.reason, "pending": status.pending}
+
+
+def known_queues(using: str = "default") -> list[str]:
+    configured = [q for backend in settings.TASKS.values() for q in backend.get("QUEUES", [])]
+    return sorted(set(configured) | set(distinct_values("queue", using)))
+
+
+def counts_by_state(user, using: str = "default") -> dict[str, dict]:
+    jobs = jobs_for(user, using)
+    return {state: bounded_count(jobs.filter(state=state)).as_dict() for state in JobState.values}
+
+
+def counts_by_queue(user, using: str = "default") -> dict[str, dict[str, dict]]:
+    """{queue: {state: count}} for the queues that have jobs the user may see (or are
+    configured). One bounded index scan per (queue, state)."""
+    jobs = jobs_for(user, using)
+    out: dict[str, dict[str, dict]] = {}
+    for queue in known_queues(using):
+        row = {state: bounded_count(jobs.filter(queue=queue, state=state)) for state in JobState.values}
+        if any(c.value for c in row.values()) or queue in _configured_queues():
+            out[queue] = {state: c.as_dict() for state, c in row.items()}
+    return out
+
+
+def _configured_queues() -> set[str]:
+    return {q for backend in settings.TASKS.values() for q in backend.get("QUEUES", [])}
+
+
+def throughput(user, now: datetime, using: str = "default") -> dict[str, Any]:
+    """Finished jobs per minute over the last hour, by final state. Index:
+    taskengine_job_finished_idx (finished_at)."""
+    end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    start = end - timedelta(minutes=CHART_MINUTES)
+    rows = (
+        jobs_for(user, using).filter(finished_at__gte=start, finished_at__lt=end)
+        .annotate(minute=TruncMinute("finished_at")).values("minute", "state")
+        .annotate(n=Count("id")).order_by()
+    )
+    buckets = {start + timedelta(minutes=i): {"succeeded": 0, "failed": 0, "cancelled": 0}
+               for i in range(CHART_MINUTES)}
+    for row in rows:
+        bucket = buckets.get(row["minute"])
+        if bucket is not None and row["state"] in bucket:
+            bucket[row["state"]] = row["n"]
+    return {
+        "bucket_seconds": 60,
+        "since": serialize.iso(start),
+        "until": serialize.iso(end),
+        "buckets": [{"start": serialize.iso(t), **v} for t, v in buckets.items()],
+    }
+
+
+def oldest_queued_age(user, now: datetime, using: str = "default") -> float | None:
+    """Seconds the longest-waiting due job has been waiting (None: nothing due).
+    Index: taskengine_job_claim_idx (partial on queued rows)."""
+    oldest = jobs_for(user, using).queued().filter(run_after__lte=now).aggregate(m=Min("run_after"))["m"]
+    return None if oldest is None else max(0.0, (now - oldest).total_seconds())
+
+
+def workers(now: datetime, using: str = "default", limit: int = 200) -> list[dict[str, Any]]:
+    cutoff = now - timedelta(seconds=engine_settings.WORKER_DEAD_AFTER_SECONDS)
+    rows = WorkerProcess.objects.using(using).order_by("-last_heartbeat_at")[:limit]
+    return [serialize.worker_row(w, _alive(w, cutoff)) for w in rows]
+
+
+def _alive(worker: WorkerProcess, cutoff: datetime) -> bool:
+    live_states = (WorkerState.RUNNING, WorkerState.DRAINING)
+    return worker.state in live_states and worker.last_heartbeat_at >= cutoff
+
+
+def leaders(now: datetime, using: str = "default") -> list[dict[str, Any]]:
+    return [serialize.leader_row(row, now) for row in Leader.objects.using(using).order_by("name")]
+
+
+def summary(user, using: str = "default") -> dict[str, Any]:
+    now = db_now(using)
+    worker_rows = workers(now, using)
+    return {
+        "generated_at": serialize.iso(now),
+        "gate": gate_banner(using),
+        "counts": {"by_state": counts_by_state(user, using), "by_queue": counts_by_queue(user, using)},
+        "oldest_queued_age_seconds": oldest_queued_age(user, now, using),
+        "throughput": throughput(user, now, using),
+        "workers": {"alive": sum(1 for w in worker_rows if w["alive"]), "listed": len(worker_rows)},
+        "leaders": leaders(now, using),
+    }
+
+
+def job_detail(user, job_id: int, using: str = "default") -> tuple[Job, dict[str, Any]] | None:
+    job = jobs_for(user, using).select_related("schedule").filter(pk=job_id).first()
+    if job is None:
+        return None
+    attempts = list(ExecutionLog.objects.using(using).filter(job=job).order_by("attempt"))
+    audit = list(audit_for(user, using).filter(target_type="job", target_id=str(job.pk))[:100])
+    return job, serialize.job_detail(job, user, attempts=attempts, audit=audit)
+
+
+def next_slots(schedule: Schedule, now: datetime, n: int = 3) -> list[datetime]:
+    """The next ``n`` slots after both the last enqueued slot and now: cron in the
+    schedule's time zone (croniter, DST-aware), intervals stepped from the last slot."""
+    base = max(schedule.last_slot_at or now, now)
+    if schedule.cron:
+        it = croniter(schedule.cron, base.astimezone(ZoneInfo(schedule.timezone or "UTC")))
+        return [it.get_next(datetime) for _ in range(n)]
+    step = timedelta(seconds=schedule.interval_seconds or 1)
+    first = schedule.last_slot_at + step if schedule.last_slot_at else now
+    if first < now:
+        first += step * math.ceil((now - first) / step)
+    return [first + step * i for i in range(n)]
+
+
+def schedules(user, using: str = "default") -> list[dict[str, Any]]:
+    now = db_now(using)
+    out = []
+    for schedule in schedules_for(user, using).order_by("name")[:500]:
+        runs = schedule.jobs.using(using).order_by("-slot").only("id", "state", "slot")[:5]
+        missed = schedule.missed_slots.using(using).order_by("-slot")[:5]
+        out.append({
+            "name": schedule.name, "task_path": schedule.task_path, "cron": schedule.cron,
+            "interval_seconds": schedule.interval_seconds, "timezone": schedule.timezone,
+            "queue": schedule.queue, "tenant": schedule.tenant, "enabled": schedule.enabled,
+            "misfire_policy": schedule.misfire_policy, "last_slot_at": serialize.iso(schedule.last_slot_at),
+            "next_slots": [serialize.iso(s) for s in next_slots(schedule, now)] if schedule.enabled else [],
+            "last_runs": [{"id": j.pk, "state": j.state, "slot": serialize.iso(j.slot)} for j in runs],
+            "missed_slots": [{"slot": serialize.iso(m.slot), "reason": m.reason} for m in missed],
+        })
+    return out

@@ -1,0 +1,127 @@
+"""Plain-dict shapes of jobs, attempts, audit rows, workers and leaders.
+
+These dicts are the JSON API's contract (docs/api.md, pinned by
+tests/console/test_api_contract.py) and the context the HTML pages render, so the
+pages and the API can never disagree. Datetimes are ISO 8601 strings in UTC (or null).
+Tracebacks are truncated to their last ``TRACEBACK_LIMIT`` characters (the end of a
+traceback is where the error is); escaping is the renderer's job (Django templates
+autoescape, JSON is JSON).
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from ..models import ExecutionLog, Job, Leader, OperatorAction, WorkerProcess
+from .. import operations
+
+TRACEBACK_LIMIT = 4000
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def truncate_traceback(text: str, limit: int = TRACEBACK_LIMIT) -> dict[str, Any]:
+    if len(text) <= limit:
+        return {"text": text, "truncated": False, "length": len(text)}
+    return {"text": "…" + text[-limit:], "truncated": True, "length": len(text)}
+
+
+def job_summary(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.pk,
+        "task_path": job.task_path,
+        "queue": job.queue,
+        "priority": job.priority,
+        "state": job.state,
+        "tenant": job.tenant,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "enqueued_at": iso(job.enqueued_at),
+        "run_after": iso(job.run_after),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "cancel_requested_at": iso(job.cancel_requested_at),
+        "locked_by": job.locked_by,
+        "lease_expires_at": iso(job.lease_expires_at),
+    }
+
+
+def attempt_row(log: ExecutionLog) -> dict[str, Any]:
+    return {
+        "attempt": log.attempt,
+        "worker_id": log.worker_id,
+        "started_at": iso(log.started_at),
+        "finished_at": iso(log.finished_at),
+        "outcome": log.outcome,
+        "error_class": log.error_class,
+        "error_message": log.error_message,
+        "traceback": truncate_traceback(log.traceback or ""),
+    }
+
+
+def audit_row(row: OperatorAction) -> dict[str, Any]:
+    return {
+        "id": row.pk,
+        "actor": row.actor_repr,
+        "action": row.action,
+        "target_type": row.target_type,
+        "target_id": row.target_id,
+        "tenant": row.tenant,
+        "state_before": row.state_before,
+        "state_after": row.state_after,
+        "reason": row.reason,
+        "created_at": iso(row.created_at),
+    }
+
+
+def job_actions(job: Job, user) -> dict[str, bool]:
+    """Which operator actions this user may take on this job in its current state."""
+    return {action: operations.has_permission(user, action) and operations.allowed(job, action)
+            for action in operations.PERMISSIONS}
+
+
+def job_detail(job: Job, user, *, attempts: list[ExecutionLog], audit: list[OperatorAction]) -> dict[str, Any]:
+    return {
+        **job_summary(job),
+        "backend": job.backend,
+        "args": job.args,
+        "kwargs": job.kwargs,
+        "return_value": job.return_value,
+        "unique_key": job.unique_key,
+        "timeout_seconds": job.timeout_seconds,
+        "schedule": job.schedule.name if job.schedule_id else None,
+        "slot": iso(job.slot),
+        "acting_user_id": job.acting_user_id,
+        "attempt_log": [attempt_row(a) for a in attempts],
+        "audit": [audit_row(a) for a in audit],
+        "actions": job_actions(job, user),
+    }
+
+
+def worker_row(worker: WorkerProcess, alive: bool) -> dict[str, Any]:
+    return {
+        "worker_id": worker.worker_id,
+        "host": worker.host,
+        "pid": worker.pid,
+        "queues": worker.queues,
+        "concurrency": worker.concurrency,
+        "state": worker.state,
+        "alive": alive,
+        "started_at": iso(worker.started_at),
+        "last_heartbeat_at": iso(worker.last_heartbeat_at),
+        "stopped_at": iso(worker.stopped_at),
+    }
+
+
+def leader_row(leader: Leader, now: datetime) -> dict[str, Any]:
+    return {
+        "name": leader.name,
+        "holder": leader.holder,
+        "term": leader.term,
+        "acquired_at": iso(leader.acquired_at),
+        "renewed_at": iso(leader.renewed_at),
+        "expires_at": iso(leader.expires_at),
+        "live": leader.expires_at > now,
+    }

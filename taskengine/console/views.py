@@ -1,0 +1,123 @@
+"""Console pages under /taskengine/ (staff only, through the admin site's login).
+
+GET pages only read (``reads``); the one write view, ``job_action``, is POST only,
+CSRF-protected (``admin_view``), and delegates to ``operations.perform`` (permission,
+tenant scope, compare-and-set, audit). A job outside the user's tenants is a 404 on
+every page. Templates live in templates/taskengine/ and extend admin/base_site.html.
+"""
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from .. import operations
+from ..states import JobState
+from ..tenancy import tenants_for
+from . import reads, serialize
+from .access import staff_page
+from .counts import bounded_count, distinct_values
+from .filters import JobFilterForm, keyset_page
+
+AUDIT_PAGE = 50
+
+
+def render(request: HttpRequest, template: str, title: str, **context) -> TemplateResponse:
+    return TemplateResponse(request, f"taskengine/{template}",
+                            {**admin.site.each_context(request), "title": title, **context})
+
+
+@staff_page
+def dashboard(request: HttpRequest) -> TemplateResponse:
+    now = reads.db_now()
+    user = request.user
+    return render(
+        request, "dashboard.html", "Task engine",
+        gate=reads.gate_banner(),
+        by_state=reads.counts_by_state(user),
+        by_queue=reads.counts_by_queue(user),
+        states=JobState.values,
+        oldest_queued_age=reads.oldest_queued_age(user, now),
+        workers=[w for w in reads.workers(now) if w["alive"]],
+        leaders=reads.leaders(now),
+        now=now,
+    )
+
+
+@staff_page
+def job_list(request: HttpRequest) -> TemplateResponse:
+    form = JobFilterForm(request.GET or None)
+    valid = form.is_valid() if request.GET else (form := JobFilterForm({})).is_valid()
+    queryset = reads.jobs_for(request.user)
+    if valid:
+        queryset = form.filter(queryset)
+        page = keyset_page(queryset.defer(*reads.LIST_DEFER), form)
+        params = form.filter_params()
+    else:
+        page, params = None, {}
+    tenants = tenants_for(request.user)
+    return render(
+        request, "job_list.html", "Jobs",
+        form=form, page=page, params=params, count=bounded_count(queryset) if valid else None,
+        states=JobState.choices, queues=reads.known_queues(),
+        tenants=distinct_values("tenant") if tenants is None else tenants,
+    )
+
+
+@staff_page
+def job_detail(request: HttpRequest, job_id: int) -> TemplateResponse:
+    found = reads.job_detail(request.user, job_id)
+    if found is None:
+        raise Http404(f"no job {job_id}")
+    job, detail = found
+    return render(request, "job_detail.html", f"Job {job.pk}", job=job, detail=detail)
+
+
+@staff_page
+@require_POST
+def job_action(request: HttpRequest, job_id: int, action: str) -> HttpResponse:
+    if action not in operations.PERMISSIONS:
+        raise Http404(f"no action {action}")
+    try:
+        result = operations.perform(action, job_id, actor=request.user,
+                                    reason=request.POST.get("reason", "")[:2000])
+    except operations.OperationForbidden as exc:
+        return HttpResponseForbidden(exc.message)
+    except operations.JobNotFound as exc:
+        raise Http404(exc.message) from None
+    except operations.OperationRefused as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, result.message)
+    return redirect(reverse("taskengine:job_detail", args=[job_id]), status=303)
+
+
+@staff_page
+def workers(request: HttpRequest) -> TemplateResponse:
+    now = reads.db_now()
+    return render(request, "workers.html", "Workers and leader",
+                  workers=reads.workers(now), leaders=reads.leaders(now), now=now)
+
+
+@staff_page
+def schedules(request: HttpRequest) -> TemplateResponse:
+    return render(request, "schedules.html", "Schedules", schedules=reads.schedules(request.user))
+
+
+@staff_page
+def audit(request: HttpRequest) -> TemplateResponse:
+    """The audit trail of the user's tenants, newest first, keyset-paged by id."""
+    rows = reads.audit_for(request.user)
+    try:
+        after = int(request.GET["after"]) if request.GET.get("after") else None
+    except ValueError:
+        after = None
+    if after is not None:
+        rows = rows.filter(pk__lt=after)
+    page = list(rows.order_by("-pk")[: AUDIT_PAGE + 1])
+    items = [serialize.audit_row(r) for r in page[:AUDIT_PAGE]]
+    next_after = items[-1]["id"] if len(page) > AUDIT_PAGE else None
+    return render(request, "audit.html", "Audit trail", rows=items, next_after=next_after)

@@ -1,0 +1,29 @@
+"""taskengine's console URLs; project/urls.py includes them at ``taskengine/``.
+
+Pages: dashboard, jobs, jobs/<id>, jobs/<id>/<action> (POST), workers, schedules, audit,
+reconcile, backfill. JSON API: api/v1/… (see docs/api.md)."""
+from django.urls import path
+
+from .console import api, backfill, reconcile, views
+
+app_name = "taskengine"
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("jobs/", views.job_list, name="job_list"),
+    path("jobs/<int:job_id>/", views.job_detail, name="job_detail"),
+    path("jobs/<int:job_id>/<str:action>/", views.job_action, name="job_action"),
+    path("workers/", views.workers, name="workers"),
+    path("schedules/", views.schedules, name="schedules"),
+    path("audit/", views.audit, name="audit"),
+    path("reconcile/", reconcile.reconcile, name="reconcile"),
+    path("backfill/", backfill.backfill, name="backfill"),
+    path("api/v1/summary", api.summary, name="api_summary"),
+    path("api/v1/jobs", api.jobs, name="api_jobs"),
+    path("api/v1/jobs/<int:job_id>", api.job, name="api_job"),
+    path("api/v1/jobs/<int:job_id>/requeue", api.job_requeue, name="api_job_requeue"),
+    path("api/v1/jobs/<int:job_id>/cancel", api.job_cancel, name="api_job_cancel"),
+    path("api/v1/jobs/<int:job_id>/retry", api.job_retry, name="api_job_retry"),
+    path("api/v1/workers", api.workers, name="api_workers"),
+    path("api/v1/schedules", api.schedules, name="api_schedules"),
+]
