@@ -24,7 +24,8 @@ Invariants:
 Which caller uses what:
 
 - ``runworker`` -> ``wait_until_ready`` (live checks with backoff until open; then cached).
-- maintenance tick -> ``is_ready`` (cached: free once open; a live check while closed).
+- maintenance tick -> ``is_ready`` (cached: free once open; a live check while closed);
+  ``GateWatch`` wraps that with one log line per state change for any periodic loop.
 - ``/readyz``, ``manage.py checkready`` -> ``is_ready`` for the decision, ``status`` for the reason.
 - console banner, ``manage.py reconcile``, system checks -> ``status`` (always live).
 """
@@ -176,6 +177,33 @@ def wait_until_ready(alias: str = "default", *, timeout: float | None = None,
         else:
             time.sleep(pause)
         delay = min(delay * 2, BACKOFF_MAX_SECONDS)
+
+
+class GateWatch:
+    """A periodic loop's view of the gate (maintenance ticks, schedulers): call ``is_open()``
+    once per tick and skip the tick when it returns False.
+
+    Uses ``is_ready`` (free once open; a live check each tick while closed) and logs one
+    line per state change, never one per tick.
+    """
+
+    def __init__(self, alias: str = "default", *, what: str = "maintenance",
+                 log: logging.Logger | None = None) -> None:
+        self.alias = alias
+        self.what = what
+        self.log = log or logger
+        self._open: bool | None = None
+
+    def is_open(self) -> bool:
+        if is_ready(self.alias):
+            if self._open is False:
+                self.log.info("%s resumed: migration gate open on database %r", self.what, self.alias)
+            self._open = True
+            return True
+        if self._open is not False:
+            self.log.warning("%s paused until migrations are applied: %s", self.what, status(self.alias).reason)
+        self._open = False
+        return False
 
 
 @receiver(setting_changed)
