@@ -36,11 +36,53 @@ DEFAULTS: dict[str, Any] = {
     # Never LISTEN (PgBouncer in transaction mode drops LISTEN); poll instead.
     "POLL_ONLY": False,
     "NOTIFY_CHANNEL": "taskengine_jobs",
-    # How long after its last heartbeat a worker counts as dead.
+    # How long after its last heartbeat a worker counts as dead: the leader marks it
+    # dead and recovers its running jobs without waiting for their leases. Keep it well
+    # above HEARTBEAT_SECONDS (a live worker must never look dead).
     "WORKER_DEAD_AFTER_SECONDS": 60.0,
+    # Rows of stopped/dead workers are deleted this long after their last heartbeat.
+    "WORKER_PRUNE_AFTER_SECONDS": 7 * 86400.0,
+    # Leader election (docs/leadership.md). The leader's row lives LEADER_TTL_SECONDS
+    # after each renew; it renews every LEADER_RENEW_SECONDS and trusts itself only
+    # until (local time the renew was sent + TTL - LEADER_SAFETY_MARGIN_SECONDS).
+    # Failover bound after a leader dies: TTL + renew interval. Needs
+    # 0 < RENEW < TTL - MARGIN.
+    "LEADER_TTL_SECONDS": 15.0,
+    "LEADER_RENEW_SECONDS": 5.0,
+    "LEADER_SAFETY_MARGIN_SECONDS": 2.0,
+    # Leader-only maintenance cadence: recovery + dead workers every
+    # MAINTENANCE_INTERVAL_SECONDS, schedules every SCHEDULER_INTERVAL_SECONDS,
+    # retention every RETENTION_INTERVAL_SECONDS.
+    "MAINTENANCE_INTERVAL_SECONDS": 5.0,
+    "SCHEDULER_INTERVAL_SECONDS": 1.0,
+    "RETENTION_INTERVAL_SECONDS": 300.0,
+    # Most running jobs one recovery statement takes.
+    "RECOVERY_BATCH_SIZE": 500,
+    # Retention deletes at most RETENTION_BATCH_SIZE jobs per transaction and
+    # RETENTION_MAX_BATCHES transactions per state per run.
+    "RETENTION_BATCH_SIZE": 1000,
+    "RETENTION_MAX_BATCHES": 10,
+    # A schedule slot due less than this long ago is on time and always enqueued; older
+    # unenqueued slots are misfires, handled by the schedule's misfire policy.
+    "SCHEDULE_MISFIRE_GRACE_SECONDS": 60.0,
+    # reconcile: a queued job whose run_after is older than this is reported as stale,
+    # and a schedule whose next slot has been due this long without a job as overdue.
+    "STALE_QUEUED_SECONDS": 600.0,
+    # reconcile: how far back schedule slots are checked for gaps and duplicates. Keep it
+    # below the shortest RETENTION_DAYS, or pruned jobs would read as missed slots.
+    "RECONCILE_SLOT_LOOKBACK_SECONDS": 86400.0,
     # Terminal jobs older than this many days are pruned by retention (None: keep).
     "RETENTION_DAYS": {"succeeded": 7, "failed": 30, "cancelled": 30},
-    # Periodic schedules defined in settings, synced on worker start.
+    # Periodic schedules defined in settings, validated when a leader-eligible worker
+    # starts (a bad entry stops it with a clear error) and synced into Schedule rows
+    # (from_settings=True) by the leader; entries removed here are disabled, not deleted.
+    # {"name": {"task": "app.tasks.fn",            # import path of a @task (required)
+    #           "cron": "*/5 * * * *",            # or "interval": seconds (one of both)
+    #           "timezone": "Europe/Paris",       # IANA zone for cron (default "UTC")
+    #           "args": [], "kwargs": {}, "queue": "default", "priority": 0,
+    #           "tenant": None, "enabled": True,
+    #           "misfire_policy": "run_once",     # skip | run_once | catch_up
+    #           "catch_up_limit": 10}}            # most missed slots catch_up runs
     "SCHEDULES": {},
     # "text" or "json".
     "LOG_FORMAT": "text",

@@ -1,0 +1,113 @@
+"""Job-level reconcile checks: expired leases, jobs of dead workers, stale queued jobs
+and unique keys blocked by a stuck live job.
+
+Fixes are the engine's recovery transition applied to the jobs found (back to
+``queued`` now, or ``failed`` when attempts are spent / ``on_lease_expired="fail"``),
+each one a compare-and-set UPDATE fenced on (state, attempt, locked_by) that re-checks
+the lease expired or the worker is dead, with its audit row in the same transaction.
+Two reconciles (or reconcile and the recovery sweep) at once recover each job once:
+the loser's UPDATE matches no row and it writes no audit row.
+
+Terminal jobs never block a unique key: the live-key index
+(taskengine_job_unique_live_key) covers queued and running jobs only. A key is
+*blocked* when its live holder cannot make progress — running with an expired lease or
+a dead worker, or queued more than STALE_QUEUED_SECONDS past run_after — because
+enqueue() with that key returns the stuck holder instead of creating new work.
+"""
+from __future__ import annotations
+
+from django.db import transaction
+
+from .. import audit, metrics
+from .base import Applied, Check, Context, Finding, first_page, page
+
+
+def _inspect_rows(query: str):
+    def inspect(ctx: Context, check: Check) -> Finding:
+        total, rows = first_page(ctx, query, count_column=4)
+        return check.finding(total, [row[0] for row in rows])
+    return inspect
+
+
+def _recover(ctx: Context, category: str, row: tuple, reason: str) -> str | None:
+    """Recover one running job if it is still recoverable; returns its new state."""
+    job_id, attempt, worker_id, tenant = row[:4]
+    with transaction.atomic(using=ctx.database):
+        won = ctx.fetch("reconcile_recover_job", id=job_id, attempt=attempt, worker_id=worker_id)
+        if not won:
+            return None
+        _, state, queue, tenant = won[0]
+        ctx.execute("reconcile_log_lost_attempt", id=job_id, attempt=attempt,
+                    error_class="taskengine.ReconcileRecovered",
+                    error_message=f"recovered by reconcile: {reason} (worker {worker_id})")
+        audit.record(actor=ctx.actor, action=f"reconcile.{category}", target_type="job",
+                     target_id=job_id, tenant=tenant,
+                     before={"state": "running", "attempts": attempt, "locked_by": worker_id},
+                     after={"state": state, "attempts": attempt, "locked_by": None},
+                     reason=reason, using=ctx.database)
+    metrics.JOBS_RECOVERED.labels(queue).inc()
+    return state
+
+
+def _fix_running(query: str, category: str, reason: str):
+    def fix(ctx: Context) -> Applied:
+        applied = Applied(category)
+        for rows in page(ctx, query):
+            for row in rows:
+                if len(row) > 6 and row[6] != "running":
+                    continue  # blocked_unique_keys: queued holders are report-only
+                if _recover(ctx, category, row, reason) is not None:
+                    applied.add(row[0])
+            ctx.progress(f"{category}: {applied.fixed} recovered")
+        return applied
+    return fix
+
+
+def _inspect_stale(ctx: Context, check: Check) -> Finding:
+    total, rows = first_page(ctx, "reconcile_stale_queued", count_column=4)
+    by_queue = {queue: n for queue, n in ctx.fetch("reconcile_stale_queued_by_queue")} if total else {}
+    return check.finding(total, [row[0] for row in rows], queues=by_queue)
+
+
+def _inspect_blocked(ctx: Context, check: Check) -> Finding:
+    total, rows = first_page(ctx, "reconcile_blocked_unique_keys", count_column=4)
+    return check.finding(total, [row[0] for row in rows],
+                         keys={row[5]: row[6] for row in rows})
+
+
+CHECKS = [
+    Check(
+        name="expired_leases",
+        description="Running jobs whose lease has expired (their worker stopped heartbeating).",
+        action="recover: back to queued now (failed when attempts are spent or "
+               "on_lease_expired='fail'); the attempt is logged as lost",
+        inspect=_inspect_rows("reconcile_expired_leases"),
+        fix=_fix_running("reconcile_expired_leases", "expired_leases", "lease expired"),
+    ),
+    Check(
+        name="dead_worker_jobs",
+        description="Running jobs with a live lease whose worker is dead "
+                    "(marked dead/stopped, or no heartbeat for WORKER_DEAD_AFTER_SECONDS).",
+        action="recover now without waiting for the lease: back to queued (failed when "
+               "attempts are spent); the attempt is logged as lost",
+        inspect=_inspect_rows("reconcile_dead_worker_jobs"),
+        fix=_fix_running("reconcile_dead_worker_jobs", "dead_worker_jobs", "worker dead"),
+    ),
+    Check(
+        name="stale_queued_jobs",
+        description="Queued jobs more than STALE_QUEUED_SECONDS past their run_after.",
+        action="none (report only): start or scale workers for the queues listed in detail; "
+               "reconcile never fails or deletes waiting work",
+        inspect=_inspect_stale,
+    ),
+    Check(
+        name="blocked_unique_keys",
+        description="Unique keys held by a live job that cannot make progress (running with an "
+                    "expired lease or dead worker, or stale queued): enqueue() with the key "
+                    "returns the stuck job instead of new work. Terminal jobs never hold a key.",
+        action="recover the running holders (as expired_leases / dead_worker_jobs), which "
+               "frees or unblocks the key; stale queued holders are report only",
+        inspect=_inspect_blocked,
+        fix=_fix_running("reconcile_blocked_unique_keys", "blocked_unique_keys", "unique key blocked"),
+    ),
+]
