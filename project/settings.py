@@ -131,6 +131,13 @@ TASKENGINE = {
     "POLL_ONLY": env("TASKENGINE_POLL_ONLY"),
     "LOG_FORMAT": env("TASKENGINE_LOG_FORMAT"),
 }
+# Leadership and maintenance timings (seconds), e.g. TASKENGINE_LEADER_TTL_SECONDS=15;
+# unset variables keep the defaults of taskengine/conf.py.
+for _name in ("LEADER_TTL_SECONDS", "LEADER_RENEW_SECONDS", "LEADER_SAFETY_MARGIN_SECONDS",
+              "MAINTENANCE_INTERVAL_SECONDS", "SCHEDULER_INTERVAL_SECONDS", "WORKER_DEAD_AFTER_SECONDS",
+              "HEARTBEAT_SECONDS"):
+    if env.str(f"TASKENGINE_{_name}", default=""):
+        TASKENGINE[_name] = env.float(f"TASKENGINE_{_name}")
 
 LOGGING = {
     "version": 1,

@@ -287,6 +287,14 @@ class Schedule(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def clean(self) -> None:
+        """Reject an invalid cron, unknown time zone or unknown task with a clear
+        message per field (the admin shows them on the form)."""
+        from .schedules import validate_schedule
+
+        self.cron = self.cron or None
+        validate_schedule(self)
+
 
 class MissedSlot(models.Model):
     """A slot the scheduler decided not to run (misfire policy), recorded once."""

@@ -1,13 +1,24 @@
 """The worker registry: one WorkerProcess row per runworker, heartbeated on the
-database clock. A row whose heartbeat is older than WORKER_DEAD_AFTER_SECONDS belongs
-to a dead worker (see maintenance)."""
+database clock; a clean exit marks it ``stopped``.
+
+Dead-worker detection: a ``running``/``draining`` row whose heartbeat is older than
+WORKER_DEAD_AFTER_SECONDS belongs to a dead worker. The leader marks such rows ``dead``
+(maintenance/dead_workers.py) and recovery hands their running jobs back without
+waiting for the leases (maintenance/recovery.py). A worker that was only paused finds
+its row dead at its next heartbeat (``heartbeat`` returns False) and registers again;
+its late finishes are fenced out by the job's attempt number."""
 from __future__ import annotations
 
 import os
 import socket
 import uuid
 
+from datetime import timedelta
+
+from django.db.models import Q, QuerySet
 from django.db.models.functions import Now
+
+from .conf import engine_settings
 
 from .models import WorkerProcess, WorkerState
 
@@ -38,3 +49,12 @@ def mark_stopped(database: str, worker_id: str) -> None:
     WorkerProcess.objects.using(database).filter(worker_id=worker_id).update(
         state=WorkerState.STOPPED, stopped_at=Now(), last_heartbeat_at=Now()
     )
+
+
+def dead_workers(database: str, dead_after: float | None = None) -> QuerySet[WorkerProcess]:
+    """Workers known dead (read-only): marked dead, or running/draining with a
+    heartbeat older than ``dead_after`` seconds on the database clock."""
+    dead_after = float(dead_after if dead_after is not None else engine_settings.WORKER_DEAD_AFTER_SECONDS)
+    stale = Q(state__in=[WorkerState.RUNNING, WorkerState.DRAINING],
+              last_heartbeat_at__lt=Now() - timedelta(seconds=dead_after))
+    return WorkerProcess.objects.using(database).filter(stale | Q(state=WorkerState.DEAD))

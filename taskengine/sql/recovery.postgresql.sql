@@ -1,18 +1,58 @@
--- Recovery: the one and only path by which a running job whose lease expired goes back
--- to the queue (or to failed). Compare-and-set on state = 'running' AND an expired
--- lease, so a job that finished between the read and the write is never touched.
+-- Recovery: the one and only path by which a running job goes back to the queue (or to
+-- failed) without its worker finishing it: its lease expired, or its worker is known
+-- dead (state dead/stopped, or no heartbeat for %(dead_after)s seconds) — the latter
+-- without waiting for the full lease. Compare-and-set on state = 'running' and the
+-- lease holder (locked_by, attempts), so a job that finished between the read and the
+-- write is never touched.
+--
+-- Fencing: with a leader lease (%(term)s not NULL) the candidates are read only while
+-- that lease is the live leader's; FOR SHARE on the leader row holds off a takeover
+-- until this statement commits, so a deposed leader's sweep changes nothing. With
+-- %(term)s NULL (an operator's explicit run) there is no fence.
 
 
 -- name: recover_expired_leases
--- Index: taskengine_job_lease_idx (lease_expires_at) WHERE state = 'running'.
-WITH expired AS (
-    SELECT job.id, job.locked_by
+-- Index: taskengine_job_lease_idx (lease_expires_at) WHERE state = 'running' for expired
+-- leases; taskengine_job_worker_idx (locked_by) WHERE state = 'running' for the jobs of
+-- dead workers; taskengine_worker_alive_idx (state, last_heartbeat_at) for the workers.
+WITH dead_worker AS (
+    SELECT worker.worker_id
+      FROM taskengine_worker AS worker
+     WHERE worker.state IN ('dead', 'stopped')
+        OR (worker.state IN ('running', 'draining')
+            AND worker.last_heartbeat_at < now() - make_interval(secs => %(dead_after)s))
+),
+candidate AS (
+    (SELECT job.id
+       FROM taskengine_job AS job
+      WHERE job.state = 'running'
+        AND job.lease_expires_at < now()
+      ORDER BY job.lease_expires_at
+      LIMIT %(limit)s)
+    UNION
+    (SELECT job.id
+       FROM taskengine_job AS job
+       JOIN dead_worker ON dead_worker.worker_id = job.locked_by
+      WHERE job.state = 'running'
+      LIMIT %(limit)s)
+),
+expired AS (
+    SELECT job.id, job.locked_by, job.attempts,
+           job.lease_expires_at >= now() AS worker_dead
       FROM taskengine_job AS job
-     WHERE job.state = 'running'
-       AND job.lease_expires_at < now()
+     WHERE job.id IN (SELECT id FROM candidate)
+       AND job.state = 'running'
+       AND (%(term)s::bigint IS NULL
+            OR EXISTS (SELECT 1
+                         FROM taskengine_leader AS leader
+                        WHERE leader.name = %(election)s
+                          AND leader.holder = %(holder)s
+                          AND leader.term = %(term)s::bigint
+                          AND leader.expires_at > now()
+                          FOR SHARE))
      ORDER BY job.lease_expires_at
      LIMIT %(limit)s
-       FOR UPDATE SKIP LOCKED
+       FOR UPDATE OF job SKIP LOCKED
 ),
 recovered AS (
     UPDATE taskengine_job AS job
@@ -27,18 +67,24 @@ recovered AS (
       FROM expired
      WHERE job.id = expired.id
        AND job.state = 'running'
-       AND job.lease_expires_at < now()
- RETURNING job.id, job.attempts, job.state, job.queue, job.task_path, expired.locked_by
+       AND job.locked_by = expired.locked_by
+       AND job.attempts = expired.attempts
+ RETURNING job.id, job.attempts, job.state, job.queue, job.task_path, expired.locked_by,
+           expired.worker_dead
 ),
 attempt_logged AS (
     UPDATE task_execution_logs AS log
        SET finished_at = now(),
            outcome = 'lost',
-           error_class = 'taskengine.LeaseExpired',
-           error_message = 'lease expired: worker ' || recovered.locked_by || ' stopped heartbeating'
+           error_class = CASE WHEN recovered.worker_dead THEN 'taskengine.WorkerDead'
+                              ELSE 'taskengine.LeaseExpired' END,
+           error_message = CASE WHEN recovered.worker_dead
+                                THEN 'worker ' || recovered.locked_by || ' is dead'
+                                ELSE 'lease expired: worker ' || recovered.locked_by
+                                     || ' stopped heartbeating' END
       FROM recovered
      WHERE log.job_id = recovered.id
        AND log.attempt = recovered.attempts
        AND log.finished_at IS NULL
 )
-SELECT id, attempts, state, queue, task_path, locked_by FROM recovered;
+SELECT id, attempts, state, queue, task_path, locked_by, worker_dead FROM recovered;

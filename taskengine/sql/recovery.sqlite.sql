@@ -1,8 +1,31 @@
--- Recovery for SQLite; see recovery.postgresql.sql. Runs inside one IMMEDIATE
--- transaction with its attempt-log update.
+-- Recovery for SQLite; see recovery.postgresql.sql. The three statements run inside one
+-- IMMEDIATE transaction (the single write lock), so the fence, the read and the
+-- compare-and-set writes cannot interleave with any other writer.
 
 
--- name: recover_expired_leases
+-- name: select_recoverable
+-- Index: taskengine_job_lease_idx; taskengine_job_worker_idx; taskengine_worker_alive_idx.
+SELECT id, locked_by, attempts,
+       lease_expires_at >= strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now') AS worker_dead
+  FROM taskengine_job
+ WHERE state = 'running'
+   AND (lease_expires_at < strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')
+        OR locked_by IN (SELECT worker_id FROM taskengine_worker
+                          WHERE state IN ('dead', 'stopped')
+                             OR (state IN ('running', 'draining')
+                                 AND last_heartbeat_at < strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now',
+                                                                  '-' || %(dead_after)s || ' seconds'))))
+   AND (%(term)s IS NULL
+        OR EXISTS (SELECT 1 FROM taskengine_leader
+                    WHERE name = %(election)s AND holder = %(holder)s AND term = %(term)s
+                      AND expires_at > strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')))
+ ORDER BY lease_expires_at
+ LIMIT %(limit)s;
+
+
+-- name: recover_job
+-- Compare-and-set on the attempt select_recoverable read.
+-- Index: primary key.
 UPDATE taskengine_job
    SET state = CASE WHEN attempts >= max_attempts OR on_lease_expired = 'fail'
                     THEN 'failed' ELSE 'queued' END,
@@ -12,22 +35,18 @@ UPDATE taskengine_job
                         THEN run_after ELSE strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now') END,
        locked_by = NULL,
        lease_expires_at = NULL
- WHERE id IN (
-        SELECT id FROM taskengine_job
-         WHERE state = 'running'
-           AND lease_expires_at < strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')
-         ORDER BY lease_expires_at
-         LIMIT %(limit)s
-       )
+ WHERE id = %(id)s
    AND state = 'running'
-   AND lease_expires_at < strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')
-RETURNING id, attempts, state, queue, task_path, NULL;
+   AND locked_by = %(locked_by)s
+   AND attempts = %(attempts)s
+RETURNING id, attempts, state, queue, task_path;
 
 
 -- name: log_lost_attempt
+-- Index: task_execution_logs_job_attempt_uniq.
 UPDATE task_execution_logs
    SET finished_at = strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now'),
        outcome = 'lost',
-       error_class = 'taskengine.LeaseExpired',
-       error_message = 'lease expired: worker ' || worker_id || ' stopped heartbeating'
+       error_class = %(error_class)s,
+       error_message = %(error_message)s
  WHERE job_id = %(id)s AND attempt = %(attempt)s AND finished_at IS NULL;

@@ -1,0 +1,155 @@
+"""The scheduler: enqueue one ordinary job per due schedule slot, on the leader.
+
+Each run reads the database clock once, then for every enabled schedule looks at the
+slots after its ``last_slot_at`` (or its creation) up to now:
+- slots due less than SCHEDULE_MISFIRE_GRACE_SECONDS ago are on time: always enqueued;
+- older slots misfired (nothing ran while they fell due). The schedule's policy says
+  what happens: ``skip`` enqueues none; ``run_once`` enqueues only the newest (if no
+  slot is on time); ``catch_up`` enqueues the newest ``catch_up_limit``. Every slot not
+  enqueued is recorded once in MissedSlot.
+
+Invariants: exactly one job per (schedule, slot) — the insert is ``ON CONFLICT
+(schedule_id, slot) DO NOTHING`` on a unique index, never check-then-insert — across
+restarts, leader changes and any number of nodes. Every write carries the leader's
+lease; one schedule's writes share one transaction, so a stale leader changes nothing
+and a schedule never advances without its jobs.
+
+Failure: a schedule whose task no longer imports is skipped (logged once) and not
+advanced; its slots then age into the misfire policy. Database errors propagate.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.db import connections, transaction
+from django.tasks import task_backends
+
+from .. import metrics
+from ..conf import engine_settings
+from ..leadership import LeaderLease, db_now, fenced_transaction
+from ..models import Schedule
+from ..queries import sql
+from ..schedules import SlotSpec, recent_slots, resolve_task, settings_schedules, sync_settings_schedules
+
+logger = logging.getLogger("taskengine.schedules")
+
+MAX_MISSED_RECORDED = 100  # per schedule per run; older misfires are only counted in the log
+
+
+@dataclass(slots=True)
+class SlotPlan:
+    enqueue: list[datetime] = field(default_factory=list)
+    missed: list[datetime] = field(default_factory=list)
+    newest: datetime | None = None
+    truncated: bool = False  # more misfired slots than were looked at
+
+
+def plan_slots(spec: SlotSpec, *, after: datetime, now: datetime, policy: str, catch_up_limit: int,
+               grace: float) -> SlotPlan:
+    """Which slots in (after, now] to enqueue and which to record as missed. Pure."""
+    slots, truncated = recent_slots(spec, after=after, until=now, limit=catch_up_limit + MAX_MISSED_RECORDED + 1)
+    plan = SlotPlan(newest=slots[-1] if slots else None, truncated=truncated)
+    cutoff = now - timedelta(seconds=grace)
+    on_time = [s for s in slots if s > cutoff]
+    late = [s for s in slots if s <= cutoff]
+    if policy == "catch_up":
+        keep = late[len(late) - catch_up_limit:] if catch_up_limit else []
+    elif policy == "run_once":
+        keep = late[-1:] if not on_time else []
+    else:
+        keep = []
+    plan.enqueue = keep + on_time
+    plan.missed = [s for s in late if s not in keep]
+    return plan
+
+
+class Scheduler:
+    """The scheduler service. ``run_once(lease)`` is one pass; the ticker calls it on
+    the leader every SCHEDULER_INTERVAL_SECONDS."""
+
+    name = "schedules"
+
+    def __init__(self, database: str, *, definitions: list[dict] | None = None) -> None:
+        self.database = database
+        self.definitions = settings_schedules() if definitions is None else definitions
+        self._synced_term: int | None = None
+        self._broken: set[tuple[int, str]] = set()
+
+    def run_once(self, lease: LeaderLease, *, now: datetime | None = None) -> dict[str, list[int]]:
+        """Enqueue due slots; returns {schedule name: [new job ids]}. ``now`` replaces
+        the database clock for planning (tests); the writes stay fenced on the DB clock."""
+        if self._synced_term != lease.term:
+            with fenced_transaction(self.database, lease):
+                sync_settings_schedules(self.database, self.definitions)
+            self._synced_term = lease.term
+        now = now or db_now(self.database)
+        grace = float(engine_settings.SCHEDULE_MISFIRE_GRACE_SECONDS)
+        created: dict[str, list[int]] = {}
+        for schedule in Schedule.objects.using(self.database).filter(enabled=True).order_by("id"):
+            ids = self._run_schedule(schedule, lease, now, grace)
+            if ids:
+                created[schedule.name] = ids
+        return created
+
+    def _run_schedule(self, schedule: Schedule, lease: LeaderLease, now: datetime, grace: float) -> list[int]:
+        after = schedule.last_slot_at or schedule.created_at
+        plan = plan_slots(SlotSpec.of(schedule), after=after, now=now, policy=schedule.misfire_policy,
+                          catch_up_limit=schedule.catch_up_limit, grace=grace)
+        if plan.newest is None:
+            return []
+        try:
+            job = self._job_template(schedule)
+        except Exception as exc:  # noqa: BLE001 - a broken schedule must not stop the others
+            key = (schedule.pk, str(exc))
+            if key not in self._broken:
+                self._broken.add(key)
+                logger.error("schedule %r cannot enqueue: %s", schedule.name, exc)
+            return []
+        connection = connections[self.database]
+        created: list[int] = []
+        with transaction.atomic(using=self.database), connection.cursor() as cursor:
+            base = {**lease.params(), "schedule_id": schedule.pk}
+            for slot in plan.enqueue:
+                cursor.execute(sql(connection, "enqueue_schedule_slot"),
+                               {**base, **job, "slot": self._slot_param(slot)})
+                created.extend(row[0] for row in cursor.fetchall())
+            for slot in plan.missed:
+                cursor.execute(sql(connection, "record_missed_slot"),
+                               {**base, "slot": self._slot_param(slot), "reason": f"misfire:{schedule.misfire_policy}"})
+                cursor.fetchall()
+            cursor.execute(sql(connection, "advance_schedule"), {**base, "slot": self._slot_param(plan.newest)})
+            cursor.fetchall()
+        self._report(schedule, plan, created, job)
+        return created
+
+    def _job_template(self, schedule: Schedule) -> dict:
+        """The schedule's job as the backend would store it (same defaults as
+        ``task.enqueue()``), minus slot and schedule."""
+        task = resolve_task(schedule.task_path).using(queue_name=schedule.queue, priority=schedule.priority)
+        if schedule.tenant:
+            task = task.using(tenant=schedule.tenant)
+        backend = task_backends[task.backend]
+        new = backend._new_job(task, schedule.args or [], schedule.kwargs or {})
+        return {"task_path": new.task_path, "backend": new.backend, "queue": new.queue,
+                "priority": new.priority, "args": new.args, "kwargs": new.kwargs,
+                "max_attempts": new.max_attempts, "timeout_seconds": new.timeout_seconds,
+                "retry_backoff_seconds": new.retry_backoff_seconds,
+                "on_lease_expired": new.on_lease_expired, "tenant": new.tenant}
+
+    def _slot_param(self, slot: datetime):
+        connection = connections[self.database]
+        if connection.vendor == "postgresql":
+            return slot
+        return connection.ops.adapt_datetimefield_value(slot)
+
+    def _report(self, schedule: Schedule, plan: SlotPlan, created: list[int], job: dict) -> None:
+        if created:
+            metrics.JOBS_SUBMITTED.labels(job["queue"], job["task_path"]).inc(len(created))
+            logger.debug("schedule %r: enqueued %d slot(s) up to %s", schedule.name, len(created),
+                        plan.newest.isoformat())
+        if plan.missed:
+            logger.warning("schedule %r: %d slot(s) misfired and were not run (policy %s)%s",
+                           schedule.name, len(plan.missed), schedule.misfire_policy,
+                           "; older misfired slots were not recorded" if plan.truncated else "")

@@ -1,0 +1,206 @@
+"""Periodic schedules: validation, slot arithmetic and the TASKENGINE["SCHEDULES"] sync.
+
+A schedule has either a cron expression (parsed by croniter, evaluated in the
+schedule's IANA time zone, so DST is honoured) or a fixed interval in seconds. Interval
+slots are the multiples of the interval since the Unix epoch (UTC), so every node
+computes the same slots; the time zone matters for cron only. Slots are aware UTC
+datetimes; the database keeps one job per (schedule, slot) through a unique index.
+
+Bad input — an invalid cron expression, an unknown time zone, a task path that is not
+a @task, an unknown queue — is rejected with a ValidationError naming the field, when a
+Schedule is saved through a form (``Schedule.clean``) and when settings are loaded
+(ImproperlyConfigured naming the entry).
+
+This module does no I/O except ``sync_settings_schedules``; the leader's service in
+maintenance/schedules.py decides which slots to enqueue.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.tasks import Task
+from django.utils.module_loading import import_string
+
+from .conf import engine_settings
+
+MISFIRE_POLICIES = ("skip", "run_once", "catch_up")
+SETTINGS_KEYS = {"task", "cron", "interval", "timezone", "args", "kwargs", "queue", "priority",
+                 "tenant", "enabled", "misfire_policy", "catch_up_limit"}
+SYNCED_FIELDS = ["task_path", "cron", "interval_seconds", "timezone", "args", "kwargs", "queue", "priority",
+                 "tenant", "enabled", "misfire_policy", "catch_up_limit"]
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+# --- validation ----------------------------------------------------------------------
+
+def resolve_task(task_path: str) -> Task:
+    """The @task at ``task_path``; ValueError with a readable reason otherwise."""
+    try:
+        task = import_string(task_path)
+    except ImportError as exc:
+        raise ValueError(f"cannot import task {task_path!r}: {exc}") from None
+    if not isinstance(task, Task):
+        raise ValueError(f"{task_path!r} is not a task (decorate it with @task)")
+    return task
+
+
+def schedule_errors(*, task_path: str, cron: str | None, interval_seconds: Any, timezone: str,
+                    misfire_policy: str = "run_once", catch_up_limit: Any = 10,
+                    queue: str | None = None, args: Any = (), kwargs: Any = None) -> dict[str, str]:
+    """Field → message for everything wrong with a schedule definition ({} if valid)."""
+    errors: dict[str, str] = {}
+    if bool(cron) == (interval_seconds is not None):
+        errors["cron"] = "Give either a cron expression or an interval in seconds, not both or neither."
+    elif cron and not croniter.is_valid(cron):
+        errors["cron"] = f"{cron!r} is not a valid cron expression (e.g. '*/5 * * * *')."
+    elif interval_seconds is not None and (not isinstance(interval_seconds, int) or isinstance(interval_seconds, bool)
+                                           or interval_seconds < 1):
+        errors["interval_seconds"] = "The interval must be a whole number of seconds, at least 1."
+    try:
+        ZoneInfo(timezone or "")
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        errors["timezone"] = f"Unknown time zone {timezone!r} (use an IANA name such as 'Europe/Paris')."
+    try:
+        task = resolve_task(task_path or "")
+    except ValueError as exc:
+        errors["task_path"] = str(exc)
+    else:
+        queues = getattr(task.get_backend(), "queues", None)
+        if queue and queues and queue not in queues:
+            errors["queue"] = f"Queue {queue!r} is not in the backend's QUEUES ({', '.join(sorted(queues))})."
+    if misfire_policy not in MISFIRE_POLICIES:
+        errors["misfire_policy"] = f"Misfire policy must be one of {', '.join(MISFIRE_POLICIES)}."
+    if not isinstance(catch_up_limit, int) or catch_up_limit < 0:
+        errors["catch_up_limit"] = "catch_up_limit must be a whole number ≥ 0."
+    if not isinstance(args, (list, tuple)):
+        errors["args"] = "args must be a list."
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        errors["kwargs"] = "kwargs must be a mapping."
+    return errors
+
+
+def validate_schedule(schedule) -> None:
+    """Raise ValidationError for a bad Schedule instance (called by Schedule.clean)."""
+    errors = schedule_errors(
+        task_path=schedule.task_path, cron=schedule.cron or None, interval_seconds=schedule.interval_seconds,
+        timezone=schedule.timezone, misfire_policy=schedule.misfire_policy,
+        catch_up_limit=schedule.catch_up_limit, queue=schedule.queue, args=schedule.args,
+        kwargs=schedule.kwargs)
+    if errors:
+        raise ValidationError({field: [message] for field, message in errors.items()})
+
+
+# --- slots ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class SlotSpec:
+    cron: str | None
+    interval_seconds: int | None
+    timezone: str = "UTC"
+
+    @classmethod
+    def of(cls, schedule) -> SlotSpec:
+        return cls(schedule.cron or None, schedule.interval_seconds, schedule.timezone or "UTC")
+
+
+def recent_slots(spec: SlotSpec, *, after: datetime, until: datetime, limit: int) -> tuple[list[datetime], bool]:
+    """The newest ``limit`` slots in (after, until], oldest first, and whether older
+    slots in that range were left out. Walks backwards from ``until``, so a long outage
+    costs ``limit`` steps, not one per missed slot."""
+    slots: list[datetime] = []
+    for slot in _backwards(spec, until):
+        if slot <= after:
+            return slots[::-1], False
+        if len(slots) == limit:
+            return slots[::-1], True
+        slots.append(slot)
+    return slots[::-1], False
+
+
+def _backwards(spec: SlotSpec, until: datetime):
+    if spec.interval_seconds:
+        step = spec.interval_seconds
+        k = math.floor((until - EPOCH).total_seconds() / step)
+        while True:
+            yield EPOCH + timedelta(seconds=k * step)
+            k -= 1
+    else:
+        zone = ZoneInfo(spec.timezone)
+        # croniter's get_prev is strictly before its start; start just after ``until``'s
+        # whole second so a slot exactly at ``until`` is included.
+        start = until.astimezone(zone).replace(microsecond=0) + timedelta(seconds=1)
+        it = croniter(spec.cron, start)
+        while True:
+            yield it.get_prev(datetime).astimezone(UTC)
+
+
+def next_slot(spec: SlotSpec, after: datetime) -> datetime:
+    """The first slot strictly after ``after``."""
+    if spec.interval_seconds:
+        k = math.floor((after - EPOCH).total_seconds() / spec.interval_seconds) + 1
+        return EPOCH + timedelta(seconds=k * spec.interval_seconds)
+    it = croniter(spec.cron, after.astimezone(ZoneInfo(spec.timezone)))
+    return it.get_next(datetime).astimezone(UTC)
+
+
+# --- settings ------------------------------------------------------------------------
+
+def settings_schedules(raw: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """TASKENGINE["SCHEDULES"] as Schedule field dicts; ImproperlyConfigured on bad input."""
+    raw = engine_settings.SCHEDULES if raw is None else raw
+    if not isinstance(raw, Mapping):
+        raise ImproperlyConfigured('TASKENGINE["SCHEDULES"] must be a dict of name -> definition.')
+    out = []
+    for name, entry in raw.items():
+        where = f'TASKENGINE["SCHEDULES"][{name!r}]'
+        if not isinstance(entry, Mapping):
+            raise ImproperlyConfigured(f"{where} must be a dict.")
+        unknown = set(entry) - SETTINGS_KEYS
+        if unknown:
+            raise ImproperlyConfigured(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
+                                       f"known: {', '.join(sorted(SETTINGS_KEYS))}.")
+        fields = {
+            "name": name, "task_path": entry.get("task", ""), "cron": entry.get("cron"),
+            "interval_seconds": entry.get("interval"), "timezone": entry.get("timezone", "UTC"),
+            "args": list(entry.get("args", [])), "kwargs": dict(entry.get("kwargs", {})),
+            "queue": entry.get("queue", "default"), "priority": int(entry.get("priority", 0)),
+            "tenant": entry.get("tenant"), "enabled": bool(entry.get("enabled", True)),
+            "misfire_policy": entry.get("misfire_policy", "run_once"),
+            "catch_up_limit": entry.get("catch_up_limit", 10),
+        }
+        errors = schedule_errors(**{k: fields[k] for k in (
+            "task_path", "cron", "interval_seconds", "timezone", "misfire_policy", "catch_up_limit",
+            "queue", "args", "kwargs")})
+        if not isinstance(name, str) or not name or len(name) > 100:
+            errors["name"] = "the name must be a non-empty string of at most 100 characters"
+        if errors:
+            details = "; ".join(f"{field}: {message}" for field, message in errors.items())
+            raise ImproperlyConfigured(f"{where} is invalid: {details}")
+        out.append(fields)
+    return out
+
+
+def sync_settings_schedules(database: str, definitions: list[dict[str, Any]] | None = None) -> list[str]:
+    """Upsert settings-defined schedules (from_settings=True) by name and disable the
+    ones no longer defined. A schedule of the same name created in the admin is left
+    alone. Race-safe: an INSERT … ON CONFLICT (name) DO UPDATE, so two workers syncing
+    at once write the same rows once. Returns the names written."""
+    from .models import Schedule
+
+    definitions = settings_schedules() if definitions is None else definitions
+    manual = set(Schedule.objects.using(database).filter(
+        name__in=[d["name"] for d in definitions], from_settings=False).values_list("name", flat=True))
+    rows = [Schedule(**d, from_settings=True) for d in definitions if d["name"] not in manual]
+    if rows:
+        Schedule.objects.using(database).bulk_create(
+            rows, update_conflicts=True, unique_fields=["name"], update_fields=SYNCED_FIELDS)
+    (Schedule.objects.using(database).filter(from_settings=True, enabled=True)
+     .exclude(name__in=[d["name"] for d in definitions]).update(enabled=False))
+    return [row.name for row in rows]

@@ -1,0 +1,99 @@
+-- Leader-only maintenance writes: dead workers, schedules, retention. Every statement
+-- carries the leader's lease (%(election)s, %(holder)s, %(term)s) and checks it with
+-- FOR SHARE on the leader row, so a write under a stale term changes nothing and a
+-- takeover waits until a write in flight commits (see leadership.postgresql.sql).
+
+
+-- name: mark_dead_workers
+-- Workers that stopped heartbeating are dead; their running jobs are then recovered by
+-- recover_expired_leases without waiting for their leases.
+-- Index: taskengine_worker_alive_idx (state, last_heartbeat_at).
+UPDATE taskengine_worker
+   SET state = 'dead'
+ WHERE state IN ('running', 'draining')
+   AND last_heartbeat_at < now() - make_interval(secs => %(dead_after)s)
+   AND EXISTS (SELECT 1 FROM taskengine_leader AS leader
+                WHERE leader.name = %(election)s AND leader.holder = %(holder)s
+                  AND leader.term = %(term)s AND leader.expires_at > now()
+                  FOR SHARE)
+RETURNING worker_id, host, pid, last_heartbeat_at;
+
+
+-- name: prune_workers
+-- Forget workers gone for long, unless a running job still names them.
+-- Index: taskengine_worker_alive_idx; taskengine_job_worker_idx for the NOT EXISTS.
+DELETE FROM taskengine_worker AS worker
+ WHERE worker.state IN ('stopped', 'dead')
+   AND worker.last_heartbeat_at < now() - make_interval(secs => %(prune_after)s)
+   AND NOT EXISTS (SELECT 1 FROM taskengine_job AS job
+                    WHERE job.state = 'running' AND job.locked_by = worker.worker_id)
+   AND EXISTS (SELECT 1 FROM taskengine_leader AS leader
+                WHERE leader.name = %(election)s AND leader.holder = %(holder)s
+                  AND leader.term = %(term)s AND leader.expires_at > now()
+                  FOR SHARE)
+RETURNING worker.worker_id;
+
+
+-- name: enqueue_schedule_slot
+-- One job per (schedule, slot), ever: ON CONFLICT on taskengine_job_schedule_slot_uniq
+-- makes a second insert of the same slot (another leader, a restart, a retry) a no-op —
+-- a unique constraint, never check-then-insert. The job is an ordinary job otherwise
+-- (the NOTIFY trigger wakes workers on commit). Returns the id only when inserted.
+-- Index: taskengine_job_schedule_slot_uniq (schedule_id, slot).
+INSERT INTO taskengine_job (
+    task_path, backend, queue, priority, args, kwargs, state, run_after, enqueued_at,
+    attempts, max_attempts, timeout_seconds, retry_backoff_seconds, on_lease_expired,
+    unique_key, tenant, acting_user_id, schedule_id, slot
+)
+SELECT %(task_path)s, %(backend)s, %(queue)s, %(priority)s, %(args)s::jsonb, %(kwargs)s::jsonb,
+       'queued', %(slot)s, now(),
+       0, %(max_attempts)s, %(timeout_seconds)s, %(retry_backoff_seconds)s, %(on_lease_expired)s,
+       NULL, %(tenant)s, NULL, %(schedule_id)s, %(slot)s
+ WHERE EXISTS (SELECT 1 FROM taskengine_leader AS leader
+                WHERE leader.name = %(election)s AND leader.holder = %(holder)s
+                  AND leader.term = %(term)s AND leader.expires_at > now()
+                  FOR SHARE)
+ON CONFLICT (schedule_id, slot) DO NOTHING
+RETURNING id;
+
+
+-- name: record_missed_slot
+-- A slot the misfire policy decided not to run, recorded once.
+-- Index: taskengine_missed_slot_uniq (schedule_id, slot).
+INSERT INTO taskengine_missed_slot (schedule_id, slot, reason, recorded_at)
+SELECT %(schedule_id)s, %(slot)s, %(reason)s, now()
+ WHERE EXISTS (SELECT 1 FROM taskengine_leader AS leader
+                WHERE leader.name = %(election)s AND leader.holder = %(holder)s
+                  AND leader.term = %(term)s AND leader.expires_at > now()
+                  FOR SHARE)
+ON CONFLICT (schedule_id, slot) DO NOTHING
+RETURNING id;
+
+
+-- name: advance_schedule
+-- Move last_slot_at forward only (compare-and-set), so a late or stale write can never
+-- move a schedule back in time.
+-- Index: primary key.
+UPDATE taskengine_schedule
+   SET last_slot_at = %(slot)s
+ WHERE id = %(schedule_id)s
+   AND (last_slot_at IS NULL OR last_slot_at < %(slot)s)
+   AND EXISTS (SELECT 1 FROM taskengine_leader AS leader
+                WHERE leader.name = %(election)s AND leader.holder = %(holder)s
+                  AND leader.term = %(term)s AND leader.expires_at > now()
+                  FOR SHARE)
+RETURNING id;
+
+
+-- name: select_retention_batch
+-- One bounded batch of terminal jobs of one state finished before the cutoff, locked
+-- for the deleting transaction (the caller holds the leader fence around it). The
+-- state re-check guards against an operator requeue racing the prune.
+-- Index: taskengine_job_finished_idx (finished_at).
+SELECT id
+  FROM taskengine_job
+ WHERE state = %(state)s
+   AND finished_at < now() - make_interval(secs => %(age_seconds)s)
+ ORDER BY finished_at
+ LIMIT %(batch_size)s
+   FOR UPDATE SKIP LOCKED;
