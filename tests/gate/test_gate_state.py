@@ -2,6 +2,8 @@
 of the code, unreachable databases, and the system checks that report them."""
 from __future__ import annotations
 
+from io import StringIO
+
 import pytest
 from django.core.checks import run_checks
 from django.core.management import call_command
@@ -146,3 +148,11 @@ def test_check_postgres_with_debug_off_has_no_W004():
     assert database_vendor() == "postgresql"
     with override_settings(DEBUG=False):
         assert "taskengine.W004" not in ids(run_checks())
+
+
+def test_makemigrations_merge_is_not_blocked_by_the_conflict_check():
+    out = StringIO()
+    with override_settings(**CONFLICTS):
+        call_command("makemigrations", "project", merge=True, dry_run=True, interactive=False,
+                     verbosity=3, stdout=out)
+    assert "0002_left" in out.getvalue() and "0002_right" in out.getvalue()
