@@ -41,7 +41,7 @@ UPDATE task_execution_logs AS log
  WHERE log.id IN (SELECT value FROM json_each(%(ids)s))
    AND log.user_id IS NOT NULL
    AND log.user_id_str IS NULL
-RETURNING log.id;
+RETURNING id;
 
 
 -- name: backfill_report_counts

@@ -118,7 +118,7 @@ UPDATE taskengine_job AS job
                     WHERE worker.worker_id = job.locked_by
                       AND (worker.state IN ('dead', 'stopped')
                            OR worker.last_heartbeat_at < strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', '-' || %(dead_after)s || ' seconds'))))
-RETURNING job.id, job.state, job.queue, job.tenant;
+RETURNING id, state, queue, tenant;
 
 
 -- name: reconcile_log_lost_attempt
@@ -141,7 +141,7 @@ UPDATE taskengine_job AS job
        finished_at = strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')
  WHERE job.id = %(id)s
    AND job.state = 'queued'
-RETURNING job.id, job.state, job.queue, job.tenant;
+RETURNING id, state, queue, tenant;
 
 
 -- name: reconcile_schedules
@@ -206,7 +206,7 @@ UPDATE task_execution_logs AS log
  WHERE log.id = %(id)s
    AND log.user_id IS NOT NULL
    AND log.user_id_str = %(old)s
-RETURNING log.id, log.user_id_str;
+RETURNING id, user_id_str;
 
 
 -- name: reconcile_leaders
