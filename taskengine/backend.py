@@ -126,33 +126,40 @@ class DatabaseBackend(BaseTaskBackend):
         return self.enqueue_many([(task, args, kwargs)])[0]
 
     def enqueue_many(self, calls: Iterable[tuple[Task, Sequence, Mapping]]) -> list[TaskResult]:
-        """Insert every call as a job in one statement on this backend's database."""
+        """Insert every call as a job in one statement on this backend's database.
+        ``task_enqueued`` fires for each new job once the transaction commits; a call
+        whose unique key a live job holds returns that job's result instead."""
         calls = list(calls)
+        validated: set[int] = set()
         rows = []
         for task, args, kwargs in calls:
-            self.validate_task(task)
+            if id(task) not in validated:
+                self.validate_task(task)
+                validated.add(id(task))
             rows.append(self._new_job(task, args, kwargs))
-        connection = connections[self.database]
-        inserted = self._insert(connection, rows)
-        results = []
-        for (task, args, kwargs), job, row in zip(calls, inserted, rows, strict=True):
+        inserted = self._insert(connections[self.database], rows)
+        results, created = [], []
+        for (task, _, _), job, row in zip(calls, inserted, rows, strict=True):
             if not job.created:
                 results.append(self.get_result(str(job.id)))
                 continue
             result = TaskResult(
                 task=task, id=str(job.id), status=TaskResultStatus.READY,
                 enqueued_at=job.enqueued_at, started_at=None, finished_at=None,
-                last_attempted_at=None, args=json.loads(row.args), kwargs=json.loads(row.kwargs),
+                last_attempted_at=None, args=row.args, kwargs=row.kwargs,
                 backend=self.alias, errors=[], worker_ids=[],
             )
             results.append(result)
-            transaction.on_commit(
-                partial(task_enqueued.send, type(self), task_result=result),
-                using=self.database, robust=True,
-            )
-        created = [row for row, job in zip(rows, inserted, strict=True) if job.created]
-        transaction.on_commit(partial(metrics.jobs_submitted, created), using=self.database, robust=True)
+            created.append((row, result))
+        if created:
+            transaction.on_commit(partial(self._announce, created), using=self.database, robust=True)
         return results
+
+    def _announce(self, created: list[tuple[store.NewJob, TaskResult]]) -> None:
+        """After commit: count the jobs and send task_enqueued for each."""
+        metrics.jobs_submitted([row for row, _ in created])
+        for _, result in created:
+            task_enqueued.send(type(self), task_result=result)
 
     def _insert(self, connection, rows: list[store.NewJob]) -> list[store.InsertedJob]:
         for _ in range(5):
@@ -160,12 +167,15 @@ class DatabaseBackend(BaseTaskBackend):
                 return store.insert_jobs(connection, rows)
             except store.UniqueKeyRace:
                 continue  # the key's holder finished meanwhile: insert again
+            except ValueError as exc:  # NaN or infinity somewhere in the arguments
+                raise InvalidTaskArguments(f"Task arguments must be JSON-serialisable: {exc}. "
+                                           "Nothing was enqueued.") from exc
         raise RuntimeError("unique key kept changing hands during enqueue; giving up")
 
     def _new_job(self, task: Task, args: Sequence, kwargs: Mapping) -> store.NewJob:
         try:
-            args_json = json.dumps(normalize_json(list(args)), allow_nan=False)
-            kwargs_json = json.dumps(normalize_json(dict(kwargs)), allow_nan=False)
+            args = normalize_json(list(args))
+            kwargs = normalize_json(dict(kwargs))
         except (TypeError, ValueError) as exc:
             raise InvalidTaskArguments(
                 f"Arguments to task {task.module_path!r} must be JSON-serialisable: {exc}. "
@@ -175,7 +185,7 @@ class DatabaseBackend(BaseTaskBackend):
         timeout = getattr(task, "timeout", None)
         return store.NewJob(
             task_path=task.module_path, backend=self.alias, queue=task.queue_name,
-            priority=task.priority, args=args_json, kwargs=kwargs_json, run_after=task.run_after,
+            priority=task.priority, args=args, kwargs=kwargs, run_after=task.run_after,
             max_attempts=int(max_attempts),
             timeout_seconds=timeout if timeout is not None else engine_settings.TIMEOUT_SECONDS,
             retry_backoff_seconds=getattr(task, "retry_backoff", None),

@@ -8,6 +8,8 @@ the functions report which rows they actually changed, so callers know if they w
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,8 +26,8 @@ ADVISORY_LOCK_NAMESPACE = 0x7A5C  # first key of pg_try_advisory_xact_lock(int, 
 class NewJob:
     task_path: str
     queue: str
-    args: str  # JSON text
-    kwargs: str  # JSON text
+    args: list[Any]  # JSON-ready (normalize_json'ed)
+    kwargs: dict[str, Any]
     backend: str = "default"
     priority: int = 0
     run_after: datetime | None = None
@@ -83,6 +85,27 @@ class Outcome:
     finished_at: datetime | None = None  # set from the database once written
 
 
+@contextmanager
+def engine_cursor(connection) -> Iterator[Any]:
+    """A cursor for the engine's own statements that skips Django's DEBUG query log:
+    a busy worker runs millions of statements, and logging each one (connection.queries
+    with DEBUG=True) would cost more than the statement. Errors are still wrapped as
+    django.db errors, and the connection is opened or health-checked as usual."""
+    if not connection.queries_logged:
+        with connection.cursor() as cursor:
+            yield cursor
+        return
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        connection.validate_thread_sharing()
+        cursor = connection.make_cursor(connection.create_cursor())
+    try:
+        yield cursor
+    finally:
+        cursor.close()
+
+
 def to_datetime(value: Any) -> datetime | None:
     """Raw cursors return text for SQLite datetimes; make every value aware UTC."""
     if value is None:
@@ -122,24 +145,17 @@ def insert_jobs(connection, jobs: list[NewJob]) -> list[InsertedJob]:
 
 
 def _insert_postgres(connection, jobs: list[NewJob]) -> list[InsertedJob | None]:
-    params = {
-        "task_path": [j.task_path for j in jobs],
-        "backend": [j.backend for j in jobs],
-        "queue": [j.queue for j in jobs],
-        "priority": [j.priority for j in jobs],
-        "args": [j.args for j in jobs],
-        "kwargs": [j.kwargs for j in jobs],
-        "run_after": [j.run_after for j in jobs],
-        "max_attempts": [j.max_attempts for j in jobs],
-        "timeout_seconds": [j.timeout_seconds for j in jobs],
-        "retry_backoff_seconds": [j.retry_backoff_seconds for j in jobs],
-        "on_lease_expired": [j.on_lease_expired for j in jobs],
-        "unique_key": [j.unique_key for j in jobs],
-        "tenant": [j.tenant for j in jobs],
-        "acting_user_id": [j.acting_user_id for j in jobs],
-    }
-    with connection.cursor() as cursor:
-        cursor.execute(sql(connection, "insert_jobs"), params)
+    payload = json.dumps([
+        {"task_path": j.task_path, "backend": j.backend, "queue": j.queue, "priority": j.priority,
+         "args": j.args, "kwargs": j.kwargs,
+         "run_after": j.run_after.isoformat() if j.run_after else None,
+         "max_attempts": j.max_attempts, "timeout_seconds": j.timeout_seconds,
+         "retry_backoff_seconds": j.retry_backoff_seconds, "on_lease_expired": j.on_lease_expired,
+         "unique_key": j.unique_key, "tenant": j.tenant, "acting_user_id": j.acting_user_id}
+        for j in jobs
+    ], separators=(",", ":"), allow_nan=False)
+    with engine_cursor(connection) as cursor:
+        cursor.execute(sql(connection, "insert_jobs"), {"jobs": payload})
         returned = cursor.fetchall()
     # Rows come back in insertion order (ORDER BY position); rows skipped by ON CONFLICT
     # are absent, and only rows with a unique key can be skipped.
@@ -158,11 +174,12 @@ def _insert_postgres(connection, jobs: list[NewJob]) -> list[InsertedJob | None]
 def _insert_sqlite(connection, jobs: list[NewJob]) -> list[InsertedJob | None]:
     query = sql(connection, "insert_job")
     out: list[InsertedJob | None] = []
-    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+    with transaction.atomic(using=connection.alias), engine_cursor(connection) as cursor:
         for job in jobs:
             params = {
                 "task_path": job.task_path, "backend": job.backend, "queue": job.queue,
-                "priority": job.priority, "args": job.args, "kwargs": job.kwargs,
+                "priority": job.priority, "args": json.dumps(job.args, allow_nan=False),
+                "kwargs": json.dumps(job.kwargs, allow_nan=False),
                 "run_after": _sqlite_datetime(job.run_after), "max_attempts": job.max_attempts,
                 "timeout_seconds": job.timeout_seconds,
                 "retry_backoff_seconds": job.retry_backoff_seconds,
@@ -206,13 +223,13 @@ def claim_jobs(connection, *, worker_id: str, queues: list[str], limit: int,
         name = "claim_jobs_advisory" if advisory else "claim_jobs"
         params = {"queues": list(queues), "limit": limit, "worker_id": worker_id,
                   "lease_seconds": float(lease_seconds), "lock_namespace": ADVISORY_LOCK_NAMESPACE}
-        with connection.cursor() as cursor:
+        with engine_cursor(connection) as cursor:
             cursor.execute(sql(connection, name), params)
             rows = cursor.fetchall()
     else:
         params = {"queues": json.dumps(list(queues)), "limit": limit, "worker_id": worker_id,
                   "lease_seconds": float(lease_seconds)}
-        with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+        with transaction.atomic(using=connection.alias), engine_cursor(connection) as cursor:
             cursor.execute(sql(connection, "claim_jobs"), params)
             rows = cursor.fetchall()
             if rows:
@@ -241,14 +258,14 @@ def extend_leases(connection, *, worker_id: str, held: list[tuple[int, int]],
     if not held:
         return {}
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
+        with engine_cursor(connection) as cursor:
             cursor.execute(sql(connection, "extend_leases"), {
                 "ids": [h[0] for h in held], "attempts": [h[1] for h in held],
                 "worker_id": worker_id, "lease_seconds": float(lease_seconds)})
             return {row[0]: bool(row[1]) for row in cursor.fetchall()}
     kept: dict[int, bool] = {}
     query = sql(connection, "extend_leases")
-    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+    with transaction.atomic(using=connection.alias), engine_cursor(connection) as cursor:
         for job_id, attempt in held:
             cursor.execute(query, {"id": job_id, "attempt": attempt, "worker_id": worker_id,
                                    "lease_seconds": float(lease_seconds)})
@@ -267,7 +284,7 @@ def finish_jobs(connection, *, worker_id: str,
     if not outcomes:
         return {}
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
+        with engine_cursor(connection) as cursor:
             cursor.execute(sql(connection, "finish_jobs"), {
                 "worker_id": worker_id,
                 "ids": [o.job_id for o in outcomes],
@@ -283,7 +300,7 @@ def finish_jobs(connection, *, worker_id: str,
             return {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
     won: dict[int, tuple[str, datetime | None]] = {}
     finish, log = sql(connection, "finish_job"), sql(connection, "finish_attempt_log")
-    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+    with transaction.atomic(using=connection.alias), engine_cursor(connection) as cursor:
         for o in outcomes:
             cursor.execute(finish, {
                 "id": o.job_id, "attempt": o.attempt, "worker_id": worker_id,
@@ -306,14 +323,14 @@ def release_jobs(connection, *, worker_id: str, held: list[tuple[int, int]]) -> 
     if not held:
         return []
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
+        with engine_cursor(connection) as cursor:
             cursor.execute(sql(connection, "release_jobs"), {
                 "ids": [h[0] for h in held], "attempts": [h[1] for h in held],
                 "worker_id": worker_id})
             return [row[0] for row in cursor.fetchall()]
     released: list[int] = []
     release, log = sql(connection, "release_job"), sql(connection, "finish_attempt_log")
-    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+    with transaction.atomic(using=connection.alias), engine_cursor(connection) as cursor:
         for job_id, attempt in held:
             cursor.execute(release, {"id": job_id, "attempt": attempt, "worker_id": worker_id})
             if cursor.fetchone():

@@ -5,10 +5,11 @@
 
 
 -- name: insert_jobs
--- Enqueue one or many jobs in a single round trip. Rows with a unique key that is held
--- by a live job are skipped (ON CONFLICT on taskengine_job_unique_live_key); the caller
--- then looks the holder up. Workers are woken by the statement trigger
--- taskengine_job_notify (see migration 0004) when the transaction commits.
+-- Enqueue one or many jobs in a single round trip: the rows arrive as one JSON array
+-- (parsed by Postgres in C, far cheaper than adapting a dozen parameter arrays). Rows
+-- with a unique key held by a live job are skipped (ON CONFLICT on
+-- taskengine_job_unique_live_key); the caller then looks the holder up. Workers are
+-- woken by the statement trigger taskengine_job_notify (migration 0004) on commit.
 INSERT INTO taskengine_job (
     task_path, backend, queue, priority, args, kwargs, state, run_after, enqueued_at,
     attempts, max_attempts, timeout_seconds, retry_backoff_seconds, on_lease_expired,
@@ -18,15 +19,16 @@ SELECT n.task_path, n.backend, n.queue, n.priority, n.args, n.kwargs, 'queued',
        COALESCE(n.run_after, now()), now(),
        0, n.max_attempts, n.timeout_seconds, n.retry_backoff_seconds, n.on_lease_expired,
        n.unique_key, n.tenant, n.acting_user_id
-  FROM unnest(
-        %(task_path)s::text[], %(backend)s::text[], %(queue)s::text[], %(priority)s::smallint[],
-        %(args)s::jsonb[], %(kwargs)s::jsonb[], %(run_after)s::timestamptz[],
-        %(max_attempts)s::integer[], %(timeout_seconds)s::float8[],
-        %(retry_backoff_seconds)s::float8[], %(on_lease_expired)s::text[],
-        %(unique_key)s::text[], %(tenant)s::text[], %(acting_user_id)s::text[]
-       ) WITH ORDINALITY AS n(task_path, backend, queue, priority, args, kwargs, run_after,
-                              max_attempts, timeout_seconds, retry_backoff_seconds,
-                              on_lease_expired, unique_key, tenant, acting_user_id, position)
+  FROM ROWS FROM (
+           jsonb_to_recordset(%(jobs)s::jsonb)
+           AS (task_path text, backend text, queue text, priority smallint, args jsonb,
+               kwargs jsonb, run_after timestamptz, max_attempts integer, timeout_seconds float8,
+               retry_backoff_seconds float8, on_lease_expired text, unique_key text,
+               tenant text, acting_user_id text)
+       ) WITH ORDINALITY
+       AS n(task_path, backend, queue, priority, args, kwargs, run_after, max_attempts,
+            timeout_seconds, retry_backoff_seconds, on_lease_expired, unique_key, tenant,
+            acting_user_id, position)
  ORDER BY n.position
 ON CONFLICT (unique_key) WHERE state IN ('queued', 'running') DO NOTHING
 RETURNING id, unique_key, enqueued_at, run_after;

@@ -1,0 +1,225 @@
+"""The benchmark behind ``manage.py benchmark``: enqueue rates, drain throughput with
+real runworker processes, enqueue→start latency, claim time versus table size, worker
+memory — and, in the same run, the machine's raw SQL limit (pgbench, via
+shared/bench/raw_claim_limit.sh), so results are read as ratios that survive noisy
+shared machines.
+
+All timings of jobs come from the database clock (enqueued_at, started_at,
+finished_at), never from this process. The benchmark works on its own queue
+("benchmark" unless told otherwise) and deletes its own jobs when done.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import connections
+from django.tasks import task
+
+from . import store
+from .backend import DatabaseBackend, _clone_task
+from .models import Job
+
+
+@task
+def noop() -> None:
+    """The benchmark's no-op task."""
+
+
+@dataclass
+class Report:
+    database: str
+    jobs: int
+    workers: int
+    concurrency: int
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+class Benchmark:
+    def __init__(self, *, database: str, queue: str, log=print) -> None:
+        self.database = database
+        self.queue = queue
+        self.log = log
+        self.backend = DatabaseBackend("benchmark", {"QUEUES": [], "OPTIONS": {"database": database}})
+        self.task = _clone_task(noop, queue_name=queue)
+
+    @property
+    def connection(self):
+        return connections[self.database]
+
+    def clear(self) -> None:
+        Job.objects.using(self.database).filter(queue=self.queue).delete()
+
+    # --- enqueue ---------------------------------------------------------------------
+
+    def enqueue_single(self, count: int) -> float:
+        started = time.perf_counter()
+        for _ in range(count):
+            self.backend.enqueue(self.task, (), {})
+        return count / (time.perf_counter() - started)
+
+    def enqueue_bulk(self, count: int, batch: int = 10_000) -> float:
+        started = time.perf_counter()
+        done = 0
+        while done < count:
+            n = min(batch, count - done)
+            self.backend.enqueue_many([(self.task, (), {})] * n)
+            done += n
+        return count / (time.perf_counter() - started)
+
+    # --- drain -----------------------------------------------------------------------
+
+    def drain(self, workers: int, concurrency: int) -> dict[str, float]:
+        """Start ``workers`` runworker --burst processes on the queued jobs; throughput
+        is jobs / (last finish − first start), both from the database clock."""
+        expected = Job.objects.using(self.database).filter(queue=self.queue, state="queued").count()
+        procs = [self._worker("--burst") for _ in range(workers)]
+        rss = RssSampler([p.pid for p in procs])
+        rss.start()
+        for proc in procs:
+            if proc.wait() != 0:
+                raise RuntimeError(f"a benchmark worker exited with {proc.returncode}")
+        rss.stop()
+        with self.connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*), MIN(started_at), MAX(finished_at) FROM taskengine_job "
+                "WHERE queue = %s AND state = 'succeeded'", [self.queue])
+            done, first, last = cursor.fetchone()
+        first, last = store.to_datetime(first), store.to_datetime(last)
+        if done != expected:
+            raise RuntimeError(f"drain incomplete: {done} of {expected} jobs succeeded")
+        seconds = max((last - first).total_seconds(), 1e-6)
+        return {"drain_per_s": done / seconds, "drain_seconds": seconds,
+                "worker_rss_mb_max": rss.max_mb, "worker_rss_growth_mb": rss.growth_mb}
+
+    # --- latency ---------------------------------------------------------------------
+
+    def latency(self, samples: int, gap: float = 0.02) -> dict[str, float]:
+        """One idle worker; jobs enqueued one at a time; started_at − enqueued_at."""
+        proc = self._worker("--concurrency", "1")
+        try:
+            time.sleep(3.0)  # let it start, register and LISTEN
+            ids = []
+            for _ in range(samples):
+                ids.append(int(self.backend.enqueue(self.task, (), {}).id))
+                time.sleep(gap)
+            deadline = time.monotonic() + 60
+            while Job.objects.using(self.database).filter(pk__in=ids, started_at__isnull=True).exists():
+                if time.monotonic() > deadline:
+                    raise RuntimeError("latency jobs did not start")
+                time.sleep(0.05)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        rows = Job.objects.using(self.database).filter(pk__in=ids).values_list("enqueued_at", "started_at")
+        millis = sorted((s - e).total_seconds() * 1000 for e, s in rows)
+        return {"latency_p50_ms": statistics.median(millis),
+                "latency_p95_ms": millis[int(len(millis) * 0.95) - 1],
+                "latency_samples": len(millis)}
+
+    # --- claim time versus table size --------------------------------------------------
+
+    def claim_scaling(self, sizes: list[int], batch: int = 50, rounds: int = 20) -> dict[str, float]:
+        """Average time of one claim of ``batch`` jobs with N queued rows, each claim
+        rolled back so the table keeps N rows."""
+        if self.connection.vendor != "postgresql":
+            return {}
+        from django.db import transaction
+
+        figures = {}
+        for size in sizes:
+            with self.connection.cursor() as cursor:
+                cursor.execute(
+                    "INSERT INTO taskengine_job (task_path, backend, queue, priority, args, kwargs, state, "
+                    "run_after, enqueued_at, attempts, max_attempts, on_lease_expired) "
+                    "SELECT %s, 'benchmark', %s, 0, '[]', '{}', 'queued', now(), now(), 0, 1, 'retry' "
+                    "FROM generate_series(1, %s - (SELECT count(*) FROM taskengine_job WHERE queue = %s "
+                    "AND state = 'queued'))", [self.task.module_path, self.queue, size, self.queue])
+                cursor.execute("ANALYZE taskengine_job")
+            timings = []
+            for _ in range(rounds):
+                with transaction.atomic(using=self.database):
+                    started = time.perf_counter()
+                    store.claim_jobs(self.connection, worker_id="bench", queues=[self.queue], limit=batch,
+                                     lease_seconds=30)
+                    timings.append(time.perf_counter() - started)
+                    transaction.set_rollback(True, using=self.database)
+            figures[f"claim_ms_at_{size}"] = statistics.median(timings) * 1000
+        self.clear()
+        return figures
+
+    # --- the raw limit -------------------------------------------------------------------
+
+    def raw_limit(self, script: Path, seconds: int) -> float | None:
+        if self.connection.vendor != "postgresql" or not script.exists():
+            return None
+        s = self.connection.settings_dict
+        auth = s["USER"] or "postgres"
+        if s["PASSWORD"]:
+            auth += f":{s['PASSWORD']}"
+        admin = f"postgresql://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/postgres"
+        out = subprocess.run(["bash", str(script), admin, str(seconds)], capture_output=True, text=True, check=True)
+        return float(out.stdout.strip().splitlines()[-1])
+
+    def _worker(self, *args: str) -> subprocess.Popen:
+        env = dict(os.environ, TASKENGINE_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
+        env["DATABASE_URL"] = database_url(self.connection.settings_dict)
+        return subprocess.Popen(
+            [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "runworker", "--queues", self.queue,
+             "--no-leader", "--backoff-base", "0.01", "--max-backoff", "0.5", *args],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+class RssSampler(threading.Thread):
+    """Samples the resident memory of the worker processes every 0.2 s."""
+
+    def __init__(self, pids: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.pids = pids
+        self.samples: dict[int, list[float]] = {pid: [] for pid in pids}
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(0.2):
+            for pid in self.pids:
+                try:
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            self.samples[pid].append(int(line.split()[1]) / 1024)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+    @property
+    def max_mb(self) -> float:
+        return max((max(s) for s in self.samples.values() if s), default=0.0)
+
+    @property
+    def growth_mb(self) -> float:
+        """Last-quarter mean minus second-quarter mean (start-up excluded), worst worker."""
+        growths = []
+        for s in self.samples.values():
+            if len(s) >= 8:
+                q = len(s) // 4
+                growths.append(statistics.mean(s[-q:]) - statistics.mean(s[q:2 * q]))
+        return max(growths, default=0.0)
+
+
+def database_url(s: dict) -> str:
+    if "sqlite" in s["ENGINE"]:
+        return f"sqlite:///{s['NAME']}"
+    auth = s["USER"] or "postgres"
+    if s["PASSWORD"]:
+        auth += f":{s['PASSWORD']}"
+    return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
