@@ -60,6 +60,7 @@ from .store import Outcome
 logger = logging.getLogger("taskengine.worker")
 
 HARD_TIMEOUT_GRACE = 2.0  # seconds a timed-out sync handler gets to notice the interrupt
+FLUSH_DELAY = 0.005  # longest an outcome waits to be written with others (seconds)
 
 
 class Service(Protocol):
@@ -110,6 +111,8 @@ class Worker:
         self._done: queue.SimpleQueue[tuple[RunningJob, Outcome | None, BaseException | None]] = queue.SimpleQueue()
         self._running: dict[int, RunningJob] = {}
         self._pending: list[tuple[RunningJob, Outcome]] = []
+        self._pending_since = 0.0
+        self._batch = max(1, concurrency // 2)
         self._tasks: dict[str, Any] = {}
         self._draining = False
         self._drain_deadline = 0.0
@@ -191,7 +194,8 @@ class Worker:
         while True:
             self._collect_done()
             self._enforce_timeouts()
-            self._flush()
+            if self._flush_due():
+                self._flush()
             self._heartbeat_if_due()
             if self._draining:
                 if not self._running and not self._pending:
@@ -201,16 +205,34 @@ class Worker:
                     return
                 self._wait(0.05)
                 continue
-            claimed = self._claim(self.concurrency - len(self._running))
-            for job in claimed:
-                self._start(job)
-            if claimed:
-                self._idle_rounds = 0
-                continue
-            if self.burst and not self._running and not self._pending and self._db_down_since is None:
-                logger.info("burst: nothing due, exiting", extra={"worker_id": self.worker_id})
-                return
-            self._wait(self._idle_wait())
+            free = self.concurrency - len(self._running)
+            if free >= self._batch or (free > 0 and not self._running):
+                claimed = self._claim(free)
+                for job in claimed:
+                    self._start(job)
+                if claimed:
+                    self._idle_rounds = 0
+                    continue
+                if self.burst and not self._running and not self._pending and self._db_down_since is None:
+                    logger.info("burst: nothing due, exiting", extra={"worker_id": self.worker_id})
+                    return
+                if not self._running:
+                    self._wait(self._idle_wait())
+                    continue
+            self._wait(self._flush_wait())
+
+    def _flush_due(self) -> bool:
+        """Outcomes are written in batches: when half the slots have finished, when
+        nothing else is running, or when the oldest is FLUSH_DELAY old."""
+        if not self._pending:
+            return False
+        return (len(self._pending) >= self._batch or not self._running or self._draining
+                or time.monotonic() - self._pending_since >= FLUSH_DELAY)
+
+    def _flush_wait(self) -> float:
+        if not self._pending:
+            return self.max_backoff
+        return max(0.0, self._pending_since + FLUSH_DELAY - time.monotonic())
 
     def _shutdown(self) -> None:
         for service in self.services:
@@ -229,6 +251,7 @@ class Worker:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
         logger.info("worker stopped: %d attempts processed", self.processed, extra={"worker_id": self.worker_id})
+        connections.close_all()  # this thread's connections; job threads close theirs on exit
 
     # --- waiting ---------------------------------------------------------------------
 
@@ -349,7 +372,7 @@ class Worker:
                 continue  # its timeout outcome was already written
             if outcome is None:
                 outcome = failure_outcome(running.job, error or RuntimeError("no outcome"))
-            self._pending.append((running, outcome))
+            self._add_pending(running, outcome)
 
     def _enforce_timeouts(self) -> None:
         now = time.monotonic()
@@ -367,9 +390,14 @@ class Worker:
                 running.abandoned = True
                 running.deadline = None
                 exc = JobTimedOut(f"timed out after {running.job.timeout_seconds}s (handler did not stop)")
-                self._pending.append((running, failure_outcome(running.job, exc)))
+                self._add_pending(running, failure_outcome(running.job, exc))
                 logger.error("handler ignored its timeout; slot held until it returns",
                              extra=self._job_extra(running.job, event="timeout_ignored"))
+
+    def _add_pending(self, running: RunningJob, outcome: Outcome) -> None:
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        self._pending.append((running, outcome))
 
     def _flush(self) -> None:
         if not self._pending:
