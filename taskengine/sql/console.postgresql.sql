@@ -46,4 +46,6 @@ SELECT value FROM seen WHERE value IS NOT NULL LIMIT %(limit)s;
 
 -- name: console_now
 -- The database clock, so console ages and chart buckets never use the web server's.
-SELECT now();
+-- statement_timestamp(), like Django's Now(): inside a long transaction (tests) it still
+-- moves, and in autocommit it equals now().
+SELECT statement_timestamp();

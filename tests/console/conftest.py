@@ -11,7 +11,8 @@ from django.test import Client
 
 from taskengine.models import Job, TenantMembership
 
-JOB_PERMS = ["requeue_job", "retry_job", "cancel_job", "view_job", "view_executionlog", "view_operatoraction"]
+JOB_PERMS = ["requeue_job", "retry_job", "cancel_job", "view_job", "view_executionlog", "view_operatoraction",
+             "view_schedule", "view_workerprocess", "view_leader", "view_missedslot"]
 
 
 def make_job(state: str = "queued", tenant: str | None = "a", **fields) -> Job:
@@ -37,6 +38,12 @@ def make_staff(username: str, tenants: list[str], perms: list[str] = JOB_PERMS) 
     for tenant in tenants:
         TenantMembership.objects.create(user=user, tenant=tenant)
     return user
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # The default PBKDF2 costs ~0.3 s per user; these tests create five users each.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture
