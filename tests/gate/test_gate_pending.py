@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 import sys
 from datetime import timedelta
 
@@ -15,7 +16,8 @@ from django.db.models.functions import Now
 from django.test.utils import CaptureQueriesContext
 
 from taskengine import gate
-from taskengine.maintenance import MaintenanceTicker
+from taskengine.leadership import Elector
+from taskengine.maintenance import MaintenanceTicker, default_services
 from taskengine.models import Job
 from tests.conftest import ROOT, subprocess_env
 from tests.gate.conftest import job_row, migrate_in_another_process
@@ -35,7 +37,23 @@ def test_gate_is_closed_and_names_pending_migrations(taskengine_at_first_migrati
     assert status.conflicts == {} and status.unknown_applied == [] and status.error is None
     assert SECOND in status.reason and "manage.py migrate" in status.reason
     assert not gate.is_ready("default")
-    assert not gate.wait_until_ready("default", timeout=0.3)
+
+
+def test_waiting_reads_only_django_migrations_never_taskengine_tables(taskengine_at_first_migration, engine_log):
+    with CaptureQueriesContext(connection) as queries:
+        assert not gate.wait_until_ready("default", timeout=0.5)
+    statements = [q["sql"] for q in queries.captured_queries]
+    assert any("django_migrations" in s for s in statements)
+    assert not [s for s in statements if "taskengine_" in s or "task_execution_logs" in s]
+    rechecks = [r for r in engine_log.records if r.getMessage().startswith("gate still closed")]
+    waiting = [r for r in engine_log.records if r.getMessage().startswith("waiting for migrations: ")]
+    assert len(rechecks) >= 2 and len(waiting) == 1
+
+
+def test_wait_until_ready_returns_false_when_stopped(taskengine_at_first_migration):
+    stop = threading.Event()
+    stop.set()
+    assert gate.wait_until_ready("default", stop=stop) is False
 
 
 def test_gate_opens_after_migrate_without_reset(taskengine_at_first_migration):
@@ -71,17 +89,18 @@ def test_healthz_is_up_without_touching_the_database(client, taskengine_at_first
 def test_maintenance_tick_is_skipped_while_closed_and_runs_after(transactional_db, engine_log):
     job = Job.objects.create(task_path="tests.tasks.noop", state="running", attempts=1, max_attempts=3,
                              locked_by="ghost-worker", lease_expires_at=Now() - timedelta(minutes=5))
+    elector = Elector("default", "gate-test-leader")
+    ticker = MaintenanceTicker("default", elector, default_services("default"))
     call_command("migrate", "taskengine", "0001_initial", verbosity=0)
     try:
-        ticker = MaintenanceTicker("default", interval=1.0)
-        for _ in range(3):
-            ticker.tick()
+        assert [ticker.tick() for _ in range(3)] == [[], [], []]
         assert job_row(job.pk)[0] == "running", "recovery must not run while migrations are pending"
         paused = [r for r in engine_log.records if r.name == "taskengine.maintenance"]
         assert len(paused) == 1 and "migrations pending" in paused[0].getMessage()
     finally:
         call_command("migrate", "taskengine", verbosity=0)
-    ticker.tick()
+    assert elector.step(), "sole candidate becomes leader"
+    assert "recovery" in ticker.tick()
     assert job_row(job.pk)[0] == "queued", "the first tick after migrate recovers the expired lease"
 
 

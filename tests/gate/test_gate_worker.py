@@ -20,12 +20,12 @@ WAITING = "waiting for migrations"
 RECHECK = "gate still closed"
 
 
-def test_worker_started_before_migrate_waits_then_runs_queued_job_without_restart(
+def test_worker_started_before_migrate_waits_then_runs_queued_jobs_without_restart(
     transactional_db, worker_process
 ):
     from django.core.management import call_command
 
-    result = tasks.add.enqueue(2, 3)
+    results = [tasks.add.enqueue(n, 3) for n in range(3)]
     call_command("migrate", "taskengine", "0001_initial", verbosity=0)
     try:
         worker = worker_process("--backoff-base", "0.05", "--concurrency", "1",
@@ -34,7 +34,8 @@ def test_worker_started_before_migrate_waits_then_runs_queued_job_without_restar
         log = worker.log()
         assert log.count(WAITING) == 1, log
         assert "taskengine.0002_execution_log_user_id_str" in log
-        assert job_row(result.id) == ("queued", 0, None), "a waiting worker claims nothing"
+        for result in results:
+            assert job_row(result.id) == ("queued", 0, None), "a waiting worker claims nothing"
         assert registered_workers() == 0, "a waiting worker does not register"
         assert worker.proc.poll() is None
 
@@ -43,10 +44,12 @@ def test_worker_started_before_migrate_waits_then_runs_queued_job_without_restar
         call_command("migrate", "taskengine", verbosity=0)
 
     def finished():
-        result.refresh()
-        return result.status == TaskResultStatus.SUCCESSFUL
-    wait_for(finished, timeout=30, message="the queued job to succeed after migrate")
-    assert result.return_value == 5
+        for result in results:
+            result.refresh()
+        return all(result.status == TaskResultStatus.SUCCESSFUL for result in results)
+    wait_for(finished, timeout=30, message="the queued jobs to succeed after migrate")
+    assert [result.return_value for result in results] == [3, 4, 5]
+    assert worker.proc.poll() is None, "the same process, not a restart"
     worker.stop()
     log = worker.log_path.read_text(errors="replace")
     assert log.count(WAITING) == 1, log
