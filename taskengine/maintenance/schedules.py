@@ -19,6 +19,7 @@ advanced; its slots then age into the misfire policy. Database errors propagate.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -133,7 +134,7 @@ class Scheduler:
         backend = task_backends[task.backend]
         new = backend._new_job(task, schedule.args or [], schedule.kwargs or {})
         return {"task_path": new.task_path, "backend": new.backend, "queue": new.queue,
-                "priority": new.priority, "args": new.args, "kwargs": new.kwargs,
+                "priority": new.priority, "args": _json_text(new.args), "kwargs": _json_text(new.kwargs),
                 "max_attempts": new.max_attempts, "timeout_seconds": new.timeout_seconds,
                 "retry_backoff_seconds": new.retry_backoff_seconds,
                 "on_lease_expired": new.on_lease_expired, "tenant": new.tenant}
@@ -153,3 +154,8 @@ class Scheduler:
             logger.warning("schedule %r: %d slot(s) misfired and were not run (policy %s)%s",
                            schedule.name, len(plan.missed), schedule.misfire_policy,
                            "; older misfired slots were not recorded" if plan.truncated else "")
+
+
+def _json_text(value) -> str:
+    """NewJob carries arguments as JSON text or as JSON-ready values; SQL wants text."""
+    return value if isinstance(value, str) else json.dumps(value, allow_nan=False)

@@ -1,0 +1,151 @@
+"""Retention, dead-worker cleanup and the maintenance ticker (gate, leadership)."""
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import pytest
+from django.db.models.functions import Now
+
+from taskengine import gate, registry
+from taskengine.leadership import NotLeader
+from taskengine.maintenance import MaintenanceTicker, Service, dead_workers, retention
+from taskengine.models import ExecutionLog, Job, WorkerProcess
+from tests import tasks
+
+from .conftest import claim, expire_leader, lead
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def finished_job(state: str, days_ago: float) -> int:
+    result = tasks.add.enqueue(1, 2)
+    [job] = claim()
+    Job.objects.filter(pk=job.id).update(state=state, finished_at=Now() - timedelta(days=days_ago),
+                                         locked_by=None, lease_expires_at=None)
+    return job.id
+
+
+def test_retention_prunes_only_old_terminal_jobs_per_state_with_their_attempts():
+    old_ok = finished_job("succeeded", 8)
+    young_ok = finished_job("succeeded", 1)
+    old_failed = finished_job("failed", 8)  # failed jobs are kept 30 days
+    ancient_failed = finished_job("failed", 31)
+    queued = int(tasks.add.enqueue(5, 6).id)
+    deleted = retention.run_once("default", lead(), days={"succeeded": 7, "failed": 30, "cancelled": None})
+    assert deleted == {"succeeded": 1, "failed": 1}
+    assert set(Job.objects.values_list("id", flat=True)) == {young_ok, old_failed, queued}
+    assert not ExecutionLog.objects.filter(job_id__in=[old_ok, ancient_failed]).exists()
+
+
+def test_retention_works_in_bounded_batches():
+    for _ in range(5):
+        finished_job("succeeded", 10)
+    deleted = retention.run_once("default", lead(), days={"succeeded": 7}, batch_size=2, max_batches=2)
+    assert deleted == {"succeeded": 4}
+    assert Job.objects.count() == 1
+
+
+def test_retention_under_a_stale_term_deletes_nothing():
+    finished_job("succeeded", 10)
+    stale = lead("old")
+    expire_leader()
+    lead("new")
+    with pytest.raises(NotLeader):
+        retention.run_once("default", stale, days={"succeeded": 7})
+    assert Job.objects.count() == 1
+
+
+def test_retention_refuses_to_prune_live_states():
+    with pytest.raises(ValueError, match="only terminal states"):
+        retention.run_once("default", lead(), days={"queued": 1})
+
+
+def test_dead_workers_are_marked_and_long_gone_ones_forgotten():
+    for worker_id in ("alive", "silent", "gone"):
+        registry.register("default", worker_id, ["default"], 1)
+    WorkerProcess.objects.filter(worker_id="silent").update(last_heartbeat_at=Now() - timedelta(seconds=120))
+    WorkerProcess.objects.filter(worker_id="gone").update(state="stopped",
+                                                          last_heartbeat_at=Now() - timedelta(days=8))
+    assert list(registry.dead_workers("default", dead_after=60).values_list("worker_id", flat=True)) == ["silent"]
+    report = dead_workers.run_once("default", lead(), dead_after=60, prune_after=7 * 86400)
+    assert (report.marked_dead, report.pruned) == (["silent"], ["gone"])
+    states = dict(WorkerProcess.objects.values_list("worker_id", "state"))
+    assert states == {"alive": "running", "silent": "dead"}
+    # A dead worker that was only paused registers again on its next heartbeat.
+    assert registry.heartbeat("default", "silent", "running") is False
+
+
+def test_dead_worker_marking_under_a_stale_term_changes_nothing():
+    registry.register("default", "silent", ["default"], 1)
+    WorkerProcess.objects.filter(worker_id="silent").update(last_heartbeat_at=Now() - timedelta(seconds=120))
+    stale = lead("old")
+    expire_leader()
+    lead("new")
+    assert dead_workers.run_once("default", stale, dead_after=60).marked_dead == []
+    assert WorkerProcess.objects.get().state == "running"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.leases = []
+
+    def __call__(self, lease) -> None:
+        self.leases.append(lease)
+
+
+def test_ticker_runs_services_only_on_the_leader_and_only_when_due(elector, clock):
+    a, b = elector("a"), elector("b")
+    a.step()
+    b.step()
+    ran_a, ran_b = Recorder(), Recorder()
+    ticker_a = MaintenanceTicker("default", a, [Service("x", 5.0, ran_a)], clock=clock)
+    ticker_b = MaintenanceTicker("default", b, [Service("x", 5.0, ran_b)], clock=clock)
+    assert ticker_a.tick() == ["x"] and ticker_b.tick() == []
+    assert ticker_a.tick() == []  # not due yet
+    clock.advance(5)
+    assert ticker_a.tick() == ["x"]
+    assert [lease.term for lease in ran_a.leases] == [1, 1] and ran_b.leases == []
+
+
+def test_ticker_stops_acting_when_trust_runs_out(elector, clock):
+    a = elector("a", ttl=30, margin=2)
+    a.step()
+    ran = Recorder()
+    ticker = MaintenanceTicker("default", a, [Service("x", 1.0, ran)], clock=clock)
+    assert ticker.tick() == ["x"]
+    clock.advance(29)  # no renew happened: past TTL - margin
+    assert ticker.tick() == []
+    assert len(ran.leases) == 1
+
+
+def test_ticker_checks_the_gate_every_tick_and_logs_once_per_change(elector, clock, monkeypatch, caplog):
+    a = elector("a")
+    a.step()
+    ran = Recorder()
+    ticker = MaintenanceTicker("default", a, [Service("x", 0.1, ran)], clock=clock)
+    answers = iter([False, False, True, False])
+    calls = []
+    monkeypatch.setattr(gate, "is_ready", lambda alias="default": calls.append(alias) or next(answers))
+    with caplog.at_level(logging.WARNING, logger="taskengine.maintenance"):
+        for _ in range(4):
+            ticker.tick()
+            clock.advance(1)
+    assert len(calls) == 4 and len(ran.leases) == 1
+    messages = [r.getMessage() for r in caplog.records if r.name == "taskengine.maintenance"]
+    assert messages == ["maintenance paused: migrations pending on 'default'",
+                        "maintenance resumed: migrations at head on 'default'",
+                        "maintenance paused: migrations pending on 'default'"]
+
+
+def test_a_failing_service_does_not_stop_the_others(elector, clock, caplog):
+    a = elector("a")
+    a.step()
+
+    def broken(lease):
+        raise RuntimeError("bug")
+
+    ran = Recorder()
+    ticker = MaintenanceTicker("default", a, [Service("broken", 1.0, broken), Service("ok", 1.0, ran)], clock=clock)
+    assert ticker.tick() == ["broken", "ok"]
+    assert len(ran.leases) == 1 and "broken raised" in caplog.text
