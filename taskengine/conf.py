@@ -35,7 +35,6 @@ DEFAULTS: dict[str, Any] = {
     "USE_ADVISORY_LOCKS": False,
     # Never LISTEN (PgBouncer in transaction mode drops LISTEN); poll instead.
     "POLL_ONLY": False,
-    "NOTIFY_CHANNEL": "taskengine_jobs",
     # How long after its last heartbeat a worker counts as dead: the leader marks it
     # dead and recovers its running jobs without waiting for their leases. Keep it well
     # above HEARTBEAT_SECONDS (a live worker must never look dead).
