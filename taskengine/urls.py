@@ -26,4 +26,7 @@ urlpatterns = [
     path("api/v1/jobs/<int:job_id>/retry", api.job_retry, name="api_job_retry"),
     path("api/v1/workers", api.workers, name="api_workers"),
     path("api/v1/schedules", api.schedules, name="api_schedules"),
+    path("api/v1/reconcile", reconcile.api_report, name="api_reconcile"),
+    path("api/v1/reconcile/apply", reconcile.api_apply, name="api_reconcile_apply"),
+    path("api/v1/backfill", backfill.api_backfill, name="api_backfill"),
 ]
