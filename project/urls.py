@@ -3,14 +3,14 @@ from django.urls import include, path
 
 from taskengine import collectors, health
 
-# The web /metrics (django-prometheus) also reports the database gauges: queue depth,
-# oldest queued age, leader, gate (taskengine.collectors; registering runs no query).
-collectors.register()
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
     path("taskengine/", include("taskengine.urls")),
+    # django-prometheus's /metrics plus the database gauges of taskengine.collectors
+    # (queue depth, oldest queued age, leader, gate); listed before the include to win.
+    path("metrics", collectors.metrics_view, name="prometheus-django-metrics"),
     path("", include("django_prometheus.urls")),
 ]

@@ -1,7 +1,7 @@
 """Database gauges for /metrics: queue depth and oldest queued age per queue, running
 jobs and expired leases per queue, leader term and presence, live workers and the
-migration gate. Registered in the web process (project/urls.py calls ``register()``);
-workers export only their own process metrics (taskengine.metrics).
+migration gate. Served by the web's /metrics (``metrics_view``, routed in
+project/urls.py); workers export only their own process metrics (taskengine.metrics).
 
 Invariants:
 - Registering runs no query: ``describe()`` names the families without collecting.
@@ -192,6 +192,17 @@ def families(reading: Reading) -> Iterator[GaugeMetricFamily]:
     for family in made.values():
         if family.samples:
             yield family
+
+
+def metrics_view(request):
+    """The web's /metrics: django-prometheus's exporter view, with the database gauges
+    registered on first use. Registering here rather than at import keeps them out of
+    processes that merely import the URLconf (runworker's system checks do): workers
+    export only their own process metrics."""
+    from django_prometheus.exports import ExportToDjangoView
+
+    register()
+    return ExportToDjangoView(request)
 
 
 _registered: dict[int, EngineCollector] = {}

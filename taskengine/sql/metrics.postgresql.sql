@@ -6,13 +6,20 @@
 
 -- name: metrics_queued_queues
 -- The distinct queues that have queued jobs, by a loose index scan: each step is one
--- MIN() probe (an index descent) past the previous queue. At most %(max_queues)s steps.
+-- index descent past the previous queue. At most %(max_queues)s steps. The ORDER BY is
+-- the claim index's own order, which keeps the planner off taskengine_job_queue_state_idx
+-- (there, terminal rows of a queue would be walked over to find a queued one).
 -- Index: taskengine_job_claim_idx (queue, priority DESC, run_after, id) WHERE queued.
 WITH RECURSIVE queues(queue) AS (
-    SELECT MIN(job.queue) FROM taskengine_job AS job WHERE job.state = 'queued'
+    SELECT (SELECT job.queue FROM taskengine_job AS job
+             WHERE job.state = 'queued'
+             ORDER BY job.queue, job.priority DESC
+             LIMIT 1)
     UNION ALL
-    SELECT (SELECT MIN(job.queue) FROM taskengine_job AS job
-             WHERE job.state = 'queued' AND job.queue > queues.queue)
+    SELECT (SELECT job.queue FROM taskengine_job AS job
+             WHERE job.state = 'queued' AND job.queue > queues.queue
+             ORDER BY job.queue, job.priority DESC
+             LIMIT 1)
       FROM queues
      WHERE queues.queue IS NOT NULL
 )
@@ -20,7 +27,8 @@ SELECT queue FROM queues WHERE queue IS NOT NULL LIMIT %(max_queues)s;
 
 
 -- name: metrics_queue_stats
--- One queue's depth, counted exactly up to %(cap)s index entries (index-only), and the
+-- One queue's depth, counted exactly up to %(cap)s index entries (index-only; the ORDER BY
+-- is the index's own order, so the planner walks the index and stops at the cap), and the
 -- run_after of its oldest queued job: the claim index is ordered by priority first, so
 -- skip over the distinct priorities (one probe each, at most 201) and take the first
 -- run_after of each. The age is 0 when nothing is due yet.
@@ -38,6 +46,7 @@ WITH RECURSIVE priorities(priority) AS (
 SELECT (SELECT count(*)
           FROM (SELECT 1 FROM taskengine_job AS job
                  WHERE job.state = 'queued' AND job.queue = %(queue)s
+                 ORDER BY job.priority DESC, job.run_after, job.id
                  LIMIT %(cap)s) AS capped) AS depth,
        (SELECT GREATEST(0, EXTRACT(EPOCH FROM now() - MIN(head.run_after)))::float8
           FROM priorities

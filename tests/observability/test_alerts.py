@@ -1,0 +1,43 @@
+"""The shipped alert rules are valid Prometheus rules, fire on the conditions they name
+(promtool unit tests with input series) and only use metrics taskengine exports."""
+from __future__ import annotations
+
+import re
+import subprocess
+
+from prometheus_client import REGISTRY
+
+from taskengine import collectors, metrics  # noqa: F401 - registers the process metrics
+from tests.observability.promscrape import ALERTS, HERE, promtool
+
+REQUIRED_ALERTS = {
+    "TaskengineHighFailureRate", "TaskengineExpiredLeasesNotRecovered", "TaskengineJobRunningTooLong",
+    "TaskengineQueueAgeGrowing", "TaskengineNoLeader", "TaskengineMigrationGateClosed",
+    "TaskengineDatabaseErrors",
+}
+
+
+def test_alert_rules_pass_promtool_check_rules():
+    done = subprocess.run([promtool(), "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
+
+
+def test_alert_rules_fire_on_their_conditions_in_promtool_unit_tests():
+    done = subprocess.run([promtool(), "test", "rules", "alerts_test.yml"], cwd=HERE,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_alert_rules_cover_the_required_conditions_with_exported_metrics():
+    text = ALERTS.read_text()
+    alerts = set(re.findall(r"^\s*- alert: (\w+)", text, re.MULTILINE))
+    assert REQUIRED_ALERTS <= alerts
+    exported = {name for name in REGISTRY._names_to_collectors if name.startswith("taskengine_")}
+    exported |= {family.name for family in collectors.EngineCollector().describe()}
+    used = set(re.findall(r"\btaskengine_[a-z_]+", text))
+    assert used, "no taskengine metric referenced"
+    assert used <= exported, f"alerts use metrics nobody exports: {sorted(used - exported)}"
+    for alert in alerts:
+        anchor = alert.lower()
+        assert f"docs/observability.md#{anchor}" in text, f"{alert} has no runbook link"
