@@ -59,11 +59,12 @@ def run_once(database: str = "default", *, limit: int | None = None, lease: Lead
     else:
         recovered = _run_sqlite(connection, params)
     for job in recovered:
-        metrics.JOBS_RECOVERED.labels(job.queue).inc()
+        metrics.job_recovered(job.queue, job.task_path, job.state)  # recovered as failed counts as failed
         reason = f"worker {job.worker_id} is dead" if job.worker_dead else "lease expired"
         logger.warning("recovered a running job (%s) -> %s", reason, job.state,
-                       extra={"job_id": job.id, "task_path": job.task_path, "queue": job.queue,
-                              "attempt": job.attempt, "worker_id": job.worker_id})
+                       extra={"event": "recovered", "job_id": job.id, "task_path": job.task_path,
+                              "queue": job.queue, "attempt": job.attempt, "worker_id": job.worker_id,
+                              "state": job.state})
     return recovered
 
 

@@ -41,3 +41,20 @@ def test_alert_rules_cover_the_required_conditions_with_exported_metrics():
     for alert in alerts:
         anchor = alert.lower()
         assert f"docs/observability.md#{anchor}" in text, f"{alert} has no runbook link"
+
+
+def test_grafana_dashboard_queries_are_valid_promql_over_exported_metrics(tmp_path):
+    import json
+
+    dashboard = json.loads((ALERTS.parent / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    rules = "groups:\n  - name: dashboard\n    rules:\n" + "".join(
+        f"      - record: dashboard:panel_{i}\n        expr: {json.dumps(e)}\n" for i, e in enumerate(exprs))
+    (tmp_path / "dashboard_rules.yml").write_text(rules)
+    done = subprocess.run([promtool(), "check", "rules", str(tmp_path / "dashboard_rules.yml")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    exported = {name for name in REGISTRY._names_to_collectors if name.startswith("taskengine_")}
+    exported |= {family.name for family in collectors.EngineCollector().describe()}
+    used = {m for e in exprs for m in re.findall(r"\btaskengine_[a-z_]+", e)}
+    assert used <= exported, sorted(used - exported)
