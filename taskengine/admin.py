@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.db.models import Count
+from django.db.models.functions import Now
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
@@ -215,6 +216,11 @@ class ScheduleAdmin(SuperuserEditsOnly, TenantScopedAdmin, AuditedAdmin):
     list_display = ("name", "task_path", "cron", "interval_seconds", "timezone", "queue", "enabled", "last_slot_at")
     list_filter = ("enabled", "queue")
     search_fields = ("name", "task_path")
+    readonly_fields = ("last_slot_at", "from_settings", "created_at", "updated_at")
+
+    def save_model(self, request, obj, form, change):
+        obj.updated_at = Now()
+        super().save_model(request, obj, form, change)
 
 
 @admin.register(TenantMembership)

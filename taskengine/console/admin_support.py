@@ -109,6 +109,7 @@ class AuditedAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         before = snapshot(type(obj).objects.get(pk=obj.pk)) if change and obj.pk else None
         super().save_model(request, obj, form, change)
+        obj.refresh_from_db()  # database defaults and Now() expressions become values
         audit.record(actor=request.user, action=f"{self.audit_target}.{'change' if change else 'add'}",
                      target_type=self.audit_target, target_id=obj.pk, tenant=getattr(obj, "tenant", None),
                      before=before, after=snapshot(obj))

@@ -8,8 +8,7 @@ every page. Templates live in templates/taskengine/ and extend admin/base_site.h
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden
-from django.shortcuts import redirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.views.decorators.http import require_POST
@@ -92,7 +91,10 @@ def job_action(request: HttpRequest, job_id: int, action: str) -> HttpResponse:
         messages.error(request, exc.message)
     else:
         messages.success(request, result.message)
-    return redirect(reverse("taskengine:job_detail", args=[job_id]), status=303)
+    # 303: the browser follows with a GET (post/redirect/get).
+    response = HttpResponseRedirect(reverse("taskengine:job_detail", args=[job_id]))
+    response.status_code = 303
+    return response
 
 
 @staff_page

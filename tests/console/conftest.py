@@ -12,7 +12,7 @@ from django.test import Client
 from taskengine.models import Job, TenantMembership
 
 JOB_PERMS = ["requeue_job", "retry_job", "cancel_job", "view_job", "view_executionlog", "view_operatoraction",
-             "view_schedule", "view_workerprocess", "view_leader", "view_missedslot"]
+             "view_schedule", "view_workerprocess", "view_leader", "view_missedslot", "view_backfill_report"]
 
 
 def make_job(state: str = "queued", tenant: str | None = "a", **fields) -> Job:
