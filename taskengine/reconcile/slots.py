@@ -3,10 +3,9 @@ schedules.
 
 For each enabled schedule, reconcile reads every *recorded* slot in the look-back
 window (RECONCILE_SLOT_LOOKBACK_SECONDS): the schedule's jobs (any state) and its
-MissedSlot rows, in slot order, and walks them with the schedule's own recurrence
-(cron in its time zone via croniter, or a fixed interval). The walk is anchored on the
-recorded slots themselves, so it needs no assumption about how the scheduler aligns
-interval slots:
+MissedSlot rows, in slot order, and walks them with the scheduler's own slot arithmetic
+(``taskengine.schedules.next_slot``: cron in the schedule's time zone, or multiples of
+the interval since the epoch), starting from the first recorded slot:
 
 - **missed**: a slot the walk expects between two recorded slots that has neither a
   job nor a MissedSlot row — the scheduler moved past it without accounting for it.
@@ -30,12 +29,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 
-from croniter import croniter
 from django.db import transaction
 
-from .. import audit
+from .. import audit, schedules
 from ..conf import engine_settings
 from .base import Applied, Check, Context, Finding, iso, to_datetime
 
@@ -55,10 +52,9 @@ class ScheduleRow:
     tenant: str | None
 
     def next_slot(self, after: datetime) -> datetime:
-        if self.interval_seconds:
-            return after + timedelta(seconds=self.interval_seconds)
-        local = after.astimezone(ZoneInfo(self.timezone))
-        return croniter(self.cron, local).get_next(datetime).astimezone(after.tzinfo)
+        """The scheduler's own slot arithmetic: the first slot strictly after ``after``."""
+        return schedules.next_slot(schedules.SlotSpec(self.cron or None, self.interval_seconds,
+                                                      self.timezone or "UTC"), after)
 
 
 @dataclass(slots=True)

@@ -77,28 +77,30 @@ def build(copies: int = 1, *, tenant: str | None = "acme", tag: str = "") -> Sce
 
 
 def _schedules(sc: Scenario, now: datetime, tenant: str | None, tag: str) -> None:
-    # Interval schedule with a gap: slots a, a+60, a+180 ran; a+120 has no record.
+    """Slots on the scheduler's grid: interval slots are multiples of the interval since
+    the epoch, so with 60 s intervals the whole minutes."""
+    minute = now.replace(second=0, microsecond=0)
+    # Interval schedule with a gap: minute-4, -3 and -1 ran; minute-2 has no record.
     gap = Schedule.objects.create(name=f"gap{tag}", task_path=TASK, interval_seconds=60, tenant=tenant)
-    a = now - timedelta(seconds=210)
-    for offset in (0, 60, 180):
-        finished_job(now, schedule=gap, slot=a + timedelta(seconds=offset), tenant=tenant)
-    Schedule.objects.filter(pk=gap.pk).update(last_slot_at=a + timedelta(seconds=180))
-    sc.expected["missed_slots"].append(f"{gap.id}@{(a + timedelta(seconds=120)).isoformat()}")
+    for back in (4, 3, 1):
+        finished_job(now, schedule=gap, slot=minute - timedelta(minutes=back), tenant=tenant)
+    Schedule.objects.filter(pk=gap.pk).update(last_slot_at=minute - timedelta(minutes=1))
+    sc.expected["missed_slots"].append(f"{gap.id}@{(minute - timedelta(minutes=2)).isoformat()}")
     # Cron schedule in a non-UTC zone with a gap: c, c+10min ran; c+5min did not.
     cron = Schedule.objects.create(name=f"cron{tag}", task_path=TASK, cron="*/5 * * * *",
                                    timezone="Europe/Paris", tenant=tenant)
-    c = now.replace(second=0, microsecond=0) - timedelta(minutes=now.minute % 5 + 15)
+    c = minute - timedelta(minutes=now.minute % 5 + 15)
     for offset in (0, 10):
         finished_job(now, schedule=cron, slot=c + timedelta(minutes=offset), tenant=tenant)
     sc.expected["missed_slots"].append(f"{cron.id}@{(c + timedelta(minutes=5)).isoformat()}")
-    # Two jobs inside one slot period: the queued extra is the duplicate.
+    # Two jobs inside one slot period: the queued extra (one second later) is the duplicate.
     dup = Schedule.objects.create(name=f"dup{tag}", task_path=TASK, interval_seconds=60, tenant=tenant)
-    b = now - timedelta(seconds=100)
+    b = minute - timedelta(minutes=2)
     finished_job(now, schedule=dup, slot=b, tenant=tenant)
     extra = Job.objects.create(task_path=TASK, schedule=dup, slot=b + timedelta(seconds=1), tenant=tenant,
                                run_after=now + timedelta(hours=1))
     sc.expected["duplicate_slots"].append(extra.id)
     # Nothing enqueued for an hour: overdue.
     late = Schedule.objects.create(name=f"late{tag}", task_path=TASK, interval_seconds=60, tenant=tenant)
-    finished_job(now, schedule=late, slot=now - timedelta(hours=1), tenant=tenant)
+    finished_job(now, schedule=late, slot=minute - timedelta(hours=1), tenant=tenant)
     sc.expected["overdue_schedules"].append(late.id)

@@ -152,3 +152,26 @@ def test_command_text_output_and_apply_progress_on_stderr():
     assert "!! expired_leases: 1" in out.getvalue()
     assert "applied expired_leases: 1 fixed" in out.getvalue()
     assert "checking expired_leases" in err.getvalue()
+
+
+@pytest.mark.parametrize("policy", ["skip", "run_once", "catch_up"])
+@pytest.mark.django_db
+def test_slots_the_real_scheduler_wrote_after_an_outage_reconcile_clean(policy):
+    from datetime import timedelta
+
+    from taskengine.leadership import ELECTION, LeaderLease
+    from taskengine.maintenance.schedules import Scheduler
+    from taskengine.models import Leader, Schedule
+
+    now = scenario.db_now()
+    minute = now.replace(second=0, microsecond=0)
+    Leader.objects.create(name=ELECTION, holder="reconcile-test", term=1, expires_at=now + timedelta(minutes=5))
+    for interval, name in ((60, "minutely"), (300, "five")):
+        Schedule.objects.create(name=f"{name}-{policy}", task_path=scenario.TASK, interval_seconds=interval,
+                                misfire_policy=policy, catch_up_limit=3,
+                                last_slot_at=minute - timedelta(minutes=45))
+    Scheduler("default", definitions=[]).run_once(LeaderLease(ELECTION, "reconcile-test", 1))
+    assert Job.objects.filter(schedule__isnull=False).exists()
+    result = reconcile.report(categories=["missed_slots", "duplicate_slots", "overdue_schedules"])
+    assert {f.category: f.count for f in result.findings} == {
+        "migration_gate": 0, "missed_slots": 0, "duplicate_slots": 0, "overdue_schedules": 0}
