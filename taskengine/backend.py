@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 from functools import partial
 from typing import Any
 
+from django.db import Error as DatabaseError
 from django.db import connections, transaction
 from django.tasks import Task, TaskResult, TaskResultStatus
 from django.tasks.backends.base import BaseTaskBackend
@@ -167,6 +168,9 @@ class DatabaseBackend(BaseTaskBackend):
                 return store.insert_jobs(connection, rows)
             except store.UniqueKeyRace:
                 continue  # the key's holder finished meanwhile: insert again
+            except DatabaseError:
+                metrics.DB_ERRORS.labels("enqueue").inc()
+                raise
             except ValueError as exc:  # NaN or infinity somewhere in the arguments
                 raise InvalidTaskArguments(f"Task arguments must be JSON-serialisable: {exc}. "
                                            "Nothing was enqueued.") from exc

@@ -35,6 +35,7 @@ from typing import Any
 from django.db import Error as DatabaseError
 from django.db import connections, transaction
 
+from . import metrics
 from .conf import engine_settings
 from .queries import sql
 from .store import to_datetime
@@ -230,6 +231,7 @@ class Elector:
         try:
             self.step()
         except DatabaseError as exc:
+            metrics.DB_ERRORS.labels("leadership").inc()
             if not self._db_error:
                 logger.error("leader election failed (%s); retrying, trust runs out on its own", exc,
                              extra={"worker_id": self.holder})

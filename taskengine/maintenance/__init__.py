@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from django.db import Error as DatabaseError
 from django.db import connections
 
-from .. import gate
+from .. import gate, metrics
 from ..conf import engine_settings
 from ..leadership import Elector, LeaderLease, NotLeader
 from . import dead_workers, recovery, retention
@@ -118,6 +118,7 @@ class MaintenanceTicker:
         except NotLeader as exc:
             logger.warning("%s skipped: %s", service.name, exc)
         except DatabaseError as exc:
+            metrics.DB_ERRORS.labels(service.name).inc()
             if service.name not in self._failing:
                 logger.warning("%s failed: %s; retrying next interval", service.name, exc)
             self._failing.add(service.name)
@@ -136,6 +137,7 @@ class MaintenanceTicker:
                 try:
                     self.tick()
                 except DatabaseError as exc:  # the gate's own query
+                    metrics.DB_ERRORS.labels("maintenance").inc()
                     logger.warning("maintenance tick failed: %s", exc)
                     connections[self.database].close()
         finally:
