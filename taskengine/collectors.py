@@ -198,13 +198,25 @@ def metrics_view(request):
     """The web's /metrics: django-prometheus's exporter view, with the database gauges
     registered on first use. Registering here rather than at import keeps them out of
     processes that merely import the URLconf (runworker's system checks do): workers
-    export only their own process metrics."""
+    export only their own process metrics. In prometheus_client's multiprocess mode
+    (PROMETHEUS_MULTIPROC_DIR) the merged per-process files are served with the gauges
+    read live by the answering process."""
+    import os
+
+    from django.http import HttpResponse
     from django_prometheus.exports import ExportToDjangoView
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, multiprocess
 
-    register()
-    return ExportToDjangoView(request)
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ and "prometheus_multiproc_dir" not in os.environ:
+        register()
+        return ExportToDjangoView(request)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    registry.register(_multiprocess_collector)
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 
+_multiprocess_collector = EngineCollector()  # keeps its cache across requests
 _registered: dict[int, EngineCollector] = {}
 _register_lock = threading.Lock()
 

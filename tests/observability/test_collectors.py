@@ -167,3 +167,12 @@ def test_queue_gauges_stay_on_the_indexes_of_a_large_table(no_cache):
     assert queue_value(values, "taskengine_queue_depth", "default") >= 10000
     assert queue_value(values, "taskengine_queue_depth", "bulk") >= 10000
     assert 590 <= queue_value(values, "taskengine_oldest_queued_age_seconds", "bulk") < 700
+
+
+@pytest.mark.django_db
+def test_multiprocess_mode_still_serves_the_database_gauges(monkeypatch, tmp_path, no_cache):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    tasks.add.enqueue(1, 1)
+    response = Client().get("/metrics")
+    assert response.status_code == 200
+    assert Samples(response.content.decode()).sum("taskengine_queue_depth", queue="default") == 1
