@@ -93,7 +93,9 @@ def test_post_applies_selected_categories_in_the_users_tenants_with_audit(world)
 
 def test_post_without_csrf_token_or_permission_is_refused_and_changes_nothing(world):
     before = OperatorAction.objects.count()
-    assert client_for(world["operator"], csrf=True).post(PAGE, {"category": "expired_leases"}).status_code == 403
+    no_token = client_for(world["operator"], csrf=True)
+    assert no_token.post(PAGE, {"category": "expired_leases"}).status_code == 403
+    assert no_token.post(f"{API}/apply", "{}", content_type="application/json").status_code == 403
     reader = client_for(world["reader"])
     page = reader.get(PAGE)
     assert page.status_code == 200 and "te-reconcile-form" not in page.content.decode()
