@@ -1,0 +1,188 @@
+"""Leadership and periodic jobs with real runworker processes on PostgreSQL.
+
+Timings are shortened through the environment (project/settings.py reads
+TASKENGINE_LEADER_TTL_SECONDS etc.): TTL 2.5s, renew every 0.4s, so the documented
+failover bound (TTL + renew interval) is 2.9s.
+"""
+from __future__ import annotations
+
+import re
+import signal
+import time
+from collections import defaultdict
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from taskengine.leadership import current_leader, db_now
+from taskengine.models import ExecutionLog, Job, Schedule, WorkerProcess
+from tests import tasks
+from tests.conftest import wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.acceptance, pytest.mark.postgres]
+
+TTL, RENEW = 2.5, 0.4
+FAILOVER_BOUND = TTL + RENEW
+SLACK = 2.5  # process scheduling on a loaded 2-core CI machine
+FAST = {
+    "TASKENGINE_LEADER_TTL_SECONDS": str(TTL),
+    "TASKENGINE_LEADER_RENEW_SECONDS": str(RENEW),
+    "TASKENGINE_LEADER_SAFETY_MARGIN_SECONDS": "0.5",
+    "TASKENGINE_MAINTENANCE_INTERVAL_SECONDS": "0.5",
+    "TASKENGINE_SCHEDULER_INTERVAL_SECONDS": "0.25",
+    "TASKENGINE_WORKER_DEAD_AFTER_SECONDS": "3",
+}
+BECAME = re.compile(r"became leader of 'maintenance' with term (\d+)")
+
+
+def start(worker_process, worker_id: str, *extra: str):
+    return worker_process("--worker-id", worker_id, "--lease-seconds", "2", *extra, env=FAST, name=worker_id)
+
+
+def live_leader():
+    info = current_leader("default")
+    return info if info and info["live"] else None
+
+
+def registered(*worker_ids: str) -> bool:
+    return WorkerProcess.objects.filter(worker_id__in=worker_ids, state="running").count() == len(worker_ids)
+
+
+def terms_by_holder(workers) -> dict[int, set[str]]:
+    """Every term any worker's log says it won -> the workers that say so."""
+    won: dict[int, set[str]] = defaultdict(set)
+    for worker_id, worker in workers.items():
+        for term in BECAME.findall(worker.log()):
+            won[int(term)].add(worker_id)
+    return won
+
+
+def test_three_workers_one_leader_at_any_instant_and_failover_after_kill_9(worker_process):
+    workers = {f"w{i}": start(worker_process, f"w{i}") for i in range(3)}
+    wait_for(live_leader, timeout=30, message="a leader")
+    samples = []
+    for _ in range(60):
+        info = live_leader()
+        assert info is not None, "the election lost its leader while all workers were healthy"
+        samples.append((info["term"], info["holder"]))
+        time.sleep(0.03)
+    holders_per_term = defaultdict(set)
+    for term, holder in samples:
+        holders_per_term[term].add(holder)
+    assert all(len(h) == 1 for h in holders_per_term.values())
+    assert all(len(h) == 1 for h in terms_by_holder(workers).values()), "two workers won the same term"
+
+    term, leader_id = samples[-1]
+    workers[leader_id].kill9()
+    killed = time.monotonic()
+    successor = wait_for(lambda: (i := live_leader()) and i["holder"] != leader_id and i,
+                         timeout=FAILOVER_BOUND + 10, interval=0.02, message="a successor")
+    took = time.monotonic() - killed
+    assert successor["term"] > term
+    assert took <= FAILOVER_BOUND + SLACK, f"failover took {took:.1f}s"
+    survivors = {k: v for k, v in workers.items() if k != leader_id}
+    assert terms_by_holder(survivors)[successor["term"]] == {successor["holder"]}
+
+
+def test_a_paused_leader_is_replaced_and_steps_down_on_resume_without_acting(worker_process):
+    workers = {f"p{i}": start(worker_process, f"p{i}") for i in range(2)}
+    first = wait_for(live_leader, timeout=30, message="a leader")
+    old = workers[first["holder"]]
+    old.signal(signal.SIGSTOP)
+    successor = wait_for(lambda: (i := live_leader()) and i["holder"] != first["holder"] and i,
+                         timeout=FAILOVER_BOUND + 10, message="a successor while the leader is paused")
+    assert successor["term"] > first["term"]
+    # Work for the new leader: an expired lease to recover while the old one is stopped.
+    result = tasks.add.enqueue(1, 2)
+    wait_for(lambda: Job.objects.filter(pk=result.id, state="succeeded").exists(), timeout=20)
+    time.sleep(TTL)  # keep it paused well past its own lease
+    offset = len(old.log())
+    old.signal(signal.SIGCONT)
+    wait_for(lambda: "stepped down as leader" in old.log()[offset:], timeout=10,
+             message="the resumed leader to step down")
+    time.sleep(1.0)  # give it time to (wrongly) act
+    after = old.log()[offset:]
+    assert not BECAME.search(after)
+    assert "recovered a running job" not in after and "enqueued" not in after
+    info = live_leader()
+    assert (info["holder"], info["term"]) == (successor["holder"], successor["term"])
+
+
+def test_jobs_of_a_killed_worker_are_recovered_once_without_waiting_for_their_lease(worker_process, tmp_path):
+    """The victim holds a 60s lease; the leader learns it is dead from its heartbeat
+    (3s) and recovers the job long before the lease ends; the job then succeeds once."""
+    result = tasks.sleep_then_record.enqueue(str(tmp_path), "job", 1.0)
+    victim = worker_process("--worker-id", "victim", "--lease-seconds", "60", "--no-leader",
+                            env=FAST, name="victim")
+    wait_for(lambda: (tmp_path / "job.started").exists(), timeout=30, message="the first attempt")
+    victim.kill9()
+    lease_end = Job.objects.values_list("lease_expires_at", flat=True).get(pk=result.id)
+    rescuer = start(worker_process, "rescuer")
+    wait_for(lambda: Job.objects.filter(pk=result.id, state="succeeded").exists(), timeout=30,
+             message="the job to be recovered and succeed")
+    logs = list(ExecutionLog.objects.filter(job_id=result.id).order_by("attempt"))
+    assert [(log.attempt, log.worker_id, log.outcome, log.error_class) for log in logs] == [
+        (1, "victim", "lost", "taskengine.WorkerDead"), (2, "rescuer", "succeeded", None)]
+    assert logs[1].finished_at < lease_end, "recovery waited for the full lease"
+    assert (tmp_path / "job").read_text().split() == [str(rescuer.pid)]
+    assert WorkerProcess.objects.get(worker_id="victim").state == "dead"
+    assert rescuer.log().count("recovered a running job") == 1
+
+
+def assert_one_job_per_slot_without_gaps(schedule: Schedule, marker: Path) -> list:
+    jobs = list(Job.objects.filter(schedule=schedule).order_by("slot"))
+    slots = [job.slot for job in jobs]
+    assert len(slots) == len(set(slots))
+    gaps = [(a, b) for a, b in zip(slots, slots[1:]) if b - a != timedelta(seconds=1)]
+    assert gaps == [], f"missing slots between {gaps}"
+    wait_for(lambda: all(j.state == "succeeded" for j in Job.objects.filter(schedule=schedule)),
+             timeout=20, message="every slot's job to finish")
+    assert len(marker.read_text().split()) == len(jobs), "a slot's job ran more than once"
+    return slots
+
+
+def test_three_workers_run_a_one_second_schedule_once_per_slot_across_a_full_restart(worker_process, tmp_path):
+    schedule = Schedule.objects.create(name="every-second", task_path="tests.leader.tasks.tick",
+                                       interval_seconds=1, args=[str(tmp_path)], misfire_policy="run_once")
+    first = [start(worker_process, f"s{i}") for i in range(3)]
+    wait_for(lambda: Job.objects.filter(schedule=schedule).count() >= 7, timeout=40, message="7 slots")
+    for worker in first:
+        worker.signal(signal.SIGTERM)
+    for worker in first:
+        assert worker.wait(30) == 0, worker.log()
+    mid = db_now("default")
+    second = [start(worker_process, f"t{i}") for i in range(3)]
+    wait_for(lambda: Job.objects.filter(schedule=schedule, slot__gt=mid).count() >= 7, timeout=40,
+             message="7 slots after the restart")
+    Schedule.objects.filter(pk=schedule.pk).update(enabled=False)
+    for worker in second:
+        worker.stop()
+    slots = assert_one_job_per_slot_without_gaps(schedule, tmp_path / "tick")
+    assert slots[0] < mid < slots[-1] and len(slots) >= 14
+    assert not schedule.missed_slots.exists()
+
+
+def test_a_hundred_reminders_fire_exactly_once_across_two_worker_restarts(worker_process, tmp_path):
+    fired = tmp_path / "fired"  # one file per reminder, one line per execution
+    fired.mkdir()
+    due = db_now("default") + timedelta(seconds=14)
+    reminder = tasks.record.using(run_after=due)
+    first = [reminder.using(unique_key=f"reminder-{i}").enqueue(str(fired), f"r{i}") for i in range(100)]
+    workers = [start(worker_process, f"a{i}") for i in range(2)]
+    wait_for(lambda: registered("a0", "a1"), timeout=30)
+    for generation in ("b", "c"):
+        for worker in workers:
+            worker.stop()
+        workers = [start(worker_process, f"{generation}{i}") for i in range(2)]
+        wait_for(lambda g=generation: registered(f"{g}0", f"{g}1"), timeout=30)
+        again = [reminder.using(unique_key=f"reminder-{i}").enqueue(str(fired), f"r{i}") for i in range(100)]
+        assert [r.id for r in again] == [r.id for r in first]
+    assert db_now("default") < due, "the restarts took longer than the reminders' delay"
+    assert not any(fired.iterdir()), "a reminder fired before it was due"
+    wait_for(lambda: Job.objects.filter(state="succeeded").count() == 100, timeout=40,
+             message="all reminders to fire")
+    time.sleep(1.0)  # a duplicate would show up now
+    assert Job.objects.count() == 100
+    counts = {path.name: len(path.read_text().split()) for path in fired.iterdir()}
+    assert counts == {f"r{i}": 1 for i in range(100)}
