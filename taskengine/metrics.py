@@ -33,6 +33,8 @@ JOBS_CANCELLED = Counter("taskengine_jobs_cancelled", "Jobs that ended cancelled
 JOBS_RECOVERED = Counter("taskengine_jobs_recovered", "Running jobs whose lease expired and were recovered.", ["queue"])
 LEASES_LOST = Counter("taskengine_leases_lost", "Attempts whose lease this worker lost before finishing.", ["queue"])
 DB_ERRORS = Counter("taskengine_db_errors", "Database errors met by the engine, by operation.", ["operation"])
+WORKER_GATE_OPEN = Gauge("taskengine_worker_gate_open",
+                         "1 once this worker found its database at the head of the migrations; 0 while it waits.")
 WORKER_SLOTS = Gauge("taskengine_worker_slots", "Execution slots (concurrency) of the worker in this process.")
 CLAIM_LATENCY = Histogram(
     "taskengine_claim_latency_seconds", "Time one claim statement took (empty claims included).",

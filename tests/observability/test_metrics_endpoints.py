@@ -144,3 +144,21 @@ def test_scraping_the_web_metrics_issues_no_writes(live_server, fresh_db_gauges)
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM taskengine_job WHERE state <> 'queued'")
         assert cursor.fetchone()[0] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_waiting_on_the_migration_gate_is_scrapeable_and_reports_it(worker_process):
+    from django.core.management import call_command
+
+    call_command("migrate", "taskengine", "0001_initial", verbosity=0)
+    try:
+        port = free_port()
+        worker = worker_process("--metrics-port", str(port), "--backoff-base", "0.05")
+        url = f"http://127.0.0.1:{port}/metrics"
+        waiting = Samples(wait_for(lambda: try_scrape(url), timeout=30, message="worker /metrics"))
+        assert waiting.sum("taskengine_worker_gate_open") == 0
+        assert worker.proc.poll() is None
+    finally:
+        call_command("migrate", "taskengine", verbosity=0)
+    wait_for(lambda: Samples(scrape(url)).sum("taskengine_worker_gate_open") == 1, timeout=30,
+             message="worker to pass the gate")

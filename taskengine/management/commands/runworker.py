@@ -6,7 +6,7 @@ import os
 from django.core.management.base import BaseCommand, CommandError
 from django.tasks import task_backends
 
-from taskengine import gate
+from taskengine import gate, metrics
 from taskengine.conf import engine_settings
 from taskengine.maintenance import build_services
 from taskengine.worker import Worker
@@ -51,15 +51,16 @@ class Command(BaseCommand):
             queues = sorted(task_backends["default"].queues) or ["default"]
         if options["concurrency"] < 1:
             raise CommandError("--concurrency must be at least 1")
+        if options["metrics_port"]:
+            # Served before the gate wait, so a worker waiting on migrations is scrapeable
+            # (taskengine_worker_gate_open 0) rather than looking down.
+            metrics.serve(options["metrics_host"], options["metrics_port"])
         if not gate.wait_until_ready(database, timeout=options["gate_timeout"]):
             raise CommandError(
                 f"migrations still pending on database {database!r} after {options['gate_timeout']}s; "
                 "run `manage.py migrate` and start the worker again"
             )
-        if options["metrics_port"]:
-            from taskengine import metrics
-
-            metrics.serve(options["metrics_host"], options["metrics_port"])
+        metrics.WORKER_GATE_OPEN.set(1)
         worker = Worker(
             queues=queues, concurrency=options["concurrency"], lease_seconds=options["lease_seconds"],
             backoff_base=options["backoff_base"], max_backoff=options["max_backoff"], burst=options["burst"],
