@@ -52,7 +52,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.db.models.functions import Now
 
-from . import audit
+from . import audit, metrics
 from .models import Job
 from .states import JobState
 from .tenancy import scope_jobs
@@ -178,7 +178,17 @@ def perform(action: str, job_id: Any, *, actor, reason: str = "", using: str = "
         row = audit.record(actor=actor, action=action, target_type="job", target_id=job.pk,
                            tenant=job.tenant, before=before, after=audit.job_snapshot(job),
                            reason=reason, using=using)
+        transaction.on_commit(lambda: _count(action, before["state"], job), using=using)
     return OperationResult(job=job, action=action, audit_id=row.pk, message=message)
+
+
+def _count(action: str, state_before: str, job: Job) -> None:
+    """Keep the metrics' identity (submitted + requeued = finished + queued + running):
+    a queued job cancelled here never reaches a worker, and a requeue re-opens a job."""
+    if action == "cancel" and job.state == JobState.CANCELLED and state_before == JobState.QUEUED:
+        metrics.job_finished(job.queue, job.task_path, JobState.CANCELLED)
+    elif action == "requeue":
+        metrics.jobs_requeued(job.queue, job.task_path)
 
 
 def _lost_race_message(action: str, job: Job) -> str:
