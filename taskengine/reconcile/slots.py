@@ -97,9 +97,22 @@ def walk(ctx: Context, schedule: ScheduleRow) -> Walk:
     return result
 
 
+def _all_walks(ctx: Context) -> tuple[list[Walk], dict[str, str]]:
+    """Walk every enabled schedule; one that cannot be evaluated (bad cron or time zone
+    stored behind the validation's back) is reported, not allowed to stop the others."""
+    done, broken = [], {}
+    for schedule in _schedules(ctx):
+        try:
+            done.append(walk(ctx, schedule))
+        except (ValueError, KeyError, ArithmeticError) as exc:
+            broken[schedule.name] = f"{type(exc).__name__}: {exc}"
+    return done, broken
+
+
 def walks(ctx: Context) -> list[Walk]:
+    """The walks of this run, computed once per report (the three checks share them)."""
     if "_slot_walks" not in ctx.__dict__:
-        ctx.__dict__["_slot_walks"] = [walk(ctx, s) for s in _schedules(ctx)]
+        ctx.__dict__["_slot_walks"], ctx.__dict__["_broken_schedules"] = _all_walks(ctx)
     return ctx.__dict__["_slot_walks"]
 
 
@@ -110,8 +123,10 @@ def _slot_id(schedule_id: int, slot: datetime) -> str:
 def _inspect_missed(ctx: Context, check: Check) -> Finding:
     found = [(w.schedule.id, slot) for w in walks(ctx) for slot in w.missed]
     per_schedule = {w.schedule.name: len(w.missed) for w in walks(ctx) if w.missed}
-    return check.finding(len(found), [_slot_id(s, slot) for s, slot in found[:ctx.sample_size]],
-                         schedules=per_schedule)
+    detail = {"schedules": per_schedule}
+    if ctx.__dict__["_broken_schedules"]:
+        detail["unreadable_schedules"] = ctx.__dict__["_broken_schedules"]
+    return check.finding(len(found), [_slot_id(s, slot) for s, slot in found[:ctx.sample_size]], **detail)
 
 
 def _inspect_duplicates(ctx: Context, check: Check) -> Finding:
@@ -129,7 +144,7 @@ def _inspect_overdue(ctx: Context, check: Check) -> Finding:
 
 def _fix_missed(ctx: Context) -> Applied:
     applied = Applied("missed_slots")
-    for w in [walk(ctx, s) for s in _schedules(ctx)]:
+    for w in _all_walks(ctx)[0]:
         for start in range(0, len(w.missed), ctx.batch_size):
             with transaction.atomic(using=ctx.database):
                 for slot in w.missed[start:start + ctx.batch_size]:
@@ -149,7 +164,7 @@ def _fix_missed(ctx: Context) -> Applied:
 
 def _fix_duplicates(ctx: Context) -> Applied:
     applied = Applied("duplicate_slots")
-    for w in [walk(ctx, s) for s in _schedules(ctx)]:
+    for w in _all_walks(ctx)[0]:
         for job_id, state in w.duplicates:
             if state != "queued":
                 continue

@@ -37,6 +37,7 @@ def test_report_finds_exactly_the_inconsistencies_built():
     assert {f.category: f.count for f in result.findings} == {
         "migration_gate": 0, **{name: len(ids) for name, ids in sc.expected.items()}}
     assert all(f.action for f in result.findings)
+    assert result.finding("missed_slots").detail == {"schedules": {"gap": 1, "cron": 1}}
     workers = {w["worker_id"]: w for w in result.workers}
     assert workers["w-live"]["alive"] and not workers["w-dead"]["alive"]
     assert result.finding("stale_queued_jobs").detail["queues"] == {"default": 1}
@@ -98,6 +99,7 @@ def test_apply_is_scoped_to_tenants_and_categories():
     assert visible.finding("expired_leases").count == 0
     assert visible.finding("user_id_str_missing").sample_ids == mine.expected["user_id_str_missing"]
     assert reconcile.report(tenants=["globex"]).finding("missed_slots").count == 2
+    assert reconcile.report(tenants=[]).found == 0  # a staff user without tenants sees nothing
     with pytest.raises(ValueError, match="unknown reconcile category"):
         reconcile.apply(categories=["nope"])
 
