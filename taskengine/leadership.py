@@ -214,10 +214,7 @@ class Elector:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        try:
-            self.resign()
-        finally:
-            connections[self.database].close()
+        self.resign()
 
     def _loop(self) -> None:
         try:

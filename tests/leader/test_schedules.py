@@ -205,3 +205,12 @@ def test_settings_schedules_sync_under_the_lease_and_removed_ones_are_disabled()
     Scheduler("default", definitions=changed).run_once(lead("next"))
     assert Schedule.objects.get(name="beat").interval_seconds == 9
     assert Schedule.objects.filter(name="beat").count() == 1
+
+
+@pytest.mark.django_db
+def test_runworker_refuses_to_start_with_a_bad_settings_schedule():
+    from django.core.management import CommandError, call_command
+
+    bad = {"SCHEDULES": {"nightly": {"task": TICK, "cron": "every night"}}}
+    with override_settings(TASKENGINE=bad), pytest.raises(CommandError, match=r"\['nightly'\] is invalid: cron"):
+        call_command("runworker", "--burst")

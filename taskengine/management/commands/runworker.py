@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 from django.tasks import task_backends
 
@@ -67,7 +68,10 @@ class Command(BaseCommand):
             worker_id=options["worker_id"], database=database, shutdown_grace=options["shutdown_grace"],
         )
         if not options["no_leader"]:
-            worker.services = build_services(worker)
+            try:
+                worker.services = build_services(worker)
+            except ImproperlyConfigured as exc:  # e.g. a bad TASKENGINE["SCHEDULES"] entry
+                raise CommandError(str(exc)) from exc
         worker.install_signal_handlers()
         code = worker.run()
         if worker.stuck_threads:
