@@ -150,21 +150,22 @@ def wait_until_ready(alias: str = "default", *, timeout: float | None = None,
     seconds pass or ``stop`` is set first.
 
     Logs one "waiting for migrations: ..." warning, and another only when the reason
-    changes; each re-check is a DEBUG line. Re-checks back off from 0.2s to 2s.
+    changes (a pending list that merely shrinks while ``migrate`` runs is not a change);
+    each re-check is a DEBUG line. Re-checks back off from 0.2s to 2s.
     """
     if alias in _open:
         return True
     deadline = None if timeout is None else time.monotonic() + timeout
-    delay, last_reason, checks = BACKOFF_START_SECONDS, None, 0
+    delay, logged, checks = BACKOFF_START_SECONDS, None, 0
     while True:
         current = status(alias)
         checks += 1
         if current.ready:
-            if last_reason is not None:
+            if logged is not None:
                 logger.info("migration gate open on database %r after %d checks", alias, checks)
             return True
-        if current.reason != last_reason:
-            last_reason = current.reason
+        if not _same_reason(current, logged):
+            logged = current
             logger.warning("waiting for migrations: %s", current.reason)
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
@@ -177,6 +178,17 @@ def wait_until_ready(alias: str = "default", *, timeout: float | None = None,
         else:
             time.sleep(pause)
         delay = min(delay * 2, BACKOFF_MAX_SECONDS)
+
+
+def _same_reason(current: GateStatus, logged: GateStatus | None) -> bool:
+    """Whether ``current`` closes the gate for the reason already logged. A pending list
+    that only shrank (a ``migrate`` in progress) is the same reason, not news."""
+    if logged is None:
+        return False
+    return (current.error == logged.error and current.conflicts == logged.conflicts
+            and current.unknown_applied == logged.unknown_applied
+            and bool(current.pending) == bool(logged.pending)
+            and set(current.pending) <= set(logged.pending))
 
 
 class GateWatch:

@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from django.core.checks import run_checks
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, connections
 from django.db.models.functions import Now
 from django.test.utils import CaptureQueriesContext
 
@@ -19,7 +19,7 @@ from taskengine import gate
 from taskengine.leadership import Elector
 from taskengine.maintenance import MaintenanceTicker, default_services
 from taskengine.models import Job
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import ROOT, subprocess_env, wait_for
 from tests.gate.conftest import job_row, migrate_in_another_process
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -28,7 +28,7 @@ SECOND = "taskengine.0002_execution_log_user_id_str"
 WRITES = ("INSERT", "UPDATE", "DELETE")
 
 
-def test_gate_is_closed_and_names_pending_migrations(taskengine_at_first_migration):
+def test_gate_is_closed_naming_pending_migrations_and_opens_after_migrate(taskengine_at_first_migration):
     status = gate.status("default")
     assert not status.ready
     assert status.pending[0] == SECOND
@@ -37,6 +37,8 @@ def test_gate_is_closed_and_names_pending_migrations(taskengine_at_first_migrati
     assert status.conflicts == {} and status.unknown_applied == [] and status.error is None
     assert SECOND in status.reason and "manage.py migrate" in status.reason
     assert not gate.is_ready("default")
+    call_command("migrate", "taskengine", verbosity=0)
+    assert gate.is_ready("default"), "opens without reset()"
 
 
 def test_waiting_reads_only_django_migrations_never_taskengine_tables(taskengine_at_first_migration, engine_log):
@@ -48,21 +50,12 @@ def test_waiting_reads_only_django_migrations_never_taskengine_tables(taskengine
     rechecks = [r for r in engine_log.records if r.getMessage().startswith("gate still closed")]
     waiting = [r for r in engine_log.records if r.getMessage().startswith("waiting for migrations: ")]
     assert len(rechecks) >= 2 and len(waiting) == 1
-
-
-def test_wait_until_ready_returns_false_when_stopped(taskengine_at_first_migration):
     stop = threading.Event()
     stop.set()
-    assert gate.wait_until_ready("default", stop=stop) is False
+    assert gate.wait_until_ready("default", stop=stop) is False, "a set stop event ends the wait"
 
 
-def test_gate_opens_after_migrate_without_reset(taskengine_at_first_migration):
-    assert not gate.is_ready("default")
-    call_command("migrate", "taskengine", verbosity=0)
-    assert gate.is_ready("default")
-
-
-def test_readyz_flips_from_503_to_200_after_migrate(client, taskengine_at_first_migration):
+def test_readyz_flips_from_503_to_200_after_migrate_while_healthz_stays_200(client, taskengine_at_first_migration):
     with CaptureQueriesContext(connection) as queries:
         closed = client.get("/readyz")
     assert closed.status_code == 503 and closed["Content-Type"] == "application/json"
@@ -70,20 +63,16 @@ def test_readyz_flips_from_503_to_200_after_migrate(client, taskengine_at_first_
     assert body["ready"] is False and body["database"] == "default"
     assert SECOND in body["pending"] and SECOND in body["reason"]
     assert not [q for q in queries.captured_queries if q["sql"].lstrip().upper().startswith(WRITES)]
-    assert client.get("/healthz").status_code == 200
+    with CaptureQueriesContext(connection) as queries:
+        health = client.get("/healthz")
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    assert len(queries) == 0, "/healthz never touches the database"
 
     migrate_in_another_process()
     opened = client.get("/readyz")
     assert opened.status_code == 200
     assert opened.json()["ready"] is True
     assert client.post("/readyz").status_code == 405
-
-
-def test_healthz_is_up_without_touching_the_database(client, taskengine_at_first_migration):
-    with CaptureQueriesContext(connection) as queries:
-        response = client.get("/healthz")
-    assert response.status_code == 200 and response.json() == {"status": "ok"}
-    assert len(queries) == 0
 
 
 def test_maintenance_tick_is_skipped_while_closed_and_runs_after(transactional_db, engine_log):
@@ -138,3 +127,29 @@ def test_gate_watch_logs_once_per_state_change_not_per_tick(taskengine_at_first_
     assert len(lines) == 2, lines
     assert lines[0].startswith("scheduler paused until migrations are applied: ") and SECOND in lines[0]
     assert lines[1] == "scheduler resumed: migration gate open on database 'default'"
+
+
+def test_waiting_logs_once_while_migrate_progresses_step_by_step(taskengine_at_first_migration, engine_log):
+    opened: list[bool] = []
+
+    def wait() -> None:
+        try:
+            opened.append(gate.wait_until_ready("default", timeout=30))
+        finally:
+            connections["default"].close()
+
+    def rechecks() -> int:
+        return sum(r.getMessage().startswith("gate still closed") for r in engine_log.records)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    wait_for(lambda: rechecks() >= 1, message="the first re-check")
+    call_command("migrate", "taskengine", "0002", verbosity=0)
+    seen = rechecks()
+    wait_for(lambda: rechecks() > seen, message="a re-check with a shorter pending list")
+    call_command("migrate", "taskengine", verbosity=0)
+    waiter.join(30)
+    assert opened == [True]
+    messages = [r.getMessage() for r in engine_log.records if r.name == "taskengine.gate"]
+    assert sum(m.startswith("waiting for migrations: ") for m in messages) == 1, messages
+    assert any(m.startswith("migration gate open on database 'default'") for m in messages)

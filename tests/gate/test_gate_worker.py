@@ -30,7 +30,7 @@ def test_worker_started_before_migrate_waits_then_runs_queued_jobs_without_resta
     try:
         worker = worker_process("--backoff-base", "0.05", "--concurrency", "1",
                                 env={"TASKENGINE_LOG_LEVEL": "DEBUG"})
-        wait_for(lambda: worker.log().count(RECHECK) >= 4, timeout=30, message="four gate re-checks")
+        wait_for(lambda: worker.log().count(RECHECK) >= 3, timeout=30, message="three gate re-checks")
         log = worker.log()
         assert log.count(WAITING) == 1, log
         assert "taskengine.0002_execution_log_user_id_str" in log
