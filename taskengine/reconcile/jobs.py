@@ -16,6 +16,8 @@ enqueue() with that key returns the stuck holder instead of creating new work.
 """
 from __future__ import annotations
 
+import json
+
 from django.db import transaction
 
 from .. import audit, metrics
@@ -63,10 +65,21 @@ def _fix_running(query: str, category: str, reason: str):
     return fix
 
 
+def _served_queues(ctx: Context) -> set[str]:
+    served: set[str] = set()
+    for (queues,) in ctx.fetch("reconcile_live_worker_queues"):
+        served.update(json.loads(queues) if isinstance(queues, str) else queues or [])
+    return served
+
+
 def _inspect_stale(ctx: Context, check: Check) -> Finding:
     total, rows = first_page(ctx, "reconcile_stale_queued", count_column=4)
-    by_queue = {queue: n for queue, n in ctx.fetch("reconcile_stale_queued_by_queue")} if total else {}
-    return check.finding(total, [row[0] for row in rows], queues=by_queue)
+    if not total:
+        return check.finding(0, [], queues={}, unserved_queues=[])
+    by_queue = {queue: n for queue, n in ctx.fetch("reconcile_stale_queued_by_queue")}
+    served = _served_queues(ctx)
+    return check.finding(total, [row[0] for row in rows], queues=by_queue,
+                         unserved_queues=sorted(q for q in by_queue if q not in served))
 
 
 def _inspect_blocked(ctx: Context, check: Check) -> Finding:
@@ -96,8 +109,9 @@ CHECKS = [
     Check(
         name="stale_queued_jobs",
         description="Queued jobs more than STALE_QUEUED_SECONDS past their run_after.",
-        action="none (report only): start or scale workers for the queues listed in detail; "
-               "reconcile never fails or deletes waiting work",
+        action="none (report only): start or scale workers for the queues in detail "
+               "(unserved_queues: no live worker serves them); reconcile never fails or "
+               "deletes waiting work",
         inspect=_inspect_stale,
     ),
     Check(

@@ -178,7 +178,7 @@ SELECT point.slot, point.kind, point.id, point.state
 -- Index: taskengine_missed_slot_uniq (schedule_id, slot).
 INSERT INTO taskengine_missed_slot (schedule_id, slot, reason, recorded_at)
 VALUES (%(schedule_id)s, %(slot)s, %(reason)s, now())
-ON CONFLICT (schedule_id, slot) DO NOTHING
+ON CONFLICT (schedule_id, slot) WHERE schedule_id IS NOT NULL DO NOTHING
 RETURNING id;
 
 
@@ -228,3 +228,12 @@ SELECT worker.worker_id, worker.host, worker.pid, worker.state, worker.last_hear
  WHERE worker.state <> 'stopped'
  ORDER BY worker.last_heartbeat_at DESC
  LIMIT %(limit)s;
+
+
+-- name: reconcile_live_worker_queues
+-- The queues live workers serve (to say which stale queues nobody serves).
+-- Index: taskengine_worker_alive_idx (state, last_heartbeat_at).
+SELECT worker.queues
+  FROM taskengine_worker AS worker
+ WHERE worker.state IN ('running', 'draining')
+   AND worker.last_heartbeat_at >= now() - make_interval(secs => %(dead_after)s);

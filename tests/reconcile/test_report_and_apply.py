@@ -40,11 +40,23 @@ def test_report_finds_exactly_the_inconsistencies_built():
     assert result.finding("missed_slots").detail == {"schedules": {"gap": 1, "cron": 1}}
     workers = {w["worker_id"]: w for w in result.workers}
     assert workers["w-live"]["alive"] and not workers["w-dead"]["alive"]
-    assert result.finding("stale_queued_jobs").detail["queues"] == {"default": 1}
+    # w-live serves "default".
+    assert result.finding("stale_queued_jobs").detail == {"queues": {"default": 1}, "unserved_queues": []}
 
 
 @pytest.mark.django_db
-def test_report_writes_nothing(django_assert_max_num_queries, django_capture_on_commit_callbacks):
+def test_report_names_stale_queues_no_live_worker_serves():
+    now = scenario.db_now()
+    scenario.build()
+    from datetime import timedelta
+
+    Job.objects.create(task_path=scenario.TASK, queue="nobody", run_after=now - timedelta(hours=3))
+    detail = reconcile.report().finding("stale_queued_jobs").detail
+    assert detail == {"queues": {"default": 1, "nobody": 1}, "unserved_queues": ["nobody"]}
+
+
+@pytest.mark.django_db
+def test_report_writes_nothing():
     scenario.build()
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
