@@ -58,3 +58,12 @@ def test_grafana_dashboard_queries_are_valid_promql_over_exported_metrics(tmp_pa
     exported |= {family.name for family in collectors.EngineCollector().describe()}
     used = {m for e in exprs for m in re.findall(r"\btaskengine_[a-z_]+", e)}
     assert used <= exported, sorted(used - exported)
+
+
+def test_the_observability_doc_describes_every_exported_metric():
+    doc = (ALERTS.parent.parent / "observability.md").read_text()
+    exported = {name.removesuffix("_total") for name in REGISTRY._names_to_collectors
+                if name.startswith("taskengine_") and not name.endswith(("_created", "_bucket", "_count", "_sum"))}
+    exported |= {family.name for family in collectors.EngineCollector().describe()}
+    missing = sorted(name for name in exported if f"`{name}" not in doc)
+    assert missing == []
