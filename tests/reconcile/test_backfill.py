@@ -10,7 +10,7 @@ import sys
 from io import StringIO
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection
 
 from taskengine import backfill, gate, reconcile, store
@@ -49,6 +49,9 @@ def test_logs_written_before_the_user_id_str_migration_end_backfilled_with_a_cle
         with pytest.raises(SystemExit) as refused:
             call_command("reconcile", "--apply", "--no-progress", stdout=StringIO(), stderr=StringIO())
         assert refused.value.code == 2
+        for command in ("backfill_user_ids", "backfill_report"):
+            with pytest.raises(CommandError, match="migration gate closed"):
+                run_command(command)
 
         job = Job.objects.create(task_path="tests.tasks.noop", state="succeeded", attempts=1,
                                  finished_at="2026-01-01T00:00:00Z")
@@ -96,8 +99,10 @@ def test_dry_run_counts_and_writes_nothing():
     out = json.loads(run_command("backfill_user_ids", "--dry-run", "--batch-size", "4", "--json"))
     assert (out["would_update"], out["updated"], out["remaining"]) == (10, 0, 10)
     assert not OperatorAction.objects.exists()
-    text = run_command("backfill_user_ids", "--dry-run")
-    assert "would write 10 row(s)" in text
+    out, err = StringIO(), StringIO()
+    call_command("backfill_user_ids", "--dry-run", "--batch-size", "4", stdout=out, stderr=err)
+    assert "would write 10 row(s) in 3 batch(es)" in out.getvalue()
+    assert "would fill [" in err.getvalue() and "10/10 (100%)" in err.getvalue()  # progress on stderr
 
 
 @pytest.mark.postgres
