@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from taskengine import collectors, metrics, store
+from taskengine import collectors, store
 from taskengine.models import Job, Leader, WorkerProcess
 from taskengine.queries import sql
 from tests import tasks

@@ -11,7 +11,6 @@ import pytest
 
 from taskengine.logs import Formatter
 from tests import tasks
-from tests.observability.promscrape import free_port
 
 JOB_KEYS = {"event", "worker_id", "job_id", "task_path", "queue", "attempt", "claimed_at", "run_after"}
 
@@ -20,7 +19,7 @@ JOB_KEYS = {"event", "worker_id", "job_id", "task_path", "queue", "attempt", "cl
 def test_json_worker_logs_are_one_json_object_per_line_with_job_fields(worker_process):
     ok = tasks.add.enqueue(2, 3)
     bad = tasks.boom.enqueue()
-    worker = worker_process("--burst", "--backoff-base", "0.05", "--metrics-port", str(free_port()),
+    worker = worker_process("--burst", "--backoff-base", "0.05",
                             env={"TASKENGINE_LOG_FORMAT": "json", "TASKENGINE_LOG_LEVEL": "INFO"})
     assert worker.wait(60) == 0, worker.log()
     lines = [line for line in worker.log().splitlines() if line.strip()]
