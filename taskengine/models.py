@@ -89,7 +89,8 @@ class Job(models.Model):
         max_length=64, null=True, blank=True, help_text="Primary key of the acting user, as text."
     )
     schedule = models.ForeignKey(
-        "Schedule", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
+        "Schedule", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs",
+        db_index=False,  # taskengine_job_schedule_slot_uniq leads with schedule_id
     )
     slot = models.DateTimeField(null=True, blank=True, help_text="Schedule slot this job runs.")
 
@@ -120,12 +121,25 @@ class Job(models.Model):
                 name="taskengine_job_lease_idx",
             ),
             models.Index(fields=["locked_by"], condition=Q(state="running"), name="taskengine_job_worker_idx"),
-            # Console: keyset pages per filter; retention and charts by finished_at.
-            models.Index(fields=["state", "-id"], name="taskengine_job_state_idx"),
-            models.Index(fields=["tenant", "-id"], name="taskengine_job_tenant_idx"),
-            models.Index(fields=["task_path", "-id"], name="taskengine_job_task_idx"),
-            models.Index(fields=["queue", "state"], name="taskengine_job_queue_state_idx"),
-            models.Index(fields=["finished_at"], name="taskengine_job_finished_idx"),
+            # Console filters and retention. Every index here is written on each state
+            # change that moves a row into it, so they are partial: the hot path (claim
+            # and finish of ordinary jobs) touches as few as possible. A job list
+            # filtered to succeeded/queued/running jobs walks the primary key or the
+            # claim/lease indexes instead.
+            models.Index(
+                "state", models.F("id").desc(),
+                condition=Q(state__in=["failed", "cancelled"]),
+                name="taskengine_job_problem_idx",
+            ),
+            models.Index(
+                "tenant", models.F("id").desc(),
+                condition=Q(tenant__isnull=False),
+                name="taskengine_job_tenant_idx",
+            ),
+            models.Index(
+                fields=["finished_at"], condition=Q(finished_at__isnull=False),
+                name="taskengine_job_finished_idx",
+            ),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(state__in=STATE_VALUES), name="taskengine_job_state_valid"),
@@ -149,14 +163,19 @@ class Job(models.Model):
                 | (~Q(state="running") & Q(locked_by__isnull=True, lease_expires_at__isnull=True)),
                 name="taskengine_job_lease_iff_running",
             ),
-            # One live job per unique key; a finished job frees its key.
+            # One live job per unique key; a finished job frees its key. Partial on the
+            # key too, so jobs without one never enter the index.
             models.UniqueConstraint(
                 fields=["unique_key"],
-                condition=Q(state__in=LIVE),
+                condition=Q(state__in=LIVE, unique_key__isnull=False),
                 name="taskengine_job_unique_live_key",
             ),
-            # Exactly one job per schedule slot, ever.
-            models.UniqueConstraint(fields=["schedule", "slot"], name="taskengine_job_schedule_slot_uniq"),
+            # Exactly one job per schedule slot, ever (ON CONFLICT (schedule_id, slot)
+            # WHERE schedule_id IS NOT NULL names it).
+            models.UniqueConstraint(
+                fields=["schedule", "slot"], condition=Q(schedule__isnull=False),
+                name="taskengine_job_schedule_slot_uniq",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -172,7 +191,10 @@ class ExecutionLog(models.Model):
     completion (or by recovery as ``lost``). ``user_id`` is the legacy integer key of the
     acting user; ``user_id_str`` the canonical text form that works for any user model."""
 
-    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="attempt_logs")
+    job = models.ForeignKey(
+        Job, on_delete=models.CASCADE, related_name="attempt_logs",
+        db_index=False,  # task_execution_logs_job_attempt_uniq leads with job_id
+    )
     attempt = models.PositiveIntegerField()
     worker_id = models.CharField(max_length=128)
     started_at = models.DateTimeField()
@@ -191,9 +213,8 @@ class ExecutionLog(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["job", "attempt"], name="task_execution_logs_job_attempt_uniq"),
         ]
-        indexes = [
-            models.Index(fields=["finished_at"], name="task_exec_logs_finished_idx"),
-        ]
+        # No other index: the finishing UPDATE then changes no indexed column and can
+        # be a HOT update (PostgreSQL; see migration 0005's fillfactor).
 
     def __str__(self) -> str:
         return f"Job {self.job_id} attempt {self.attempt} ({self.outcome or 'running'})"

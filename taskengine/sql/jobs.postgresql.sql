@@ -30,7 +30,7 @@ SELECT n.task_path, n.backend, n.queue, n.priority, n.args, n.kwargs, 'queued',
             timeout_seconds, retry_backoff_seconds, on_lease_expired, unique_key, tenant,
             acting_user_id, position)
  ORDER BY n.position
-ON CONFLICT (unique_key) WHERE state IN ('queued', 'running') DO NOTHING
+ON CONFLICT (unique_key) WHERE state IN ('queued', 'running') AND unique_key IS NOT NULL DO NOTHING
 RETURNING id, unique_key, enqueued_at, run_after;
 
 

@@ -18,7 +18,7 @@ VALUES (
     0, %(max_attempts)s, %(timeout_seconds)s, %(retry_backoff_seconds)s, %(on_lease_expired)s,
     %(unique_key)s, %(tenant)s, %(acting_user_id)s
 )
-ON CONFLICT (unique_key) WHERE state IN ('queued', 'running') DO NOTHING
+ON CONFLICT (unique_key) WHERE state IN ('queued', 'running') AND unique_key IS NOT NULL DO NOTHING
 RETURNING id, unique_key, enqueued_at, run_after;
 
 

@@ -53,7 +53,7 @@ SELECT %(task_path)s, %(backend)s, %(queue)s, %(priority)s, %(args)s::jsonb, %(k
                 WHERE leader.name = %(election)s AND leader.holder = %(holder)s
                   AND leader.term = %(term)s AND leader.expires_at > now()
                   FOR SHARE)
-ON CONFLICT (schedule_id, slot) DO NOTHING
+ON CONFLICT (schedule_id, slot) WHERE schedule_id IS NOT NULL DO NOTHING
 RETURNING id;
 
 
@@ -66,7 +66,7 @@ SELECT %(schedule_id)s, %(slot)s, %(reason)s, now()
                 WHERE leader.name = %(election)s AND leader.holder = %(holder)s
                   AND leader.term = %(term)s AND leader.expires_at > now()
                   FOR SHARE)
-ON CONFLICT (schedule_id, slot) DO NOTHING
+ON CONFLICT (schedule_id, slot) WHERE schedule_id IS NOT NULL DO NOTHING
 RETURNING id;
 
 

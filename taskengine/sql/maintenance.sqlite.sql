@@ -42,7 +42,7 @@ SELECT %(task_path)s, %(backend)s, %(queue)s, %(priority)s, %(args)s, %(kwargs)s
  WHERE EXISTS (SELECT 1 FROM taskengine_leader
                 WHERE name = %(election)s AND holder = %(holder)s AND term = %(term)s
                   AND expires_at > strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now'))
-ON CONFLICT (schedule_id, slot) DO NOTHING
+ON CONFLICT (schedule_id, slot) WHERE schedule_id IS NOT NULL DO NOTHING
 RETURNING id;
 
 
@@ -53,7 +53,7 @@ SELECT %(schedule_id)s, %(slot)s, %(reason)s, strftime('%%Y-%%m-%%d %%H:%%M:%%f'
  WHERE EXISTS (SELECT 1 FROM taskengine_leader
                 WHERE name = %(election)s AND holder = %(holder)s AND term = %(term)s
                   AND expires_at > strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now'))
-ON CONFLICT (schedule_id, slot) DO NOTHING
+ON CONFLICT (schedule_id, slot) WHERE schedule_id IS NOT NULL DO NOTHING
 RETURNING id;
 
 
