@@ -96,7 +96,8 @@ def status(alias: str = "default") -> GateStatus:
     except Exception as exc:  # noqa: BLE001 - the gate reports, it never raises
         logger.debug("gate check on %r failed", alias, exc_info=True)
         _close_broken_connection(alias)
-        result = GateStatus(alias=alias, ready=False, error=f"{type(exc).__name__}: {exc}".strip())
+        detail = " ".join(str(exc).split())  # driver errors span lines; the reason is one line
+        result = GateStatus(alias=alias, ready=False, error=f"{type(exc).__name__}: {detail}".rstrip(": "))
     if result.ready:
         with _lock:
             _open.add(alias)

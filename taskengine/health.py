@@ -51,5 +51,5 @@ def _ping(alias: str) -> str | None:
     except DatabaseError as exc:
         if not connection.in_atomic_block:
             connection.close()
-        return f"{type(exc).__name__}: {exc}".strip()
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
     return None
