@@ -1,11 +1,12 @@
 """Cheap numbers for big tables: bounded counts, planner estimates, distinct values,
 and the database clock.
 
-No console page or API call runs an unbounded ``count(*)``: ``bounded_count`` counts
-at most ``COUNT_LIMIT + 1`` rows (an index scan that stops early). Past the bound,
-PostgreSQL answers with the planner's row estimate for the same query (``EXPLAIN``,
-fed by ``pg_statistic``: no rows are read); SQLite answers "at least COUNT_LIMIT".
-All functions here only read.
+No console page or API call runs an unbounded ``count(*)``. ``bounded_count`` on
+PostgreSQL first asks the planner (``EXPLAIN``, fed by ``pg_statistic``: no rows are
+read); an estimate at or above ``COUNT_LIMIT`` is the answer ("≈ N"). Below it, the
+rows are counted, at most ``COUNT_LIMIT + 1`` of them (a scan that stops early), so a
+small number is exact. SQLite has no estimates: it counts up to the bound and answers
+"N+" past it. All functions here only read.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import json
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
+from django.core.exceptions import EmptyResultSet
 from django.db import connections
 
 from ..queries import sql
@@ -20,6 +22,7 @@ from ..store import to_datetime
 
 COUNT_LIMIT = 10_000
 DISTINCT_LIMIT = 100
+RECENT_SAMPLE = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +48,13 @@ class BoundedCount:
 
 def bounded_count(queryset, limit: int = COUNT_LIMIT) -> BoundedCount:
     """Exact up to ``limit``; beyond it an estimate (PostgreSQL) or a lower bound."""
+    estimate = planner_estimate(queryset)
+    if estimate is not None and estimate >= limit:
+        return BoundedCount(estimate, False, "estimate")
     n = queryset.order_by()[: limit + 1].count()
     if n <= limit:
         return BoundedCount(n, True, "exact")
-    estimate = planner_estimate(queryset)
-    if estimate is None:
-        return BoundedCount(limit, False, "at_least")
-    return BoundedCount(max(estimate, limit + 1), False, "estimate")
+    return BoundedCount(limit, False, "at_least")
 
 
 def planner_estimate(queryset) -> int | None:
@@ -59,7 +62,10 @@ def planner_estimate(queryset) -> int | None:
     connection = connections[queryset.db]
     if connection.vendor != "postgresql":
         return None
-    query, params = queryset.order_by().values("pk").query.sql_with_params()
+    try:
+        query, params = queryset.order_by().values("pk").query.sql_with_params()
+    except EmptyResultSet:  # e.g. tenant__in=[]: nothing can match
+        return 0
     with connection.cursor() as cursor:
         cursor.execute(f"EXPLAIN (FORMAT JSON) {query}", params)
         plan = cursor.fetchone()[0]
@@ -68,11 +74,25 @@ def planner_estimate(queryset) -> int | None:
     return int(plan[0]["Plan"]["Plan Rows"])
 
 
-def distinct_values(column: str, using: str = "default", limit: int = DISTINCT_LIMIT) -> list[str]:
-    """Distinct non-null values of ``queue``, ``task`` or ``tenant`` across all jobs,
-    walking the column's index (see sql/console.*.sql)."""
-    name = {"queue": "console_distinct_queues", "task": "console_distinct_tasks",
-            "tenant": "console_distinct_tenants"}[column]
+def queued_queues(using: str = "default", limit: int = DISTINCT_LIMIT) -> list[str]:
+    """Queues that have queued jobs, walking the claim index (sql/console.*.sql)."""
+    return _values("console_queued_queues", using, limit)
+
+
+def distinct_tenants(using: str = "default", limit: int = DISTINCT_LIMIT) -> list[str]:
+    """Every tenant that has jobs, walking the tenant index (sql/console.*.sql)."""
+    return _values("console_distinct_tenants", using, limit)
+
+
+def recent_values(queryset, field: str, sample: int = RECENT_SAMPLE) -> list[str]:
+    """Distinct values of ``field`` among the newest ``sample`` rows of ``queryset``
+    (a backward primary-key scan that stops after ``sample`` rows), for columns with
+    no index to walk (task paths)."""
+    newest = queryset.order_by("-pk").values_list(field, flat=True)[:sample]
+    return sorted({value for value in newest if value is not None})
+
+
+def _values(name: str, using: str, limit: int) -> list[str]:
     connection = connections[using]
     with connection.cursor() as cursor:
         cursor.execute(sql(connection, name), {"limit": limit})

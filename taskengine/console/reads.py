@@ -24,7 +24,7 @@ from ..models import ExecutionLog, Job, Leader, OperatorAction, Schedule, Worker
 from ..states import JobState
 from ..tenancy import scope_jobs, tenants_for
 from . import serialize
-from .counts import bounded_count, db_now, distinct_values
+from .counts import bounded_count, db_now, queued_queues
 
 CHART_MINUTES = 60
 LIST_DEFER = ("args", "kwargs", "return_value")
@@ -55,8 +55,11 @@ def gate_banner(using: str = "default") -> dict[str, Any]:
 
 
 def known_queues(using: str = "default") -> list[str]:
-    configured = [q for backend in settings.TASKS.values() for q in backend.get("QUEUES", [])]
-    return sorted(set(configured) | set(distinct_values("queue", using)))
+    """Configured queues, queues with queued jobs (claim index walk) and queues live
+    workers serve. Never a scan of the job table."""
+    served = {q for w in WorkerProcess.objects.using(using).filter(state=WorkerState.RUNNING)
+              .values_list("queues", flat=True)[:500] for q in (w or [])}
+    return sorted(_configured_queues() | set(queued_queues(using)) | served)
 
 
 def counts_by_state(user, using: str = "default") -> dict[str, dict]:
@@ -64,42 +67,53 @@ def counts_by_state(user, using: str = "default") -> dict[str, dict]:
     return {state: bounded_count(jobs.filter(state=state)).as_dict() for state in JobState.values}
 
 
-def counts_by_queue(user, using: str = "default") -> dict[str, dict[str, dict]]:
-    """{queue: {state: count}} for the queues that have jobs the user may see (or are
-    configured). One bounded index scan per (queue, state)."""
-    jobs = jobs_for(user, using)
-    out: dict[str, dict[str, dict]] = {}
-    for queue in known_queues(using):
-        row = {state: bounded_count(jobs.filter(queue=queue, state=state)) for state in JobState.values}
-        if any(c.value for c in row.values()) or queue in _configured_queues():
-            out[queue] = {state: c.as_dict() for state, c in row.items()}
-    return out
-
-
 def _configured_queues() -> set[str]:
     return {q for backend in settings.TASKS.values() for q in backend.get("QUEUES", [])}
 
 
-def throughput(user, now: datetime, using: str = "default") -> dict[str, Any]:
-    """Finished jobs per minute over the last hour, by final state. Index:
-    taskengine_job_finished_idx (finished_at)."""
+def finished_rows(user, now: datetime, using: str = "default") -> tuple[datetime, list[dict]]:
+    """Jobs finished in the last CHART_MINUTES minutes, counted per (minute, queue,
+    state). Index: taskengine_job_finished_idx (finished_at, partial)."""
     end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
     start = end - timedelta(minutes=CHART_MINUTES)
     rows = (
         jobs_for(user, using).filter(finished_at__gte=start, finished_at__lt=end)
-        .annotate(minute=TruncMinute("finished_at")).values("minute", "state")
+        .annotate(minute=TruncMinute("finished_at")).values("minute", "queue", "state")
         .annotate(n=Count("id")).order_by()
     )
+    return start, list(rows)
+
+
+def counts_by_queue(user, finished: list[dict], using: str = "default") -> dict[str, dict]:
+    """Per queue: queued and running jobs now (bounded counts through the claim and
+    lease indexes) and jobs finished in the last hour by final state."""
+    jobs = jobs_for(user, using)
+    last_hour: dict[str, dict[str, int]] = {}
+    for row in finished:
+        per_state = last_hour.setdefault(row["queue"], {"succeeded": 0, "failed": 0, "cancelled": 0})
+        per_state[row["state"]] = per_state.get(row["state"], 0) + row["n"]
+    out: dict[str, dict] = {}
+    for queue in sorted(set(known_queues(using)) | set(last_hour)):
+        out[queue] = {
+            "queued": bounded_count(jobs.filter(queue=queue, state=JobState.QUEUED)).as_dict(),
+            "running": bounded_count(jobs.filter(queue=queue, state=JobState.RUNNING)).as_dict(),
+            "finished_last_hour": last_hour.get(queue, {"succeeded": 0, "failed": 0, "cancelled": 0}),
+        }
+    return out
+
+
+def throughput(start: datetime, finished: list[dict]) -> dict[str, Any]:
+    """Per-minute buckets of the last hour (every minute present, zeros included)."""
     buckets = {start + timedelta(minutes=i): {"succeeded": 0, "failed": 0, "cancelled": 0}
                for i in range(CHART_MINUTES)}
-    for row in rows:
+    for row in finished:
         bucket = buckets.get(row["minute"])
         if bucket is not None and row["state"] in bucket:
-            bucket[row["state"]] = row["n"]
+            bucket[row["state"]] += row["n"]
     return {
         "bucket_seconds": 60,
         "since": serialize.iso(start),
-        "until": serialize.iso(end),
+        "until": serialize.iso(start + timedelta(minutes=CHART_MINUTES)),
         "buckets": [{"start": serialize.iso(t), **v} for t, v in buckets.items()],
     }
 
@@ -129,12 +143,13 @@ def leaders(now: datetime, using: str = "default") -> list[dict[str, Any]]:
 def summary(user, using: str = "default") -> dict[str, Any]:
     now = db_now(using)
     worker_rows = workers(now, using)
+    start, finished = finished_rows(user, now, using)
     return {
         "generated_at": serialize.iso(now),
         "gate": gate_banner(using),
-        "counts": {"by_state": counts_by_state(user, using), "by_queue": counts_by_queue(user, using)},
+        "counts": {"by_state": counts_by_state(user, using), "by_queue": counts_by_queue(user, finished, using)},
         "oldest_queued_age_seconds": oldest_queued_age(user, now, using),
-        "throughput": throughput(user, now, using),
+        "throughput": throughput(start, finished),
         "workers": {"alive": sum(1 for w in worker_rows if w["alive"]), "listed": len(worker_rows)},
         "leaders": leaders(now, using),
     }

@@ -18,7 +18,7 @@ from ..states import JobState
 from ..tenancy import tenants_for
 from . import reads, serialize
 from .access import staff_page
-from .counts import bounded_count, distinct_values
+from .counts import bounded_count, distinct_tenants
 from .filters import JobFilterForm, keyset_page
 
 AUDIT_PAGE = 50
@@ -37,8 +37,7 @@ def dashboard(request: HttpRequest) -> TemplateResponse:
         request, "dashboard.html", "Task engine",
         gate=reads.gate_banner(),
         by_state=reads.counts_by_state(user),
-        by_queue=reads.counts_by_queue(user),
-        states=JobState.values,
+        by_queue=reads.counts_by_queue(user, reads.finished_rows(user, now)[1]),
         oldest_queued_age=reads.oldest_queued_age(user, now),
         workers=[w for w in reads.workers(now) if w["alive"]],
         leaders=reads.leaders(now),
@@ -62,7 +61,7 @@ def job_list(request: HttpRequest) -> TemplateResponse:
         request, "job_list.html", "Jobs",
         form=form, page=page, params=params, count=bounded_count(queryset) if valid else None,
         states=JobState.choices, queues=reads.known_queues(),
-        tenants=distinct_values("tenant") if tenants is None else tenants,
+        tenants=distinct_tenants() if tenants is None else tenants,
     )
 
 

@@ -71,7 +71,11 @@ def test_summary_shape(client_for, world):
     assert list(body["counts"]["by_state"]) == STATES
     for count in body["counts"]["by_state"].values():
         assert_shape(count, COUNT, "count")
-    assert set(body["counts"]["by_queue"]["default"]) == set(STATES)
+    default = body["counts"]["by_queue"]["default"]
+    assert_shape(default, {"queued": dict, "running": dict, "finished_last_hour": dict}, "by_queue")
+    assert_shape(default["queued"], COUNT)
+    assert default["finished_last_hour"] == {"succeeded": 2, "failed": 2, "cancelled": 2}
+    assert (default["queued"]["value"], default["running"]["value"]) == (2, 2)
     assert_shape(body["throughput"], {"bucket_seconds": INT, "since": STR, "until": STR, "buckets": list})
     assert len(body["throughput"]["buckets"]) == 60
     assert_shape(body["throughput"]["buckets"][0], BUCKET, "bucket")

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.django_db
 
 
 def test_bounded_count_is_exact_below_the_bound(jobs):
-    result = counts.bounded_count(Job.objects.all(), limit=20)
+    result = counts.bounded_count(Job.objects.all(), limit=1000)
     assert (result.value, result.exact, result.kind, result.display()) == (10, True, "exact", "10")
 
 
@@ -32,12 +32,14 @@ def test_bounded_count_above_the_bound_is_an_estimate_or_a_lower_bound(jobs):
         assert (result.kind, result.value, result.display()) == ("at_least", 4, "4+")
 
 
-def test_distinct_values_walk_the_indexes(jobs):
+def test_filter_choices_come_from_index_walks_and_recent_rows(jobs):
     make_job("queued", tenant="c", queue="emails", task_path="tests.tasks.noop")
-    assert counts.distinct_values("queue") == ["default", "emails"]
-    assert counts.distinct_values("tenant") == ["a", "b", "c"]
-    assert counts.distinct_values("task") == ["tests.tasks.add", "tests.tasks.noop"]
-    assert counts.distinct_values("tenant", limit=2) == ["a", "b"]
+    make_job("failed", tenant="d", queue="reports")
+    assert counts.queued_queues() == ["default", "emails"]  # queues with queued jobs
+    assert counts.distinct_tenants() == ["a", "b", "c", "d"]
+    assert counts.distinct_tenants(limit=2) == ["a", "b"]
+    assert counts.recent_values(Job.objects.all(), "task_path") == ["tests.tasks.add", "tests.tasks.noop"]
+    assert counts.recent_values(Job.objects.all(), "task_path", sample=1) == ["tests.tasks.add"]
 
 
 def test_dashboard_shows_counts_workers_leader_and_chart_hook(client_for, jobs):
