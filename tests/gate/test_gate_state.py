@@ -156,3 +156,16 @@ def test_makemigrations_merge_is_not_blocked_by_the_conflict_check():
         call_command("makemigrations", "project", merge=True, dry_run=True, interactive=False,
                      verbosity=3, stdout=out)
     assert "0002_left" in out.getvalue() and "0002_right" in out.getvalue()
+
+
+def test_readyz_reports_database_ahead_of_code_and_conflicts_as_503(client):
+    MigrationRecorder(connection).record_applied(*FUTURE)
+    ahead = client.get("/readyz")
+    assert ahead.status_code == 503
+    assert ahead.json()["unknown_applied"] == ["taskengine.9999_from_the_future"]
+    MigrationRecorder(connection).record_unapplied(*FUTURE)
+    with override_settings(**CONFLICTS):
+        conflict = client.get("/readyz")
+    assert conflict.status_code == 503
+    assert conflict.json()["conflicts"] == {"project": ["0002_left", "0002_right"]}
+    assert client.get("/readyz").json() == {"ready": True, "database": "default", "reason": ""}
