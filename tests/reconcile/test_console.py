@@ -64,6 +64,7 @@ def test_get_of_the_reconcile_page_shows_the_tenant_report_and_changes_nothing(w
     assert f"<code>{globex.expected['dead_worker_jobs'][0]}</code>" not in body
     assert 'name="category" value="expired_leases"' in body
     assert 'name="category" value="stale_queued_jobs"' not in body  # report only
+    assert "queues: {&#x27;default&#x27;: 1}" in body  # the finding's detail
     with CaptureQueriesContext(connection) as queries:
         assert client.get(API).status_code == 200
         assert client.get("/taskengine/backfill/").status_code == 200
