@@ -7,8 +7,8 @@
   scoping (fixes touch only the user's tenants' jobs, schedules and logs) and one audit
   row per fix with the user as actor, in the fix's transaction. Then 303 back to GET.
 - ``GET /taskengine/api/v1/reconcile`` is the same report as JSON (the shape of
-  ``manage.py reconcile --json``); ``POST /taskengine/api/v1/reconcile/apply`` with
-  ``{"categories": [...]}`` (omit for every fixable category) answers
+  ``manage.py reconcile --json``); ``POST /taskengine/api/v1/reconcile`` (or its alias
+  ``…/reconcile/apply``) with ``{"categories": [...]}`` (omit for every fixable category) answers
   ``{"applied": [...]}``; 403 without the permission, 400 for an unknown category, 409
   while the migration gate is closed.
 """
@@ -67,13 +67,20 @@ def _apply_from_form(request: HttpRequest) -> HttpResponse:
     return response
 
 
-@api_endpoint("GET")
+@api_endpoint("GET", "POST")
 def api_report(request: HttpRequest) -> JsonResponse:
+    """GET: the report. POST: apply (the same as POST …/reconcile/apply)."""
+    if request.method == "POST":
+        return _api_apply(request)
     return JsonResponse(engine_reconcile.report(tenants=tenants_for(request.user)).as_dict())
 
 
 @api_endpoint("POST")
 def api_apply(request: HttpRequest) -> JsonResponse:
+    return _api_apply(request)
+
+
+def _api_apply(request: HttpRequest) -> JsonResponse:
     if not can_apply(request.user):
         return json_error(403, f"permission {PERMISSION} required")
     try:

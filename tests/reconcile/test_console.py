@@ -102,6 +102,7 @@ def test_post_without_csrf_token_or_permission_is_refused_and_changes_nothing(wo
     assert page.status_code == 200 and "te-reconcile-form" not in page.content.decode()
     assert reader.post(PAGE, {"category": "expired_leases"}).status_code == 403
     assert reader.post(f"{API}/apply", "{}", content_type="application/json").status_code == 403
+    assert reader.post(API, "{}", content_type="application/json").status_code == 403
     assert reader.get("/taskengine/backfill/").status_code == 403
     assert reader.get("/taskengine/api/v1/backfill").status_code == 403
     assert client_for(world["operator"]).post(PAGE, {"category": "stale_queued_jobs"}).status_code == 400
@@ -125,7 +126,7 @@ def test_api_report_and_apply(world):
     assert response.status_code == 200
     assert response.json()["applied"] == [{"category": "dead_worker_jobs", "fixed": 1,
                                            "ids": world["acme"].expected["dead_worker_jobs"], "note": ""}]
-    again = client.post(f"{API}/apply", "{}", content_type="application/json").json()["applied"]
+    again = client.post(API, "{}", content_type="application/json").json()["applied"]
     assert {a["category"]: a["fixed"] for a in again}["dead_worker_jobs"] == 0
 
 
