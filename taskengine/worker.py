@@ -32,7 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from django.db import Error as DatabaseError
-from django.db import connections
+from django.db import connections, transaction
 from django.tasks import TaskResultStatus, task_backends
 from django.tasks.base import TaskError
 from django.tasks.signals import task_finished, task_started
@@ -194,8 +194,14 @@ class Worker:
         while True:
             self._collect_done()
             self._enforce_timeouts()
+            free = self.concurrency - len(self._running)
+            claim_due = not self._draining and (free >= self._batch or (free > 0 and not self._running))
             if self._flush_due():
-                self._flush()
+                # Write the finished batch and, when slots are free, claim the next one
+                # in the same transaction: one commit (one WAL flush) per batch.
+                claimed = self._flush(claim=free if claim_due else 0)
+            else:
+                claimed = self._claim(free) if claim_due else None
             self._heartbeat_if_due()
             if self._draining:
                 if not self._running and not self._pending:
@@ -205,20 +211,17 @@ class Worker:
                     return
                 self._wait(0.05)
                 continue
-            free = self.concurrency - len(self._running)
-            if free >= self._batch or (free > 0 and not self._running):
-                claimed = self._claim(free)
-                for job in claimed:
-                    self._start(job)
-                if claimed:
-                    self._idle_rounds = 0
-                    continue
-                if self.burst and not self._running and not self._pending and self._db_down_since is None:
+            for job in claimed or ():
+                self._start(job)
+            if claimed:
+                self._idle_rounds = 0
+                continue
+            if claim_due and not self._running:
+                if self.burst and not self._pending and self._db_down_since is None:
                     logger.info("burst: nothing due, exiting", extra={"worker_id": self.worker_id})
                     return
-                if not self._running:
-                    self._wait(self._idle_wait())
-                    continue
+                self._wait(self._idle_wait())
+                continue
             self._wait(self._flush_wait())
 
     def _flush_due(self) -> bool:
@@ -305,16 +308,15 @@ class Worker:
     def _claim(self, free: int) -> list[store.ClaimedJob]:
         if free <= 0:
             return []
+        return self._db_call("claim", lambda: self._claim_now(free), default=[])
 
-        def claim() -> list[store.ClaimedJob]:
-            started = time.perf_counter()
-            jobs = store.claim_jobs(self.connection, worker_id=self.worker_id, queues=self.queues,
-                                    limit=free, lease_seconds=self.lease_seconds,
-                                    advisory=self.use_advisory_locks)
-            metrics.CLAIM_LATENCY.observe(time.perf_counter() - started)
-            return jobs
-
-        return self._db_call("claim", claim, default=[])
+    def _claim_now(self, free: int) -> list[store.ClaimedJob]:
+        started = time.perf_counter()
+        jobs = store.claim_jobs(self.connection, worker_id=self.worker_id, queues=self.queues,
+                                limit=free, lease_seconds=self.lease_seconds,
+                                advisory=self.use_advisory_locks)
+        metrics.CLAIM_LATENCY.observe(time.perf_counter() - started)
+        return jobs
 
     def _start(self, job: store.ClaimedJob) -> None:
         running = RunningJob(job=job)
@@ -399,22 +401,30 @@ class Worker:
             self._pending_since = time.monotonic()
         self._pending.append((running, outcome))
 
-    def _flush(self) -> None:
+    def _flush(self, claim: int = 0) -> list[store.ClaimedJob]:
+        """Write pending outcomes (fenced) and, if ``claim`` > 0, claim up to that many
+        jobs in the same transaction. Returns the claimed jobs."""
         if not self._pending:
-            return
+            return self._claim(claim)
         batch = self._pending
-        won = self._db_call(
-            "finish",
-            lambda: store.finish_jobs(self.connection, worker_id=self.worker_id, outcomes=[o for _, o in batch]),
-        )
-        if won is None:
-            return  # database down: keep them for the next try
+        outcomes = [o for _, o in batch]
+
+        def finish_then_claim() -> tuple[dict, list[store.ClaimedJob]]:
+            with transaction.atomic(using=self.database):
+                won = store.finish_jobs(self.connection, worker_id=self.worker_id, outcomes=outcomes)
+                return won, (self._claim_now(claim) if claim > 0 else [])
+
+        result = self._db_call("finish", finish_then_claim)
+        if result is None:
+            return []  # database down: keep the outcomes for the next try
+        won, claimed = result
         self._pending = []
         for running, outcome in batch:
             self.processed += 1
             state, finished_at = won.get(outcome.job_id, (None, None))
             outcome.finished_at = finished_at
             self._report(running, outcome, state)
+        return claimed
 
     def _report(self, running: RunningJob, outcome: Outcome, state: str | None) -> None:
         job = running.job
