@@ -166,15 +166,17 @@ def test_three_workers_run_a_one_second_schedule_once_per_slot_across_a_full_res
 def test_a_hundred_reminders_fire_exactly_once_across_two_worker_restarts(worker_process, tmp_path):
     fired = tmp_path / "fired"  # one file per reminder, one line per execution
     fired.mkdir()
-    due = db_now("default") + timedelta(seconds=14)
+    due = db_now("default") + timedelta(seconds=30)
     reminder = tasks.record.using(run_after=due)
     first = [reminder.using(unique_key=f"reminder-{i}").enqueue(str(fired), f"r{i}") for i in range(100)]
     workers = [start(worker_process, f"a{i}") for i in range(2)]
     wait_for(lambda: registered("a0", "a1"), timeout=30)
     for generation in ("b", "c"):
         for worker in workers:
-            worker.stop()
-        workers = [start(worker_process, f"{generation}{i}") for i in range(2)]
+            worker.signal(signal.SIGTERM)
+        old, workers = workers, [start(worker_process, f"{generation}{i}") for i in range(2)]
+        for worker in old:
+            assert worker.wait(30) == 0, worker.log()
         wait_for(lambda g=generation: registered(f"{g}0", f"{g}1"), timeout=30)
         again = [reminder.using(unique_key=f"reminder-{i}").enqueue(str(fired), f"r{i}") for i in range(100)]
         assert [r.id for r in again] == [r.id for r in first]
