@@ -7,6 +7,7 @@ user_id_str IS NULL). Progress goes to stderr; the summary to stdout."""
 from __future__ import annotations
 
 import json
+import sys
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -38,11 +39,15 @@ class Command(BaseCommand):
             raise CommandError(f"migration gate closed: {state.reason}")
         progress = Progress(self.stderr._out, enabled=not options["no_progress"])
         label = "would fill" if options["dry_run"] else "filled"
-        result = backfill.run(
-            options["database"], batch_size=options["batch_size"], dry_run=options["dry_run"],
-            max_batches=options["max_batches"], pause=options["pause"],
-            progress=lambda done, total: progress.bar(label, done, total),
-        )
+        try:
+            result = backfill.run(
+                options["database"], batch_size=options["batch_size"], dry_run=options["dry_run"],
+                max_batches=options["max_batches"], pause=options["pause"],
+                progress=lambda done, total: progress.bar(label, done, total),
+            )
+        except KeyboardInterrupt:
+            self.stderr.write("\nbackfill_user_ids: interrupted; committed batches are kept, rerun to resume")
+            sys.exit(130)
         summary = {"dry_run": options["dry_run"], "pending_at_start": result.pending_at_start,
                    "updated": result.updated, "would_update": result.would_update,
                    "batches": result.batches, "complete": result.complete,
