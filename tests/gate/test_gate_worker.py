@@ -1,8 +1,9 @@
 """A real ``runworker`` started before ``migrate``: it waits (one log line), claims nothing,
-registers nothing, and runs the queued job once ``migrate`` has run in another process."""
+registers nothing, and runs the queued jobs once ``migrate`` has run in another process."""
 from __future__ import annotations
 
 import pytest
+from django.core.management import call_command
 from django.tasks import TaskResultStatus
 
 from tests import tasks
@@ -23,8 +24,6 @@ RECHECK = "gate still closed"
 def test_worker_started_before_migrate_waits_then_runs_queued_jobs_without_restart(
     transactional_db, worker_process
 ):
-    from django.core.management import call_command
-
     results = [tasks.add.enqueue(n, 3) for n in range(3)]
     call_command("migrate", "taskengine", "0001_initial", verbosity=0)
     try:
