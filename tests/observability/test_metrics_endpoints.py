@@ -30,7 +30,7 @@ def fresh_db_gauges(settings):
 
 def start_worker(worker_process, port: int):
     worker = worker_process(
-        "--metrics-port", str(port), "--concurrency", "4", "--lease-seconds", "3",
+        "--metrics-port", str(port), "--concurrency", "4", "--lease-seconds", "10",
         "--backoff-base", "0.05", "--max-backoff", "0.2", "--shutdown-grace", "0.5",
     )
     wait_for(lambda: try_scrape(f"http://127.0.0.1:{port}/metrics"), timeout=30, message="worker /metrics")
@@ -48,13 +48,19 @@ def run_mixed_jobs(tmp_path: Path, worker_process, port: int):
     to_cancel = tasks.cooperative_sleep.enqueue(60)
     held = tasks.sleep_then_record.enqueue(str(tmp_path), "held", 60)
     worker = start_worker(worker_process, port)
-    wait_for(lambda: Job.objects.filter(pk=to_cancel.id, state="running").exists(), message="job to start")
-    Job.objects.filter(pk=to_cancel.id).update(cancel_requested_at=Now())  # what the console's cancel writes
-    wait_for(lambda: (tmp_path / "held.started").exists(), message="held job to start")
-    wait_for(lambda: Job.objects.filter(state__in=["succeeded", "failed", "cancelled"]).count() == 7,
-             timeout=30, message="7 jobs to finish")
     worker_url = f"http://127.0.0.1:{port}/metrics"
-    wait_for(lambda: sum(Samples(scrape(worker_url)).sum(n) for n in FINISHED) == 7, message="worker counters")
+    try:
+        wait_for(lambda: Job.objects.filter(pk=to_cancel.id, state="running").exists(), timeout=60,
+                 message="job to start")
+        Job.objects.filter(pk=to_cancel.id).update(cancel_requested_at=Now())  # what the console's cancel writes
+        wait_for(lambda: (tmp_path / "held.started").exists(), timeout=60, message="held job to start")
+        wait_for(lambda: Job.objects.filter(state__in=["succeeded", "failed", "cancelled"]).count() == 7,
+                 timeout=60, message="7 jobs to finish")
+        wait_for(lambda: sum(Samples(scrape(worker_url)).sum(n) for n in FINISHED) == 7, timeout=30,
+                 message="worker counters")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\njobs: {list(Job.objects.values_list('id', 'task_path', 'state'))}"
+                             f"\nworker log:\n{worker.log()[-5000:]}") from None
     return worker, worker_url, held
 
 
