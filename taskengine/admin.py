@@ -160,6 +160,7 @@ class JobAdmin(TenantScopedAdmin):
 @admin.register(ExecutionLog)
 class ExecutionLogAdmin(TenantScopedAdmin, ReadOnlyAdmin):
     tenant_lookup = "job__tenant"
+    ordering = ("-pk",)  # the primary key walks backwards; (job, attempt) order would sort
     list_display = ("job_id", "attempt", "worker_id", "started_at", "finished_at", "outcome", "error_class")
     list_filter = ("outcome",)
     search_fields = ("=job__id", "=worker_id")
@@ -175,6 +176,7 @@ class ExecutionLogAdmin(TenantScopedAdmin, ReadOnlyAdmin):
 
 @admin.register(OperatorAction)
 class OperatorActionAdmin(TenantScopedAdmin, ReadOnlyAdmin):
+    ordering = ("-pk",)  # newest first through the primary key (ids grow with time)
     list_display = ("created_at", "actor_repr", "action", "target_type", "target_id", "tenant")
     list_filter = ("action", "target_type")
     search_fields = ("=target_id", "=actor_repr")

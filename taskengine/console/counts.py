@@ -22,7 +22,7 @@ from ..store import to_datetime
 
 COUNT_LIMIT = 10_000
 DISTINCT_LIMIT = 100
-RECENT_SAMPLE = 5000
+RECENT_SAMPLE = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +84,11 @@ def distinct_tenants(using: str = "default", limit: int = DISTINCT_LIMIT) -> lis
     return _values("console_distinct_tenants", using, limit)
 
 
-def recent_values(queryset, field: str, sample: int = RECENT_SAMPLE) -> list[str]:
+def recent_values(queryset, field: str, sample: int | None = None) -> list[str]:
     """Distinct values of ``field`` among the newest ``sample`` rows of ``queryset``
     (a backward primary-key scan that stops after ``sample`` rows), for columns with
     no index to walk (task paths)."""
-    newest = queryset.order_by("-pk").values_list(field, flat=True)[:sample]
+    newest = queryset.order_by("-pk").values_list(field, flat=True)[: sample or RECENT_SAMPLE]
     return sorted({value for value in newest if value is not None})
 
 

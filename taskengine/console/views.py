@@ -47,8 +47,8 @@ def dashboard(request: HttpRequest) -> TemplateResponse:
 
 @staff_page
 def job_list(request: HttpRequest) -> TemplateResponse:
-    form = JobFilterForm(request.GET or None)
-    valid = form.is_valid() if request.GET else (form := JobFilterForm({})).is_valid()
+    form = JobFilterForm(request.GET)  # every field is optional: no filter is valid
+    valid = form.is_valid()
     queryset = reads.jobs_for(request.user)
     if valid:
         queryset = form.filter(queryset)
