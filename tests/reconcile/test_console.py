@@ -12,6 +12,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
+from taskengine import reconcile
 from taskengine.models import ExecutionLog, Job, OperatorAction, TenantMembership
 
 from . import scenario
@@ -116,6 +117,14 @@ def test_api_report_and_apply(world):
     client = client_for(world["operator"])
     data = client.get(API).json()
     assert {"gate", "leader", "workers", "findings"} <= set(data)
+    assert set(data) == {"gate", "leader", "workers", "findings"}
+    assert set(data["gate"]) == {"ready", "pending", "conflicts", "unknown_applied", "error", "reason"}
+    assert {w["worker_id"] for w in data["workers"]} >= {"w-live", "w-dead"}
+    assert all(set(w) == {"worker_id", "host", "pid", "state", "last_heartbeat_at", "heartbeat_age_seconds",
+                          "alive", "running_jobs"} for w in data["workers"])
+    assert [f["category"] for f in data["findings"]] == ["migration_gate", *reconcile.CATEGORIES]
+    assert all(set(f) == {"category", "count", "sample_ids", "action", "description", "fixable", "detail"}
+               for f in data["findings"])
     by_category = {f["category"]: f for f in data["findings"]}
     assert by_category["expired_leases"]["sample_ids"] == world["acme"].expected["expired_leases"]
     assert client.get(f"{API}/apply").status_code == 405
