@@ -63,6 +63,17 @@ HARD_TIMEOUT_GRACE = 2.0  # seconds a timed-out sync handler gets to notice the 
 FLUSH_DELAY = 0.005  # longest an outcome waits to be written with others (seconds)
 
 
+def replace_django_task_log_receivers() -> None:
+    """django.tasks logs every task start and finish through signal receivers; the
+    worker logs the same events itself, with worker id, attempt and timings. Dropping
+    the duplicates means a TaskResult is built for task_started / task_finished only
+    when a project connects its own receiver."""
+    from django.tasks import signals
+
+    task_started.disconnect(signals.log_task_started)
+    task_finished.disconnect(signals.log_task_finished)
+
+
 class Service(Protocol):
     """A background service the worker starts after registering (e.g. leadership)."""
 
@@ -126,6 +137,7 @@ class Worker:
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="taskengine-job")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: Listener | None = None
+        self._metric_children: dict[tuple, Any] = {}
         self.processed = 0
         self.stuck_threads = False
 
@@ -160,6 +172,7 @@ class Worker:
 
     def run(self) -> int:
         """Run until drained (SIGTERM, request_stop, or --burst with nothing due)."""
+        replace_django_task_log_receivers()
         logger.info("worker starting: queues=%s concurrency=%d lease=%.0fs claim=%s wake=%s",
                     ",".join(self.queues), self.concurrency, self.lease_seconds,
                     "advisory" if self.use_advisory_locks else "skip-locked",
@@ -321,8 +334,9 @@ class Worker:
     def _start(self, job: store.ClaimedJob) -> None:
         running = RunningJob(job=job)
         self._running[job.id] = running
-        metrics.JOBS_RUNNING.labels(job.queue).inc()
-        logger.info("claimed", extra=self._job_extra(job, event="claimed"))
+        self._metric(metrics.JOBS_RUNNING, job.queue).inc()
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("claimed", extra=self._job_extra(job, event="claimed"))
         try:
             running.task = self._resolve(job.task_path)
         except TaskNotFound as exc:
@@ -368,8 +382,8 @@ class Worker:
             except queue.Empty:
                 return
             self._running.pop(running.job.id, None)
-            metrics.JOBS_RUNNING.labels(running.job.queue).dec()
-            metrics.JOB_DURATION.labels(running.job.queue).observe(time.monotonic() - running.monotonic_start)
+            self._metric(metrics.JOBS_RUNNING, running.job.queue).dec()
+            self._metric(metrics.JOB_DURATION, running.job.queue).observe(time.monotonic() - running.monotonic_start)
             if running.abandoned:
                 continue  # its timeout outcome was already written
             if outcome is None:
@@ -428,9 +442,13 @@ class Worker:
 
     def _report(self, running: RunningJob, outcome: Outcome, state: str | None) -> None:
         job = running.job
-        extra = self._job_extra(job, duration_ms=round((time.monotonic() - running.monotonic_start) * 1000, 3),
-                                outcome=str(outcome.outcome), state=state,
-                                finished_at=outcome.finished_at.isoformat() if outcome.finished_at else None)
+        if state == "succeeded" and not outcome.error_class:
+            metrics.job_finished(job.queue, job.task_path, state, outcome.outcome)
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("succeeded", extra={**self._finish_extra(running, outcome, state), "event": "succeeded"})
+            self._send_finished(running, state, outcome)
+            return
+        extra = self._finish_extra(running, outcome, state)
         if state is None:
             metrics.LEASES_LOST.labels(job.queue).inc()
             logger.warning("lease lost before finishing; outcome %s discarded (the job is recovered and runs again)",
@@ -501,6 +519,8 @@ class Worker:
     # --- signals and logs ------------------------------------------------------------
 
     def _send_started(self, running: RunningJob) -> None:
+        if not task_started.has_listeners():
+            return
         backend = task_backends[running.task.backend]
         result = task_result_for(running, [self.worker_id], backend.alias)
         if running.job.attempt > 1:
@@ -510,6 +530,8 @@ class Worker:
     def _send_finished(self, running: RunningJob, state: str, outcome: Outcome) -> None:
         """A first attempt's result is known here in full; after retries, the errors
         and workers of earlier attempts are read back from the store."""
+        if not task_finished.has_listeners():
+            return
         backend = task_backends[running.task.backend]
         if running.job.attempt > 1:
             result = self._stored_result(running)
@@ -534,6 +556,20 @@ class Worker:
             logger.exception("could not load the stored result for a task signal",
                              extra=self._job_extra(running.job))
             return None
+
+    def _finish_extra(self, running: RunningJob, outcome: Outcome, state: str | None) -> dict[str, Any]:
+        return self._job_extra(
+            running.job, duration_ms=round((time.monotonic() - running.monotonic_start) * 1000, 3),
+            outcome=str(outcome.outcome), state=state,
+            finished_at=outcome.finished_at.isoformat() if outcome.finished_at else None)
+
+    def _metric(self, metric, *labels: str):
+        """A labelled child of ``metric``, cached (labels() is costly per job)."""
+        key = (metric, labels)
+        child = self._metric_children.get(key)
+        if child is None:
+            child = self._metric_children[key] = metric.labels(*labels)
+        return child
 
     def _job_extra(self, job: store.ClaimedJob, **more: Any) -> dict[str, Any]:
         return {"worker_id": self.worker_id, "job_id": job.id, "task_path": job.task_path,
