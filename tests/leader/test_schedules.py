@@ -214,3 +214,22 @@ def test_runworker_refuses_to_start_with_a_bad_settings_schedule():
     bad = {"SCHEDULES": {"nightly": {"task": TICK, "cron": "every night"}}}
     with override_settings(TASKENGINE=bad), pytest.raises(CommandError, match=r"\['nightly'\] is invalid: cron"):
         call_command("runworker", "--burst")
+
+
+@pytest.mark.django_db
+def test_the_admin_refuses_a_bad_cron_unknown_zone_and_unknown_task(client, django_user_model):
+    root = django_user_model.objects.create_superuser("root", "root@example.com", "pw")
+    client.force_login(root)
+    form = {"name": "nightly", "task_path": "tests.leader.tasks.missing", "cron": "61 * * * *",
+            "timezone": "Mars/Olympus", "args": "[]", "kwargs": "{}", "queue": "default", "priority": "0",
+            "misfire_policy": "run_once", "catch_up_limit": "10", "enabled": "on"}
+    response = client.post("/admin/taskengine/schedule/add/", form)
+    assert response.status_code == 200  # the form again, with errors
+    errors = response.context["adminform"].form.errors
+    assert "not a valid cron expression" in errors["cron"][0]
+    assert "Unknown time zone 'Mars/Olympus'" in errors["timezone"][0]
+    assert "cannot import task 'tests.leader.tasks.missing'" in errors["task_path"][0]
+    assert not Schedule.objects.exists()
+    form.update(task_path=TICK, cron="0 3 * * *", timezone="Europe/Paris")
+    assert client.post("/admin/taskengine/schedule/add/", form).status_code == 302
+    assert Schedule.objects.get().cron == "0 3 * * *"
