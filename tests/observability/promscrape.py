@@ -56,3 +56,14 @@ def promtool() -> str:
 
 def promtool_check_metrics(text: str) -> subprocess.CompletedProcess:
     return subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+
+
+def listening_addresses(port: int) -> set[str]:
+    """IPv4 addresses with a TCP socket listening on ``port`` (Linux /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            found.add(".".join(str(int(address[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+    return found

@@ -17,7 +17,14 @@ from django.utils import timezone
 from taskengine.models import ExecutionLog, Job, Leader, WorkerProcess
 from tests import tasks
 from tests.conftest import wait_for
-from tests.observability.promscrape import Samples, free_port, promtool_check_metrics, scrape, try_scrape
+from tests.observability.promscrape import (
+    Samples,
+    free_port,
+    listening_addresses,
+    promtool_check_metrics,
+    scrape,
+    try_scrape,
+)
 
 FINISHED = ("taskengine_jobs_succeeded_total", "taskengine_jobs_failed_total", "taskengine_jobs_cancelled_total")
 
@@ -87,6 +94,7 @@ def test_counters_add_up_across_the_web_and_worker_scrapes(live_server, worker_p
     # The worker exports its own process metrics, not the database gauges.
     assert "taskengine_queue_depth" not in work.names()
     assert work.sum("taskengine_worker_slots") == 4
+    assert listening_addresses(port) == {"127.0.0.1"}  # --metrics-host defaults to loopback
 
 
 @pytest.mark.django_db(transaction=True)
