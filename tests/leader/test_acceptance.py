@@ -20,7 +20,7 @@ from taskengine.models import ExecutionLog, Job, Schedule, WorkerProcess
 from tests import tasks
 from tests.conftest import wait_for
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.acceptance, pytest.mark.postgres]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.acceptance]
 
 TTL, RENEW = 2.5, 0.4
 FAILOVER_BOUND = TTL + RENEW
@@ -58,6 +58,7 @@ def terms_by_holder(workers) -> dict[int, set[str]]:
     return won
 
 
+@pytest.mark.postgres
 def test_three_workers_one_leader_at_any_instant_and_failover_after_kill_9(worker_process):
     workers = {f"w{i}": start(worker_process, f"w{i}") for i in range(3)}
     wait_for(live_leader, timeout=30, message="a leader")
@@ -85,6 +86,7 @@ def test_three_workers_one_leader_at_any_instant_and_failover_after_kill_9(worke
     assert terms_by_holder(survivors)[successor["term"]] == {successor["holder"]}
 
 
+@pytest.mark.postgres
 def test_a_paused_leader_is_replaced_and_steps_down_on_resume_without_acting(worker_process):
     workers = {f"p{i}": start(worker_process, f"p{i}") for i in range(2)}
     first = wait_for(live_leader, timeout=30, message="a leader")
@@ -109,6 +111,7 @@ def test_a_paused_leader_is_replaced_and_steps_down_on_resume_without_acting(wor
     assert (info["holder"], info["term"]) == (successor["holder"], successor["term"])
 
 
+@pytest.mark.postgres
 def test_jobs_of_a_killed_worker_are_recovered_once_without_waiting_for_their_lease(worker_process, tmp_path):
     """The victim holds a 60s lease; the leader learns it is dead from its heartbeat
     (3s) and recovers the job long before the lease ends; the job then succeeds once."""
@@ -142,6 +145,7 @@ def assert_one_job_per_slot_without_gaps(schedule: Schedule, marker: Path) -> li
     return slots
 
 
+@pytest.mark.postgres
 def test_three_workers_run_a_one_second_schedule_once_per_slot_across_a_full_restart(worker_process, tmp_path):
     schedule = Schedule.objects.create(name="every-second", task_path="tests.leader.tasks.tick",
                                        interval_seconds=1, args=[str(tmp_path)], misfire_policy="run_once")
@@ -163,6 +167,7 @@ def test_three_workers_run_a_one_second_schedule_once_per_slot_across_a_full_res
     assert not schedule.missed_slots.exists()
 
 
+@pytest.mark.postgres
 def test_a_hundred_reminders_fire_exactly_once_across_two_worker_restarts(worker_process, tmp_path):
     fired = tmp_path / "fired"  # one file per reminder, one line per execution
     fired.mkdir()
@@ -188,3 +193,19 @@ def test_a_hundred_reminders_fire_exactly_once_across_two_worker_restarts(worker
     assert Job.objects.count() == 100
     counts = {path.name: len(path.read_text().split()) for path in fired.iterdir()}
     assert counts == {f"r{i}": 1 for i in range(100)}
+
+
+def test_a_leader_stopped_with_sigterm_resigns_and_a_follower_takes_over_at_once(worker_process):
+    """Runs on SQLite too: the election is plain SQL on either database."""
+    workers = {f"q{i}": start(worker_process, f"q{i}") for i in range(2)}
+    first = wait_for(live_leader, timeout=30, message="a leader")
+    old = workers[first["holder"]]
+    old.signal(signal.SIGTERM)
+    assert old.wait(30) == 0, old.log()
+    assert f"resigned leadership of 'maintenance' (term {first['term']})" in old.log()
+    resigned = time.monotonic()
+    successor = wait_for(lambda: (i := live_leader()) and i["holder"] != first["holder"] and i,
+                         timeout=10, interval=0.02, message="the follower to take over")
+    assert successor["term"] == first["term"] + 1
+    assert time.monotonic() - resigned <= RENEW + SLACK, "the follower waited for the TTL"
+    assert WorkerProcess.objects.get(worker_id=first["holder"]).state == "stopped"
