@@ -1,7 +1,8 @@
 """Named SQL, loaded from ``sql/<concept>.<vendor>.sql``.
 
 Each file holds blocks that start with ``-- name: <query_name>``; the text up to the
-next block is the query. ``sql(connection, "claim_jobs")`` returns the block for that
+next block is the query. A line ``-- @include <name>`` is replaced by that block of the
+same vendor (for a tail two queries share). ``sql(connection, "claim_jobs")`` returns the block for that
 connection's vendor. Keeping SQL in files means a reviewer reads the exact statements
 the engine runs, with the index each relies on named in a comment beside it.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 
 SQL_DIR = Path(__file__).with_name("sql")
 _BLOCK = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+_INCLUDE = re.compile(r"^--\s*@include\s+(\w+)\s*$", re.MULTILINE)
 
 
 def parse_blocks(text: str) -> dict[str, str]:
@@ -33,6 +35,8 @@ def load(vendor: str) -> dict[str, str]:
             if name in queries:
                 raise ValueError(f"SQL block {name!r} defined twice for {vendor}")
             queries[name] = body
+    for name, body in queries.items():
+        queries[name] = _INCLUDE.sub(lambda m: queries[m.group(1)], body)
     return queries
 
 

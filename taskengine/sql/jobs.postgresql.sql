@@ -55,32 +55,7 @@ WITH candidates AS (
      ORDER BY picked.priority DESC, picked.run_after, picked.id
      LIMIT %(limit)s
 ),
-claimed AS (
-    UPDATE taskengine_job AS job
-       SET state = 'running',
-           attempts = job.attempts + 1,
-           locked_by = %(worker_id)s,
-           lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-           started_at = COALESCE(job.started_at, now()),
-           last_attempted_at = now()
-      FROM candidates
-     WHERE job.id = candidates.id
-       AND job.state = 'queued'
- RETURNING job.id, job.task_path, job.backend, job.queue, job.priority, job.args, job.kwargs,
-           job.attempts, job.max_attempts, job.timeout_seconds, job.retry_backoff_seconds,
-           job.enqueued_at, job.started_at, job.last_attempted_at, job.run_after,
-           job.tenant, job.acting_user_id
-),
-attempt_logged AS (
-    INSERT INTO task_execution_logs (job_id, attempt, worker_id, started_at, error_message,
-                                     traceback, user_id, user_id_str)
-    SELECT claimed.id, claimed.attempts, %(worker_id)s, claimed.last_attempted_at, '', '',
-           CASE WHEN claimed.acting_user_id ~ '^-?[0-9]{1,18}$'
-                THEN claimed.acting_user_id::bigint END,
-           claimed.acting_user_id
-      FROM claimed
-)
-SELECT * FROM claimed;
+-- @include claim_and_log_attempts
 
 
 -- name: claim_jobs_advisory
@@ -106,6 +81,12 @@ WITH candidates AS (
      ORDER BY picked.priority DESC, picked.run_after, picked.id
      LIMIT %(limit)s
 ),
+-- @include claim_and_log_attempts
+
+
+-- name: claim_and_log_attempts
+-- The shared tail of claim_jobs and claim_jobs_advisory (included there, not run on its
+-- own): lease the candidates, start their attempts, write the attempt rows.
 claimed AS (
     UPDATE taskengine_job AS job
        SET state = 'running',
