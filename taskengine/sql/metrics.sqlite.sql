@@ -34,7 +34,6 @@ WITH RECURSIVE priorities(priority) AS (
 SELECT (SELECT count(*)
           FROM (SELECT 1 FROM taskengine_job AS job
                  WHERE job.state = 'queued' AND job.queue = %(queue)s
-                 ORDER BY job.priority DESC, job.run_after, job.id
                  LIMIT %(cap)s)) AS depth,
        (SELECT (julianday('now') - julianday(MIN(head.run_after))) * 86400.0
           FROM (SELECT (SELECT job.run_after FROM taskengine_job AS job

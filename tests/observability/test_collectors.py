@@ -176,3 +176,18 @@ def test_multiprocess_mode_still_serves_the_database_gauges(monkeypatch, tmp_pat
     response = Client().get("/metrics")
     assert response.status_code == 200
     assert Samples(response.content.decode()).sum("taskengine_queue_depth", queue="default") == 1
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.django_db
+def test_queue_gauges_search_the_indexes_on_sqlite():
+    with connection.cursor() as cursor:
+        for name, params in (("metrics_queued_queues", {"max_queues": 50}),
+                             ("metrics_queue_stats", {"queue": "default", "cap": 10000}),
+                             ("metrics_running_stats", {"cap": 10000, "max_queues": 50})):
+            cursor.execute("EXPLAIN QUERY PLAN " + sql(connection, name), params)
+            steps = [row[-1] for row in cursor.fetchall()]
+            job_steps = [s for s in steps if " job " in f"{s} "]
+            assert job_steps and all("USING INDEX" in s for s in job_steps), (name, steps)
+            if name == "metrics_queue_stats":
+                assert not any("TEMP B-TREE" in s for s in steps), steps  # no sort of a whole queue
