@@ -162,6 +162,7 @@ def test_queue_gauges_stay_on_the_indexes_of_a_large_table(no_cache):
     for name, plan in plans.items():
         assert "Seq Scan" not in plan, f"{name} scans the table: {plan}"
     assert "taskengine_job_claim_idx" in plans["metrics_queue_stats"]
+    assert '"Node Type": "Sort"' not in plans["metrics_queue_stats"]  # walks the index, stops at the cap
     assert "taskengine_job_claim_idx" in plans["metrics_queued_queues"]
     values = gauges(collectors.EngineCollector())
     assert queue_value(values, "taskengine_queue_depth", "default") >= 10000
