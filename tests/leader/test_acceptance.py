@@ -1,4 +1,5 @@
-"""Leadership and periodic jobs with real runworker processes on PostgreSQL.
+"""Leadership and periodic jobs with real runworker processes (PostgreSQL; the SIGTERM
+hand-over runs on SQLite too).
 
 Timings are shortened through the environment (project/settings.py reads
 TASKENGINE_LEADER_TTL_SECONDS etc.): TTL 2.5s, renew every 0.4s, so the documented

@@ -132,3 +132,44 @@ def test_current_leader_reports_the_row_on_the_database_clock(elector):
 def test_renew_interval_must_fit_in_the_trust_window(elector):
     with pytest.raises(ValueError, match="renew interval"):
         elector("a", ttl=5, renew_every=4, margin=2)
+
+
+@pytest.mark.postgres
+def test_a_takeover_waits_for_a_fenced_write_of_the_old_term_to_commit(elector):
+    """FOR SHARE in the fence: every write of term T commits before term T+1 begins."""
+    import threading
+
+    import psycopg
+
+    from taskengine.queries import sql
+    from tests.conftest import subprocess_database_url
+
+    from django.db import connection, connections
+
+    a = elector("a", ttl=1.0, renew_every=0.2, margin=0.1)
+    a.step()
+    old = psycopg.connect(subprocess_database_url().replace("postgres://", "postgresql://"))
+    try:
+        with old.cursor() as cursor:  # a maintenance transaction of term 1, still open
+            cursor.execute(sql(connection, "leader_fence"), a.lease().params())
+            assert cursor.fetchone() == (1,)
+        with connection.cursor() as cursor:  # term 1 expires on the database clock
+            cursor.execute("SELECT pg_sleep(1.1)")
+        b = elector("b")
+        won = []
+
+        def take_over() -> None:
+            try:
+                won.append(b.step())
+            finally:
+                connections.close_all()  # this thread's connection
+
+        taker = threading.Thread(target=take_over)
+        taker.start()
+        taker.join(0.5)
+        assert taker.is_alive() and won == [], "the takeover did not wait for the open fenced write"
+        old.commit()
+        taker.join(10)
+        assert won == [True] and b.lease().term == 2
+    finally:
+        old.close()
