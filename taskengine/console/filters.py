@@ -6,7 +6,9 @@ index (taskengine_job_state_idx, _queue_state_idx, _task_idx, _tenant_idx).
 
 Pages are keyset pages ordered by id, newest first: ``after=<id>`` gives the next
 (older) page (``id < after``), ``before=<id>`` the previous (newer) one (``id >
-before``). No OFFSET anywhere: page 10,000 costs what page 1 costs.
+before``). No OFFSET anywhere: page 10,000 costs what page 1 costs. Each page scans a
+bounded id window (``SCAN_WINDOW``), so even a filter without an index costs at most
+one bounded range scan per page.
 """
 from __future__ import annotations
 
@@ -14,12 +16,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 
 from django import forms
+from django.db.models import Max, Min
 
 from ..models import Job
 from ..states import JobState
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+# Ids one page may scan below (or above) its cursor; bounds the cost of a rare filter.
+SCAN_WINDOW = 100_000
 
 
 class JobFilterForm(forms.Form):
@@ -72,21 +77,39 @@ class KeysetPage:
 
 
 def keyset_page(queryset, form: JobFilterForm) -> KeysetPage:
-    """One page of ``queryset`` (already filtered and scoped), newest first."""
+    """One page of ``queryset`` (already filtered and scoped), newest first.
+
+    Each page looks at most ``SCAN_WINDOW`` ids below (or above) its cursor, so a
+    filter that matches few or no rows (say, a task path no job of the user's tenants
+    has) costs one bounded primary-key range scan, not a walk over the whole table. A
+    page may therefore hold fewer than ``limit`` jobs and still link to older ones: the
+    next page continues below the window."""
     data = form.cleaned_data
     limit = data.get("limit") or DEFAULT_LIMIT
+    bounds = queryset.model.objects.using(queryset.db).aggregate(low=Min("pk"), high=Max("pk"))
+    low, high = bounds["low"] or 0, bounds["high"] or 0
     if data.get("before") is not None:
-        rows = list(queryset.filter(pk__gt=data["before"]).order_by("pk")[: limit + 1])
-        has_newer = len(rows) > limit
-        items = list(reversed(rows[:limit]))
-        return KeysetPage(items=items, next_after=items[-1].pk if items else None,
-                          prev_before=items[0].pk if has_newer and items else None)
-    if data.get("after") is not None:
-        queryset = queryset.filter(pk__lt=data["after"])
-    rows = list(queryset.order_by("-pk")[: limit + 1])
+        return _newer_page(queryset, data["before"], limit, high)
+    start = data["after"] if data.get("after") is not None else high + 1
+    floor = max(low, start - SCAN_WINDOW)
+    rows = list(queryset.filter(pk__lt=start, pk__gte=floor).order_by("-pk")[: limit + 1])
     items = rows[:limit]
-    return KeysetPage(
-        items=items,
-        next_after=items[-1].pk if len(rows) > limit else None,
-        prev_before=items[0].pk if data.get("after") is not None and items else None,
-    )
+    if len(rows) > limit:
+        next_after = items[-1].pk
+    else:
+        next_after = floor if floor > low else None
+    prev_before = None
+    if data.get("after") is not None and start <= high:
+        prev_before = items[0].pk if items else start - 1
+    return KeysetPage(items=items, next_after=next_after, prev_before=prev_before)
+
+
+def _newer_page(queryset, before: int, limit: int, high: int) -> KeysetPage:
+    ceiling = before + SCAN_WINDOW
+    rows = list(queryset.filter(pk__gt=before, pk__lte=ceiling).order_by("pk")[: limit + 1])
+    items = list(reversed(rows[:limit]))
+    if len(rows) > limit:
+        prev_before = items[0].pk
+    else:
+        prev_before = ceiling if ceiling < high else None
+    return KeysetPage(items=items, next_after=items[-1].pk if items else before + 1, prev_before=prev_before)

@@ -176,3 +176,25 @@ def test_schedules_shape_and_next_slots(client_for, world):
     often = rows["often"]["next_slots"]
     assert len(often) == 3
     assert client_for("bob").get("/taskengine/api/v1/schedules").json() == {"schedules": []}
+
+
+def test_pages_scan_a_bounded_id_window_and_still_reach_every_match(client_for, world, monkeypatch):
+    from taskengine.console import filters
+
+    monkeypatch.setattr(filters, "SCAN_WINDOW", 3)
+    client = client_for("root")
+    expected = sorted((j.pk for j in world.values() if j.state == "failed"), reverse=True)
+    seen, pages, url = [], [], "/taskengine/api/v1/jobs?state=failed"
+    while url:
+        body = client.get(url).json()
+        pages.append(body)
+        seen += [r["id"] for r in body["results"]]
+        url = f"/taskengine/api/v1/jobs?state=failed&after={body['next_after']}" if body["next_after"] else None
+    assert seen == expected
+    assert len(pages) >= 3  # 10 ids in windows of 3
+    newer, url = [], f"/taskengine/api/v1/jobs?state=failed&before={pages[-1]['prev_before']}"
+    while url:
+        body = client.get(url).json()
+        newer = [r["id"] for r in body["results"]] + newer
+        url = f"/taskengine/api/v1/jobs?state=failed&before={body['prev_before']}" if body["prev_before"] else None
+    assert newer + [r["id"] for r in pages[-1]["results"]] == expected
