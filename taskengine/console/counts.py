@@ -5,7 +5,8 @@ No console page or API call runs an unbounded ``count(*)``. ``bounded_count`` on
 PostgreSQL first asks the planner (``EXPLAIN``, fed by ``pg_statistic``: no rows are
 read); an estimate at or above ``COUNT_LIMIT`` is the answer ("≈ N"). Below it, the
 rows are counted, at most ``COUNT_LIMIT + 1`` of them (a scan that stops early), so a
-small number is exact. SQLite has no estimates: it counts up to the bound and answers
+small number is exact; a count that would take longer than ``COUNT_TIMEOUT_MS`` (a
+rare filter combination scanning many candidates) is cancelled and the estimate shown. SQLite has no estimates: it counts up to the bound and answers
 "N+" past it. All functions here only read.
 """
 from __future__ import annotations
@@ -15,12 +16,13 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from django.core.exceptions import EmptyResultSet
-from django.db import connections
+from django.db import OperationalError, connections, transaction
 
 from ..queries import sql
 from ..store import to_datetime
 
 COUNT_LIMIT = 10_000
+COUNT_TIMEOUT_MS = 100  # PostgreSQL: longest a console count may run before the estimate wins
 DISTINCT_LIMIT = 100
 RECENT_SAMPLE = 1000
 
@@ -51,10 +53,33 @@ def bounded_count(queryset, limit: int = COUNT_LIMIT) -> BoundedCount:
     estimate = planner_estimate(queryset)
     if estimate is not None and estimate >= limit:
         return BoundedCount(estimate, False, "estimate")
-    n = queryset.order_by()[: limit + 1].count()
+    n = _count_upto(queryset, limit)
+    if n is None:  # PostgreSQL gave up after COUNT_TIMEOUT_MS: the estimate it is
+        return BoundedCount(estimate or 0, False, "estimate")
     if n <= limit:
         return BoundedCount(n, True, "exact")
     return BoundedCount(limit, False, "at_least")
+
+
+def _count_upto(queryset, limit: int) -> int | None:
+    """Count at most ``limit + 1`` rows. On PostgreSQL the count also stops after
+    COUNT_TIMEOUT_MS (a filter that matches few of many candidate rows reads them all
+    to find out): then None. The timeout is transaction-local and restored after."""
+    counting = queryset.order_by()[: limit + 1]
+    connection = connections[queryset.db]
+    if connection.vendor != "postgresql":
+        return counting.count()
+    with transaction.atomic(using=queryset.db), connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('statement_timeout')")
+        previous = cursor.fetchone()[0]
+        cursor.execute("SELECT set_config('statement_timeout', %s, true)", [f"{COUNT_TIMEOUT_MS}ms"])
+        try:
+            with transaction.atomic(using=queryset.db):  # a savepoint the cancel can roll back
+                n = counting.count()
+        except OperationalError:
+            n = None
+        cursor.execute("SELECT set_config('statement_timeout', %s, true)", [previous])
+    return n
 
 
 def planner_estimate(queryset) -> int | None:

@@ -109,3 +109,19 @@ def test_console_action_buttons_post_and_redirect_with_a_message(client_for, job
     again = client.post(f"/taskengine/jobs/{job.pk}/cancel/", follow=True).content.decode()
     assert "already cancelled" in again
     assert client.post(f"/taskengine/jobs/{job.pk}/explode/").status_code == 404
+
+
+@pytest.mark.postgres
+def test_a_slow_count_gives_way_to_the_estimate_and_restores_the_timeout(jobs, monkeypatch):
+    from django.db import connection
+
+    monkeypatch.setattr(counts, "COUNT_TIMEOUT_MS", 1)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('statement_timeout', '12345ms', false)")
+    slow = Job.objects.extra(where=["pg_sleep(0.05) IS NOT NULL"])  # each row sleeps 50 ms
+    result = counts.bounded_count(slow, limit=1_000_000)
+    assert (result.kind, result.exact) == ("estimate", False)
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW statement_timeout")
+        assert cursor.fetchone()[0] == "12345ms"
+        cursor.execute("SELECT set_config('statement_timeout', '0', false)")
