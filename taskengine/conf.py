@@ -77,7 +77,7 @@ DEFAULTS: dict[str, Any] = {
     # (from_settings=True) by the leader; entries removed here are disabled, not deleted.
     # {"name": {"task": "app.tasks.fn",            # import path of a @task (required)
     #           "cron": "*/5 * * * *",            # or "interval": seconds (one of both)
-    #           "timezone": "Europe/Paris",       # IANA zone for cron (default "UTC")
+    #           "timezone": "Europe/Paris",       # IANA zone of the slots (default "UTC")
     #           "args": [], "kwargs": {}, "queue": "default", "priority": 0,
     #           "tenant": None, "enabled": True,
     #           "misfire_policy": "run_once",     # skip | run_once | catch_up

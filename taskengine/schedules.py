@@ -2,8 +2,8 @@
 
 A schedule has either a cron expression (parsed by croniter, evaluated in the
 schedule's IANA time zone, so DST is honoured) or a fixed interval in seconds. Interval
-slots are the multiples of the interval since the Unix epoch (UTC), so every node
-computes the same slots; the time zone matters for cron only. Slots are aware UTC
+slots are the multiples of the interval since midnight 1970-01-01 in the schedule's
+time zone (one fixed instant), so every node computes the same slots. Slots are aware UTC
 datetimes; the database keeps one job per (schedule, slot) through a unique index.
 
 Bad input — an invalid cron expression, an unknown time zone, a task path that is not
@@ -35,7 +35,6 @@ SETTINGS_KEYS = {"task", "cron", "interval", "timezone", "args", "kwargs", "queu
                  "tenant", "enabled", "misfire_policy", "catch_up_limit"}
 SYNCED_FIELDS = ["task_path", "cron", "interval_seconds", "timezone", "args", "kwargs", "queue", "priority",
                  "tenant", "enabled", "misfire_policy", "catch_up_limit"]
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # --- validation ----------------------------------------------------------------------
@@ -124,12 +123,19 @@ def recent_slots(spec: SlotSpec, *, after: datetime, until: datetime, limit: int
     return slots[::-1], False
 
 
+def interval_anchor(spec: SlotSpec) -> datetime:
+    """Interval slots are ``anchor + k × interval``: midnight of 1970-01-01 in the
+    schedule's time zone, so an hourly schedule in Asia/Kolkata (+05:30) runs on the
+    local hour. The anchor is one fixed instant; DST does not move the grid."""
+    return datetime(1970, 1, 1, tzinfo=ZoneInfo(spec.timezone or "UTC")).astimezone(UTC)
+
+
 def _backwards(spec: SlotSpec, until: datetime):
     if spec.interval_seconds:
-        step = spec.interval_seconds
-        k = math.floor((until - EPOCH).total_seconds() / step)
+        step, anchor = spec.interval_seconds, interval_anchor(spec)
+        k = math.floor((until - anchor).total_seconds() / step)
         while True:
-            yield EPOCH + timedelta(seconds=k * step)
+            yield anchor + timedelta(seconds=k * step)
             k -= 1
     else:
         zone = ZoneInfo(spec.timezone)
@@ -144,8 +150,9 @@ def _backwards(spec: SlotSpec, until: datetime):
 def next_slot(spec: SlotSpec, after: datetime) -> datetime:
     """The first slot strictly after ``after``."""
     if spec.interval_seconds:
-        k = math.floor((after - EPOCH).total_seconds() / spec.interval_seconds) + 1
-        return EPOCH + timedelta(seconds=k * spec.interval_seconds)
+        anchor = interval_anchor(spec)
+        k = math.floor((after - anchor).total_seconds() / spec.interval_seconds) + 1
+        return anchor + timedelta(seconds=k * spec.interval_seconds)
     it = croniter(spec.cron, after.astimezone(ZoneInfo(spec.timezone)))
     return it.get_next(datetime).astimezone(UTC)
 

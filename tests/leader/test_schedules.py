@@ -70,6 +70,13 @@ def test_interval_slots_are_aligned_to_the_epoch():
     assert next_slot(spec, t("2026-03-01 10:03:00")) == t("2026-03-01 10:04:00")
 
 
+def test_interval_slots_are_aligned_in_the_schedules_time_zone():
+    spec = SlotSpec(None, 3600, "Asia/Kolkata")  # UTC+05:30
+    slots, _ = recent_slots(spec, after=t("2026-03-01 10:00"), until=t("2026-03-01 12:00"), limit=10)
+    assert slots == [t("2026-03-01 10:30"), t("2026-03-01 11:30")]  # 16:00 and 17:00 local
+    assert next_slot(spec, t("2026-03-01 11:30")) == t("2026-03-01 12:30")
+
+
 def test_cron_slots_follow_the_time_zone_across_dst():
     spec = SlotSpec("30 2 * * *", None, "Europe/Paris")
     # 02:30 Paris is 01:30 UTC in winter and 00:30 UTC in summer. On 2026-03-29 clocks
