@@ -64,22 +64,37 @@ def bounded_count(queryset, limit: int = COUNT_LIMIT) -> BoundedCount:
 def _count_upto(queryset, limit: int) -> int | None:
     """Count at most ``limit + 1`` rows. On PostgreSQL the count also stops after
     COUNT_TIMEOUT_MS (a filter that matches few of many candidate rows reads them all
-    to find out): then None. The timeout is transaction-local and restored after."""
+    to find out): then None. The timeout is transaction-local: it ends with our own
+    transaction, or is restored when we run inside the caller's."""
     counting = queryset.order_by()[: limit + 1]
     connection = connections[queryset.db]
     if connection.vendor != "postgresql":
         return counting.count()
-    with transaction.atomic(using=queryset.db), connection.cursor() as cursor:
-        cursor.execute("SELECT current_setting('statement_timeout')")
-        previous = cursor.fetchone()[0]
-        cursor.execute("SELECT set_config('statement_timeout', %s, true)", [f"{COUNT_TIMEOUT_MS}ms"])
-        try:
-            with transaction.atomic(using=queryset.db):  # a savepoint the cancel can roll back
-                n = counting.count()
-        except OperationalError:
-            n = None
-        cursor.execute("SELECT set_config('statement_timeout', %s, true)", [previous])
-    return n
+    timeout = f"{COUNT_TIMEOUT_MS}ms"
+    try:
+        if not connection.in_atomic_block:
+            with transaction.atomic(using=queryset.db), connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('statement_timeout', %s, true)", [timeout])
+                return counting.count()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_setting('statement_timeout'), "
+                           "set_config('statement_timeout', %s, true)", [timeout])
+            previous = cursor.fetchone()[0]
+            try:
+                with transaction.atomic(using=queryset.db):  # a savepoint the cancel can roll back
+                    return counting.count()
+            finally:
+                cursor.execute("SELECT set_config('statement_timeout', %s, true)", [previous])
+    except OperationalError as exc:
+        if _is_query_cancel(exc):
+            return None
+        raise
+
+
+def _is_query_cancel(exc: BaseException) -> bool:
+    from psycopg import errors
+
+    return isinstance(exc.__cause__, errors.QueryCanceled)
 
 
 def planner_estimate(queryset) -> int | None:

@@ -125,3 +125,18 @@ def test_a_slow_count_gives_way_to_the_estimate_and_restores_the_timeout(jobs, m
         cursor.execute("SHOW statement_timeout")
         assert cursor.fetchone()[0] == "12345ms"
         cursor.execute("SELECT set_config('statement_timeout', '0', false)")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_slow_count_in_autocommit_gives_way_to_the_estimate(monkeypatch):
+    from django.db import connection
+
+    make_job("queued")
+    monkeypatch.setattr(counts, "COUNT_TIMEOUT_MS", 1)
+    slow = Job.objects.extra(where=["pg_sleep(0.05) IS NOT NULL"])
+    assert counts.bounded_count(slow, limit=1_000_000).kind == "estimate"
+    with connection.cursor() as cursor:  # the timeout ended with the count's transaction
+        cursor.execute("SHOW statement_timeout")
+        assert cursor.fetchone()[0] == "0"
+    assert counts.bounded_count(Job.objects.all(), limit=1_000_000).display() == "1"
