@@ -7,7 +7,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from taskengine.models import ExecutionLog, Job, OperatorAction
+from taskengine.models import ExecutionLog, Job, MissedSlot, OperatorAction, Schedule
 
 from .conftest import make_job
 
@@ -74,12 +74,17 @@ def test_pages_and_get_endpoints_never_write(client_for, jobs, user):
     job = jobs["a_failed"]
     ExecutionLog.objects.create(job=job, attempt=1, worker_id="w1", started_at=job.enqueued_at,
                                 finished_at=job.finished_at, outcome="failed", traceback="Traceback ...")
+    schedule = Schedule.objects.create(name="nightly", task_path="tests.tasks.noop", cron="0 3 * * *", tenant="a")
+    MissedSlot.objects.create(schedule=schedule, slot=job.enqueued_at, reason="skip")
+    make_job("succeeded", schedule=schedule, slot=job.enqueued_at)
     client = client_for(user)
     client.get("/admin/")  # let login-time session writes happen before capturing
     for url in READ_URLS:
         with CaptureQueriesContext(connection) as captured:
             response = client.get(url.format(id=job.pk))
         assert response.status_code == 200, url
+        if url == "/taskengine/schedules/":
+            assert b"nightly" in response.content and b"skip" in response.content
         writes = [q["sql"] for q in captured.captured_queries
                   if q["sql"].lstrip().upper().startswith(WRITE_WORDS)]
         assert writes == [], f"{url} wrote: {writes}"
