@@ -9,7 +9,6 @@ from django.db.models.functions import Now
 
 from taskengine.models import ExecutionLog, Leader, MissedSlot, Schedule, WorkerProcess
 
-from .conftest import make_job
 
 pytestmark = pytest.mark.django_db
 
