@@ -19,6 +19,7 @@ tries again next tick); nothing is half-written, each run is one transaction.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -44,14 +45,19 @@ class RecoveredJob:
 
 
 def run_once(database: str = "default", *, limit: int | None = None, lease: LeaderLease | None = None,
-             dead_after: float | None = None) -> list[RecoveredJob]:
-    """Recover up to ``limit`` jobs; returns what was recovered."""
+             dead_after: float | None = None, job_ids: list[int] | None = None) -> list[RecoveredJob]:
+    """Recover up to ``limit`` jobs; returns what was recovered. ``job_ids`` restricts the
+    sweep to those jobs (reconcile --apply recovers what it reported, by this same path)."""
+    connection = connections[database]
+    ids: object = None
+    if job_ids is not None:
+        ids = list(job_ids) if connection.vendor == "postgresql" else json.dumps(list(job_ids))
     params = {
+        "job_ids": ids,
         "limit": int(limit if limit is not None else engine_settings.RECOVERY_BATCH_SIZE),
         "dead_after": float(dead_after if dead_after is not None else engine_settings.WORKER_DEAD_AFTER_SECONDS),
         **lease_params(lease),
     }
-    connection = connections[database]
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(sql(connection, "recover_expired_leases"), params)

@@ -1,10 +1,10 @@
 """Job-level reconcile checks: expired leases, jobs of dead workers, stale queued jobs
 and unique keys blocked by a stuck live job.
 
-Fixes are the engine's recovery transition applied to the jobs found (back to
-``queued`` now, or ``failed`` when attempts are spent / ``on_lease_expired="fail"``),
-each one a compare-and-set UPDATE fenced on (state, attempt, locked_by) that re-checks
-the lease expired or the worker is dead, with its audit row in the same transaction.
+Fixes run the engine's one recovery path (maintenance.recovery.run_once, restricted
+to the jobs found): back to ``queued`` now, or ``failed`` when attempts are spent /
+``on_lease_expired="fail"``, compare-and-set on (state, attempt, locked_by) with the
+lease expired or the worker dead re-checked, and the audit row in the same transaction.
 Two reconciles (or reconcile and the recovery sweep) at once recover each job once:
 the loser's UPDATE matches no row and it writes no audit row.
 
@@ -20,7 +20,8 @@ import json
 
 from django.db import transaction
 
-from .. import audit, metrics
+from .. import audit
+from ..maintenance import recovery
 from .base import Applied, Check, Context, Finding, first_page, page
 
 
@@ -32,22 +33,20 @@ def _inspect_rows(query: str):
 
 
 def _recover(ctx: Context, category: str, row: tuple, reason: str) -> str | None:
-    """Recover one running job if it is still recoverable; returns its new state."""
+    """Recover one running job through the engine's one recovery path
+    (maintenance.recovery), with its audit row in the same transaction. Returns its new
+    state, or None when it finished, was recovered or was re-claimed meanwhile."""
     job_id, attempt, worker_id, tenant = row[:4]
     with transaction.atomic(using=ctx.database):
-        won = ctx.fetch("reconcile_recover_job", id=job_id, attempt=attempt, worker_id=worker_id)
+        won = recovery.run_once(ctx.database, job_ids=[job_id])
         if not won:
             return None
-        _, state, queue, tenant = won[0]
-        ctx.execute("reconcile_log_lost_attempt", id=job_id, attempt=attempt,
-                    error_class="taskengine.ReconcileRecovered",
-                    error_message=f"recovered by reconcile: {reason} (worker {worker_id})")
+        state = won[0].state
         audit.record(actor=ctx.actor, action=f"reconcile.{category}", target_type="job",
                      target_id=job_id, tenant=tenant,
                      before={"state": "running", "attempts": attempt, "locked_by": worker_id},
-                     after={"state": state, "attempts": attempt, "locked_by": None},
+                     after={"state": state, "attempts": won[0].attempt, "locked_by": None},
                      reason=reason, using=ctx.database)
-    metrics.JOBS_RECOVERED.labels(queue).inc()
     return state
 
 

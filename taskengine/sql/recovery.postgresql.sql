@@ -12,6 +12,7 @@
 
 
 -- name: recover_expired_leases
+-- %(job_ids)s: NULL for the sweep, or the ids reconcile --apply found (same transition).
 -- Index: taskengine_job_lease_idx (lease_expires_at) WHERE state = 'running' for expired
 -- leases; taskengine_job_worker_idx (locked_by) WHERE state = 'running' for the jobs of
 -- dead workers; taskengine_worker_alive_idx (state, last_heartbeat_at) for the workers.
@@ -27,6 +28,7 @@ candidate AS (
        FROM taskengine_job AS job
       WHERE job.state = 'running'
         AND job.lease_expires_at < now()
+        AND (%(job_ids)s::bigint[] IS NULL OR job.id = ANY(%(job_ids)s::bigint[]))
       ORDER BY job.lease_expires_at
       LIMIT %(limit)s)
     UNION
@@ -34,6 +36,7 @@ candidate AS (
        FROM taskengine_job AS job
        JOIN dead_worker ON dead_worker.worker_id = job.locked_by
       WHERE job.state = 'running'
+        AND (%(job_ids)s::bigint[] IS NULL OR job.id = ANY(%(job_ids)s::bigint[]))
       LIMIT %(limit)s)
 ),
 expired AS (

@@ -15,6 +15,7 @@ SELECT id, locked_by, attempts,
                              OR (state IN ('running', 'draining')
                                  AND last_heartbeat_at < strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now',
                                                                   '-' || %(dead_after)s || ' seconds'))))
+   AND (%(job_ids)s IS NULL OR id IN (SELECT value FROM json_each(%(job_ids)s)))
    AND (%(term)s IS NULL
         OR EXISTS (SELECT 1 FROM taskengine_leader
                     WHERE name = %(election)s AND holder = %(holder)s AND term = %(term)s
