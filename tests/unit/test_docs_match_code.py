@@ -26,6 +26,8 @@ def test_every_environment_variable_read_by_settings_is_in_the_readme():
     settings_py = (ROOT / "project/settings.py").read_text()
     names = set(re.findall(r'env(?:\.\w+)?\(\s*"([A-Z_]+)"', settings_py))
     names |= set(re.findall(r"^\s+([A-Z_]+)=\(", settings_py, re.MULTILINE))
+    loop = re.search(r"for _name in \((.*?)\):", settings_py, re.S)
+    names |= {f"TASKENGINE_{n}" for n in re.findall(r'"([A-Z_]+)"', loop.group(1))} if loop else set()
     readme = (ROOT / "README.md").read_text()
     missing = sorted(n for n in names if f"`{n}`" not in readme)
     assert not missing, f"README lacks environment variables: {missing}"
