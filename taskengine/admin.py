@@ -22,7 +22,7 @@ from django.contrib import admin, messages
 from django.db.models import Count
 from django.db.models.functions import Now
 from django.template.response import TemplateResponse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from . import operations
 from .console.admin_support import (
@@ -83,7 +83,17 @@ class JobAdmin(TenantScopedAdmin):
                        "enqueued_at", "started_at", "last_attempted_at", "finished_at", "attempts",
                        "max_attempts", "timeout_seconds", "retry_backoff_seconds", "on_lease_expired",
                        "locked_by", "lease_expires_at", "cancel_requested_at", "return_value", "unique_key",
-                       "tenant", "acting_user_id", "schedule_name", "slot")
+                       "tenant", "acting_user_id", "schedule_name", "slot", "audit_trail")
+
+    @admin.display(description="audit trail")
+    def audit_trail(self, obj):
+        """The job's operator actions (index taskengine_audit_target_idx), escaped."""
+        rows = OperatorAction.objects.filter(target_type="job", target_id=str(obj.pk)).order_by("-pk")[:50]
+        if not rows:
+            return "—"
+        return format_html("<ul class=\"te-audit-trail\">{}</ul>", format_html_join(
+            "", "<li>{} · {} · {} → {} · {}</li>",
+            ((r.created_at, r.actor_repr, r.action, (r.state_after or {}).get("state", "—"), r.reason) for r in rows)))
 
     @admin.display(description="schedule")
     def schedule_name(self, obj):

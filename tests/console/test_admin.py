@@ -128,3 +128,12 @@ def test_schedule_edits_are_superuser_only_and_audited(client_for, users):
     row = OperatorAction.objects.get()
     assert (row.action, row.state_before["cron"], row.state_after["cron"]) == ("schedule.change", "0 3 * * *",
                                                                                 "0 4 * * *")
+
+
+def test_job_change_page_shows_its_audit_trail_escaped(client_for, jobs):
+    client = client_for("alice")
+    job = jobs["a_failed"]
+    client.post(f"/taskengine/api/v1/jobs/{job.pk}/requeue", {"reason": "<b>fixed</b>"})
+    body = client.get(f"/admin/taskengine/job/{job.pk}/change/").content.decode()
+    assert "te-audit-trail" in body and "alice · requeue → queued" in body
+    assert "&lt;b&gt;fixed&lt;/b&gt;" in body and "<b>fixed</b>" not in body
