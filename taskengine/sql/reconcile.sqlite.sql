@@ -71,7 +71,7 @@ SELECT job.id, job.attempts, job.locked_by, job.tenant, count(*) OVER () AS tota
 
 -- name: reconcile_stale_queued
 -- Queued jobs more than %(stale_after)s seconds past their run_after.
--- Index: taskengine_job_state_idx (state, id).
+-- Index: taskengine_job_claim_idx (partial: scans the queued rows only).
 SELECT job.id, job.attempts, job.locked_by, job.tenant, count(*) OVER () AS total, job.queue
   FROM taskengine_job AS job
  WHERE job.state = 'queued'
@@ -83,7 +83,7 @@ SELECT job.id, job.attempts, job.locked_by, job.tenant, count(*) OVER () AS tota
 
 
 -- name: reconcile_stale_queued_by_queue
--- Index: taskengine_job_queue_state_idx (queue, state).
+-- Index: taskengine_job_claim_idx (queue leading; partial on queued).
 SELECT job.queue, count(*)
   FROM taskengine_job AS job
  WHERE job.state = 'queued'
