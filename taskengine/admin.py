@@ -36,6 +36,11 @@ from .models import (
 )
 
 BULK_LIMIT = 5000
+
+# The admin's "View site" link leads to the console's dashboard.
+admin.site.site_header = "taskengine administration"
+admin.site.site_title = "taskengine"
+admin.site.site_url = "/taskengine/"
 ACTION_STATES = {"requeue": ("failed", "cancelled"), "retry": ("queued",), "cancel": ("queued", "running")}
 
 
