@@ -71,11 +71,14 @@ def job_finished(queue: str, task: str, state: str, outcome: str | None = None) 
 
 
 def job_recovered(queue: str, task: str, state: str) -> None:
-    """Recovery swept an expired lease back to ``queued`` or to ``failed``; a job
-    recovered as failed is a failed job too (it will not run again)."""
+    """Recovery swept an expired lease back to ``queued``, to ``failed``, or — when an
+    operator had asked to cancel it — to ``cancelled``; the terminal ones count as
+    failed / cancelled jobs too (they will not run again)."""
     JOBS_RECOVERED.labels(queue).inc()
     if state == "failed":
         JOBS_FAILED.labels(queue, task).inc()
+    elif state == "cancelled":
+        JOBS_CANCELLED.labels(queue, task).inc()
 
 
 def serve(host: str, port: int) -> None:

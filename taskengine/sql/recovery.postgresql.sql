@@ -59,11 +59,14 @@ expired AS (
 ),
 recovered AS (
     UPDATE taskengine_job AS job
-       SET state = CASE WHEN job.attempts >= job.max_attempts OR job.on_lease_expired = 'fail'
+       SET state = CASE WHEN job.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                        WHEN job.attempts >= job.max_attempts OR job.on_lease_expired = 'fail'
                         THEN 'failed' ELSE 'queued' END,
-           finished_at = CASE WHEN job.attempts >= job.max_attempts OR job.on_lease_expired = 'fail'
+           finished_at = CASE WHEN job.cancel_requested_at IS NOT NULL
+                                OR job.attempts >= job.max_attempts OR job.on_lease_expired = 'fail'
                               THEN now() END,
-           run_after = CASE WHEN job.attempts >= job.max_attempts OR job.on_lease_expired = 'fail'
+           run_after = CASE WHEN job.cancel_requested_at IS NOT NULL
+                              OR job.attempts >= job.max_attempts OR job.on_lease_expired = 'fail'
                             THEN job.run_after ELSE now() END,
            locked_by = NULL,
            lease_expires_at = NULL

@@ -28,11 +28,14 @@ SELECT id, locked_by, attempts,
 -- Compare-and-set on the attempt select_recoverable read.
 -- Index: primary key.
 UPDATE taskengine_job
-   SET state = CASE WHEN attempts >= max_attempts OR on_lease_expired = 'fail'
+   SET state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                        WHEN attempts >= max_attempts OR on_lease_expired = 'fail'
                     THEN 'failed' ELSE 'queued' END,
-       finished_at = CASE WHEN attempts >= max_attempts OR on_lease_expired = 'fail'
+       finished_at = CASE WHEN cancel_requested_at IS NOT NULL
+                                OR attempts >= max_attempts OR on_lease_expired = 'fail'
                           THEN strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now') END,
-       run_after = CASE WHEN attempts >= max_attempts OR on_lease_expired = 'fail'
+       run_after = CASE WHEN cancel_requested_at IS NOT NULL
+                              OR attempts >= max_attempts OR on_lease_expired = 'fail'
                         THEN run_after ELSE strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now') END,
        locked_by = NULL,
        lease_expires_at = NULL

@@ -186,6 +186,18 @@ def test_recovery_fails_a_job_whose_attempts_are_spent():
     assert row.state == "failed" and row.finished_at is not None
 
 
+def test_recovery_ends_a_job_whose_cancel_was_requested_cancelled_not_queued():
+    result = tasks.add.enqueue(1, 2)
+    [job] = claim()
+    Job.objects.filter(pk=job.id).update(cancel_requested_at=Now())
+    expire_lease(job.id)
+    [recovered] = recovery.run_once("default")
+    assert recovered.state == "cancelled"
+    row = Job.objects.get(pk=result.id)
+    assert row.state == "cancelled" and row.finished_at is not None
+    assert claim() == []
+
+
 def test_recovery_leaves_a_job_that_finished_before_its_write():
     result = tasks.add.enqueue(1, 2)
     [job] = claim()
