@@ -7,7 +7,7 @@ Invariants:
 - Registering runs no query: ``describe()`` names the families without collecting.
 - A scrape is cheap on a table of millions of rows: every query is bounded (see
   sql/metrics.<vendor>.sql — capped index-only counts and index probes on
-  taskengine_job_claim_idx / taskengine_job_lease_idx), and one reading is reused for
+  taskengine_job_claim_idx / taskengine_job_worker_idx), and one reading is reused for
   ``METRICS_CACHE_SECONDS``, so parallel or frequent scrapes cost one set of queries.
 - Read-only: SELECT and EXPLAIN only, outside any transaction the collector opens.
 - While the migration gate is closed no taskengine table is read; only the gate gauge

@@ -114,12 +114,10 @@ class Job(models.Model):
                 condition=Q(state="queued"),
                 name="taskengine_job_claim_idx",
             ),
-            # Recovery: running jobs by lease expiry.
-            models.Index(
-                fields=["lease_expires_at"],
-                condition=Q(state="running"),
-                name="taskengine_job_lease_idx",
-            ),
+            # The running set: recovery, heartbeats' dead-worker checks, metrics. Running
+            # rows are few (bounded by the fleet's execution slots), so one small index
+            # serves every query on them; lease_expires_at is deliberately not indexed, so
+            # a heartbeat (which only moves the lease) is a HOT update.
             models.Index(fields=["locked_by"], condition=Q(state="running"), name="taskengine_job_worker_idx"),
             # Console filters and retention. Every index here is written on each state
             # change that moves a row into it, so they are partial: the hot path (claim

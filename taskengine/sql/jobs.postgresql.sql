@@ -137,21 +137,20 @@ RETURNING job.id, job.cancel_requested_at IS NOT NULL AS cancel_requested;
 -- meanwhile ends cancelled instead.
 -- Index: primary key; task_execution_logs_job_attempt_uniq.
 WITH outcome AS (
-    SELECT o.*,
-           CASE WHEN o.next_state = 'queued' AND job.cancel_requested_at IS NOT NULL
-                THEN 'cancelled' ELSE o.next_state END AS final_state
+    SELECT *
       FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(states)s::text[],
                   %(outcomes)s::text[], %(retry_delays)s::float8[], %(return_values)s::jsonb[],
                   %(error_classes)s::text[], %(error_messages)s::text[], %(tracebacks)s::text[])
            AS o(id, attempt, next_state, outcome, retry_delay, return_value, error_class,
                 error_message, traceback)
-      JOIN taskengine_job AS job ON job.id = o.id
 ),
 finished AS (
     UPDATE taskengine_job AS job
-       SET state = outcome.final_state,
-           finished_at = CASE WHEN outcome.final_state = 'queued' THEN NULL ELSE now() END,
-           run_after = CASE WHEN outcome.final_state = 'queued'
+       SET state = CASE WHEN outcome.next_state = 'queued' AND job.cancel_requested_at IS NOT NULL
+                        THEN 'cancelled' ELSE outcome.next_state END,
+           finished_at = CASE WHEN outcome.next_state = 'queued' AND job.cancel_requested_at IS NULL
+                              THEN NULL ELSE now() END,
+           run_after = CASE WHEN outcome.next_state = 'queued' AND job.cancel_requested_at IS NULL
                             THEN now() + make_interval(secs => outcome.retry_delay)
                             ELSE job.run_after END,
            return_value = outcome.return_value,

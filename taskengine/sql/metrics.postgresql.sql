@@ -69,7 +69,7 @@ SELECT 1 FROM taskengine_job AS job WHERE job.state = 'queued' AND job.queue = %
 -- Running jobs per queue: how many, how many hold an expired lease, and the age of the
 -- oldest attempt. The running set is bounded by the fleet's execution slots and capped
 -- at %(cap)s rows here, expired leases first.
--- Index: taskengine_job_lease_idx (lease_expires_at) WHERE running.
+-- Index: taskengine_job_worker_idx (partial: the running rows only).
 SELECT running.queue,
        count(*) AS running,
        count(*) FILTER (WHERE running.lease_expires_at < now()) AS expired_leases,

@@ -47,7 +47,7 @@ SELECT (SELECT count(*)
 
 -- name: metrics_running_stats
 -- Running jobs per queue (count, expired leases, oldest attempt age), capped, expired
--- leases first. Index: taskengine_job_lease_idx (lease_expires_at) WHERE running.
+-- leases first. Index: taskengine_job_worker_idx (partial: the running rows only).
 SELECT running.queue,
        count(*) AS running,
        SUM(CASE WHEN running.lease_expires_at < strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now') THEN 1 ELSE 0 END)

@@ -15,7 +15,7 @@ SELECT now();
 
 -- name: reconcile_expired_leases
 -- Running jobs whose lease has expired (the recovery sweep has not got to them).
--- Index: taskengine_job_lease_idx (lease_expires_at) WHERE state = 'running'.
+-- Index: taskengine_job_worker_idx (partial: the running rows only).
 SELECT job.id, job.attempts, job.locked_by, job.tenant, count(*) OVER () AS total
   FROM taskengine_job AS job
  WHERE job.state = 'running'

@@ -13,9 +13,9 @@
 
 -- name: recover_expired_leases
 -- %(job_ids)s: NULL for the sweep, or the ids reconcile --apply found (same transition).
--- Index: taskengine_job_lease_idx (lease_expires_at) WHERE state = 'running' for expired
--- leases; taskengine_job_worker_idx (locked_by) WHERE state = 'running' for the jobs of
--- dead workers; taskengine_worker_alive_idx (state, last_heartbeat_at) for the workers.
+-- Index: taskengine_job_worker_idx (locked_by) WHERE state = 'running' — the running rows
+-- only, few by construction — for expired leases and for the jobs of dead workers;
+-- taskengine_worker_alive_idx (state, last_heartbeat_at) for the workers.
 WITH dead_worker AS (
     SELECT worker.worker_id
       FROM taskengine_worker AS worker

@@ -4,7 +4,7 @@
 
 
 -- name: select_recoverable
--- Index: taskengine_job_lease_idx; taskengine_job_worker_idx; taskengine_worker_alive_idx.
+-- Index: taskengine_job_worker_idx (the running rows); taskengine_worker_alive_idx.
 SELECT id, locked_by, attempts,
        lease_expires_at >= strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now') AS worker_dead
   FROM taskengine_job
