@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from django.db import transaction
 from django.utils.dateparse import parse_datetime
 
+from .conf import engine_settings
 from .queries import sql
 
 ADVISORY_LOCK_NAMESPACE = 0x7A5C  # first key of pg_try_advisory_xact_lock(int, int)
@@ -87,23 +89,53 @@ class Outcome:
 
 @contextmanager
 def engine_cursor(connection) -> Iterator[Any]:
-    """A cursor for the engine's own statements that skips Django's DEBUG query log:
-    a busy worker runs millions of statements, and logging each one (connection.queries
-    with DEBUG=True) would cost more than the statement. Errors are still wrapped as
-    django.db errors, and the connection is opened or health-checked as usual."""
-    if not connection.queries_logged:
-        with connection.cursor() as cursor:
-            yield cursor
-        return
+    """A cursor for the engine's own statements.
+
+    - It skips Django's DEBUG query log: a busy worker runs millions of statements, and
+      logging each one (connection.queries with DEBUG=True) would cost more than the
+      statement.
+    - On PostgreSQL it binds parameters on the server and prepares each statement
+      once per connection (Django binds on the client and never prepares), so the
+      engine's large, hot statements are not parsed and planned again on every run.
+      With TASKENGINE["POLL_ONLY"] (PgBouncer in transaction mode) nothing is prepared.
+
+    Errors are still wrapped as django.db errors, and the connection is opened or
+    health-checked as usual."""
     connection.close_if_health_check_failed()
     connection.ensure_connection()
     with connection.wrap_database_errors:
         connection.validate_thread_sharing()
-        cursor = connection.make_cursor(connection.create_cursor())
+        if connection.vendor == "postgresql":
+            pg = connection.connection
+            if pg.prepare_threshold is None and not engine_settings.POLL_ONLY:
+                # Django turns preparation off for the whole connection; its own
+                # (client-binding) cursors never prepare, ours ask for it explicitly.
+                pg.prepare_threshold = 2**31 - 1
+            raw = _preparing_cursor_class()(pg)
+            raw.prepare = not engine_settings.POLL_ONLY
+        else:
+            raw = connection.create_cursor()
+        cursor = connection.make_cursor(raw)
     try:
         yield cursor
     finally:
         cursor.close()
+
+
+@cache
+def _preparing_cursor_class():
+    import psycopg
+
+    class PreparingCursor(psycopg.Cursor):
+        """Server-side binding; prepared on first use unless ``prepare`` is False."""
+
+        prepare = True
+
+        def execute(self, query, params=None, *, prepare=None, binary=None):
+            return super().execute(query, params, prepare=self.prepare if prepare is None else prepare,
+                                   binary=binary)
+
+    return PreparingCursor
 
 
 def to_datetime(value: Any) -> datetime | None:
