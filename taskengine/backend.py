@@ -78,6 +78,20 @@ def _is_pair(call: Any) -> bool:
     return isinstance(call, tuple) and len(call) == 2 and isinstance(call[1], Mapping)
 
 
+def _with_arguments(t: store.NewJob, task: Task, args: Sequence, kwargs: Mapping) -> store.NewJob:
+    """A copy of the task's job template carrying these (normalised) arguments."""
+    try:
+        args, kwargs = normalize_json(list(args)), normalize_json(dict(kwargs))
+    except (TypeError, ValueError) as exc:
+        raise InvalidTaskArguments(
+            f"Arguments to task {task.module_path!r} must be JSON-serialisable: {exc}. "
+            "Nothing was enqueued."
+        ) from exc
+    return store.NewJob(t.task_path, t.queue, args, kwargs, t.backend, t.priority, t.run_after,
+                        t.max_attempts, t.timeout_seconds, t.retry_backoff_seconds,
+                        t.on_lease_expired, t.unique_key, t.tenant, t.acting_user_id)
+
+
 def _missing_task(*args: Any, **kwargs: Any) -> None:
     """Stands in for a task whose import path no longer resolves (see get_result)."""
     raise ImportError("task no longer importable")
@@ -131,13 +145,14 @@ class DatabaseBackend(BaseTaskBackend):
         ``task_enqueued`` fires for each new job once the transaction commits; a call
         whose unique key a live job holds returns that job's result instead."""
         calls = list(calls)
-        validated: set[int] = set()
+        templates: dict[int, store.NewJob] = {}  # per distinct task: its options, validated once
         rows = []
         for task, args, kwargs in calls:
-            if id(task) not in validated:
+            template = templates.get(id(task))
+            if template is None:
                 self.validate_task(task)
-                validated.add(id(task))
-            rows.append(self._new_job(task, args, kwargs))
+                template = templates[id(task)] = self._job_template(task)
+            rows.append(_with_arguments(template, task, args, kwargs))
         inserted = self._insert(connections[self.database], rows)
         results, created = [], []
         for (task, _, _), job, row in zip(calls, inserted, rows, strict=True):
@@ -176,20 +191,13 @@ class DatabaseBackend(BaseTaskBackend):
                                            "Nothing was enqueued.") from exc
         raise RuntimeError("unique key kept changing hands during enqueue; giving up")
 
-    def _new_job(self, task: Task, args: Sequence, kwargs: Mapping) -> store.NewJob:
-        try:
-            args = normalize_json(list(args))
-            kwargs = normalize_json(dict(kwargs))
-        except (TypeError, ValueError) as exc:
-            raise InvalidTaskArguments(
-                f"Arguments to task {task.module_path!r} must be JSON-serialisable: {exc}. "
-                "Nothing was enqueued."
-            ) from exc
+    def _job_template(self, task: Task) -> store.NewJob:
+        """The stored options of ``task``'s jobs (everything but the arguments)."""
         max_attempts = getattr(task, "max_attempts", None) or engine_settings.MAX_ATTEMPTS
         timeout = getattr(task, "timeout", None)
         return store.NewJob(
             task_path=task.module_path, backend=self.alias, queue=task.queue_name,
-            priority=task.priority, args=args, kwargs=kwargs, run_after=task.run_after,
+            priority=task.priority, args=[], kwargs={}, run_after=task.run_after,
             max_attempts=int(max_attempts),
             timeout_seconds=timeout if timeout is not None else engine_settings.TIMEOUT_SECONDS,
             retry_backoff_seconds=getattr(task, "retry_backoff", None),

@@ -46,7 +46,6 @@ class NewJob:
 class InsertedJob:
     id: int
     enqueued_at: datetime
-    run_after: datetime
     created: bool  # False: a live job already held the unique key; id is that job's
 
 
@@ -190,17 +189,24 @@ def _insert_postgres(connection, jobs: list[NewJob]) -> list[InsertedJob | None]
         cursor.execute(sql(connection, "insert_jobs"), {"jobs": payload})
         returned = cursor.fetchall()
     # Rows come back in insertion order (ORDER BY position); rows skipped by ON CONFLICT
-    # are absent, and only rows with a unique key can be skipped.
+    # are absent, and only rows with a unique key can be skipped. enqueued_at is now(),
+    # one value per statement: it comes back as text and is parsed once.
+    parsed: dict[str, datetime] = {}
     out: list[InsertedJob | None] = []
     it = iter(returned)
     pending = next(it, None)
     for job in jobs:
         if pending is not None and (job.unique_key is None or pending[1] == job.unique_key):
-            out.append(InsertedJob(pending[0], pending[2], pending[3], True))
+            stamp = parsed.get(pending[2]) or parsed.setdefault(pending[2], _parse_timestamptz(pending[2]))
+            out.append(InsertedJob(pending[0], stamp, True))
             pending = next(it, None)
         else:
             out.append(None)
     return out
+
+
+def _parse_timestamptz(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
 
 
 def _insert_sqlite(connection, jobs: list[NewJob]) -> list[InsertedJob | None]:
@@ -220,9 +226,7 @@ def _insert_sqlite(connection, jobs: list[NewJob]) -> list[InsertedJob | None]:
             }
             cursor.execute(query, params)
             row = cursor.fetchone()
-            out.append(
-                InsertedJob(row[0], to_datetime(row[2]), to_datetime(row[3]), True) if row else None
-            )
+            out.append(InsertedJob(row[0], to_datetime(row[2]), True) if row else None)
     return out
 
 
@@ -231,13 +235,13 @@ def _live_holder(connection, unique_key: str | None) -> InsertedJob:
 
     holder = (
         Job.objects.using(connection.alias).live().filter(unique_key=unique_key)
-        .values_list("id", "enqueued_at", "run_after").first()
+        .values_list("id", "enqueued_at").first()
     )
     if holder is None:
         # The holder finished between our insert and this read: the key is free now,
         # which the caller resolves by enqueueing again.
         raise UniqueKeyRace(unique_key)
-    return InsertedJob(holder[0], holder[1], holder[2], False)
+    return InsertedJob(holder[0], holder[1], False)
 
 
 class UniqueKeyRace(Exception):

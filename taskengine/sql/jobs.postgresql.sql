@@ -31,7 +31,7 @@ SELECT n.task_path, n.backend, n.queue, n.priority, n.args, n.kwargs, 'queued',
             acting_user_id, position)
  ORDER BY n.position
 ON CONFLICT (unique_key) WHERE state IN ('queued', 'running') AND unique_key IS NOT NULL DO NOTHING
-RETURNING id, unique_key, enqueued_at, run_after;
+RETURNING id, unique_key, to_char(enqueued_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"');
 
 
 -- name: claim_jobs
