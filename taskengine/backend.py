@@ -7,7 +7,6 @@ Workers are woken by a NOTIFY sent on commit (Postgres) or by polling (SQLite).
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from functools import partial
@@ -190,6 +189,12 @@ class DatabaseBackend(BaseTaskBackend):
                 raise InvalidTaskArguments(f"Task arguments must be JSON-serialisable: {exc}. "
                                            "Nothing was enqueued.") from exc
         raise RuntimeError("unique key kept changing hands during enqueue; giving up")
+
+    def new_job(self, task: Task, args: Sequence, kwargs: Mapping) -> store.NewJob:
+        """The row ``task.enqueue(*args, **kwargs)`` would store (validated), for callers
+        that insert jobs themselves — the scheduler's one-job-per-slot insert."""
+        self.validate_task(task)
+        return _with_arguments(self._job_template(task), task, args, kwargs)
 
     def _job_template(self, task: Task) -> store.NewJob:
         """The stored options of ``task``'s jobs (everything but the arguments)."""

@@ -45,8 +45,9 @@ class LeaseLost(JobInterrupted):
     outcome = AttemptOutcome.LOST
 
 
-class TaskNotFound(ImportError):
-    """The job's task path does not import to a django.tasks Task."""
+class TaskNotFound(ImportError, ValueError):
+    """A task path does not import to a django.tasks Task. An ImportError (a job's
+    attempt fails with it) and a ValueError (a schedule naming it is invalid input)."""
 
 
 @dataclass(eq=False)
@@ -71,12 +72,13 @@ class RunningJob:
 
 
 def resolve_task(task_path: str) -> Task:
+    """The @task at ``task_path``, or TaskNotFound with a readable reason."""
     try:
         task = import_string(task_path)
     except ImportError as exc:
-        raise TaskNotFound(f"Task path {task_path!r} does not import: {exc}") from exc
+        raise TaskNotFound(f"cannot import task {task_path!r}: {exc}") from None
     if not isinstance(task, Task):
-        raise TaskNotFound(f"{task_path!r} is not a django.tasks Task (got {type(task).__name__}).")
+        raise TaskNotFound(f"{task_path!r} is not a task (decorate it with @task; got {type(task).__name__})")
     return task
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 logger = logging.getLogger("taskengine.listener")
 

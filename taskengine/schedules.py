@@ -25,10 +25,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 from django.core.exceptions import ImproperlyConfigured, ValidationError
-from django.tasks import Task
-from django.utils.module_loading import import_string
 
 from .conf import engine_settings
+from .execution import resolve_task
 
 MISFIRE_POLICIES = ("skip", "run_once", "catch_up")
 SETTINGS_KEYS = {"task", "cron", "interval", "timezone", "args", "kwargs", "queue", "priority",
@@ -38,17 +37,7 @@ SYNCED_FIELDS = ["task_path", "cron", "interval_seconds", "timezone", "args", "k
 
 
 # --- validation ----------------------------------------------------------------------
-
-def resolve_task(task_path: str) -> Task:
-    """The @task at ``task_path``; ValueError with a readable reason otherwise."""
-    try:
-        task = import_string(task_path)
-    except ImportError as exc:
-        raise ValueError(f"cannot import task {task_path!r}: {exc}") from None
-    if not isinstance(task, Task):
-        raise ValueError(f"{task_path!r} is not a task (decorate it with @task)")
-    return task
-
+# resolve_task (execution.py) raises TaskNotFound, a ValueError, with a readable reason.
 
 def schedule_errors(*, task_path: str, cron: str | None, interval_seconds: Any, timezone: str,
                     misfire_policy: str = "run_once", catch_up_limit: Any = 10,

@@ -132,7 +132,7 @@ class Scheduler:
         if schedule.tenant:
             task = task.using(tenant=schedule.tenant)
         backend = task_backends[task.backend]
-        new = backend._new_job(task, schedule.args or [], schedule.kwargs or {})
+        new = backend.new_job(task, schedule.args or [], schedule.kwargs or {})
         return {"task_path": new.task_path, "backend": new.backend, "queue": new.queue,
                 "priority": new.priority, "args": _json_text(new.args), "kwargs": _json_text(new.kwargs),
                 "max_attempts": new.max_attempts, "timeout_seconds": new.timeout_seconds,

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def finished_job(state: str, days_ago: float) -> int:
-    result = tasks.add.enqueue(1, 2)
+    tasks.add.enqueue(1, 2)
     [job] = claim()
     Job.objects.filter(pk=job.id).update(state=state, finished_at=Now() - timedelta(days=days_ago),
                                          locked_by=None, lease_expires_at=None)

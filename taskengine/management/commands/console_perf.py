@@ -103,7 +103,7 @@ class Command(BaseCommand):
         self.stderr.write(f"built {rows:,} jobs in {time.perf_counter() - started:.1f}s")
         ids = self._ids()
         clients = self._clients()
-        self.stdout.write(f"| Page | superuser median / max ms | queries | tenant staff median / max ms | queries |")
+        self.stdout.write("| Page | superuser median / max ms | queries | tenant staff median / max ms | queries |")
         self.stdout.write("|---|---:|---:|---:|---:|")
         for label, url in PAGES:
             cells = [self._time(client, url.format(**ids), runs) for client in clients]
