@@ -175,18 +175,33 @@ def insert_jobs(connection, jobs: list[NewJob]) -> list[InsertedJob]:
     return rows  # type: ignore[return-value]
 
 
+def _row(job: NewJob) -> dict[str, Any]:
+    """A job's columns as statement parameters (args/kwargs still Python objects)."""
+    return {
+        "task_path": job.task_path, "backend": job.backend, "queue": job.queue,
+        "priority": job.priority, "args": job.args, "kwargs": job.kwargs, "run_after": job.run_after,
+        "max_attempts": job.max_attempts, "timeout_seconds": job.timeout_seconds,
+        "retry_backoff_seconds": job.retry_backoff_seconds, "on_lease_expired": job.on_lease_expired,
+        "unique_key": job.unique_key, "tenant": job.tenant, "acting_user_id": job.acting_user_id,
+    }
+
+
+def _json_columns(row: dict[str, Any]) -> dict[str, Any]:
+    row["args"] = json.dumps(row["args"], allow_nan=False)
+    row["kwargs"] = json.dumps(row["kwargs"], allow_nan=False)
+    return row
+
+
 def _insert_postgres(connection, jobs: list[NewJob]) -> list[InsertedJob | None]:
-    payload = json.dumps([
-        {"task_path": j.task_path, "backend": j.backend, "queue": j.queue, "priority": j.priority,
-         "args": j.args, "kwargs": j.kwargs,
-         "run_after": j.run_after.isoformat() if j.run_after else None,
-         "max_attempts": j.max_attempts, "timeout_seconds": j.timeout_seconds,
-         "retry_backoff_seconds": j.retry_backoff_seconds, "on_lease_expired": j.on_lease_expired,
-         "unique_key": j.unique_key, "tenant": j.tenant, "acting_user_id": j.acting_user_id}
-        for j in jobs
-    ], separators=(",", ":"), allow_nan=False)
     with engine_cursor(connection) as cursor:
-        cursor.execute(sql(connection, "insert_jobs"), {"jobs": payload})
+        if len(jobs) == 1:  # the common enqueue(): a plain prepared VALUES insert
+            cursor.execute(sql(connection, "insert_job"), _json_columns(_row(jobs[0])))
+        else:
+            rows = [_row(j) for j in jobs]
+            for row in rows:
+                row["run_after"] = row["run_after"].isoformat() if row["run_after"] else None
+            cursor.execute(sql(connection, "insert_jobs"),
+                           {"jobs": json.dumps(rows, separators=(",", ":"), allow_nan=False)})
         returned = cursor.fetchall()
     # Rows come back in insertion order (ORDER BY position); rows skipped by ON CONFLICT
     # are absent, and only rows with a unique key can be skipped. enqueued_at is now(),
@@ -214,16 +229,8 @@ def _insert_sqlite(connection, jobs: list[NewJob]) -> list[InsertedJob | None]:
     out: list[InsertedJob | None] = []
     with transaction.atomic(using=connection.alias), engine_cursor(connection) as cursor:
         for job in jobs:
-            params = {
-                "task_path": job.task_path, "backend": job.backend, "queue": job.queue,
-                "priority": job.priority, "args": json.dumps(job.args, allow_nan=False),
-                "kwargs": json.dumps(job.kwargs, allow_nan=False),
-                "run_after": _sqlite_datetime(job.run_after), "max_attempts": job.max_attempts,
-                "timeout_seconds": job.timeout_seconds,
-                "retry_backoff_seconds": job.retry_backoff_seconds,
-                "on_lease_expired": job.on_lease_expired, "unique_key": job.unique_key,
-                "tenant": job.tenant, "acting_user_id": job.acting_user_id,
-            }
+            params = _json_columns(_row(job))
+            params["run_after"] = _sqlite_datetime(job.run_after)
             cursor.execute(query, params)
             row = cursor.fetchone()
             out.append(InsertedJob(row[0], to_datetime(row[2]), True) if row else None)

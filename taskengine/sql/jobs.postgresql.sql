@@ -34,6 +34,24 @@ ON CONFLICT (unique_key) WHERE state IN ('queued', 'running') AND unique_key IS 
 RETURNING id, unique_key, to_char(enqueued_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"');
 
 
+-- name: insert_job
+-- One job (the common enqueue()): a plain prepared VALUES insert, no JSON document to
+-- parse. Same conflict rule and result shape as insert_jobs.
+INSERT INTO taskengine_job (
+    task_path, backend, queue, priority, args, kwargs, state, run_after, enqueued_at,
+    attempts, max_attempts, timeout_seconds, retry_backoff_seconds, on_lease_expired,
+    unique_key, tenant, acting_user_id
+)
+VALUES (
+    %(task_path)s, %(backend)s, %(queue)s, %(priority)s, %(args)s::jsonb, %(kwargs)s::jsonb, 'queued',
+    COALESCE(%(run_after)s::timestamptz, now()), now(),
+    0, %(max_attempts)s, %(timeout_seconds)s::float8, %(retry_backoff_seconds)s::float8,
+    %(on_lease_expired)s, %(unique_key)s::text, %(tenant)s::text, %(acting_user_id)s::text
+)
+ON CONFLICT (unique_key) WHERE state IN ('queued', 'running') AND unique_key IS NOT NULL DO NOTHING
+RETURNING id, unique_key, to_char(enqueued_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"');
+
+
 -- name: claim_jobs
 -- Lease up to %(limit)s due jobs from the given queues in one statement, and write the
 -- attempt's execution log row in the same statement.

@@ -122,3 +122,23 @@ def test_worker_survives_losing_its_database_connections_and_finishes_every_job(
     log = worker.log()
     assert "database error" in log and "resuming" in log
     assert ExecutionLog.objects.filter(job_id__in=ids, outcome="succeeded").count() == 300
+
+
+@pytest.mark.postgres
+def test_a_second_signal_exits_at_once_and_the_lease_recovers_the_job(worker_process, tmp_path):
+    result = tasks.sleep_then_record.enqueue(str(tmp_path), "long", 30)
+    worker = worker_process("--no-leader", "--shutdown-grace", "60", "--lease-seconds", "2", name="twice")
+    wait_for(lambda: (tmp_path / "long.started").exists(), message="job to start")
+    worker.signal(signal.SIGTERM)
+    wait_for(lambda: "draining" in worker.log(), timeout=10, message="the first signal to start a drain")
+    started = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(10) != 0
+    assert time.monotonic() - started < 5, "the second signal did not exit at once"
+    assert "second signal" in worker.log()
+    assert Job.objects.get(pk=result.id).state == "running"  # nothing written on the way out
+    # The lease then expires and the one recovery path hands the job back.
+    from taskengine.maintenance import recovery
+
+    wait_for(lambda: recovery.run_once("default"), timeout=15, message="the lease to expire and be recovered")
+    assert Job.objects.get(pk=result.id).state == "queued"
