@@ -20,7 +20,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import queue
@@ -33,11 +32,8 @@ from typing import Any, Protocol
 
 from django.db import Error as DatabaseError
 from django.db import connections, transaction
-from django.tasks import TaskResultStatus, task_backends
-from django.tasks.base import TaskError
-from django.tasks.signals import task_finished, task_started
 
-from . import metrics, registry, store
+from . import events, metrics, registry, store
 from .conf import engine_settings
 from .execution import (
     JobCancelled,
@@ -51,27 +47,14 @@ from .execution import (
     resolve_task,
     run_async,
     run_sync,
-    task_result_for,
 )
 from .listener import Listener
-from .states import to_task_result_status
 from .store import Outcome
 
 logger = logging.getLogger("taskengine.worker")
 
 HARD_TIMEOUT_GRACE = 2.0  # seconds a timed-out sync handler gets to notice the interrupt
 FLUSH_DELAY = 0.005  # longest an outcome waits to be written with others (seconds)
-
-
-def replace_django_task_log_receivers() -> None:
-    """django.tasks logs every task start and finish through signal receivers; the
-    worker logs the same events itself, with worker id, attempt and timings. Dropping
-    the duplicates means a TaskResult is built for task_started / task_finished only
-    when a project connects its own receiver."""
-    from django.tasks import signals
-
-    task_started.disconnect(signals.log_task_started)
-    task_finished.disconnect(signals.log_task_finished)
 
 
 class Service(Protocol):
@@ -137,7 +120,7 @@ class Worker:
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="taskengine-job")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: Listener | None = None
-        self._metric_children: dict[tuple, Any] = {}
+        self.events = events.JobEvents(self.worker_id)
         self.processed = 0
         self.stuck_threads = False
 
@@ -172,7 +155,7 @@ class Worker:
 
     def run(self) -> int:
         """Run until drained (SIGTERM, request_stop, or --burst with nothing due)."""
-        replace_django_task_log_receivers()
+        events.replace_django_task_log_receivers()
         logger.info("worker starting: queues=%s concurrency=%d lease=%.0fs claim=%s wake=%s",
                     ",".join(self.queues), self.concurrency, self.lease_seconds,
                     "advisory" if self.use_advisory_locks else "skip-locked",
@@ -334,15 +317,13 @@ class Worker:
     def _start(self, job: store.ClaimedJob) -> None:
         running = RunningJob(job=job)
         self._running[job.id] = running
-        self._metric(metrics.JOBS_RUNNING, job.queue).inc()
-        if logger.isEnabledFor(logging.INFO):
-            logger.info("claimed", extra=self._job_extra(job, event="claimed"))
+        self.events.claimed(job)
         try:
             running.task = self._resolve(job.task_path)
         except TaskNotFound as exc:
             self._done.put((running, failure_outcome(job, exc), None))
             return
-        self._send_started(running)
+        self.events.started(running)
         if asyncio.iscoroutinefunction(running.task.func):
             running.is_async = True
             future = asyncio.run_coroutine_threadsafe(run_async(running, self.worker_id), self._event_loop())
@@ -382,8 +363,7 @@ class Worker:
             except queue.Empty:
                 return
             self._running.pop(running.job.id, None)
-            self._metric(metrics.JOBS_RUNNING, running.job.queue).dec()
-            self._metric(metrics.JOB_DURATION, running.job.queue).observe(time.monotonic() - running.monotonic_start)
+            self.events.collected(running)
             if running.abandoned:
                 continue  # its timeout outcome was already written
             if outcome is None:
@@ -399,7 +379,7 @@ class Worker:
                 interrupt_thread(running, JobTimedOut)
                 running.deadline = now + HARD_TIMEOUT_GRACE
                 logger.warning("timed out after %ss; interrupting", running.job.timeout_seconds,
-                               extra=self._job_extra(running.job, event="timed_out"))
+                               extra=self.events.extra(running.job, event="timed_out"))
             else:
                 # The handler is stuck in C code and ignores the interrupt: record the
                 # timeout now; its slot stays taken until the thread returns.
@@ -408,7 +388,7 @@ class Worker:
                 exc = JobTimedOut(f"timed out after {running.job.timeout_seconds}s (handler did not stop)")
                 self._add_pending(running, failure_outcome(running.job, exc))
                 logger.error("handler ignored its timeout; slot held until it returns",
-                             extra=self._job_extra(running.job, event="timeout_ignored"))
+                             extra=self.events.extra(running.job, event="timeout_ignored"))
 
     def _add_pending(self, running: RunningJob, outcome: Outcome) -> None:
         if not self._pending:
@@ -437,38 +417,8 @@ class Worker:
             self.processed += 1
             state, finished_at = won.get(outcome.job_id, (None, None))
             outcome.finished_at = finished_at
-            self._report(running, outcome, state)
+            self.events.finished(running, outcome, state)
         return claimed
-
-    def _report(self, running: RunningJob, outcome: Outcome, state: str | None) -> None:
-        job = running.job
-        if state == "succeeded" and not outcome.error_class:
-            metrics.job_finished(job.queue, job.task_path, state, outcome.outcome)
-            if logger.isEnabledFor(logging.INFO):
-                logger.info("succeeded", extra={**self._finish_extra(running, outcome, state), "event": "succeeded"})
-            self._send_finished(running, state, outcome)
-            return
-        extra = self._finish_extra(running, outcome, state)
-        if state is None:
-            metrics.LEASES_LOST.labels(job.queue).inc()
-            logger.warning("lease lost before finishing; outcome %s discarded (the job is recovered and runs again)",
-                           outcome.outcome, extra={**extra, "event": "lease_lost"})
-            return
-        metrics.job_finished(job.queue, job.task_path, state, outcome.outcome)
-        if outcome.error_class:
-            # The traceback travels as its own field: the text format prints it under the
-            # line, the JSON format keeps every event on one line.
-            level = logging.ERROR if state == "failed" else logging.WARNING
-            retry = f" (retry in {outcome.retry_delay:.1f}s)" if state == "queued" else ""
-            event = "retry" if state == "queued" else state
-            logger.log(level, "attempt %s -> %s%s: %s: %s", outcome.outcome, state, retry,
-                       outcome.error_class, outcome.error_message,
-                       extra={**extra, "event": event, "error_class": outcome.error_class,
-                              "traceback": outcome.traceback.rstrip()})
-        else:
-            logger.info("succeeded", extra={**extra, "event": "succeeded"})
-        if state != "queued" and running.task is not None:
-            self._send_finished(running, state, outcome)
 
     def _release_remaining(self) -> None:
         held = [r.held for r in self._running.values() if not r.abandoned]
@@ -476,7 +426,7 @@ class Worker:
             "release", lambda: store.release_jobs(self.connection, worker_id=self.worker_id, held=held), default=[])
         for job_id in released:
             logger.warning("grace period over: released back to the queue",
-                           extra=self._job_extra(self._running[job_id].job, event="released"))
+                           extra=self.events.extra(self._running[job_id].job, event="released"))
             self._running[job_id].abandoned = True
         if len(released) < len(held):
             logger.warning("%d running jobs could not be released; they recover when their leases expire",
@@ -502,11 +452,11 @@ class Worker:
             if running.job.id not in kept:
                 running.lease_lost = True
                 logger.warning("lease lost while running; interrupting the handler",
-                               extra=self._job_extra(running.job, event="lease_lost"))
+                               extra=self.events.extra(running.job, event="lease_lost"))
                 self._interrupt(running, LeaseLost)
             elif kept[running.job.id] and running.interrupt_sent is None:
                 logger.info("cancellation requested; interrupting the handler",
-                            extra=self._job_extra(running.job, event="cancel_requested"))
+                            extra=self.events.extra(running.job, event="cancel_requested"))
                 self._interrupt(running, JobCancelled)
 
     def _interrupt(self, running: RunningJob, reason: type[JobInterrupted]) -> None:
@@ -515,63 +465,3 @@ class Worker:
             running.future.cancel()
         else:
             interrupt_thread(running, reason)
-
-    # --- signals and logs ------------------------------------------------------------
-
-    def _send_started(self, running: RunningJob) -> None:
-        if not task_started.has_listeners():
-            return
-        backend = task_backends[running.task.backend]
-        result = task_result_for(running, [self.worker_id], backend.alias)
-        if running.job.attempt > 1:
-            result = self._stored_result(running) or result
-        task_started.send(type(backend), task_result=result)
-
-    def _send_finished(self, running: RunningJob, state: str, outcome: Outcome) -> None:
-        """A first attempt's result is known here in full; after retries, the errors
-        and workers of earlier attempts are read back from the store."""
-        if not task_finished.has_listeners():
-            return
-        backend = task_backends[running.task.backend]
-        if running.job.attempt > 1:
-            result = self._stored_result(running)
-            if result is None:
-                return
-        else:
-            result = task_result_for(running, [self.worker_id], backend.alias)
-            status = to_task_result_status(state)
-            object.__setattr__(result, "status", status)
-            object.__setattr__(result, "finished_at", outcome.finished_at)
-            if outcome.error_class:
-                result.errors.append(TaskError(exception_class_path=outcome.error_class,
-                                               traceback=outcome.traceback))
-            if status == TaskResultStatus.SUCCESSFUL:
-                object.__setattr__(result, "_return_value", json.loads(outcome.return_value))
-        task_finished.send(type(backend), task_result=result)
-
-    def _stored_result(self, running: RunningJob):
-        try:
-            return task_backends[running.task.backend].get_result(str(running.job.id))
-        except Exception:  # noqa: BLE001 - a signal must not break the loop
-            logger.exception("could not load the stored result for a task signal",
-                             extra=self._job_extra(running.job))
-            return None
-
-    def _finish_extra(self, running: RunningJob, outcome: Outcome, state: str | None) -> dict[str, Any]:
-        return self._job_extra(
-            running.job, duration_ms=round((time.monotonic() - running.monotonic_start) * 1000, 3),
-            outcome=str(outcome.outcome), state=state,
-            finished_at=outcome.finished_at.isoformat() if outcome.finished_at else None)
-
-    def _metric(self, metric, *labels: str):
-        """A labelled child of ``metric``, cached (labels() is costly per job)."""
-        key = (metric, labels)
-        child = self._metric_children.get(key)
-        if child is None:
-            child = self._metric_children[key] = metric.labels(*labels)
-        return child
-
-    def _job_extra(self, job: store.ClaimedJob, **more: Any) -> dict[str, Any]:
-        return {"worker_id": self.worker_id, "job_id": job.id, "task_path": job.task_path,
-                "queue": job.queue, "attempt": job.attempt, "claimed_at": job.last_attempted_at.isoformat(),
-                "run_after": job.run_after.isoformat() if job.run_after else None, **more}
