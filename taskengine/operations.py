@@ -54,7 +54,7 @@ from django.db.models.functions import Now
 
 from . import audit, metrics
 from .models import Job
-from .states import JobState
+from .states import TERMINAL_STATES, JobState, can_transition
 from .tenancy import scope_jobs
 
 # Action name -> the permission codename guarding it (app label "taskengine").
@@ -111,13 +111,15 @@ def _refusal(job: Job, action: str) -> str | None:
     """Why ``action`` does not apply to ``job`` now, or None if it does."""
     state = job.state
     if action == "cancel":
-        if state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
+        if not can_transition(state, JobState.CANCELLED):
             return f"job {job.pk} is already {state}; only queued or running jobs can be cancelled"
         if state == JobState.RUNNING and job.cancel_requested_at is not None:
             return f"cancellation of job {job.pk} was already requested; the worker stops it at its next heartbeat"
         return None
     if action == "requeue":
-        if state not in (JobState.FAILED, JobState.CANCELLED):
+        # An operator requeue is a terminal → queued transition (succeeded jobs ran:
+        # the state machine has no way back for them).
+        if state not in TERMINAL_STATES or not can_transition(state, JobState.QUEUED):
             return f"job {job.pk} is {state}; only failed or cancelled jobs can be requeued"
         return None
     if action == "retry":

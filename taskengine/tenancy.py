@@ -27,8 +27,3 @@ def tenants_for(user) -> list[str] | None:
 def scope_jobs(queryset, user):
     """Restrict a Job queryset to what ``user`` may see."""
     return queryset.for_tenants(tenants_for(user))
-
-
-def can_see_tenant(user, tenant: str | None) -> bool:
-    tenants = tenants_for(user)
-    return tenants is None or (tenant is not None and tenant in tenants)
