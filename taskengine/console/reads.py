@@ -8,19 +8,18 @@ bounded_count``), the throughput chart reads the last hour through the
 """
 from __future__ import annotations
 
-import math
 from datetime import datetime, timedelta
 from typing import Any
 
-from croniter import croniter
 from django.conf import settings
-from django.db.models import Count, Min
+from django.db.models import Count, Min, Prefetch
 from django.db.models.functions import TruncMinute
 from zoneinfo import ZoneInfo
 
 from .. import gate
 from ..conf import engine_settings
-from ..models import ExecutionLog, Job, Leader, OperatorAction, Schedule, WorkerProcess, WorkerState
+from ..models import ExecutionLog, Job, Leader, MissedSlot, OperatorAction, Schedule, WorkerProcess, WorkerState
+from ..schedules import SlotSpec, next_slot
 from ..states import JobState
 from ..tenancy import scope_jobs, tenants_for
 from . import serialize
@@ -165,32 +164,34 @@ def job_detail(user, job_id: int, using: str = "default") -> tuple[Job, dict[str
 
 
 def next_slots(schedule: Schedule, now: datetime, n: int = 3) -> list[datetime]:
-    """The next ``n`` slots after both the last enqueued slot and now: cron in the
-    schedule's time zone (croniter, DST-aware), intervals stepped from the last slot."""
-    base = max(schedule.last_slot_at or now, now)
-    if schedule.cron:
-        it = croniter(schedule.cron, base.astimezone(ZoneInfo(schedule.timezone or "UTC")))
-        return [it.get_next(datetime) for _ in range(n)]
-    step = timedelta(seconds=schedule.interval_seconds or 1)
-    first = schedule.last_slot_at + step if schedule.last_slot_at else now
-    if first < now:
-        first += step * math.ceil((now - first) / step)
-    return [first + step * i for i in range(n)]
+    """The next ``n`` slots the scheduler will enqueue — computed by the scheduler's own
+    ``schedules.next_slot`` (same interval grid, cron in the schedule's time zone, DST)
+    — after both the last enqueued slot and now, shown in the schedule's time zone."""
+    spec, zone = SlotSpec.of(schedule), ZoneInfo(schedule.timezone or "UTC")
+    slot, out = max(schedule.last_slot_at or now, now), []
+    for _ in range(n):
+        slot = next_slot(spec, slot)
+        out.append(slot.astimezone(zone))
+    return out
 
 
 def schedules(user, using: str = "default") -> list[dict[str, Any]]:
     now = db_now(using)
+    recent_runs = Job.objects.using(using).order_by("-slot").only("id", "state", "slot", "schedule_id")[:5]
+    recent_missed = MissedSlot.objects.using(using).order_by("-slot")[:5]
+    rows = (schedules_for(user, using).order_by("name")
+            .prefetch_related(Prefetch("jobs", queryset=recent_runs, to_attr="recent_runs"),
+                              Prefetch("missed_slots", queryset=recent_missed, to_attr="recent_missed"))[:500])
     out = []
-    for schedule in schedules_for(user, using).order_by("name")[:500]:
-        runs = schedule.jobs.using(using).order_by("-slot").only("id", "state", "slot")[:5]
-        missed = schedule.missed_slots.using(using).order_by("-slot")[:5]
+    for schedule in rows:
         out.append({
             "name": schedule.name, "task_path": schedule.task_path, "cron": schedule.cron,
             "interval_seconds": schedule.interval_seconds, "timezone": schedule.timezone,
             "queue": schedule.queue, "tenant": schedule.tenant, "enabled": schedule.enabled,
             "misfire_policy": schedule.misfire_policy, "last_slot_at": serialize.iso(schedule.last_slot_at),
             "next_slots": [serialize.iso(s) for s in next_slots(schedule, now)] if schedule.enabled else [],
-            "last_runs": [{"id": j.pk, "state": j.state, "slot": serialize.iso(j.slot)} for j in runs],
-            "missed_slots": [{"slot": serialize.iso(m.slot), "reason": m.reason} for m in missed],
+            "last_runs": [{"id": j.pk, "state": j.state, "slot": serialize.iso(j.slot)}
+                          for j in schedule.recent_runs],
+            "missed_slots": [{"slot": serialize.iso(m.slot), "reason": m.reason} for m in schedule.recent_missed],
         })
     return out
