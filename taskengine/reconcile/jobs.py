@@ -32,33 +32,32 @@ def _inspect_rows(query: str):
     return inspect
 
 
-def _recover(ctx: Context, category: str, row: tuple, reason: str) -> str | None:
-    """Recover one running job through the engine's one recovery path
-    (maintenance.recovery), with its audit row in the same transaction. Returns its new
-    state, or None when it finished, was recovered or was re-claimed meanwhile."""
-    job_id, attempt, worker_id, tenant = row[:4]
+def _recover(ctx: Context, category: str, rows: list[tuple], reason: str) -> list[int]:
+    """Recover a page of running jobs in one statement of the engine's one recovery
+    path (maintenance.recovery), with one audit row per recovered job in the same
+    transaction. Jobs that finished, were recovered or were re-claimed meanwhile are
+    left alone (and not audited). Returns the recovered ids."""
+    found = {row[0]: row for row in rows}
     with transaction.atomic(using=ctx.database):
-        won = recovery.run_once(ctx.database, job_ids=[job_id])
-        if not won:
-            return None
-        state = won[0].state
-        audit.record(actor=ctx.actor, action=f"reconcile.{category}", target_type="job",
-                     target_id=job_id, tenant=tenant,
-                     before={"state": "running", "attempts": attempt, "locked_by": worker_id},
-                     after={"state": state, "attempts": won[0].attempt, "locked_by": None},
-                     reason=reason, using=ctx.database)
-    return state
+        won = recovery.run_once(ctx.database, job_ids=list(found), limit=len(found))
+        for job in won:
+            _, attempt, worker_id, tenant = found[job.id][:4]
+            audit.record(actor=ctx.actor, action=f"reconcile.{category}", target_type="job",
+                         target_id=job.id, tenant=tenant,
+                         before={"state": "running", "attempts": attempt, "locked_by": worker_id},
+                         after={"state": job.state, "attempts": job.attempt, "locked_by": None},
+                         reason=reason, using=ctx.database)
+    return [job.id for job in won]
 
 
 def _fix_running(query: str, category: str, reason: str):
     def fix(ctx: Context) -> Applied:
         applied = Applied(category)
         for rows in page(ctx, query):
-            for row in rows:
-                if len(row) > 6 and row[6] != "running":
-                    continue  # blocked_unique_keys: queued holders are report-only
-                if _recover(ctx, category, row, reason) is not None:
-                    applied.add(row[0])
+            # blocked_unique_keys also lists queued holders: those are report-only.
+            running = [row for row in rows if len(row) <= 6 or row[6] == "running"]
+            for job_id in _recover(ctx, category, running, reason) if running else ():
+                applied.add(job_id)
             ctx.progress(f"{category}: {applied.fixed} recovered")
         return applied
     return fix
