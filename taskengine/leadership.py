@@ -69,14 +69,6 @@ def lease_params(lease: LeaderLease | None) -> dict[str, Any]:
     return lease.params() if lease is not None else dict(NO_LEASE_PARAMS)
 
 
-def db_now(database: str):
-    """The database clock's current time, as an aware UTC datetime."""
-    connection = connections[database]
-    with connection.cursor() as cursor:
-        cursor.execute(sql(connection, "db_now"), {})
-        return to_datetime(cursor.fetchone()[0])
-
-
 @contextmanager
 def fenced_transaction(database: str, lease: LeaderLease) -> Iterator[None]:
     """A transaction that holds the leader row for ``lease`` (FOR SHARE on Postgres,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import transaction
+from django.db import connections, transaction
 from django.utils.dateparse import parse_datetime
 
 from .conf import engine_settings
@@ -135,6 +135,14 @@ def _preparing_cursor_class():
                                    binary=binary)
 
     return PreparingCursor
+
+
+def db_now(database: str = "default") -> datetime:
+    """The database clock's current time, aware UTC."""
+    connection = connections[database]
+    with connection.cursor() as cursor:
+        cursor.execute(sql(connection, "db_now"), {})
+        return to_datetime(cursor.fetchone()[0])
 
 
 def to_datetime(value: Any) -> datetime | None:

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from datetime import datetime
 
 from django.core.exceptions import EmptyResultSet
 from django.db import OperationalError, connections, transaction
 
 from ..queries import sql
-from ..store import to_datetime
 
 COUNT_LIMIT = 10_000
 COUNT_TIMEOUT_MS = 100  # PostgreSQL: longest a console count may run before the estimate wins
@@ -139,9 +137,3 @@ def _values(name: str, using: str, limit: int) -> list[str]:
         return [row[0] for row in cursor.fetchall()]
 
 
-def db_now(using: str = "default") -> datetime:
-    """The database clock, aware UTC."""
-    connection = connections[using]
-    with connection.cursor() as cursor:
-        cursor.execute(sql(connection, "console_now"), {})
-        return to_datetime(cursor.fetchone()[0])

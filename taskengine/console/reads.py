@@ -1,6 +1,6 @@
 """The console's read models: dashboard summary, job lists and detail, workers and
 leader, schedules. Every function takes the requesting user and scopes what it reads
-with ``tenancy``; none writes. Times come from the database clock (``counts.db_now``).
+with ``tenancy``; none writes. Times come from the database clock (``store.db_now``).
 
 Cost on a big table (see docs/performance.md): counts are bounded (``counts.
 bounded_count``), the throughput chart reads the last hour through the
@@ -23,7 +23,8 @@ from ..schedules import SlotSpec, next_slot
 from ..states import JobState
 from ..tenancy import scope_jobs, tenants_for
 from . import serialize
-from .counts import bounded_count, db_now, queued_queues
+from ..store import db_now
+from .counts import bounded_count, queued_queues
 
 CHART_MINUTES = 60
 LIST_DEFER = ("args", "kwargs", "return_value")

@@ -29,7 +29,8 @@ from django.tasks import task_backends
 
 from .. import metrics
 from ..conf import engine_settings
-from ..leadership import LeaderLease, db_now, fenced_transaction
+from ..leadership import LeaderLease, fenced_transaction
+from ..store import db_now
 from ..models import Schedule
 from ..queries import sql
 from ..schedules import SlotSpec, recent_slots, resolve_task, settings_schedules, sync_settings_schedules

@@ -14,10 +14,10 @@ from functools import cached_property
 from typing import Any
 
 from django.db import connections
-from django.utils.dateparse import parse_datetime
 
 from ..conf import engine_settings
 from ..queries import sql
+from ..store import db_now
 
 SYSTEM_ACTOR = "system:reconcile"
 MAX_REPORTED_IDS = 1000  # applied fixes list at most this many ids (the count is exact)
@@ -101,21 +101,11 @@ class Context:
     @cached_property
     def now(self) -> datetime:
         """The database clock, read once per run."""
-        return to_datetime(self.fetch("reconcile_now")[0][0])
+        return db_now(self.database)
 
     def db_datetime(self, value: datetime) -> Any:
         """A datetime as the vendor stores it (SQLite: Django's text format, UTC)."""
         return self.connection.ops.adapt_datetimefield_value(value)
-
-
-def to_datetime(value: Any) -> datetime | None:
-    """Raw-cursor datetimes: aware on Postgres, text on SQLite (UTC)."""
-    if value is None or isinstance(value, datetime):
-        return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
-    parsed = parse_datetime(str(value))
-    if parsed is None:
-        raise ValueError(f"not a datetime: {value!r}")
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def iso(value: datetime | None) -> str | None:

@@ -34,7 +34,8 @@ from django.db import transaction
 
 from .. import audit, schedules
 from ..conf import engine_settings
-from .base import Applied, Check, Context, Finding, iso, to_datetime
+from ..store import to_datetime
+from .base import Applied, Check, Context, Finding, iso
 
 POINTS_LIMIT = 100_000  # recorded slots read per schedule
 MISSED_LIMIT = 10_000  # missed slots enumerated per schedule

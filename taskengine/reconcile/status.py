@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import gate
-from .base import Context, iso, to_datetime
+from ..store import to_datetime
+from .base import Context, iso
 
 ELECTION = "maintenance"  # leadership.ELECTION: the election the maintenance leader wins
 WORKERS_LIMIT = 100

@@ -35,13 +35,6 @@ WITH RECURSIVE seen AS (
 SELECT value FROM seen WHERE value IS NOT NULL LIMIT %(limit)s;
 
 
--- name: console_now
--- The database clock, so console ages and chart buckets never use the web server's.
--- statement_timestamp(), like Django's Now(): inside a long transaction (tests) it still
--- moves, and in autocommit it equals now().
-SELECT statement_timestamp();
-
-
 -- name: console_perf_fill_jobs
 -- manage.py console_perf only, in a scratch database: %(rows)s jobs in one statement.
 -- Shape: 93%% succeeded, 3%% failed, 2%% cancelled, 1.5%% queued, 0.5%% running; 50

@@ -14,6 +14,3 @@ SELECT DISTINCT job.tenant FROM taskengine_job AS job
  WHERE job.tenant IS NOT NULL ORDER BY job.tenant LIMIT %(limit)s;
 
 
--- name: console_now
--- The database clock (UTC, microseconds), as the engine's own SQL writes it.
-SELECT STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'now');

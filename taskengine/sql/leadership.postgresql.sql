@@ -69,5 +69,3 @@ SELECT holder, term, expires_at, expires_at > now() AS live
  WHERE name = %(election)s;
 
 
--- name: db_now
-SELECT now();

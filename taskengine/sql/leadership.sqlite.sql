@@ -61,5 +61,3 @@ SELECT holder, term, expires_at,
  WHERE name = %(election)s;
 
 
--- name: db_now
-SELECT strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now');

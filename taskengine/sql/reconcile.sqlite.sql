@@ -10,10 +10,6 @@
 -- %(dead_after)s seconds, on the database clock.
 
 
--- name: reconcile_now
-SELECT strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now');
-
-
 -- name: reconcile_expired_leases
 -- Running jobs whose lease has expired (the recovery sweep has not got to them).
 -- Index: taskengine_job_worker_idx (partial: the running rows only).

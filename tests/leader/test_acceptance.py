@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from taskengine.leadership import current_leader, db_now
+from taskengine.leadership import current_leader
+from taskengine.store import db_now
 from taskengine.models import ExecutionLog, Job, Schedule, WorkerProcess
 from tests import tasks
 from tests.conftest import wait_for

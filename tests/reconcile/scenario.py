@@ -8,16 +8,13 @@ from datetime import datetime, timedelta
 from django.db import connection
 
 from taskengine.models import ExecutionLog, Job, Schedule, WorkerProcess
-from taskengine.queries import sql
-from taskengine.reconcile.base import to_datetime
+from taskengine import store
 
 TASK = "tests.tasks.noop"
 
 
 def db_now() -> datetime:
-    with connection.cursor() as cursor:
-        cursor.execute(sql(connection, "reconcile_now"), {})
-        return to_datetime(cursor.fetchone()[0])
+    return store.db_now(connection.alias)
 
 
 @dataclass
