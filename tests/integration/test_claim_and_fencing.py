@@ -34,10 +34,7 @@ def expire_lease(job_id):
     Job.objects.filter(pk=job_id).update(lease_expires_at=Now() - timedelta(seconds=1))
 
 
-def db_now():
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT CURRENT_TIMESTAMP")
-        return store.to_datetime(cursor.fetchone()[0])
+db_now = store.db_now
 
 
 def test_claim_takes_highest_priority_then_oldest_run_after_then_id():
