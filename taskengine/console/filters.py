@@ -1,8 +1,11 @@
 """Job filters and keyset pagination, shared by the job list page and the JSON API.
 
 Filters: ``state``, ``queue``, ``task`` (exact task path), ``tenant``, and the
-enqueue date range ``since`` / ``until`` (dates, inclusive, UTC). Each filter maps to an
-index (taskengine_job_state_idx, _queue_state_idx, _task_idx, _tenant_idx).
+enqueue date range ``since`` / ``until`` (dates, inclusive, UTC). Indexes that serve
+them (migration 0005 keeps the hot path lean, so only some filters have one): queued
+jobs by queue through taskengine_job_claim_idx, running ones through
+taskengine_job_worker_idx, failed/cancelled through taskengine_job_problem_idx, tenants
+through taskengine_job_tenant_idx; the others rely on the bounded id window below.
 
 Pages are keyset pages ordered by id, newest first: ``after=<id>`` gives the next
 (older) page (``id < after``), ``before=<id>`` the previous (newer) one (``id >

@@ -7,8 +7,8 @@
 -- name: metrics_queued_queues
 -- The distinct queues that have queued jobs, by a loose index scan: each step is one
 -- index descent past the previous queue. At most %(max_queues)s steps. The ORDER BY is
--- the claim index's own order, which keeps the planner off taskengine_job_queue_state_idx
--- (there, terminal rows of a queue would be walked over to find a queued one).
+-- the claim index's own order, so each step is an index-only descent of the partial
+-- claim index (terminal rows are not in it).
 -- Index: taskengine_job_claim_idx (queue, priority DESC, run_after, id) WHERE queued.
 WITH RECURSIVE queues(queue) AS (
     SELECT (SELECT job.queue FROM taskengine_job AS job
