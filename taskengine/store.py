@@ -200,7 +200,12 @@ def _json_columns(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+BULK_INSERT_MIN = 100  # from this many jobs without unique keys, Postgres enqueue streams rows with COPY
+
+
 def _insert_postgres(connection, jobs: list[NewJob]) -> list[InsertedJob | None]:
+    if len(jobs) >= BULK_INSERT_MIN and all(job.unique_key is None for job in jobs):
+        return _copy_postgres(connection, jobs)
     with engine_cursor(connection) as cursor:
         if len(jobs) == 1:  # the common enqueue(): a plain prepared VALUES insert
             cursor.execute(sql(connection, "insert_job"), _json_columns(_row(jobs[0])))
@@ -226,6 +231,25 @@ def _insert_postgres(connection, jobs: list[NewJob]) -> list[InsertedJob | None]
         else:
             out.append(None)
     return out
+
+
+def _copy_postgres(connection, jobs: list[NewJob]) -> list[InsertedJob | None]:
+    """Many jobs, none with a unique key (so none can conflict): reserve their ids,
+    then stream the rows with COPY — in one transaction, the caller's if it has one."""
+    with transaction.atomic(using=connection.alias, savepoint=False), engine_cursor(connection) as cursor:
+        cursor.execute(sql(connection, "reserve_job_ids"), {"count": len(jobs)})
+        stamp, ids = cursor.fetchone()
+        enqueued_at = _parse_timestamptz(stamp)
+        dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+        with connection.wrap_database_errors, cursor.copy(sql(connection, "copy_jobs")) as copy:
+            write = copy.write_row
+            for job_id, job in zip(ids, jobs, strict=True):
+                write((job_id, job.task_path, job.backend, job.queue, job.priority,
+                       dumps(job.args) if job.args else "[]", dumps(job.kwargs) if job.kwargs else "{}", "queued", job.run_after or enqueued_at,
+                       enqueued_at, 0, job.max_attempts, job.timeout_seconds,
+                       job.retry_backoff_seconds, job.on_lease_expired, None, job.tenant,
+                       job.acting_user_id))
+    return [InsertedJob(job_id, enqueued_at, True) for job_id in ids]
 
 
 def _parse_timestamptz(text: str) -> datetime:

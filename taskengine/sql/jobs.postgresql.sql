@@ -52,6 +52,28 @@ ON CONFLICT (unique_key) WHERE state IN ('queued', 'running') AND unique_key IS 
 RETURNING id, unique_key, to_char(enqueued_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"');
 
 
+-- name: reserve_job_ids
+-- The bulk path (COPY) writes ids and times itself: take %(count)s ids from the job
+-- sequence, in order, and the transaction's now() as every row's enqueued_at (the
+-- same value an INSERT in this transaction would store).
+SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+       array_agg(reserved.id ORDER BY reserved.id)
+  FROM (SELECT nextval((SELECT pg_get_serial_sequence('taskengine_job', 'id'))::regclass) AS id
+          FROM generate_series(1, %(count)s)) AS reserved;
+
+
+-- name: copy_jobs
+-- Bulk enqueue without unique keys: rows streamed with COPY, which Postgres parses
+-- while the client is still formatting the next rows. Ids and enqueued_at come from
+-- reserve_job_ids in the same transaction; the statement trigger taskengine_job_notify
+-- wakes workers on commit, as for an INSERT.
+COPY taskengine_job (
+    id, task_path, backend, queue, priority, args, kwargs, state, run_after, enqueued_at,
+    attempts, max_attempts, timeout_seconds, retry_backoff_seconds, on_lease_expired,
+    unique_key, tenant, acting_user_id
+) FROM STDIN
+
+
 -- name: claim_jobs
 -- Lease up to %(limit)s due jobs from the given queues in one statement, and write the
 -- attempt's execution log row in the same statement.

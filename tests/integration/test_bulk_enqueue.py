@@ -1,0 +1,197 @@
+"""Bulk enqueue: on PostgreSQL, batches without unique keys are streamed with COPY (ids
+reserved first); everything else takes the INSERT path. Both must store the same rows,
+honour the caller's transaction, and leave nothing behind on bad input."""
+from __future__ import annotations
+
+import gc
+import logging
+from collections import OrderedDict, UserList
+from datetime import timedelta
+
+import psycopg
+import pytest
+from django.db import connection, transaction
+from django.tasks import TaskResult, TaskResultStatus, default_task_backend
+from django.tasks.signals import task_enqueued
+from django.utils import timezone
+from django.utils.json import normalize_json
+from django.utils.safestring import mark_safe
+
+from taskengine import store
+from taskengine.backend import InvalidTaskArguments, _enqueue_is_observed, _json_ready, _ready_result
+from taskengine.models import Job
+from tests import tasks
+from tests.conftest import subprocess_database_url
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BULK = store.BULK_INSERT_MIN + 20  # large enough for the COPY path
+
+
+def stored_columns(job_id: int) -> dict:
+    """Every column enqueue writes, but the id and the times."""
+    return (Job.objects.filter(pk=job_id)
+            .values("task_path", "backend", "queue", "priority", "args", "kwargs", "state", "attempts",
+                    "max_attempts", "timeout_seconds", "retry_backoff_seconds", "on_lease_expired",
+                    "unique_key", "tenant", "acting_user_id", "locked_by", "finished_at").get())
+
+
+def test_a_bulk_row_is_stored_exactly_like_a_single_enqueue(django_user_model):
+    user = django_user_model.objects.create(username="bulk-user")
+    task = tasks.add.using(priority=7, queue_name="demo", tenant="acme", acting_user=user,
+                           max_attempts=4, timeout=12.5, retry_backoff=0.5)
+    args, kwargs = (1, ("nested", [1.5, None, True])), {"b": {"ü": "snow ☃", "n": 3}}
+    single = task.enqueue(*args, **kwargs)
+    bulk = task.get_backend().enqueue_many([(task, args, kwargs)] * BULK)
+    assert stored_columns(int(single.id)) == stored_columns(int(bulk[0].id)) == stored_columns(int(bulk[-1].id))
+    assert Job.objects.get(pk=bulk[0].id).args == [1, ["nested", [1.5, None, True]]]
+    assert bulk[0].args == single.args and bulk[0].kwargs == single.kwargs
+
+
+def test_bulk_ids_follow_the_call_order_and_every_job_is_due_at_once():
+    results = tasks.add.enqueue_many([(i, i) for i in range(BULK)])
+    ids = [int(r.id) for r in results]
+    assert ids == sorted(ids) and len(set(ids)) == BULK
+    rows = Job.objects.filter(pk__in=ids).order_by("pk").values_list("args", "enqueued_at", "run_after")
+    assert [args for args, _, _ in rows] == [[i, i] for i in range(BULK)]
+    assert [enqueued for _, enqueued, _ in rows] == [r.enqueued_at for r in results]
+    assert all(run_after == enqueued for _, enqueued, run_after in rows)
+    assert all(r.status == TaskResultStatus.READY for r in results)
+
+
+@pytest.mark.postgres
+def test_a_copied_bulk_is_enqueued_at_its_transactions_time():
+    with transaction.atomic():
+        results = tasks.add.enqueue_many([(i, i) for i in range(BULK)])
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT now()")
+            now = cursor.fetchone()[0]
+    assert set(Job.objects.values_list("enqueued_at", flat=True)) == {now}
+    assert {r.enqueued_at for r in results} == {now}
+
+
+def test_bulk_run_after_is_kept_per_job():
+    later = timezone.now() + timedelta(hours=1)
+    results = tasks.add.using(run_after=later).enqueue_many([(i, 0) for i in range(BULK)])
+    assert set(Job.objects.filter(pk__in=[r.id for r in results]).values_list("run_after", flat=True)) == {later}
+
+
+def test_a_bulk_enqueue_rolled_back_with_its_transaction_stores_nothing_and_signals_nothing():
+    seen = []
+    task_enqueued.connect(lambda sender, task_result, **kw: seen.append(task_result.id), weak=False,
+                          dispatch_uid="bulk-rollback")
+    try:
+        with pytest.raises(RuntimeError), transaction.atomic():
+            tasks.add.enqueue_many([(i, i) for i in range(BULK)])
+            assert Job.objects.count() == BULK  # visible inside the caller's transaction
+            raise RuntimeError("roll back")
+    finally:
+        task_enqueued.disconnect(dispatch_uid="bulk-rollback")
+    assert not Job.objects.exists()
+    assert seen == []
+
+
+def test_a_committed_bulk_enqueue_signals_every_job_after_commit():
+    seen = []
+    task_enqueued.connect(lambda sender, task_result, **kw: seen.append(task_result.id), weak=False,
+                          dispatch_uid="bulk-commit")
+    try:
+        with transaction.atomic():
+            results = tasks.add.enqueue_many([(i, i) for i in range(BULK)])
+            assert seen == []
+    finally:
+        task_enqueued.disconnect(dispatch_uid="bulk-commit")
+    assert seen == [r.id for r in results]
+
+
+def test_one_bad_argument_in_a_bulk_stores_none_of_it():
+    calls = [(i, i) for i in range(BULK)]
+    calls[BULK // 2] = (object(), 1)
+    with pytest.raises(InvalidTaskArguments):
+        tasks.add.enqueue_many(calls)
+    calls[BULK // 2] = (float("nan"), 1)
+    with pytest.raises(InvalidTaskArguments):
+        tasks.add.enqueue_many(calls)
+    assert not Job.objects.exists()
+
+
+def test_a_bulk_with_a_unique_key_keeps_one_live_job_per_key():
+    plain = [(tasks.add, (i, 0), {}) for i in range(BULK)]
+    keyed = [(tasks.add.using(unique_key="only-one"), (i, 1), {}) for i in range(3)]
+    results = default_task_backend.enqueue_many(plain + keyed)
+    assert Job.objects.count() == BULK + 1
+    assert len({r.id for r in results[BULK:]}) == 1
+
+
+def test_the_garbage_collector_is_running_again_after_a_bulk_enqueue_even_a_failed_one():
+    assert gc.isenabled()
+    tasks.add.enqueue_many([(i, i) for i in range(BULK)])
+    assert gc.isenabled()
+    with pytest.raises(InvalidTaskArguments):
+        tasks.add.enqueue_many([(object(), 0)] * BULK)
+    assert gc.isenabled()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("count", [1, 3, BULK], ids=["single", "insert", "copy"])
+def test_workers_are_notified_on_commit_only(count):
+    with psycopg.connect(subprocess_database_url().replace("postgres://", "postgresql://"),
+                         autocommit=True) as listener:
+        listener.execute("LISTEN taskengine_jobs")
+        with pytest.raises(RuntimeError), transaction.atomic():
+            tasks.add.using(queue_name="demo").enqueue_many([(i, i) for i in range(count)])
+            raise RuntimeError("roll back")
+        assert list(listener.notifies(timeout=0.3)) == []
+        tasks.add.using(queue_name="demo").enqueue_many([(i, i) for i in range(count)])
+        received = list(listener.notifies(timeout=1.0, stop_after=1))
+    assert [n.payload for n in received] == ["demo"]
+
+
+# --- the Python fast paths behave like Django's own ---------------------------------
+
+class Pairs(OrderedDict):
+    pass
+
+
+@pytest.mark.parametrize("value", [
+    [], {}, (1, "a", 2.5, True, None), [[1, (2, 3)], {"k": (4,)}], {1: "int key", "s": [b"bytes"]},
+    UserList([1, 2]), Pairs(a=1), mark_safe("<b>"), {"deep": [{"x": (b"y",)}]},
+])
+def test_json_ready_matches_normalize_json(value):
+    assert _json_ready(value) == normalize_json(value)
+    assert type(_json_ready(value)) is type(normalize_json(value))
+
+
+@pytest.mark.parametrize("value", [object(), [1, {2, 3}], {"k": b"\xff"}])
+def test_json_ready_rejects_what_normalize_json_rejects(value):
+    with pytest.raises((TypeError, ValueError)) as ours:
+        _json_ready(value)
+    with pytest.raises((TypeError, ValueError)) as djangos:
+        normalize_json(value)
+    assert type(ours.value) is type(djangos.value)
+
+
+def test_ready_result_equals_a_task_result_built_by_django():
+    now = timezone.now()
+    ours = _ready_result(tasks.add, "42", now, [1, 2], {"b": 3}, "default")
+    djangos = TaskResult(task=tasks.add, id="42", status=TaskResultStatus.READY, enqueued_at=now,
+                         started_at=None, finished_at=None, last_attempted_at=None, args=[1, 2],
+                         kwargs={"b": 3}, backend="default", errors=[], worker_ids=[])
+    assert ours == djangos
+    with pytest.raises(ValueError):
+        ours.return_value  # noqa: B018 — not finished yet, as for Django's own
+
+
+def test_task_enqueued_is_sent_only_when_something_would_observe_it(caplog):
+    caplog.set_level(logging.INFO, logger="django.tasks")
+    assert not _enqueue_is_observed()  # django.tasks' own receiver logs at DEBUG only
+    caplog.set_level(logging.DEBUG, logger="django.tasks")
+    assert _enqueue_is_observed()
+    result = tasks.add.enqueue(1, 2)
+    assert f"Task id={result.id} path=tests.tasks.add enqueued" in caplog.text
+    caplog.set_level(logging.INFO, logger="django.tasks")
+    task_enqueued.connect(lambda **kw: None, weak=False, dispatch_uid="observer")
+    try:
+        assert _enqueue_is_observed()
+    finally:
+        task_enqueued.disconnect(dispatch_uid="observer")
