@@ -17,7 +17,8 @@ Invariants:
 from __future__ import annotations
 
 from collections import Counter as _Tally
-from collections.abc import Iterable
+from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -46,10 +47,20 @@ JOB_DURATION = Histogram(
 )
 
 
-def jobs_submitted(jobs: Iterable) -> None:
+_SUBMITTED_BY_LABELS: dict[tuple[str, str], Any] = {}  # labels() children, looked up once
+
+
+def jobs_submitted(jobs: Sequence) -> None:
     """Count newly inserted jobs (objects with ``queue`` and ``task_path``)."""
-    for (queue, task), n in _Tally((j.queue, j.task_path) for j in jobs).items():
-        JOBS_SUBMITTED.labels(queue, task).inc(n)
+    if len(jobs) == 1:  # the common enqueue(): no tally
+        tally = {(jobs[0].queue, jobs[0].task_path): 1}
+    else:
+        tally = _Tally((j.queue, j.task_path) for j in jobs)
+    for labels, n in tally.items():
+        child = _SUBMITTED_BY_LABELS.get(labels)
+        if child is None:
+            child = _SUBMITTED_BY_LABELS[labels] = JOBS_SUBMITTED.labels(*labels)
+        child.inc(n)
 
 
 def jobs_requeued(queue: str, task: str, count: int = 1) -> None:

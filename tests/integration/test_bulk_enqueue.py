@@ -147,6 +147,23 @@ def test_workers_are_notified_on_commit_only(count):
     assert [n.payload for n in received] == ["demo"]
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("count", [3, BULK], ids=["insert", "copy"])
+def test_one_notify_per_queue_with_due_jobs_and_none_for_deferred_ones(count):
+    later = timezone.now() + timedelta(hours=1)
+    with psycopg.connect(subprocess_database_url().replace("postgres://", "postgresql://"),
+                         autocommit=True) as listener:
+        listener.execute("LISTEN taskengine_jobs")
+        tasks.add.using(run_after=later).enqueue_many([(i, i) for i in range(count)])
+        assert list(listener.notifies(timeout=0.3)) == []
+        mixed = [(tasks.add.using(queue_name=q, run_after=later if q == "default" else None), (i, 0), {})
+                 for i in range(count) for q in ("default", "demo")]
+        mixed.append((tasks.add.using(queue_name="default"), (0, 0), {}))  # one due job in default
+        default_task_backend.enqueue_many(mixed)
+        received = sorted(n.payload for n in listener.notifies(timeout=0.5))
+    assert received == ["default", "demo"]
+
+
 # --- the Python fast paths behave like Django's own ---------------------------------
 
 class Pairs(OrderedDict):

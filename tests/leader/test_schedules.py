@@ -143,6 +143,22 @@ def test_scheduler_enqueues_one_ordinary_job_per_slot_even_when_run_twice():
     assert Schedule.objects.get(pk=schedule.pk).last_slot_at == t("2026-01-01 10:02")
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_scheduled_job_wakes_listening_workers_on_commit():
+    import psycopg
+
+    from tests.conftest import subprocess_database_url
+
+    make_schedule(last_slot_at=t("2026-01-01 10:00"))
+    with psycopg.connect(subprocess_database_url().replace("postgres://", "postgresql://"),
+                         autocommit=True) as listener:
+        listener.execute("LISTEN taskengine_jobs")
+        with override_settings(TASKENGINE={"SCHEDULE_MISFIRE_GRACE_SECONDS": 600}):
+            Scheduler("default", definitions=[]).run_once(lead(), now=t("2026-01-01 10:01:10"))
+        assert [n.payload for n in listener.notifies(timeout=1.0, stop_after=1)] == ["default"]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_new_leader_does_not_enqueue_a_slot_twice():
     schedule = make_schedule(last_slot_at=t("2026-01-01 10:00"))
