@@ -47,20 +47,27 @@ JOB_DURATION = Histogram(
 )
 
 
-_SUBMITTED_BY_LABELS: dict[tuple[str, str], Any] = {}  # labels() children, looked up once
+_CHILDREN: dict[tuple[Any, str, str], Any] = {}  # (metric, queue, task) -> labels() child
+
+
+def _child(metric: Any, queue: str, task: str) -> Any:
+    """``metric.labels(queue, task)``, looked up once per label pair (labels() validates
+    and hashes its arguments on every call; the per-job counters call it thousands of
+    times a second). Label pairs are bounded: queues times task paths."""
+    key = (metric, queue, task)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(queue, task)
+    return child
 
 
 def jobs_submitted(jobs: Sequence) -> None:
     """Count newly inserted jobs (objects with ``queue`` and ``task_path``)."""
     if len(jobs) == 1:  # the common enqueue(): no tally
-        tally = {(jobs[0].queue, jobs[0].task_path): 1}
-    else:
-        tally = _Tally((j.queue, j.task_path) for j in jobs)
-    for labels, n in tally.items():
-        child = _SUBMITTED_BY_LABELS.get(labels)
-        if child is None:
-            child = _SUBMITTED_BY_LABELS[labels] = JOBS_SUBMITTED.labels(*labels)
-        child.inc(n)
+        _child(JOBS_SUBMITTED, jobs[0].queue, jobs[0].task_path).inc()
+        return
+    for (queue, task), n in _Tally((j.queue, j.task_path) for j in jobs).items():
+        _child(JOBS_SUBMITTED, queue, task).inc(n)
 
 
 def jobs_requeued(queue: str, task: str, count: int = 1) -> None:
@@ -72,13 +79,13 @@ def job_finished(queue: str, task: str, state: str, outcome: str | None = None) 
     """An attempt ended and the job is now in ``state``. ``queued`` means a retry;
     ``cancelled`` also counts an operator's cancel of a job that never ran."""
     if state == "succeeded":
-        JOBS_SUCCEEDED.labels(queue, task).inc()
+        _child(JOBS_SUCCEEDED, queue, task).inc()
     elif state == "failed":
-        JOBS_FAILED.labels(queue, task).inc()
+        _child(JOBS_FAILED, queue, task).inc()
     elif state == "cancelled":
-        JOBS_CANCELLED.labels(queue, task).inc()
+        _child(JOBS_CANCELLED, queue, task).inc()
     elif state == "queued":
-        JOBS_RETRIED.labels(queue, task).inc()
+        _child(JOBS_RETRIED, queue, task).inc()
 
 
 def job_recovered(queue: str, task: str, state: str) -> None:

@@ -139,9 +139,21 @@ def _new_engine_cursor(connection) -> _EngineCursor:
             # (client-binding) cursors never prepare, ours ask for it explicitly.
             pg.prepare_threshold = 2**31 - 1
         raw = _preparing_cursor_class()(pg)
+        # Django loads every timestamptz through a Python wrapper around psycopg's
+        # loader (to set its tzinfo); a claim returns four per job, so the engine's
+        # cursor uses psycopg's own (C) loader. Values are the same instants, aware.
+        raw.adapters.register_loader("timestamptz", _timestamptz_loader())
     else:
         raw = connection.create_cursor()
     return _EngineCursor(raw, connection.make_cursor(raw))
+
+
+@cache
+def _timestamptz_loader():
+    import psycopg
+    from psycopg.pq import Format
+
+    return psycopg.adapters.get_loader(psycopg.adapters.types["timestamptz"].oid, Format.TEXT)
 
 
 @cache
