@@ -85,7 +85,11 @@ def _json_ready(value: Any) -> Any:
     ABC checks cost more than the copy when thousands of jobs are enqueued at once);
     anything else goes through normalize_json itself, so the result is the same."""
     kind = type(value)
-    if kind is str or kind is int or kind is float or kind is bool or value is None:
+    if kind is str:
+        if "\x00" in value:  # JSON can spell it, PostgreSQL's jsonb cannot store it
+            raise ValueError(f"{value[:40]!r}... contains a NUL character (\\u0000)")
+        return value
+    if kind is int or kind is float or kind is bool or value is None:
         return value
     if kind is list or kind is tuple:
         return [_json_ready(item) for item in value]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import json
 import random
+import re
 import threading
 import time
 import traceback
@@ -162,6 +163,8 @@ def outcome_for(running: RunningJob, value: Any, error: BaseException | None) ->
     if error is None:
         try:
             return_json = json.dumps(normalize_json(value), allow_nan=False)
+            if "\\u0000" in return_json and _ESCAPED_NUL.search(return_json):
+                raise ValueError("it contains a NUL character (\\u0000), which PostgreSQL's jsonb cannot store")
         except (TypeError, ValueError) as exc:
             error = TypeError(f"Return value of {job.task_path} is not JSON-serialisable: {exc}")
         else:
@@ -174,8 +177,8 @@ def failure_outcome(job: ClaimedJob, error: BaseException) -> Outcome:
     cls = type(error)
     details = dict(
         error_class=f"{cls.__module__}.{cls.__qualname__}",
-        error_message=str(error)[:2000],
-        traceback="".join(traceback.format_exception(error))[-20000:],
+        error_message=_storable(str(error))[:2000],
+        traceback=_storable("".join(traceback.format_exception(error)))[-20000:],
     )
     if isinstance(error, JobCancelled):
         return Outcome(job.id, job.attempt, JobState.CANCELLED, AttemptOutcome.CANCELLED, **details)
@@ -184,6 +187,15 @@ def failure_outcome(job: ClaimedJob, error: BaseException) -> Outcome:
         return Outcome(job.id, job.attempt, JobState.QUEUED, kind or AttemptOutcome.RETRY,
                        retry_delay=retry_delay(job), **details)
     return Outcome(job.id, job.attempt, JobState.FAILED, kind or AttemptOutcome.FAILED, **details)
+
+
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # \u0000 in JSON text, not an escaped backslash
+
+
+def _storable(text: str) -> str:
+    """Error text as a database text column can hold it: PostgreSQL text cannot contain
+    NUL, and an outcome that cannot be written would never finish its job."""
+    return text.replace("\x00", "\\x00") if "\x00" in text else text
 
 
 def retry_delay(job: ClaimedJob) -> float:

@@ -84,3 +84,13 @@ def cooperative_sleep(seconds: float) -> str:
     while time.monotonic() < deadline:
         time.sleep(0.01)
     return "done"
+
+
+@task(max_attempts=1)
+def fails_with_nul() -> None:
+    raise ValueError("bad byte \x00 in the message")
+
+
+@task
+def returns_nul() -> str:
+    return "text with \x00 inside"

@@ -112,6 +112,11 @@ def test_one_bad_argument_in_a_bulk_stores_none_of_it():
     calls[BULK // 2] = (float("nan"), 1)
     with pytest.raises(InvalidTaskArguments):
         tasks.add.enqueue_many(calls)
+    calls[BULK // 2] = ({"text": "nul \x00 inside"}, 1)
+    with pytest.raises(InvalidTaskArguments, match="NUL"):
+        tasks.add.enqueue_many(calls)
+    with pytest.raises(InvalidTaskArguments, match="NUL"):
+        tasks.add.enqueue("nul \x00 inside", 1)
     assert not Job.objects.exists()
 
 

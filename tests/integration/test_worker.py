@@ -116,6 +116,25 @@ def test_a_return_value_that_is_not_json_fails_the_attempt():
     assert log.error_class == "builtins.TypeError" and "JSON-serialisable" in log.error_message
 
 
+def test_an_error_message_with_a_nul_character_is_recorded_and_the_job_fails():
+    # PostgreSQL text cannot hold NUL: the outcome must still be written, not lost.
+    failing, other = tasks.fails_with_nul.enqueue(), tasks.add.enqueue(1, 1)
+    drain()
+    failing.refresh()
+    other.refresh()
+    assert failing.status == TaskResultStatus.FAILED and other.return_value == 2
+    log = ExecutionLog.objects.get(job_id=failing.id)
+    assert log.error_message == "bad byte \\x00 in the message"
+    assert "\\x00" in log.traceback and "\x00" not in log.traceback
+
+
+def test_a_return_value_with_a_nul_character_fails_the_attempt_clearly():
+    result = tasks.returns_nul.enqueue()
+    drain_until_finished(result)
+    assert result.status == TaskResultStatus.FAILED
+    assert "NUL" in result.errors[-1].traceback
+
+
 def test_task_started_and_task_finished_fire_with_truthful_results():
     started, finished = [], []
 
