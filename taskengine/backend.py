@@ -114,14 +114,14 @@ def _with_arguments(t: store.NewJob, task: Task, args: Sequence, kwargs: Mapping
 
 
 @contextmanager
-def _cyclic_gc_paused(pause: bool) -> Iterator[None]:
+def _cyclic_gc_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector for one bulk enqueue. It allocates about
     ten small containers per job, none of them in a reference cycle, and the collector
     would otherwise run about a hundred times per 10,000 jobs (sometimes a full
     collection of the whole process) to find nothing; that was a third of the call's
     time, at random. Reference counting still frees everything as usual. The collector
     is process-wide, so other threads' cycles wait those milliseconds too."""
-    if not pause or not gc.isenabled():
+    if not gc.isenabled():
         yield
         return
     gc.disable()
@@ -226,7 +226,9 @@ class DatabaseBackend(BaseTaskBackend):
         ``task_enqueued`` fires for each new job once the transaction commits; a call
         whose unique key a live job holds returns that job's result instead."""
         calls = list(calls)
-        with _cyclic_gc_paused(len(calls) >= store.BULK_INSERT_MIN):
+        if len(calls) < store.BULK_INSERT_MIN:
+            return self._enqueue(calls)
+        with _cyclic_gc_paused():
             return self._enqueue(calls)
 
     def _enqueue(self, calls: list[tuple[Task, Sequence, Mapping]]) -> list[TaskResult]:

@@ -252,16 +252,13 @@ def _insert_postgres(connection, jobs: list[NewJob]) -> list[InsertedJob | None]
                            {"jobs": json.dumps(rows, separators=(",", ":"), allow_nan=False)})
         returned = cursor.fetchall()
     # Rows come back in insertion order (ORDER BY position); rows skipped by ON CONFLICT
-    # are absent, and only rows with a unique key can be skipped. enqueued_at is now(),
-    # one value per statement: it comes back as text and is parsed once.
-    parsed: dict[str, datetime] = {}
+    # are absent, and only rows with a unique key can be skipped.
     out: list[InsertedJob | None] = []
     it = iter(returned)
     pending = next(it, None)
     for job in jobs:
         if pending is not None and (job.unique_key is None or pending[1] == job.unique_key):
-            stamp = parsed.get(pending[2]) or parsed.setdefault(pending[2], _parse_timestamptz(pending[2]))
-            out.append(InsertedJob(pending[0], stamp, True))
+            out.append(InsertedJob(pending[0], pending[2], True))
             pending = next(it, None)
         else:
             out.append(None)
@@ -273,22 +270,18 @@ def _copy_postgres(connection, jobs: list[NewJob]) -> list[InsertedJob | None]:
     then stream the rows with COPY — in one transaction, the caller's if it has one."""
     with transaction.atomic(using=connection.alias, savepoint=False), engine_cursor(connection) as cursor:
         cursor.execute(sql(connection, "reserve_job_ids"), {"count": len(jobs)})
-        stamp, ids = cursor.fetchone()
-        enqueued_at = _parse_timestamptz(stamp)
+        enqueued_at, ids = cursor.fetchone()
         dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
         with connection.wrap_database_errors, cursor.copy(sql(connection, "copy_jobs")) as copy:
             write = copy.write_row
             for job_id, job in zip(ids, jobs, strict=True):
-                write((job_id, job.task_path, job.backend, job.queue, job.priority,
-                       dumps(job.args) if job.args else "[]", dumps(job.kwargs) if job.kwargs else "{}", "queued", job.run_after or enqueued_at,
-                       enqueued_at, 0, job.max_attempts, job.timeout_seconds,
-                       job.retry_backoff_seconds, job.on_lease_expired, None, job.tenant,
-                       job.acting_user_id))
+                args = dumps(job.args) if job.args else "[]"
+                kwargs = dumps(job.kwargs) if job.kwargs else "{}"
+                write((job_id, job.task_path, job.backend, job.queue, job.priority, args, kwargs,
+                       "queued", job.run_after or enqueued_at, enqueued_at, 0, job.max_attempts,
+                       job.timeout_seconds, job.retry_backoff_seconds, job.on_lease_expired,
+                       None, job.tenant, job.acting_user_id))
     return [InsertedJob(job_id, enqueued_at, True) for job_id in ids]
-
-
-def _parse_timestamptz(text: str) -> datetime:
-    return datetime.fromisoformat(text).astimezone(UTC)
 
 
 def _insert_sqlite(connection, jobs: list[NewJob]) -> list[InsertedJob | None]:

@@ -31,7 +31,7 @@ SELECT n.task_path, n.backend, n.queue, n.priority, n.args, n.kwargs, 'queued',
             acting_user_id, position)
  ORDER BY n.position
 ON CONFLICT (unique_key) WHERE state IN ('queued', 'running') AND unique_key IS NOT NULL DO NOTHING
-RETURNING id, unique_key, to_char(enqueued_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"');
+RETURNING id, unique_key, enqueued_at;
 
 
 -- name: insert_job
@@ -49,15 +49,14 @@ VALUES (
     %(on_lease_expired)s, %(unique_key)s::text, %(tenant)s::text, %(acting_user_id)s::text
 )
 ON CONFLICT (unique_key) WHERE state IN ('queued', 'running') AND unique_key IS NOT NULL DO NOTHING
-RETURNING id, unique_key, to_char(enqueued_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"');
+RETURNING id, unique_key, enqueued_at;
 
 
 -- name: reserve_job_ids
 -- The bulk path (COPY) writes ids and times itself: take %(count)s ids from the job
 -- sequence, in order, and the transaction's now() as every row's enqueued_at (the
 -- same value an INSERT in this transaction would store).
-SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
-       array_agg(reserved.id ORDER BY reserved.id)
+SELECT now(), array_agg(reserved.id ORDER BY reserved.id)
   FROM (SELECT nextval((SELECT pg_get_serial_sequence('taskengine_job', 'id'))::regclass) AS id
           FROM generate_series(1, %(count)s)) AS reserved;
 
