@@ -95,7 +95,12 @@ def _json_ready(value: Any) -> Any:
         return [_json_ready(item) for item in value]
     if kind is dict:
         return {_json_ready(key): _json_ready(item) for key, item in value.items()}
-    return normalize_json(value)
+    normalised = normalize_json(value)  # subclasses, other Mappings/Sequences, bytes
+    if type(normalised) is list or type(normalised) is dict:
+        return _json_ready(normalised)  # now built-in containers: their strings get checked
+    if isinstance(normalised, str) and "\x00" in normalised:
+        raise ValueError(f"{normalised[:40]!r}... contains a NUL character (\\u0000)")
+    return normalised
 
 
 def _with_arguments(t: store.NewJob, task: Task, args: Sequence, kwargs: Mapping) -> store.NewJob:

@@ -7,6 +7,7 @@ import gc
 import logging
 from collections import OrderedDict, UserList
 from datetime import timedelta
+from http import HTTPStatus
 
 import psycopg
 import pytest
@@ -115,8 +116,9 @@ def test_one_bad_argument_in_a_bulk_stores_none_of_it():
     calls[BULK // 2] = ({"text": "nul \x00 inside"}, 1)
     with pytest.raises(InvalidTaskArguments, match="NUL"):
         tasks.add.enqueue_many(calls)
-    with pytest.raises(InvalidTaskArguments, match="NUL"):
-        tasks.add.enqueue("nul \x00 inside", 1)
+    for hidden in ("nul \x00 inside", mark_safe("safe \x00"), UserList(["in a list \x00"]), b"bytes \x00"):
+        with pytest.raises(InvalidTaskArguments, match="NUL"):
+            tasks.add.enqueue(hidden, 1)
     assert not Job.objects.exists()
 
 
@@ -177,7 +179,8 @@ class Pairs(OrderedDict):
 
 @pytest.mark.parametrize("value", [
     [], {}, (1, "a", 2.5, True, None), [[1, (2, 3)], {"k": (4,)}], {1: "int key", "s": [b"bytes"]},
-    UserList([1, 2]), Pairs(a=1), mark_safe("<b>"), {"deep": [{"x": (b"y",)}]},
+    UserList([1, 2]), Pairs(a=1), mark_safe("<b>"), {"deep": [{"x": (b"y",)}]}, HTTPStatus.OK,
+    [HTTPStatus.OK, UserList([mark_safe("x")])],
 ])
 def test_json_ready_matches_normalize_json(value):
     assert _json_ready(value) == normalize_json(value)
