@@ -18,6 +18,7 @@ from typing import Any
 from django.db import connections, transaction
 from django.utils.dateparse import parse_datetime
 
+from . import libpq
 from .conf import engine_settings
 from .queries import sql
 
@@ -241,9 +242,14 @@ BULK_INSERT_MIN = 100  # from this many jobs without unique keys, Postgres enque
 def _insert_postgres(connection, jobs: list[NewJob]) -> list[InsertedJob | None]:
     if len(jobs) >= BULK_INSERT_MIN and all(job.unique_key is None for job in jobs):
         return _copy_postgres(connection, jobs)
+    if len(jobs) == 1 and jobs[0].unique_key is None and libpq.usable(connection):
+        # The common enqueue() outside a transaction: one round trip through libpq.
+        job_id, _, enqueued_at = libpq.run(connection, "insert_job", _json_columns(_row(jobs[0])))[0]
+        return [InsertedJob(int(job_id), libpq.load_timestamptz(connection, enqueued_at), True)]
     with engine_cursor(connection) as cursor:
-        if len(jobs) == 1:  # the common enqueue(): a plain prepared VALUES insert
-            cursor.execute(sql(connection, "insert_job"), _json_columns(_row(jobs[0])))
+        if len(jobs) == 1:  # a plain prepared VALUES insert
+            name = "insert_job" if jobs[0].unique_key is None else "insert_job_unique"
+            cursor.execute(sql(connection, name), _json_columns(_row(jobs[0])))
         else:
             rows = [_row(j) for j in jobs]
             for row in rows:

@@ -1,0 +1,151 @@
+"""One named statement, one round trip, through libpq itself.
+
+A single ``enqueue()`` outside a transaction is one INSERT and its commit; the whole
+call is that round trip. psycopg's cursor drives the protocol from Python generators
+around non-blocking libpq calls, which costs about 60 µs per round trip more than
+libpq's own blocking ``PQexecPrepared`` on the same connection (measured in
+docs/performance.md) — a sixth of the call. ``run`` executes a named statement of
+``sql/*.postgresql.sql`` with ``PQexecPrepared`` (which releases the GIL) on the
+psycopg connection Django already holds, preparing it once per connection.
+
+It is used only where nothing else is owed to the connection (``usable``):
+- PostgreSQL in autocommit, outside any atomic block, with psycopg idle: the
+  statement is its own transaction, so no BEGIN of Django's or psycopg's is skipped
+  (inside a transaction the engine's cursor is used, and the caller commits);
+- statements may be prepared: not ``TASKENGINE["POLL_ONLY"]`` (PgBouncer in
+  transaction mode cannot keep prepared statements);
+- no execute wrapper is installed (``connection.execute_wrapper()``): wrappers see
+  statements through cursors, so with one installed the cursor path is taken.
+
+Parameters are sent as text (the server infers their types from the statement, as
+for any untyped parameter); values come back as text, the caller converts them.
+Errors are psycopg's own exception classes, raised inside Django's
+``wrap_database_errors`` like any cursor's.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+from .conf import engine_settings
+from .queries import load
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
+
+
+@cache
+def _statement(name: str) -> tuple[bytes, bytes, tuple[str, ...]]:
+    """(server-side statement name, text with $n placeholders, parameter names in $n
+    order) of the named PostgreSQL block."""
+    order: list[str] = []
+
+    def number(match: re.Match) -> str:
+        key = match.group(1)
+        if key is None:
+            return "%"  # '%%' is a literal '%' in the pyformat text
+        if key not in order:
+            order.append(key)
+        return f"${order.index(key) + 1}"
+
+    text = _PLACEHOLDER.sub(number, load("postgresql")[name])
+    return f"taskengine_{name}".encode(), text.encode(), tuple(order)
+
+
+def usable(connection) -> bool:
+    """May ``run`` be used on this Django connection now? (See the module docstring.)"""
+    if connection.vendor != "postgresql" or engine_settings.POLL_ONLY:
+        return False
+    if connection.in_atomic_block or connection.execute_wrappers:
+        return False
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    from psycopg.pq import TransactionStatus
+
+    pg = connection.connection
+    return pg.autocommit and pg.pgconn.transaction_status == TransactionStatus.IDLE
+
+
+class _Prepared:
+    """What one physical connection has prepared, and its timestamptz loader."""
+
+    def __init__(self, pg) -> None:
+        import psycopg
+        from psycopg.pq import Format
+
+        self.pg = pg
+        self.names: set[bytes] = set()
+        oid = psycopg.adapters.types["timestamptz"].oid
+        self.timestamptz = psycopg.adapters.get_loader(oid, Format.TEXT)(oid, pg)
+
+
+def _prepared(connection) -> _Prepared:
+    state = getattr(connection, "_taskengine_libpq", None)
+    if state is None or state.pg is not connection.connection:
+        state = connection._taskengine_libpq = _Prepared(connection.connection)
+    return state
+
+
+def run(connection, name: str, params: dict[str, Any]) -> list[tuple[bytes | None, ...]]:
+    """Execute the named statement with ``params`` and return its rows as text
+    (bytes, or None for NULL). Call only when ``usable(connection)`` is true."""
+    import psycopg
+    from psycopg.pq import ExecStatus
+
+    statement, text, order = _statement(name)
+    with connection.wrap_database_errors:
+        connection.validate_thread_sharing()
+        pg = connection.connection
+        encoding = pg.info.encoding
+        values = [_text(params[key], encoding) for key in order]
+        state = _prepared(connection)
+        with pg.lock:
+            pgconn = pg.pgconn
+            for attempt in (1, 2):
+                if statement not in state.names:
+                    _check(pgconn.prepare(statement, text), pgconn, encoding)
+                    state.names.add(statement)
+                result = pgconn.exec_prepared(statement, values)
+                if (attempt == 1 and result.status == ExecStatus.FATAL_ERROR
+                        and result.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"26000"):
+                    state.names.discard(statement)  # deallocated behind our back (DISCARD ALL)
+                    continue
+                _check(result, pgconn, encoding)
+                break
+        width = result.nfields
+        return [tuple(result.get_value(row, col) for col in range(width)) for row in range(result.ntuples)]
+
+
+def load_timestamptz(connection, value: bytes | None) -> datetime | None:
+    """A timestamptz column ``run`` returned, as an aware datetime."""
+    return None if value is None else _prepared(connection).timestamptz.load(value)
+
+
+def _check(result, pgconn, encoding: str) -> None:
+    import psycopg
+    from psycopg.pq import ConnStatus, ExecStatus
+
+    if result.status in (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK):
+        return
+    if pgconn.status != ConnStatus.OK:
+        message = pgconn.error_message.decode(encoding, "replace").strip()
+        raise psycopg.OperationalError(f"connection lost: {message}")
+    raise psycopg.errors.error_from_result(result, encoding=encoding)
+
+
+def _text(value: Any, encoding: str) -> bytes | None:
+    """A parameter in PostgreSQL's text input format."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.encode(encoding)
+    if isinstance(value, bool):
+        return b"t" if value else b"f"
+    if isinstance(value, int):
+        return str(int(value)).encode()
+    if isinstance(value, float):
+        return repr(float(value)).encode()
+    if isinstance(value, datetime):
+        return value.isoformat().encode()
+    raise TypeError(f"no text form for a {type(value).__name__} parameter")
