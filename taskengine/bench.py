@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import connections
+from django.db import connections, transaction
 from django.tasks import task
 
 from . import store
 from .backend import DatabaseBackend, _clone_task
-from .models import Job
+from .models import Job, WorkerProcess, WorkerState
 
 
 @task
@@ -56,7 +56,12 @@ class Benchmark:
         return connections[self.database]
 
     def clear(self) -> None:
-        Job.objects.using(self.database).filter(queue=self.queue).delete()
+        """Delete the benchmark queue's jobs and their attempt rows (in SQL: the ORM's
+        cascade would load every row first) and settle the tables."""
+        with transaction.atomic(using=self.database), self.connection.cursor() as cursor:
+            cursor.execute("DELETE FROM task_execution_logs WHERE job_id IN "
+                           "(SELECT id FROM taskengine_job WHERE queue = %s)", [self.queue])
+            cursor.execute("DELETE FROM taskengine_job WHERE queue = %s", [self.queue])
         self.vacuum()
 
     def vacuum(self) -> None:
@@ -93,29 +98,66 @@ class Benchmark:
 
     # --- drain -----------------------------------------------------------------------
 
-    def drain(self, workers: int, concurrency: int) -> dict[str, float]:
-        """Start ``workers`` runworker --burst processes on the queued jobs; throughput
-        is jobs / (last finish − first start), both from the database clock."""
+    def drain(self, workers: int, concurrency: int, jobs: int) -> dict[str, float]:
+        """Throughput of ``workers`` runworker processes at ``concurrency`` each.
+
+        The workers are started first and the jobs are committed only once every
+        worker has registered and is waiting (one transaction, so one wake-up reaches
+        them all): the window then measures W workers draining, not one worker while
+        the others are still importing Django. Throughput is jobs / (last finish −
+        first start), both from the database clock."""
         self.vacuum()
-        expected = Job.objects.using(self.database).filter(queue=self.queue, state="queued").count()
-        procs = [self._worker("--burst", "--concurrency", str(concurrency)) for _ in range(workers)]
+        tag = f"bench-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+        ids = [f"{tag}-{i}" for i in range(workers)]
+        procs = [self._worker("--concurrency", str(concurrency), "--worker-id", worker_id) for worker_id in ids]
         rss = RssSampler([p.pid for p in procs])
-        rss.start()
-        for proc in procs:
-            if proc.wait() != 0:
-                raise RuntimeError(f"a benchmark worker exited with {proc.returncode}")
-        rss.stop()
+        try:
+            self._wait_until_registered(ids, procs)
+            time.sleep(1.0)  # registered workers start LISTENing and go idle
+            rss.start()
+            with transaction.atomic(using=self.database):
+                self.enqueue_bulk(jobs)
+            self._wait_until_drained(jobs, procs)
+        finally:
+            for proc in procs:
+                proc.terminate()
+            codes = [proc.wait(60) for proc in procs]
+            if rss.is_alive():
+                rss.stop()
+        if any(codes):
+            raise RuntimeError(f"a benchmark worker exited with {codes}")
         with self.connection.cursor() as cursor:
             cursor.execute(
                 "SELECT count(*), MIN(started_at), MAX(finished_at) FROM taskengine_job "
                 "WHERE queue = %s AND state = 'succeeded'", [self.queue])
             done, first, last = cursor.fetchone()
         first, last = store.to_datetime(first), store.to_datetime(last)
-        if done != expected:
-            raise RuntimeError(f"drain incomplete: {done} of {expected} jobs succeeded")
+        if done != jobs:
+            raise RuntimeError(f"drain incomplete: {done} of {jobs} jobs succeeded")
         seconds = max((last - first).total_seconds(), 1e-6)
         return {"drain_per_s": done / seconds, "drain_seconds": seconds,
                 "worker_rss_mb_max": rss.max_mb, "worker_rss_growth_mb": rss.growth_mb}
+
+    def _wait_until_registered(self, worker_ids: list[str], procs: list[subprocess.Popen]) -> None:
+        deadline = time.monotonic() + 120
+        while WorkerProcess.objects.using(self.database).filter(
+                worker_id__in=worker_ids, state=WorkerState.RUNNING).count() < len(worker_ids):
+            self._check_alive(procs, deadline, "the benchmark workers did not start")
+            time.sleep(0.05)
+
+    def _wait_until_drained(self, jobs: int, procs: list[subprocess.Popen]) -> None:
+        deadline = time.monotonic() + 60 + jobs / 100
+        while Job.objects.using(self.database).filter(queue=self.queue, state__in=["queued", "running"]).exists():
+            self._check_alive(procs, deadline, "the drain did not finish")
+            time.sleep(0.2)
+
+    @staticmethod
+    def _check_alive(procs: list[subprocess.Popen], deadline: float, message: str) -> None:
+        exited = [p.returncode for p in procs if p.poll() is not None]
+        if exited:
+            raise RuntimeError(f"a benchmark worker exited early with {exited}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(message)
 
     # --- latency ---------------------------------------------------------------------
 

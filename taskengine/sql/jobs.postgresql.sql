@@ -144,6 +144,14 @@ WITH candidates AS (
 -- name: claim_and_log_attempts
 -- The shared tail of claim_jobs and claim_jobs_advisory (included there, not run on its
 -- own): lease the candidates, start their attempts, write the attempt rows.
+-- The statement is prepared, and PostgreSQL may keep a generic plan made without the
+-- LIMIT, so the leased rows are reached by primary key whatever the statistics say:
+-- - named by an id array, not joined to the candidates (a join sized by a guessed
+--   LIMIT became a hash join over a sequential scan of every queued row: 10 ms per
+--   claim at 40,000 rows);
+-- - the state is re-checked as "(state = 'queued') IS TRUE", which the planner cannot
+--   match to the predicate of the partial claim index, so it never scans that whole
+--   index instead (with statistics that counted few queued rows it did).
 claimed AS (
     UPDATE taskengine_job AS job
        SET state = 'running',
@@ -152,9 +160,8 @@ claimed AS (
            lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
            started_at = COALESCE(job.started_at, now()),
            last_attempted_at = now()
-      FROM candidates
-     WHERE job.id = candidates.id
-       AND job.state = 'queued'
+     WHERE job.id = ANY (ARRAY(SELECT candidates.id FROM candidates))
+       AND (job.state = 'queued') IS TRUE
  RETURNING job.id, job.task_path, job.backend, job.queue, job.priority, job.args, job.kwargs,
            job.attempts, job.max_attempts, job.timeout_seconds, job.retry_backoff_seconds,
            job.enqueued_at, job.started_at, job.last_attempted_at, job.run_after,
@@ -175,13 +182,17 @@ SELECT * FROM claimed;
 -- name: extend_leases
 -- Heartbeat: extend the live leases this worker still holds. A job missing from the
 -- result has lost its lease (expired, recovered, or finished elsewhere).
--- Index: primary key.
+-- Index: primary key only. Like finish_jobs and release_jobs it tests the lease, not
+-- the state: the CHECK constraint taskengine_job_lease_iff_running makes a lease
+-- imply state = 'running', and without that predicate no partial index of running
+-- rows (taskengine_job_worker_idx) can be planned. With it, a generic plan made when
+-- the statistics counted few running rows scanned that index — every dead entry of
+-- every job this worker ever ran — on each call.
 UPDATE taskengine_job AS job
    SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
   FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS held(id, attempt)
  WHERE job.id = held.id
    AND job.attempts = held.attempt
-   AND job.state = 'running'
    AND job.locked_by = %(worker_id)s
    AND job.lease_expires_at > now()
 RETURNING job.id, job.cancel_requested_at IS NOT NULL AS cancel_requested;
@@ -192,7 +203,8 @@ RETURNING job.id, job.cancel_requested_at IS NOT NULL AS cancel_requested;
 -- still holds a live lease under the same attempt number; otherwise nothing changes and
 -- the id is missing from the result. A retry of a job whose cancellation was requested
 -- meanwhile ends cancelled instead.
--- Index: primary key; task_execution_logs_job_attempt_uniq.
+-- Index: primary key; task_execution_logs_job_attempt_uniq. The lease, not the state,
+-- is tested (see extend_leases).
 WITH outcome AS (
     SELECT *
       FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(states)s::text[],
@@ -216,7 +228,6 @@ finished AS (
       FROM outcome
      WHERE job.id = outcome.id
        AND job.attempts = outcome.attempt
-       AND job.state = 'running'
        AND job.locked_by = %(worker_id)s
        AND job.lease_expires_at > now()
  RETURNING job.id, job.state, job.finished_at
@@ -239,7 +250,7 @@ SELECT id, state, finished_at FROM finished;
 -- name: release_jobs
 -- Graceful shutdown: hand unfinished jobs back to the queue at once. A released attempt
 -- does not count against the job's budget (max_attempts grows by one), since the job
--- did not fail. Fenced like finish_jobs.
+-- did not fail. Fenced like finish_jobs (the lease, not the state; see extend_leases).
 WITH released AS (
     UPDATE taskengine_job AS job
        SET state = 'queued',
@@ -250,7 +261,6 @@ WITH released AS (
       FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS held(id, attempt)
      WHERE job.id = held.id
        AND job.attempts = held.attempt
-       AND job.state = 'running'
        AND job.locked_by = %(worker_id)s
        AND job.lease_expires_at > now()
  RETURNING job.id, job.attempts

@@ -287,3 +287,99 @@ def test_claim_plan_is_an_index_scan_on_the_claim_index_at_any_size():
             assert "taskengine_job_claim_idx" in plan, plan
             assert "Seq Scan on taskengine_job" not in plan, plan
             assert "Index Scan using taskengine_job_claim_idx" in plan, plan
+
+
+HOT_STATEMENTS = {
+    "claim_jobs": {"queues": ["default"], "limit": 50, "worker_id": "w", "lease_seconds": 30.0},
+    "claim_jobs_advisory": {"queues": ["default"], "limit": 50, "worker_id": "w", "lease_seconds": 30.0,
+                            "lock_namespace": store.ADVISORY_LOCK_NAMESPACE},
+    "extend_leases": {"ids": [1, 2], "attempts": [1, 1], "worker_id": "w", "lease_seconds": 30.0},
+    "finish_jobs": {"ids": [1, 2], "attempts": [1, 1], "states": ["succeeded"] * 2,
+                    "outcomes": ["succeeded"] * 2, "retry_delays": [0.0] * 2, "return_values": ["1"] * 2,
+                    "error_classes": [None] * 2, "error_messages": [""] * 2, "tracebacks": [""] * 2,
+                    "worker_id": "w"},
+    "release_jobs": {"ids": [1, 2], "attempts": [1, 1], "worker_id": "w"},
+}
+
+
+FILL_QUEUE = """
+    WITH jobs AS (
+        INSERT INTO taskengine_job (task_path, backend, queue, priority, args, kwargs, state, run_after,
+                                    enqueued_at, attempts, max_attempts, on_lease_expired)
+        SELECT 'tests.tasks.noop', 'default', 'default', 0, '[]', '{}', 'queued', now(), now(), 0, 3, 'retry'
+          FROM generate_series(1, 20000)
+        RETURNING id)
+    INSERT INTO task_execution_logs (job_id, attempt, worker_id, started_at, error_message, traceback)
+    SELECT id, 1, 'w', now(), '', '' FROM jobs"""
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("statistics", ["analysed-full", "analysed-empty-then-filled"])
+def test_the_generic_plans_of_the_prepared_hot_statements_stay_on_their_indexes(statistics):
+    """The engine prepares its statements, and after five runs PostgreSQL may keep a
+    generic plan, made without the parameters (the LIMIT, the array sizes), which it
+    guesses. Found by the benchmark: with the claim's candidates joined back to the
+    table, the guess (a tenth of the queued rows) made the generic plan a hash join over
+    a sequential scan of every queued row (10 ms per claim at 40,000 rows); and with
+    statistics that counted no running rows, finish and heartbeat scanned the running-
+    rows index, dead entries and all, on every call (the drain slowed to ~500 jobs/s).
+    Each hot statement must reach its rows by primary key whatever the statistics say."""
+    from taskengine import libpq
+
+    with connection.cursor() as cursor:
+        if statistics == "analysed-full":
+            cursor.execute(FILL_QUEUE)
+            cursor.execute("ANALYZE taskengine_job")
+            cursor.execute("ANALYZE task_execution_logs")
+        else:
+            cursor.execute(FILL_QUEUE)
+            cursor.execute("SELECT max(id) FROM taskengine_job")
+            last = cursor.fetchone()[0]  # kept, so VACUUM cannot truncate the empty pages
+            cursor.execute("DELETE FROM task_execution_logs WHERE job_id <> %s", [last])
+            cursor.execute("DELETE FROM taskengine_job WHERE id <> %s", [last])
+            cursor.execute("VACUUM ANALYZE taskengine_job")
+            cursor.execute("VACUUM ANALYZE task_execution_logs")
+            cursor.execute(FILL_QUEUE)  # a burst before autovacuum analyses again
+        cursor.execute("SET plan_cache_mode = force_generic_plan")
+        try:
+            for name, params in HOT_STATEMENTS.items():
+                _, text, order = libpq._statement(name)
+                cursor.execute(f"PREPARE plan_{name} AS {text.decode()}")
+                placeholders = ", ".join(["%s"] * len(order))
+                cursor.execute(f"EXPLAIN EXECUTE plan_{name}({placeholders})", [params[k] for k in order])
+                plan = "\n".join(row[0] for row in cursor.fetchall())
+                cursor.execute(f"DEALLOCATE plan_{name}")
+                assert "Seq Scan on taskengine_job" not in plan, f"{name}:\n{plan}"
+                assert "Seq Scan on task_execution_logs" not in plan, f"{name}:\n{plan}"
+                assert "taskengine_job_worker_idx" not in plan, f"{name}:\n{plan}"
+                assert "Index Scan using taskengine_job_pkey on taskengine_job" in plan, f"{name}:\n{plan}"
+                if name.startswith("claim"):
+                    assert "taskengine_job_claim_idx" in plan, f"{name}:\n{plan}"
+        finally:
+            cursor.execute("RESET plan_cache_mode")
+
+
+def _plan_cache_mode() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW plan_cache_mode")
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.postgres
+def test_engine_statements_are_planned_on_every_run_once_set_outside_a_transaction():
+    """A generic plan made while the queue was empty would be kept through a burst;
+    the engine asks for a plan per run on each connection it prepares statements on,
+    and never from inside a transaction, whose rollback would undo the SET."""
+    from django.db import transaction
+
+    connection.close()
+    with transaction.atomic():
+        store.claim_jobs(connection, worker_id="w", queues=["default"], limit=5, lease_seconds=30)
+        assert _plan_cache_mode() == "auto"
+        transaction.set_rollback(True)
+    assert _plan_cache_mode() == "auto"
+    store.claim_jobs(connection, worker_id="w", queues=["default"], limit=5, lease_seconds=30)
+    assert _plan_cache_mode() == "force_custom_plan"
+    connection.close()  # a new physical connection gets it again
+    store.extend_leases(connection, worker_id="w", held=[(1, 1)], lease_seconds=30)
+    assert _plan_cache_mode() == "force_custom_plan"

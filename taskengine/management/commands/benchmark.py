@@ -49,11 +49,10 @@ class Command(BaseCommand):
             if "bulk" not in skip:
                 self._note(f"enqueue: {o['jobs']} jobs in bulk")
                 figures["enqueue_bulk_per_s"] = bench.enqueue_bulk(o["jobs"])
+                bench.clear()
             if "drain" not in skip:
-                if "bulk" in skip:
-                    bench.enqueue_bulk(o["jobs"])
-                self._note(f"drain: {o['workers']} workers x concurrency {o['concurrency']}")
-                figures.update(bench.drain(o["workers"], o["concurrency"]))
+                self._note(f"drain: {o['workers']} workers x concurrency {o['concurrency']}, {o['jobs']} jobs")
+                figures.update(bench.drain(o["workers"], o["concurrency"], o["jobs"]))
             bench.clear()
             if "latency" not in skip:
                 self._note(f"latency: {o['latency_samples']} jobs to an idle worker")
