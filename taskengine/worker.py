@@ -27,7 +27,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, Protocol
 
 from django.db import Error as DatabaseError
@@ -49,6 +49,7 @@ from .execution import (
     run_sync,
 )
 from .listener import Listener
+from .pool import JobThreads
 from .store import Outcome
 
 logger = logging.getLogger("taskengine.worker")
@@ -104,10 +105,12 @@ class Worker:
         self._wake = threading.Event()
         self._done: queue.SimpleQueue[tuple[RunningJob, Outcome | None, BaseException | None]] = queue.SimpleQueue()
         self._running: dict[int, RunningJob] = {}
+        self._timed: dict[int, RunningJob] = {}  # the running sync jobs with a timeout deadline
         self._pending: list[tuple[RunningJob, Outcome]] = []
         self._pending_since = 0.0
         self._batch = max(1, concurrency // 2)
         self._tasks: dict[str, Any] = {}
+        self._is_async: dict[str, bool] = {}  # per task path, found when it is first resolved
         self._draining = False
         self._drain_deadline = 0.0
         self._signals = 0
@@ -117,7 +120,7 @@ class Worker:
         self._db_backoff = 0.0
         self._db_down_since: float | None = None
         self._registered = False
-        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="taskengine-job")
+        self._threads = JobThreads(concurrency, self._run_sync, self._on_sync_done)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: Listener | None = None
         self.events = events.JobEvents(self.worker_id)
@@ -246,7 +249,7 @@ class Worker:
         if self._registered:
             self._db_call("stop", lambda: registry.mark_stopped(self.database, self.worker_id))
         self.stuck_threads = bool(self._running)
-        self._executor.shutdown(wait=not self.stuck_threads, cancel_futures=True)
+        self._threads.shutdown(wait=not self.stuck_threads)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
         logger.info("worker stopped: %d attempts processed", self.processed, extra={"worker_id": self.worker_id})
@@ -262,7 +265,7 @@ class Worker:
     def _wait(self, timeout: float) -> None:
         now = time.monotonic()
         timeout = min(timeout, max(0.0, self._next_heartbeat - now))
-        deadlines = [r.deadline for r in self._running.values() if r.deadline is not None]
+        deadlines = [r.deadline for r in self._timed.values() if r.deadline is not None]
         if deadlines:
             timeout = min(timeout, max(0.0, min(deadlines) - now))
         if self._wake.wait(timeout):
@@ -324,28 +327,37 @@ class Worker:
             self._done.put((running, failure_outcome(job, exc), None))
             return
         self.events.started(running)
-        if asyncio.iscoroutinefunction(running.task.func):
+        if self._is_async.get(job.task_path):
             running.is_async = True
             future = asyncio.run_coroutine_threadsafe(run_async(running, self.worker_id), self._event_loop())
+            running.future = future
+            future.add_done_callback(lambda f, r=running: self._on_async_done(r, f))
         else:
             if job.timeout_seconds:
                 running.deadline = running.monotonic_start + job.timeout_seconds
-            future = self._executor.submit(run_sync, running, self.worker_id)
-        running.future = future
-        future.add_done_callback(lambda f, r=running: self._on_done(r, f))
+                self._timed[job.id] = running
+            self._threads.submit(running)
 
-    def _on_done(self, running: RunningJob, future: Future) -> None:
+    def _run_sync(self, running: RunningJob) -> Outcome:
+        return run_sync(running, self.worker_id)
+
+    def _on_sync_done(self, running: RunningJob, outcome: Outcome | None, error: BaseException | None) -> None:
+        self._done.put((running, outcome, error))
+        if not self._wake.is_set():  # set() takes a lock; in a burst the flag is usually up already
+            self._wake.set()
+
+    def _on_async_done(self, running: RunningJob, future: Future) -> None:
         try:
             outcome, error = future.result(), None
         except BaseException as exc:  # noqa: BLE001 - cancelled future or a bug in the runner
             outcome, error = None, exc
-        self._done.put((running, outcome, error))
-        self._wake.set()
+        self._on_sync_done(running, outcome, error)
 
     def _resolve(self, task_path: str):
         task = self._tasks.get(task_path)
         if task is None:
             task = self._tasks[task_path] = resolve_task(task_path)
+            self._is_async[task_path] = asyncio.iscoroutinefunction(task.func)
         return task
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
@@ -363,6 +375,7 @@ class Worker:
             except queue.Empty:
                 return
             self._running.pop(running.job.id, None)
+            self._timed.pop(running.job.id, None)
             self.events.collected(running)
             if running.abandoned:
                 continue  # its timeout outcome was already written
@@ -372,7 +385,7 @@ class Worker:
 
     def _enforce_timeouts(self) -> None:
         now = time.monotonic()
-        for running in list(self._running.values()):
+        for running in list(self._timed.values()):
             if running.deadline is None or now < running.deadline or running.abandoned:
                 continue
             if running.interrupt_sent is None:
