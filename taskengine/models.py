@@ -192,6 +192,12 @@ class ExecutionLog(models.Model):
     job = models.ForeignKey(
         Job, on_delete=models.CASCADE, related_name="attempt_logs",
         db_index=False,  # task_execution_logs_job_attempt_uniq leads with job_id
+        # No database constraint (migration 0007): its per-row check took a row lock on
+        # the job for every attempt the claim wrote, a third of the drain's throughput.
+        # The claim writes attempt rows only for the jobs it leased in the same
+        # statement, and retention (the only deleter) deletes them with their job, under
+        # the job's row lock; Django still cascades ORM deletes.
+        db_constraint=False,
     )
     attempt = models.PositiveIntegerField()
     worker_id = models.CharField(max_length=128)
