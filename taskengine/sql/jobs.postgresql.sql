@@ -38,23 +38,20 @@ RETURNING id, unique_key, enqueued_at;
 -- One job without a unique key (the common enqueue()): a plain prepared VALUES insert,
 -- no JSON document to parse and no ON CONFLICT (which would make every insert a
 -- speculative one). Outside a transaction it runs through libpq.run.
-INSERT INTO taskengine_job (
-    task_path, backend, queue, priority, args, kwargs, state, run_after, enqueued_at,
-    attempts, max_attempts, timeout_seconds, retry_backoff_seconds, on_lease_expired,
-    unique_key, tenant, acting_user_id
-)
-VALUES (
-    %(task_path)s, %(backend)s, %(queue)s, %(priority)s, %(args)s::jsonb, %(kwargs)s::jsonb, 'queued',
-    COALESCE(%(run_after)s::timestamptz, now()), now(),
-    0, %(max_attempts)s, %(timeout_seconds)s::float8, %(retry_backoff_seconds)s::float8,
-    %(on_lease_expired)s, NULL, %(tenant)s::text, %(acting_user_id)s::text
-)
+-- @include insert_one_job
 RETURNING id, unique_key, enqueued_at;
 
 
 -- name: insert_job_unique
 -- One job with a unique key: skipped when a live job holds the key (ON CONFLICT on
 -- taskengine_job_unique_live_key). Same result shape as insert_jobs.
+-- @include insert_one_job
+ON CONFLICT (unique_key) WHERE state IN ('queued', 'running') AND unique_key IS NOT NULL DO NOTHING
+RETURNING id, unique_key, enqueued_at;
+
+
+-- name: insert_one_job
+-- The shared head of insert_job and insert_job_unique (included there, not run on its own).
 INSERT INTO taskengine_job (
     task_path, backend, queue, priority, args, kwargs, state, run_after, enqueued_at,
     attempts, max_attempts, timeout_seconds, retry_backoff_seconds, on_lease_expired,
@@ -66,8 +63,6 @@ VALUES (
     0, %(max_attempts)s, %(timeout_seconds)s::float8, %(retry_backoff_seconds)s::float8,
     %(on_lease_expired)s, %(unique_key)s::text, %(tenant)s::text, %(acting_user_id)s::text
 )
-ON CONFLICT (unique_key) WHERE state IN ('queued', 'running') AND unique_key IS NOT NULL DO NOTHING
-RETURNING id, unique_key, enqueued_at;
 
 
 -- name: reserve_job_ids

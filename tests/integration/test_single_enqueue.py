@@ -167,5 +167,5 @@ def test_statement_text_numbers_each_named_parameter_once_and_keeps_literal_perc
     name, text, order = libpq._statement("insert_job")
     assert name == b"taskengine_insert_job"
     assert b"%(" not in text and b"$1" in text
-    assert len(order) == len(set(order)) and "unique_key" not in order
+    assert len(order) == len(set(order)) and "task_path" in order
     assert text.count(b"$") == len(order)
