@@ -30,6 +30,9 @@ from .conf import engine_settings
 from .states import to_task_result_status
 
 
+logger = logging.getLogger("taskengine.backend")
+
+
 class InvalidTaskArguments(InvalidTask, TypeError):
     """The arguments (or options) given at enqueue cannot be stored."""
 
@@ -200,6 +203,11 @@ class DatabaseBackend(BaseTaskBackend):
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
         self.database = self.options.get("database", "default")
+        # Per task object: (the task, its validated job template), for the settings
+        # generation in _templates_generation. Tasks are frozen, so a template stays
+        # right for its task; the task is held so its id() cannot be reused meanwhile.
+        self._templates: dict[int, tuple[Task, store.NewJob]] = {}
+        self._templates_generation = -1
 
     # --- validation ------------------------------------------------------------------
 
@@ -237,15 +245,9 @@ class DatabaseBackend(BaseTaskBackend):
             return self._enqueue(calls)
 
     def _enqueue(self, calls: list[tuple[Task, Sequence, Mapping]]) -> list[TaskResult]:
-        templates: dict[int, store.NewJob] = {}  # per distinct task: its options, validated once
-        rows = []
-        for task, args, kwargs in calls:
-            template = templates.get(id(task))
-            if template is None:
-                self.validate_task(task)
-                template = templates[id(task)] = self._job_template(task)
-            rows.append(_with_arguments(template, task, args, kwargs))
-        inserted = self._insert(connections[self.database], rows)
+        rows = [_with_arguments(self._template(task), task, args, kwargs) for task, args, kwargs in calls]
+        connection = connections[self.database]
+        inserted = self._insert(connection, rows)
         results, created = [], []
         for (task, _, _), job, row in zip(calls, inserted, rows, strict=True):
             if not job.created:
@@ -255,7 +257,13 @@ class DatabaseBackend(BaseTaskBackend):
             results.append(result)
             created.append((row, result))
         if created:
-            transaction.on_commit(partial(self._announce, created), using=self.database, robust=True)
+            if connection.in_atomic_block or not connection.get_autocommit():
+                transaction.on_commit(partial(self._announce, created), using=self.database, robust=True)
+            else:  # committed already: what on_commit() would do at once, minus its lookups
+                try:
+                    self._announce(created)
+                except Exception:  # noqa: BLE001 - as on_commit(robust=True): the jobs are stored
+                    logger.exception("announcing %d enqueued job(s) failed", len(created))
         return results
 
     def _announce(self, created: list[tuple[store.NewJob, TaskResult]]) -> None:
@@ -284,6 +292,23 @@ class DatabaseBackend(BaseTaskBackend):
         that insert jobs themselves — the scheduler's one-job-per-slot insert."""
         self.validate_task(task)
         return _with_arguments(self._job_template(task), task, args, kwargs)
+
+    _TEMPLATES_KEPT = 1024  # tasks made per call with .using(...) must not grow the cache without bound
+
+    def _template(self, task: Task) -> store.NewJob:
+        """``task``'s job template, validated: once per task object (and settings)."""
+        if self._templates_generation != engine_settings.generation:
+            self._templates.clear()
+            self._templates_generation = engine_settings.generation
+        entry = self._templates.get(id(task))
+        if entry is not None and entry[0] is task:
+            return entry[1]
+        self.validate_task(task)
+        template = self._job_template(task)
+        if len(self._templates) >= self._TEMPLATES_KEPT:
+            self._templates.clear()
+        self._templates[id(task)] = (task, template)
+        return template
 
     def _job_template(self, task: Task) -> store.NewJob:
         """The stored options of ``task``'s jobs (everything but the arguments)."""

@@ -102,6 +102,7 @@ DEFAULTS: dict[str, Any] = {
 class EngineSettings:
     def __init__(self) -> None:
         self._cache: dict[str, Any] | None = None
+        self.generation = 0  # grows on every reload, for caches of values derived from settings
 
     def _load(self) -> dict[str, Any]:
         if self._cache is None:
@@ -127,6 +128,7 @@ class EngineSettings:
 
     def reload(self) -> None:
         self._cache = None
+        self.generation += 1
 
 
 engine_settings = EngineSettings()

@@ -29,6 +29,9 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
+import psycopg
+from psycopg.pq import ConnStatus, DiagnosticField, ExecStatus, Format, TransactionStatus
+
 from .conf import engine_settings
 from .queries import load
 
@@ -61,21 +64,18 @@ def usable(connection) -> bool:
         return False
     connection.close_if_health_check_failed()
     connection.ensure_connection()
-    from psycopg.pq import TransactionStatus
-
     pg = connection.connection
     return pg.autocommit and pg.pgconn.transaction_status == TransactionStatus.IDLE
 
 
 class _Prepared:
-    """What one physical connection has prepared, and its timestamptz loader."""
+    """What one physical connection has prepared, its client encoding (Django never
+    changes it) and its timestamptz loader."""
 
     def __init__(self, pg) -> None:
-        import psycopg
-        from psycopg.pq import Format
-
         self.pg = pg
         self.names: set[bytes] = set()
+        self.encoding = pg.info.encoding
         oid = psycopg.adapters.types["timestamptz"].oid
         self.timestamptz = psycopg.adapters.get_loader(oid, Format.TEXT)(oid, pg)
 
@@ -90,16 +90,13 @@ def _prepared(connection) -> _Prepared:
 def run(connection, name: str, params: dict[str, Any]) -> list[tuple[bytes | None, ...]]:
     """Execute the named statement with ``params`` and return its rows as text
     (bytes, or None for NULL). Call only when ``usable(connection)`` is true."""
-    import psycopg
-    from psycopg.pq import ExecStatus
-
     statement, text, order = _statement(name)
     with connection.wrap_database_errors:
         connection.validate_thread_sharing()
         pg = connection.connection
-        encoding = pg.info.encoding
-        values = [_text(params[key], encoding) for key in order]
         state = _prepared(connection)
+        encoding = state.encoding
+        values = [_text(params[key], encoding) for key in order]
         with pg.lock:
             pgconn = pg.pgconn
             for attempt in (1, 2):
@@ -108,7 +105,7 @@ def run(connection, name: str, params: dict[str, Any]) -> list[tuple[bytes | Non
                     state.names.add(statement)
                 result = pgconn.exec_prepared(statement, values)
                 if (attempt == 1 and result.status == ExecStatus.FATAL_ERROR
-                        and result.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"26000"):
+                        and result.error_field(DiagnosticField.SQLSTATE) == b"26000"):
                     state.names.discard(statement)  # deallocated behind our back (DISCARD ALL)
                     continue
                 _check(result, pgconn, encoding)
@@ -123,9 +120,6 @@ def load_timestamptz(connection, value: bytes | None) -> datetime | None:
 
 
 def _check(result, pgconn, encoding: str) -> None:
-    import psycopg
-    from psycopg.pq import ConnStatus, ExecStatus
-
     if result.status in (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK):
         return
     if pgconn.status != ConnStatus.OK:

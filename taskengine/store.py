@@ -254,9 +254,12 @@ def _row(job: NewJob) -> dict[str, Any]:
     }
 
 
+_dumps = json.JSONEncoder(allow_nan=False).encode  # json.dumps(value, allow_nan=False), one encoder
+
+
 def _json_columns(row: dict[str, Any]) -> dict[str, Any]:
-    row["args"] = json.dumps(row["args"], allow_nan=False)
-    row["kwargs"] = json.dumps(row["kwargs"], allow_nan=False)
+    row["args"] = _dumps(row["args"]) if row["args"] else "[]"
+    row["kwargs"] = _dumps(row["kwargs"]) if row["kwargs"] else "{}"
     return row
 
 

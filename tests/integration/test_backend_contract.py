@@ -183,3 +183,44 @@ def test_task_enqueued_fires_only_after_commit():
         assert seen == [result.id]
     finally:
         task_enqueued.disconnect(dispatch_uid="test-commit")
+
+
+def test_default_options_from_settings_are_read_again_after_a_settings_change():
+    """Job templates are kept per task object; a changed TASKENGINE must not be hidden."""
+    before = tasks.noop.enqueue()
+    with override_settings(TASKENGINE={"MAX_ATTEMPTS": 7, "TIMEOUT_SECONDS": 9.0}):
+        changed = tasks.noop.enqueue()
+    after = tasks.noop.enqueue()
+    stored = dict(Job.objects.filter(pk__in=[before.id, changed.id, after.id])
+                  .values_list("pk", "max_attempts"))
+    timeouts = dict(Job.objects.filter(pk__in=[before.id, changed.id, after.id])
+                    .values_list("pk", "timeout_seconds"))
+    assert [stored[int(r.id)] for r in (before, changed, after)] == [3, 7, 3]
+    assert [timeouts[int(r.id)] for r in (before, changed, after)] == [None, 9.0, None]
+
+
+def test_tasks_made_per_call_do_not_grow_the_template_cache_without_bound():
+    backend = tasks.noop.get_backend()
+    per_call = [tasks.noop.using(unique_key=f"k-{i}") for i in range(backend._TEMPLATES_KEPT + 100)]
+    results = backend.enqueue_many([(task, (), {}) for task in per_call])
+    assert len({r.id for r in results}) == len(per_call)
+    assert len(backend._templates) <= backend._TEMPLATES_KEPT
+    assert Job.objects.filter(unique_key="k-5").count() == 1
+
+
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["autocommit", "atomic"])
+def test_a_failing_task_enqueued_receiver_loses_no_job_and_is_logged(in_transaction, caplog):
+    def broken(sender, task_result, **kwargs):
+        raise RuntimeError("receiver is broken")
+
+    task_enqueued.connect(broken)
+    try:
+        if in_transaction:
+            with transaction.atomic():
+                result = tasks.noop.enqueue()
+        else:
+            result = tasks.noop.enqueue()
+    finally:
+        task_enqueued.disconnect(broken)
+    assert Job.objects.filter(pk=result.id).exists()
+    assert "receiver is broken" in caplog.text
