@@ -11,9 +11,12 @@ finished_at), never from this process. The benchmark works on its own queue
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -216,6 +219,29 @@ class Benchmark:
         return figures
 
     # --- the raw limit -------------------------------------------------------------------
+
+    def raw_single_insert(self, seconds: int) -> float | None:
+        """The machine's limit for enqueue_single: pgbench (C, libpq, prepared) inserting
+        one job per transaction into the same table, with the same trigger and indexes,
+        on this queue. None where there is no PostgreSQL or no pgbench."""
+        if self.connection.vendor != "postgresql" or shutil.which("pgbench") is None:
+            return None
+        queue = self.queue.replace("'", "''")
+        statement = (  # the columns insert_job writes, as literals
+            "INSERT INTO taskengine_job (task_path, backend, queue, priority, args, kwargs, state, run_after, "
+            "enqueued_at, attempts, max_attempts, on_lease_expired) "
+            f"VALUES ('{self.task.module_path}', 'benchmark', '{queue}', 0, '[]', '{{}}', 'queued', now(), "
+            "now(), 0, 3, 'retry') RETURNING id, enqueued_at;\n")
+        with tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
+            script.write(statement)
+            script.flush()
+            out = subprocess.run(["pgbench", "-n", "-M", "prepared", "-f", script.name, "-c", "1", "-T",
+                                  str(seconds), database_url(self.connection.settings_dict)],
+                                 capture_output=True, text=True, check=True)
+        tps = re.search(r"^tps = ([0-9.]+)", out.stdout, re.MULTILINE)
+        if tps is None:
+            raise RuntimeError(f"pgbench printed no tps: {out.stdout[-500:]}")
+        return float(tps.group(1))
 
     def raw_limit(self, script: Path, seconds: int) -> float | None:
         if self.connection.vendor != "postgresql" or not script.exists():

@@ -38,5 +38,8 @@ def test_the_benchmark_reports_every_figure_and_cleans_up_after_itself():
         assert figures["raw_claim_limit_per_s"] > 0
         assert figures["drain_vs_raw"] == pytest.approx(
             figures["drain_per_s"] / figures["raw_claim_limit_per_s"], rel=0.01)
+        assert figures["raw_single_insert_per_s"] > 0
+        assert figures["enqueue_single_vs_raw"] == pytest.approx(
+            figures["enqueue_single_per_s"] / figures["raw_single_insert_per_s"], rel=0.01)
     assert not Job.objects.filter(queue="benchmark").exists()
     assert not ExecutionLog.objects.filter(job__queue="benchmark").exists()

@@ -46,6 +46,14 @@ class Command(BaseCommand):
                 self._note(f"enqueue: {o['single']} jobs one at a time")
                 figures["enqueue_single_per_s"] = bench.enqueue_single(o["single"])
                 bench.clear()
+                if "raw" not in skip:
+                    seconds = min(o["raw_seconds"], 5)
+                    self._note(f"raw single insert: pgbench, one job per transaction, {seconds}s")
+                    raw_single = bench.raw_single_insert(seconds)
+                    figures["raw_single_insert_per_s"] = raw_single
+                    if raw_single:
+                        figures["enqueue_single_vs_raw"] = figures["enqueue_single_per_s"] / raw_single
+                    bench.clear()
             if "bulk" not in skip:
                 self._note(f"enqueue: {o['jobs']} jobs in bulk")
                 figures["enqueue_bulk_per_s"] = bench.enqueue_bulk(o["jobs"])
