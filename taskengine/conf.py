@@ -33,7 +33,8 @@ DEFAULTS: dict[str, Any] = {
     "SHUTDOWN_GRACE_SECONDS": 25.0,
     # Claim through pg_try_advisory_xact_lock instead of FOR UPDATE SKIP LOCKED.
     "USE_ADVISORY_LOCKS": False,
-    # Never LISTEN (PgBouncer in transaction mode drops LISTEN); poll instead.
+    # PgBouncer in transaction mode: never LISTEN (poll instead), never prepare a
+    # statement or SET a session setting (the next transaction may be another session).
     "POLL_ONLY": False,
     # How long after its last heartbeat a worker counts as dead: the leader marks it
     # dead and recovers its running jobs without waiting for their leases. Keep it well
