@@ -290,8 +290,7 @@ class DatabaseBackend(BaseTaskBackend):
     def new_job(self, task: Task, args: Sequence, kwargs: Mapping) -> store.NewJob:
         """The row ``task.enqueue(*args, **kwargs)`` would store (validated), for callers
         that insert jobs themselves — the scheduler's one-job-per-slot insert."""
-        self.validate_task(task)
-        return _with_arguments(self._job_template(task), task, args, kwargs)
+        return _with_arguments(self._template(task), task, args, kwargs)
 
     _TEMPLATES_KEPT = 1024  # tasks made per call with .using(...) must not grow the cache without bound
 

@@ -109,8 +109,7 @@ class Worker:
         self._pending: list[tuple[RunningJob, Outcome]] = []
         self._pending_since = 0.0
         self._batch = max(1, concurrency // 2)
-        self._tasks: dict[str, Any] = {}
-        self._is_async: dict[str, bool] = {}  # per task path, found when it is first resolved
+        self._tasks: dict[str, tuple[Any, bool]] = {}  # task path -> (task, is it async), resolved once
         self._draining = False
         self._drain_deadline = 0.0
         self._signals = 0
@@ -120,7 +119,7 @@ class Worker:
         self._db_backoff = 0.0
         self._db_down_since: float | None = None
         self._registered = False
-        self._threads = JobThreads(concurrency, self._run_sync, self._on_sync_done)
+        self._threads = JobThreads(concurrency, self._run_sync, self._on_handler_done)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: Listener | None = None
         self.events = events.JobEvents(self.worker_id)
@@ -322,12 +321,12 @@ class Worker:
         self._running[job.id] = running
         self.events.claimed(job)
         try:
-            running.task = self._resolve(job.task_path)
+            running.task, is_async = self._resolve(job.task_path)
         except TaskNotFound as exc:
             self._done.put((running, failure_outcome(job, exc), None))
             return
         self.events.started(running)
-        if self._is_async.get(job.task_path):
+        if is_async:
             running.is_async = True
             future = asyncio.run_coroutine_threadsafe(run_async(running, self.worker_id), self._event_loop())
             running.future = future
@@ -341,7 +340,9 @@ class Worker:
     def _run_sync(self, running: RunningJob) -> Outcome:
         return run_sync(running, self.worker_id)
 
-    def _on_sync_done(self, running: RunningJob, outcome: Outcome | None, error: BaseException | None) -> None:
+    def _on_handler_done(self, running: RunningJob, outcome: Outcome | None, error: BaseException | None) -> None:
+        """On the handler's thread (a job thread or the event loop's): hand the outcome
+        to the worker loop."""
         self._done.put((running, outcome, error))
         if not self._wake.is_set():  # set() takes a lock; in a burst the flag is usually up already
             self._wake.set()
@@ -351,14 +352,15 @@ class Worker:
             outcome, error = future.result(), None
         except BaseException as exc:  # noqa: BLE001 - cancelled future or a bug in the runner
             outcome, error = None, exc
-        self._on_sync_done(running, outcome, error)
+        self._on_handler_done(running, outcome, error)
 
-    def _resolve(self, task_path: str):
-        task = self._tasks.get(task_path)
-        if task is None:
-            task = self._tasks[task_path] = resolve_task(task_path)
-            self._is_async[task_path] = asyncio.iscoroutinefunction(task.func)
-        return task
+    def _resolve(self, task_path: str) -> tuple[Any, bool]:
+        """(the task at ``task_path``, whether its handler is async), resolved once."""
+        resolved = self._tasks.get(task_path)
+        if resolved is None:
+            task = resolve_task(task_path)
+            resolved = self._tasks[task_path] = (task, asyncio.iscoroutinefunction(task.func))
+        return resolved
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:

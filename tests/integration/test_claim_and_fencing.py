@@ -383,3 +383,15 @@ def test_engine_statements_are_planned_on_every_run_once_set_outside_a_transacti
     connection.close()  # a new physical connection gets it again
     store.extend_leases(connection, worker_id="w", held=[(1, 1)], lease_seconds=30)
     assert _plan_cache_mode() == "force_custom_plan"
+
+
+@pytest.mark.postgres
+def test_with_poll_only_nothing_is_set_on_the_session():
+    """Behind PgBouncer in transaction mode a session SET would reach other clients."""
+    from django.test import override_settings
+
+    connection.close()
+    with override_settings(TASKENGINE={"POLL_ONLY": True}):
+        store.claim_jobs(connection, worker_id="w", queues=["default"], limit=5, lease_seconds=30)
+        assert _plan_cache_mode() == "auto"
+    connection.close()
