@@ -85,7 +85,10 @@ def test_three_workers_one_leader_at_any_instant_and_failover_after_kill_9(worke
     assert successor["term"] > term
     assert took <= FAILOVER_BOUND + SLACK, f"failover took {took:.1f}s"
     survivors = {k: v for k, v in workers.items() if k != leader_id}
-    assert terms_by_holder(survivors)[successor["term"]] == {successor["holder"]}
+    # The leader row is committed a moment before the winner writes its log line.
+    won = wait_for(lambda: terms_by_holder(survivors).get(successor["term"]), timeout=5,
+                   message="the successor's log line for its term")
+    assert won == {successor["holder"]}
 
 
 @pytest.mark.postgres
