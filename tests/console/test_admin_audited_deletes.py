@@ -6,12 +6,14 @@ These tests run with real transactions (``transaction=True``): inside the test c
 own wrapping transaction an unaudited commit could not be seen."""
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.db import DatabaseError, connection
 from django.test import Client
 
-from taskengine.models import OperatorAction, Schedule, TenantMembership
+from taskengine.models import MissedSlot, OperatorAction, Schedule, TenantMembership
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TICK = "tests.tasks.noop"
@@ -96,3 +98,13 @@ def test_staff_without_delete_permission_cannot_bulk_delete_schedules(users):
     response = post_delete_selected(client, "schedule", [schedule.pk])
     assert response.status_code in (200, 302, 403)
     assert Schedule.objects.filter(pk=schedule.pk).exists() and not OperatorAction.objects.exists()
+
+
+def test_bulk_delete_of_a_schedule_with_missed_slots_is_refused_and_deletes_nothing(users):
+    kept, other = make_schedules()
+    MissedSlot.objects.create(schedule=kept, slot=datetime(2026, 1, 1, 3, tzinfo=UTC), reason="misfire:skip")
+    response = post_delete_selected(root_client(users), "schedule", [kept.pk, other.pk])
+    # Missed slots are read-only in the admin, so Django refuses the cascade.
+    assert response.status_code == 403
+    assert Schedule.objects.count() == 2 and MissedSlot.objects.count() == 1
+    assert not OperatorAction.objects.exists()
