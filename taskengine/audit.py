@@ -2,7 +2,7 @@
 
 ``record()`` must be called inside the same transaction as the change it describes
 (the caller's ``transaction.atomic()``): if the audit insert fails, the change rolls
-back with it. Rows are append-only; nothing in taskengine updates or deletes them.
+back with it. Every row carries the tenant of its target. Rows are append-only; nothing in taskengine updates or deletes them.
 """
 from __future__ import annotations
 
@@ -25,11 +25,14 @@ def job_snapshot(job) -> dict[str, Any]:
     }
 
 
-def record(*, actor, action: str, target_type: str, target_id: Any, tenant: str | None = None,
+def record(*, actor, action: str, target_type: str, target_id: Any, tenant: str | None,
            before: dict | None = None, after: dict | None = None, reason: str = "",
            using: str = "default") -> OperatorAction:
     """Append an audit row. Raises if called outside a transaction, so an audited
-    change can never commit without its record."""
+    change can never commit without its record.
+
+    ``tenant`` is the tenant of the target (None only for a target without one): tenant
+    staff see exactly the audit rows of their tenants, so it has no default."""
     connection = transaction.get_connection(using)
     if not connection.in_atomic_block:
         raise RuntimeError("audit.record() must run inside the transaction that makes the change")
