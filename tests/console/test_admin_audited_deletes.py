@@ -108,3 +108,17 @@ def test_bulk_delete_of_a_schedule_with_missed_slots_is_refused_and_deletes_noth
     assert response.status_code == 403
     assert Schedule.objects.count() == 2 and MissedSlot.objects.count() == 1
     assert not OperatorAction.objects.exists()
+
+
+def test_schedule_change_and_add_roll_back_when_the_audit_insert_fails(users):
+    schedule = make_schedules()[0]
+    form = {"name": schedule.name, "task_path": TICK, "cron": "0 4 * * *", "timezone": "UTC", "args": "[]",
+            "kwargs": "{}", "queue": "default", "priority": 0, "tenant": "a", "misfire_policy": "run_once",
+            "catch_up_limit": 10}
+    client = root_client(users)
+    with connection.execute_wrapper(refuse_audit_insert):
+        changed = client.post(f"/admin/taskengine/schedule/{schedule.pk}/change/", form)
+        added = client.post("/admin/taskengine/schedule/add/", {**form, "name": "added"})
+    assert (changed.status_code, added.status_code) == (500, 500)
+    assert Schedule.objects.get(pk=schedule.pk).cron == "0 3 * * *"
+    assert not Schedule.objects.filter(name="added").exists() and not OperatorAction.objects.exists()
