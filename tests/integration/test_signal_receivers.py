@@ -39,9 +39,26 @@ def test_raising_task_started_and_finished_receivers_do_not_stop_the_worker_or_c
     async_ok = signal_tasks.async_succeeds.enqueue(marker_dir)
     jobs = (ok, failing, async_ok)
     worker = worker_process("--backoff-base", "0.05", "--max-backoff", "0.2")
+    # Every receiver after a raising one is called, every time.
+    expected_markers = sorted([
+        f"started-{ok.id}-1", f"finished-successful-{ok.id}-1",
+        f"started-{failing.id}-1", f"started-{failing.id}-2", f"finished-failed-{failing.id}-2",
+        f"started-{async_ok.id}-1", f"finished-successful-{async_ok.id}-1"])
+    # Each raising receiver's error is logged with the receiver's name and the job id.
+    expected_errors = {(receiver, f"job_id={result.id} ") for result in jobs
+                       for receiver in ("tests.signal_tasks.raise_on_started", "tests.signal_tasks.raise_on_finished")}
+
+    def markers() -> list[str]:
+        return sorted(p.name for p in tmp_path.iterdir() if p.is_file() and not p.name.endswith(".log"))
+
+    def logged_errors() -> set[tuple[str, str]]:
+        lines = [line for line in worker.log().splitlines() if "event=signal_receiver_failed" in line]
+        return {(receiver, job) for receiver, job in expected_errors
+                if any(receiver in line and job in line for line in lines)}
+
     wait_for(lambda: worker.proc.poll() is not None
-             or Job.objects.filter(pk__in=[r.id for r in jobs], finished_at__isnull=False).count() == 3,
-             timeout=30, message="the jobs to finish")
+             or (markers() == expected_markers and logged_errors() == expected_errors),
+             timeout=30, message="the jobs to finish and their signals to be sent")
     assert worker.proc.poll() is None, worker.log()
 
     for result in jobs:
@@ -50,26 +67,15 @@ def test_raising_task_started_and_finished_receivers_do_not_stop_the_worker_or_c
     assert (async_ok.status, async_ok.return_value) == (TaskResultStatus.SUCCESSFUL, "async ok")
     assert failing.status == TaskResultStatus.FAILED
     assert [e.exception_class_path for e in failing.errors] == ["builtins.ValueError"] * 2
-    attempts = {job_id: outcome for job_id, outcome in ExecutionLog.objects.filter(
-        job_id__in=[r.id for r in jobs]).values_list("job_id", "outcome").order_by("job_id", "attempt")}
-    assert sorted(ExecutionLog.objects.filter(job_id=failing.id).values_list("outcome", flat=True)) == [
-        "failed", "retry"]
-    assert attempts[int(ok.id)] == attempts[int(async_ok.id)] == "succeeded"
 
-    # The receivers connected after the raising ones were called, every time.
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file() and not p.name.endswith(".log")) == sorted([
-        f"started-{ok.id}-1", f"finished-successful-{ok.id}-1",
-        f"started-{failing.id}-1", f"started-{failing.id}-2", f"finished-failed-{failing.id}-2",
-        f"started-{async_ok.id}-1", f"finished-successful-{async_ok.id}-1"])
+    def outcomes(result) -> list[str]:
+        return list(ExecutionLog.objects.filter(job_id=result.id).order_by("attempt")
+                    .values_list("outcome", flat=True))
+    assert outcomes(ok) == outcomes(async_ok) == ["succeeded"]
+    assert outcomes(failing) == ["retry", "failed"]
 
-    log = worker.log()
-    for result in jobs:
-        assert any("tests.signal_tasks.raise_on_started" in line and f"job_id={result.id} " in line
-                   for line in log.splitlines()), log
-        assert any("tests.signal_tasks.raise_on_finished" in line and f"job_id={result.id} " in line
-                   for line in log.splitlines()), log
     worker.signal(signal.SIGTERM)
-    assert worker.wait(30) == 0, log
+    assert worker.wait(30) == 0, worker.log()
 
 
 def test_a_raising_task_enqueued_receiver_is_logged_and_the_enqueue_stands(engine_log):
