@@ -94,17 +94,48 @@ def task_result_for(running: RunningJob, worker_ids: list[str], backend_alias: s
 
 
 def call_arguments(running: RunningJob, worker_id: str) -> tuple[list, dict]:
-    args = list(running.job.args)
-    if running.task.takes_context:
-        if running.job.attempt > 1:
-            # Earlier attempts' workers and errors live in the store.
-            from django.tasks import task_backends
+    """The handler's arguments: its TaskContext first when it takes one. On a retry the
+    context's result is read from the store (earlier attempts' errors and workers), on
+    the calling thread's connection — never call this on the event loop."""
+    if not running.task.takes_context:
+        return list(running.job.args), running.job.kwargs
+    if running.job.attempt > 1:
+        result = _stored_task_result(running)
+    else:
+        result = task_result_for(running, [worker_id], running.task.backend)
+    return _with_context(result, running)
 
-            result = task_backends[running.task.backend].get_result(str(running.job.id))
-        else:
-            result = task_result_for(running, [worker_id], running.task.backend)
-        args.insert(0, TaskContext(task_result=result))
-    return args, running.job.kwargs
+
+async def async_call_arguments(running: RunningJob, worker_id: str) -> tuple[list, dict]:
+    """call_arguments for an async handler: a retry's stored result is read off the
+    event loop (a sync query on it raises SynchronousOnlyOperation), on asgiref's one
+    thread for thread-sensitive calls, so the worker keeps one connection for these
+    reads however many async jobs retry."""
+    if running.task.takes_context and running.job.attempt > 1:
+        from asgiref.sync import sync_to_async
+
+        result = await sync_to_async(_stored_task_result_tidily, thread_sensitive=True)(running)
+        return _with_context(result, running)
+    return call_arguments(running, worker_id)
+
+
+def _with_context(result: TaskResult, running: RunningJob) -> tuple[list, dict]:
+    return [TaskContext(task_result=result), *running.job.args], running.job.kwargs
+
+
+def _stored_task_result(running: RunningJob) -> TaskResult:
+    from django.tasks import task_backends
+
+    return task_backends[running.task.backend].get_result(str(running.job.id))
+
+
+def _stored_task_result_tidily(running: RunningJob) -> TaskResult:
+    """_stored_task_result on a long-lived helper thread: a connection broken by a
+    database outage is closed, so the next read reconnects instead of failing too."""
+    try:
+        return _stored_task_result(running)
+    finally:
+        _tidy_thread_connections()
 
 
 def run_sync(running: RunningJob, worker_id: str) -> Outcome:
@@ -132,8 +163,8 @@ def run_sync(running: RunningJob, worker_id: str) -> Outcome:
 async def run_async(running: RunningJob, worker_id: str) -> Outcome:
     import asyncio
 
-    args, kwargs = call_arguments(running, worker_id)
     try:
+        args, kwargs = await async_call_arguments(running, worker_id)
         coroutine = running.task.func(*args, **kwargs)
         if running.job.timeout_seconds:
             value = await asyncio.wait_for(coroutine, running.job.timeout_seconds)
@@ -144,10 +175,16 @@ async def run_async(running: RunningJob, worker_id: str) -> Outcome:
         return outcome_for(running, None, JobTimedOut(f"timed out after {running.job.timeout_seconds}s")
                            if running.job.timeout_seconds else exc)
     except asyncio.CancelledError:
-        reason = running.interrupt_sent or JobCancelled
-        return outcome_for(running, None, reason(_interrupt_message(reason, running)))
+        return outcome_for(running, None, async_interrupt(running))
     except Exception as exc:  # noqa: BLE001
         return outcome_for(running, None, exc)
+
+
+def async_interrupt(running: RunningJob) -> JobInterrupted:
+    """What cancelled an async handler: the interrupt the worker sent (a timeout, an
+    operator's cancel, a lost lease); a cancellation it did not send counts as a cancel."""
+    reason = running.interrupt_sent or JobCancelled
+    return reason(_interrupt_message(reason, running))
 
 
 def _interrupt_message(reason: type[JobInterrupted], running: RunningJob) -> str:

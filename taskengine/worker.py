@@ -42,6 +42,7 @@ from .execution import (
     LeaseLost,
     RunningJob,
     TaskNotFound,
+    async_interrupt,
     failure_outcome,
     interrupt_thread,
     resolve_task,
@@ -348,9 +349,14 @@ class Worker:
             self._wake.set()
 
     def _on_async_done(self, running: RunningJob, future: Future) -> None:
+        if future.cancelled():
+            # _interrupt cancelled this future: the coroutine's own outcome never reaches
+            # it, so the interrupt's reason (cancel, lost lease) is the outcome.
+            self._on_handler_done(running, failure_outcome(running.job, async_interrupt(running)), None)
+            return
         try:
             outcome, error = future.result(), None
-        except BaseException as exc:  # noqa: BLE001 - cancelled future or a bug in the runner
+        except BaseException as exc:  # noqa: BLE001 - a bug in the runner
             outcome, error = None, exc
         self._on_handler_done(running, outcome, error)
 
