@@ -245,12 +245,17 @@ SELECT id, state, finished_at FROM finished;
 -- name: release_jobs
 -- Graceful shutdown: hand unfinished jobs back to the queue at once. A released attempt
 -- does not count against the job's budget (max_attempts grows by one), since the job
--- did not fail. Fenced like finish_jobs (the lease, not the state; see extend_leases).
+-- did not fail. A job whose cancellation was requested ends cancelled instead (its
+-- worker had not seen the request yet): released, it would run again. Fenced like
+-- finish_jobs (the lease, not the state; see extend_leases); the cancel is read from
+-- the row version the UPDATE locks, so a request committed meanwhile is honoured.
 WITH released AS (
     UPDATE taskengine_job AS job
-       SET state = 'queued',
-           run_after = now(),
-           max_attempts = job.max_attempts + 1,
+       SET state = CASE WHEN job.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE 'queued' END,
+           finished_at = CASE WHEN job.cancel_requested_at IS NOT NULL THEN now() END,
+           run_after = CASE WHEN job.cancel_requested_at IS NOT NULL THEN job.run_after ELSE now() END,
+           max_attempts = CASE WHEN job.cancel_requested_at IS NOT NULL
+                               THEN job.max_attempts ELSE job.max_attempts + 1 END,
            locked_by = NULL,
            lease_expires_at = NULL
       FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS held(id, attempt)
@@ -258,12 +263,16 @@ WITH released AS (
        AND job.attempts = held.attempt
        AND job.locked_by = %(worker_id)s
        AND job.lease_expires_at > now()
- RETURNING job.id, job.attempts
+ RETURNING job.id, job.attempts, job.state, job.finished_at
 ),
 attempt_logged AS (
     UPDATE task_execution_logs AS log
-       SET finished_at = now(), outcome = 'released'
+       SET finished_at = now(),
+           outcome = CASE WHEN released.state = 'cancelled' THEN 'cancelled' ELSE 'released' END,
+           error_class = CASE WHEN released.state = 'cancelled' THEN %(cancel_error_class)s::text END,
+           error_message = CASE WHEN released.state = 'cancelled' THEN %(cancel_error_message)s::text
+                                ELSE log.error_message END
       FROM released
      WHERE log.job_id = released.id AND log.attempt = released.attempts
 )
-SELECT id FROM released;
+SELECT id, state, finished_at FROM released;

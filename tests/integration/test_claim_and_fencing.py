@@ -165,12 +165,30 @@ def test_retry_of_a_job_whose_cancel_was_requested_ends_cancelled():
 def test_release_hands_the_job_back_without_spending_an_attempt():
     result = tasks.add.using(max_attempts=1).enqueue(1, 2)
     [job] = claim()
-    assert store.release_jobs(connection, worker_id="w1", held=[(job.id, 1)]) == [job.id]
+    assert store.release_jobs(connection, worker_id="w1", held=[(job.id, 1)]) == {job.id: ("queued", None)}
     row = Job.objects.get(pk=result.id)
     assert (row.state, row.attempts, row.max_attempts) == ("queued", 1, 2)
     assert ExecutionLog.objects.get(job_id=job.id).outcome == "released"
     [again] = claim()
     assert again.attempt == 2
+
+
+def test_release_of_a_job_whose_cancel_was_requested_ends_it_cancelled_never_queued():
+    """Shutdown releases jobs its worker never saw cancelled (no heartbeat came between
+    the operator's request and the release): the release honours the request, as
+    finish and recovery do, instead of queueing the job to run again."""
+    result = tasks.add.using(max_attempts=1).enqueue(1, 2)
+    [job] = claim()
+    Job.objects.filter(pk=job.id).update(cancel_requested_at=Now())
+    written = store.release_jobs(connection, worker_id="w1", held=[(job.id, 1)])
+    row = Job.objects.get(pk=result.id)
+    assert (row.state, row.locked_by, row.lease_expires_at, row.max_attempts) == ("cancelled", None, None, 1)
+    assert row.finished_at is not None
+    assert written == {job.id: ("cancelled", row.finished_at)}
+    log = ExecutionLog.objects.get(job_id=job.id)
+    assert (log.outcome, log.error_class) == ("cancelled", store.RELEASED_CANCEL_ERROR_CLASS)
+    assert log.finished_at is not None
+    assert claim() == []
 
 
 def test_recovery_fails_a_job_whose_attempts_are_spent():
@@ -298,7 +316,9 @@ HOT_STATEMENTS = {
                     "outcomes": ["succeeded"] * 2, "retry_delays": [0.0] * 2, "return_values": ["1"] * 2,
                     "error_classes": [None] * 2, "error_messages": [""] * 2, "tracebacks": [""] * 2,
                     "worker_id": "w"},
-    "release_jobs": {"ids": [1, 2], "attempts": [1, 1], "worker_id": "w"},
+    "release_jobs": {"ids": [1, 2], "attempts": [1, 1], "worker_id": "w",
+                     "cancel_error_class": store.RELEASED_CANCEL_ERROR_CLASS,
+                     "cancel_error_message": store.RELEASED_CANCEL_MESSAGE},
 }
 
 
