@@ -113,9 +113,10 @@ WITH candidates AS (
 -- name: claim_jobs_advisory
 -- The same claim through transaction-scoped advisory locks, for extreme contention
 -- (USE_ADVISORY_LOCKS=1): candidates are skipped when another claimer holds their
--- advisory lock, and the UPDATE re-checks state = 'queued' on the newest row version,
--- so a job claimed and committed meanwhile is not taken twice. xact locks end with the
--- statement's transaction and never leak through PgBouncer.
+-- advisory lock, and the UPDATE re-checks state = 'queued' and the due time on the
+-- newest row version, so a job claimed (or queued for a later retry) and committed
+-- meanwhile is not taken. xact locks end with the statement's transaction and never
+-- leak through PgBouncer.
 -- Index: taskengine_job_claim_idx.
 WITH candidates AS (
     SELECT picked.id
@@ -147,6 +148,10 @@ WITH candidates AS (
 -- - the state is re-checked as "(state = 'queued') IS TRUE", which the planner cannot
 --   match to the predicate of the partial claim index, so it never scans that whole
 --   index instead (with statistics that counted few queued rows it did).
+-- The due time is re-checked with the state: the advisory path locks no rows while it
+-- picks, so a candidate can be claimed, fail and be queued for a later retry before this
+-- UPDATE reaches it (the UPDATE re-evaluates its WHERE on that newest version, not the
+-- candidates' query).
 claimed AS (
     UPDATE taskengine_job AS job
        SET state = 'running',
@@ -157,6 +162,7 @@ claimed AS (
            last_attempted_at = now()
      WHERE job.id = ANY (ARRAY(SELECT candidates.id FROM candidates))
        AND (job.state = 'queued') IS TRUE
+       AND job.run_after <= now()
  RETURNING job.id, job.task_path, job.backend, job.queue, job.priority, job.args, job.kwargs,
            job.attempts, job.max_attempts, job.timeout_seconds, job.retry_backoff_seconds,
            job.enqueued_at, job.started_at, job.last_attempted_at, job.run_after,

@@ -267,6 +267,48 @@ def test_advisory_claim_skips_jobs_whose_advisory_lock_is_held():
 
 
 @pytest.mark.postgres
+def test_advisory_claim_does_not_take_a_job_that_stopped_being_due_while_it_waited():
+    """The advisory claim reads its candidates without row locks, so its UPDATE must
+    re-check on the newest row version everything that made a row a candidate, not
+    only the state: here another transaction (standing for a worker that claimed the
+    job, failed and queued a retry with an hour's backoff) holds the row when the claim
+    reaches it and commits while the claim waits. The job is queued again, but not due."""
+    import threading
+
+    from django.db import connections
+
+    from tests.conftest import wait_for
+
+    result = tasks.add.enqueue(1, 1)
+    claimed: list = []
+
+    def advisory_claim():
+        try:
+            claimed.append(store.claim_jobs(connections["default"], worker_id="late", queues=["default"],
+                                            limit=10, lease_seconds=30, advisory=True))
+        finally:
+            connections["default"].close()
+
+    with _second_connection() as other:
+        other.execute("UPDATE taskengine_job SET run_after = now() + interval '1 hour', attempts = 1,"
+                      " max_attempts = 3 WHERE id = %s", [int(result.id)])
+        thread = threading.Thread(target=advisory_claim)
+        thread.start()
+
+        def claim_waits_on_other():
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+                               [other.info.backend_pid])
+                return cursor.fetchone()[0] == 1
+        wait_for(claim_waits_on_other, timeout=10, message="the claim to wait on the row")
+        other.commit()
+        thread.join(30)
+    assert claimed == [[]]
+    row = Job.objects.get(pk=result.id)
+    assert (row.state, row.attempts, row.locked_by) == ("queued", 1, None)
+
+
+@pytest.mark.postgres
 def test_concurrent_claims_from_many_connections_never_share_a_job():
     from concurrent.futures import ThreadPoolExecutor
 
