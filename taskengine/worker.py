@@ -51,6 +51,7 @@ from .execution import (
 )
 from .listener import Listener
 from .pool import JobThreads
+from .states import AttemptOutcome
 from .store import Outcome
 
 logger = logging.getLogger("taskengine.worker")
@@ -443,15 +444,22 @@ class Worker:
 
     def _release_remaining(self) -> None:
         held = [r.held for r in self._running.values() if not r.abandoned]
-        released = self._db_call(
-            "release", lambda: store.release_jobs(self.connection, worker_id=self.worker_id, held=held), default=[])
-        for job_id in released:
-            logger.warning("grace period over: released back to the queue",
-                           extra=self.events.extra(self._running[job_id].job, event="released"))
-            self._running[job_id].abandoned = True
-        if len(released) < len(held):
+        written = self._db_call(
+            "release", lambda: store.release_jobs(self.connection, worker_id=self.worker_id, held=held), default={})
+        for job_id, (state, finished_at) in written.items():
+            running = self._running[job_id]
+            running.abandoned = True
+            if state == "cancelled":  # cancel requested before the handler saw it
+                self.events.finished(running, Outcome(
+                    job_id, running.job.attempt, state, AttemptOutcome.CANCELLED,
+                    error_class=store.RELEASED_CANCEL_ERROR_CLASS, error_message=store.RELEASED_CANCEL_MESSAGE,
+                    finished_at=finished_at), state)
+            else:
+                logger.warning("grace period over: released back to the queue",
+                               extra=self.events.extra(running.job, event="released"))
+        if len(written) < len(held):
             logger.warning("%d running jobs could not be released; they recover when their leases expire",
-                           len(held) - len(released), extra={"worker_id": self.worker_id})
+                           len(held) - len(written), extra={"worker_id": self.worker_id})
 
     # --- heartbeat -------------------------------------------------------------------
 
