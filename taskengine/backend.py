@@ -7,25 +7,32 @@ Workers are woken by a NOTIFY sent on commit (Postgres) or by polling (SQLite).
 """
 from __future__ import annotations
 
-import gc
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, fields, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
 from django.db import Error as DatabaseError
 from django.db import connections, transaction
-from django.tasks import Task, TaskResult, TaskResultStatus
-from django.tasks.backends.base import BaseTaskBackend
-from django.tasks.base import TaskError
-from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
-from django.tasks.signals import task_enqueued
-from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
 
 from . import metrics, store
+from .compat import (
+    BaseTaskBackend,
+    InvalidTask,
+    Task,
+    TaskError,
+    TaskResult,
+    TaskResultDoesNotExist,
+    clone_task,
+    cyclic_gc_paused,
+    enqueue_is_observed,
+    normalize_json,
+    ready_task_result,
+    set_return_value,
+    task_enqueued,
+)
 from .conf import engine_settings
 from .events import send_robustly
 from .states import to_task_result_status
@@ -122,66 +129,6 @@ def _with_arguments(t: store.NewJob, task: Task, args: Sequence, kwargs: Mapping
                         t.on_lease_expired, t.unique_key, t.tenant, t.acting_user_id)
 
 
-@contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector for one bulk enqueue. It allocates about
-    ten small containers per job, none of them in a reference cycle, and the collector
-    would otherwise run about a hundred times per 10,000 jobs (sometimes a full
-    collection of the whole process) to find nothing; that was a third of the call's
-    time, at random. Reference counting still frees everything as usual. The collector
-    is process-wide, so other threads' cycles wait those milliseconds too."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
-def _ready_result(task: Task, result_id: str, enqueued_at, args: list, kwargs: dict,
-                  backend: str) -> TaskResult:
-    """The TaskResult of a job just enqueued, its arguments already JSON-ready: the
-    same object as ``TaskResult(status=READY, ...)`` without ``__post_init__``, which
-    would normalise the arguments a second time (a bulk enqueue makes thousands)."""
-    result = object.__new__(TaskResult)
-    put = object.__setattr__
-    put(result, "task", task)
-    put(result, "id", result_id)
-    put(result, "status", TaskResultStatus.READY)
-    put(result, "enqueued_at", enqueued_at)
-    put(result, "started_at", None)
-    put(result, "finished_at", None)
-    put(result, "last_attempted_at", None)
-    put(result, "args", args)
-    put(result, "kwargs", kwargs)
-    put(result, "backend", backend)
-    put(result, "errors", [])
-    put(result, "worker_ids", [])
-    put(result, "_return_value", None)
-    return result
-
-
-_READY_RESULT_FIELDS = {"task", "id", "status", "enqueued_at", "started_at", "finished_at",
-                        "last_attempted_at", "args", "kwargs", "backend", "errors",
-                        "worker_ids", "_return_value"}
-if {f.name for f in fields(TaskResult)} != _READY_RESULT_FIELDS:  # a TaskResult of another shape
-    raise ImportError("django.tasks.TaskResult changed its fields; update taskengine.backend._ready_result")
-
-
-def _enqueue_is_observed() -> bool:
-    """Would sending ``task_enqueued`` do anything? The one receiver django.tasks
-    connects itself only logs, at DEBUG; with that logger quiet and no other receiver,
-    a signal per job (thousands in a bulk enqueue) would be work for nothing."""
-    from django.tasks import signals
-
-    djangos = (id(signals.log_task_enqueued), id(None))  # its key in Signal.receivers
-    if any(key != djangos for key, *_ in task_enqueued.receivers):
-        return True
-    return bool(task_enqueued.receivers) and signals.logger.isEnabledFor(logging.DEBUG)
-
-
 def _missing_task(*args: Any, **kwargs: Any) -> None:
     """Stands in for a task whose import path no longer resolves (see get_result)."""
     raise ImportError("task no longer importable")
@@ -242,7 +189,7 @@ class DatabaseBackend(BaseTaskBackend):
         calls = list(calls)
         if len(calls) < store.BULK_INSERT_MIN:
             return self._enqueue(calls)
-        with _cyclic_gc_paused():
+        with cyclic_gc_paused():
             return self._enqueue(calls)
 
     def _enqueue(self, calls: list[tuple[Task, Sequence, Mapping]]) -> list[TaskResult]:
@@ -254,7 +201,7 @@ class DatabaseBackend(BaseTaskBackend):
             if not job.created:
                 results.append(self.get_result(str(job.id)))
                 continue
-            result = _ready_result(task, str(job.id), job.enqueued_at, row.args, row.kwargs, self.alias)
+            result = ready_task_result(task, str(job.id), job.enqueued_at, row.args, row.kwargs, self.alias)
             results.append(result)
             created.append((row, result))
         if created:
@@ -270,7 +217,7 @@ class DatabaseBackend(BaseTaskBackend):
     def _announce(self, created: list[tuple[store.NewJob, TaskResult]]) -> None:
         """After commit: count the jobs and send task_enqueued for each."""
         metrics.jobs_submitted([row for row, _ in created])
-        if _enqueue_is_observed():
+        if enqueue_is_observed():
             for row, result in created:
                 send_robustly(task_enqueued, "task_enqueued", type(self), result, logger,
                               {"job_id": int(result.id), "task_path": row.task_path, "queue": row.queue})
@@ -359,7 +306,7 @@ class DatabaseBackend(BaseTaskBackend):
             errors=[TaskError(exception_class_path=cls, traceback=tb) for _, cls, tb in logs if cls],
             worker_ids=[worker for worker, _, _ in logs],
         )
-        object.__setattr__(result, "_return_value", job.return_value)
+        set_return_value(result, job.return_value)
         return result
 
     def _task_for(self, job) -> Task:
@@ -369,28 +316,13 @@ class DatabaseBackend(BaseTaskBackend):
             task = None
         if not isinstance(task, Task):
             # The job outlived its code: describe it without pretending it can run.
-            return _clone_task(
+            return clone_task(
                 EngineTask, func=_missing_task, priority=job.priority, backend=self.alias,
                 queue_name=job.queue, run_after=job.run_after, takes_context=False,
                 max_attempts=job.max_attempts, timeout=job.timeout_seconds,
                 on_lease_expired=job.on_lease_expired, unique_key=job.unique_key,
                 tenant=job.tenant, acting_user=job.acting_user_id,
             )
-        return _clone_task(task, queue_name=job.queue, priority=job.priority,
-                           run_after=job.run_after, backend=self.alias)
+        return clone_task(task, queue_name=job.queue, priority=job.priority,
+                          run_after=job.run_after, backend=self.alias)
 
-
-def _clone_task(source: Task | type[Task], **values: Any) -> Task:
-    """A Task carrying a stored job's queue and priority. Built without __init__ so a
-    job stored under a queue since removed from QUEUES can still be read."""
-    cls = source if isinstance(source, type) else type(source)
-    task = object.__new__(cls)
-    for f in fields(cls):
-        if f.name in values:
-            value = values[f.name]
-        elif isinstance(source, Task):
-            value = getattr(source, f.name)
-        else:
-            value = f.default
-        object.__setattr__(task, f.name, value)
-    return task

@@ -25,10 +25,10 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connections, transaction
-from django.tasks import task
 
 from . import store
-from .backend import DatabaseBackend, _clone_task
+from .backend import DatabaseBackend
+from .compat import clone_task, task
 from .models import Job, WorkerProcess, WorkerState
 
 
@@ -52,7 +52,7 @@ class Benchmark:
         self.queue = queue
         self.log = log
         self.backend = DatabaseBackend("benchmark", {"QUEUES": [], "OPTIONS": {"database": database}})
-        self.task = _clone_task(noop, queue_name=queue)
+        self.task = clone_task(noop, queue_name=queue)
 
     @property
     def connection(self):

@@ -133,7 +133,7 @@ class EngineCollector:
 
 def known_queues() -> list[str]:
     """Queues named in the TASKS settings of taskengine backends (no database)."""
-    from django.tasks import task_backends
+    from .compat import task_backends
 
     from .backend import DatabaseBackend
 

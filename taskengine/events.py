@@ -17,11 +17,19 @@ import time
 from typing import Any
 
 from django.dispatch import Signal
-from django.tasks import TaskResult, TaskResultStatus, task_backends
-from django.tasks.base import TaskError
-from django.tasks.signals import task_finished, task_started
 
 from . import metrics, store
+from .compat import (
+    TaskError,
+    TaskResult,
+    TaskResultStatus,
+    disconnect_task_log_receivers,
+    set_return_value,
+    set_task_result_fields,
+    task_backends,
+    task_finished,
+    task_started,
+)
 from .execution import RunningJob, task_result_for
 from .states import to_task_result_status
 from .store import Outcome
@@ -53,10 +61,7 @@ def replace_django_task_log_receivers() -> None:
     worker logs the same events itself, with worker id, attempt and timings. Dropping
     the duplicates means a TaskResult is built for task_started / task_finished only
     when a project connects its own receiver."""
-    from django.tasks import signals
-
-    task_started.disconnect(signals.log_task_started)
-    task_finished.disconnect(signals.log_task_finished)
+    disconnect_task_log_receivers()
 
 
 class JobEvents:
@@ -132,13 +137,12 @@ class JobEvents:
             else:
                 result = task_result_for(running, [self.worker_id], backend.alias)
                 status = to_task_result_status(state)
-                object.__setattr__(result, "status", status)
-                object.__setattr__(result, "finished_at", outcome.finished_at)
+                set_task_result_fields(result, status=status, finished_at=outcome.finished_at)
                 if outcome.error_class:
                     result.errors.append(TaskError(exception_class_path=outcome.error_class,
                                                    traceback=outcome.traceback))
                 if status == TaskResultStatus.SUCCESSFUL:
-                    object.__setattr__(result, "_return_value", json.loads(outcome.return_value))
+                    set_return_value(result, json.loads(outcome.return_value))
             send_robustly(task_finished, "task_finished", type(backend), result, logger, self.extra(running.job))
         except Exception:  # noqa: BLE001 - a signal must not break the loop
             logger.exception("could not send task_finished", extra=self.extra(running.job))

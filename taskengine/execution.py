@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import connections
-from django.tasks import Task, TaskContext, TaskResult, TaskResultStatus
-from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
 
+from .compat import Task, TaskContext, TaskResult, TaskResultStatus, normalize_json
 from .conf import engine_settings
 from .states import AttemptOutcome, JobState
 from .store import ClaimedJob, Outcome
@@ -124,7 +123,7 @@ def _with_context(result: TaskResult, running: RunningJob) -> tuple[list, dict]:
 
 
 def _stored_task_result(running: RunningJob) -> TaskResult:
-    from django.tasks import task_backends
+    from .compat import task_backends
 
     return task_backends[running.task.backend].get_result(str(running.job.id))
 

@@ -25,7 +25,8 @@ transition is a compare-and-set UPDATE guarded by the expected state.
 from __future__ import annotations
 
 from django.db import models
-from django.tasks import TaskResultStatus
+
+from .compat import TaskResultStatus
 
 
 class JobState(models.TextChoices):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 
-from django.tasks import task
+from taskengine.compat import task
 
 
 @task(max_attempts=2, retry_backoff=0, takes_context=True)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from django.tasks import task
-from django.tasks.signals import task_finished, task_started
+from taskengine.compat import task, task_finished, task_started
+
 
 
 def _ours(task_result) -> bool:

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from django.db import connection
-from django.tasks import task
+
+from taskengine.compat import task
 
 
 @task

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.db import connections, transaction
-from django.tasks import task_backends
 
 from .. import metrics
+from ..compat import task_backends
 from ..conf import engine_settings
 from ..leadership import LeaderLease, fenced_transaction
 from ..store import db_now

@@ -14,6 +14,7 @@ from django.test.utils import CaptureQueriesContext, override_settings
 
 from taskengine import gate
 from taskengine.checks import check_migration_state
+from taskengine.compat import TASKS_MODULE
 from tests.conftest import database_vendor
 
 pytestmark = pytest.mark.django_db
@@ -129,7 +130,7 @@ def test_check_lease_shorter_than_three_heartbeats_is_error_E002():
 
 
 def test_check_tasks_backend_not_taskengine_is_warning_W005():
-    other = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"}}
+    other = {"default": {"BACKEND": f"{TASKS_MODULE}.backends.immediate.ImmediateBackend"}}
     with override_settings(TASKS=other):
         assert "taskengine.W005" in ids(run_checks())
     assert "taskengine.W005" not in ids(run_checks())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from django.core.management import call_command
-from django.tasks import TaskResultStatus
 
+from taskengine.compat import TaskResultStatus
 from tests import tasks
 from tests.conftest import wait_for
 from tests.gate.conftest import (

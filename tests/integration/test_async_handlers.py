@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import pytest
 from django.db.models.functions import Now
-from django.tasks import TaskResultStatus
 
+from taskengine.compat import TaskResultStatus
 from taskengine.models import ExecutionLog, Job
 from tests import async_tasks
 from tests.conftest import wait_for

@@ -6,13 +6,19 @@ from datetime import timedelta
 import pytest
 from asgiref.sync import async_to_sync
 from django.db import transaction
-from django.tasks import TaskResultStatus, default_task_backend, task_backends
-from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist, TaskResultMismatch
-from django.tasks.signals import task_enqueued
 from django.test.utils import override_settings
 from django.utils import timezone
 
 from taskengine.backend import DatabaseBackend, EngineTask, InvalidTaskArguments
+from taskengine.compat import (
+    InvalidTask,
+    TaskResultDoesNotExist,
+    TaskResultMismatch,
+    TaskResultStatus,
+    default_task_backend,
+    task_backends,
+    task_enqueued,
+)
 from taskengine.models import Job
 from tests import tasks
 

@@ -12,14 +12,19 @@ from http import HTTPStatus
 import psycopg
 import pytest
 from django.db import connection, transaction
-from django.tasks import TaskResult, TaskResultStatus, default_task_backend
-from django.tasks.signals import task_enqueued
 from django.utils import timezone
-from django.utils.json import normalize_json
 from django.utils.safestring import mark_safe
 
 from taskengine import store
-from taskengine.backend import InvalidTaskArguments, _enqueue_is_observed, _json_ready, _ready_result
+from taskengine.backend import InvalidTaskArguments, _json_ready
+from taskengine.compat import (
+    TASKS_LOGGER,
+    TaskResultStatus,
+    default_task_backend,
+    enqueue_is_observed,
+    normalize_json,
+    task_enqueued,
+)
 from taskengine.models import Job
 from tests import tasks
 from tests.conftest import subprocess_database_url
@@ -196,27 +201,16 @@ def test_json_ready_rejects_what_normalize_json_rejects(value):
     assert type(ours.value) is type(djangos.value)
 
 
-def test_ready_result_equals_a_task_result_built_by_django():
-    now = timezone.now()
-    ours = _ready_result(tasks.add, "42", now, [1, 2], {"b": 3}, "default")
-    djangos = TaskResult(task=tasks.add, id="42", status=TaskResultStatus.READY, enqueued_at=now,
-                         started_at=None, finished_at=None, last_attempted_at=None, args=[1, 2],
-                         kwargs={"b": 3}, backend="default", errors=[], worker_ids=[])
-    assert ours == djangos
-    with pytest.raises(ValueError):
-        ours.return_value  # noqa: B018 — not finished yet, as for Django's own
-
-
 def test_task_enqueued_is_sent_only_when_something_would_observe_it(caplog):
-    caplog.set_level(logging.INFO, logger="django.tasks")
-    assert not _enqueue_is_observed()  # django.tasks' own receiver logs at DEBUG only
-    caplog.set_level(logging.DEBUG, logger="django.tasks")
-    assert _enqueue_is_observed()
+    caplog.set_level(logging.INFO, logger=TASKS_LOGGER)
+    assert not enqueue_is_observed()  # django.tasks' own receiver logs at DEBUG only
+    caplog.set_level(logging.DEBUG, logger=TASKS_LOGGER)
+    assert enqueue_is_observed()
     result = tasks.add.enqueue(1, 2)
     assert f"Task id={result.id} path=tests.tasks.add enqueued" in caplog.text
-    caplog.set_level(logging.INFO, logger="django.tasks")
+    caplog.set_level(logging.INFO, logger=TASKS_LOGGER)
     task_enqueued.connect(lambda **kw: None, weak=False, dispatch_uid="observer")
     try:
-        assert _enqueue_is_observed()
+        assert enqueue_is_observed()
     finally:
         task_enqueued.disconnect(dispatch_uid="observer")

@@ -9,9 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 from django.db import transaction
-from django.tasks import TaskResultStatus
-from django.tasks.signals import task_enqueued
 
+from taskengine.compat import TaskResultStatus, task_enqueued
 from taskengine.models import ExecutionLog, Job
 from tests import signal_tasks, tasks
 from tests.conftest import wait_for

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import pytest
-from django.tasks import TaskResultStatus
-from django.tasks.signals import task_finished, task_started
 from django.test.utils import override_settings
 
+from taskengine.compat import TaskResultStatus, task_finished, task_started
 from taskengine.models import ExecutionLog, Job
 from taskengine.worker import Worker
 from tests import tasks

@@ -4,7 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from django.tasks import task
+from taskengine.compat import task
+
 
 
 @task

@@ -5,9 +5,9 @@ import os
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
-from django.tasks import task_backends
 
 from taskengine import gate, metrics
+from taskengine.compat import task_backends
 from taskengine.conf import engine_settings
 from taskengine.maintenance import build_services
 from taskengine.worker import Worker

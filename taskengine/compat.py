@@ -1,0 +1,262 @@
+"""The one module that knows which ``django.tasks`` taskengine runs on, and every place
+where taskengine leans on something the tasks framework does not promise.
+
+Django 6.0 and 6.1 ship ``django.tasks``; on Django 5.2 LTS the django-tasks backport
+provides the same API as the ``django_tasks`` module (``pip install taskengine
+django-tasks``). The rest of taskengine (and its tests) imports the framework from here,
+never from either module directly.
+
+The internals, each behind a named function and each with a test of what it assumes
+(tests/unit/test_compat.py), so a Django release that changes one fails there, by name,
+rather than somewhere in the worker:
+
+- ``ready_task_result`` builds a ``TaskResult`` without ``__post_init__`` (its fields
+  are checked at import);
+- ``set_task_result_fields`` / ``set_return_value`` write fields of the frozen
+  ``TaskResult`` (the public ``return_value`` reads ``_return_value``);
+- ``clone_task`` builds a ``Task`` without ``__init__`` (no validation);
+- ``enqueue_is_observed`` reads ``Signal.receivers`` keys;
+- ``disconnect_task_log_receivers`` disconnects the framework's own log receivers;
+- ``cyclic_gc_paused`` pauses Python's process-wide garbage collector;
+- ``task`` passes taskengine's options (``max_attempts=`` ...) through the decorator,
+  which Django 6.0's own ``@task`` does not.
+"""
+from __future__ import annotations
+
+import gc
+import inspect
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import MISSING, fields
+from typing import Any
+
+import django
+from django.dispatch import Signal
+
+#: Django ships django.tasks from 6.0 on; before that the django-tasks backport does.
+BUILTIN_TASKS = django.VERSION >= (6, 0)
+
+if BUILTIN_TASKS:
+    from django.tasks import (
+        DEFAULT_TASK_BACKEND_ALIAS,
+        DEFAULT_TASK_QUEUE_NAME,
+        Task,
+        TaskContext,
+        TaskResult,
+        TaskResultStatus,
+        default_task_backend,
+        task_backends,
+    )
+    from django.tasks import signals as _signals
+    from django.tasks import task as _framework_task
+    from django.tasks.backends.base import BaseTaskBackend
+    from django.tasks.base import DEFAULT_TASK_PRIORITY, TaskError
+    from django.tasks.exceptions import (
+        InvalidTask,
+        InvalidTaskBackend,
+        TaskException,
+        TaskResultDoesNotExist,
+        TaskResultMismatch,
+    )
+    from django.tasks.signals import task_enqueued, task_finished, task_started
+    from django.utils.json import normalize_json
+else:
+    try:
+        import django_tasks  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - depends on what is installed
+        raise ImportError(
+            f"taskengine on Django {django.get_version()} needs the django-tasks backport "
+            "(Django 6.0+ ships django.tasks itself): pip install taskengine django-tasks"
+        ) from exc
+    from django_tasks import (
+        DEFAULT_TASK_BACKEND_ALIAS,
+        DEFAULT_TASK_QUEUE_NAME,
+        TaskContext,
+        TaskResult,
+        TaskResultStatus,
+        default_task_backend,
+        task_backends,
+    )
+    from django_tasks import signals as _signals
+    from django_tasks import task as _framework_task
+    from django_tasks.backends.base import BaseTaskBackend
+    from django_tasks.base import DEFAULT_TASK_PRIORITY, Task, TaskError
+    from django_tasks.exceptions import InvalidTaskBackendError as InvalidTaskBackend
+    from django_tasks.exceptions import InvalidTaskError as InvalidTask
+    from django_tasks.exceptions import TaskException, TaskResultDoesNotExist, TaskResultMismatch
+    from django_tasks.signals import task_enqueued, task_finished, task_started
+    from django_tasks.utils import normalize_json
+
+#: The framework's module (``django.tasks`` or ``django_tasks``): the prefix of its
+#: backends' paths, e.g. ``f"{TASKS_MODULE}.backends.immediate.ImmediateBackend"``.
+TASKS_MODULE: str = Task.__module__.rsplit(".", 1)[0]
+#: The logger the framework's own signal receivers log to.
+TASKS_LOGGER: str = _signals.logger.name
+
+__all__ = [
+    "BUILTIN_TASKS", "TASKS_MODULE", "TASKS_LOGGER", "DEFAULT_TASK_BACKEND_ALIAS",
+    "DEFAULT_TASK_PRIORITY", "DEFAULT_TASK_QUEUE_NAME", "BaseTaskBackend", "InvalidTask",
+    "InvalidTaskBackend", "Task", "TaskContext", "TaskError", "TaskException", "TaskResult",
+    "TaskResultDoesNotExist", "TaskResultMismatch", "TaskResultStatus", "default_task_backend",
+    "normalize_json", "task", "task_backends", "task_enqueued", "task_finished", "task_started",
+    "ready_task_result", "set_task_result_fields", "set_return_value", "clone_task",
+    "enqueue_is_observed", "disconnect_task_log_receivers", "cyclic_gc_paused",
+]
+
+
+# --- the @task decorator -------------------------------------------------------------
+
+#: Does the framework's @task pass unknown keywords on to the backend's task_class?
+#: Django 6.1 and the backport do; Django 6.0 does not.
+FRAMEWORK_TASK_TAKES_OPTIONS = any(
+    p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(_framework_task).parameters.values()
+)
+
+
+def _task_with_options(function: Callable | None = None, *, priority: int = DEFAULT_TASK_PRIORITY,
+                       queue_name: str = DEFAULT_TASK_QUEUE_NAME,
+                       backend: str = DEFAULT_TASK_BACKEND_ALIAS, takes_context: bool = False,
+                       **options: Any) -> Any:
+    """Django 6.1's ``@task``: the backend's ``task_class`` with every option given."""
+    if "run_after" in options:
+        raise TypeError("run_after cannot be defined statically with the @task decorator. "
+                        "Use .using(run_after=...) to set it dynamically.")
+
+    def wrapper(func: Callable) -> Task:
+        return task_backends[backend].task_class(
+            priority=priority, func=func, queue_name=queue_name, backend=backend,
+            takes_context=takes_context, run_after=None, **options,
+        )
+
+    return wrapper(function) if function else wrapper
+
+
+#: ``@task(max_attempts=5, timeout=30)`` on every supported Django: the framework's own
+#: decorator where it passes options through, the same decorator otherwise (Django 6.0).
+task = _framework_task if FRAMEWORK_TASK_TAKES_OPTIONS else _task_with_options
+
+
+# --- TaskResult ----------------------------------------------------------------------
+
+TASK_RESULT_FIELDS = frozenset({
+    "task", "id", "status", "enqueued_at", "started_at", "finished_at", "last_attempted_at",
+    "args", "kwargs", "backend", "errors", "worker_ids", "_return_value",
+})
+if {f.name for f in fields(TaskResult)} != TASK_RESULT_FIELDS:  # a TaskResult of another shape
+    raise ImportError(f"{TASKS_MODULE}.TaskResult has fields {sorted(f.name for f in fields(TaskResult))}, "
+                      f"not {sorted(TASK_RESULT_FIELDS)}; update taskengine.compat.ready_task_result")
+
+
+def ready_task_result(task: Task, result_id: str, enqueued_at: Any, args: list, kwargs: dict,
+                      backend: str) -> TaskResult:
+    """The TaskResult of a job just enqueued, its arguments already JSON-ready: equal to
+    ``TaskResult(status=READY, ...)`` but without ``__post_init__``, which would
+    normalise the arguments a second time (a bulk enqueue makes thousands)."""
+    result = object.__new__(TaskResult)
+    put = object.__setattr__
+    put(result, "task", task)
+    put(result, "id", result_id)
+    put(result, "status", TaskResultStatus.READY)
+    put(result, "enqueued_at", enqueued_at)
+    put(result, "started_at", None)
+    put(result, "finished_at", None)
+    put(result, "last_attempted_at", None)
+    put(result, "args", args)
+    put(result, "kwargs", kwargs)
+    put(result, "backend", backend)
+    put(result, "errors", [])
+    put(result, "worker_ids", [])
+    put(result, "_return_value", None)
+    return result
+
+
+def set_task_result_fields(result: TaskResult, **values: Any) -> None:
+    """Write fields of a (frozen) TaskResult that taskengine built itself and has not
+    handed out yet: a worker's result of an attempt that just finished."""
+    for name, value in values.items():
+        if name not in TASK_RESULT_FIELDS:
+            raise TypeError(f"TaskResult has no field {name!r}")
+        object.__setattr__(result, name, value)
+
+
+def set_return_value(result: TaskResult, value: Any) -> None:
+    """What ``result.return_value`` returns once the result is SUCCESSFUL (the
+    framework keeps it in the private ``_return_value``, set only by backends)."""
+    object.__setattr__(result, "_return_value", value)
+
+
+# --- Task ----------------------------------------------------------------------------
+
+def clone_task(source: Task | type[Task], **values: Any) -> Task:
+    """A Task carrying a stored job's queue and priority. Built without ``__init__`` (so
+    without ``validate_task``), so a job stored under a queue since removed from QUEUES
+    can still be read. ``source`` is a Task to copy, or a Task class whose fields
+    ``values`` gives (fields with a default may be left out)."""
+    cls = source if isinstance(source, type) else type(source)
+    task = object.__new__(cls)
+    for f in fields(cls):
+        if f.name in values:
+            value = values[f.name]
+        elif isinstance(source, Task):
+            value = getattr(source, f.name)
+        elif f.default is not MISSING:
+            value = f.default
+        elif f.default_factory is not MISSING:
+            value = f.default_factory()
+        else:
+            raise TypeError(f"clone_task({cls.__name__}) needs a value for {f.name!r}")
+        object.__setattr__(task, f.name, value)
+    return task
+
+
+# --- signals -------------------------------------------------------------------------
+
+def receiver_key(receiver: Callable, sender: Any = None) -> tuple[int, int]:
+    """The key ``Signal.connect`` files a plain-function receiver under (no dispatch_uid)."""
+    return (id(receiver), id(sender))
+
+
+def receiver_keys(signal: Signal) -> list[Any]:
+    """The keys of a signal's connected receivers (each entry of ``Signal.receivers``
+    starts with its key; what follows differs between Django versions)."""
+    return [key for key, *_ in signal.receivers]
+
+
+def enqueue_is_observed() -> bool:
+    """Would sending ``task_enqueued`` do anything? The one receiver the framework
+    connects itself only logs, at DEBUG; with that logger quiet and no other receiver, a
+    signal per job (thousands in a bulk enqueue) would be work for nothing."""
+    keys = receiver_keys(task_enqueued)
+    framework_logs = receiver_key(_signals.log_task_enqueued)
+    if any(key != framework_logs for key in keys):
+        return True
+    return bool(keys) and _signals.logger.isEnabledFor(logging.DEBUG)
+
+
+def disconnect_task_log_receivers() -> None:
+    """Disconnect the framework's receivers that log every task start and finish (the
+    worker logs those events itself, with worker id, attempt and timings)."""
+    task_started.disconnect(_signals.log_task_started)
+    task_finished.disconnect(_signals.log_task_finished)
+
+
+# --- the garbage collector -----------------------------------------------------------
+
+@contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for one bulk enqueue. It allocates about
+    ten small containers per job, none of them in a reference cycle, and the collector
+    would otherwise run about a hundred times per 10,000 jobs (sometimes a full
+    collection of the whole process) to find nothing; that was a third of the call's
+    time, at random. Reference counting still frees everything as usual. The collector
+    is process-wide, so other threads' cycles wait those milliseconds too; a collector
+    already paused by someone else is left paused."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
