@@ -5,6 +5,7 @@ variable; see docs/configuration.md for the full list.
 """
 from pathlib import Path
 
+import django
 import environ
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -33,6 +34,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_prometheus",
+    # Django 5.2 LTS: the django-tasks backport is where django.tasks lives (its app
+    # connects the framework's signals and system checks); Django 6.0+ ships it.
+    *(["django_tasks"] if django.VERSION < (6, 0) else []),
     "taskengine",
     "project",
 ]
@@ -152,5 +156,6 @@ LOGGING = {
     "loggers": {
         "taskengine": {"handlers": ["console"], "level": env("TASKENGINE_LOG_LEVEL", default="INFO"), "propagate": False},
         "django.tasks": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        "django_tasks": {"handlers": ["console"], "level": "WARNING", "propagate": False},  # Django 5.2
     },
 }
