@@ -100,7 +100,8 @@ __all__ = [
     "InvalidTaskBackend", "Task", "TaskContext", "TaskError", "TaskException", "TaskResult",
     "TaskResultDoesNotExist", "TaskResultMismatch", "TaskResultStatus", "default_task_backend",
     "normalize_json", "task", "task_backends", "task_enqueued", "task_finished", "task_started",
-    "ready_task_result", "set_task_result_fields", "set_return_value", "clone_task",
+    "FRAMEWORK_TASK_TAKES_OPTIONS", "TASK_RESULT_FIELDS", "ready_task_result",
+    "set_task_result_fields", "set_return_value", "clone_task", "receiver_key", "receiver_keys",
     "enqueue_is_observed", "disconnect_task_log_receivers", "cyclic_gc_paused",
 ]
 
