@@ -25,7 +25,7 @@ def assert_still_running_unrecorded(job_id) -> None:
 def test_a_worker_past_its_stuck_thread_limit_drains_and_exits_non_zero_leaving_the_lease_to_expire(
         worker_process, tmp_path):
     stuck = robustness_tasks.blocks_in_c_on_first_attempt.using(timeout=0.3).enqueue(str(tmp_path), 120, 0)
-    worker = worker_process("--no-leader", "--concurrency", "2", "--lease-seconds", "3",
+    worker = worker_process("--no-leader", "--concurrency", "2", "--lease-seconds", "3", "--max-backoff", "0.1",
                             "--max-stuck-threads", "0", "--shutdown-grace", "20", name="stuck")
     wait_for(lambda: robustness_tasks.executions(tmp_path), message="attempt 1 to start")
     slow = tasks.cooperative_sleep.enqueue(2.5)  # runs in the other slot, finishes in the drain
