@@ -144,6 +144,24 @@ def test_an_outcome_the_database_rejects_fails_its_attempt_without_holding_back_
     assert Job.objects.get(pk=poisoned.id).return_value is None
 
 
+def test_a_task_finished_receiver_that_raises_does_not_end_the_worker_loop():
+    from django.tasks.signals import task_finished
+
+    def broken_receiver(sender, task_result, **kwargs):
+        raise RuntimeError("a project's receiver is broken")
+
+    task_finished.connect(broken_receiver, weak=False, dispatch_uid="broken-receiver")
+    try:
+        results = [tasks.add.enqueue(i, 1) for i in range(4)]
+        running = start_worker(burst=True, concurrency=2)
+        wait_for(running.exited, timeout=20, message="the burst worker to drain and exit")
+    finally:
+        task_finished.disconnect(dispatch_uid="broken-receiver")
+        running.stop()
+    assert running.raised is None and running.returned == 0
+    assert [state_of(r.id) for r in results] == ["succeeded"] * 4
+
+
 # --- 2. attempts are tracked, not jobs ----------------------------------------------------
 
 def test_a_retry_claimed_while_its_abandoned_attempt_still_runs_stays_tracked_and_succeeds(tmp_path):
