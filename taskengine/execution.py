@@ -200,7 +200,6 @@ def unstorable_outcome(job: ClaimedJob, rejected: Outcome, reason: BaseException
     message = (f"the attempt's outcome ({rejected.outcome}) could not be stored: "
                f"{type(reason).__name__}: {_describe(reason)}")
     outcome = failure_outcome(job, OutcomeNotStorable(_ascii(message)))
-    outcome.error_message = _ascii(outcome.error_message)[:2000]
     own = (f"{rejected.error_class}: {rejected.error_message}\n{rejected.traceback}" if rejected.error_class
            else "(the attempt's return value was rejected)")
     outcome.traceback = _ascii(f"{outcome.traceback}\nThe rejected outcome:\n{own}")[-20000:]
