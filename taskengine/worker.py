@@ -248,6 +248,8 @@ class Worker:
             if claimed:
                 self._idle_rounds = 0
                 continue
+            if claim_due and claimed is None and time.monotonic() >= self._db_retry_at:
+                continue  # the claim did not run (its batch was refused): claim again now
             if claim_due and not self._running:
                 if self.burst and not self._pending and self._db_down_since is None:
                     logger.info("burst: nothing due, exiting", extra={"worker_id": self.worker_id})
@@ -518,21 +520,23 @@ class Worker:
             self._pending_since = time.monotonic()
         self._pending.append((running, outcome))
 
-    def _flush(self, claim: int = 0) -> list[store.ClaimedJob]:
+    def _flush(self, claim: int = 0) -> list[store.ClaimedJob] | None:
         """Write pending outcomes (fenced) and, if ``claim`` > 0, claim up to that many
-        jobs in the same transaction. Returns the claimed jobs. Database outages keep
-        the unwritten outcomes for the next try; nothing raised here ends the loop."""
+        jobs in the same transaction. Returns the claimed jobs, or None when the claim
+        did not run (a database error, or a refused batch it rolled back with): "claimed
+        nothing" must not read as "nothing is due". Database outages keep the unwritten
+        outcomes for the next try; nothing raised here ends the loop."""
         if not self._pending:
             return self._claim(claim)
         try:
-            return self._db_call("finish", lambda: self._finish_then_claim(claim), default=[])
+            return self._db_call("finish", lambda: self._finish_then_claim(claim), default=None)
         except Exception:  # noqa: BLE001 - a bug, or a value refused even when written alone
             logger.exception("writing %d outcomes failed; retrying after a back-off", len(self._pending),
                              extra={"worker_id": self.worker_id})
             self._back_off(time.monotonic())
-            return []
+            return None
 
-    def _finish_then_claim(self, claim: int) -> list[store.ClaimedJob]:
+    def _finish_then_claim(self, claim: int) -> list[store.ClaimedJob] | None:
         batch = list(self._pending)
         try:
             with transaction.atomic(using=self.database):
@@ -544,7 +548,7 @@ class Worker:
             logger.warning("the database refused a batch of %d outcomes (%s: %s); writing it in parts",
                            len(batch), type(exc).__name__, exc, extra={"worker_id": self.worker_id})
             self._finish_isolating(batch)
-            return []  # the claim rolled back with the batch; the next round claims
+            return None  # the claim rolled back with the batch; the next round claims
         self._written(batch, won)
         return claimed
 

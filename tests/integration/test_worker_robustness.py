@@ -246,3 +246,22 @@ def test_jobs_claimed_as_the_worker_is_told_to_stop_are_run_or_released_never_le
         assert job.locked_by is None
     assert not Job.objects.filter(state="running").exists()
 
+
+
+def test_a_burst_worker_does_not_exit_while_jobs_are_due_after_a_refused_outcome_batch():
+    """The claim that rides in a refused batch's transaction rolls back with it: that
+    round claimed nothing because it could not, not because nothing was due."""
+    poisoned = tasks.add.using(max_attempts=1).enqueue(100, 1)
+    after = [tasks.add.enqueue(i, 2) for i in range(5)]
+
+    class Poisoned(WorkerWritingAnUnstorableOutcome):
+        poisoned_job_id = int(poisoned.id)
+
+    running = start_worker(Poisoned, burst=True, concurrency=1)
+    try:
+        wait_for(running.exited, timeout=20, message="the burst worker to drain and exit")
+    finally:
+        running.stop()
+    assert running.raised is None and running.returned == 0
+    assert state_of(poisoned.id) == "failed"
+    assert [state_of(r.id) for r in after] == ["succeeded"] * 5
