@@ -193,7 +193,10 @@ class _AttemptRunner:
         else:
             self.events.started(running)
             with _attempt_savepoint(connection):
-                outcome = self._call(running)
+                try:
+                    outcome = self._call(running)
+                except Exception as exc:  # noqa: BLE001 - as Worker._collect_done: an error of the runner itself
+                    outcome = failure_outcome(job, exc)
         self.events.collected(running)
         with transaction.atomic(using=self.database):
             won = store.finish_jobs(connection, worker_id=TEST_WORKER_ID, outcomes=[outcome])
