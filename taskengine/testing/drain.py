@@ -133,7 +133,8 @@ def drain(*, queues: Iterable[str] | None = None, advance: bool = False, max_job
         names = wanted if wanted is not None else sorted(
             set(Job.objects.using(database).queued().values_list("queue", flat=True)))
         claimed = store.claim_jobs(connection, worker_id=TEST_WORKER_ID, queues=names, limit=1,
-                                   lease_seconds=LEASE_SECONDS) if names else []
+                                   lease_seconds=LEASE_SECONDS,
+                                   advisory=engine_settings.USE_ADVISORY_LOCKS) if names else []
         if not claimed:
             if not advance or not names:
                 break
@@ -157,17 +158,18 @@ def drain(*, queues: Iterable[str] | None = None, advance: bool = False, max_job
         if job.id not in seen:
             seen.append(job.id)
         summary.attempts.append(runner.run(job))
-    summary.results = [_result(database, job_id) for job_id in seen]
+    summary.results = _results(database, seen)
     return summary
 
 
-def _result(database: str, job_id: int):
+def _results(database: str, job_ids: list[int]) -> list:
+    """The stored TaskResults of ``job_ids``, in that order (a job a handler deleted has none)."""
     from django.tasks import task_backends
 
     from taskengine.models import Job
 
-    alias = Job.objects.using(database).values_list("backend", flat=True).get(pk=job_id)
-    return task_backends[alias].get_result(str(job_id))
+    backends = dict(Job.objects.using(database).filter(pk__in=job_ids).values_list("id", "backend"))
+    return [task_backends[backends[job_id]].get_result(str(job_id)) for job_id in job_ids if job_id in backends]
 
 
 class _AttemptRunner:
