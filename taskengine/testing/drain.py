@@ -142,8 +142,8 @@ def drain(*, queues: Iterable[str] | None = None, advance: bool = False, max_job
                 params = {"queues": names if connection.vendor == "postgresql" else json.dumps(names)}
                 cursor.execute(sql(connection, "testing_seconds_until_due"), params)
                 wait = cursor.fetchone()[0]
-            if wait is None:
-                break
+            if wait is None or wait <= 0:
+                break  # nothing queued, or due but held by someone else: time is not the reason
             step = max(1, math.ceil(wait))  # whole seconds keep SQLite's stored fractions exact
             advance_clock(step, using=database)
             summary.clock_advanced += step

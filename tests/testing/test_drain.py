@@ -222,3 +222,16 @@ def test_a_job_enqueued_in_a_rolled_back_transaction_is_never_drained():
         suite_tasks.add.enqueue(1, 2)
         raise RuntimeError("roll back")
     assert drain().ran == 0
+
+
+@pytest.mark.postgres
+@override_settings(TASKENGINE={"USE_ADVISORY_LOCKS": True})
+def test_drain_claims_through_the_advisory_lock_path_when_configured(db):
+    result = suite_tasks.add.enqueue(20, 22)
+    assert drain().results[0].return_value == 42
+    assert ExecutionLog.objects.get(job_id=result.id).worker_id == TEST_WORKER_ID
+    # The claim's transaction-scoped lock on the job stays until the test's transaction ends.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+                       " AND classid = %s", [store.ADVISORY_LOCK_NAMESPACE])
+        assert [row[0] for row in cursor.fetchall()] == [int(result.id)]
