@@ -97,10 +97,10 @@ def test_a_hostile_exception_message_fails_its_job_with_the_message_recorded(wor
     assert [e.exception_class_path for e in hostile.errors] == ["tests.hostile.tasks.HostileError"]
 
 
-@LONE_SURROGATE_OUTCOMES
-def test_an_exception_class_named_with_a_lone_surrogate_fails_its_job(worker_process):
-    hostile = tasks.raises_with_surrogate_class_name.enqueue()
-    run_hostile_then_ordinary(worker_process, hostile, in_subprocess=True)
+def test_a_unicode_error_about_a_surrogate_fails_its_job_with_the_error_recorded(worker_process):
+    hostile = tasks.encodes_a_surrogate.enqueue()
+    run_hostile_then_ordinary(worker_process, hostile)
     assert hostile.status == TaskResultStatus.FAILED
     log = ExecutionLog.objects.get(job_id=hostile.id)
-    assert "Error" in log.error_class and "class name with a lone surrogate" in log.error_message
+    assert log.error_class == "builtins.UnicodeEncodeError" and "surrogates not allowed" in log.error_message
+    assert "encodes_a_surrogate" in log.traceback
