@@ -71,7 +71,8 @@ def job_detail(request: HttpRequest, job_id: int) -> TemplateResponse:
     if found is None:
         raise Http404(f"no job {job_id}")
     job, detail = found
-    return render(request, "job_detail.html", f"Job {job.pk}", job=job, detail=detail)
+    payload = {name: serialize.payload_text(getattr(job, name)) for name in ("args", "kwargs", "return_value")}
+    return render(request, "job_detail.html", f"Job {job.pk}", job=job, detail=detail, payload=payload)
 
 
 @staff_page
