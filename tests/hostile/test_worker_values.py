@@ -15,9 +15,6 @@ from . import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-LONE_SURROGATE_OUTCOMES = pytest.mark.xfail(
-    strict=True, reason="lone surrogate outcomes: fixed by the worker-core branch")
-
 # returned kind -> None (stored exactly) or a word the recorded failure must use
 RETURNED = {
     "one_megabyte_string": None,
@@ -30,7 +27,7 @@ RETURNED = {
     "unserialisable": "JSON-serialisable",
 }
 RETURNED_CASES = [pytest.param(kind, RETURNED[kind], id=kind) for kind in RETURNED] + [
-    pytest.param("lone_surrogate", "surrogate", id="lone_surrogate", marks=LONE_SURROGATE_OUTCOMES)]
+    pytest.param("lone_surrogate", "surrogate", id="lone_surrogate")]
 STALLS_BEFORE_THE_FIX = {"lone_surrogate", "lone_surrogate_message"}  # run in a subprocess
 
 # raised message kind -> what the recorded error message must be
@@ -41,7 +38,7 @@ RAISED_CASES = [
     pytest.param("nul_message", lambda m: m == "bad \\x00 byte", id="nul_message"),
     pytest.param("non_utf8_bytes_message", lambda m: m == "b'\\xff\\xfe'", id="non_utf8_bytes_message"),
     pytest.param("lone_surrogate_message", lambda m: "bad " in m and " end" in m and "\udcff" not in m,
-                 id="lone_surrogate_message", marks=LONE_SURROGATE_OUTCOMES),
+                 id="lone_surrogate_message"),
 ]
 
 
