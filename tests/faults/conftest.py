@@ -8,6 +8,7 @@ session fixture raises and every case errors.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -53,9 +54,13 @@ def feeder(throwaway_postgres, tmp_path_factory) -> Iterator[Feeder]:
 
 
 @pytest.fixture
-def fault_case(throwaway_postgres, observer, feeder, tmp_path) -> Iterator[Callable[[str], FaultCase]]:
+def fault_case(request, throwaway_postgres, observer, feeder) -> Iterator[Callable[[str], FaultCase]]:
     """``fault_case(name)``: a FaultCase whose workers are real runworker processes on
-    the throwaway server; all are stopped (SIGTERM) at teardown."""
+    the throwaway server; all are stopped (SIGTERM) at teardown. Their logs are kept in
+    var/faults/<test>/ (replaced by the next run) for a look after a failure."""
+    logs = ROOT / "var" / "faults" / request.node.name
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir(parents=True)
     started: list[WorkerProcess] = []
     env = subprocess_env(
         DATABASE_URL=throwaway_postgres.database_url(WORKER_APPLICATION_NAME),
@@ -64,7 +69,7 @@ def fault_case(throwaway_postgres, observer, feeder, tmp_path) -> Iterator[Calla
     )
 
     def start_worker(name: str) -> WorkerProcess:
-        worker = WorkerProcess(list(WORKER_ARGS), tmp_path / f"{name}-{len(started)}.log", env)
+        worker = WorkerProcess(list(WORKER_ARGS), logs / f"{name}-{len(started)}.log", env)
         started.append(worker)
         return worker
 
@@ -78,14 +83,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         return
     terminalreporter.section("fault injection: figures")
     terminalreporter.write_line("| fault | jobs | lost | run twice | recovery time | pre-fault rate | "
-                                "post-fault rate | fault lasted |")
-    terminalreporter.write_line("| --- | --- | --- | --- | --- | --- | --- | --- |")
+                                "during the fault | post-fault rate | fault lasted |")
+    terminalreporter.write_line("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for f in harness.RESULTS:
         recovery = f"{f.recovery_seconds:.1f} s" if f.recovery_seconds is not None else "not within 30 s"
         post = f"{f.post_rate:.0f}/s" if f.post_rate is not None else "-"
         terminalreporter.write_line(f"| {f.fault} | {f.jobs} | {f.lost} | {f.run_twice} | {recovery} | "
-                                    f"{f.pre_rate:.0f}/s | {post} | {f.fault_seconds:.1f} s |")
-    out = ROOT / "var" / "faults-figures.json"
-    out.parent.mkdir(exist_ok=True)
+                                    f"{f.pre_rate:.0f}/s | {f.during_rate:.0f}/s | {post} | {f.fault_seconds:.1f} s |")
+    out = ROOT / "var" / "faults" / "figures.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps([f.as_dict() for f in harness.RESULTS], default=str, indent=1))
     terminalreporter.write_line(f"(details: {out.relative_to(ROOT)})")

@@ -98,6 +98,7 @@ class CaseFigures:
     executions: int
     fault_seconds: float
     pre_rate: float
+    during_rate: float
     post_rate: float | None
     recovery_seconds: float | None
     notes: dict[str, Any] = field(default_factory=dict)
@@ -281,6 +282,8 @@ class FaultCase:
             failed=states.get("failed", 0) + states.get("cancelled", 0), run_twice=len(twice),
             executions=len(markers), fault_seconds=round(_seconds(self.fault_ended - self.fault_started), 1),
             pre_rate=round(pre_count / WINDOW, 1),
+            during_rate=round(self.finished_between(self.fault_started, self.fault_ended)
+                              / _seconds(self.fault_ended - self.fault_started), 1),
             post_rate=round(recovered[1] / WINDOW, 1) if recovered else None,
             recovery_seconds=recovered[0] if recovered else None, notes=self.notes,
         )

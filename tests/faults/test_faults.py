@@ -158,4 +158,6 @@ def test_max_connections_exhausted_by_other_clients_loses_nothing_and_runs_nothi
     assert cut > 0 and refused > 0
     case.await_recovery()
     noticed_the_outage(case)
+    logs = "".join(w.log() for w in case.workers.values())
+    assert "too many clients" in logs or "connection slots are reserved" in logs, "no worker met the full server"
     case.assert_promises_kept()
