@@ -98,21 +98,24 @@ def test_a_snapshot_held_idle_in_transaction_and_repeatable_read_scans_do_not_st
                 scans[n] += 1
 
     vacuum_said: list[str] = []
-    with case.injected(expected_seconds=10):
-        holder = throwaway_postgres.connect(user=OTHER_CLIENT_ROLE, application_name="faults-idle-in-transaction")
-        holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        holder.execute("SELECT count(*) FROM taskengine_job").fetchall()  # the snapshot is now held
-        readers = [threading.Thread(target=read, args=(n,), daemon=True) for n in range(2)]
-        for reader in readers:
-            reader.start()
-        time.sleep(9)  # the fault's duration
-        with throwaway_postgres.connect() as vacuum:
-            vacuum.add_notice_handler(lambda d: vacuum_said.append(d.message_primary or ""))
-            vacuum.execute("VACUUM (VERBOSE) taskengine_job")
+    holder = throwaway_postgres.connect(user=OTHER_CLIENT_ROLE, application_name="faults-idle-in-transaction")
+    readers = [threading.Thread(target=read, args=(n,), daemon=True) for n in range(2)]
+    try:
+        with case.injected(expected_seconds=10):
+            holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            holder.execute("SELECT count(*) FROM taskengine_job").fetchall()  # the snapshot is now held
+            for reader in readers:
+                reader.start()
+            time.sleep(9)  # the fault's duration
+            with throwaway_postgres.connect() as vacuum:
+                vacuum.add_notice_handler(lambda d: vacuum_said.append(d.message_primary or ""))
+                vacuum.execute("VACUUM (VERBOSE) taskengine_job")
+            stop.set()
+            for reader in readers:
+                reader.join(30)
+            holder.execute("COMMIT")
+    finally:
         stop.set()
-        for reader in readers:
-            reader.join(30)
-        holder.execute("COMMIT")
         holder.close()
     kept = [int(m.group(1)) for line in vacuum_said
             for m in [re.search(r"(\d+) are dead but not yet removable", line)] if m]
@@ -129,7 +132,6 @@ def test_max_connections_exhausted_by_other_clients_loses_nothing_and_runs_nothi
     case = fault_case("max_connections exhausted by other clients for 6 s, engine connections cut once")
     case.start()
     others: list[psycopg.Connection] = []
-    refused = 0
 
     def take_a_slot() -> bool:
         try:
@@ -140,19 +142,35 @@ def test_max_connections_exhausted_by_other_clients_loses_nothing_and_runs_nothi
                 return False
             raise
 
-    with case.injected(expected_seconds=8):
-        while take_a_slot():
-            pass
-        # The workers must now reconnect to a full server: whatever slot their closed
-        # connections free is taken by the other clients, who keep trying.
-        cut = case.terminate_engine_connections()
-        ends = time.monotonic() + 6
+    refusals = [0] * 3
+    ends = 0.0
+
+    def keep_taking_slots(n: int) -> None:
         while time.monotonic() < ends:
             if not take_a_slot():
-                refused += 1
-                time.sleep(0.01)
+                refusals[n] += 1
+                time.sleep(0.002)
+
+    try:
+        with case.injected(expected_seconds=8):
+            while take_a_slot():
+                pass
+            # The workers must now reconnect to a full server: whatever slot their
+            # closed connections free is taken by the other clients, who keep trying.
+            ends = time.monotonic() + 6
+            takers = [threading.Thread(target=keep_taking_slots, args=(n,), daemon=True) for n in range(3)]
+            for taker in takers:
+                taker.start()
+            cut = case.terminate_engine_connections()
+            for taker in takers:
+                taker.join(30)
+            for conn in others:
+                conn.close()
+    finally:
+        ends = 0.0
         for conn in others:
             conn.close()
+    refused = sum(refusals)
     case.notes.update({"other clients' connections": len(others), "engine connections cut": cut,
                        "other clients refused": refused})
     assert cut > 0 and refused > 0
