@@ -77,6 +77,11 @@ def test_repeated_kill_9_of_one_worker_loses_nothing_and_runs_nothing_twice(faul
     lost_attempts = observer.value("SELECT count(*) FROM task_execution_logs WHERE job_id = ANY(%s) "
                                    "AND outcome = 'lost'", [case.ids])
     case.notes["attempts recovered after the kills"] = lost_attempts
+    replacement_first_claim = observer.value(
+        "SELECT min(l.started_at) FROM task_execution_logs l JOIN taskengine_worker w USING (worker_id) "
+        "WHERE w.pid = %s", [case.workers[victim].pid])
+    case.notes["seconds from the last kill to the replacement's first claim"] = round(
+        (replacement_first_claim - case.fault_ended).total_seconds(), 1)
     assert lost_attempts > 0, "no kill cut a job short"
     case.assert_promises_kept()
 
