@@ -21,9 +21,14 @@ pytestmark = [pytest.mark.postgres, pytest.mark.faults]
 
 
 def noticed_the_outage(case) -> None:
+    """Each worker logged losing the database and getting it back; the longest time
+    each was without it goes into the case's notes."""
+    longest = {}
     for name, worker in case.workers.items():
         log = worker.log()
         assert "database error" in log and "resuming" in log, f"{name} never lost the database:\n{log[-3000:]}"
+        longest[name] = max(float(s) for s in re.findall(r"database reachable again after ([\d.]+)s", log))
+    case.notes["longest time without the database, per worker (s)"] = longest
 
 
 def test_a_restart_of_postgresql_mid_drain_loses_nothing_and_runs_nothing_twice(fault_case, throwaway_postgres):
