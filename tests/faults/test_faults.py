@@ -8,6 +8,7 @@ rate within 30 s of the fault's end. Figures: docs/reliability.md."""
 from __future__ import annotations
 
 import re
+import signal
 import threading
 import time
 
@@ -15,6 +16,7 @@ import psycopg
 import pytest
 
 from tests.conftest import wait_for
+from tests.faults.harness import Marker, overlapping_jobs
 from tests.faults.server import OTHER_CLIENT_ROLE
 
 pytestmark = [pytest.mark.postgres, pytest.mark.faults]
@@ -189,3 +191,31 @@ def test_max_connections_exhausted_by_other_clients_loses_nothing_and_runs_nothi
     logs = "".join(w.log() for w in case.workers.values())
     assert "too many clients" in logs or "connection slots are reserved" in logs, "no worker met the full server"
     case.assert_promises_kept()
+
+
+def test_the_markers_catch_two_executions_at_once_of_a_job_whose_worker_froze_past_its_lease(
+        fault_case, observer):
+    """The control: the one overlap the design accepts (docs/reliability.md, a worker
+    frozen longer than its lease) must show in the markers, or "run twice: 0" above
+    would prove nothing."""
+    case = fault_case("control: a worker frozen past its lease")
+    [job_id] = case.feeder.enqueue(case.run_id, 1, work_seconds=4)
+
+    def marker_of(worker) -> list[tuple]:
+        return observer.rows("SELECT started_at, ended_at FROM fault_markers WHERE job_id = %s AND pid = %s",
+                             [job_id, worker.pid])
+
+    frozen = case.start_worker("frozen")
+    wait_for(lambda: marker_of(frozen), timeout=60, interval=0.1, message="the first execution to start")
+    frozen.signal(signal.SIGSTOP)
+    rerun = case.start_worker("rerun")
+    wait_for(lambda: marker_of(rerun), timeout=60, interval=0.2, message="the rerun to start after the lease")
+    frozen.signal(signal.SIGCONT)
+    wait_for(lambda: marker_of(frozen)[0][1] and marker_of(rerun)[0][1], timeout=30, interval=0.2,
+             message="both executions to end")
+    markers = [Marker(*row) for row in observer.rows(
+        "SELECT job_id, attempt, pid, started_at, ended_at FROM fault_markers WHERE job_id = %s", [job_id])]
+    assert len(markers) == 2
+    assert set(overlapping_jobs(markers, killed_at={})) == {job_id}
+    wait_for(lambda: observer.value("SELECT state FROM taskengine_job WHERE id = %s", [job_id]) == "succeeded",
+             timeout=30, interval=0.2, message="the rerun's result to be kept")
