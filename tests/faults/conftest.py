@@ -1,6 +1,7 @@
-"""Fixtures of the fault-injection suite: a throwaway PostgreSQL server per session
-(migrated once), the suite's observer connection and enqueuer, and ``fault_case``,
-which starts real ``runworker`` subprocesses pointed at the throwaway server.
+"""Fixtures of the fault-injection suite: a throwaway PostgreSQL server for this
+package's tests (migrated once, gone before the rest of the suite runs), the suite's
+observer connection and enqueuer, and ``fault_case``, which starts real ``runworker``
+subprocesses pointed at the throwaway server.
 
 Nothing here skips: without server binaries, or if the server cannot start, the
 session fixture raises and every case errors.
@@ -22,7 +23,7 @@ from tests.faults.server import OTHER_CLIENT_ROLE, Observer, ThrowawayPostgres
 from tests.faults.tasks import CREATE_MARKER_TABLE
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
     server = ThrowawayPostgres()
     try:
@@ -39,14 +40,14 @@ def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
         server.destroy()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def observer(throwaway_postgres) -> Iterator[Observer]:
     db = Observer(throwaway_postgres)
     yield db
     db.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def feeder(throwaway_postgres, tmp_path_factory) -> Iterator[Feeder]:
     enqueuer = Feeder(throwaway_postgres, tmp_path_factory.mktemp("faults") / "feeder.log")
     yield enqueuer
