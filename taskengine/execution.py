@@ -204,6 +204,9 @@ def outcome_for(running: RunningJob, value: Any, error: BaseException | None) ->
             _check_storable_json(return_json)
         except (TypeError, ValueError) as exc:
             error = TypeError(f"Return value of {job.task_path} is not JSON-serialisable: {exc}")
+        except RecursionError:
+            error = TypeError(f"Return value of {job.task_path} is not JSON-serialisable: it is nested too "
+                              "deeply (maximum recursion depth exceeded while encoding it)")
         else:
             return Outcome(job.id, job.attempt, JobState.SUCCEEDED, AttemptOutcome.SUCCEEDED,
                            return_value=return_json)

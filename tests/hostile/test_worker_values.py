@@ -23,7 +23,7 @@ RETURNED = {
     "nested_100_levels": None,
     "nul": "NUL",
     "nan": "JSON",
-    "nested_10000_levels": "recursion",
+    "nested_10000_levels": "nested too deeply",
     "unserialisable": "JSON-serialisable",
 }
 RETURNED_CASES = [pytest.param(kind, RETURNED[kind], id=kind) for kind in RETURNED] + [
