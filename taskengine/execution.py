@@ -200,8 +200,7 @@ def outcome_for(running: RunningJob, value: Any, error: BaseException | None) ->
     job = running.job
     if error is None:
         try:
-            return_json = json.dumps(normalize_json(value), allow_nan=False)
-            _check_storable_json(return_json)
+            return_json = return_value_json(value)
         except (TypeError, ValueError) as exc:
             error = TypeError(f"Return value of {job.task_path} is not JSON-serialisable: {exc}")
         except RecursionError:
@@ -261,22 +260,26 @@ def _format_traceback(error: BaseException) -> str:
 
 
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # \u0000 in JSON text, not an escaped backslash
-# An escaped surrogate in JSON text that is not half of a pair: a high one not followed by
-# a low one, or a low one not preceded by a high one. json.dumps writes every character
-# outside the BMP as a (valid) pair; a lone one comes from a str that holds one.
-_ESCAPED_LONE_SURROGATE = re.compile(
-    r"(?<!\\)(?:\\\\)*(?:\\ud[89ab][0-9a-f]{2}(?!\\ud[c-f][0-9a-f]{2})"
-    r"|(?<!\\ud[89ab][0-9a-f]{2})\\ud[c-f][0-9a-f]{2})")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _check_storable_json(text: str) -> None:
-    """ValueError when PostgreSQL's jsonb would reject ``text`` (the same on SQLite, so a
-    task behaves alike on both)."""
+def return_value_json(value: Any) -> str:
+    """A return value as the JSON text its job row stores, or ValueError/TypeError when
+    it is not JSON or PostgreSQL's jsonb would refuse it (refused on SQLite too, so a
+    task behaves alike on both, by the rule enqueue applies to arguments).
+
+    Characters are written as themselves (``ensure_ascii=False``), so a surrogate code
+    point in a str — lone, or one of two that only look like a pair — stays visible to
+    the check: escaped, two such code points would come back from jsonb as the one
+    character they encode, which is not the value the handler returned."""
+    text = json.dumps(normalize_json(value), allow_nan=False, ensure_ascii=False)
     if "\\u0000" in text and _ESCAPED_NUL.search(text):
         raise ValueError("it contains a NUL character (\\u0000), which PostgreSQL's jsonb cannot store")
-    if "\\ud" in text and _ESCAPED_LONE_SURROGATE.search(text):
-        raise ValueError("it contains a lone surrogate (such as a file name decoded with surrogateescape), "
-                         "which is not valid Unicode text and which PostgreSQL's jsonb cannot store")
+    if not text.isascii() and _SURROGATE.search(text):
+        raise ValueError("it contains a surrogate code point (such as a file name decoded with "
+                         "surrogateescape), which is not valid Unicode text and which PostgreSQL's jsonb "
+                         "cannot store")
+    return text
 
 
 def _storable(text: str) -> str:
