@@ -264,6 +264,7 @@ class Benchmark:
         import psycopg
 
         scratch = f"taskengine_raw_claim_{os.getpid()}"
+        self.log(f"raw claim limit: {rows} queued jobs in the scratch database {scratch}")
         with psycopg.connect(self._conninfo("postgres"), autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
             admin.execute(f'CREATE DATABASE "{scratch}"')

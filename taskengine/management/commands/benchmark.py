@@ -33,6 +33,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, **o) -> None:
         skip = {s.strip() for s in o["skip"].split(",") if s.strip()}
+        if o["raw_script"] is not None and not o["raw_script"].is_file():
+            raise CommandError(f"--raw-script {o['raw_script']} does not exist (or is not a file)")
         database = o["database"] or engine_settings.DATABASE
         bench = Benchmark(database=database, queue=o["queue"], log=self._note)
         if bench.connection.vendor != "postgresql":
