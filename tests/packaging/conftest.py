@@ -65,18 +65,42 @@ def digest(tree: Path) -> str:
     return sha.hexdigest()[:16]
 
 
-def build(kind: str, source: Path, workdir: Path) -> Built:
-    """``python -m build --<kind>`` on the copy of the checkout (a build in place would
-    leave build/ and *.egg-info behind, and could reuse a stale build/lib)."""
-    dist, log, done = workdir / f"dist-{kind}", workdir / f"{kind}.log", workdir / f"{kind}.done"
+# What `python -m build --sdist` and `--wheel` do, and the editable wheel that
+# `pip install -e` (bin/quickstart, bin/test) builds, through the build library, in one
+# isolated environment (the build requirements are installed once, not three times).
+# Prints "=== <kind>" before each, so the output can be told apart.
+BUILD = """
+import sys
+from build import ProjectBuilder
+from build.env import DefaultIsolatedEnv
+
+source, outdir = sys.argv[1:]
+with DefaultIsolatedEnv() as env:
+    builder = ProjectBuilder.from_isolated_env(env, source)
+    env.install(builder.build_system_requires)
+    for kind in ("sdist", "wheel", "editable"):
+        env.install(builder.get_requires_for_build(kind))
+        print(f"=== {kind}", flush=True)
+        builder.build(kind, f"{outdir}/{kind}")
+        sys.stdout.flush(); sys.stderr.flush()
+"""
+KINDS = ("sdist", "wheel", "editable")
+
+
+def build_all(source: Path, workdir: Path) -> dict[str, Built]:
+    """The sdist, the wheel and the editable wheel of the copy of the checkout (a build
+    in place would leave build/ and *.egg-info behind, and could reuse a stale build/lib)."""
+    dist, log, done = workdir / "dist", workdir / "build.log", workdir / "build.done"
     if not done.exists():
         shutil.rmtree(dist, ignore_errors=True)
-        out = run([sys.executable, "-m", "build", f"--{kind}", "--outdir", dist, source], cwd=workdir,
-                  env=outside_env())
-        log.write_text(out.stdout + out.stderr)
+        out = subprocess.run([sys.executable, "-c", BUILD, source, dist], cwd=workdir, env=outside_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+        assert out.returncode == 0, out.stdout[-5000:]
+        log.write_text(out.stdout)
         done.touch()
-    (artifact,) = dist.iterdir()
-    return Built(artifact, log.read_text())
+    parts = re.split(r"^=== (\w+)$", log.read_text(), flags=re.MULTILINE)
+    outputs = dict(zip(parts[1::2], parts[2::2], strict=True))
+    return {kind: Built(next((dist / kind).iterdir()), outputs[kind]) for kind in KINDS}
 
 
 @pytest.fixture(scope="session")
@@ -95,13 +119,23 @@ def packaging_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def wheel(packaging_dir) -> Built:
-    return build("wheel", packaging_dir / "source", packaging_dir)
+def builds(packaging_dir) -> dict[str, Built]:
+    return build_all(packaging_dir / "source", packaging_dir)
 
 
 @pytest.fixture(scope="session")
-def sdist(packaging_dir) -> Built:
-    return build("sdist", packaging_dir / "source", packaging_dir)
+def wheel(builds) -> Built:
+    return builds["wheel"]
+
+
+@pytest.fixture(scope="session")
+def sdist(builds) -> Built:
+    return builds["sdist"]
+
+
+@pytest.fixture(scope="session")
+def editable(builds) -> Built:
+    return builds["editable"]
 
 
 @pytest.fixture(scope="session")
@@ -111,9 +145,10 @@ def venv(wheel, packaging_dir) -> Path:
     if not done.exists():
         shutil.rmtree(path, ignore_errors=True)
         base_python = getattr(sys, "_base_executable", None) or sys.executable
-        run([base_python, "-m", "venv", path], cwd=packaging_dir, env=outside_env())
-        run([path / "bin" / "python", "-m", "pip", "install", "--quiet", wheel.path], cwd=packaging_dir,
-            env=outside_env(path), timeout=600)
+        # No pip of its own (ensurepip is slow); this environment's pip installs into it.
+        run([base_python, "-m", "venv", "--without-pip", path], cwd=packaging_dir, env=outside_env())
+        run([sys.executable, "-m", "pip", "--python", path / "bin" / "python", "install", "--quiet", wheel.path],
+            cwd=packaging_dir, env=outside_env(path), timeout=600)
         done.touch()
     return path
 
