@@ -3,7 +3,8 @@
 GET pages only read (``reads``); the one write view, ``job_action``, is POST only,
 CSRF-protected (``admin_view``), and delegates to ``operations.perform`` (permission,
 tenant scope, compare-and-set, audit). A job outside the user's tenants is a 404 on
-every page. Templates live in templates/taskengine/ and extend admin/base_site.html.
+every page. Templates live in taskengine/templates/taskengine/ (found through
+``APP_DIRS``) and extend admin/base_site.html.
 """
 from __future__ import annotations
 
