@@ -145,3 +145,17 @@ def test_a_filter_of_hostile_stored_text_finds_its_job(root, hostile_job):
         found = get(root, reverse(f"taskengine:{where}"), task=f"tests.{SCRIPT}", tenant=hostile_job.tenant)
         assert f"{hostile_job.pk}".encode() in found.content
 
+
+
+@pytest.mark.sqlite_only  # PostgreSQL's jsonb cannot hold a lone surrogate at all
+def test_the_admin_job_page_shows_a_stored_lone_surrogate_escaped_instead_of_failing(root):
+    """SQLite keeps what jobs stored before enqueue refused surrogates (or an ORM write):
+    the admin's own JSON display would write the lone surrogate into a page that must
+    encode as UTF-8."""
+    lone = b"\xff".decode("utf-8", "surrogateescape")
+    job = Job.objects.create(task_path="tests.tasks.noop", queue="default", state="succeeded",
+                             args=[f"name-{lone}"], kwargs={"k": lone}, return_value=f"r-{lone}",
+                             finished_at=Now())
+    response = get(root, reverse("admin:taskengine_job_change", args=[job.pk]))
+    page = response.content.decode()
+    assert "name-\\udcff" in page and "r-\\udcff" in page
