@@ -28,8 +28,8 @@ from typing import Any
 
 from django.dispatch import Signal
 from django.tasks import TaskResult, TaskResultStatus, task_backends
-from django.tasks.base import TaskError
 from django.tasks import signals as django_signals
+from django.tasks.base import TaskError
 from django.tasks.signals import task_finished, task_started
 
 from . import metrics, store
@@ -73,7 +73,7 @@ def listeners(signal: Signal, djangos_receiver: Any) -> tuple[bool, bool]:
     return djangos, others
 
 
-def exc_info_of(error: BaseException | None):
+def exc_info_of(error: BaseException | None) -> tuple[type[BaseException], BaseException, Any] | None:
     return (type(error), error, error.__traceback__) if error is not None else None
 
 

@@ -51,3 +51,10 @@ def get_task_id(context: TaskContext) -> str:
 def context_attempt_is(context: TaskContext, attempt: int) -> None:
     assert isinstance(context, TaskContext)
     assert context.attempt == attempt
+
+
+@task(max_attempts=2, retry_backoff=0.05, takes_context=True)
+def fails_on_first_attempt(context: TaskContext) -> int:
+    if context.attempt == 1:
+        raise RuntimeError("first attempt fails")
+    return context.attempt

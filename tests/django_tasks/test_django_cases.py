@@ -194,6 +194,14 @@ def test_get_result_keeps_taskengines_call_time_options():
     assert task_backends["default"].get_result(result.id) == result
 
 
+def test_get_result_equals_each_result_of_a_bulk_enqueue():
+    when = timezone.now() + timedelta(minutes=5)
+    results = test_tasks.noop_task.enqueue_many([(1,), ((2,), {"x": 1})])
+    results += test_tasks.noop_task.using(run_after=when).enqueue_many([()] * 3)
+    backend = task_backends["default"]
+    assert [backend.get_result(r.id) for r in results] == results
+
+
 def test_refresh_right_after_enqueue_changes_nothing(storing_backend):
     result = storing_backend.bind(test_tasks.noop_task).enqueue()
     before = dataclasses.asdict(result)
@@ -339,6 +347,7 @@ def test_a_task_runs_to_success(running_backend, t):
     assert result.return_value is None and result.task == t
     assert (result.args, result.kwargs, result.attempts) == ([1], {"two": 3}, 1)
     assert len(result.worker_ids) == 1 and result.errors == []
+    assert result.last_attempted_at == result.started_at
 
 
 def test_an_aenqueued_task_runs_to_success(running_backend):
@@ -441,6 +450,18 @@ def test_task_errors_name_their_exception_class(running_backend):
 
 
 # --- taskengine specifics a Django user can tell apart ----------------------------------
+
+
+def test_a_retried_attempt_writes_no_finish_line_until_the_job_finishes():
+    from tests.conftest import wait_for
+
+    with override_settings(TASKENGINE={"RETRY_JITTER": 0.0}), django_task_logs() as records:
+        result = test_tasks.fails_on_first_attempt.enqueue()
+        wait_for(lambda: TASKENGINE.settle(result).is_finished, timeout=20, message="the retried job to finish")
+    states = [r.getMessage().rsplit("=", 1)[1] for r in records if "state=" in r.getMessage()]
+    assert states == ["RUNNING", "RUNNING", "SUCCESSFUL"]
+    assert (result.status, result.return_value, result.attempts) == (TaskResultStatus.SUCCESSFUL, 2, 2)
+    assert [e.exception_class for e in result.errors] == [RuntimeError]
 
 
 def test_a_project_receiver_does_not_double_or_lose_djangos_lines():
