@@ -17,6 +17,9 @@ from functools import partial
 from math import isfinite as _isfinite
 from typing import Any
 
+from django.apps import apps
+from django.core.checks import CheckMessage
+from django.core.checks import Error as CheckError
 from django.db import Error as DatabaseError
 from django.db import connections, transaction
 from django.tasks import Task, TaskResult, TaskResultStatus
@@ -448,6 +451,21 @@ class DatabaseBackend(BaseTaskBackend):
             acting_user_id=user_key(getattr(task, "acting_user", None)),
         )
 
+    # --- checks ----------------------------------------------------------------------
+
+    def check(self, **kwargs: Any) -> Iterator[CheckMessage]:
+        """Run by django.tasks' own check for every configured backend. taskengine.E101
+        starts the backend's range (E1xx): taskengine's app checks (checks.py) do not run
+        at all when the app is missing, so this one must live here."""
+        yield from super().check(**kwargs)
+        if not apps.is_installed("taskengine"):
+            yield CheckError(
+                f"TASKS[{self.alias!r}] uses taskengine's DatabaseBackend, but 'taskengine' is not in "
+                "INSTALLED_APPS: its job tables, migrations and the runworker command are missing.",
+                hint='Add "taskengine" to INSTALLED_APPS and run `manage.py migrate`.',
+                id="taskengine.E101",
+            )
+
     # --- results ---------------------------------------------------------------------
 
     def get_result(self, result_id: str) -> TaskResult:
@@ -489,17 +507,36 @@ class DatabaseBackend(BaseTaskBackend):
             task = import_string(job.task_path)
         except ImportError:
             task = None
+        # The store sets run_after to the enqueue time when none was given (the claim
+        # orders by it); the task itself had none.
+        run_after = None if job.run_after == job.enqueued_at else job.run_after
         if not isinstance(task, Task):
             # The job outlived its code: describe it without pretending it can run.
             return _clone_task(
                 EngineTask, func=_missing_task, priority=job.priority, backend=self.alias,
-                queue_name=job.queue, run_after=job.run_after, takes_context=False,
+                queue_name=job.queue, run_after=run_after, takes_context=False,
                 max_attempts=job.max_attempts, timeout=job.timeout_seconds,
                 on_lease_expired=job.on_lease_expired, unique_key=job.unique_key,
                 tenant=job.tenant, acting_user=job.acting_user_id,
             )
-        return _clone_task(task, queue_name=job.queue, priority=job.priority,
-                           run_after=job.run_after, backend=self.alias)
+        return _clone_task(task, queue_name=job.queue, priority=job.priority, run_after=run_after,
+                           backend=self.alias, **self._call_time_options(task, job))
+
+    def _call_time_options(self, task: Task, job) -> dict[str, Any]:
+        """taskengine's options the job was enqueued with (``.using(...)``) where they
+        differ from what the task declares, so the Task read back equals the one enqueued
+        (except ``acting_user``: the user's key as text, not the user)."""
+        if not isinstance(task, EngineTask):
+            return {}
+        declared = self._job_template(task)
+        stored = {"max_attempts": (job.max_attempts, declared.max_attempts),
+                  "timeout": (job.timeout_seconds, declared.timeout_seconds),
+                  "retry_backoff": (job.retry_backoff_seconds, declared.retry_backoff_seconds),
+                  "on_lease_expired": (job.on_lease_expired, declared.on_lease_expired),
+                  "unique_key": (job.unique_key, declared.unique_key),
+                  "tenant": (job.tenant, declared.tenant),
+                  "acting_user": (job.acting_user_id, declared.acting_user_id)}
+        return {name: value for name, (value, default) in stored.items() if value != default}
 
 
 def _clone_task(source: Task | type[Task], **values: Any) -> Task:

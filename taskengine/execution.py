@@ -78,7 +78,7 @@ def resolve_task(task_path: str) -> Task:
     try:
         task = import_string(task_path)
     except ImportError as exc:
-        raise TaskNotFound(f"cannot import task {task_path!r}: {exc}") from None
+        raise TaskNotFound(f"cannot import task {task_path!r}: {exc}") from exc
     if not isinstance(task, Task):
         raise TaskNotFound(f"{task_path!r} is not a task (decorate it with @task; got {type(task).__name__})")
     return task
@@ -222,6 +222,7 @@ def failure_outcome(job: ClaimedJob, error: BaseException) -> Outcome:
         error_class=_storable(f"{cls.__module__}.{cls.__qualname__}"),
         error_message=_storable(_describe(error))[:2000],
         traceback=_storable(_format_traceback(error))[-20000:],
+        exception=error,
     )
     if isinstance(error, JobCancelled):
         return Outcome(job.id, job.attempt, JobState.CANCELLED, AttemptOutcome.CANCELLED, **details)

@@ -189,7 +189,6 @@ class Worker:
 
     def run(self) -> int:
         """Run until drained (SIGTERM, request_stop, or --burst with nothing due)."""
-        events.replace_django_task_log_receivers()
         logger.info("worker starting: queues=%s concurrency=%d lease=%.0fs claim=%s wake=%s",
                     ",".join(self.queues), self.concurrency, self.lease_seconds,
                     "advisory" if self.use_advisory_locks else "skip-locked",
