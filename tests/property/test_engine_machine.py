@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -34,7 +35,7 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
-from hypothesis import HealthCheck, event, settings
+from hypothesis import HealthCheck, event, seed, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.stateful import (Bundle, RuleBasedStateMachine, initialize, invariant, multiple,
@@ -659,4 +660,12 @@ class _Rollback(Exception):
 
 @pytest.mark.django_db(transaction=True)
 def test_engine_state_machine():
-    run_state_machine_as_test(EngineMachine, settings=settings(settings.get_profile(PROFILE)))
+    chosen = os.environ.get("TASKENGINE_PROPERTY_SEED")
+    run_seed = int(chosen) if chosen else random.SystemRandom().randrange(2**32)
+    print(f"property machine: profile {PROFILE}, seed {run_seed} (TASKENGINE_PROPERTY_SEED={run_seed} runs it again)")
+    try:
+        run_state_machine_as_test(seed(run_seed)(EngineMachine), settings=settings(settings.get_profile(PROFILE)))
+    except BaseException as failure:
+        failure.add_note(f"property machine seed: TASKENGINE_PROPERTY_SEED={run_seed} "
+                         f"TASKENGINE_PROPERTY_PROFILE={PROFILE} (see docs/reliability.md)")
+        raise
