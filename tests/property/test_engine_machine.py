@@ -19,8 +19,9 @@ accepts either result inside that band. Whatever is stale (expired, taken over,
 finished) stays stale as time goes on, so "a stale token never writes" is asserted
 without any band.
 
-Budget: TASKENGINE_PROPERTY_PROFILE=ci (the default, ~1 minute per database on a
-2-core machine) or =local (longer). Reproducing a failure: docs/reliability.md.
+Budget: TASKENGINE_PROPERTY_PROFILE=ci (the default, about a minute per database on
+the 2-core machine) or =local (20 times as many examples). Reproducing a failure:
+docs/reliability.md.
 """
 from __future__ import annotations
 
