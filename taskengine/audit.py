@@ -2,13 +2,14 @@
 
 ``record()`` must be called inside the same transaction as the change it describes
 (the caller's ``transaction.atomic()``): if the audit insert fails, the change rolls
-back with it. Rows are append-only; nothing in taskengine updates or deletes them.
+back with it. Every row carries the tenant of its target. Rows are append-only; nothing in taskengine updates or deletes them.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from django.db import transaction
+from django.db.models import QuerySet
 
 from .models import OperatorAction
 
@@ -25,11 +26,14 @@ def job_snapshot(job) -> dict[str, Any]:
     }
 
 
-def record(*, actor, action: str, target_type: str, target_id: Any, tenant: str | None = None,
+def record(*, actor, action: str, target_type: str, target_id: Any, tenant: str | None,
            before: dict | None = None, after: dict | None = None, reason: str = "",
            using: str = "default") -> OperatorAction:
     """Append an audit row. Raises if called outside a transaction, so an audited
-    change can never commit without its record."""
+    change can never commit without its record.
+
+    ``tenant`` is the tenant of the target (None only for a target without one): tenant
+    staff see exactly the audit rows of their tenants, so it has no default."""
     connection = transaction.get_connection(using)
     if not connection.in_atomic_block:
         raise RuntimeError("audit.record() must run inside the transaction that makes the change")
@@ -45,3 +49,22 @@ def record(*, actor, action: str, target_type: str, target_id: Any, tenant: str 
         state_after=after,
         reason=reason,
     )
+
+
+def record_cascaded_membership_delete(sender, instance, using, origin=None, **kwargs) -> None:
+    """``pre_delete`` receiver for TenantMembership: a membership deleted because its
+    user was deleted (the auth admin, ``user.delete()``) is an operator write too, and
+    gets its audit row inside the deletion's transaction (Django's delete collector
+    sends pre_delete inside it, so a failed insert rolls the whole delete back).
+
+    Deletes that start at the membership itself are audited by their own path (the
+    membership admin writes its row with the acting user), so they are skipped here.
+    The acting user of a cascade is not known to a signal: the row is the system's,
+    and its reason names the deleted object."""
+    origin_model = origin.model if isinstance(origin, QuerySet) else type(origin)
+    if origin is None or issubclass(origin_model, sender):
+        return
+    record(actor=None, action="tenant_membership.delete", target_type="tenant_membership",
+           target_id=instance.pk, tenant=instance.tenant,
+           before={"user": instance.user_id, "tenant": instance.tenant}, after=None,
+           reason=f"deleted with {origin_model._meta.verbose_name} {origin}"[:500], using=using)

@@ -27,6 +27,7 @@ from django.utils.module_loading import import_string
 
 from . import metrics, store
 from .conf import engine_settings
+from .events import send_robustly
 from .states import to_task_result_status
 
 
@@ -270,8 +271,9 @@ class DatabaseBackend(BaseTaskBackend):
         """After commit: count the jobs and send task_enqueued for each."""
         metrics.jobs_submitted([row for row, _ in created])
         if _enqueue_is_observed():
-            for _, result in created:
-                task_enqueued.send(type(self), task_result=result)
+            for row, result in created:
+                send_robustly(task_enqueued, "task_enqueued", type(self), result, logger,
+                              {"job_id": int(result.id), "task_path": row.task_path, "queue": row.queue})
 
     def _insert(self, connection, rows: list[store.NewJob]) -> list[store.InsertedJob]:
         for _ in range(5):

@@ -8,7 +8,7 @@ key is not an integer). This module fills old rows on big tables and reports pro
 
 Invariants:
 - Bounded batches in primary-key order, one short transaction per batch (the batch's
-  audit row commits with it). Nothing holds a lock across batches.
+  audit rows, one per tenant of the rows written, commit with it). Nothing holds a lock across batches.
 - Every write is compare-and-set on ``user_id_str IS NULL``: a row is written at most
   once however many backfills run at once or how often one is interrupted and rerun.
   The counts returned are the rows *this* run wrote (the UPDATE's RETURNING rows).
@@ -84,18 +84,21 @@ def count_pending(database: str = "default", *, tenants: list[str] | None = None
 
 
 def fill_batch(database: str, ids: list[int], *, actor: Any = SYSTEM_ACTOR) -> list[int]:
-    """Write user_id_str for those of ``ids`` still missing it, with one audit row,
-    in one transaction. Returns the ids this call wrote."""
+    """Write user_id_str for those of ``ids`` still missing it, in one transaction with
+    one audit row per tenant of the rows written (an audit row carries its target's
+    tenant, so tenant staff see the fixes of their jobs). Returns the ids written."""
     connection = connections[database]
+    by_tenant: dict[str | None, list[int]] = {}
     with transaction.atomic(using=database):
-        written = [row[0] for row in _fetch(connection, "backfill_fill_batch",
-                                            {"ids": vendor_list(connection, ids)})]
-        if written:
+        for log_id, tenant in _fetch(connection, "backfill_fill_batch", {"ids": vendor_list(connection, ids)}):
+            by_tenant.setdefault(tenant, []).append(log_id)
+        # Tenants in order of their first row, so the trail reads in id order.
+        for tenant, written in sorted(by_tenant.items(), key=lambda item: min(item[1])):
             audit.record(actor=actor, action="backfill.user_id_str", target_type=TABLE,
-                         target_id=f"{min(written)}-{max(written)}",
+                         target_id=f"{min(written)}-{max(written)}", tenant=tenant,
                          after={"updated": len(written)},
                          reason="user_id_str := user_id::text where missing", using=database)
-    return sorted(written)
+    return sorted(log_id for written in by_tenant.values() for log_id in written)
 
 
 def run(database: str = "default", *, batch_size: int = DEFAULT_BATCH_SIZE, dry_run: bool = False,

@@ -5,7 +5,9 @@ attempt, timings; the traceback on failure), the per-job metrics, and django.tas
 Signals carry a TaskResult only when a project connects a receiver: the worker's own
 log lines replace django.tasks' log receivers in the worker process. A first attempt's
 result is built from what the worker knows; after retries, the errors and workers of
-earlier attempts are read back from the store. Nothing here may break the worker loop.
+earlier attempts are read back from the store. Nothing here may break the worker loop:
+signals are sent robustly (send_robustly), so a receiver that raises is logged and
+changes neither the job's outcome nor its attempts.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import logging
 import time
 from typing import Any
 
-from django.tasks import TaskResultStatus, task_backends
+from django.dispatch import Signal
+from django.tasks import TaskResult, TaskResultStatus, task_backends
 from django.tasks.base import TaskError
 from django.tasks.signals import task_finished, task_started
 
@@ -24,6 +27,25 @@ from .states import to_task_result_status
 from .store import Outcome
 
 logger = logging.getLogger("taskengine.worker")
+
+
+def send_robustly(signal: Signal, name: str, sender: type, task_result: TaskResult,
+                  log: logging.Logger, extra: dict[str, Any]) -> None:
+    """Send ``signal`` to every receiver even if some raise (``send_robust``), logging
+    each receiver's error with its name and the job. A project's receiver must not stop
+    a worker, spend an attempt, or make a committed enqueue look failed to its caller."""
+    for receiver, response in signal.send_robust(sender, task_result=task_result):
+        if isinstance(response, Exception):
+            log.error("%s receiver %s raised %s: %s (ignored)", name, receiver_name(receiver),
+                      type(response).__name__, response, exc_info=response,
+                      extra={**extra, "event": "signal_receiver_failed"})
+
+
+def receiver_name(receiver: Any) -> str:
+    qualname = getattr(receiver, "__qualname__", None)
+    if qualname is None:
+        return repr(receiver)
+    return f"{getattr(receiver, '__module__', None) or '?'}.{qualname}"
 
 
 def replace_django_task_log_receivers() -> None:
@@ -87,33 +109,39 @@ class JobEvents:
         """task_started, when a project listens."""
         if not task_started.has_listeners():
             return
-        backend = task_backends[running.task.backend]
-        result = task_result_for(running, [self.worker_id], backend.alias)
-        if running.job.attempt > 1:
-            result = self._stored_result(running) or result
-        task_started.send(type(backend), task_result=result)
+        try:
+            backend = task_backends[running.task.backend]
+            result = task_result_for(running, [self.worker_id], backend.alias)
+            if running.job.attempt > 1:
+                result = self._stored_result(running) or result
+            send_robustly(task_started, "task_started", type(backend), result, logger, self.extra(running.job))
+        except Exception:  # noqa: BLE001 - a signal must not break the loop or the attempt
+            logger.exception("could not send task_started", extra=self.extra(running.job))
 
     def _send_finished(self, running: RunningJob, state: str, outcome: Outcome) -> None:
         """A first attempt's result is known here in full; after retries, the errors
         and workers of earlier attempts are read back from the store."""
         if not task_finished.has_listeners():
             return
-        backend = task_backends[running.task.backend]
-        if running.job.attempt > 1:
-            result = self._stored_result(running)
-            if result is None:
-                return
-        else:
-            result = task_result_for(running, [self.worker_id], backend.alias)
-            status = to_task_result_status(state)
-            object.__setattr__(result, "status", status)
-            object.__setattr__(result, "finished_at", outcome.finished_at)
-            if outcome.error_class:
-                result.errors.append(TaskError(exception_class_path=outcome.error_class,
-                                               traceback=outcome.traceback))
-            if status == TaskResultStatus.SUCCESSFUL:
-                object.__setattr__(result, "_return_value", json.loads(outcome.return_value))
-        task_finished.send(type(backend), task_result=result)
+        try:
+            backend = task_backends[running.task.backend]
+            if running.job.attempt > 1:
+                result = self._stored_result(running)
+                if result is None:
+                    return
+            else:
+                result = task_result_for(running, [self.worker_id], backend.alias)
+                status = to_task_result_status(state)
+                object.__setattr__(result, "status", status)
+                object.__setattr__(result, "finished_at", outcome.finished_at)
+                if outcome.error_class:
+                    result.errors.append(TaskError(exception_class_path=outcome.error_class,
+                                                   traceback=outcome.traceback))
+                if status == TaskResultStatus.SUCCESSFUL:
+                    object.__setattr__(result, "_return_value", json.loads(outcome.return_value))
+            send_robustly(task_finished, "task_finished", type(backend), result, logger, self.extra(running.job))
+        except Exception:  # noqa: BLE001 - a signal must not break the loop
+            logger.exception("could not send task_finished", extra=self.extra(running.job))
 
     def _stored_result(self, running: RunningJob):
         try:

@@ -63,8 +63,9 @@ class RunningJob:
     thread_id: int | None = None  # set while a sync handler runs
     future: Any = None
     interrupt_sent: type[JobInterrupted] | None = None
-    abandoned: bool = False  # the worker already wrote an outcome for it
+    abandoned: bool = False  # released at shutdown: its outcome is no longer this worker's to write
     lease_lost: bool = False
+    stuck: bool = False  # a sync handler that ignored an interrupt past the grace and still runs
     guard: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -94,17 +95,48 @@ def task_result_for(running: RunningJob, worker_ids: list[str], backend_alias: s
 
 
 def call_arguments(running: RunningJob, worker_id: str) -> tuple[list, dict]:
-    args = list(running.job.args)
-    if running.task.takes_context:
-        if running.job.attempt > 1:
-            # Earlier attempts' workers and errors live in the store.
-            from django.tasks import task_backends
+    """The handler's arguments: its TaskContext first when it takes one. On a retry the
+    context's result is read from the store (earlier attempts' errors and workers), on
+    the calling thread's connection — never call this on the event loop."""
+    if not running.task.takes_context:
+        return list(running.job.args), running.job.kwargs
+    if running.job.attempt > 1:
+        result = _stored_task_result(running)
+    else:
+        result = task_result_for(running, [worker_id], running.task.backend)
+    return _with_context(result, running)
 
-            result = task_backends[running.task.backend].get_result(str(running.job.id))
-        else:
-            result = task_result_for(running, [worker_id], running.task.backend)
-        args.insert(0, TaskContext(task_result=result))
-    return args, running.job.kwargs
+
+async def async_call_arguments(running: RunningJob, worker_id: str) -> tuple[list, dict]:
+    """call_arguments for an async handler: a retry's stored result is read off the
+    event loop (a sync query on it raises SynchronousOnlyOperation), on asgiref's one
+    thread for thread-sensitive calls, so the worker keeps one connection for these
+    reads however many async jobs retry."""
+    if running.task.takes_context and running.job.attempt > 1:
+        from asgiref.sync import sync_to_async
+
+        result = await sync_to_async(_stored_task_result_tidily, thread_sensitive=True)(running)
+        return _with_context(result, running)
+    return call_arguments(running, worker_id)
+
+
+def _with_context(result: TaskResult, running: RunningJob) -> tuple[list, dict]:
+    return [TaskContext(task_result=result), *running.job.args], running.job.kwargs
+
+
+def _stored_task_result(running: RunningJob) -> TaskResult:
+    from django.tasks import task_backends
+
+    return task_backends[running.task.backend].get_result(str(running.job.id))
+
+
+def _stored_task_result_tidily(running: RunningJob) -> TaskResult:
+    """_stored_task_result on a long-lived helper thread: a connection broken by a
+    database outage is closed, so the next read reconnects instead of failing too."""
+    try:
+        return _stored_task_result(running)
+    finally:
+        _tidy_thread_connections()
 
 
 def run_sync(running: RunningJob, worker_id: str) -> Outcome:
@@ -132,8 +164,8 @@ def run_sync(running: RunningJob, worker_id: str) -> Outcome:
 async def run_async(running: RunningJob, worker_id: str) -> Outcome:
     import asyncio
 
-    args, kwargs = call_arguments(running, worker_id)
     try:
+        args, kwargs = await async_call_arguments(running, worker_id)
         coroutine = running.task.func(*args, **kwargs)
         if running.job.timeout_seconds:
             value = await asyncio.wait_for(coroutine, running.job.timeout_seconds)
@@ -144,10 +176,16 @@ async def run_async(running: RunningJob, worker_id: str) -> Outcome:
         return outcome_for(running, None, JobTimedOut(f"timed out after {running.job.timeout_seconds}s")
                            if running.job.timeout_seconds else exc)
     except asyncio.CancelledError:
-        reason = running.interrupt_sent or JobCancelled
-        return outcome_for(running, None, reason(_interrupt_message(reason, running)))
+        return outcome_for(running, None, async_interrupt(running))
     except Exception as exc:  # noqa: BLE001
         return outcome_for(running, None, exc)
+
+
+def async_interrupt(running: RunningJob) -> JobInterrupted:
+    """What cancelled an async handler: the interrupt the worker sent (a timeout, an
+    operator's cancel, a lost lease); a cancellation it did not send counts as a cancel."""
+    reason = running.interrupt_sent or JobCancelled
+    return reason(_interrupt_message(reason, running))
 
 
 def _interrupt_message(reason: type[JobInterrupted], running: RunningJob) -> str:
@@ -163,8 +201,7 @@ def outcome_for(running: RunningJob, value: Any, error: BaseException | None) ->
     if error is None:
         try:
             return_json = json.dumps(normalize_json(value), allow_nan=False)
-            if "\\u0000" in return_json and _ESCAPED_NUL.search(return_json):
-                raise ValueError("it contains a NUL character (\\u0000), which PostgreSQL's jsonb cannot store")
+            _check_storable_json(return_json)
         except (TypeError, ValueError) as exc:
             error = TypeError(f"Return value of {job.task_path} is not JSON-serialisable: {exc}")
         else:
@@ -173,12 +210,16 @@ def outcome_for(running: RunningJob, value: Any, error: BaseException | None) ->
     return failure_outcome(job, error)
 
 
+class OutcomeNotStorable(ValueError):
+    """The database rejected an attempt's outcome; the attempt fails with this instead."""
+
+
 def failure_outcome(job: ClaimedJob, error: BaseException) -> Outcome:
     cls = type(error)
     details = dict(
-        error_class=f"{cls.__module__}.{cls.__qualname__}",
-        error_message=_storable(str(error))[:2000],
-        traceback=_storable("".join(traceback.format_exception(error)))[-20000:],
+        error_class=_storable(f"{cls.__module__}.{cls.__qualname__}"),
+        error_message=_storable(_describe(error))[:2000],
+        traceback=_storable(_format_traceback(error))[-20000:],
     )
     if isinstance(error, JobCancelled):
         return Outcome(job.id, job.attempt, JobState.CANCELLED, AttemptOutcome.CANCELLED, **details)
@@ -189,13 +230,68 @@ def failure_outcome(job: ClaimedJob, error: BaseException) -> Outcome:
     return Outcome(job.id, job.attempt, JobState.FAILED, kind or AttemptOutcome.FAILED, **details)
 
 
+def unstorable_outcome(job: ClaimedJob, rejected: Outcome, reason: BaseException) -> Outcome:
+    """What a worker writes instead of ``rejected`` when the database refused it: a
+    failure of the attempt naming the refusal, in plain ASCII (so it cannot be refused
+    for the same reason). The rejected outcome's own error, if any, is kept as text."""
+    message = (f"the attempt's outcome ({rejected.outcome}) could not be stored: "
+               f"{type(reason).__name__}: {_describe(reason)}")
+    outcome = failure_outcome(job, OutcomeNotStorable(_ascii(message)))
+    own = (f"{rejected.error_class}: {rejected.error_message}\n{rejected.traceback}" if rejected.error_class
+           else "(the attempt's return value was rejected)")
+    outcome.traceback = _ascii(f"{outcome.traceback}\nThe rejected outcome:\n{own}")[-20000:]
+    return outcome
+
+
+def _describe(error: BaseException) -> str:
+    try:
+        return str(error)
+    except Exception as exc:  # noqa: BLE001 - an exception whose __str__ raises
+        return f"<unprintable {type(error).__name__}: str() raised {type(exc).__name__}>"
+
+
+def _format_traceback(error: BaseException) -> str:
+    try:
+        return "".join(traceback.format_exception(error))
+    except Exception as exc:  # noqa: BLE001 - the same, from inside the traceback module
+        return f"<traceback unavailable: {type(exc).__name__}>"
+
+
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # \u0000 in JSON text, not an escaped backslash
+# An escaped surrogate in JSON text that is not half of a pair: a high one not followed by
+# a low one, or a low one not preceded by a high one. json.dumps writes every character
+# outside the BMP as a (valid) pair; a lone one comes from a str that holds one.
+_ESCAPED_LONE_SURROGATE = re.compile(
+    r"(?<!\\)(?:\\\\)*(?:\\ud[89ab][0-9a-f]{2}(?!\\ud[c-f][0-9a-f]{2})"
+    r"|(?<!\\ud[89ab][0-9a-f]{2})\\ud[c-f][0-9a-f]{2})")
+
+
+def _check_storable_json(text: str) -> None:
+    """ValueError when PostgreSQL's jsonb would reject ``text`` (the same on SQLite, so a
+    task behaves alike on both)."""
+    if "\\u0000" in text and _ESCAPED_NUL.search(text):
+        raise ValueError("it contains a NUL character (\\u0000), which PostgreSQL's jsonb cannot store")
+    if "\\ud" in text and _ESCAPED_LONE_SURROGATE.search(text):
+        raise ValueError("it contains a lone surrogate (such as a file name decoded with surrogateescape), "
+                         "which is not valid Unicode text and which PostgreSQL's jsonb cannot store")
 
 
 def _storable(text: str) -> str:
     """Error text as a database text column can hold it: PostgreSQL text cannot contain
-    NUL, and an outcome that cannot be written would never finish its job."""
-    return text.replace("\x00", "\\x00") if "\x00" in text else text
+    NUL, and no database driver can encode a lone surrogate as UTF-8; an outcome that
+    cannot be written would never finish its job. Both are written as escapes."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _ascii(text: str) -> str:
+    return _storable(text).encode("ascii", "backslashreplace").decode("ascii")
 
 
 def retry_delay(job: ClaimedJob) -> float:

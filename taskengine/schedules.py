@@ -1,7 +1,8 @@
 """Periodic schedules: validation, slot arithmetic and the TASKENGINE["SCHEDULES"] sync.
 
 A schedule has either a cron expression (parsed by croniter, evaluated in the
-schedule's IANA time zone, so DST is honoured) or a fixed interval in seconds. Interval
+schedule's IANA time zone, so DST is honoured by Vixie cron's convention — see
+``cron_slot_kept``) or a fixed interval in seconds. Interval
 slots are the multiples of the interval since midnight 1970-01-01 in the schedule's
 time zone (one fixed instant), so every node computes the same slots. Slots are aware UTC
 datetimes; the database keeps one job per (schedule, slot) through a unique index.
@@ -17,9 +18,10 @@ maintenance/schedules.py decides which slots to enqueue.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -119,7 +121,53 @@ def interval_anchor(spec: SlotSpec) -> datetime:
     return datetime(1970, 1, 1, tzinfo=ZoneInfo(spec.timezone or "UTC")).astimezone(UTC)
 
 
-def _backwards(spec: SlotSpec, until: datetime):
+# Vixie cron's shorthands, by what they expand to (@hourly is a wildcard job).
+_CRON_ALIASES = {"@midnight": "0 0 * * *", "@hourly": "0 * * * *", "@daily": "0 0 * * *",
+                 "@weekly": "0 0 * * 0", "@monthly": "0 0 1 * *", "@yearly": "0 0 1 1 *",
+                 "@annually": "0 0 1 1 *"}
+
+
+@dataclass(frozen=True, slots=True)
+class CronRule:
+    """What a cron expression's DST handling depends on."""
+
+    zone: ZoneInfo
+    time_of_day: bool  # minute and hour fields both fixed (neither starts with "*")
+    minutes: frozenset[int] | None  # None: every minute
+    hours: frozenset[int] | None  # None: every hour
+
+
+@cache
+def cron_rule(cron: str, timezone: str) -> CronRule:
+    fields = _CRON_ALIASES.get(cron.strip().lower(), cron).split()
+    minutes, hours = croniter(cron).expanded[:2]
+    return CronRule(
+        zone=ZoneInfo(timezone),
+        time_of_day=not fields[0].startswith("*") and not fields[1].startswith("*"),
+        minutes=None if minutes == ["*"] else frozenset(minutes),
+        hours=None if hours == ["*"] else frozenset(hours),
+    )
+
+
+def cron_slot_kept(rule: CronRule, slot: datetime) -> bool:
+    """Whether an instant croniter produced is a slot, by Vixie cron's DST convention.
+
+    A job at a time of day (fixed minute and hour) runs once per matching local day:
+    when the clocks go back, a local time that occurs twice is a slot only at its first
+    instant (the second has ``fold=1``); when they go forward, croniter moves a skipped
+    time to the first valid instant after the gap, which is kept. A wildcard job (minute
+    or hour field starting with ``*``) runs on elapsed time: both instants of a repeated
+    local time are slots, and croniter's moved-to-after-the-gap instants — whose local
+    time the expression does not name — are not.
+    """
+    local = slot.astimezone(rule.zone)
+    if rule.time_of_day:
+        return local.fold == 0
+    return ((rule.minutes is None or local.minute in rule.minutes)
+            and (rule.hours is None or local.hour in rule.hours))
+
+
+def _backwards(spec: SlotSpec, until: datetime) -> Iterator[datetime]:
     if spec.interval_seconds:
         step, anchor = spec.interval_seconds, interval_anchor(spec)
         k = math.floor((until - anchor).total_seconds() / step)
@@ -127,13 +175,19 @@ def _backwards(spec: SlotSpec, until: datetime):
             yield anchor + timedelta(seconds=k * step)
             k -= 1
     else:
-        zone = ZoneInfo(spec.timezone)
+        rule = cron_rule(spec.cron, spec.timezone)
         # croniter's get_prev is strictly before its start; start just after ``until``'s
-        # whole second so a slot exactly at ``until`` is included.
-        start = until.astimezone(zone).replace(microsecond=0) + timedelta(seconds=1)
+        # whole second so a slot exactly at ``until`` is included. The second is added in
+        # UTC: local wall-clock arithmetic drops ``fold`` and, inside a repeated hour,
+        # would start the walk an hour early.
+        start = (until.astimezone(UTC).replace(microsecond=0) + timedelta(seconds=1)).astimezone(rule.zone)
         it = croniter(spec.cron, start)
+        previous = None
         while True:
-            yield it.get_prev(datetime).astimezone(UTC)
+            slot = it.get_prev(datetime).astimezone(UTC)
+            if slot != previous and cron_slot_kept(rule, slot):
+                yield slot
+            previous = slot
 
 
 def next_slot(spec: SlotSpec, after: datetime) -> datetime:
@@ -142,8 +196,12 @@ def next_slot(spec: SlotSpec, after: datetime) -> datetime:
         anchor = interval_anchor(spec)
         k = math.floor((after - anchor).total_seconds() / spec.interval_seconds) + 1
         return anchor + timedelta(seconds=k * spec.interval_seconds)
-    it = croniter(spec.cron, after.astimezone(ZoneInfo(spec.timezone)))
-    return it.get_next(datetime).astimezone(UTC)
+    rule = cron_rule(spec.cron, spec.timezone)
+    it = croniter(spec.cron, after.astimezone(rule.zone))
+    while True:
+        slot = it.get_next(datetime).astimezone(UTC)
+        if slot > after and cron_slot_kept(rule, slot):
+            return slot
 
 
 # --- settings ------------------------------------------------------------------------

@@ -454,23 +454,39 @@ def finish_jobs(connection, *, worker_id: str,
     return won
 
 
-def release_jobs(connection, *, worker_id: str, held: list[tuple[int, int]]) -> list[int]:
-    """Hand still-running jobs back to the queue (graceful shutdown). Fenced."""
+# How a release records the attempt of a job whose cancellation was requested: as the
+# worker's own cancel would (execution.JobCancelled; store cannot import execution).
+RELEASED_CANCEL_ERROR_CLASS = "taskengine.execution.JobCancelled"
+RELEASED_CANCEL_MESSAGE = "cancelled by an operator; the worker was shutting down and stopped the job"
+
+
+def release_jobs(connection, *, worker_id: str,
+                 held: list[tuple[int, int]]) -> dict[int, tuple[str, datetime | None]]:
+    """Hand still-running jobs back to the queue (graceful shutdown). Fenced. A job whose
+    cancellation was requested ends ``cancelled`` instead (its attempt too). Returns
+    {job id: (new state, finished_at)} for the jobs written; a missing id had lost its
+    lease and nothing changed."""
     if not held:
-        return []
+        return {}
     if connection.vendor == "postgresql":
         with engine_cursor(connection) as cursor:
             cursor.execute(sql(connection, "release_jobs"), {
                 "ids": [h[0] for h in held], "attempts": [h[1] for h in held],
-                "worker_id": worker_id})
-            return [row[0] for row in cursor.fetchall()]
-    released: list[int] = []
+                "worker_id": worker_id, "cancel_error_class": RELEASED_CANCEL_ERROR_CLASS,
+                "cancel_error_message": RELEASED_CANCEL_MESSAGE})
+            return {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
+    written: dict[int, tuple[str, datetime | None]] = {}
     release, log = sql(connection, "release_job"), sql(connection, "finish_attempt_log")
     with transaction.atomic(using=connection.alias), engine_cursor(connection) as cursor:
         for job_id, attempt in held:
             cursor.execute(release, {"id": job_id, "attempt": attempt, "worker_id": worker_id})
-            if cursor.fetchone():
-                released.append(job_id)
-                cursor.execute(log, {"id": job_id, "attempt": attempt, "outcome": "released",
-                                     "error_class": None, "error_message": "", "traceback": ""})
-    return released
+            row = cursor.fetchone()
+            if row is None:
+                continue
+            written[row[0]] = (row[1], to_datetime(row[2]))
+            cancelled = row[1] == "cancelled"
+            cursor.execute(log, {
+                "id": job_id, "attempt": attempt, "outcome": "cancelled" if cancelled else "released",
+                "error_class": RELEASED_CANCEL_ERROR_CLASS if cancelled else None,
+                "error_message": RELEASED_CANCEL_MESSAGE if cancelled else "", "traceback": ""})
+    return written

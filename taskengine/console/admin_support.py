@@ -10,6 +10,7 @@ from functools import cached_property
 
 from django.contrib import admin
 from django.core.paginator import Paginator
+from django.db import router, transaction
 from django.core.serializers.json import DjangoJSONEncoder
 from django.forms.models import model_to_dict
 
@@ -95,11 +96,22 @@ def snapshot(obj) -> dict:
 
 
 class AuditedAdmin(admin.ModelAdmin):
-    """Admin edits of this model write an OperatorAction row. The admin's change and
-    delete views run inside ``transaction.atomic``, so the audit row commits with the
-    change or not at all."""
+    """Admin edits of this model write one OperatorAction row per changed object, in the
+    transaction of the change: the row commits with it or not at all.
+
+    Django runs the change and delete views inside ``transaction.atomic``, but not the
+    changelist's actions (the bulk "delete selected" among them): ``response_action``
+    opens that transaction here, so a bulk delete whose audit insert fails deletes
+    nothing (and leaves no admin LogEntry claiming it did)."""
 
     audit_target = ""
+
+    def _write_transaction(self):
+        return transaction.atomic(using=router.db_for_write(self.model))
+
+    def response_action(self, request, queryset, *args, **kwargs):
+        with self._write_transaction():
+            return super().response_action(request, queryset, *args, **kwargs)
 
     def save_model(self, request, obj, form, change):
         before = snapshot(type(obj).objects.get(pk=obj.pk)) if change and obj.pk else None
@@ -116,5 +128,8 @@ class AuditedAdmin(admin.ModelAdmin):
                      target_id=pk, tenant=getattr(obj, "tenant", None), before=before, after=None)
 
     def delete_queryset(self, request, queryset):
-        for obj in queryset:
-            self.delete_model(request, obj)
+        # One audit row per object, so one delete per object (never queryset.delete()),
+        # all in one transaction: the bulk delete is whole or not at all.
+        with self._write_transaction():
+            for obj in queryset:
+                self.delete_model(request, obj)

@@ -6,9 +6,10 @@ taskengine_jobs_recovered_total and its attempt log row is closed as ``lost``.
 
 This is the engine's one and only recovery path: the claim never takes a running job,
 and nothing else resets a lease. Every write is compare-and-set on ``state =
-'running'`` and the attempt that was read (``locked_by``, ``attempts``), so a job that
-finished between our read and our write is left as it is, and two recoverers at once
-recover each job once.
+'running'`` and the attempt that was read (``locked_by``, ``attempts``), with the lease
+still expired or its holder still dead re-checked under the row lock, so a job that
+finished, was renewed by a heartbeat or was claimed again between our read and our
+write is left as it is, and two recoverers at once recover each job once.
 
 Fencing: the leader passes its ``lease``; the statement then changes nothing unless
 that lease is still the live leader's (see leadership.py). ``lease=None`` is an
@@ -79,8 +80,8 @@ def _run_sqlite(connection, params: dict) -> list[RecoveredJob]:
     with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
         cursor.execute(sql(connection, "select_recoverable"), params)
         for job_id, locked_by, attempts, worker_dead in cursor.fetchall():
-            cursor.execute(sql(connection, "recover_job"),
-                           {"id": job_id, "locked_by": locked_by, "attempts": attempts})
+            cursor.execute(sql(connection, "recover_job"), {
+                "id": job_id, "locked_by": locked_by, "attempts": attempts, "dead_after": params["dead_after"]})
             row = cursor.fetchone()
             if row is None:
                 continue

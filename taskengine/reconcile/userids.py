@@ -6,10 +6,11 @@ with non-integer keys ``user_id`` is NULL and only the string is kept, which is 
 finding.)
 
 - **user_id_str_mismatch**: both set and different. Fix: ``user_id_str := user_id::text``,
-  compare-and-set on the exact wrong value read, one audit row per log row.
+  compare-and-set on the exact wrong value read, one audit row per log row (with the
+  tenant of the log's job).
 - **user_id_str_missing**: ``user_id`` set, ``user_id_str`` NULL (rows from before
   migration 0002 that 0003 / ``backfill_user_ids`` have not reached). Fix: the backfill's
-  batched compare-and-set on ``user_id_str IS NULL``, one audit row per batch.
+  batched compare-and-set on ``user_id_str IS NULL``, one audit row per batch and tenant.
 """
 from __future__ import annotations
 
@@ -33,10 +34,11 @@ def _fix_mismatch(ctx: Context) -> Applied:
                 won = ctx.fetch("reconcile_fix_user_id_mismatch", id=log_id, old=old)
                 if not won:
                     continue
+                _, fixed, tenant = won[0]
                 audit.record(actor=ctx.actor, action="reconcile.user_id_str_mismatch",
-                             target_type=backfill.TABLE, target_id=log_id,
+                             target_type=backfill.TABLE, target_id=log_id, tenant=tenant,
                              before={"user_id": user_id, "user_id_str": old},
-                             after={"user_id": user_id, "user_id_str": won[0][1]},
+                             after={"user_id": user_id, "user_id_str": fixed},
                              reason="user_id_str must equal user_id as text", using=ctx.database)
                 applied.add(log_id)
         ctx.progress(f"user_id_str_mismatch: {applied.fixed} fixed")

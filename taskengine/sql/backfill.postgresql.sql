@@ -33,14 +33,15 @@ SELECT log.id
 
 -- name: backfill_fill_batch
 -- Compare-and-set: only rows still missing the value are written; the rows returned
--- are exactly the rows this statement wrote.
--- Index: task_execution_logs_pkey.
+-- are exactly the rows this statement wrote, each with its job's tenant (the audit
+-- row of the batch is written per tenant).
+-- Index: task_execution_logs_pkey; taskengine_job_pkey for the tenant.
 UPDATE task_execution_logs AS log
    SET user_id_str = log.user_id::text
  WHERE log.id = ANY(%(ids)s::bigint[])
    AND log.user_id IS NOT NULL
    AND log.user_id_str IS NULL
-RETURNING log.id;
+RETURNING log.id, (SELECT job.tenant FROM taskengine_job AS job WHERE job.id = log.job_id) AS tenant;
 
 
 -- name: backfill_report_counts

@@ -34,14 +34,16 @@ SELECT log.id
 
 -- name: backfill_fill_batch
 -- Compare-and-set: only rows still missing the value are written; the rows returned
--- are exactly the rows this statement wrote.
--- Index: the rowid (primary key).
+-- are exactly the rows this statement wrote, each with its job's tenant (the audit
+-- row of the batch is written per tenant). SQLite's RETURNING sees the updated table
+-- by its name, not by the alias.
+-- Index: the rowid (primary key); the job's rowid for the tenant.
 UPDATE task_execution_logs AS log
    SET user_id_str = CAST(log.user_id AS TEXT)
  WHERE log.id IN (SELECT value FROM json_each(%(ids)s))
    AND log.user_id IS NOT NULL
    AND log.user_id_str IS NULL
-RETURNING id;
+RETURNING id, (SELECT job.tenant FROM taskengine_job AS job WHERE job.id = task_execution_logs.job_id) AS tenant;
 
 
 -- name: backfill_report_counts

@@ -113,9 +113,10 @@ WITH candidates AS (
 -- name: claim_jobs_advisory
 -- The same claim through transaction-scoped advisory locks, for extreme contention
 -- (USE_ADVISORY_LOCKS=1): candidates are skipped when another claimer holds their
--- advisory lock, and the UPDATE re-checks state = 'queued' on the newest row version,
--- so a job claimed and committed meanwhile is not taken twice. xact locks end with the
--- statement's transaction and never leak through PgBouncer.
+-- advisory lock, and the UPDATE re-checks state = 'queued' and the due time on the
+-- newest row version, so a job claimed (or queued for a later retry) and committed
+-- meanwhile is not taken. xact locks end with the statement's transaction and never
+-- leak through PgBouncer.
 -- Index: taskengine_job_claim_idx.
 WITH candidates AS (
     SELECT picked.id
@@ -147,6 +148,10 @@ WITH candidates AS (
 -- - the state is re-checked as "(state = 'queued') IS TRUE", which the planner cannot
 --   match to the predicate of the partial claim index, so it never scans that whole
 --   index instead (with statistics that counted few queued rows it did).
+-- The due time is re-checked with the state: the advisory path locks no rows while it
+-- picks, so a candidate can be claimed, fail and be queued for a later retry before this
+-- UPDATE reaches it (the UPDATE re-evaluates its WHERE on that newest version, not the
+-- candidates' query).
 claimed AS (
     UPDATE taskengine_job AS job
        SET state = 'running',
@@ -157,6 +162,7 @@ claimed AS (
            last_attempted_at = now()
      WHERE job.id = ANY (ARRAY(SELECT candidates.id FROM candidates))
        AND (job.state = 'queued') IS TRUE
+       AND job.run_after <= now()
  RETURNING job.id, job.task_path, job.backend, job.queue, job.priority, job.args, job.kwargs,
            job.attempts, job.max_attempts, job.timeout_seconds, job.retry_backoff_seconds,
            job.enqueued_at, job.started_at, job.last_attempted_at, job.run_after,
@@ -245,12 +251,17 @@ SELECT id, state, finished_at FROM finished;
 -- name: release_jobs
 -- Graceful shutdown: hand unfinished jobs back to the queue at once. A released attempt
 -- does not count against the job's budget (max_attempts grows by one), since the job
--- did not fail. Fenced like finish_jobs (the lease, not the state; see extend_leases).
+-- did not fail. A job whose cancellation was requested ends cancelled instead (its
+-- worker had not seen the request yet): released, it would run again. Fenced like
+-- finish_jobs (the lease, not the state; see extend_leases); the cancel is read from
+-- the row version the UPDATE locks, so a request committed meanwhile is honoured.
 WITH released AS (
     UPDATE taskengine_job AS job
-       SET state = 'queued',
-           run_after = now(),
-           max_attempts = job.max_attempts + 1,
+       SET state = CASE WHEN job.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE 'queued' END,
+           finished_at = CASE WHEN job.cancel_requested_at IS NOT NULL THEN now() END,
+           run_after = CASE WHEN job.cancel_requested_at IS NOT NULL THEN job.run_after ELSE now() END,
+           max_attempts = CASE WHEN job.cancel_requested_at IS NOT NULL
+                               THEN job.max_attempts ELSE job.max_attempts + 1 END,
            locked_by = NULL,
            lease_expires_at = NULL
       FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS held(id, attempt)
@@ -258,12 +269,16 @@ WITH released AS (
        AND job.attempts = held.attempt
        AND job.locked_by = %(worker_id)s
        AND job.lease_expires_at > now()
- RETURNING job.id, job.attempts
+ RETURNING job.id, job.attempts, job.state, job.finished_at
 ),
 attempt_logged AS (
     UPDATE task_execution_logs AS log
-       SET finished_at = now(), outcome = 'released'
+       SET finished_at = now(),
+           outcome = CASE WHEN released.state = 'cancelled' THEN 'cancelled' ELSE 'released' END,
+           error_class = CASE WHEN released.state = 'cancelled' THEN %(cancel_error_class)s::text END,
+           error_message = CASE WHEN released.state = 'cancelled' THEN %(cancel_error_message)s::text
+                                ELSE log.error_message END
       FROM released
      WHERE log.job_id = released.id AND log.attempt = released.attempts
 )
-SELECT id FROM released;
+SELECT id, state, finished_at FROM released;

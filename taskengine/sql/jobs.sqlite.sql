@@ -104,10 +104,15 @@ UPDATE task_execution_logs
 
 
 -- name: release_job
+-- Graceful shutdown; see release_jobs in jobs.postgresql.sql: a job whose cancellation
+-- was requested ends cancelled instead of going back to the queue.
 UPDATE taskengine_job
-   SET state = 'queued',
-       run_after = strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now'),
-       max_attempts = max_attempts + 1,
+   SET state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE 'queued' END,
+       finished_at = CASE WHEN cancel_requested_at IS NOT NULL
+                          THEN strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now') END,
+       run_after = CASE WHEN cancel_requested_at IS NOT NULL
+                        THEN run_after ELSE strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now') END,
+       max_attempts = CASE WHEN cancel_requested_at IS NOT NULL THEN max_attempts ELSE max_attempts + 1 END,
        locked_by = NULL,
        lease_expires_at = NULL
  WHERE id = %(id)s
@@ -115,4 +120,4 @@ UPDATE taskengine_job
    AND state = 'running'
    AND locked_by = %(worker_id)s
    AND lease_expires_at > strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')
-RETURNING id;
+RETURNING id, state, finished_at;

@@ -154,14 +154,15 @@ SELECT log.id, log.user_id, log.user_id_str, count(*) OVER () AS total
 
 
 -- name: reconcile_fix_user_id_mismatch
--- Compare-and-set on the exact wrong value that was read.
--- Index: task_execution_logs_pkey.
+-- Compare-and-set on the exact wrong value that was read; returns the job's tenant for
+-- the audit row.
+-- Index: task_execution_logs_pkey; taskengine_job_pkey for the tenant.
 UPDATE task_execution_logs AS log
    SET user_id_str = log.user_id::text
  WHERE log.id = %(id)s
    AND log.user_id IS NOT NULL
    AND log.user_id_str = %(old)s
-RETURNING log.id, log.user_id_str;
+RETURNING log.id, log.user_id_str, (SELECT job.tenant FROM taskengine_job AS job WHERE job.id = log.job_id) AS tenant;
 
 
 -- name: reconcile_leaders

@@ -155,14 +155,15 @@ SELECT log.id, log.user_id, log.user_id_str, count(*) OVER () AS total
 
 
 -- name: reconcile_fix_user_id_mismatch
--- Compare-and-set on the exact wrong value that was read.
--- Index: task_execution_logs_pkey.
+-- Compare-and-set on the exact wrong value that was read; returns the job's tenant for
+-- the audit row (RETURNING sees the updated table by its name, not by the alias).
+-- Index: task_execution_logs_pkey; the job's rowid for the tenant.
 UPDATE task_execution_logs AS log
    SET user_id_str = CAST(log.user_id AS TEXT)
  WHERE log.id = %(id)s
    AND log.user_id IS NOT NULL
    AND log.user_id_str = %(old)s
-RETURNING id, user_id_str;
+RETURNING id, user_id_str, (SELECT job.tenant FROM taskengine_job AS job WHERE job.id = task_execution_logs.job_id) AS tenant;
 
 
 -- name: reconcile_leaders

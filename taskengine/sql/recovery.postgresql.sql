@@ -5,6 +5,15 @@
 -- lease holder (locked_by, attempts), so a job that finished between the read and the
 -- write is never touched.
 --
+-- Re-checked under the row lock: the candidates are read in the statement's snapshot,
+-- and a commit can land before their rows are locked (a heartbeat that renewed the
+-- lease, another recovery and a new claim, the worker's own heartbeat). FOR UPDATE
+-- re-evaluates the WHERE of "expired" on the newest row version (READ COMMITTED), but
+-- not the CTEs that picked the ids, so everything the decision rests on is in that
+-- WHERE: the attempt that was picked (locked_by, attempts), and the lease still expired
+-- or the lease holder still dead — its worker row locked FOR SHARE, so a heartbeat
+-- committed meanwhile is seen and one in flight waits until this statement commits.
+--
 -- Fencing: with a leader lease (%(term)s not NULL) the candidates are read only while
 -- that lease is the live leader's; FOR SHARE on the leader row holds off a takeover
 -- until this statement commits, so a deposed leader's sweep changes nothing. With
@@ -15,7 +24,8 @@
 -- %(job_ids)s: NULL for the sweep, or the ids reconcile --apply found (same transition).
 -- Index: taskengine_job_worker_idx (locked_by) WHERE state = 'running' — the running rows
 -- only, few by construction — for expired leases and for the jobs of dead workers;
--- taskengine_worker_alive_idx (state, last_heartbeat_at) for the workers.
+-- taskengine_worker_alive_idx (state, last_heartbeat_at) for the workers; the workers'
+-- primary key for the re-check.
 WITH dead_worker AS (
     SELECT worker.worker_id
       FROM taskengine_worker AS worker
@@ -24,7 +34,7 @@ WITH dead_worker AS (
             AND worker.last_heartbeat_at < now() - make_interval(secs => %(dead_after)s))
 ),
 candidate AS (
-    (SELECT job.id
+    (SELECT job.id, job.locked_by, job.attempts
        FROM taskengine_job AS job
       WHERE job.state = 'running'
         AND job.lease_expires_at < now()
@@ -32,7 +42,7 @@ candidate AS (
       ORDER BY job.lease_expires_at
       LIMIT %(limit)s)
     UNION
-    (SELECT job.id
+    (SELECT job.id, job.locked_by, job.attempts
        FROM taskengine_job AS job
        JOIN dead_worker ON dead_worker.worker_id = job.locked_by
       WHERE job.state = 'running'
@@ -43,8 +53,18 @@ expired AS (
     SELECT job.id, job.locked_by, job.attempts,
            job.lease_expires_at >= now() AS worker_dead
       FROM taskengine_job AS job
-     WHERE job.id IN (SELECT id FROM candidate)
-       AND job.state = 'running'
+      JOIN candidate ON candidate.id = job.id
+     WHERE job.state = 'running'
+       AND job.locked_by = candidate.locked_by
+       AND job.attempts = candidate.attempts
+       AND (job.lease_expires_at < now()
+            OR EXISTS (SELECT 1
+                         FROM taskengine_worker AS worker
+                        WHERE worker.worker_id = job.locked_by
+                          AND (worker.state IN ('dead', 'stopped')
+                               OR (worker.state IN ('running', 'draining')
+                                   AND worker.last_heartbeat_at < now() - make_interval(secs => %(dead_after)s)))
+                          FOR SHARE))
        AND (%(term)s::bigint IS NULL
             OR EXISTS (SELECT 1
                          FROM taskengine_leader AS leader

@@ -25,8 +25,10 @@ SELECT id, locked_by, attempts,
 
 
 -- name: recover_job
--- Compare-and-set on the attempt select_recoverable read.
--- Index: primary key.
+-- Compare-and-set on the attempt select_recoverable read, re-checking (as the Postgres
+-- statement does under its row lock) that the lease is still expired or its holder
+-- still dead: the write stands on its own, whatever ran since the read.
+-- Index: primary key; the workers' primary key.
 UPDATE taskengine_job
    SET state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
                         WHEN attempts >= max_attempts OR on_lease_expired = 'fail'
@@ -43,6 +45,13 @@ UPDATE taskengine_job
    AND state = 'running'
    AND locked_by = %(locked_by)s
    AND attempts = %(attempts)s
+   AND (lease_expires_at < strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')
+        OR EXISTS (SELECT 1 FROM taskengine_worker AS worker
+                    WHERE worker.worker_id = taskengine_job.locked_by
+                      AND (worker.state IN ('dead', 'stopped')
+                           OR (worker.state IN ('running', 'draining')
+                               AND worker.last_heartbeat_at < strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now',
+                                                                       '-' || %(dead_after)s || ' seconds')))))
 RETURNING id, attempts, state, queue, task_path;
 
 

@@ -165,12 +165,30 @@ def test_retry_of_a_job_whose_cancel_was_requested_ends_cancelled():
 def test_release_hands_the_job_back_without_spending_an_attempt():
     result = tasks.add.using(max_attempts=1).enqueue(1, 2)
     [job] = claim()
-    assert store.release_jobs(connection, worker_id="w1", held=[(job.id, 1)]) == [job.id]
+    assert store.release_jobs(connection, worker_id="w1", held=[(job.id, 1)]) == {job.id: ("queued", None)}
     row = Job.objects.get(pk=result.id)
     assert (row.state, row.attempts, row.max_attempts) == ("queued", 1, 2)
     assert ExecutionLog.objects.get(job_id=job.id).outcome == "released"
     [again] = claim()
     assert again.attempt == 2
+
+
+def test_release_of_a_job_whose_cancel_was_requested_ends_it_cancelled_never_queued():
+    """Shutdown releases jobs its worker never saw cancelled (no heartbeat came between
+    the operator's request and the release): the release honours the request, as
+    finish and recovery do, instead of queueing the job to run again."""
+    result = tasks.add.using(max_attempts=1).enqueue(1, 2)
+    [job] = claim()
+    Job.objects.filter(pk=job.id).update(cancel_requested_at=Now())
+    written = store.release_jobs(connection, worker_id="w1", held=[(job.id, 1)])
+    row = Job.objects.get(pk=result.id)
+    assert (row.state, row.locked_by, row.lease_expires_at, row.max_attempts) == ("cancelled", None, None, 1)
+    assert row.finished_at is not None
+    assert written == {job.id: ("cancelled", row.finished_at)}
+    log = ExecutionLog.objects.get(job_id=job.id)
+    assert (log.outcome, log.error_class) == ("cancelled", store.RELEASED_CANCEL_ERROR_CLASS)
+    assert log.finished_at is not None
+    assert claim() == []
 
 
 def test_recovery_fails_a_job_whose_attempts_are_spent():
@@ -249,6 +267,48 @@ def test_advisory_claim_skips_jobs_whose_advisory_lock_is_held():
 
 
 @pytest.mark.postgres
+def test_advisory_claim_does_not_take_a_job_that_stopped_being_due_while_it_waited():
+    """The advisory claim reads its candidates without row locks, so its UPDATE must
+    re-check on the newest row version everything that made a row a candidate, not
+    only the state: here another transaction (standing for a worker that claimed the
+    job, failed and queued a retry with an hour's backoff) holds the row when the claim
+    reaches it and commits while the claim waits. The job is queued again, but not due."""
+    import threading
+
+    from django.db import connections
+
+    from tests.conftest import wait_for
+
+    result = tasks.add.enqueue(1, 1)
+    claimed: list = []
+
+    def advisory_claim():
+        try:
+            claimed.append(store.claim_jobs(connections["default"], worker_id="late", queues=["default"],
+                                            limit=10, lease_seconds=30, advisory=True))
+        finally:
+            connections["default"].close()
+
+    with _second_connection() as other:
+        other.execute("UPDATE taskengine_job SET run_after = now() + interval '1 hour', attempts = 1,"
+                      " max_attempts = 3 WHERE id = %s", [int(result.id)])
+        thread = threading.Thread(target=advisory_claim)
+        thread.start()
+
+        def claim_waits_on_other():
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+                               [other.info.backend_pid])
+                return cursor.fetchone()[0] == 1
+        wait_for(claim_waits_on_other, timeout=10, message="the claim to wait on the row")
+        other.commit()
+        thread.join(30)
+    assert claimed == [[]]
+    row = Job.objects.get(pk=result.id)
+    assert (row.state, row.attempts, row.locked_by) == ("queued", 1, None)
+
+
+@pytest.mark.postgres
 def test_concurrent_claims_from_many_connections_never_share_a_job():
     from concurrent.futures import ThreadPoolExecutor
 
@@ -298,7 +358,9 @@ HOT_STATEMENTS = {
                     "outcomes": ["succeeded"] * 2, "retry_delays": [0.0] * 2, "return_values": ["1"] * 2,
                     "error_classes": [None] * 2, "error_messages": [""] * 2, "tracebacks": [""] * 2,
                     "worker_id": "w"},
-    "release_jobs": {"ids": [1, 2], "attempts": [1, 1], "worker_id": "w"},
+    "release_jobs": {"ids": [1, 2], "attempts": [1, 1], "worker_id": "w",
+                     "cancel_error_class": store.RELEASED_CANCEL_ERROR_CLASS,
+                     "cancel_error_message": store.RELEASED_CANCEL_MESSAGE},
 }
 
 

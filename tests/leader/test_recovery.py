@@ -160,3 +160,206 @@ def test_recovery_compare_and_set_leaves_a_job_finished_after_it_was_read(monkey
         monkeypatch.setattr(CursorWrapper, "execute", finish_between)
         assert recovery.run_once("default") == []
     assert Job.objects.get(pk=result.id).state == "succeeded"
+
+
+# --- the compare-and-set re-checks what it relies on under the row lock ----------------
+#
+# PostgreSQL: the recovery statement reads its candidates in the statement's snapshot,
+# then locks them. A commit that lands in between (a heartbeat renewing the lease, a
+# reconcile recovering the job and another worker claiming it, the worker's registry
+# heartbeat) must be seen under the lock. The interleaving is made deterministic with
+# the leader fence: a second connection holds the leader row FOR UPDATE, so the fenced
+# sweep, its snapshot already taken, waits on FOR SHARE of that row before it locks any
+# job; the second connection then commits its change and releases the row.
+
+
+def _other_connection():
+    import psycopg
+
+    from tests.conftest import subprocess_database_url
+
+    return psycopg.connect(subprocess_database_url().replace("postgres://", "postgresql://"))
+
+
+def _blocking_the_fenced_sweep(other, lease, job_ids=None, dead_after=60.0):
+    """Start the fenced sweep on a thread while ``other`` holds the leader row; return
+    (thread, result list) once the sweep waits on ``other``."""
+    import threading
+
+    from django.db import connections
+
+    from taskengine.leadership import ELECTION
+    from tests.conftest import wait_for
+
+    with other.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM taskengine_leader WHERE name = %s FOR UPDATE", [ELECTION])
+    result: list = []
+
+    def sweep():
+        try:
+            result.append(recovery.run_once("default", lease=lease, job_ids=job_ids, dead_after=dead_after))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            result.append(exc)
+        finally:
+            connections["default"].close()
+
+    thread = threading.Thread(target=sweep)
+    thread.start()
+
+    def sweep_waits_on_other():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+                           [other.info.backend_pid])
+            return cursor.fetchone()[0] == 1
+    wait_for(sweep_waits_on_other, timeout=10, message="the sweep to wait on the leader row")
+    return thread, result
+
+
+def _sweep_result(thread, result):
+    thread.join(30)
+    assert not thread.is_alive()
+    [outcome] = result
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("job_ids", ["sweep", "reconcile"])
+def test_recovery_leaves_a_lease_renewed_while_it_waited(job_ids):
+    """A heartbeat that began just before the lease ran out (its now() is earlier)
+    commits after the sweep read the lease as expired: under the row lock the lease is
+    live again, so the job stays with its worker. Also with the job ids reconcile
+    --apply passes (the same statement, restricted to the jobs it found)."""
+    from taskengine.queries import sql
+
+    tasks.add.enqueue(1, 2)
+    [job] = claim()
+    lease = lead()
+    other = _other_connection()
+    try:
+        with other.cursor() as cursor:  # BEGIN: the heartbeat's transaction and its now()
+            cursor.execute("SELECT now()")
+            [heartbeat_began] = cursor.fetchone()
+        Job.objects.filter(pk=job.id).update(lease_expires_at=heartbeat_began + timedelta(milliseconds=1))
+        assert Job.objects.filter(pk=job.id, lease_expires_at__lt=Now()).exists()
+        thread, result = _blocking_the_fenced_sweep(other, lease, job_ids=[job.id] if job_ids == "reconcile" else None)
+        with other.cursor() as cursor:
+            cursor.execute(sql(connection, "extend_leases"),
+                           {"ids": [job.id], "attempts": [1], "worker_id": "w1", "lease_seconds": 30.0})
+            assert cursor.fetchall() == [(job.id, False)]
+        other.commit()
+        assert _sweep_result(thread, result) == []
+    finally:
+        other.close()
+    row = Job.objects.get(pk=job.id)
+    assert (row.state, row.locked_by, row.attempts) == ("running", "w1", 1)
+    assert ExecutionLog.objects.get(job_id=job.id).outcome is None
+
+
+@pytest.mark.postgres
+def test_recovery_of_a_dead_workers_job_leaves_it_once_another_worker_claimed_it():
+    """The sweep picks the job of a dead worker; before it locks the row, a reconcile
+    recovers that attempt and a live worker claims the job (attempt 2, live lease). The
+    sweep must re-check under the lock that the lease holder is still the dead worker
+    and the attempt the one it picked — not recover the live worker's attempt as
+    "worker dead"."""
+    from taskengine.leadership import lease_params
+    from taskengine.queries import sql
+
+    registry.register("default", "doomed", ["default"], 1)
+    registry.register("default", "fresh", ["default"], 1)
+    tasks.add.enqueue(1, 2)
+    [job] = store.claim_jobs(connection, worker_id="doomed", queues=["default"], limit=1, lease_seconds=300)
+    WorkerProcess.objects.filter(worker_id="doomed").update(state="dead")
+    lease = lead()
+    other = _other_connection()
+    try:
+        thread, result = _blocking_the_fenced_sweep(other, lease)
+        with other.cursor() as cursor:
+            cursor.execute(sql(connection, "recover_expired_leases"),
+                           {"job_ids": [job.id], "limit": 10, "dead_after": 60.0, **lease_params(None)})
+            assert [row[0] for row in cursor.fetchall()] == [job.id]
+            cursor.execute(sql(connection, "claim_jobs"),
+                           {"queues": ["default"], "limit": 1, "worker_id": "fresh", "lease_seconds": 300.0})
+            assert [row[0] for row in cursor.fetchall()] == [job.id]
+        other.commit()
+        assert _sweep_result(thread, result) == []
+    finally:
+        other.close()
+    row = Job.objects.get(pk=job.id)
+    assert (row.state, row.locked_by, row.attempts) == ("running", "fresh", 2)
+    logs = list(ExecutionLog.objects.filter(job_id=job.id).order_by("attempt").values_list("attempt", "outcome"))
+    assert logs == [(1, "lost"), (2, None)]
+
+
+@pytest.mark.postgres
+def test_recovery_leaves_the_job_of_a_worker_whose_heartbeat_arrived_while_it_waited():
+    """The sweep reads a worker as dead (no heartbeat for dead_after) while its job's
+    lease is still live; the worker's registry heartbeat commits before the sweep locks
+    the job. Under the lock the worker is alive, so its job is not taken."""
+    registry.register("default", "slow", ["default"], 1)
+    tasks.add.enqueue(1, 2)
+    [job] = store.claim_jobs(connection, worker_id="slow", queues=["default"], limit=1, lease_seconds=300)
+    WorkerProcess.objects.filter(worker_id="slow").update(last_heartbeat_at=Now() - timedelta(seconds=120))
+    lease = lead()
+    other = _other_connection()
+    try:
+        thread, result = _blocking_the_fenced_sweep(other, lease, dead_after=60)
+        assert registry.heartbeat("default", "slow", "running")
+        other.commit()
+        assert _sweep_result(thread, result) == []
+    finally:
+        other.close()
+    row = Job.objects.get(pk=job.id)
+    assert (row.state, row.locked_by) == ("running", "slow")
+
+
+# SQLite: recovery runs its read and its writes in one IMMEDIATE transaction (the single
+# write lock), so no other writer can commit in between; the statement-level guard is
+# shown by changing the row from inside that transaction, between the read and the
+# compare-and-set write.
+
+def _between_read_and_write(monkeypatch, change):
+    from django.db.backends.utils import CursorWrapper
+
+    from taskengine.queries import sql
+
+    real_execute = CursorWrapper.execute
+
+    def execute(cursor_self, query, params=None):
+        if query == sql(connection, "recover_job"):
+            change()
+        return real_execute(cursor_self, query, params)
+
+    monkeypatch.setattr(CursorWrapper, "execute", execute)
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("job_ids", ["sweep", "reconcile"])
+def test_recovery_write_re_checks_that_the_lease_is_still_expired(monkeypatch, job_ids):
+    """recover_job re-checks the expired lease itself: a lease renewed between
+    select_recoverable and the write is left alone (sweep and reconcile's job ids)."""
+    tasks.add.enqueue(1, 2)
+    [job] = claim()
+    expire_lease(job.id)
+    _between_read_and_write(monkeypatch, lambda: Job.objects.filter(pk=job.id).update(
+        lease_expires_at=Now() + timedelta(seconds=30)))
+    ids = [job.id] if job_ids == "reconcile" else None
+    assert recovery.run_once("default", job_ids=ids) == []
+    row = Job.objects.get(pk=job.id)
+    assert (row.state, row.locked_by) == ("running", "w1")
+    assert ExecutionLog.objects.get(job_id=job.id).outcome is None
+
+
+@pytest.mark.sqlite_only
+def test_recovery_write_re_checks_that_the_worker_is_still_dead(monkeypatch):
+    """recover_job re-checks the dead-worker condition itself: a worker whose heartbeat
+    lands between select_recoverable and the write keeps its live job."""
+    registry.register("default", "slow", ["default"], 1)
+    tasks.add.enqueue(1, 2)
+    [job] = store.claim_jobs(connection, worker_id="slow", queues=["default"], limit=1, lease_seconds=300)
+    WorkerProcess.objects.filter(worker_id="slow").update(last_heartbeat_at=Now() - timedelta(seconds=120))
+    _between_read_and_write(monkeypatch, lambda: registry.heartbeat("default", "slow", "running"))
+    assert recovery.run_once("default", dead_after=60) == []
+    assert Job.objects.get(pk=job.id).state == "running"

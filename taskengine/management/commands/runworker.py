@@ -1,7 +1,9 @@
 """manage.py runworker — run jobs. Thin: parses options and hands over to worker.Worker."""
 from __future__ import annotations
 
+import logging
 import os
+import sys
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
@@ -36,6 +38,10 @@ class Command(BaseCommand):
         parser.add_argument("--worker-id", default=None, help="Stable id for this worker (default: host-pid-random).")
         parser.add_argument("--shutdown-grace", type=float, default=None,
                             help="Seconds running jobs get to finish after SIGTERM before they are released.")
+        parser.add_argument("--max-stuck-threads", type=int, default=None,
+                            help="Handler threads that ignore their interrupt this worker tolerates; past "
+                                 "this many it drains and exits 3 (default: TASKENGINE MAX_STUCK_THREADS, "
+                                 f"{engine_settings.MAX_STUCK_THREADS}).")
         parser.add_argument("--gate-timeout", type=float, default=None,
                             help="Exit non-zero if migrations are still pending after this many seconds.")
         parser.add_argument("--no-leader", action="store_true",
@@ -52,6 +58,8 @@ class Command(BaseCommand):
             queues = sorted(task_backends["default"].queues) or ["default"]
         if options["concurrency"] < 1:
             raise CommandError("--concurrency must be at least 1")
+        if options["max_stuck_threads"] is not None and options["max_stuck_threads"] < 0:
+            raise CommandError("--max-stuck-threads must be at least 0")
         if options["metrics_port"]:
             # Served before the gate wait, so a worker waiting on migrations is scrapeable
             # (taskengine_worker_gate_open 0) rather than looking down.
@@ -66,6 +74,7 @@ class Command(BaseCommand):
             queues=queues, concurrency=options["concurrency"], lease_seconds=options["lease_seconds"],
             backoff_base=options["backoff_base"], max_backoff=options["max_backoff"], burst=options["burst"],
             worker_id=options["worker_id"], database=database, shutdown_grace=options["shutdown_grace"],
+            max_stuck_threads=options["max_stuck_threads"],
         )
         if not options["no_leader"]:
             try:
@@ -76,4 +85,8 @@ class Command(BaseCommand):
         code = worker.run()
         if worker.stuck_threads:
             # Handlers ignoring their interrupts would keep the interpreter alive.
+            for handler in logging.getLogger("taskengine").handlers + logging.getLogger().handlers:
+                handler.flush()
             os._exit(code)
+        if code:
+            sys.exit(code)
