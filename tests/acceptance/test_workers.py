@@ -9,12 +9,16 @@ from pathlib import Path
 import psycopg
 import pytest
 from django.db import connection
+from django.db.migrations.recorder import MigrationRecorder
 
 from taskengine.models import ExecutionLog, Job, WorkerProcess
 from tests import tasks
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.acceptance]
+
+
+FUTURE_MIGRATION = ("taskengine", "9999_from_the_future")  # applied but unknown: the gate stays closed
 
 
 def job_state(job_id) -> str:
@@ -142,3 +146,24 @@ def test_a_second_signal_exits_at_once_and_the_lease_recovers_the_job(worker_pro
 
     wait_for(lambda: recovery.run_once("default"), timeout=15, message="the lease to expire and be recovered")
     assert Job.objects.get(pk=result.id).state == "queued"
+
+
+def test_sigterm_during_start_up_exits_0_before_registering_or_claiming(worker_process):
+    """A worker held at the migration gate is still starting up: SIGTERM there means
+    "stop before starting" (exit 0), not Python's default death by signal (-15)."""
+    queued = tasks.add.enqueue(1, 1)
+    recorder = MigrationRecorder(connection)
+    recorder.record_applied(*FUTURE_MIGRATION)
+    try:
+        worker = worker_process("--concurrency", "1", name="starting")
+        wait_for(lambda: "waiting for migrations" in worker.log(), timeout=60,
+                 message="the worker to wait at the migration gate")
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, worker.log()
+    finally:
+        recorder.record_unapplied(*FUTURE_MIGRATION)
+    assert "before starting" in worker.log()
+    assert "worker starting" not in worker.log()
+    job = Job.objects.get(pk=queued.id)
+    assert (job.state, job.attempts, job.locked_by) == ("queued", 0, None)
+    assert not WorkerProcess.objects.exists()
