@@ -173,7 +173,11 @@ class Worker:
         if self._signals == 1:
             logger.info("received %s: draining (no new claims, %.0fs grace)",
                         signal.Signals(signum).name, self.shutdown_grace, extra={"worker_id": self.worker_id})
-            self.request_stop()
+            self._begin_drain()
+            # The handler runs on the main thread wherever it was interrupted, possibly
+            # inside Event.wait holding the event's (non-reentrant) lock: setting the
+            # event here could deadlock, so another thread sets it.
+            threading.Thread(target=self._wake.set, name="taskengine-signal-wake", daemon=True).start()
         else:
             logger.warning("second signal: exiting now; running jobs are recovered when their leases expire",
                            extra={"worker_id": self.worker_id})
@@ -182,10 +186,13 @@ class Worker:
             os._exit(1)
 
     def request_stop(self) -> None:
+        self._begin_drain()
+        self._wake.set()
+
+    def _begin_drain(self) -> None:
         if not self._draining:
             self._draining = True
             self._drain_deadline = time.monotonic() + self.shutdown_grace
-        self._wake.set()
 
     def run(self) -> int:
         """Run until drained (SIGTERM, request_stop, or --burst with nothing due)."""
