@@ -60,7 +60,7 @@ ASGI_APPLICATION = "project.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        # No DIRS: the console's templates ship inside the taskengine app.
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from django.tasks import task
+from taskengine.compat import task  # Django 6.1: from django.tasks import task (6.0's takes no max_attempts=)
 
 
 @task(queue_name="demo")

@@ -30,7 +30,7 @@ from .console.admin_support import (
     TenantScopedAdmin,
 )
 from .console.counts import bounded_count
-from .console.serialize import truncate_traceback
+from .console.serialize import payload_text, truncate_traceback
 from .models import (
     ExecutionLog, Job, Leader, MissedSlot, OperatorAction, Schedule, TenantMembership, WorkerProcess,
 )
@@ -72,6 +72,12 @@ class ExecutionLogInline(admin.TabularInline):
         return False
 
 
+def _payload_html(value):
+    shown = payload_text(value)
+    more = f" … ({shown['length']:,} characters in all)" if shown["truncated"] else ""
+    return format_html('<pre class="te-pre">{}</pre>{}', shown["text"], more)
+
+
 @admin.register(Job)
 class JobAdmin(TenantScopedAdmin):
     list_display = ("id", "task_path", "queue", "state", "tenant", "attempts", "max_attempts",
@@ -83,12 +89,27 @@ class JobAdmin(TenantScopedAdmin):
     list_per_page = 50
     inlines = [ExecutionLogInline]
     actions = ["requeue_jobs", "retry_jobs_now", "cancel_jobs"]
-    exclude = ("schedule",)
-    readonly_fields = ("task_path", "backend", "queue", "priority", "args", "kwargs", "state", "run_after",
-                       "enqueued_at", "started_at", "last_attempted_at", "finished_at", "attempts",
+    exclude = ("schedule", "args", "kwargs", "return_value")  # shown by arguments(), keyword_arguments(), returned()
+    readonly_fields = ("task_path", "backend", "queue", "priority", "arguments", "keyword_arguments", "state",
+                       "run_after", "enqueued_at", "started_at", "last_attempted_at", "finished_at", "attempts",
                        "max_attempts", "timeout_seconds", "retry_backoff_seconds", "on_lease_expired",
-                       "locked_by", "lease_expires_at", "cancel_requested_at", "return_value", "unique_key",
+                       "locked_by", "lease_expires_at", "cancel_requested_at", "returned", "unique_key",
                        "tenant", "acting_user_id", "schedule_name", "slot", "audit_trail")
+
+    # The stored JSON values are shown as the console's job page shows them (cut at
+    # PAYLOAD_LIMIT, surrogates SQLite may hold as escapes), not by the admin's own JSON
+    # display, which writes them out whole and raw.
+    @admin.display(description="args")
+    def arguments(self, obj):
+        return _payload_html(obj.args)
+
+    @admin.display(description="kwargs")
+    def keyword_arguments(self, obj):
+        return _payload_html(obj.kwargs)
+
+    @admin.display(description="return value")
+    def returned(self, obj):
+        return _payload_html(obj.return_value) if obj.return_value is not None else "—"
 
     @admin.display(description="audit trail")
     def audit_trail(self, obj):

@@ -7,5 +7,11 @@ class TaskEngineConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Only imports: no queries and no threads at start-up.
-        from . import checks, conf  # noqa: F401
+        # Imports and signal receivers only: no queries and no threads at start-up.
+        from django.db.models.signals import pre_delete
+
+        from . import audit, checks, conf  # noqa: F401
+        from .models import TenantMembership
+
+        pre_delete.connect(audit.record_cascaded_membership_delete, sender=TenantMembership,
+                           dispatch_uid="taskengine.audit.cascaded_membership_delete")

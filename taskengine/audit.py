@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
+from django.db.models import QuerySet
 
 from .models import OperatorAction
 
@@ -48,3 +49,22 @@ def record(*, actor, action: str, target_type: str, target_id: Any, tenant: str 
         state_after=after,
         reason=reason,
     )
+
+
+def record_cascaded_membership_delete(sender, instance, using, origin=None, **kwargs) -> None:
+    """``pre_delete`` receiver for TenantMembership: a membership deleted because its
+    user was deleted (the auth admin, ``user.delete()``) is an operator write too, and
+    gets its audit row inside the deletion's transaction (Django's delete collector
+    sends pre_delete inside it, so a failed insert rolls the whole delete back).
+
+    Deletes that start at the membership itself are audited by their own path (the
+    membership admin writes its row with the acting user), so they are skipped here.
+    The acting user of a cascade is not known to a signal: the row is the system's,
+    and its reason names the deleted object."""
+    origin_model = origin.model if isinstance(origin, QuerySet) else type(origin)
+    if origin is None or issubclass(origin_model, sender):
+        return
+    record(actor=None, action="tenant_membership.delete", target_type="tenant_membership",
+           target_id=instance.pk, tenant=instance.tenant,
+           before={"user": instance.user_id, "tenant": instance.tenant}, after=None,
+           reason=f"deleted with {origin_model._meta.verbose_name} {origin}"[:500], using=using)

@@ -8,11 +8,16 @@ Workers are woken by a NOTIFY sent on commit (Postgres) or by polling (SQLite).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
+from math import isfinite as _isfinite
 from typing import Any
 
+from django.apps import apps
+from django.core.checks import CheckMessage
+from django.core.checks import Error as CheckError
 from django.db import Error as DatabaseError
 from django.db import connections, transaction
 from django.utils.module_loading import import_string
@@ -91,40 +96,141 @@ def _is_pair(call: Any) -> bool:
     return isinstance(call, tuple) and len(call) == 2 and isinstance(call[1], Mapping)
 
 
-def _json_ready(value: Any) -> Any:
+MAX_NESTING = 100  # levels of lists and dicts in one argument (see docs/tasks.md)
+
+# What no stored text may contain, on either database: NUL (PostgreSQL's text and jsonb
+# cannot hold it; libpq would cut the text short there) and surrogate code points (not
+# Unicode text: jsonb rejects their escapes, UTF-8 cannot encode them; SQLite would keep
+# them, so they are refused there too, to keep one rule).
+_UNSTORABLE_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+
+
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be stored, or None: the one rule for every stored string."""
+    if "\x00" in text:
+        return f"{_shown(text)} contains a NUL character (\\u0000), which PostgreSQL cannot store"
+    found = None if text.isascii() else _UNSTORABLE_CHARACTER.search(text)
+    if found is not None:
+        return (f"{_shown(text)} contains a lone surrogate ({found.group()!r}), which is not "
+                "Unicode text (PostgreSQL cannot store it)")
+    return None
+
+
+def _shown(value: str | bytes) -> str:
+    """The start of a hostile value, for an error message (it may be a megabyte long)."""
+    return repr(value[:40]) + ("…" if len(value) > 40 else "")
+
+
+class _TooDeep(ValueError):
+    pass
+
+
+def _json_ready(value: Any, depth: int = 0) -> Any:
     """``normalize_json(value)``, with the exact built-in types handled directly (its
     ABC checks cost more than the copy when thousands of jobs are enqueued at once);
-    anything else goes through normalize_json itself, so the result is the same."""
+    anything else goes through normalize_json itself, so the result is the same.
+    Raises ValueError for what cannot be stored as it is on both databases (see
+    text_problem, non-finite floats, more than MAX_NESTING levels); the walk is the one
+    the copy makes anyway, so enqueue never serialises twice to check."""
     kind = type(value)
     if kind is str:
-        if "\x00" in value:  # JSON can spell it, PostgreSQL's jsonb cannot store it
-            raise ValueError(f"{value[:40]!r}... contains a NUL character (\\u0000)")
+        # text_problem's rule, inlined for the common case: ASCII text can only hold NUL.
+        if ("\x00" in value) if value.isascii() else _UNSTORABLE_CHARACTER.search(value) is not None:
+            raise ValueError(text_problem(value))
         return value
-    if kind is int or kind is float or kind is bool or value is None:
+    if kind is int or kind is bool or value is None:
         return value
+    if kind is float:
+        if _isfinite(value):
+            return value
+        raise ValueError(f"{value!r} is not a finite number (JSON has no NaN or infinity)")
     if kind is list or kind is tuple:
-        return [_json_ready(item) for item in value]
+        if depth == MAX_NESTING:
+            raise _TooDeep(f"nested more than {MAX_NESTING} levels deep")
+        depth += 1
+        return [_json_ready(item, depth) for item in value]
     if kind is dict:
-        return {_json_ready(key): _json_ready(item) for key, item in value.items()}
-    normalised = normalize_json(value)  # subclasses, other Mappings/Sequences, bytes
+        if depth == MAX_NESTING:
+            raise _TooDeep(f"nested more than {MAX_NESTING} levels deep")
+        depth += 1
+        return {_json_ready(key, depth): _json_ready(item, depth) for key, item in value.items()}
+    if kind is bytes:
+        try:
+            value = value.decode("utf-8")  # what normalize_json does with bytes
+        except UnicodeDecodeError:
+            raise ValueError(f"{_shown(value)} are bytes that are not UTF-8 text") from None
+        return _json_ready(value, depth)
+    normalised = normalize_json(value)  # subclasses, other Mappings/Sequences
     if type(normalised) is list or type(normalised) is dict:
-        return _json_ready(normalised)  # now built-in containers: their strings get checked
-    if isinstance(normalised, str) and "\x00" in normalised:
-        raise ValueError(f"{normalised[:40]!r}... contains a NUL character (\\u0000)")
+        return _json_ready(normalised, depth)  # now built-in containers: their items get checked
+    if isinstance(normalised, str) and (problem := text_problem(normalised)):
+        raise ValueError(problem)
+    if isinstance(normalised, float) and not _isfinite(normalised):
+        raise ValueError(f"{normalised!r} is not a finite number (JSON has no NaN or infinity)")
     return normalised
 
 
-def _with_arguments(t: store.NewJob, task: Task, args: Sequence, kwargs: Mapping) -> store.NewJob:
-    """A copy of the task's job template carrying these (normalised) arguments."""
+def _refusal(value: Any, depth: int) -> Exception | None:
     try:
-        args = [_json_ready(item) for item in args]
-        kwargs = {_json_ready(key): _json_ready(item) for key, item in kwargs.items()}
-    except (TypeError, ValueError) as exc:
-        raise InvalidTaskArguments(
-            f"Arguments to task {task.module_path!r} must be JSON-serialisable: {exc}. "
-            "Nothing was enqueued."
-        ) from exc
-    return store.NewJob(t.task_path, t.queue, args, kwargs, t.backend, t.priority, t.run_after,
+        _json_ready(value, depth)
+    except (TypeError, ValueError, RecursionError) as exc:
+        return exc
+    return None
+
+
+def _describe_refusal(value: Any, where: str, depth: int = 0) -> str:
+    """Where in ``value`` (named ``where``) the innermost unstorable thing is, and why.
+    The slow path: run only once _json_ready has refused the arguments."""
+    refusal = _refusal(value, depth)
+    if isinstance(refusal, (_TooDeep, RecursionError)):
+        return f"{where} is nested more than {MAX_NESTING} levels deep"
+    if refusal is None or isinstance(value, (str, bytes)):
+        return f"{where}: {refusal}"
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if _refusal(key, depth + 1) is not None:
+                return _describe_refusal(key, f"a key of {where}", depth + 1)
+            if _refusal(item, depth + 1) is not None:
+                return _describe_refusal(item, f"{where}[{key!r}]", depth + 1)
+    elif isinstance(value, Sequence):
+        for index, item in enumerate(value):
+            if _refusal(item, depth + 1) is not None:
+                return _describe_refusal(item, f"{where}[{index}]", depth + 1)
+    return f"{where}: {refusal}"
+
+
+def _refused_arguments(task: Task, args: Sequence, kwargs: Mapping, exc: Exception) -> InvalidTaskArguments:
+    """The error for arguments _json_ready refused, naming the argument and the place in it."""
+    description = None
+    try:
+        for index, item in enumerate(args):
+            if _refusal(item, 0) is not None:
+                description = _describe_refusal(item, f"args[{index}]")
+                break
+        else:
+            for key, item in kwargs.items():
+                if _refusal(key, 0) is not None:
+                    description = _describe_refusal(key, "a key of kwargs")
+                    break
+                if _refusal(item, 0) is not None:
+                    description = _describe_refusal(item, f"kwargs[{key!r}]")
+                    break
+    except Exception:  # noqa: BLE001 - describing the place must not hide the refusal itself
+        description = None
+    return InvalidTaskArguments(
+        f"Arguments to task {task.module_path!r} must be JSON-serialisable and storable: "
+        f"{description or exc}. Nothing was enqueued."
+    )
+
+
+def _with_arguments(t: store.NewJob, task: Task, args: Sequence, kwargs: Mapping) -> store.NewJob:
+    """A copy of the task's job template carrying these (normalised, checked) arguments."""
+    try:
+        ready_args = [_json_ready(item) for item in args]
+        ready_kwargs = {_json_ready(key): _json_ready(item) for key, item in kwargs.items()}
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise _refused_arguments(task, args, kwargs, exc) from exc
+    return store.NewJob(t.task_path, t.queue, ready_args, ready_kwargs, t.backend, t.priority, t.run_after,
                         t.max_attempts, t.timeout_seconds, t.retry_backoff_seconds,
                         t.on_lease_expired, t.unique_key, t.tenant, t.acting_user_id)
 
@@ -176,6 +282,25 @@ class DatabaseBackend(BaseTaskBackend):
             value = getattr(task, name, None)
             if value is not None and (not isinstance(value, str) or not value or len(value) > limit):
                 raise InvalidTask(f"{name} must be a non-empty string of at most {limit} characters.")
+        self._validate_stored_text(task)
+
+    @staticmethod
+    def _validate_stored_text(task: Task) -> None:
+        """The text options a job stores, under the rule its arguments follow
+        (text_problem) and within their columns, the same on both databases (SQLite
+        would keep what PostgreSQL refuses or libpq would cut short)."""
+        for name, value, limit in (("task path", task.module_path, 300), ("queue_name", task.queue_name, 64),
+                                   ("unique_key", getattr(task, "unique_key", None), 255),
+                                   ("tenant", getattr(task, "tenant", None), 64),
+                                   ("acting_user", user_key(getattr(task, "acting_user", None)), 64)):
+            if value is None:
+                continue
+            problem = text_problem(value)
+            if problem is None and len(value) > limit:
+                problem = f"{_shown(value)} is longer than {limit} characters"
+            if problem is not None:
+                raise InvalidTaskArguments(f"The {name} of task {task.module_path!r} cannot be stored: "
+                                           f"{problem}. Nothing was enqueued.")
 
     # --- enqueue ---------------------------------------------------------------------
 
@@ -273,6 +398,21 @@ class DatabaseBackend(BaseTaskBackend):
             acting_user_id=user_key(getattr(task, "acting_user", None)),
         )
 
+    # --- checks ----------------------------------------------------------------------
+
+    def check(self, **kwargs: Any) -> Iterator[CheckMessage]:
+        """Run by django.tasks' own check for every configured backend. taskengine.E101
+        starts the backend's range (E1xx): taskengine's app checks (checks.py) do not run
+        at all when the app is missing, so this one must live here."""
+        yield from super().check(**kwargs)
+        if not apps.is_installed("taskengine"):
+            yield CheckError(
+                f"TASKS[{self.alias!r}] uses taskengine's DatabaseBackend, but 'taskengine' is not in "
+                "INSTALLED_APPS: its job tables, migrations and the runworker command are missing.",
+                hint='Add "taskengine" to INSTALLED_APPS and run `manage.py migrate`.',
+                id="taskengine.E101",
+            )
+
     # --- results ---------------------------------------------------------------------
 
     def get_result(self, result_id: str) -> TaskResult:
@@ -314,15 +454,34 @@ class DatabaseBackend(BaseTaskBackend):
             task = import_string(job.task_path)
         except ImportError:
             task = None
+        # The store sets run_after to the enqueue time when none was given (the claim
+        # orders by it); the task itself had none.
+        run_after = None if job.run_after == job.enqueued_at else job.run_after
         if not isinstance(task, Task):
             # The job outlived its code: describe it without pretending it can run.
             return clone_task(
                 EngineTask, func=_missing_task, priority=job.priority, backend=self.alias,
-                queue_name=job.queue, run_after=job.run_after, takes_context=False,
+                queue_name=job.queue, run_after=run_after, takes_context=False,
                 max_attempts=job.max_attempts, timeout=job.timeout_seconds,
                 on_lease_expired=job.on_lease_expired, unique_key=job.unique_key,
                 tenant=job.tenant, acting_user=job.acting_user_id,
             )
-        return clone_task(task, queue_name=job.queue, priority=job.priority,
-                          run_after=job.run_after, backend=self.alias)
+        return clone_task(task, queue_name=job.queue, priority=job.priority, run_after=run_after,
+                          backend=self.alias, **self._call_time_options(task, job))
+
+    def _call_time_options(self, task: Task, job) -> dict[str, Any]:
+        """taskengine's options the job was enqueued with (``.using(...)``) where they
+        differ from what the task declares, so the Task read back equals the one enqueued
+        (except ``acting_user``: the user's key as text, not the user)."""
+        if not isinstance(task, EngineTask):
+            return {}
+        declared = self._job_template(task)
+        stored = {"max_attempts": (job.max_attempts, declared.max_attempts),
+                  "timeout": (job.timeout_seconds, declared.timeout_seconds),
+                  "retry_backoff": (job.retry_backoff_seconds, declared.retry_backoff_seconds),
+                  "on_lease_expired": (job.on_lease_expired, declared.on_lease_expired),
+                  "unique_key": (job.unique_key, declared.unique_key),
+                  "tenant": (job.tenant, declared.tenant),
+                  "acting_user": (job.acting_user_id, declared.acting_user_id)}
+        return {name: value for name, (value, default) in stored.items() if value != default}
 

@@ -8,6 +8,25 @@ Settings checks (no database access; run by every command that runs checks):
   time; fine for a laptop, not for production).
 - ``taskengine.W005`` ``TASKS["default"]`` is not taskengine's ``DatabaseBackend``.
 
+Deployment checks (``manage.py check --deploy``; settings only, no database access). They
+look at every database the engine uses: ``TASKENGINE["DATABASE"]`` and the
+``OPTIONS["database"]`` of each ``TASKS`` entry that is taskengine's backend:
+
+- ``taskengine.E003`` a SQLite database without ``OPTIONS["transaction_mode"] = "IMMEDIATE"``.
+  The claim reads, then writes: in SQLite's default DEFERRED mode two such transactions
+  can each hold a read lock and then fail to upgrade it ("database is locked") instead of
+  queueing for the one write lock at BEGIN.
+- ``taskengine.E004`` ``TASKS["default"]`` enqueues on another database than
+  ``TASKENGINE["DATABASE"]`` (where ``runworker``, the leader and the console look), or an
+  engine database alias that ``DATABASES`` lacks.
+- ``taskengine.W006`` ``POLL_ONLY`` is off while a PostgreSQL database's port is a known
+  pooler port (6432, PgBouncer's): through a pooler in transaction mode LISTEN never
+  wakes a worker and prepared statements break (a Warning: session mode is fine).
+- ``taskengine.E005`` a ``CONN_MAX_AGE`` Django refuses for a worker's connections: not
+  ``None`` or a number of seconds >= 0, or non-zero together with Django's own pool
+  (``OPTIONS["pool"]``, "Pooling doesn't support persistent connections"): ``runworker``
+  could neither claim nor LISTEN.
+
 Migration-state checks are tagged ``database``: Django runs them only when an alias is
 named (``manage.py check --database default``, and ``migrate`` for its own alias), so a
 plain ``manage.py check`` never touches the database. They read the same state as the gate
@@ -31,6 +50,9 @@ from django.utils.module_loading import import_string
 
 BACKEND_PATH = "taskengine.backend.DatabaseBackend"
 SQLITE_ENGINES = ("sqlite3", "sqlite")
+POSTGRES_ENGINES = ("postgresql", "postgresql_psycopg2", "postgis")
+# Ports a connection pooler listens on by convention (PgBouncer's default).
+POOLER_PORTS = frozenset({6432})
 
 
 @register("taskengine")
@@ -136,3 +158,115 @@ def _migration_messages(status) -> list[CheckMessage]:
             id="taskengine.W001",
         ))
     return messages
+
+
+# --- deployment checks ---------------------------------------------------------------
+
+@register("taskengine", deploy=True)
+def check_deployment_databases(app_configs=None, **kwargs: Any) -> list[CheckMessage]:
+    from .conf import engine_settings
+
+    return deployment_messages(settings.DATABASES, getattr(settings, "TASKS", {}) or {},
+                               engine_database=engine_settings.DATABASE, poll_only=engine_settings.POLL_ONLY)
+
+
+def deployment_messages(databases: dict[str, dict], tasks: dict[str, dict], *, engine_database: str,
+                        poll_only: bool) -> list[CheckMessage]:
+    """The deployment checks over plain settings values (so each is testable alone)."""
+    aliases = engine_aliases(tasks, engine_database)
+    messages = _alias_messages(databases, tasks, aliases, engine_database)
+    for alias in aliases:
+        if alias in databases:
+            messages.extend(_database_messages(alias, databases[alias], poll_only=poll_only))
+    return messages
+
+
+def engine_aliases(tasks: dict[str, dict], engine_database: str) -> list[str]:
+    """``TASKENGINE["DATABASE"]``, then each engine backend's database, without repeats."""
+    aliases = [engine_database]
+    for config in tasks.values():
+        if _is_engine_backend(config.get("BACKEND", "")):
+            alias = (config.get("OPTIONS") or {}).get("database", "default")
+            if alias not in aliases:
+                aliases.append(alias)
+    return aliases
+
+
+def _alias_messages(databases: dict[str, dict], tasks: dict[str, dict], aliases: list[str],
+                    engine_database: str) -> list[CheckMessage]:
+    messages: list[CheckMessage] = []
+    for alias in aliases:
+        if alias not in databases:
+            messages.append(Error(
+                f"taskengine uses database {alias!r}, which DATABASES does not define.",
+                hint=f"Add {alias!r} to DATABASES, or point TASKENGINE['DATABASE'] and the TASKS "
+                     "OPTIONS['database'] at a database that exists.",
+                id="taskengine.E004",
+            ))
+    default = tasks.get("default") or {}
+    if _is_engine_backend(default.get("BACKEND", "")):
+        enqueue_alias = (default.get("OPTIONS") or {}).get("database", "default")
+        if enqueue_alias != engine_database:
+            messages.append(Error(
+                f"TASKS['default'] enqueues on database {enqueue_alias!r} but TASKENGINE['DATABASE'] is "
+                f"{engine_database!r}: runworker, the leader and the console use {engine_database!r}, "
+                f"so jobs enqueued through django.tasks would wait on {enqueue_alias!r} unseen.",
+                hint=f"Set TASKENGINE = {{'DATABASE': {enqueue_alias!r}}} or TASKS['default']['OPTIONS'] = "
+                     f"{{'database': {engine_database!r}}} (the same alias in both).",
+                id="taskengine.E004",
+            ))
+    return messages
+
+
+def _database_messages(alias: str, database: dict, *, poll_only: bool) -> list[CheckMessage]:
+    engine = database.get("ENGINE", "")
+    options = database.get("OPTIONS") or {}
+    messages: list[CheckMessage] = []
+    if engine.endswith(SQLITE_ENGINES):
+        if str(options.get("transaction_mode", "")).upper() != "IMMEDIATE":
+            messages.append(Error(
+                f"taskengine's SQLite database {alias!r} does not begin transactions IMMEDIATE "
+                f"(transaction_mode is {options.get('transaction_mode', 'unset (DEFERRED)')!r}).",
+                hint=f'Set DATABASES[{alias!r}]["OPTIONS"] = {{"transaction_mode": "IMMEDIATE", "timeout": 30}}: '
+                     "workers and enqueues then queue for SQLite's one write lock instead of failing with "
+                     "'database is locked'.",
+                id="taskengine.E003",
+            ))
+        return messages
+    if not engine.endswith(POSTGRES_ENGINES):
+        return messages
+    port = database.get("PORT") or options.get("port")
+    if not poll_only and str(port).isdigit() and int(port) in POOLER_PORTS:
+        messages.append(Warning(
+            f"Database {alias!r} is on port {port}, a connection pooler's (PgBouncer), and "
+            "TASKENGINE['POLL_ONLY'] is off.",
+            hint="Behind PgBouncer in transaction mode set TASKENGINE = {'POLL_ONLY': True} (no LISTEN, no "
+                 "prepared statements, no session SET), or point runworker at PostgreSQL itself. "
+                 "Session mode keeps LISTEN working: then this warning can be silenced with "
+                 "SILENCED_SYSTEM_CHECKS = ['taskengine.W006'].",
+            id="taskengine.W006",
+        ))
+    messages.extend(_conn_max_age_messages(alias, database, options))
+    return messages
+
+
+def _conn_max_age_messages(alias: str, database: dict, options: dict) -> list[CheckMessage]:
+    max_age = database.get("CONN_MAX_AGE", 0)
+    valid = max_age is None or (isinstance(max_age, (int, float)) and not isinstance(max_age, bool)
+                                and max_age >= 0)
+    if not valid:
+        return [Error(
+            f"CONN_MAX_AGE of database {alias!r} is {max_age!r}: Django needs None or a number of seconds >= 0.",
+            hint="Use 0 (a connection per request, the default), a number of seconds, or None (keep "
+                 "connections); runworker keeps its own connections open either way.",
+            id="taskengine.E005",
+        )]
+    if options.get("pool") and max_age != 0:
+        return [Error(
+            f"CONN_MAX_AGE of database {alias!r} is {max_age!r} together with OPTIONS['pool']: Django "
+            "refuses to open any connection (its pool does not support persistent connections), so "
+            "runworker could neither claim jobs nor LISTEN.",
+            hint=f'Set DATABASES[{alias!r}]["CONN_MAX_AGE"] = 0 while OPTIONS["pool"] is set, or drop the pool.',
+            id="taskengine.E005",
+        )]
+    return []

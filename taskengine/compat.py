@@ -15,8 +15,10 @@ rather than somewhere in the worker:
 - ``set_task_result_fields`` / ``set_return_value`` write fields of the frozen
   ``TaskResult`` (the public ``return_value`` reads ``_return_value``);
 - ``clone_task`` builds a ``Task`` without ``__init__`` (no validation);
-- ``enqueue_is_observed`` reads ``Signal.receivers`` keys;
-- ``disconnect_task_log_receivers`` disconnects the framework's own log receivers;
+- ``receiver_key`` / ``receiver_keys`` / ``enqueue_is_observed`` read ``Signal.receivers``
+  keys; ``log_task_started`` / ``log_task_finished`` are the framework's own log
+  receivers, logging to ``TASKS_LOGGER`` (the worker writes their lines itself while
+  they are the only receivers: taskengine.events);
 - ``cyclic_gc_paused`` pauses Python's process-wide garbage collector;
 - ``task`` passes taskengine's options (``max_attempts=`` ...) through the decorator,
   which Django 6.0's own ``@task`` does not.
@@ -93,6 +95,10 @@ else:
 TASKS_MODULE: str = Task.__module__.rsplit(".", 1)[0]
 #: The logger the framework's own signal receivers log to.
 TASKS_LOGGER: str = _signals.logger.name
+#: The framework's own receivers of task_started / task_finished, which log each task's
+#: start and finish on TASKS_LOGGER.
+log_task_started: Callable = _signals.log_task_started
+log_task_finished: Callable = _signals.log_task_finished
 
 __all__ = [
     "BUILTIN_TASKS", "TASKS_MODULE", "TASKS_LOGGER", "DEFAULT_TASK_BACKEND_ALIAS",
@@ -102,7 +108,7 @@ __all__ = [
     "normalize_json", "task", "task_backends", "task_enqueued", "task_finished", "task_started",
     "FRAMEWORK_TASK_TAKES_OPTIONS", "TASK_RESULT_FIELDS", "ready_task_result",
     "set_task_result_fields", "set_return_value", "clone_task", "receiver_key", "receiver_keys",
-    "enqueue_is_observed", "disconnect_task_log_receivers", "cyclic_gc_paused",
+    "enqueue_is_observed", "log_task_started", "log_task_finished", "cyclic_gc_paused",
 ]
 
 
@@ -233,13 +239,6 @@ def enqueue_is_observed() -> bool:
     if any(key != framework_logs for key in keys):
         return True
     return bool(keys) and _signals.logger.isEnabledFor(logging.DEBUG)
-
-
-def disconnect_task_log_receivers() -> None:
-    """Disconnect the framework's receivers that log every task start and finish (the
-    worker logs those events itself, with worker id, attempt and timings)."""
-    task_started.disconnect(_signals.log_task_started)
-    task_finished.disconnect(_signals.log_task_finished)
 
 
 # --- the garbage collector -----------------------------------------------------------

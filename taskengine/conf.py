@@ -31,6 +31,11 @@ DEFAULTS: dict[str, Any] = {
     "POLL_MAX_BACKOFF": 2.0,
     # SIGTERM: how long in-flight jobs may run before they are released.
     "SHUTDOWN_GRACE_SECONDS": 25.0,
+    # Sync handler threads that ignored an interrupt (timeout, cancellation, lost lease)
+    # for the 2-second grace and still run ("stuck") a worker tolerates. Their jobs stay
+    # leased and their slots taken while they run; past this many the worker drains and
+    # exits with status 3 so that its supervisor starts a fresh process.
+    "MAX_STUCK_THREADS": 0,
     # Claim through pg_try_advisory_xact_lock instead of FOR UPDATE SKIP LOCKED.
     "USE_ADVISORY_LOCKS": False,
     # PgBouncer in transaction mode: never LISTEN (poll instead), never prepare a

@@ -1,13 +1,23 @@
 """Job events of a worker: one log line per event (worker id, job id, task path, queue,
-attempt, timings; the traceback on failure), the per-job metrics, and django.tasks'
-``task_started`` / ``task_finished`` signals.
+attempt, timings; the traceback on failure), the per-job metrics, django.tasks'
+``task_started`` / ``task_finished`` signals, and django.tasks' own log lines.
 
-Signals carry a TaskResult only when a project connects a receiver: the worker's own
-log lines replace django.tasks' log receivers in the worker process. A first attempt's
-result is built from what the worker knows; after retries, the errors and workers of
-earlier attempts are read back from the store. Nothing here may break the worker loop:
-signals are sent robustly (send_robustly), so a receiver that raises is logged and
-changes neither the job's outcome nor its attempts.
+django.tasks logs every start and finish through receivers of those signals
+(``django.tasks.signals.log_task_started`` / ``log_task_finished``: "Task id=… path=…
+state=RUNNING|SUCCESSFUL|FAILED", INFO, a failure at ERROR with its exception). Building a
+TaskResult per job only to feed those two receivers would cost every job (and a read
+of the store after a retry), so while they are the only receivers the worker writes
+their lines itself, in their format, on their logger, and only when that logger is
+enabled. When a project connects a receiver of its own, the signal is sent and Django's
+receivers write the lines, with the task's exception as the one being handled (as
+ImmediateBackend sends task_finished inside its ``except``). A project that disconnects
+Django's receivers gets no such lines, as with Django's own backends. A retried attempt
+sends no task_finished and writes no finish line: the task has not finished.
+
+A first attempt's result is built from what the worker knows; after retries, the errors
+and workers of earlier attempts are read back from the store. Nothing here may break
+the worker loop: signals are sent robustly (send_robustly), so a receiver that raises is
+logged and changes neither the job's outcome nor its attempts.
 """
 from __future__ import annotations
 
@@ -20,10 +30,14 @@ from django.dispatch import Signal
 
 from . import metrics, store
 from .compat import (
+    TASKS_LOGGER,
     TaskError,
     TaskResult,
     TaskResultStatus,
-    disconnect_task_log_receivers,
+    log_task_finished,
+    log_task_started,
+    receiver_key,
+    receiver_keys,
     set_return_value,
     set_task_result_fields,
     task_backends,
@@ -35,6 +49,8 @@ from .states import to_task_result_status
 from .store import Outcome
 
 logger = logging.getLogger("taskengine.worker")
+django_logger = logging.getLogger(TASKS_LOGGER)  # the framework's log receivers' logger
+DJANGO_TASK_LINE = "Task id=%s path=%s state=%s"  # log_task_started/finished's (tests/unit/test_compat.py)
 
 
 def send_robustly(signal: Signal, name: str, sender: type, task_result: TaskResult,
@@ -56,12 +72,20 @@ def receiver_name(receiver: Any) -> str:
     return f"{getattr(receiver, '__module__', None) or '?'}.{qualname}"
 
 
-def replace_django_task_log_receivers() -> None:
-    """django.tasks logs every task start and finish through signal receivers; the
-    worker logs the same events itself, with worker id, attempt and timings. Dropping
-    the duplicates means a TaskResult is built for task_started / task_finished only
-    when a project connects its own receiver."""
-    disconnect_task_log_receivers()
+def listeners(signal: Signal, djangos_receiver: Any) -> tuple[bool, bool]:
+    """(is django.tasks' own log receiver connected to ``signal``, is any other)."""
+    djangos_key = receiver_key(djangos_receiver)
+    djangos = others = False
+    for key in receiver_keys(signal):
+        if key == djangos_key:
+            djangos = True
+        else:
+            others = True
+    return djangos, others
+
+
+def exc_info_of(error: BaseException | None) -> tuple[type[BaseException], BaseException, Any] | None:
+    return (type(error), error, error.__traceback__) if error is not None else None
 
 
 class JobEvents:
@@ -86,7 +110,7 @@ class JobEvents:
             metrics.job_finished(job.queue, job.task_path, state, outcome.outcome)
             if logger.isEnabledFor(logging.INFO):
                 logger.info("succeeded", extra={**self._finish_extra(running, outcome, state), "event": "succeeded"})
-            self._send_finished(running, state, outcome)
+            self._finished_for_django(running, state, outcome)
             return
         extra = self._finish_extra(running, outcome, state)
         if state is None:
@@ -107,12 +131,16 @@ class JobEvents:
                               "traceback": outcome.traceback.rstrip()})
         else:
             logger.info("succeeded", extra={**extra, "event": "succeeded"})
-        if state != "queued" and running.task is not None:
-            self._send_finished(running, state, outcome)
+        if state != "queued":
+            self._finished_for_django(running, state, outcome)
 
     def started(self, running: RunningJob) -> None:
-        """task_started, when a project listens."""
-        if not task_started.has_listeners():
+        """task_started when a project listens; django.tasks' RUNNING line."""
+        djangos, others = listeners(task_started, log_task_started)
+        if not others:
+            if djangos and django_logger.isEnabledFor(logging.INFO):
+                django_logger.info(DJANGO_TASK_LINE, str(running.job.id), running.job.task_path,
+                                   TaskResultStatus.RUNNING)
             return
         try:
             backend = task_backends[running.task.backend]
@@ -123,11 +151,28 @@ class JobEvents:
         except Exception:  # noqa: BLE001 - a signal must not break the loop or the attempt
             logger.exception("could not send task_started", extra=self.extra(running.job))
 
-    def _send_finished(self, running: RunningJob, state: str, outcome: Outcome) -> None:
-        """A first attempt's result is known here in full; after retries, the errors
-        and workers of earlier attempts are read back from the store."""
-        if not task_finished.has_listeners():
+    def _finished_for_django(self, running: RunningJob, state: str, outcome: Outcome) -> None:
+        """task_finished when a project listens (and the task still imports); otherwise
+        django.tasks' finish line, written here."""
+        djangos, others = listeners(task_finished, log_task_finished)
+        error, outcome.exception = outcome.exception, None  # let its frames go once reported
+        if others and running.task is not None:
+            self._send_finished(running, state, outcome, error)
             return
+        if not djangos:
+            return
+        status = to_task_result_status(state)
+        level = logging.ERROR if status == TaskResultStatus.FAILED else logging.INFO
+        if django_logger.isEnabledFor(level):
+            django_logger.log(level, DJANGO_TASK_LINE, str(running.job.id), running.job.task_path, status,
+                              exc_info=exc_info_of(error) if status == TaskResultStatus.FAILED else None)
+
+    def _send_finished(self, running: RunningJob, state: str, outcome: Outcome,
+                       error: BaseException | None) -> None:
+        """A first attempt's result is known here in full; after retries, the errors
+        and workers of earlier attempts are read back from the store. Sent with the
+        task's exception as the one being handled, as ImmediateBackend sends it (Django's
+        log receiver takes the exception from sys.exc_info())."""
         try:
             backend = task_backends[running.task.backend]
             if running.job.attempt > 1:
@@ -143,7 +188,17 @@ class JobEvents:
                                                    traceback=outcome.traceback))
                 if status == TaskResultStatus.SUCCESSFUL:
                     set_return_value(result, json.loads(outcome.return_value))
-            send_robustly(task_finished, "task_finished", type(backend), result, logger, self.extra(running.job))
+            extra = self.extra(running.job)
+            if error is None:
+                send_robustly(task_finished, "task_finished", type(backend), result, logger, extra)
+                return
+            saved_traceback = error.__traceback__
+            try:
+                raise error
+            except BaseException:  # noqa: BLE001 - raised only to be the exception being handled
+                send_robustly(task_finished, "task_finished", type(backend), result, logger, extra)
+            finally:
+                error.__traceback__ = saved_traceback
         except Exception:  # noqa: BLE001 - a signal must not break the loop
             logger.exception("could not send task_finished", extra=self.extra(running.job))
 

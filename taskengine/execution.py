@@ -62,8 +62,9 @@ class RunningJob:
     thread_id: int | None = None  # set while a sync handler runs
     future: Any = None
     interrupt_sent: type[JobInterrupted] | None = None
-    abandoned: bool = False  # the worker already wrote an outcome for it
+    abandoned: bool = False  # released at shutdown: its outcome is no longer this worker's to write
     lease_lost: bool = False
+    stuck: bool = False  # a sync handler that ignored an interrupt past the grace and still runs
     guard: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -76,7 +77,7 @@ def resolve_task(task_path: str) -> Task:
     try:
         task = import_string(task_path)
     except ImportError as exc:
-        raise TaskNotFound(f"cannot import task {task_path!r}: {exc}") from None
+        raise TaskNotFound(f"cannot import task {task_path!r}: {exc}") from exc
     if not isinstance(task, Task):
         raise TaskNotFound(f"{task_path!r} is not a task (decorate it with @task; got {type(task).__name__})")
     return task
@@ -198,23 +199,29 @@ def outcome_for(running: RunningJob, value: Any, error: BaseException | None) ->
     job = running.job
     if error is None:
         try:
-            return_json = json.dumps(normalize_json(value), allow_nan=False)
-            if "\\u0000" in return_json and _ESCAPED_NUL.search(return_json):
-                raise ValueError("it contains a NUL character (\\u0000), which PostgreSQL's jsonb cannot store")
+            return_json = return_value_json(value)
         except (TypeError, ValueError) as exc:
             error = TypeError(f"Return value of {job.task_path} is not JSON-serialisable: {exc}")
+        except RecursionError:
+            error = TypeError(f"Return value of {job.task_path} is not JSON-serialisable: it is nested too "
+                              "deeply (maximum recursion depth exceeded while encoding it)")
         else:
             return Outcome(job.id, job.attempt, JobState.SUCCEEDED, AttemptOutcome.SUCCEEDED,
                            return_value=return_json)
     return failure_outcome(job, error)
 
 
+class OutcomeNotStorable(ValueError):
+    """The database rejected an attempt's outcome; the attempt fails with this instead."""
+
+
 def failure_outcome(job: ClaimedJob, error: BaseException) -> Outcome:
     cls = type(error)
     details = dict(
-        error_class=f"{cls.__module__}.{cls.__qualname__}",
-        error_message=_storable(str(error))[:2000],
-        traceback=_storable("".join(traceback.format_exception(error)))[-20000:],
+        error_class=_storable(f"{cls.__module__}.{cls.__qualname__}"),
+        error_message=_storable(_describe(error))[:2000],
+        traceback=_storable(_format_traceback(error))[-20000:],
+        exception=error,
     )
     if isinstance(error, JobCancelled):
         return Outcome(job.id, job.attempt, JobState.CANCELLED, AttemptOutcome.CANCELLED, **details)
@@ -225,13 +232,72 @@ def failure_outcome(job: ClaimedJob, error: BaseException) -> Outcome:
     return Outcome(job.id, job.attempt, JobState.FAILED, kind or AttemptOutcome.FAILED, **details)
 
 
+def unstorable_outcome(job: ClaimedJob, rejected: Outcome, reason: BaseException) -> Outcome:
+    """What a worker writes instead of ``rejected`` when the database refused it: a
+    failure of the attempt naming the refusal, in plain ASCII (so it cannot be refused
+    for the same reason). The rejected outcome's own error, if any, is kept as text."""
+    message = (f"the attempt's outcome ({rejected.outcome}) could not be stored: "
+               f"{type(reason).__name__}: {_describe(reason)}")
+    outcome = failure_outcome(job, OutcomeNotStorable(_ascii(message)))
+    own = (f"{rejected.error_class}: {rejected.error_message}\n{rejected.traceback}" if rejected.error_class
+           else "(the attempt's return value was rejected)")
+    outcome.traceback = _ascii(f"{outcome.traceback}\nThe rejected outcome:\n{own}")[-20000:]
+    return outcome
+
+
+def _describe(error: BaseException) -> str:
+    try:
+        return str(error)
+    except Exception as exc:  # noqa: BLE001 - an exception whose __str__ raises
+        return f"<unprintable {type(error).__name__}: str() raised {type(exc).__name__}>"
+
+
+def _format_traceback(error: BaseException) -> str:
+    try:
+        return "".join(traceback.format_exception(error))
+    except Exception as exc:  # noqa: BLE001 - the same, from inside the traceback module
+        return f"<traceback unavailable: {type(exc).__name__}>"
+
+
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # \u0000 in JSON text, not an escaped backslash
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def return_value_json(value: Any) -> str:
+    """A return value as the JSON text its job row stores, or ValueError/TypeError when
+    it is not JSON or PostgreSQL's jsonb would refuse it (refused on SQLite too, so a
+    task behaves alike on both, by the rule enqueue applies to arguments).
+
+    Characters are written as themselves (``ensure_ascii=False``), so a surrogate code
+    point in a str — lone, or one of two that only look like a pair — stays visible to
+    the check: escaped, two such code points would come back from jsonb as the one
+    character they encode, which is not the value the handler returned."""
+    text = json.dumps(normalize_json(value), allow_nan=False, ensure_ascii=False)
+    if "\\u0000" in text and _ESCAPED_NUL.search(text):
+        raise ValueError("it contains a NUL character (\\u0000), which PostgreSQL's jsonb cannot store")
+    if not text.isascii() and _SURROGATE.search(text):
+        raise ValueError("it contains a surrogate code point (such as a file name decoded with "
+                         "surrogateescape), which is not valid Unicode text and which PostgreSQL's jsonb "
+                         "cannot store")
+    return text
 
 
 def _storable(text: str) -> str:
     """Error text as a database text column can hold it: PostgreSQL text cannot contain
-    NUL, and an outcome that cannot be written would never finish its job."""
-    return text.replace("\x00", "\\x00") if "\x00" in text else text
+    NUL, and no database driver can encode a lone surrogate as UTF-8; an outcome that
+    cannot be written would never finish its job. Both are written as escapes."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _ascii(text: str) -> str:
+    return _storable(text).encode("ascii", "backslashreplace").decode("ascii")
 
 
 def retry_delay(job: ClaimedJob) -> float:

@@ -133,6 +133,8 @@ def _text(value: Any, encoding: str) -> bytes | None:
     if value is None:
         return None
     if isinstance(value, str):
+        if "\x00" in value:  # libpq takes C strings: the text would silently end there
+            raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
         return value.encode(encoding)
     if isinstance(value, bool):
         return b"t" if value else b"f"

@@ -85,6 +85,7 @@ class Outcome:
     error_message: str = ""
     traceback: str = ""
     finished_at: datetime | None = None  # set from the database once written
+    exception: BaseException | None = None  # the failure itself, for django.tasks' ERROR line (never stored)
 
 
 @contextmanager

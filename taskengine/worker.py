@@ -10,12 +10,28 @@ Invariants:
 - Every outcome is written with a fenced UPDATE; if this worker lost the lease (it
   expired, or recovery gave the job to someone else), the write changes nothing and the
   result is discarded with a warning. Nothing is marked done that did not run here.
+- Running jobs are tracked per attempt (RunningJob identity), never per job id: a
+  retry this worker claimed while an earlier attempt's thread still runs is its own entry.
 - Database errors never kill the loop: the worker logs once, backs off, reconnects and
   resumes; outcomes not yet written wait in memory (their leases may lapse meanwhile, in
-  which case the jobs are recovered and run again — at-least-once).
+  which case the jobs are recovered and run again — at-least-once). An outcome the
+  database *rejects* (a data error, or a value the driver cannot encode) is different: the
+  batch is written in halves until the bad outcome is alone, and that attempt fails with
+  the reason (execution.unstorable_outcome). One bad row never holds back the other
+  outcomes or the claims riding in their transaction, and nothing raised while recording
+  an outcome ends the loop.
+- A sync handler that ignores its interrupt (timeout, cancellation, lost lease) for
+  HARD_TIMEOUT_GRACE is *stuck*: while its thread lives the job stays leased here
+  (heartbeats go on), is not retried, and holds its slot; its outcome is written when the
+  thread returns. Past ``max_stuck_threads`` stuck threads the worker drains and exits
+  with STUCK_THREADS_EXIT_CODE so its supervisor replaces it. At exit, stuck jobs keep
+  their leases (and the worker row is not marked stopped): recovery takes them only once
+  the leases expire, after the process and its threads are gone.
 - SIGTERM (or SIGINT): stop claiming, let running jobs finish within the grace period,
-  release the rest, mark the worker stopped, exit 0. A second signal exits at once
-  (leases then expire and recovery hands the jobs back).
+  release the rest, mark the worker stopped, exit 0 (STUCK_THREADS_EXIT_CODE with stuck
+  threads). Jobs a claim returns after the stop request are released at once (or started,
+  if the release fails): never dropped. A second signal exits at once (leases then
+  expire and recovery hands the jobs back).
 """
 from __future__ import annotations
 
@@ -31,7 +47,7 @@ from concurrent.futures import Future
 from typing import Any, Protocol
 
 from django.db import Error as DatabaseError
-from django.db import connections, transaction
+from django.db import InterfaceError, OperationalError, connections, transaction
 
 from . import events, metrics, registry, store
 from .conf import engine_settings
@@ -41,13 +57,13 @@ from .execution import (
     JobTimedOut,
     LeaseLost,
     RunningJob,
-    TaskNotFound,
     async_interrupt,
     failure_outcome,
     interrupt_thread,
     resolve_task,
     run_async,
     run_sync,
+    unstorable_outcome,
 )
 from .listener import Listener
 from .pool import JobThreads
@@ -56,8 +72,15 @@ from .store import Outcome
 
 logger = logging.getLogger("taskengine.worker")
 
-HARD_TIMEOUT_GRACE = 2.0  # seconds a timed-out sync handler gets to notice the interrupt
+HARD_TIMEOUT_GRACE = 2.0  # seconds an interrupted sync handler gets to stop before it counts as stuck
 FLUSH_DELAY = 0.005  # longest an outcome waits to be written with others (seconds)
+STUCK_THREADS_EXIT_CODE = 3  # the worker exits with this when it gives up on stuck handler threads
+
+
+def _database_unreachable(exc: BaseException) -> bool:
+    """A connection-level failure (outage, restart, failover, lock or statement timeout):
+    retry the same write later. Anything else raised by a write is about what it wrote."""
+    return isinstance(exc, (OperationalError, InterfaceError))
 
 
 class Service(Protocol):
@@ -83,6 +106,7 @@ class Worker:
         heartbeat_seconds: float | None = None,
         use_advisory_locks: bool | None = None,
         poll_only: bool | None = None,
+        max_stuck_threads: int | None = None,
         services: Sequence[Service] = (),
     ) -> None:
         s = engine_settings
@@ -102,12 +126,17 @@ class Worker:
         self.heartbeat_seconds = float(heartbeat_seconds or min(s.HEARTBEAT_SECONDS, self.lease_seconds / 3))
         self.use_advisory_locks = s.USE_ADVISORY_LOCKS if use_advisory_locks is None else use_advisory_locks
         self.poll_only = s.POLL_ONLY if poll_only is None else poll_only
+        self.max_stuck_threads = int(s.MAX_STUCK_THREADS if max_stuck_threads is None else max_stuck_threads)
+        if self.max_stuck_threads < 0:
+            raise ValueError("max_stuck_threads must be at least 0")
         self.services = list(services)
 
         self._wake = threading.Event()
         self._done: queue.SimpleQueue[tuple[RunningJob, Outcome | None, BaseException | None]] = queue.SimpleQueue()
-        self._running: dict[int, RunningJob] = {}
-        self._timed: dict[int, RunningJob] = {}  # the running sync jobs with a timeout deadline
+        self._running: set[RunningJob] = set()  # one entry per attempt (identity), never per job id
+        self._watched: set[RunningJob] = set()  # sync jobs with a deadline: a timeout or an interrupt's grace
+        self._stuck: set[RunningJob] = set()  # handlers that ignored an interrupt and still run
+        self._gave_up = False  # draining because of stuck threads
         self._pending: list[tuple[RunningJob, Outcome]] = []
         self._pending_since = 0.0
         self._batch = max(1, concurrency // 2)
@@ -126,7 +155,8 @@ class Worker:
         self._listener: Listener | None = None
         self.events = events.JobEvents(self.worker_id)
         self.processed = 0
-        self.stuck_threads = False
+        self.stuck_threads = False  # handler threads were still running at exit
+        self.exit_code = 0
 
     @property
     def connection(self):
@@ -143,7 +173,11 @@ class Worker:
         if self._signals == 1:
             logger.info("received %s: draining (no new claims, %.0fs grace)",
                         signal.Signals(signum).name, self.shutdown_grace, extra={"worker_id": self.worker_id})
-            self.request_stop()
+            self._begin_drain()
+            # The handler runs on the main thread wherever it was interrupted, possibly
+            # inside Event.wait holding the event's (non-reentrant) lock: setting the
+            # event here could deadlock, so another thread sets it.
+            threading.Thread(target=self._wake.set, name="taskengine-signal-wake", daemon=True).start()
         else:
             logger.warning("second signal: exiting now; running jobs are recovered when their leases expire",
                            extra={"worker_id": self.worker_id})
@@ -152,14 +186,16 @@ class Worker:
             os._exit(1)
 
     def request_stop(self) -> None:
+        self._begin_drain()
+        self._wake.set()
+
+    def _begin_drain(self) -> None:
         if not self._draining:
             self._draining = True
             self._drain_deadline = time.monotonic() + self.shutdown_grace
-        self._wake.set()
 
     def run(self) -> int:
         """Run until drained (SIGTERM, request_stop, or --burst with nothing due)."""
-        events.replace_django_task_log_receivers()
         logger.info("worker starting: queues=%s concurrency=%d lease=%.0fs claim=%s wake=%s",
                     ",".join(self.queues), self.concurrency, self.lease_seconds,
                     "advisory" if self.use_advisory_locks else "skip-locked",
@@ -177,7 +213,7 @@ class Worker:
             self._loop_until_drained()
         finally:
             self._shutdown()
-        return 0
+        return self.exit_code
 
     def _register(self) -> None:
         registry.register(self.database, self.worker_id, self.queues, self.concurrency)
@@ -193,8 +229,8 @@ class Worker:
     def _loop_until_drained(self) -> None:
         while True:
             self._collect_done()
-            self._enforce_timeouts()
-            free = self.concurrency - len(self._running)
+            self._watch_handlers()
+            free = self.concurrency - len(self._running)  # a stuck thread keeps its slot
             claim_due = not self._draining and (free >= self._batch or (free > 0 and not self._running))
             if self._flush_due():
                 # Write the finished batch and, when slots are free, claim the next one
@@ -202,20 +238,24 @@ class Worker:
                 claimed = self._flush(claim=free if claim_due else 0)
             else:
                 claimed = self._claim(free) if claim_due else None
+            if claimed:
+                # Before the drain check: a stop requested while the claim ran must not
+                # drop what it returned (those jobs would stay running under a live lease).
+                self._start_claimed(claimed)
             self._heartbeat_if_due()
             if self._draining:
-                if not self._running and not self._pending:
-                    return
+                if len(self._running) == len(self._stuck) and not self._pending:
+                    return  # stuck threads had their grace; they are not waited for
                 if time.monotonic() >= self._drain_deadline:
                     self._release_remaining()
                     return
                 self._wait(0.05)
                 continue
-            for job in claimed or ():
-                self._start(job)
             if claimed:
                 self._idle_rounds = 0
                 continue
+            if claim_due and claimed is None and time.monotonic() >= self._db_retry_at:
+                continue  # the claim did not run (its batch was refused): claim again now
             if claim_due and not self._running:
                 if self.burst and not self._pending and self._db_down_since is None:
                     logger.info("burst: nothing due, exiting", extra={"worker_id": self.worker_id})
@@ -247,7 +287,14 @@ class Worker:
             self._listener.stop()
         self._collect_done()
         self._flush()
-        if self._registered:
+        if self._stuck or self._gave_up:
+            self.exit_code = STUCK_THREADS_EXIT_CODE
+        if self._stuck:
+            # A stopped worker's jobs are recovered at once, while this process (and the
+            # stuck threads) may still be running: leave the row, and the leases, to expire.
+            logger.error("exiting with %d stuck handler threads; their jobs stay leased until the leases expire",
+                         len(self._stuck), extra={"worker_id": self.worker_id})
+        elif self._registered:
             self._db_call("stop", lambda: registry.mark_stopped(self.database, self.worker_id))
         self.stuck_threads = bool(self._running)
         self._threads.shutdown(wait=not self.stuck_threads)
@@ -266,7 +313,7 @@ class Worker:
     def _wait(self, timeout: float) -> None:
         now = time.monotonic()
         timeout = min(timeout, max(0.0, self._next_heartbeat - now))
-        deadlines = [r.deadline for r in self._timed.values() if r.deadline is not None]
+        deadlines = [r.deadline for r in self._watched if r.deadline is not None]
         if deadlines:
             timeout = min(timeout, max(0.0, min(deadlines) - now))
         if self._wake.wait(timeout):
@@ -282,8 +329,7 @@ class Worker:
             result = fn()
         except DatabaseError as exc:
             metrics.DB_ERRORS.labels(operation).inc()
-            self._db_backoff = min(max(self._db_backoff * 2, 0.1), self.max_backoff * 5, 10.0)
-            self._db_retry_at = now + self._db_backoff
+            self._back_off(now)
             if self._db_down_since is None:
                 self._db_down_since = now
                 logger.error("database error during %s: %s; backing off and retrying", operation, exc,
@@ -299,6 +345,10 @@ class Worker:
             self._db_down_since = None
             self._db_backoff = 0.0
         return result
+
+    def _back_off(self, now: float) -> None:
+        self._db_backoff = min(max(self._db_backoff * 2, 0.1), self.max_backoff * 5, 10.0)
+        self._db_retry_at = now + self._db_backoff
 
     def _sleep_until_db_retry(self) -> None:
         self._wait(max(0.05, self._db_retry_at - time.monotonic()))
@@ -318,13 +368,43 @@ class Worker:
         metrics.CLAIM_LATENCY.observe(time.perf_counter() - started)
         return jobs
 
+    def _start_claimed(self, jobs: list[store.ClaimedJob]) -> None:
+        """Start every claimed job — or, once a stop was requested, release it unstarted.
+        A job the release did not take (database error) is started and drains with the rest."""
+        if self._draining:
+            jobs = self._release_unstarted(jobs)
+        for job in jobs:
+            self._start(job)
+
+    def _release_unstarted(self, jobs: list[store.ClaimedJob]) -> list[store.ClaimedJob]:
+        written = self._db_call("release", lambda: store.release_jobs(
+            self.connection, worker_id=self.worker_id, held=[(j.id, j.attempt) for j in jobs]), default={})
+        for job in jobs:
+            if job.id in written:
+                self._report_release(RunningJob(job=job), *written[job.id], unstarted=True)
+        return [job for job in jobs if job.id not in written]
+
+    def _report_release(self, running: RunningJob, state: str, finished_at: Any, *, unstarted: bool = False) -> None:
+        """Log (and for a cancel, count and signal) one job the release wrote."""
+        if state == "cancelled":  # cancel requested before the handler saw it
+            self.events.finished(running, Outcome(
+                running.job.id, running.job.attempt, state, AttemptOutcome.CANCELLED,
+                error_class=store.RELEASED_CANCEL_ERROR_CLASS, error_message=store.RELEASED_CANCEL_MESSAGE,
+                finished_at=finished_at), state)
+        elif unstarted:
+            logger.info("claimed as the worker began to drain: released unstarted",
+                        extra=self.events.extra(running.job, event="released"))
+        else:
+            logger.warning("grace period over: released back to the queue",
+                           extra=self.events.extra(running.job, event="released"))
+
     def _start(self, job: store.ClaimedJob) -> None:
         running = RunningJob(job=job)
-        self._running[job.id] = running
+        self._running.add(running)
         self.events.claimed(job)
         try:
             running.task, is_async = self._resolve(job.task_path)
-        except TaskNotFound as exc:
+        except Exception as exc:  # noqa: BLE001 - TaskNotFound, or a module that fails to import
             self._done.put((running, failure_outcome(job, exc), None))
             return
         self.events.started(running)
@@ -336,7 +416,7 @@ class Worker:
         else:
             if job.timeout_seconds:
                 running.deadline = running.monotonic_start + job.timeout_seconds
-                self._timed[job.id] = running
+                self._watched.add(running)
             self._threads.submit(running)
 
     def _run_sync(self, running: RunningJob) -> Outcome:
@@ -383,19 +463,35 @@ class Worker:
                 running, outcome, error = self._done.get_nowait()
             except queue.Empty:
                 return
-            self._running.pop(running.job.id, None)
-            self._timed.pop(running.job.id, None)
-            self.events.collected(running)
-            if running.abandoned:
-                continue  # its timeout outcome was already written
-            if outcome is None:
-                outcome = failure_outcome(running.job, error or RuntimeError("no outcome"))
-            self._add_pending(running, outcome)
+            self._running.discard(running)
+            self._watched.discard(running)
+            try:
+                self._collected(running, outcome, error)
+            except Exception:  # noqa: BLE001 - nothing raised while recording may end the loop
+                logger.exception("could not record a finished attempt; its lease lapses and it is recovered",
+                                 extra=self.events.extra(running.job))
 
-    def _enforce_timeouts(self) -> None:
+    def _collected(self, running: RunningJob, outcome: Outcome | None, error: BaseException | None) -> None:
+        if running.stuck:
+            self._stuck.discard(running)
+            logger.warning("a stuck handler returned after %.1fs; recording its outcome",
+                           time.monotonic() - running.monotonic_start, extra=self.events.extra(running.job))
+        self.events.collected(running)
+        if running.abandoned:
+            return  # released at shutdown: the job is no longer this worker's
+        if outcome is None:
+            outcome = failure_outcome(running.job, error or RuntimeError("no outcome"))
+        self._add_pending(running, outcome)
+
+    def _watch_handlers(self) -> None:
+        """Interrupt sync handlers past their timeout; one that has not stopped a grace
+        period after an interrupt is stuck (Python can raise only between bytecodes, so a
+        handler blocked in C notices when that call returns)."""
+        if not self._watched:
+            return
         now = time.monotonic()
-        for running in list(self._timed.values()):
-            if running.deadline is None or now < running.deadline or running.abandoned:
+        for running in list(self._watched):
+            if running.deadline is None or now < running.deadline:
                 continue
             if running.interrupt_sent is None:
                 interrupt_thread(running, JobTimedOut)
@@ -403,60 +499,119 @@ class Worker:
                 logger.warning("timed out after %ss; interrupting", running.job.timeout_seconds,
                                extra=self.events.extra(running.job, event="timed_out"))
             else:
-                # The handler is stuck in C code and ignores the interrupt: record the
-                # timeout now; its slot stays taken until the thread returns.
-                running.abandoned = True
+                self._watched.discard(running)
                 running.deadline = None
-                exc = JobTimedOut(f"timed out after {running.job.timeout_seconds}s (handler did not stop)")
-                self._add_pending(running, failure_outcome(running.job, exc))
-                logger.error("handler ignored its timeout; slot held until it returns",
-                             extra=self.events.extra(running.job, event="timeout_ignored"))
+                self._mark_stuck(running)
+
+    def _mark_stuck(self, running: RunningJob) -> None:
+        """Its job stays leased here (heartbeats go on) and is not retried while the thread
+        lives; its slot stays taken. Past max_stuck_threads the worker gives up: it drains
+        and exits so that a new process takes its place."""
+        running.stuck = True
+        self._stuck.add(running)
+        reason = running.interrupt_sent.__name__ if running.interrupt_sent else "interrupt"
+        event = "timeout_ignored" if running.interrupt_sent is JobTimedOut else "interrupt_ignored"
+        logger.error("handler ignored its interrupt (%s) for %.0fs; its job stays leased and its slot taken "
+                     "until it returns (%d stuck, at most %d tolerated)", reason, HARD_TIMEOUT_GRACE,
+                     len(self._stuck), self.max_stuck_threads, extra=self.events.extra(running.job, event=event))
+        if len(self._stuck) > self.max_stuck_threads and not self._gave_up:
+            self._gave_up = True
+            logger.error("more stuck handler threads than --max-stuck-threads %d: draining; the worker exits %d "
+                         "for its supervisor to replace it", self.max_stuck_threads, STUCK_THREADS_EXIT_CODE,
+                         extra={"worker_id": self.worker_id})
+            self.request_stop()
 
     def _add_pending(self, running: RunningJob, outcome: Outcome) -> None:
         if not self._pending:
             self._pending_since = time.monotonic()
         self._pending.append((running, outcome))
 
-    def _flush(self, claim: int = 0) -> list[store.ClaimedJob]:
+    def _flush(self, claim: int = 0) -> list[store.ClaimedJob] | None:
         """Write pending outcomes (fenced) and, if ``claim`` > 0, claim up to that many
-        jobs in the same transaction. Returns the claimed jobs."""
+        jobs in the same transaction. Returns the claimed jobs, or None when the claim
+        did not run (a database error, or a refused batch it rolled back with): "claimed
+        nothing" must not read as "nothing is due". Database outages keep the unwritten
+        outcomes for the next try; nothing raised here ends the loop."""
         if not self._pending:
             return self._claim(claim)
-        batch = self._pending
-        outcomes = [o for _, o in batch]
+        try:
+            return self._db_call("finish", lambda: self._finish_then_claim(claim), default=None)
+        except Exception:  # noqa: BLE001 - a bug, or a value refused even when written alone
+            logger.exception("writing %d outcomes failed; retrying after a back-off", len(self._pending),
+                             extra={"worker_id": self.worker_id})
+            self._back_off(time.monotonic())
+            return None
 
-        def finish_then_claim() -> tuple[dict, list[store.ClaimedJob]]:
+    def _finish_then_claim(self, claim: int) -> list[store.ClaimedJob] | None:
+        batch = list(self._pending)
+        try:
             with transaction.atomic(using=self.database):
-                won = store.finish_jobs(self.connection, worker_id=self.worker_id, outcomes=outcomes)
-                return won, (self._claim_now(claim) if claim > 0 else [])
-
-        result = self._db_call("finish", finish_then_claim)
-        if result is None:
-            return []  # database down: keep the outcomes for the next try
-        won, claimed = result
-        self._pending = []
-        for running, outcome in batch:
-            self.processed += 1
-            state, finished_at = won.get(outcome.job_id, (None, None))
-            outcome.finished_at = finished_at
-            self.events.finished(running, outcome, state)
+                won = store.finish_jobs(self.connection, worker_id=self.worker_id, outcomes=[o for _, o in batch])
+                claimed = self._claim_now(claim) if claim > 0 else []
+        except Exception as exc:
+            if _database_unreachable(exc):
+                raise
+            logger.warning("the database refused a batch of %d outcomes (%s: %s); writing it in parts",
+                           len(batch), type(exc).__name__, exc, extra={"worker_id": self.worker_id})
+            self._finish_isolating(batch)
+            return None  # the claim rolled back with the batch; the next round claims
+        self._written(batch, won)
         return claimed
 
+    def _finish_isolating(self, batch: list[tuple[RunningJob, Outcome]]) -> None:
+        """Write ``batch`` in halves until each refused outcome is alone, then write a
+        failure of that attempt naming the refusal in its place. Each part is reported as
+        it commits, so an outage midway keeps only the unwritten ones pending."""
+        parts = [batch]
+        while parts:
+            part = parts.pop()
+            try:
+                won = store.finish_jobs(self.connection, worker_id=self.worker_id, outcomes=[o for _, o in part])
+            except Exception as exc:
+                if _database_unreachable(exc):
+                    raise
+                if len(part) > 1:
+                    middle = len(part) // 2
+                    parts += [part[middle:], part[:middle]]
+                    continue
+                [(running, refused)] = part
+                logger.error("the database cannot store this attempt's outcome (%s: %s); the attempt fails instead",
+                             type(exc).__name__, exc, extra=self.events.extra(running.job, event="outcome_refused"))
+                part = [(running, unstorable_outcome(running.job, refused, exc))]
+                # Refused too: the fault is not this row's; it propagates (and backs off).
+                won = store.finish_jobs(self.connection, worker_id=self.worker_id, outcomes=[part[0][1]])
+            self._written(part, won)
+
+    def _written(self, part: list[tuple[RunningJob, Outcome]], won: dict) -> None:
+        """``part`` is written: drop it from the pending outcomes and report each one."""
+        if len(part) == len(self._pending):
+            self._pending = []
+        else:
+            done = {running for running, _ in part}
+            self._pending = [entry for entry in self._pending if entry[0] not in done]
+        newest: dict[int, int] = {}  # only a job's newest attempt can have won (attempts only grow)
+        for _, outcome in part:
+            newest[outcome.job_id] = max(outcome.attempt, newest.get(outcome.job_id, 0))
+        for running, outcome in part:
+            self.processed += 1
+            won_row = won.get(outcome.job_id) if outcome.attempt == newest[outcome.job_id] else None
+            state, outcome.finished_at = won_row or (None, None)
+            try:
+                self.events.finished(running, outcome, state)
+            except Exception:  # noqa: BLE001 - the outcome is written; reporting it must not end the loop
+                logger.exception("reporting a written outcome failed", extra=self.events.extra(running.job))
+
     def _release_remaining(self) -> None:
-        held = [r.held for r in self._running.values() if not r.abandoned]
+        # A stuck handler still runs: releasing its job would let another worker start it
+        # alongside. Its lease is left to expire once this process is gone.
+        candidates = [r for r in self._running if not (r.abandoned or r.stuck or r.lease_lost)]
+        by_id = {r.job.id: r for r in sorted(candidates, key=lambda r: r.job.attempt)}
+        held = [r.held for r in candidates]
         written = self._db_call(
             "release", lambda: store.release_jobs(self.connection, worker_id=self.worker_id, held=held), default={})
         for job_id, (state, finished_at) in written.items():
-            running = self._running[job_id]
-            running.abandoned = True
-            if state == "cancelled":  # cancel requested before the handler saw it
-                self.events.finished(running, Outcome(
-                    job_id, running.job.attempt, state, AttemptOutcome.CANCELLED,
-                    error_class=store.RELEASED_CANCEL_ERROR_CLASS, error_message=store.RELEASED_CANCEL_MESSAGE,
-                    finished_at=finished_at), state)
-            else:
-                logger.warning("grace period over: released back to the queue",
-                               extra=self.events.extra(running.job, event="released"))
+            by_id[job_id].abandoned = True
+            self._report_release(by_id[job_id], state, finished_at)
         if len(written) < len(held):
             logger.warning("%d running jobs could not be released; they recover when their leases expire",
                            len(held) - len(written), extra={"worker_id": self.worker_id})
@@ -468,7 +623,7 @@ class Worker:
         if now < self._next_heartbeat or not self._registered:
             return
         self._next_heartbeat = now + self.heartbeat_seconds
-        live = [r for r in self._running.values() if not r.abandoned and not r.lease_lost]
+        live = [r for r in self._running if not r.abandoned and not r.lease_lost]
         kept = self._db_call("heartbeat", lambda: store.extend_leases(
             self.connection, worker_id=self.worker_id, held=[r.held for r in live],
             lease_seconds=self.lease_seconds))
@@ -477,8 +632,11 @@ class Worker:
         state = "draining" if self._draining else "running"
         if not self._db_call("heartbeat", lambda: registry.heartbeat(self.database, self.worker_id, state), True):
             self._db_call("register", self._register)
+        newest: dict[int, int] = {}  # an older attempt of a job this worker claimed again has lost its lease
         for running in live:
-            if running.job.id not in kept:
+            newest[running.job.id] = max(running.job.attempt, newest.get(running.job.id, 0))
+        for running in live:
+            if running.job.id not in kept or running.job.attempt < newest[running.job.id]:
                 running.lease_lost = True
                 logger.warning("lease lost while running; interrupting the handler",
                                extra=self.events.extra(running.job, event="lease_lost"))
@@ -492,5 +650,6 @@ class Worker:
         if running.is_async:
             running.interrupt_sent = reason
             running.future.cancel()
-        else:
-            interrupt_thread(running, reason)
+        elif interrupt_thread(running, reason):
+            running.deadline = time.monotonic() + HARD_TIMEOUT_GRACE  # then it counts as stuck
+            self._watched.add(running)

@@ -104,6 +104,13 @@ class WorkerProcess:
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
+    def wait_until_started(self, timeout: float = 60) -> None:
+        """Wait for the "worker starting" log line: from then on the worker's own signal
+        handlers are installed, so a SIGTERM means "drain", not "stop before starting"."""
+        wait_for(lambda: "worker starting" in self.log() or self.proc.poll() is not None,
+                 timeout=timeout, message=f"{self.log_path.stem} to start")
+        assert self.proc.poll() is None, f"{self.log_path.stem} exited during start-up:\n{self.log()}"
+
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)

@@ -5,10 +5,13 @@ tests/console/test_api_contract.py) and the context the HTML pages render, so th
 pages and the API can never disagree. Datetimes are ISO 8601 strings in UTC (or null).
 Tracebacks are truncated to their last ``TRACEBACK_LIMIT`` characters (the end of a
 traceback is where the error is); escaping is the renderer's job (Django templates
-autoescape, JSON is JSON).
+autoescape, JSON is JSON). The pages show a job's arguments and return value as JSON
+text (``payload_text``), cut to ``PAYLOAD_LIMIT`` characters; the API returns them whole.
 """
 from __future__ import annotations
 
+import json
+import re
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +19,8 @@ from ..models import ExecutionLog, Job, Leader, OperatorAction, WorkerProcess
 from .. import operations
 
 TRACEBACK_LIMIT = 4000
+PAYLOAD_LIMIT = 100_000  # characters of one argument list or return value a page shows
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def iso(value: datetime | None) -> str | None:
@@ -26,6 +31,31 @@ def truncate_traceback(text: str, limit: int = TRACEBACK_LIMIT) -> dict[str, Any
     if len(text) <= limit:
         return {"text": text, "truncated": False, "length": len(text)}
     return {"text": "…" + text[-limit:], "truncated": True, "length": len(text)}
+
+
+def payload_text(value: Any, limit: int = PAYLOAD_LIMIT) -> dict[str, Any]:
+    """A stored JSON value as a page shows it: JSON text, its first ``limit`` characters;
+    indented unless indenting would more than double it (deep nesting indents
+    quadratically) or go deeper than the indenting (pure Python) encoder can — a worker
+    stores return values as deep as the C encoder goes. Surrogates (SQLite can hold
+    them in JSON from before enqueue refused them) are shown as their JSON escapes: a
+    page must encode as UTF-8."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except RecursionError:
+        text = "(nested too deeply to show here; the JSON API returns it)"
+    else:
+        try:
+            indented = json.dumps(value, indent=1, ensure_ascii=False)
+        except RecursionError:
+            indented = text
+        if len(indented) <= 2 * len(text) + 200:
+            text = indented
+    if not text.isascii() and _SURROGATE.search(text):
+        text = _SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+    if len(text) <= limit:
+        return {"text": text, "truncated": False, "length": len(text)}
+    return {"text": text[:limit] + "…", "truncated": True, "length": len(text)}
 
 
 def job_summary(job: Job) -> dict[str, Any]:

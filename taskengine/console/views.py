@@ -3,7 +3,8 @@
 GET pages only read (``reads``); the one write view, ``job_action``, is POST only,
 CSRF-protected (``admin_view``), and delegates to ``operations.perform`` (permission,
 tenant scope, compare-and-set, audit). A job outside the user's tenants is a 404 on
-every page. Templates live in templates/taskengine/ and extend admin/base_site.html.
+every page. Templates live in taskengine/templates/taskengine/ (found through
+``APP_DIRS``) and extend admin/base_site.html.
 """
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ def job_detail(request: HttpRequest, job_id: int) -> TemplateResponse:
     if found is None:
         raise Http404(f"no job {job_id}")
     job, detail = found
-    return render(request, "job_detail.html", f"Job {job.pk}", job=job, detail=detail)
+    payload = {name: serialize.payload_text(getattr(job, name)) for name in ("args", "kwargs", "return_value")}
+    return render(request, "job_detail.html", f"Job {job.pk}", job=job, detail=detail, payload=payload)
 
 
 @staff_page

@@ -41,10 +41,12 @@ def _recover(ctx: Context, category: str, rows: list[tuple], reason: str) -> lis
     with transaction.atomic(using=ctx.database):
         won = recovery.run_once(ctx.database, job_ids=list(found), limit=len(found))
         for job in won:
-            _, attempt, worker_id, tenant = found[job.id][:4]
+            # The attempt and holder the statement recovered, not the page's: the job
+            # may have been recovered, re-claimed and lost again since the page was read.
+            tenant = found[job.id][3]
             audit.record(actor=ctx.actor, action=f"reconcile.{category}", target_type="job",
                          target_id=job.id, tenant=tenant,
-                         before={"state": "running", "attempts": attempt, "locked_by": worker_id},
+                         before={"state": "running", "attempts": job.attempt, "locked_by": job.worker_id},
                          after={"state": job.state, "attempts": job.attempt, "locked_by": None},
                          reason=reason, using=ctx.database)
     return [job.id for job in won]

@@ -231,8 +231,11 @@ finished AS (
        AND job.attempts = outcome.attempt
        AND job.locked_by = %(worker_id)s
        AND job.lease_expires_at > now()
- RETURNING job.id, job.state, job.finished_at
+ RETURNING job.id, job.attempts, job.state, job.finished_at
 ),
+-- Only the attempt that won: a batch may hold a stale outcome of the same job too (its
+-- attempt lost to recovery, the retry claimed again by this worker), whose log row is
+-- already closed and must stay as recovery wrote it.
 attempt_logged AS (
     UPDATE task_execution_logs AS log
        SET finished_at = now(),
@@ -241,7 +244,7 @@ attempt_logged AS (
            error_message = outcome.error_message,
            traceback = outcome.traceback
       FROM outcome
-      JOIN finished ON finished.id = outcome.id
+      JOIN finished ON finished.id = outcome.id AND finished.attempts = outcome.attempt
      WHERE log.job_id = outcome.id
        AND log.attempt = outcome.attempt
 )

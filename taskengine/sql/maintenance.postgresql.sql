@@ -58,14 +58,17 @@ RETURNING id;
 
 
 -- name: record_missed_slot
--- A slot the misfire policy decided not to run, recorded once.
--- Index: taskengine_missed_slot_uniq (schedule_id, slot).
+-- A slot the misfire policy decided not to run, recorded once — and never a slot whose
+-- job exists (a re-plan after last_slot_at was set back sees run slots as late again).
+-- Index: taskengine_missed_slot_uniq (schedule_id, slot); taskengine_job_schedule_slot_uniq.
 INSERT INTO taskengine_missed_slot (schedule_id, slot, reason, recorded_at)
 SELECT %(schedule_id)s, %(slot)s, %(reason)s, now()
  WHERE EXISTS (SELECT 1 FROM taskengine_leader AS leader
                 WHERE leader.name = %(election)s AND leader.holder = %(holder)s
                   AND leader.term = %(term)s AND leader.expires_at > now()
                   FOR SHARE)
+   AND NOT EXISTS (SELECT 1 FROM taskengine_job AS job
+                    WHERE job.schedule_id = %(schedule_id)s AND job.slot = %(slot)s)
 ON CONFLICT (schedule_id, slot) WHERE schedule_id IS NOT NULL DO NOTHING
 RETURNING id;
 

@@ -47,12 +47,15 @@ RETURNING id;
 
 
 -- name: record_missed_slot
--- Index: taskengine_missed_slot_uniq (schedule_id, slot).
+-- Never a slot whose job exists (see the PostgreSQL file).
+-- Index: taskengine_missed_slot_uniq (schedule_id, slot); taskengine_job_schedule_slot_uniq.
 INSERT INTO taskengine_missed_slot (schedule_id, slot, reason, recorded_at)
 SELECT %(schedule_id)s, %(slot)s, %(reason)s, strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')
  WHERE EXISTS (SELECT 1 FROM taskengine_leader
                 WHERE name = %(election)s AND holder = %(holder)s AND term = %(term)s
                   AND expires_at > strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now'))
+   AND NOT EXISTS (SELECT 1 FROM taskengine_job AS job
+                    WHERE job.schedule_id = %(schedule_id)s AND job.slot = %(slot)s)
 ON CONFLICT (schedule_id, slot) WHERE schedule_id IS NOT NULL DO NOTHING
 RETURNING id;
 

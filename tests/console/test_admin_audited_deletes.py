@@ -122,3 +122,36 @@ def test_schedule_change_and_add_roll_back_when_the_audit_insert_fails(users):
     assert (changed.status_code, added.status_code) == (500, 500)
     assert Schedule.objects.get(pk=schedule.pk).cron == "0 3 * * *"
     assert not Schedule.objects.filter(name="added").exists() and not OperatorAction.objects.exists()
+
+
+def test_deleting_a_user_in_the_auth_admin_audits_the_tenant_memberships_it_cascades_to(users):
+    alice = users["alice"]
+    memberships = list(TenantMembership.objects.filter(user=alice).order_by("pk"))
+    assert memberships
+    response = root_client(users).post(f"/admin/auth/user/{alice.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302, response.content.decode()[-2000:]
+    assert not TenantMembership.objects.filter(pk__in=[m.pk for m in memberships]).exists()
+    rows = list(OperatorAction.objects.filter(target_type="tenant_membership").order_by("target_id"))
+    assert [(r.action, r.target_id, r.tenant) for r in rows] == [
+        ("tenant_membership.delete", str(m.pk), m.tenant) for m in memberships]
+    assert all(r.state_before == {"user": alice.pk, "tenant": m.tenant} and r.state_after is None
+               for r, m in zip(rows, memberships))
+    assert all("alice" in r.reason for r in rows)
+
+
+def test_a_membership_deleted_in_its_own_admin_is_audited_once_not_twice(users):
+    membership = TenantMembership.objects.filter(user=users["alice"]).first()
+    response = root_client(users).post(f"/admin/taskengine/tenantmembership/{membership.pk}/delete/",
+                                       {"post": "yes"})
+    assert response.status_code == 302
+    assert OperatorAction.objects.filter(target_type="tenant_membership").count() == 1
+
+
+def test_a_user_delete_whose_membership_audit_fails_deletes_nothing(users):
+    alice = users["alice"]
+    client = root_client(users)
+    with connection.execute_wrapper(refuse_audit_insert):
+        response = client.post(f"/admin/auth/user/{alice.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 500
+    assert TenantMembership.objects.filter(user=alice).exists()
+    assert type(alice).objects.filter(pk=alice.pk).exists()

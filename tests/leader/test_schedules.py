@@ -256,3 +256,22 @@ def test_the_admin_refuses_a_bad_cron_unknown_zone_and_unknown_task(client, djan
     form.update(task_path=TICK, cron="0 3 * * *", timezone="Europe/Paris")
     assert client.post("/admin/taskengine/schedule/add/", form).status_code == 302
     assert Schedule.objects.get().cron == "0 3 * * *"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_slot_that_already_has_its_job_is_never_recorded_as_missed():
+    schedule = make_schedule(last_slot_at=t("2026-01-01 10:00"), misfire_policy="skip")
+    lease = lead()
+    scheduler = Scheduler("default", definitions=[])
+    with override_settings(TASKENGINE={"SCHEDULE_MISFIRE_GRACE_SECONDS": 600}):
+        scheduler.run_once(lease, now=t("2026-01-01 10:02:10"))
+    # last_slot_at set back (a lost write, an operator's edit): the re-plan sees 10:01
+    # and 10:02 as late again, but their jobs exist — they ran, they were not missed.
+    Schedule.objects.filter(pk=schedule.pk).update(last_slot_at=t("2026-01-01 10:00"))
+    with override_settings(TASKENGINE={"SCHEDULE_MISFIRE_GRACE_SECONDS": 30}):
+        scheduler.run_once(lease, now=t("2026-01-01 10:05:10"))
+    missed = [s.strftime("%H:%M") for s in MissedSlot.objects.filter(schedule=schedule).order_by("slot")
+              .values_list("slot", flat=True)]
+    assert missed == ["10:03", "10:04"]
+    assert [s.strftime("%H:%M") for s in Job.objects.filter(schedule=schedule).order_by("slot")
+            .values_list("slot", flat=True)] == ["10:01", "10:02", "10:05"]

@@ -28,8 +28,9 @@ from taskengine.compat import (
     TaskResultStatus,
     clone_task,
     cyclic_gc_paused,
-    disconnect_task_log_receivers,
     enqueue_is_observed,
+    log_task_finished,
+    log_task_started,
     normalize_json,
     ready_task_result,
     receiver_key,
@@ -200,23 +201,54 @@ def test_enqueue_is_observed_only_by_a_receiver_or_the_frameworks_debug_log(capl
     assert not enqueue_is_observed()
 
 
-def test_disconnect_task_log_receivers_removes_the_frameworks_start_and_finish_loggers():
-    logs_started, logs_finished = compat._signals.log_task_started, compat._signals.log_task_finished
-    # A worker in this process may have disconnected them already: connect them as the
-    # framework does (@receiver, weak), then put things back as they were.
-    were = (receiver_key(logs_started) in receiver_keys(task_started),
-            receiver_key(logs_finished) in receiver_keys(task_finished))
-    task_started.connect(logs_started)
-    task_finished.connect(logs_finished)
+@pytest.fixture
+def framework_log_records():
+    """What the framework's log receivers write on TASKS_LOGGER (which the project's
+    LOGGING does not propagate to root, where caplog listens)."""
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    log = logging.getLogger(TASKS_LOGGER)
+    handler, old_level = Collect(logging.DEBUG), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
     try:
-        disconnect_task_log_receivers()
-        assert receiver_key(logs_started) not in receiver_keys(task_started)
-        assert receiver_key(logs_finished) not in receiver_keys(task_finished)
+        yield records
     finally:
-        if were[0]:
-            task_started.connect(logs_started)
-        if were[1]:
-            task_finished.connect(logs_finished)
+        log.removeHandler(handler)
+        log.setLevel(old_level)
+
+
+def test_the_frameworks_start_and_finish_log_receivers_are_connected():
+    """taskengine.events writes their lines itself while they are the only receivers,
+    recognising them by receiver_key."""
+    assert receiver_key(log_task_started) in receiver_keys(task_started)
+    assert receiver_key(log_task_finished) in receiver_keys(task_finished)
+
+
+def test_the_frameworks_log_lines_are_the_format_taskengine_events_copies(framework_log_records):
+    """taskengine.events.DJANGO_TASK_LINE, with (id, task path, status), at INFO, and a
+    failure at ERROR with the exception being handled: what a worker writes in the
+    framework's place must be what the framework itself would write."""
+    from taskengine.events import DJANGO_TASK_LINE
+
+    running = result_of(tasks.add, TaskResultStatus.RUNNING)
+    log_task_started(sender=DatabaseBackend, task_result=running)
+    log_task_finished(sender=DatabaseBackend, task_result=replace(running, status=TaskResultStatus.SUCCESSFUL))
+    failed = replace(running, status=TaskResultStatus.FAILED)
+    try:
+        raise ValueError("the task failed")
+    except ValueError:
+        log_task_finished(sender=DatabaseBackend, task_result=failed)
+    lines = [(r.levelno, r.msg, r.args) for r in framework_log_records]
+    path = running.task.module_path
+    assert lines == [(logging.INFO, DJANGO_TASK_LINE, ("7", path, TaskResultStatus.RUNNING)),
+                     (logging.INFO, DJANGO_TASK_LINE, ("7", path, TaskResultStatus.SUCCESSFUL)),
+                     (logging.ERROR, DJANGO_TASK_LINE, ("7", path, TaskResultStatus.FAILED))]
+    assert framework_log_records[2].exc_info[0] is ValueError
 
 
 # --- the garbage collector -----------------------------------------------------------

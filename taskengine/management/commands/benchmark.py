@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from taskengine.bench import Benchmark
@@ -22,8 +21,9 @@ class Command(BaseCommand):
         parser.add_argument("--single", type=int, default=3_000, help="Jobs enqueued one at a time.")
         parser.add_argument("--latency-samples", type=int, default=200)
         parser.add_argument("--raw-seconds", type=int, default=15, help="Duration of the raw pgbench limit.")
-        parser.add_argument("--raw-script", default=str(Path(settings.BASE_DIR).parent / "shared" / "bench" /
-                                                          "raw_claim_limit.sh"))
+        parser.add_argument("--raw-script", type=Path, default=None,
+                            help="pgbench script for the raw limit (default: taskengine/bench/raw_claim.pgbench.sql, "
+                                 "shipped with the package).")
         parser.add_argument("--claim-scaling", action="store_true",
                             help="Also time one claim at 10k, 100k and 1M queued rows (Postgres).")
         parser.add_argument("--skip", default="", help="Comma list of phases to skip: single,bulk,drain,latency,raw.")
@@ -33,6 +33,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, **o) -> None:
         skip = {s.strip() for s in o["skip"].split(",") if s.strip()}
+        if o["raw_script"] is not None and not o["raw_script"].is_file():
+            raise CommandError(f"--raw-script {o['raw_script']} does not exist (or is not a file)")
         database = o["database"] or engine_settings.DATABASE
         bench = Benchmark(database=database, queue=o["queue"], log=self._note)
         if bench.connection.vendor != "postgresql":
@@ -70,8 +72,9 @@ class Command(BaseCommand):
                 self._note("claim time at 10k, 100k and 1M queued rows")
                 figures.update(bench.claim_scaling([10_000, 100_000, 1_000_000]))
             if "raw" not in skip:
-                self._note(f"raw SQL limit: {o['raw_script']} for {o['raw_seconds']}s")
-                raw = bench.raw_limit(Path(o["raw_script"]), o["raw_seconds"])
+                script = o["raw_script"] or "taskengine/bench/raw_claim.pgbench.sql"
+                self._note(f"raw SQL limit: pgbench running {script}, 2 clients, {o['raw_seconds']}s")
+                raw = bench.raw_limit(o["raw_seconds"], o["raw_script"])
                 figures["raw_claim_limit_per_s"] = raw
                 if raw and figures.get("drain_per_s"):
                     figures["drain_vs_raw"] = figures["drain_per_s"] / raw

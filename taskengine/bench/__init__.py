@@ -1,8 +1,9 @@
 """The benchmark behind ``manage.py benchmark``: enqueue rates, drain throughput with
 real runworker processes, enqueue→start latency, claim time versus table size, worker
-memory — and, in the same run, the machine's raw SQL limit (pgbench, via
-shared/bench/raw_claim_limit.sh), so results are read as ratios that survive noisy
-shared machines.
+memory — and, in the same run, the machine's raw SQL limit (pgbench running this
+package's raw_claim.pgbench.sql against a scratch table loaded by raw_claim.setup.sql),
+so results are read as ratios that survive noisy shared machines. Both SQL files ship
+inside the package, so ``manage.py benchmark`` measures the same from an installed wheel.
 
 All timings of jobs come from the database clock (enqueued_at, started_at,
 finished_at), never from this process. The benchmark works on its own queue
@@ -20,16 +21,23 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.db import connections, transaction
 
-from . import store
-from .backend import DatabaseBackend
-from .compat import clone_task, task
-from .models import Job, WorkerProcess, WorkerState
+from .. import queries, store
+from ..backend import DatabaseBackend
+from ..compat import clone_task, task
+from ..models import Job, WorkerProcess, WorkerState
+
+
+# The raw limit's defaults: the batch a claim takes and the queued rows it starts from
+# (enough that 2 clients do not run dry in a 15-second run on a fast machine).
+RAW_CLAIM_BATCH = 50
+RAW_CLAIM_ROWS = 1_000_000
 
 
 @task
@@ -243,22 +251,77 @@ class Benchmark:
             raise RuntimeError(f"pgbench printed no tps: {out.stdout[-500:]}")
         return float(tps.group(1))
 
-    def raw_limit(self, script: Path, seconds: int) -> float | None:
-        if self.connection.vendor != "postgresql" or not script.exists():
+    def raw_limit(self, seconds: int, script: Path | None = None, *, clients: int = 2,
+                  batch: int = RAW_CLAIM_BATCH, rows: int = RAW_CLAIM_ROWS) -> float | None:
+        """The machine's limit for the drain: ``clients`` pgbench clients running
+        ``script`` (default: this package's raw_claim.pgbench.sql, claim ``batch`` jobs
+        with FOR UPDATE SKIP LOCKED and finish them in one transaction) for ``seconds``
+        against ``rows`` queued jobs in a scratch database created beside the engine's
+        and dropped afterwards. Jobs per second; None where there is no PostgreSQL or no
+        pgbench."""
+        if self.connection.vendor != "postgresql" or shutil.which("pgbench") is None:
             return None
-        s = self.connection.settings_dict
-        auth = s["USER"] or "postgres"
-        if s["PASSWORD"]:
-            auth += f":{s['PASSWORD']}"
-        admin = f"postgresql://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/postgres"
-        out = subprocess.run(["bash", str(script), admin, str(seconds)], capture_output=True, text=True, check=True)
-        return float(out.stdout.strip().splitlines()[-1])
+        import psycopg
+
+        scratch = f"taskengine_raw_claim_{os.getpid()}"
+        self.log(f"raw claim limit: {rows} queued jobs in the scratch database {scratch}")
+        with psycopg.connect(self._conninfo("postgres"), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
+            admin.execute(f'CREATE DATABASE "{scratch}"')
+            try:
+                return self._run_raw_claim(scratch, seconds, script, clients=clients, batch=batch, rows=rows)
+            finally:
+                admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
+
+    def _run_raw_claim(self, scratch: str, seconds: int, script: Path | None, *, clients: int, batch: int,
+                       rows: int) -> float:
+        import psycopg
+
+        setup = queries.parse_blocks(resources.files(__package__).joinpath("raw_claim.setup.sql").read_text())
+        with psycopg.connect(self._conninfo(scratch), autocommit=True) as conn:
+            conn.execute(setup["create_table"])
+            conn.execute(setup["load_queued"], {"rows": rows})
+            conn.execute(setup["create_claim_index"])
+            conn.execute(setup["settle"])
+            with resources.as_file(resources.files(__package__).joinpath("raw_claim.pgbench.sql")) as packaged:
+                out = subprocess.run(
+                    ["pgbench", "--no-vacuum", "--file", str(script or packaged), "--define", f"batch={batch}",
+                     "--client", str(clients), "--jobs", str(clients), "--time", str(seconds),
+                     self._conninfo(scratch)], capture_output=True, text=True)
+            if out.returncode != 0:
+                raise RuntimeError(f"pgbench failed ({out.returncode}): {(out.stderr or out.stdout)[-1000:]}")
+            (queued,) = conn.execute(setup["count_queued"]).fetchone()
+        tps = re.search(r"^tps = ([0-9.]+)", out.stdout, re.MULTILINE)
+        transactions = re.search(r"^number of transactions actually processed: (\d+)", out.stdout, re.MULTILINE)
+        if tps is None or transactions is None or int(transactions.group(1)) == 0:
+            raise RuntimeError(f"pgbench reported no transactions: {out.stdout[-1000:]}")
+        if queued < clients * batch:
+            raise RuntimeError(f"the raw claim ran out of its {rows} queued jobs in {seconds}s: load more rows")
+        # Jobs per transaction from the rows actually finished, not the nominal batch.
+        return float(tps.group(1)) * (rows - queued) / int(transactions.group(1))
+
+    def _conninfo(self, dbname: str) -> str:
+        """A libpq connection string for ``dbname`` on the engine's server, with the
+        engine's own connection parameters (host, port, user, password, sslmode, ...)."""
+        from psycopg import pq
+        from psycopg.conninfo import make_conninfo
+
+        keywords = {option.keyword.decode() for option in pq.Conninfo.get_defaults()}
+        params = self.connection.get_connection_params()  # also psycopg's own: context, ...
+        libpq = {k: v for k, v in params.items() if k in keywords and v is not None}
+        libpq["dbname"] = dbname
+        return make_conninfo(**libpq)
 
     def _worker(self, *args: str) -> subprocess.Popen:
-        env = dict(os.environ, TASKENGINE_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
+        # `python -m django` with this process's settings module and import path: the
+        # same project whether it was started through its manage.py or not (an
+        # installed taskengine has no manage.py of its own).
+        env = dict(os.environ, TASKENGINE_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1",
+                   DJANGO_SETTINGS_MODULE=settings.SETTINGS_MODULE,
+                   PYTHONPATH=os.pathsep.join(path for path in sys.path if path))
         env["DATABASE_URL"] = database_url(self.connection.settings_dict)
         return subprocess.Popen(
-            [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "runworker", "--queues", self.queue,
+            [sys.executable, "-m", "django", "runworker", "--queues", self.queue,
              "--no-leader", "--backoff-base", "0.01", "--max-backoff", "0.5", *args],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

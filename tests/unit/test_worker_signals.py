@@ -1,0 +1,29 @@
+"""A stop signal's handler runs on the main thread at whatever bytecode it interrupted —
+possibly inside ``threading.Event.wait``, with the event's (non-reentrant) lock held."""
+from __future__ import annotations
+
+import signal
+import threading
+
+from taskengine.worker import Worker
+from tests.conftest import wait_for
+
+
+def test_a_stop_signal_arriving_while_the_loop_holds_the_wake_lock_does_not_deadlock():
+    worker = Worker(queues=["default"], shutdown_grace=5)
+    handled = threading.Event()
+
+    def interrupted_inside_wait():
+        # What the main thread holds between entering Event.wait and blocking in it
+        # (CPython's Event keeps its Condition as _cond); the handler then runs on this
+        # same thread, as a signal handler would.
+        with worker._wake._cond:
+            worker._on_signal(signal.SIGTERM, None)
+        handled.set()
+
+    thread = threading.Thread(target=interrupted_inside_wait, daemon=True)
+    thread.start()
+    thread.join(5)
+    assert handled.is_set(), "the signal handler deadlocked on the wake event's lock"
+    assert worker._draining
+    wait_for(worker._wake.is_set, timeout=5, message="the loop to be woken")
