@@ -275,7 +275,9 @@ class Worker:
     def _flush_wait(self) -> float:
         if not self._pending:
             return self.max_backoff
-        return max(0.0, self._pending_since + FLUSH_DELAY - time.monotonic())
+        # While writes back off (an outage, a refused batch), the next try is at the
+        # retry time: waiting less would spin the loop through refused _db_calls.
+        return max(0.0, max(self._pending_since + FLUSH_DELAY, self._db_retry_at) - time.monotonic())
 
     def _shutdown(self) -> None:
         for service in self.services:
@@ -578,9 +580,23 @@ class Worker:
                 logger.error("the database cannot store this attempt's outcome (%s: %s); the attempt fails instead",
                              type(exc).__name__, exc, extra=self.events.extra(running.job, event="outcome_refused"))
                 part = [(running, unstorable_outcome(running.job, refused, exc))]
-                # Refused too: the fault is not this row's; it propagates (and backs off).
-                won = store.finish_jobs(self.connection, worker_id=self.worker_id, outcomes=[part[0][1]])
+                try:
+                    won = store.finish_jobs(self.connection, worker_id=self.worker_id, outcomes=[part[0][1]])
+                except Exception as again:
+                    if _database_unreachable(again):
+                        raise
+                    self._drop_unwritable(running, again)
+                    continue
             self._written(part, won)
+
+    def _drop_unwritable(self, running: RunningJob, exc: BaseException) -> None:
+        """The database refuses this attempt whatever is written for it (a project's
+        CHECK constraint or trigger on the row): keeping the outcome would hold every
+        later batch, and the claims riding in it, hostage. It is dropped; the job stays
+        leased to this worker until the lease lapses and recovery takes it."""
+        logger.error("the database refuses any outcome of this attempt (%s: %s); it is left to lease recovery",
+                     type(exc).__name__, exc, extra=self.events.extra(running.job, event="outcome_dropped"))
+        self._pending = [entry for entry in self._pending if entry[0] is not running]
 
     def _written(self, part: list[tuple[RunningJob, Outcome]], won: dict) -> None:
         """``part`` is written: drop it from the pending outcomes and report each one."""
