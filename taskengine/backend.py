@@ -8,6 +8,7 @@ Workers are woken by a NOTIFY sent on commit (Postgres) or by polling (SQLite).
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -146,7 +147,10 @@ def _json_ready(value: Any, depth: int = 0) -> Any:
         if depth == MAX_NESTING:
             raise _TooDeep(f"nested more than {MAX_NESTING} levels deep")
         depth += 1
-        return {_json_ready(key, depth): _json_ready(item, depth) for key, item in value.items()}
+        ready = {_json_ready(key, depth): _json_ready(item, depth) for key, item in value.items()}
+        if len(ready) > 1 and any(type(key) is not str for key in ready):
+            _refuse_colliding_keys(ready)
+        return ready
     if kind is bytes:
         try:
             value = value.decode("utf-8")  # what normalize_json does with bytes
@@ -190,6 +194,17 @@ def _describe_refusal(value: Any, where: str, depth: int = 0) -> str:
             if _refusal(item, depth + 1) is not None:
                 return _describe_refusal(item, f"{where}[{index}]", depth + 1)
     return f"{where}: {refusal}"
+
+
+def _refuse_colliding_keys(mapping: dict) -> None:
+    """JSON keys are text: json.dumps writes 1 and "1" (or True and "true") as the same
+    key, and the database keeps only the last — part of the value would be lost."""
+    seen: dict[str, Any] = {}
+    for key in mapping:
+        as_json = next(iter(json.loads(json.dumps({key: None}))))
+        if as_json in seen:
+            raise ValueError(f"its keys {seen[as_json]!r} and {key!r} are the same JSON key {as_json!r}")
+        seen[as_json] = key
 
 
 def _refused_arguments(task: Task, args: Sequence, kwargs: Mapping, exc: Exception) -> InvalidTaskArguments:
