@@ -48,6 +48,18 @@ async def blocks_the_event_loop_on_first_attempt(context, marker_dir: str, block
         _log(marker_dir, f"end {attempt}")
 
 
+@task(max_attempts=1)
+async def raises_when_cancelled(marker_dir: str) -> None:
+    """Turns its cancellation into another exception."""
+    _log(marker_dir, "start 1")
+    try:
+        await asyncio.sleep(120)
+    except asyncio.CancelledError:
+        raise RuntimeError("cleanup failed after the cancel") from None
+    finally:
+        _log(marker_dir, "end 1")
+
+
 def executions(marker_dir: str | Path) -> list[tuple[str, int, float]]:
     """The (kind, attempt, unix time) lines logged so far."""
     path = Path(marker_dir) / "executions"

@@ -24,6 +24,7 @@ from tests.async_cancellation_tasks import (
     blocks_the_event_loop_on_first_attempt,
     executions,
     logged,
+    raises_when_cancelled,
     swallows_its_cancellation_on_first_attempt,
 )
 from tests.conftest import wait_for
@@ -141,6 +142,21 @@ def test_an_async_handler_blocked_in_a_sync_call_when_cancelled_is_recorded_only
         running.stop()
     assert running.raised is None and running.returned == 0
     assert attempt_outcomes(result.id) == [(1, "cancelled")]
+
+
+def test_an_async_handler_raising_another_error_when_cancelled_is_recorded_cancelled_keeping_that_error(tmp_path):
+    result = raises_when_cancelled.enqueue(str(tmp_path))
+    running = start_worker(concurrency=1, lease_seconds=1.0)
+    try:
+        wait_for(lambda: logged(tmp_path, "start", 1), message="the handler to start")
+        request_cancel(result)
+        wait_for(lambda: state_of(result.id) == "cancelled", timeout=20, message="the cancel to be recorded")
+    finally:
+        running.stop()
+    assert running.raised is None and running.returned == 0
+    log = ExecutionLog.objects.get(job_id=result.id)
+    assert (log.outcome, log.error_class) == ("cancelled", "taskengine.execution.JobCancelled")
+    assert "RuntimeError: cleanup failed after the cancel" in log.traceback
 
 
 # --- a timeout ----------------------------------------------------------------------------
