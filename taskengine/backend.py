@@ -520,7 +520,7 @@ class DatabaseBackend(BaseTaskBackend):
     def _task_for(self, job) -> Task:
         try:
             task = import_string(job.task_path)
-        except ImportError:
+        except Exception:  # noqa: BLE001 - ImportError, or a module that raises at import: read the row anyway
             task = None
         # The store sets run_after to the enqueue time when none was given (the claim
         # orders by it); the task itself had none.

@@ -184,14 +184,14 @@ class _AttemptRunner:
 
     def run(self, job) -> DrainedAttempt:
         from taskengine import store
-        from taskengine.execution import RunningJob, TaskNotFound, failure_outcome, resolve_task
+        from taskengine.execution import RunningJob, failure_outcome, resolve_task
 
         connection = connections[self.database]
         running = RunningJob(job=job)
         self.events.claimed(job)
         try:
             running.task = resolve_task(job.task_path)
-        except TaskNotFound as exc:
+        except Exception as exc:  # noqa: BLE001 - as Worker._start: TaskNotFound, or a module that fails to import
             outcome = failure_outcome(job, exc)
         else:
             self.events.started(running)
