@@ -410,8 +410,9 @@ class Worker:
         self._running.add(running)
         self.events.claimed(job)
         try:
+            store.ensure_decoded(job)
             running.task, is_async = self._resolve(job.task_path)
-        except Exception as exc:  # noqa: BLE001 - TaskNotFound, or a module that fails to import
+        except Exception as exc:  # noqa: BLE001 - TaskNotFound, a module that fails to import, bad stored arguments
             self._done.put((running, failure_outcome(job, exc), None))
             return
         self.events.started(running)

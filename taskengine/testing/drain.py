@@ -190,8 +190,9 @@ class _AttemptRunner:
         running = RunningJob(job=job)
         self.events.claimed(job)
         try:
+            store.ensure_decoded(job)
             running.task = resolve_task(job.task_path)
-        except Exception as exc:  # noqa: BLE001 - as Worker._start: TaskNotFound, or a module that fails to import
+        except Exception as exc:  # noqa: BLE001 - as Worker._start: TaskNotFound, a failing import, bad arguments
             outcome = failure_outcome(job, exc)
         else:
             self.events.started(running)

@@ -77,3 +77,33 @@ def test_an_outcome_refused_even_as_its_unstorable_failure_does_not_wedge_the_wo
         running.stop()
     assert running.raised is None
     assert state_of(poisoned.id) == "running"  # leased still: recovery takes it when the lease lapses
+
+
+def test_a_claimed_row_whose_arguments_do_not_decode_fails_its_job_and_the_worker_carries_on():
+    """A row written outside enqueue (a migration, a manual fix, another client) can hold
+    valid JSON that Python will not decode (an integer past sys.get_int_max_str_digits).
+    The claim has committed before the rows are decoded: the error must fail that job's
+    attempt, not the fetch of the whole batch."""
+    from django.db import connection
+
+    from taskengine.models import ExecutionLog
+
+    bad = tasks.add.using(max_attempts=1).enqueue(1, 2)
+    good = [tasks.add.enqueue(i, 1) for i in range(3)]
+    big = "[1" + "0" * 5000 + ", 2]"
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("UPDATE taskengine_job SET args = %s::jsonb WHERE id = %s", [big, int(bad.id)])
+        else:
+            cursor.execute("UPDATE taskengine_job SET args = %s WHERE id = %s", [big, int(bad.id)])
+    running = start_worker(burst=True, concurrency=4)
+    try:
+        wait_for(running.exited, timeout=20, message="the burst worker to drain and exit")
+    finally:
+        running.stop()
+    assert running.raised is None, repr(running.raised)
+    assert [state_of(r.id) for r in good] == ["succeeded"] * 3
+    assert state_of(bad.id) == "failed"
+    log = ExecutionLog.objects.get(job_id=bad.id)
+    assert log.error_class == "taskengine.store.StoredArgumentsNotDecodable"
+    assert "do not decode" in log.error_message
