@@ -419,14 +419,19 @@ class Worker:
         if job.timeout_seconds:
             running.deadline = running.monotonic_start + job.timeout_seconds
             self._watched.add(running)
-        if is_async:
-            running.is_async = True
-            future = asyncio.run_coroutine_threadsafe(run_async(running, self.worker_id), self._event_loop())
-            # Never cancelled (an interrupt cancels the coroutine's task, on the loop):
-            # it is done when the coroutine has finished, not before.
-            future.add_done_callback(lambda f, r=running: self._on_async_done(r, f))
-        else:
-            self._threads.submit(running)
+        try:
+            if is_async:
+                running.is_async = True
+                future = asyncio.run_coroutine_threadsafe(run_async(running, self.worker_id), self._event_loop())
+                # Never cancelled (an interrupt cancels the coroutine's task, on the loop):
+                # it is done when the coroutine has finished, not before.
+                future.add_done_callback(lambda f, r=running: self._on_async_done(r, f))
+            else:
+                self._threads.submit(running)
+        except Exception as exc:  # noqa: BLE001 - e.g. "can't start new thread": this attempt fails, the loop goes on
+            logger.exception("could not start the handler", extra=self.events.extra(job, event="start_failed"))
+            self._watched.discard(running)
+            self._done.put((running, failure_outcome(job, exc), None))
 
     def _run_sync(self, running: RunningJob) -> Outcome:
         return run_sync(running, self.worker_id)

@@ -107,3 +107,26 @@ def test_a_claimed_row_whose_arguments_do_not_decode_fails_its_job_and_the_worke
     log = ExecutionLog.objects.get(job_id=bad.id)
     assert log.error_class == "taskengine.store.StoredArgumentsNotDecodable"
     assert "do not decode" in log.error_message
+
+
+def test_a_handler_that_cannot_be_started_fails_its_attempt_and_the_worker_carries_on(monkeypatch):
+    from taskengine.pool import JobThreads
+
+    real_submit = JobThreads.submit
+    refused = []
+
+    def submit_refusing_once(self, item):
+        if not refused:
+            refused.append(item)
+            raise RuntimeError("can't start new thread")
+        return real_submit(self, item)
+
+    monkeypatch.setattr(JobThreads, "submit", submit_refusing_once)
+    first = tasks.add.using(max_attempts=2, retry_backoff=0).enqueue(1, 2)
+    running = start_worker(burst=True, concurrency=1)
+    try:
+        wait_for(running.exited, timeout=20, message="the burst worker to drain and exit")
+    finally:
+        running.stop()
+    assert running.raised is None, repr(running.raised)
+    assert refused and state_of(first.id) == "succeeded"
