@@ -7,6 +7,7 @@ Workers are woken by a NOTIFY sent on commit (Postgres) or by polling (SQLite).
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -153,7 +154,10 @@ def _json_ready(value: Any, depth: int = 0) -> Any:
         if depth == MAX_NESTING:
             raise _TooDeep(f"nested more than {MAX_NESTING} levels deep")
         depth += 1
-        return {_json_ready(key, depth): _json_ready(item, depth) for key, item in value.items()}
+        ready = {_json_ready(key, depth): _json_ready(item, depth) for key, item in value.items()}
+        if len(ready) > 1 and any(type(key) is not str for key in ready):
+            _refuse_colliding_keys(ready)
+        return ready
     if kind is bytes:
         try:
             value = value.decode("utf-8")  # what normalize_json does with bytes
@@ -197,6 +201,17 @@ def _describe_refusal(value: Any, where: str, depth: int = 0) -> str:
             if _refusal(item, depth + 1) is not None:
                 return _describe_refusal(item, f"{where}[{index}]", depth + 1)
     return f"{where}: {refusal}"
+
+
+def _refuse_colliding_keys(mapping: dict) -> None:
+    """JSON keys are text: json.dumps writes 1 and "1" (or True and "true") as the same
+    key, and the database keeps only the last — part of the value would be lost."""
+    seen: dict[str, Any] = {}
+    for key in mapping:
+        as_json = next(iter(json.loads(json.dumps({key: None}))))
+        if as_json in seen:
+            raise ValueError(f"its keys {seen[as_json]!r} and {key!r} are the same JSON key {as_json!r}")
+        seen[as_json] = key
 
 
 def _refused_arguments(task: Task, args: Sequence, kwargs: Mapping, exc: Exception) -> InvalidTaskArguments:
@@ -452,7 +467,7 @@ class DatabaseBackend(BaseTaskBackend):
     def _task_for(self, job) -> Task:
         try:
             task = import_string(job.task_path)
-        except ImportError:
+        except Exception:  # noqa: BLE001 - ImportError, or a module that raises at import: read the row anyway
             task = None
         # The store sets run_after to the enqueue time when none was given (the claim
         # orders by it); the task itself had none.

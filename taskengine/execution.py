@@ -7,6 +7,7 @@ one Outcome; the worker writes it with a fenced UPDATE (store.finish_jobs).
 """
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import json
 import random
@@ -60,11 +61,11 @@ class RunningJob:
     monotonic_start: float = field(default_factory=time.monotonic)
     deadline: float | None = None  # monotonic; None: no timeout
     thread_id: int | None = None  # set while a sync handler runs
-    future: Any = None
+    coroutine_task: asyncio.Task | None = None  # an async handler's task on its event loop, once it began
     interrupt_sent: type[JobInterrupted] | None = None
     abandoned: bool = False  # released at shutdown: its outcome is no longer this worker's to write
     lease_lost: bool = False
-    stuck: bool = False  # a sync handler that ignored an interrupt past the grace and still runs
+    stuck: bool = False  # a handler (thread or coroutine) that ignored an interrupt past the grace and still runs
     guard: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -161,23 +162,35 @@ def run_sync(running: RunningJob, worker_id: str) -> Outcome:
 
 
 async def run_async(running: RunningJob, worker_id: str) -> Outcome:
-    import asyncio
-
+    """Run an async handler as the current task of an event loop. The worker (or
+    drain()) interrupts it with interrupt_async — for a timeout too, so that one that
+    ignores its cancellation is handled like a sync handler ignoring its interrupt. The
+    outcome is made here, once the coroutine has finished, never before."""
+    with running.guard:
+        running.coroutine_task = asyncio.current_task()
+        interrupted_before_it_began = running.interrupt_sent is not None
+    if interrupted_before_it_began:
+        return async_outcome(running, None, None)
     try:
         args, kwargs = await async_call_arguments(running, worker_id)
-        coroutine = running.task.func(*args, **kwargs)
-        if running.job.timeout_seconds:
-            value = await asyncio.wait_for(coroutine, running.job.timeout_seconds)
-        else:
-            value = await coroutine
-        return outcome_for(running, value, None)
-    except TimeoutError as exc:
-        return outcome_for(running, None, JobTimedOut(f"timed out after {running.job.timeout_seconds}s")
-                           if running.job.timeout_seconds else exc)
-    except asyncio.CancelledError:
-        return outcome_for(running, None, async_interrupt(running))
-    except Exception as exc:  # noqa: BLE001
-        return outcome_for(running, None, exc)
+        value = await running.task.func(*args, **kwargs)
+        error: BaseException | None = None
+    except BaseException as exc:  # noqa: BLE001 - CancelledError, even SystemExit: the attempt ends with it
+        value, error = None, exc
+    return async_outcome(running, value, error)
+
+
+def async_outcome(running: RunningJob, value: Any, error: BaseException | None) -> Outcome:
+    """The outcome of an async handler that has finished. Once interrupted, the attempt
+    ends as the interrupt says (timed_out, cancelled, lost) however the coroutine ended:
+    by letting the CancelledError through, by swallowing it and returning a value, or by
+    raising something else on its way out (kept as the interrupt's context)."""
+    if running.interrupt_sent is None and not isinstance(error, asyncio.CancelledError):
+        return outcome_for(running, value, error)
+    interrupt = async_interrupt(running)
+    if error is not None and not isinstance(error, asyncio.CancelledError):
+        interrupt.__context__ = error
+    return failure_outcome(running.job, interrupt)
 
 
 def async_interrupt(running: RunningJob) -> JobInterrupted:
@@ -185,6 +198,24 @@ def async_interrupt(running: RunningJob) -> JobInterrupted:
     operator's cancel, a lost lease); a cancellation it did not send counts as a cancel."""
     reason = running.interrupt_sent or JobCancelled
     return reason(_interrupt_message(reason, running))
+
+
+def interrupt_async(running: RunningJob, reason: type[JobInterrupted]) -> bool:
+    """Cancel ``running``'s async handler with ``reason``, from any thread. The
+    cancellation reaches the coroutine at its next ``await``; one blocked in a sync call
+    notices when that call returns, and one that swallows the CancelledError goes on
+    until it returns. False when an interrupt was sent already."""
+    with running.guard:
+        if running.interrupt_sent is not None:
+            return False
+        running.interrupt_sent = reason
+        task = running.coroutine_task
+    if task is not None and not task.done():  # with no task yet, run_async sees the interrupt as it begins
+        try:
+            task.get_loop().call_soon_threadsafe(task.cancel)
+        except RuntimeError:  # its loop is closed: the coroutine has finished
+            pass
+    return True
 
 
 def _interrupt_message(reason: type[JobInterrupted], running: RunningJob) -> str:

@@ -38,8 +38,8 @@ class JobThreads:
             elif len(self._threads) < self.size:
                 thread = threading.Thread(target=self._loop, name=f"{self._name}_{len(self._threads)}",
                                           daemon=True)
+                thread.start()  # first: a thread that never started must not be joined at shutdown
                 self._threads.append(thread)
-                thread.start()
         self._queue.put(item)
 
     def _loop(self) -> None:

@@ -69,6 +69,9 @@ class ClaimedJob:
     run_after: datetime
     tenant: str | None
     acting_user_id: str | None
+    # Set when the stored arguments would not decode (a row written outside enqueue, e.g.
+    # an integer past Python's digit limit): the attempt fails with it, the worker goes on.
+    decode_error: str | None = None
 
 
 @dataclass(slots=True)
@@ -372,20 +375,37 @@ def claim_jobs(connection, *, worker_id: str, queues: list[str], limit: int,
             if rows:
                 cursor.execute(sql(connection, "log_attempts"),
                                {"ids": json.dumps([r[0] for r in rows]), "worker_id": worker_id})
-    jobs = [
-        ClaimedJob(
-            id=r[0], task_path=r[1], backend=r[2], queue=r[3], priority=r[4],
-            args=_json(r[5]), kwargs=_json(r[6]), attempt=r[7], max_attempts=r[8],
-            timeout_seconds=r[9], retry_backoff_seconds=r[10],
-            enqueued_at=to_datetime(r[11]), started_at=to_datetime(r[12]),
-            last_attempted_at=to_datetime(r[13]), run_after=to_datetime(r[14]),
-            tenant=r[15], acting_user_id=r[16],
-        )
-        for r in rows
-    ]
+    # The claim has committed: a row that does not decode must still become a ClaimedJob
+    # (its attempt fails with the reason), never an error that drops the whole batch.
+    jobs = [_claimed_job(r) for r in rows]
     # UPDATE … RETURNING has no order; hand jobs out in claim order.
     jobs.sort(key=lambda j: (-j.priority, j.run_after, j.id))
     return jobs
+
+
+def _claimed_job(r: Any) -> ClaimedJob:
+    try:
+        args, kwargs, decode_error = _json(r[5]), _json(r[6]), None
+    except (ValueError, RecursionError) as exc:
+        args, kwargs, decode_error = [], {}, f"the job's stored arguments do not decode: {exc}"
+    return ClaimedJob(
+        id=r[0], task_path=r[1], backend=r[2], queue=r[3], priority=r[4],
+        args=args, kwargs=kwargs, attempt=r[7], max_attempts=r[8],
+        timeout_seconds=r[9], retry_backoff_seconds=r[10],
+        enqueued_at=to_datetime(r[11]), started_at=to_datetime(r[12]),
+        last_attempted_at=to_datetime(r[13]), run_after=to_datetime(r[14]),
+        tenant=r[15], acting_user_id=r[16], decode_error=decode_error,
+    )
+
+
+class StoredArgumentsNotDecodable(ValueError):
+    """A claimed job's stored arguments would not decode; its attempt fails with this."""
+
+
+def ensure_decoded(job: ClaimedJob) -> None:
+    """Raise StoredArgumentsNotDecodable for a job whose arguments did not decode."""
+    if job.decode_error is not None:
+        raise StoredArgumentsNotDecodable(job.decode_error)
 
 
 def extend_leases(connection, *, worker_id: str, held: list[tuple[int, int]],

@@ -20,13 +20,15 @@ Invariants:
   the reason (execution.unstorable_outcome). One bad row never holds back the other
   outcomes or the claims riding in their transaction, and nothing raised while recording
   an outcome ends the loop.
-- A sync handler that ignores its interrupt (timeout, cancellation, lost lease) for
-  HARD_TIMEOUT_GRACE is *stuck*: while its thread lives the job stays leased here
-  (heartbeats go on), is not retried, and holds its slot; its outcome is written when the
-  thread returns. Past ``max_stuck_threads`` stuck threads the worker drains and exits
-  with STUCK_THREADS_EXIT_CODE so its supervisor replaces it. At exit, stuck jobs keep
-  their leases (and the worker row is not marked stopped): recovery takes them only once
-  the leases expire, after the process and its threads are gone.
+- A handler that ignores its interrupt (timeout, cancellation, lost lease) for
+  HARD_TIMEOUT_GRACE is *stuck* — a sync handler's thread, or an async handler's
+  coroutine that swallows its CancelledError or is blocked in a sync call: while it runs
+  the job stays leased here (heartbeats go on), is not retried, and holds its slot; its
+  outcome is written when it returns (an interrupted attempt's outcome is never written
+  before its handler has stopped). Past ``max_stuck_threads`` stuck handlers the worker
+  drains and exits with STUCK_THREADS_EXIT_CODE so its supervisor replaces it. At exit,
+  stuck jobs keep their leases (and the worker row is not marked stopped): recovery
+  takes them only once the leases expire, after the process and its handlers are gone.
 - SIGTERM (or SIGINT): stop claiming, let running jobs finish within the grace period,
   release the rest, mark the worker stopped, exit 0 (STUCK_THREADS_EXIT_CODE with stuck
   threads). Jobs a claim returns after the stop request are released at once (or started,
@@ -59,6 +61,7 @@ from .execution import (
     RunningJob,
     async_interrupt,
     failure_outcome,
+    interrupt_async,
     interrupt_thread,
     resolve_task,
     run_async,
@@ -72,9 +75,9 @@ from .store import Outcome
 
 logger = logging.getLogger("taskengine.worker")
 
-HARD_TIMEOUT_GRACE = 2.0  # seconds an interrupted sync handler gets to stop before it counts as stuck
+HARD_TIMEOUT_GRACE = 2.0  # seconds an interrupted handler gets to stop before it counts as stuck
 FLUSH_DELAY = 0.005  # longest an outcome waits to be written with others (seconds)
-STUCK_THREADS_EXIT_CODE = 3  # the worker exits with this when it gives up on stuck handler threads
+STUCK_THREADS_EXIT_CODE = 3  # the worker exits with this when it gives up on stuck handlers
 
 
 def _database_unreachable(exc: BaseException) -> bool:
@@ -134,9 +137,9 @@ class Worker:
         self._wake = threading.Event()
         self._done: queue.SimpleQueue[tuple[RunningJob, Outcome | None, BaseException | None]] = queue.SimpleQueue()
         self._running: set[RunningJob] = set()  # one entry per attempt (identity), never per job id
-        self._watched: set[RunningJob] = set()  # sync jobs with a deadline: a timeout or an interrupt's grace
+        self._watched: set[RunningJob] = set()  # jobs with a deadline: a timeout or an interrupt's grace
         self._stuck: set[RunningJob] = set()  # handlers that ignored an interrupt and still run
-        self._gave_up = False  # draining because of stuck threads
+        self._gave_up = False  # draining because of stuck handlers
         self._pending: list[tuple[RunningJob, Outcome]] = []
         self._pending_since = 0.0
         self._batch = max(1, concurrency // 2)
@@ -245,7 +248,7 @@ class Worker:
             self._heartbeat_if_due()
             if self._draining:
                 if len(self._running) == len(self._stuck) and not self._pending:
-                    return  # stuck threads had their grace; they are not waited for
+                    return  # stuck handlers had their grace; they are not waited for
                 if time.monotonic() >= self._drain_deadline:
                     self._release_remaining()
                     return
@@ -275,7 +278,9 @@ class Worker:
     def _flush_wait(self) -> float:
         if not self._pending:
             return self.max_backoff
-        return max(0.0, self._pending_since + FLUSH_DELAY - time.monotonic())
+        # While writes back off (an outage, a refused batch), the next try is at the
+        # retry time: waiting less would spin the loop through refused _db_calls.
+        return max(0.0, max(self._pending_since + FLUSH_DELAY, self._db_retry_at) - time.monotonic())
 
     def _shutdown(self) -> None:
         for service in self.services:
@@ -291,14 +296,16 @@ class Worker:
             self.exit_code = STUCK_THREADS_EXIT_CODE
         if self._stuck:
             # A stopped worker's jobs are recovered at once, while this process (and the
-            # stuck threads) may still be running: leave the row, and the leases, to expire.
-            logger.error("exiting with %d stuck handler threads; their jobs stay leased until the leases expire",
+            # stuck handlers) may still be running: leave the row, and the leases, to expire.
+            logger.error("exiting with %d stuck handlers; their jobs stay leased until the leases expire",
                          len(self._stuck), extra={"worker_id": self.worker_id})
         elif self._registered:
             self._db_call("stop", lambda: registry.mark_stopped(self.database, self.worker_id))
         self.stuck_threads = bool(self._running)
         self._threads.shutdown(wait=not self.stuck_threads)
-        if self._loop is not None:
+        if self._loop is not None and not any(r.is_async for r in self._running):
+            # Coroutines still running are left to run on, like handler threads still
+            # running (the process's exit ends both): stopping the loop would freeze them.
             self._loop.call_soon_threadsafe(self._loop.stop)
         logger.info("worker stopped: %d attempts processed", self.processed, extra={"worker_id": self.worker_id})
         connections.close_all()  # this thread's connections; job threads close theirs on exit
@@ -403,21 +410,28 @@ class Worker:
         self._running.add(running)
         self.events.claimed(job)
         try:
+            store.ensure_decoded(job)
             running.task, is_async = self._resolve(job.task_path)
-        except Exception as exc:  # noqa: BLE001 - TaskNotFound, or a module that fails to import
+        except Exception as exc:  # noqa: BLE001 - TaskNotFound, a module that fails to import, bad stored arguments
             self._done.put((running, failure_outcome(job, exc), None))
             return
         self.events.started(running)
-        if is_async:
-            running.is_async = True
-            future = asyncio.run_coroutine_threadsafe(run_async(running, self.worker_id), self._event_loop())
-            running.future = future
-            future.add_done_callback(lambda f, r=running: self._on_async_done(r, f))
-        else:
-            if job.timeout_seconds:
-                running.deadline = running.monotonic_start + job.timeout_seconds
-                self._watched.add(running)
-            self._threads.submit(running)
+        if job.timeout_seconds:
+            running.deadline = running.monotonic_start + job.timeout_seconds
+            self._watched.add(running)
+        try:
+            if is_async:
+                running.is_async = True
+                future = asyncio.run_coroutine_threadsafe(run_async(running, self.worker_id), self._event_loop())
+                # Never cancelled (an interrupt cancels the coroutine's task, on the loop):
+                # it is done when the coroutine has finished, not before.
+                future.add_done_callback(lambda f, r=running: self._on_async_done(r, f))
+            else:
+                self._threads.submit(running)
+        except Exception as exc:  # noqa: BLE001 - e.g. "can't start new thread": this attempt fails, the loop goes on
+            logger.exception("could not start the handler", extra=self.events.extra(job, event="start_failed"))
+            self._watched.discard(running)
+            self._done.put((running, failure_outcome(job, exc), None))
 
     def _run_sync(self, running: RunningJob) -> Outcome:
         return run_sync(running, self.worker_id)
@@ -431,8 +445,8 @@ class Worker:
 
     def _on_async_done(self, running: RunningJob, future: Future) -> None:
         if future.cancelled():
-            # _interrupt cancelled this future: the coroutine's own outcome never reaches
-            # it, so the interrupt's reason (cancel, lost lease) is the outcome.
+            # Not by the worker (its interrupts reach the coroutine, which makes its own
+            # outcome when it has finished): a cancellation it did not send is a cancel.
             self._on_handler_done(running, failure_outcome(running.job, async_interrupt(running)), None)
             return
         try:
@@ -484,9 +498,11 @@ class Worker:
         self._add_pending(running, outcome)
 
     def _watch_handlers(self) -> None:
-        """Interrupt sync handlers past their timeout; one that has not stopped a grace
-        period after an interrupt is stuck (Python can raise only between bytecodes, so a
-        handler blocked in C notices when that call returns)."""
+        """Interrupt handlers past their timeout; one that has not stopped a grace period
+        after an interrupt is stuck. Python can raise in a thread only between bytecodes,
+        so a sync handler blocked in C notices when that call returns; an async handler
+        notices at its next await, unless it swallows the CancelledError or is blocked
+        in a sync call (which blocks the event loop too)."""
         if not self._watched:
             return
         now = time.monotonic()
@@ -494,8 +510,8 @@ class Worker:
             if running.deadline is None or now < running.deadline:
                 continue
             if running.interrupt_sent is None:
-                interrupt_thread(running, JobTimedOut)
-                running.deadline = now + HARD_TIMEOUT_GRACE
+                self._interrupt(running, JobTimedOut)
+                running.deadline = now + HARD_TIMEOUT_GRACE  # a sync handler not yet begun is interrupted then
                 logger.warning("timed out after %ss; interrupting", running.job.timeout_seconds,
                                extra=self.events.extra(running.job, event="timed_out"))
             else:
@@ -504,9 +520,9 @@ class Worker:
                 self._mark_stuck(running)
 
     def _mark_stuck(self, running: RunningJob) -> None:
-        """Its job stays leased here (heartbeats go on) and is not retried while the thread
-        lives; its slot stays taken. Past max_stuck_threads the worker gives up: it drains
-        and exits so that a new process takes its place."""
+        """Its job stays leased here (heartbeats go on) and is not retried while the
+        handler's thread or coroutine runs; its slot stays taken. Past max_stuck_threads
+        the worker gives up: it drains and exits so that a new process takes its place."""
         running.stuck = True
         self._stuck.add(running)
         reason = running.interrupt_sent.__name__ if running.interrupt_sent else "interrupt"
@@ -516,7 +532,7 @@ class Worker:
                      len(self._stuck), self.max_stuck_threads, extra=self.events.extra(running.job, event=event))
         if len(self._stuck) > self.max_stuck_threads and not self._gave_up:
             self._gave_up = True
-            logger.error("more stuck handler threads than --max-stuck-threads %d: draining; the worker exits %d "
+            logger.error("more stuck handlers than --max-stuck-threads %d: draining; the worker exits %d "
                          "for its supervisor to replace it", self.max_stuck_threads, STUCK_THREADS_EXIT_CODE,
                          extra={"worker_id": self.worker_id})
             self.request_stop()
@@ -578,9 +594,23 @@ class Worker:
                 logger.error("the database cannot store this attempt's outcome (%s: %s); the attempt fails instead",
                              type(exc).__name__, exc, extra=self.events.extra(running.job, event="outcome_refused"))
                 part = [(running, unstorable_outcome(running.job, refused, exc))]
-                # Refused too: the fault is not this row's; it propagates (and backs off).
-                won = store.finish_jobs(self.connection, worker_id=self.worker_id, outcomes=[part[0][1]])
+                try:
+                    won = store.finish_jobs(self.connection, worker_id=self.worker_id, outcomes=[part[0][1]])
+                except Exception as again:
+                    if _database_unreachable(again):
+                        raise
+                    self._drop_unwritable(running, again)
+                    continue
             self._written(part, won)
+
+    def _drop_unwritable(self, running: RunningJob, exc: BaseException) -> None:
+        """The database refuses this attempt whatever is written for it (a project's
+        CHECK constraint or trigger on the row): keeping the outcome would hold every
+        later batch, and the claims riding in it, hostage. It is dropped; the job stays
+        leased to this worker until the lease lapses and recovery takes it."""
+        logger.error("the database refuses any outcome of this attempt (%s: %s); it is left to lease recovery",
+                     type(exc).__name__, exc, extra=self.events.extra(running.job, event="outcome_dropped"))
+        self._pending = [entry for entry in self._pending if entry[0] is not running]
 
     def _written(self, part: list[tuple[RunningJob, Outcome]], won: dict) -> None:
         """``part`` is written: drop it from the pending outcomes and report each one."""
@@ -647,9 +677,10 @@ class Worker:
                 self._interrupt(running, JobCancelled)
 
     def _interrupt(self, running: RunningJob, reason: type[JobInterrupted]) -> None:
-        if running.is_async:
-            running.interrupt_sent = reason
-            running.future.cancel()
-        elif interrupt_thread(running, reason):
+        """Ask the handler to stop. Its outcome is recorded when it has stopped; until
+        then it keeps its slot, and if it has not stopped within HARD_TIMEOUT_GRACE it
+        counts as stuck."""
+        interrupt = interrupt_async if running.is_async else interrupt_thread
+        if interrupt(running, reason):
             running.deadline = time.monotonic() + HARD_TIMEOUT_GRACE  # then it counts as stuck
             self._watched.add(running)

@@ -163,7 +163,10 @@ claimed AS (
      WHERE job.id = ANY (ARRAY(SELECT candidates.id FROM candidates))
        AND (job.state = 'queued') IS TRUE
        AND job.run_after <= now()
- RETURNING job.id, job.task_path, job.backend, job.queue, job.priority, job.args, job.kwargs,
+ RETURNING job.id, job.task_path, job.backend, job.queue, job.priority,
+           -- As text, decoded per row in Python: a row that will not decode fails its
+           -- attempt instead of failing the fetch of the whole (committed) claim.
+           job.args::text AS args, job.kwargs::text AS kwargs,
            job.attempts, job.max_attempts, job.timeout_seconds, job.retry_backoff_seconds,
            job.enqueued_at, job.started_at, job.last_attempted_at, job.run_after,
            job.tenant, job.acting_user_id

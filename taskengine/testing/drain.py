@@ -17,9 +17,10 @@ What differs, because the handler runs on the caller's thread and connection:
   attempt's writes are rolled back to where the attempt began, so the outcome is still
   recorded and the test can go on; in a worker (autocommit) the writes that succeeded
   before the error would stay.
-- A sync handler's timeout is enforced by a timer thread that raises JobTimedOut
-  inside the handler, the worker's own interrupt; a handler blocked in C code notices
-  when that call returns. The attempt is then recorded as ``timed_out``, as in a worker.
+- A handler's timeout is enforced by a timer thread that sends the worker's own
+  interrupt: JobTimedOut raised inside a sync handler (one blocked in C code notices
+  when that call returns), or the cancellation of an async handler's coroutine. The
+  attempt is then recorded as ``timed_out``, as in a worker.
 - No heartbeat runs: jobs are leased for LEASE_SECONDS (an hour), ample for a test.
 """
 from __future__ import annotations
@@ -183,14 +184,15 @@ class _AttemptRunner:
 
     def run(self, job) -> DrainedAttempt:
         from taskengine import store
-        from taskengine.execution import RunningJob, TaskNotFound, failure_outcome, resolve_task
+        from taskengine.execution import RunningJob, failure_outcome, resolve_task
 
         connection = connections[self.database]
         running = RunningJob(job=job)
         self.events.claimed(job)
         try:
+            store.ensure_decoded(job)
             running.task = resolve_task(job.task_path)
-        except TaskNotFound as exc:
+        except Exception as exc:  # noqa: BLE001 - as Worker._start: TaskNotFound, a failing import, bad arguments
             outcome = failure_outcome(job, exc)
         else:
             self.events.started(running)
@@ -214,11 +216,23 @@ class _AttemptRunner:
         if inspect.iscoroutinefunction(running.task.func):
             from asgiref.sync import async_to_sync
 
+            from taskengine.execution import JobTimedOut, interrupt_async
+
             running.is_async = True
-            # async_to_sync runs the coroutine on a loop of its own and brings
-            # sync_to_async(thread_sensitive=True) calls back to this thread: a handler's
-            # ORM calls use the test's connection, as its sync calls would.
-            return async_to_sync(run_async)(running, TEST_WORKER_ID)
+            # A timer cancels the coroutine at its deadline, as the worker's watch does.
+            timer = None
+            if running.job.timeout_seconds:
+                timer = threading.Timer(running.job.timeout_seconds, interrupt_async, (running, JobTimedOut))
+                timer.daemon = True
+                timer.start()
+            try:
+                # async_to_sync runs the coroutine on a loop of its own and brings
+                # sync_to_async(thread_sensitive=True) calls back to this thread: a handler's
+                # ORM calls use the test's connection, as its sync calls would.
+                return async_to_sync(run_async)(running, TEST_WORKER_ID)
+            finally:
+                if timer is not None:
+                    timer.cancel()
         return _run_sync_inline(running)
 
 
