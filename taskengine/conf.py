@@ -34,8 +34,10 @@ DEFAULTS: dict[str, Any] = {
     # Sync handler threads that ignored an interrupt (timeout, cancellation, lost lease)
     # for the 2-second grace and still run ("stuck") a worker tolerates. Their jobs stay
     # leased and their slots taken while they run; past this many the worker drains and
-    # exits with status 3 so that its supervisor starts a fresh process.
-    "MAX_STUCK_THREADS": 0,
+    # exits with status 3 so that its supervisor starts a fresh process. None: half the
+    # worker's concurrency, rounded down (0 at concurrency 1) — replaced once more than
+    # half its slots are held by handlers that will not stop.
+    "MAX_STUCK_THREADS": None,
     # Claim through pg_try_advisory_xact_lock instead of FOR UPDATE SKIP LOCKED.
     "USE_ADVISORY_LOCKS": False,
     # PgBouncer in transaction mode: never LISTEN (poll instead), never prepare a

@@ -129,7 +129,8 @@ class Worker:
         self.heartbeat_seconds = float(heartbeat_seconds or min(s.HEARTBEAT_SECONDS, self.lease_seconds / 3))
         self.use_advisory_locks = s.USE_ADVISORY_LOCKS if use_advisory_locks is None else use_advisory_locks
         self.poll_only = s.POLL_ONLY if poll_only is None else poll_only
-        self.max_stuck_threads = int(s.MAX_STUCK_THREADS if max_stuck_threads is None else max_stuck_threads)
+        configured = s.MAX_STUCK_THREADS if max_stuck_threads is None else max_stuck_threads
+        self.max_stuck_threads = concurrency // 2 if configured is None else int(configured)
         if self.max_stuck_threads < 0:
             raise ValueError("max_stuck_threads must be at least 0")
         self.services = list(services)

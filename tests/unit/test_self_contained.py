@@ -4,7 +4,8 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-NOT_THE_PROJECT = {".git", ".venv", ".venv-matrix", "var", "build", "dist", "__pycache__", ".pytest_cache", "test-artifacts"}
+NOT_THE_PROJECT = {".git", ".venv", ".venv-matrix", "var", "build", "dist", "__pycache__", ".pytest_cache",
+                   "test-artifacts", ".hypothesis"}  # tools' own caches, ignored by git
 # Written in pieces so that this file does not match itself.
 OUTSIDE = re.compile("|".join([
     r"\.\./" + "shared",                     # a sibling directory of the checkout

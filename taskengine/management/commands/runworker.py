@@ -78,9 +78,9 @@ class Command(BaseCommand):
         parser.add_argument("--shutdown-grace", type=float, default=None,
                             help="Seconds running jobs get to finish after SIGTERM before they are released.")
         parser.add_argument("--max-stuck-threads", type=int, default=None,
-                            help="Handler threads that ignore their interrupt this worker tolerates; past "
+                            help="Handlers still running past their interrupt this worker tolerates; past "
                                  "this many it drains and exits 3 (default: TASKENGINE MAX_STUCK_THREADS, "
-                                 f"{engine_settings.MAX_STUCK_THREADS}).")
+                                 "or half the concurrency, rounded down, when that is None).")
         parser.add_argument("--gate-timeout", type=float, default=None,
                             help="Exit non-zero if migrations are still pending after this many seconds.")
         parser.add_argument("--no-leader", action="store_true",
