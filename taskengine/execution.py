@@ -219,9 +219,13 @@ def interrupt_async(running: RunningJob, reason: type[JobInterrupted]) -> bool:
 
 
 def _interrupt_message(reason: type[JobInterrupted], running: RunningJob) -> str:
-    if reason is JobTimedOut:
-        return f"timed out after {running.job.timeout_seconds}s"
-    if reason is LeaseLost:
+    return _interrupt_text(reason, running.job)
+
+
+def _interrupt_text(reason: type[JobInterrupted], job: ClaimedJob) -> str:
+    if issubclass(reason, JobTimedOut):
+        return f"timed out after {job.timeout_seconds}s"
+    if issubclass(reason, LeaseLost):
         return "lease lost: the job was recovered or its lease expired"
     return "cancelled by an operator"
 
@@ -250,7 +254,9 @@ def failure_outcome(job: ClaimedJob, error: BaseException) -> Outcome:
     cls = type(error)
     details = dict(
         error_class=_storable(f"{cls.__module__}.{cls.__qualname__}"),
-        error_message=_storable(_describe(error))[:2000],
+        # An interrupt is injected as its bare class: say what it was.
+        error_message=_storable(_describe(error) or (_interrupt_text(cls, job) if isinstance(error, JobInterrupted)
+                                                     else ""))[:2000],
         traceback=_storable(_format_traceback(error))[-20000:],
         exception=error,
     )

@@ -97,6 +97,7 @@ def test_a_sync_handler_past_its_timeout_is_interrupted_and_fails():
     drain()
     log = ExecutionLog.objects.get(job_id=result.id)
     assert (log.outcome, log.error_class) == ("timed_out", "taskengine.execution.JobTimedOut")
+    assert log.error_message.startswith("timed out after "), log.error_message  # not the bare interrupt's ""
     assert Job.objects.get(pk=result.id).state == "failed"
 
 
