@@ -3,6 +3,7 @@
 Every knob that differs between a laptop and production comes from an environment
 variable; see docs/configuration.md for the full list.
 """
+
 from pathlib import Path
 
 import django
@@ -137,9 +138,15 @@ TASKENGINE = {
 }
 # Leadership and maintenance timings (seconds), e.g. TASKENGINE_LEADER_TTL_SECONDS=15;
 # unset variables keep the defaults of taskengine/conf.py.
-for _name in ("LEADER_TTL_SECONDS", "LEADER_RENEW_SECONDS", "LEADER_SAFETY_MARGIN_SECONDS",
-              "MAINTENANCE_INTERVAL_SECONDS", "SCHEDULER_INTERVAL_SECONDS", "WORKER_DEAD_AFTER_SECONDS",
-              "HEARTBEAT_SECONDS"):
+for _name in (
+    "LEADER_TTL_SECONDS",
+    "LEADER_RENEW_SECONDS",
+    "LEADER_SAFETY_MARGIN_SECONDS",
+    "MAINTENANCE_INTERVAL_SECONDS",
+    "SCHEDULER_INTERVAL_SECONDS",
+    "WORKER_DEAD_AFTER_SECONDS",
+    "HEARTBEAT_SECONDS",
+):
     if env.str(f"TASKENGINE_{_name}", default=""):
         TASKENGINE[_name] = env.float(f"TASKENGINE_{_name}")
 
@@ -154,7 +161,11 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
-        "taskengine": {"handlers": ["console"], "level": env("TASKENGINE_LOG_LEVEL", default="INFO"), "propagate": False},
+        "taskengine": {
+            "handlers": ["console"],
+            "level": env("TASKENGINE_LOG_LEVEL", default="INFO"),
+            "propagate": False,
+        },
         "django.tasks": {"handlers": ["console"], "level": "WARNING", "propagate": False},
         "django_tasks": {"handlers": ["console"], "level": "WARNING", "propagate": False},  # Django 5.2
     },

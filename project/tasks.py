@@ -1,4 +1,5 @@
 """Demo tasks for the quick start: see README "Quick start"."""
+
 from __future__ import annotations
 
 import asyncio

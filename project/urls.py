@@ -3,7 +3,6 @@ from django.urls import include, path
 
 from taskengine import collectors, health
 
-
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),

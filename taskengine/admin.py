@@ -16,6 +16,7 @@ Rules:
 - No list runs an unbounded count(*) (BoundedCountPaginator, show_full_result_count
   off) and no filter scans the table for its choices.
 """
+
 from __future__ import annotations
 
 from django.contrib import admin, messages
@@ -26,13 +27,25 @@ from django.utils.html import format_html, format_html_join
 
 from . import operations
 from .console.admin_support import (
-    AuditedAdmin, BoundedCountPaginator, QueueFilter, ReadOnlyAdmin, TaskFilter, TenantFilter,
+    AuditedAdmin,
+    BoundedCountPaginator,
+    QueueFilter,
+    ReadOnlyAdmin,
+    TaskFilter,
+    TenantFilter,
     TenantScopedAdmin,
 )
 from .console.counts import bounded_count
 from .console.serialize import payload_text, truncate_traceback
 from .models import (
-    ExecutionLog, Job, Leader, MissedSlot, OperatorAction, Schedule, TenantMembership, WorkerProcess,
+    ExecutionLog,
+    Job,
+    Leader,
+    MissedSlot,
+    OperatorAction,
+    Schedule,
+    TenantMembership,
+    WorkerProcess,
 )
 
 BULK_LIMIT = 5000
@@ -49,16 +62,26 @@ def traceback_html(log: ExecutionLog):
     if not tb["text"]:
         return "—"
     note = f" (last {len(tb['text'])} of {tb['length']} characters)" if tb["truncated"] else ""
-    return format_html('<details><summary>traceback{}</summary><pre class="te-traceback">{}</pre></details>',
-                       note, tb["text"])
+    return format_html(
+        '<details><summary>traceback{}</summary><pre class="te-traceback">{}</pre></details>', note, tb["text"]
+    )
 
 
 class ExecutionLogInline(admin.TabularInline):
     model = ExecutionLog
     extra = 0
     can_delete = False
-    fields = ("attempt", "worker_id", "started_at", "finished_at", "outcome", "error_class",
-              "error_message", "traceback_tail", "user_id_str")
+    fields = (
+        "attempt",
+        "worker_id",
+        "started_at",
+        "finished_at",
+        "outcome",
+        "error_class",
+        "error_message",
+        "traceback_tail",
+        "user_id_str",
+    )
     readonly_fields = fields
 
     @admin.display(description="traceback")
@@ -80,8 +103,18 @@ def _payload_html(value):
 
 @admin.register(Job)
 class JobAdmin(TenantScopedAdmin):
-    list_display = ("id", "task_path", "queue", "state", "tenant", "attempts", "max_attempts",
-                    "enqueued_at", "run_after", "finished_at")
+    list_display = (
+        "id",
+        "task_path",
+        "queue",
+        "state",
+        "tenant",
+        "attempts",
+        "max_attempts",
+        "enqueued_at",
+        "run_after",
+        "finished_at",
+    )
     list_filter = ("state", QueueFilter, TaskFilter, TenantFilter, ("enqueued_at", admin.DateFieldListFilter))
     search_fields = ("=id", "=task_path", "=unique_key")
     paginator = BoundedCountPaginator
@@ -90,11 +123,35 @@ class JobAdmin(TenantScopedAdmin):
     inlines = [ExecutionLogInline]
     actions = ["requeue_jobs", "retry_jobs_now", "cancel_jobs"]
     exclude = ("schedule", "args", "kwargs", "return_value")  # shown by arguments(), keyword_arguments(), returned()
-    readonly_fields = ("task_path", "backend", "queue", "priority", "arguments", "keyword_arguments", "state",
-                       "run_after", "enqueued_at", "started_at", "last_attempted_at", "finished_at", "attempts",
-                       "max_attempts", "timeout_seconds", "retry_backoff_seconds", "on_lease_expired",
-                       "locked_by", "lease_expires_at", "cancel_requested_at", "returned", "unique_key",
-                       "tenant", "acting_user_id", "schedule_name", "slot", "audit_trail")
+    readonly_fields = (
+        "task_path",
+        "backend",
+        "queue",
+        "priority",
+        "arguments",
+        "keyword_arguments",
+        "state",
+        "run_after",
+        "enqueued_at",
+        "started_at",
+        "last_attempted_at",
+        "finished_at",
+        "attempts",
+        "max_attempts",
+        "timeout_seconds",
+        "retry_backoff_seconds",
+        "on_lease_expired",
+        "locked_by",
+        "lease_expires_at",
+        "cancel_requested_at",
+        "returned",
+        "unique_key",
+        "tenant",
+        "acting_user_id",
+        "schedule_name",
+        "slot",
+        "audit_trail",
+    )
 
     # The stored JSON values are shown as the console's job page shows them (cut at
     # PAYLOAD_LIMIT, surrogates SQLite may hold as escapes), not by the admin's own JSON
@@ -117,9 +174,17 @@ class JobAdmin(TenantScopedAdmin):
         rows = OperatorAction.objects.filter(target_type="job", target_id=str(obj.pk)).order_by("-pk")[:50]
         if not rows:
             return "—"
-        return format_html("<ul class=\"te-audit-trail\">{}</ul>", format_html_join(
-            "", "<li>{} · {} · {} → {} · {}</li>",
-            ((r.created_at, r.actor_repr, r.action, (r.state_after or {}).get("state", "—"), r.reason) for r in rows)))
+        return format_html(
+            '<ul class="te-audit-trail">{}</ul>',
+            format_html_join(
+                "",
+                "<li>{} · {} · {} → {} · {}</li>",
+                (
+                    (r.created_at, r.actor_repr, r.action, (r.state_after or {}).get("state", "—"), r.reason)
+                    for r in rows
+                ),
+            ),
+        )
 
     @admin.display(description="schedule")
     def schedule_name(self, obj):
@@ -160,8 +225,12 @@ class JobAdmin(TenantScopedAdmin):
     def _run_action(self, request, queryset, action: str):
         total = bounded_count(queryset, BULK_LIMIT)
         if not total.exact:
-            self.message_user(request, f"{total.display()} jobs selected; an action applies to at most "
-                                       f"{BULK_LIMIT:,} at a time. Narrow the filter.", messages.ERROR)
+            self.message_user(
+                request,
+                f"{total.display()} jobs selected; an action applies to at most "
+                f"{BULK_LIMIT:,} at a time. Narrow the filter.",
+                messages.ERROR,
+            )
             return None
         if request.POST.get("confirm") != "yes":
             return self._confirmation(request, queryset, action, total.value)

@@ -4,6 +4,7 @@
 (the caller's ``transaction.atomic()``): if the audit insert fails, the change rolls
 back with it. Every row carries the tenant of its target. Rows are append-only; nothing in taskengine updates or deletes them.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -26,9 +27,18 @@ def job_snapshot(job) -> dict[str, Any]:
     }
 
 
-def record(*, actor, action: str, target_type: str, target_id: Any, tenant: str | None,
-           before: dict | None = None, after: dict | None = None, reason: str = "",
-           using: str = "default") -> OperatorAction:
+def record(
+    *,
+    actor,
+    action: str,
+    target_type: str,
+    target_id: Any,
+    tenant: str | None,
+    before: dict | None = None,
+    after: dict | None = None,
+    reason: str = "",
+    using: str = "default",
+) -> OperatorAction:
     """Append an audit row. Raises if called outside a transaction, so an audited
     change can never commit without its record.
 
@@ -64,7 +74,14 @@ def record_cascaded_membership_delete(sender, instance, using, origin=None, **kw
     origin_model = origin.model if isinstance(origin, QuerySet) else type(origin)
     if origin is None or issubclass(origin_model, sender):
         return
-    record(actor=None, action="tenant_membership.delete", target_type="tenant_membership",
-           target_id=instance.pk, tenant=instance.tenant,
-           before={"user": instance.user_id, "tenant": instance.tenant}, after=None,
-           reason=f"deleted with {origin_model._meta.verbose_name} {origin}"[:500], using=using)
+    record(
+        actor=None,
+        action="tenant_membership.delete",
+        target_type="tenant_membership",
+        target_id=instance.pk,
+        tenant=instance.tenant,
+        before={"user": instance.user_id, "tenant": instance.tenant},
+        after=None,
+        reason=f"deleted with {origin_model._meta.verbose_name} {origin}"[:500],
+        using=using,
+    )

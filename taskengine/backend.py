@@ -5,6 +5,7 @@ Enqueue writes on the caller's database connection, so inside ``transaction.atom
 the job exists only if that transaction commits; ``task_enqueued`` fires on commit.
 Workers are woken by a NOTIFY sent on commit (Postgres) or by polling (SQLite).
 """
+
 from __future__ import annotations
 
 import json
@@ -43,7 +44,6 @@ from .conf import engine_settings
 from .events import send_robustly
 from .states import to_task_result_status
 
-
 logger = logging.getLogger("taskengine.backend")
 
 
@@ -71,17 +71,37 @@ class EngineTask(Task):
     tenant: str | None = None
     acting_user: Any = None
 
-    def using(self, *, priority=None, queue_name=None, run_after=None, backend=None,
-              unique_key=_UNSET, tenant=_UNSET, acting_user=_UNSET, max_attempts=None,
-              timeout=_UNSET, retry_backoff=None) -> EngineTask:
+    def using(
+        self,
+        *,
+        priority=None,
+        queue_name=None,
+        run_after=None,
+        backend=None,
+        unique_key=_UNSET,
+        tenant=_UNSET,
+        acting_user=_UNSET,
+        max_attempts=None,
+        timeout=_UNSET,
+        retry_backoff=None,
+    ) -> EngineTask:
         changes: dict[str, Any] = {}
-        for name, value in (("priority", priority), ("queue_name", queue_name),
-                            ("run_after", run_after), ("backend", backend),
-                            ("max_attempts", max_attempts), ("retry_backoff", retry_backoff)):
+        for name, value in (
+            ("priority", priority),
+            ("queue_name", queue_name),
+            ("run_after", run_after),
+            ("backend", backend),
+            ("max_attempts", max_attempts),
+            ("retry_backoff", retry_backoff),
+        ):
             if value is not None:
                 changes[name] = value
-        for name, value in (("unique_key", unique_key), ("tenant", tenant),
-                            ("acting_user", acting_user), ("timeout", timeout)):
+        for name, value in (
+            ("unique_key", unique_key),
+            ("tenant", tenant),
+            ("acting_user", acting_user),
+            ("timeout", timeout),
+        ):
             if value is not _UNSET:
                 changes[name] = value
         return replace(self, **changes)
@@ -112,8 +132,10 @@ def text_problem(text: str) -> str | None:
         return f"{_shown(text)} contains a NUL character (\\u0000), which PostgreSQL cannot store"
     found = None if text.isascii() else _UNSTORABLE_CHARACTER.search(text)
     if found is not None:
-        return (f"{_shown(text)} contains a lone surrogate ({found.group()!r}), which is not "
-                "Unicode text (PostgreSQL cannot store it)")
+        return (
+            f"{_shown(text)} contains a lone surrogate ({found.group()!r}), which is not "
+            "Unicode text (PostgreSQL cannot store it)"
+        )
     return None
 
 
@@ -230,7 +252,7 @@ def _refused_arguments(task: Task, args: Sequence, kwargs: Mapping, exc: Excepti
                 if _refusal(item, 0) is not None:
                     description = _describe_refusal(item, f"kwargs[{key!r}]")
                     break
-    except Exception:  # noqa: BLE001 - describing the place must not hide the refusal itself
+    except Exception:
         description = None
     return InvalidTaskArguments(
         f"Arguments to task {task.module_path!r} must be JSON-serialisable and storable: "
@@ -245,9 +267,22 @@ def _with_arguments(t: store.NewJob, task: Task, args: Sequence, kwargs: Mapping
         ready_kwargs = {_json_ready(key): _json_ready(item) for key, item in kwargs.items()}
     except (TypeError, ValueError, RecursionError) as exc:
         raise _refused_arguments(task, args, kwargs, exc) from exc
-    return store.NewJob(t.task_path, t.queue, ready_args, ready_kwargs, t.backend, t.priority, t.run_after,
-                        t.max_attempts, t.timeout_seconds, t.retry_backoff_seconds,
-                        t.on_lease_expired, t.unique_key, t.tenant, t.acting_user_id)
+    return store.NewJob(
+        t.task_path,
+        t.queue,
+        ready_args,
+        ready_kwargs,
+        t.backend,
+        t.priority,
+        t.run_after,
+        t.max_attempts,
+        t.timeout_seconds,
+        t.retry_backoff_seconds,
+        t.on_lease_expired,
+        t.unique_key,
+        t.tenant,
+        t.acting_user_id,
+    )
 
 
 def _missing_task(*args: Any, **kwargs: Any) -> None:
@@ -304,18 +339,22 @@ class DatabaseBackend(BaseTaskBackend):
         """The text options a job stores, under the rule its arguments follow
         (text_problem) and within their columns, the same on both databases (SQLite
         would keep what PostgreSQL refuses or libpq would cut short)."""
-        for name, value, limit in (("task path", task.module_path, 300), ("queue_name", task.queue_name, 64),
-                                   ("unique_key", getattr(task, "unique_key", None), 255),
-                                   ("tenant", getattr(task, "tenant", None), 64),
-                                   ("acting_user", user_key(getattr(task, "acting_user", None)), 64)):
+        for name, value, limit in (
+            ("task path", task.module_path, 300),
+            ("queue_name", task.queue_name, 64),
+            ("unique_key", getattr(task, "unique_key", None), 255),
+            ("tenant", getattr(task, "tenant", None), 64),
+            ("acting_user", user_key(getattr(task, "acting_user", None)), 64),
+        ):
             if value is None:
                 continue
             problem = text_problem(value)
             if problem is None and len(value) > limit:
                 problem = f"{_shown(value)} is longer than {limit} characters"
             if problem is not None:
-                raise InvalidTaskArguments(f"The {name} of task {task.module_path!r} cannot be stored: "
-                                           f"{problem}. Nothing was enqueued.")
+                raise InvalidTaskArguments(
+                    f"The {name} of task {task.module_path!r} cannot be stored: {problem}. Nothing was enqueued."
+                )
 
     # --- enqueue ---------------------------------------------------------------------
 
@@ -350,7 +389,7 @@ class DatabaseBackend(BaseTaskBackend):
             else:  # committed already: what on_commit() would do at once, minus its lookups
                 try:
                     self._announce(created)
-                except Exception:  # noqa: BLE001 - as on_commit(robust=True): the jobs are stored
+                except Exception:
                     logger.exception("announcing %d enqueued job(s) failed", len(created))
         return results
 
@@ -359,8 +398,14 @@ class DatabaseBackend(BaseTaskBackend):
         metrics.jobs_submitted([row for row, _ in created])
         if enqueue_is_observed():
             for row, result in created:
-                send_robustly(task_enqueued, "task_enqueued", type(self), result, logger,
-                              {"job_id": int(result.id), "task_path": row.task_path, "queue": row.queue})
+                send_robustly(
+                    task_enqueued,
+                    "task_enqueued",
+                    type(self),
+                    result,
+                    logger,
+                    {"job_id": int(result.id), "task_path": row.task_path, "queue": row.queue},
+                )
 
     def _insert(self, connection, rows: list[store.NewJob]) -> list[store.InsertedJob]:
         for _ in range(5):
@@ -372,8 +417,9 @@ class DatabaseBackend(BaseTaskBackend):
                 metrics.DB_ERRORS.labels("enqueue").inc()
                 raise
             except ValueError as exc:  # NaN or infinity somewhere in the arguments
-                raise InvalidTaskArguments(f"Task arguments must be JSON-serialisable: {exc}. "
-                                           "Nothing was enqueued.") from exc
+                raise InvalidTaskArguments(
+                    f"Task arguments must be JSON-serialisable: {exc}. Nothing was enqueued."
+                ) from exc
         raise RuntimeError("unique key kept changing hands during enqueue; giving up")
 
     def new_job(self, task: Task, args: Sequence, kwargs: Mapping) -> store.NewJob:
@@ -403,13 +449,19 @@ class DatabaseBackend(BaseTaskBackend):
         max_attempts = getattr(task, "max_attempts", None) or engine_settings.MAX_ATTEMPTS
         timeout = getattr(task, "timeout", None)
         return store.NewJob(
-            task_path=task.module_path, backend=self.alias, queue=task.queue_name,
-            priority=task.priority, args=[], kwargs={}, run_after=task.run_after,
+            task_path=task.module_path,
+            backend=self.alias,
+            queue=task.queue_name,
+            priority=task.priority,
+            args=[],
+            kwargs={},
+            run_after=task.run_after,
             max_attempts=int(max_attempts),
             timeout_seconds=timeout if timeout is not None else engine_settings.TIMEOUT_SECONDS,
             retry_backoff_seconds=getattr(task, "retry_backoff", None),
             on_lease_expired=getattr(task, "on_lease_expired", "retry"),
-            unique_key=getattr(task, "unique_key", None), tenant=getattr(task, "tenant", None),
+            unique_key=getattr(task, "unique_key", None),
+            tenant=getattr(task, "tenant", None),
             acting_user_id=user_key(getattr(task, "acting_user", None)),
         )
 
@@ -441,7 +493,9 @@ class DatabaseBackend(BaseTaskBackend):
         if job is None:
             raise TaskResultDoesNotExist(result_id)
         logs = list(
-            ExecutionLog.objects.using(self.database).filter(job_id=pk).order_by("attempt")
+            ExecutionLog.objects.using(self.database)
+            .filter(job_id=pk)
+            .order_by("attempt")
             .values_list("worker_id", "error_class", "traceback")
         )
         return self.result_from_job(job, logs)
@@ -467,7 +521,7 @@ class DatabaseBackend(BaseTaskBackend):
     def _task_for(self, job) -> Task:
         try:
             task = import_string(job.task_path)
-        except Exception:  # noqa: BLE001 - ImportError, or a module that raises at import: read the row anyway
+        except Exception:
             task = None
         # The store sets run_after to the enqueue time when none was given (the claim
         # orders by it); the task itself had none.
@@ -475,14 +529,28 @@ class DatabaseBackend(BaseTaskBackend):
         if not isinstance(task, Task):
             # The job outlived its code: describe it without pretending it can run.
             return clone_task(
-                EngineTask, func=_missing_task, priority=job.priority, backend=self.alias,
-                queue_name=job.queue, run_after=run_after, takes_context=False,
-                max_attempts=job.max_attempts, timeout=job.timeout_seconds,
-                on_lease_expired=job.on_lease_expired, unique_key=job.unique_key,
-                tenant=job.tenant, acting_user=job.acting_user_id,
+                EngineTask,
+                func=_missing_task,
+                priority=job.priority,
+                backend=self.alias,
+                queue_name=job.queue,
+                run_after=run_after,
+                takes_context=False,
+                max_attempts=job.max_attempts,
+                timeout=job.timeout_seconds,
+                on_lease_expired=job.on_lease_expired,
+                unique_key=job.unique_key,
+                tenant=job.tenant,
+                acting_user=job.acting_user_id,
             )
-        return clone_task(task, queue_name=job.queue, priority=job.priority, run_after=run_after,
-                          backend=self.alias, **self._call_time_options(task, job))
+        return clone_task(
+            task,
+            queue_name=job.queue,
+            priority=job.priority,
+            run_after=run_after,
+            backend=self.alias,
+            **self._call_time_options(task, job),
+        )
 
     def _call_time_options(self, task: Task, job) -> dict[str, Any]:
         """taskengine's options the job was enqueued with (``.using(...)``) where they
@@ -491,12 +559,13 @@ class DatabaseBackend(BaseTaskBackend):
         if not isinstance(task, EngineTask):
             return {}
         declared = self._job_template(task)
-        stored = {"max_attempts": (job.max_attempts, declared.max_attempts),
-                  "timeout": (job.timeout_seconds, declared.timeout_seconds),
-                  "retry_backoff": (job.retry_backoff_seconds, declared.retry_backoff_seconds),
-                  "on_lease_expired": (job.on_lease_expired, declared.on_lease_expired),
-                  "unique_key": (job.unique_key, declared.unique_key),
-                  "tenant": (job.tenant, declared.tenant),
-                  "acting_user": (job.acting_user_id, declared.acting_user_id)}
+        stored = {
+            "max_attempts": (job.max_attempts, declared.max_attempts),
+            "timeout": (job.timeout_seconds, declared.timeout_seconds),
+            "retry_backoff": (job.retry_backoff_seconds, declared.retry_backoff_seconds),
+            "on_lease_expired": (job.on_lease_expired, declared.on_lease_expired),
+            "unique_key": (job.unique_key, declared.unique_key),
+            "tenant": (job.tenant, declared.tenant),
+            "acting_user": (job.acting_user_id, declared.acting_user_id),
+        }
         return {name: value for name, (value, default) in stored.items() if value != default}
-

@@ -15,6 +15,7 @@ Invariants:
 - Failure: an error or a kill loses at most the batch in flight (rolled back); a rerun
   starts from the first row still missing and finishes the job.
 """
+
 from __future__ import annotations
 
 import json
@@ -94,16 +95,30 @@ def fill_batch(database: str, ids: list[int], *, actor: Any = SYSTEM_ACTOR) -> l
             by_tenant.setdefault(tenant, []).append(log_id)
         # Tenants in order of their first row, so the trail reads in id order.
         for tenant, written in sorted(by_tenant.items(), key=lambda item: min(item[1])):
-            audit.record(actor=actor, action="backfill.user_id_str", target_type=TABLE,
-                         target_id=f"{min(written)}-{max(written)}", tenant=tenant,
-                         after={"updated": len(written)},
-                         reason="user_id_str := user_id::text where missing", using=database)
+            audit.record(
+                actor=actor,
+                action="backfill.user_id_str",
+                target_type=TABLE,
+                target_id=f"{min(written)}-{max(written)}",
+                tenant=tenant,
+                after={"updated": len(written)},
+                reason="user_id_str := user_id::text where missing",
+                using=database,
+            )
     return sorted(log_id for written in by_tenant.values() for log_id in written)
 
 
-def run(database: str = "default", *, batch_size: int = DEFAULT_BATCH_SIZE, dry_run: bool = False,
-        max_batches: int | None = None, pause: float = 0.0, tenants: list[str] | None = None,
-        actor: Any = SYSTEM_ACTOR, progress: ProgressFn | None = None) -> BackfillResult:
+def run(
+    database: str = "default",
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    dry_run: bool = False,
+    max_batches: int | None = None,
+    pause: float = 0.0,
+    tenants: list[str] | None = None,
+    actor: Any = SYSTEM_ACTOR,
+    progress: ProgressFn | None = None,
+) -> BackfillResult:
     """Fill ``user_id_str`` in batches of ``batch_size`` rows by primary key.
 
     ``dry_run`` walks the same batches and counts without writing. ``max_batches``
@@ -116,8 +131,14 @@ def run(database: str = "default", *, batch_size: int = DEFAULT_BATCH_SIZE, dry_
     result = BackfillResult(pending_at_start=count_pending(database, tenants=tenants))
     after_id = 0
     while max_batches is None or result.batches < max_batches:
-        ids = [row[0] for row in _fetch(connection, "backfill_next_batch", {
-            "after_id": after_id, "limit": batch_size, "tenants": vendor_list(connection, tenants)})]
+        ids = [
+            row[0]
+            for row in _fetch(
+                connection,
+                "backfill_next_batch",
+                {"after_id": after_id, "limit": batch_size, "tenants": vendor_list(connection, tenants)},
+            )
+        ]
         if not ids:
             result.complete = True
             break
@@ -136,29 +157,52 @@ def run(database: str = "default", *, batch_size: int = DEFAULT_BATCH_SIZE, dry_
     return result
 
 
-def report(database: str = "default", *, tenants: list[str] | None = None,
-           sample_size: int = 10) -> list[TableReport]:
+def report(database: str = "default", *, tenants: list[str] | None = None, sample_size: int = 10) -> list[TableReport]:
     """Per table: total rows, filled, missing, mismatched (user_id_str differs from
     user_id as text), rows with no user at all, and samples of offending ids."""
     connection = connections[database]
     params = {"tenants": vendor_list(connection, tenants), "limit": sample_size}
     total, filled, missing, mismatched, without_user = _fetch(connection, "backfill_report_counts", params)[0]
-    return [TableReport(
-        table=TABLE, total=total, filled=filled or 0, missing=missing or 0,
-        mismatched=mismatched or 0, without_user=without_user or 0,
-        sample_missing_ids=[r[0] for r in _fetch(connection, "backfill_sample_missing", params)],
-        sample_mismatched_ids=[r[0] for r in _fetch(connection, "backfill_sample_mismatched", params)],
-    )]
+    return [
+        TableReport(
+            table=TABLE,
+            total=total,
+            filled=filled or 0,
+            missing=missing or 0,
+            mismatched=mismatched or 0,
+            without_user=without_user or 0,
+            sample_missing_ids=[r[0] for r in _fetch(connection, "backfill_sample_missing", params)],
+            sample_mismatched_ids=[r[0] for r in _fetch(connection, "backfill_sample_mismatched", params)],
+        )
+    ]
 
 
-CSV_COLUMNS = ["table", "total", "filled", "missing", "mismatched", "without_user",
-               "sample_missing_ids", "sample_mismatched_ids"]
+CSV_COLUMNS = [
+    "table",
+    "total",
+    "filled",
+    "missing",
+    "mismatched",
+    "without_user",
+    "sample_missing_ids",
+    "sample_mismatched_ids",
+]
 
 
 def csv_rows(reports: list[TableReport]) -> list[list[Any]]:
     """The report as CSV rows (header first); id samples are space-separated."""
     rows: list[list[Any]] = [CSV_COLUMNS]
     for r in reports:
-        rows.append([r.table, r.total, r.filled, r.missing, r.mismatched, r.without_user,
-                     " ".join(map(str, r.sample_missing_ids)), " ".join(map(str, r.sample_mismatched_ids))])
+        rows.append(
+            [
+                r.table,
+                r.total,
+                r.filled,
+                r.missing,
+                r.mismatched,
+                r.without_user,
+                " ".join(map(str, r.sample_missing_ids)),
+                " ".join(map(str, r.sample_mismatched_ids)),
+            ]
+        )
     return rows

@@ -39,6 +39,7 @@ plain ``manage.py check`` never touches the database. They read the same state a
 - ``taskengine.W002`` the database is ahead of the code (applied migrations the code lacks).
 - ``taskengine.W003`` the migration state could not be read (database unreachable).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -63,19 +64,23 @@ def check_lease_and_heartbeat(app_configs=None, **kwargs: Any) -> list[CheckMess
     try:
         too_short = float(lease) < 3 * float(heartbeat)
     except (TypeError, ValueError):
-        return [Error(
-            f"TASKENGINE LEASE_SECONDS ({lease!r}) and HEARTBEAT_SECONDS ({heartbeat!r}) must be numbers.",
-            hint="Set both to a number of seconds, e.g. LEASE_SECONDS=30 and HEARTBEAT_SECONDS=5.",
-            id="taskengine.E002",
-        )]
+        return [
+            Error(
+                f"TASKENGINE LEASE_SECONDS ({lease!r}) and HEARTBEAT_SECONDS ({heartbeat!r}) must be numbers.",
+                hint="Set both to a number of seconds, e.g. LEASE_SECONDS=30 and HEARTBEAT_SECONDS=5.",
+                id="taskengine.E002",
+            )
+        ]
     if not too_short:
         return []
-    return [Error(
-        f"TASKENGINE LEASE_SECONDS ({lease}) is shorter than three HEARTBEAT_SECONDS ({heartbeat}).",
-        hint="One late heartbeat would let another worker reclaim a running job. "
-             f"Raise LEASE_SECONDS to at least {3 * float(heartbeat):g} or lower HEARTBEAT_SECONDS.",
-        id="taskengine.E002",
-    )]
+    return [
+        Error(
+            f"TASKENGINE LEASE_SECONDS ({lease}) is shorter than three HEARTBEAT_SECONDS ({heartbeat}).",
+            hint="One late heartbeat would let another worker reclaim a running job. "
+            f"Raise LEASE_SECONDS to at least {3 * float(heartbeat):g} or lower HEARTBEAT_SECONDS.",
+            id="taskengine.E002",
+        )
+    ]
 
 
 @register("taskengine")
@@ -86,12 +91,14 @@ def check_sqlite_in_production(app_configs=None, **kwargs: Any) -> list[CheckMes
     engine = settings.DATABASES.get(alias, {}).get("ENGINE", "")
     if settings.DEBUG or not engine.endswith(SQLITE_ENGINES):
         return []
-    return [Warning(
-        f"taskengine runs on SQLite (database {alias!r}) with DEBUG=False.",
-        hint="SQLite allows one writer at a time and has no LISTEN/NOTIFY: use PostgreSQL in "
-             "production (DATABASE_URL=postgres://...).",
-        id="taskengine.W004",
-    )]
+    return [
+        Warning(
+            f"taskengine runs on SQLite (database {alias!r}) with DEBUG=False.",
+            hint="SQLite allows one writer at a time and has no LISTEN/NOTIFY: use PostgreSQL in "
+            "production (DATABASE_URL=postgres://...).",
+            id="taskengine.W004",
+        )
+    ]
 
 
 @register("taskengine")
@@ -99,12 +106,14 @@ def check_tasks_backend(app_configs=None, **kwargs: Any) -> list[CheckMessage]:
     path = (getattr(settings, "TASKS", {}) or {}).get("default", {}).get("BACKEND", "")
     if path == BACKEND_PATH or _is_engine_backend(path):
         return []
-    return [Warning(
-        f"TASKS['default'] uses {path or 'no backend'!r}, not taskengine's backend: "
-        "tasks enqueued through django.tasks will not reach runworker.",
-        hint=f'Set TASKS = {{"default": {{"BACKEND": "{BACKEND_PATH}"}}}}.',
-        id="taskengine.W005",
-    )]
+    return [
+        Warning(
+            f"TASKS['default'] uses {path or 'no backend'!r}, not taskengine's backend: "
+            "tasks enqueued through django.tasks will not reach runworker.",
+            hint=f'Set TASKS = {{"default": {{"BACKEND": "{BACKEND_PATH}"}}}}.',
+            id="taskengine.W005",
+        )
+    ]
 
 
 def _is_engine_backend(path: str) -> bool:
@@ -117,8 +126,9 @@ def _is_engine_backend(path: str) -> bool:
 
 
 @register(Tags.database, "taskengine")
-def check_migration_state(app_configs=None, databases: Iterable[str] | None = None,
-                          **kwargs: Any) -> list[CheckMessage]:
+def check_migration_state(
+    app_configs=None, databases: Iterable[str] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
     if not databases:
         return []
     from . import gate
@@ -132,46 +142,60 @@ def check_migration_state(app_configs=None, databases: Iterable[str] | None = No
 def _migration_messages(status) -> list[CheckMessage]:
     alias, messages = status.alias, []
     if status.error:
-        messages.append(Warning(
-            f"Cannot read the migration state of database {alias!r}: {status.error}",
-            hint="Check DATABASE_URL and that the database server is up; workers wait until it is.",
-            id="taskengine.W003",
-        ))
+        messages.append(
+            Warning(
+                f"Cannot read the migration state of database {alias!r}: {status.error}",
+                hint="Check DATABASE_URL and that the database server is up; workers wait until it is.",
+                id="taskengine.W003",
+            )
+        )
     for app, leaves in sorted(status.conflicts.items()):
-        messages.append(Error(
-            f"Conflicting migrations in app {app!r}: leaf nodes {', '.join(leaves)}.",
-            hint="Run `manage.py makemigrations --merge` and commit the merge migration.",
-            id="taskengine.E001",
-        ))
+        messages.append(
+            Error(
+                f"Conflicting migrations in app {app!r}: leaf nodes {', '.join(leaves)}.",
+                hint="Run `manage.py makemigrations --merge` and commit the merge migration.",
+                id="taskengine.E001",
+            )
+        )
     if status.unknown_applied:
-        messages.append(Warning(
-            f"Database {alias!r} is ahead of the code: applied migrations unknown to the code: "
-            f"{', '.join(status.unknown_applied)}.",
-            hint="Deploy the code that has these migrations, or migrate backwards with that code "
-                 "before rolling back (docs/upgrading.md). Workers will not start meanwhile.",
-            id="taskengine.W002",
-        ))
+        messages.append(
+            Warning(
+                f"Database {alias!r} is ahead of the code: applied migrations unknown to the code: "
+                f"{', '.join(status.unknown_applied)}.",
+                hint="Deploy the code that has these migrations, or migrate backwards with that code "
+                "before rolling back (docs/upgrading.md). Workers will not start meanwhile.",
+                id="taskengine.W002",
+            )
+        )
     if status.pending:
-        messages.append(Warning(
-            f"{len(status.pending)} migration(s) pending on database {alias!r}: {', '.join(status.pending)}.",
-            hint=f"Run `manage.py migrate --database {alias}`; workers wait until it has run.",
-            id="taskengine.W001",
-        ))
+        messages.append(
+            Warning(
+                f"{len(status.pending)} migration(s) pending on database {alias!r}: {', '.join(status.pending)}.",
+                hint=f"Run `manage.py migrate --database {alias}`; workers wait until it has run.",
+                id="taskengine.W001",
+            )
+        )
     return messages
 
 
 # --- deployment checks ---------------------------------------------------------------
 
+
 @register("taskengine", deploy=True)
 def check_deployment_databases(app_configs=None, **kwargs: Any) -> list[CheckMessage]:
     from .conf import engine_settings
 
-    return deployment_messages(settings.DATABASES, getattr(settings, "TASKS", {}) or {},
-                               engine_database=engine_settings.DATABASE, poll_only=engine_settings.POLL_ONLY)
+    return deployment_messages(
+        settings.DATABASES,
+        getattr(settings, "TASKS", {}) or {},
+        engine_database=engine_settings.DATABASE,
+        poll_only=engine_settings.POLL_ONLY,
+    )
 
 
-def deployment_messages(databases: dict[str, dict], tasks: dict[str, dict], *, engine_database: str,
-                        poll_only: bool) -> list[CheckMessage]:
+def deployment_messages(
+    databases: dict[str, dict], tasks: dict[str, dict], *, engine_database: str, poll_only: bool
+) -> list[CheckMessage]:
     """The deployment checks over plain settings values (so each is testable alone)."""
     aliases = engine_aliases(tasks, engine_database)
     messages = _alias_messages(databases, tasks, aliases, engine_database)
@@ -192,29 +216,34 @@ def engine_aliases(tasks: dict[str, dict], engine_database: str) -> list[str]:
     return aliases
 
 
-def _alias_messages(databases: dict[str, dict], tasks: dict[str, dict], aliases: list[str],
-                    engine_database: str) -> list[CheckMessage]:
+def _alias_messages(
+    databases: dict[str, dict], tasks: dict[str, dict], aliases: list[str], engine_database: str
+) -> list[CheckMessage]:
     messages: list[CheckMessage] = []
     for alias in aliases:
         if alias not in databases:
-            messages.append(Error(
-                f"taskengine uses database {alias!r}, which DATABASES does not define.",
-                hint=f"Add {alias!r} to DATABASES, or point TASKENGINE['DATABASE'] and the TASKS "
-                     "OPTIONS['database'] at a database that exists.",
-                id="taskengine.E004",
-            ))
+            messages.append(
+                Error(
+                    f"taskengine uses database {alias!r}, which DATABASES does not define.",
+                    hint=f"Add {alias!r} to DATABASES, or point TASKENGINE['DATABASE'] and the TASKS "
+                    "OPTIONS['database'] at a database that exists.",
+                    id="taskengine.E004",
+                )
+            )
     default = tasks.get("default") or {}
     if _is_engine_backend(default.get("BACKEND", "")):
         enqueue_alias = (default.get("OPTIONS") or {}).get("database", "default")
         if enqueue_alias != engine_database:
-            messages.append(Error(
-                f"TASKS['default'] enqueues on database {enqueue_alias!r} but TASKENGINE['DATABASE'] is "
-                f"{engine_database!r}: runworker, the leader and the console use {engine_database!r}, "
-                f"so jobs enqueued through django.tasks would wait on {enqueue_alias!r} unseen.",
-                hint=f"Set TASKENGINE = {{'DATABASE': {enqueue_alias!r}}} or TASKS['default']['OPTIONS'] = "
-                     f"{{'database': {engine_database!r}}} (the same alias in both).",
-                id="taskengine.E004",
-            ))
+            messages.append(
+                Error(
+                    f"TASKS['default'] enqueues on database {enqueue_alias!r} but TASKENGINE['DATABASE'] is "
+                    f"{engine_database!r}: runworker, the leader and the console use {engine_database!r}, "
+                    f"so jobs enqueued through django.tasks would wait on {enqueue_alias!r} unseen.",
+                    hint=f"Set TASKENGINE = {{'DATABASE': {enqueue_alias!r}}} or TASKS['default']['OPTIONS'] = "
+                    f"{{'database': {engine_database!r}}} (the same alias in both).",
+                    id="taskengine.E004",
+                )
+            )
     return messages
 
 
@@ -224,49 +253,56 @@ def _database_messages(alias: str, database: dict, *, poll_only: bool) -> list[C
     messages: list[CheckMessage] = []
     if engine.endswith(SQLITE_ENGINES):
         if str(options.get("transaction_mode", "")).upper() != "IMMEDIATE":
-            messages.append(Error(
-                f"taskengine's SQLite database {alias!r} does not begin transactions IMMEDIATE "
-                f"(transaction_mode is {options.get('transaction_mode', 'unset (DEFERRED)')!r}).",
-                hint=f'Set DATABASES[{alias!r}]["OPTIONS"] = {{"transaction_mode": "IMMEDIATE", "timeout": 30}}: '
-                     "workers and enqueues then queue for SQLite's one write lock instead of failing with "
-                     "'database is locked'.",
-                id="taskengine.E003",
-            ))
+            messages.append(
+                Error(
+                    f"taskengine's SQLite database {alias!r} does not begin transactions IMMEDIATE "
+                    f"(transaction_mode is {options.get('transaction_mode', 'unset (DEFERRED)')!r}).",
+                    hint=f'Set DATABASES[{alias!r}]["OPTIONS"] = {{"transaction_mode": "IMMEDIATE", "timeout": 30}}: '
+                    "workers and enqueues then queue for SQLite's one write lock instead of failing with "
+                    "'database is locked'.",
+                    id="taskengine.E003",
+                )
+            )
         return messages
     if not engine.endswith(POSTGRES_ENGINES):
         return messages
     port = database.get("PORT") or options.get("port")
     if not poll_only and str(port).isdigit() and int(port) in POOLER_PORTS:
-        messages.append(Warning(
-            f"Database {alias!r} is on port {port}, a connection pooler's (PgBouncer), and "
-            "TASKENGINE['POLL_ONLY'] is off.",
-            hint="Behind PgBouncer in transaction mode set TASKENGINE = {'POLL_ONLY': True} (no LISTEN, no "
-                 "prepared statements, no session SET), or point runworker at PostgreSQL itself. "
-                 "Session mode keeps LISTEN working: then this warning can be silenced with "
-                 "SILENCED_SYSTEM_CHECKS = ['taskengine.W006'].",
-            id="taskengine.W006",
-        ))
+        messages.append(
+            Warning(
+                f"Database {alias!r} is on port {port}, a connection pooler's (PgBouncer), and "
+                "TASKENGINE['POLL_ONLY'] is off.",
+                hint="Behind PgBouncer in transaction mode set TASKENGINE = {'POLL_ONLY': True} (no LISTEN, no "
+                "prepared statements, no session SET), or point runworker at PostgreSQL itself. "
+                "Session mode keeps LISTEN working: then this warning can be silenced with "
+                "SILENCED_SYSTEM_CHECKS = ['taskengine.W006'].",
+                id="taskengine.W006",
+            )
+        )
     messages.extend(_conn_max_age_messages(alias, database, options))
     return messages
 
 
 def _conn_max_age_messages(alias: str, database: dict, options: dict) -> list[CheckMessage]:
     max_age = database.get("CONN_MAX_AGE", 0)
-    valid = max_age is None or (isinstance(max_age, (int, float)) and not isinstance(max_age, bool)
-                                and max_age >= 0)
+    valid = max_age is None or (isinstance(max_age, (int, float)) and not isinstance(max_age, bool) and max_age >= 0)
     if not valid:
-        return [Error(
-            f"CONN_MAX_AGE of database {alias!r} is {max_age!r}: Django needs None or a number of seconds >= 0.",
-            hint="Use 0 (a connection per request, the default), a number of seconds, or None (keep "
-                 "connections); runworker keeps its own connections open either way.",
-            id="taskengine.E005",
-        )]
+        return [
+            Error(
+                f"CONN_MAX_AGE of database {alias!r} is {max_age!r}: Django needs None or a number of seconds >= 0.",
+                hint="Use 0 (a connection per request, the default), a number of seconds, or None (keep "
+                "connections); runworker keeps its own connections open either way.",
+                id="taskengine.E005",
+            )
+        ]
     if options.get("pool") and max_age != 0:
-        return [Error(
-            f"CONN_MAX_AGE of database {alias!r} is {max_age!r} together with OPTIONS['pool']: Django "
-            "refuses to open any connection (its pool does not support persistent connections), so "
-            "runworker could neither claim jobs nor LISTEN.",
-            hint=f'Set DATABASES[{alias!r}]["CONN_MAX_AGE"] = 0 while OPTIONS["pool"] is set, or drop the pool.',
-            id="taskengine.E005",
-        )]
+        return [
+            Error(
+                f"CONN_MAX_AGE of database {alias!r} is {max_age!r} together with OPTIONS['pool']: Django "
+                "refuses to open any connection (its pool does not support persistent connections), so "
+                "runworker could neither claim jobs nor LISTEN.",
+                hint=f'Set DATABASES[{alias!r}]["CONN_MAX_AGE"] = 0 while OPTIONS["pool"] is set, or drop the pool.',
+                id="taskengine.E005",
+            )
+        ]
     return []

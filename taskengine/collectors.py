@@ -16,6 +16,7 @@ Invariants:
   ``taskengine_db_errors_total{operation="metrics"}``, the table gauges are left out of
   that scrape and ``taskengine_metrics_collect_success`` reads 0.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,12 +61,18 @@ class Reading:
 
 FAMILIES: dict[str, tuple[str, list[str]]] = {
     "taskengine_queue_depth": (
-        "Jobs queued per queue (exact up to METRICS_DEPTH_EXACT_LIMIT, estimated above).", ["queue"]),
+        "Jobs queued per queue (exact up to METRICS_DEPTH_EXACT_LIMIT, estimated above).",
+        ["queue"],
+    ),
     "taskengine_oldest_queued_age_seconds": (
-        "Seconds the oldest due queued job of the queue has waited past its run_after (0: none due).", ["queue"]),
+        "Seconds the oldest due queued job of the queue has waited past its run_after (0: none due).",
+        ["queue"],
+    ),
     "taskengine_queue_running": ("Jobs in state running per queue (database, all workers).", ["queue"]),
     "taskengine_expired_leases": (
-        "Running jobs whose lease has expired and that recovery has not swept yet.", ["queue"]),
+        "Running jobs whose lease has expired and that recovery has not swept yet.",
+        ["queue"],
+    ),
     "taskengine_oldest_running_seconds": ("Seconds since the oldest running attempt of the queue started.", ["queue"]),
     "taskengine_leader_term": ("Fencing term of the current leader lease, per election name.", ["name"]),
     "taskengine_leader_present": ("1 while the election has a leader whose lease is live, else 0.", ["name"]),
@@ -116,7 +123,7 @@ class EngineCollector:
             reading.gate_open = gate.is_ready(alias)
             if reading.gate_open:
                 read_tables(connections[alias], reading)
-        except Exception as exc:  # noqa: BLE001 - a scrape must never fail because of us
+        except Exception as exc:
             metrics.DB_ERRORS.labels("metrics").inc()
             reading.ok = False
             reading.queues, reading.leaders, reading.workers_alive = {}, [], None
@@ -133,9 +140,8 @@ class EngineCollector:
 
 def known_queues() -> list[str]:
     """Queues named in the TASKS settings of taskengine backends (no database)."""
-    from .compat import task_backends
-
     from .backend import DatabaseBackend
+    from .compat import task_backends
 
     names: set[str] = set()
     for backend in task_backends.all():
@@ -160,8 +166,9 @@ def read_tables(connection, reading: Reading) -> None:
                 q.running, q.expired_leases, q.oldest_running_seconds = running, expired or 0, max(0.0, oldest or 0)
         cursor.execute(sql(connection, "metrics_leaders"))
         reading.leaders = [(name, int(term), bool(present)) for name, term, present in cursor.fetchall()]
-        cursor.execute(sql(connection, "metrics_workers_alive"),
-                       {"dead_after": float(engine_settings.WORKER_DEAD_AFTER_SECONDS)})
+        cursor.execute(
+            sql(connection, "metrics_workers_alive"), {"dead_after": float(engine_settings.WORKER_DEAD_AFTER_SECONDS)}
+        )
         reading.workers_alive = int(cursor.fetchone()[0])
 
 

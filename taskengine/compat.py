@@ -23,6 +23,7 @@ rather than somewhere in the worker:
 - ``task`` passes taskengine's options (``max_attempts=`` ...) through the decorator,
   which Django 6.0's own ``@task`` does not.
 """
+
 from __future__ import annotations
 
 import gc
@@ -65,7 +66,7 @@ if BUILTIN_TASKS:
     from django.utils.json import normalize_json
 else:
     try:
-        import django_tasks  # noqa: F401
+        import django_tasks  # noqa: F401 - imported only to say clearly when the backport is missing
     except ImportError as exc:  # pragma: no cover - depends on what is installed
         raise ImportError(
             f"taskengine on Django {django.get_version()} needs the django-tasks backport "
@@ -101,14 +102,42 @@ log_task_started: Callable = _signals.log_task_started
 log_task_finished: Callable = _signals.log_task_finished
 
 __all__ = [
-    "BUILTIN_TASKS", "TASKS_MODULE", "TASKS_LOGGER", "DEFAULT_TASK_BACKEND_ALIAS",
-    "DEFAULT_TASK_PRIORITY", "DEFAULT_TASK_QUEUE_NAME", "BaseTaskBackend", "InvalidTask",
-    "InvalidTaskBackend", "Task", "TaskContext", "TaskError", "TaskException", "TaskResult",
-    "TaskResultDoesNotExist", "TaskResultMismatch", "TaskResultStatus", "default_task_backend",
-    "normalize_json", "task", "task_backends", "task_enqueued", "task_finished", "task_started",
-    "FRAMEWORK_TASK_TAKES_OPTIONS", "TASK_RESULT_FIELDS", "ready_task_result",
-    "set_task_result_fields", "set_return_value", "clone_task", "receiver_key", "receiver_keys",
-    "enqueue_is_observed", "log_task_started", "log_task_finished", "cyclic_gc_paused",
+    "BUILTIN_TASKS",
+    "DEFAULT_TASK_BACKEND_ALIAS",
+    "DEFAULT_TASK_PRIORITY",
+    "DEFAULT_TASK_QUEUE_NAME",
+    "FRAMEWORK_TASK_TAKES_OPTIONS",
+    "TASKS_LOGGER",
+    "TASKS_MODULE",
+    "TASK_RESULT_FIELDS",
+    "BaseTaskBackend",
+    "InvalidTask",
+    "InvalidTaskBackend",
+    "Task",
+    "TaskContext",
+    "TaskError",
+    "TaskException",
+    "TaskResult",
+    "TaskResultDoesNotExist",
+    "TaskResultMismatch",
+    "TaskResultStatus",
+    "clone_task",
+    "cyclic_gc_paused",
+    "default_task_backend",
+    "enqueue_is_observed",
+    "log_task_finished",
+    "log_task_started",
+    "normalize_json",
+    "ready_task_result",
+    "receiver_key",
+    "receiver_keys",
+    "set_return_value",
+    "set_task_result_fields",
+    "task",
+    "task_backends",
+    "task_enqueued",
+    "task_finished",
+    "task_started",
 ]
 
 
@@ -121,19 +150,31 @@ FRAMEWORK_TASK_TAKES_OPTIONS = any(
 )
 
 
-def _task_with_options(function: Callable | None = None, *, priority: int = DEFAULT_TASK_PRIORITY,
-                       queue_name: str = DEFAULT_TASK_QUEUE_NAME,
-                       backend: str = DEFAULT_TASK_BACKEND_ALIAS, takes_context: bool = False,
-                       **options: Any) -> Any:
+def _task_with_options(
+    function: Callable | None = None,
+    *,
+    priority: int = DEFAULT_TASK_PRIORITY,
+    queue_name: str = DEFAULT_TASK_QUEUE_NAME,
+    backend: str = DEFAULT_TASK_BACKEND_ALIAS,
+    takes_context: bool = False,
+    **options: Any,
+) -> Any:
     """Django 6.1's ``@task``: the backend's ``task_class`` with every option given."""
     if "run_after" in options:
-        raise TypeError("run_after cannot be defined statically with the @task decorator. "
-                        "Use .using(run_after=...) to set it dynamically.")
+        raise TypeError(
+            "run_after cannot be defined statically with the @task decorator. "
+            "Use .using(run_after=...) to set it dynamically."
+        )
 
     def wrapper(func: Callable) -> Task:
         return task_backends[backend].task_class(
-            priority=priority, func=func, queue_name=queue_name, backend=backend,
-            takes_context=takes_context, run_after=None, **options,
+            priority=priority,
+            func=func,
+            queue_name=queue_name,
+            backend=backend,
+            takes_context=takes_context,
+            run_after=None,
+            **options,
         )
 
     return wrapper(function) if function else wrapper
@@ -146,17 +187,33 @@ task = _framework_task if FRAMEWORK_TASK_TAKES_OPTIONS else _task_with_options
 
 # --- TaskResult ----------------------------------------------------------------------
 
-TASK_RESULT_FIELDS = frozenset({
-    "task", "id", "status", "enqueued_at", "started_at", "finished_at", "last_attempted_at",
-    "args", "kwargs", "backend", "errors", "worker_ids", "_return_value",
-})
+TASK_RESULT_FIELDS = frozenset(
+    {
+        "task",
+        "id",
+        "status",
+        "enqueued_at",
+        "started_at",
+        "finished_at",
+        "last_attempted_at",
+        "args",
+        "kwargs",
+        "backend",
+        "errors",
+        "worker_ids",
+        "_return_value",
+    }
+)
 if {f.name for f in fields(TaskResult)} != TASK_RESULT_FIELDS:  # a TaskResult of another shape
-    raise ImportError(f"{TASKS_MODULE}.TaskResult has fields {sorted(f.name for f in fields(TaskResult))}, "
-                      f"not {sorted(TASK_RESULT_FIELDS)}; update taskengine.compat.ready_task_result")
+    raise ImportError(
+        f"{TASKS_MODULE}.TaskResult has fields {sorted(f.name for f in fields(TaskResult))}, "
+        f"not {sorted(TASK_RESULT_FIELDS)}; update taskengine.compat.ready_task_result"
+    )
 
 
-def ready_task_result(task: Task, result_id: str, enqueued_at: Any, args: list, kwargs: dict,
-                      backend: str) -> TaskResult:
+def ready_task_result(
+    task: Task, result_id: str, enqueued_at: Any, args: list, kwargs: dict, backend: str
+) -> TaskResult:
     """The TaskResult of a job just enqueued, its arguments already JSON-ready: equal to
     ``TaskResult(status=READY, ...)`` but without ``__post_init__``, which would
     normalise the arguments a second time (a bulk enqueue makes thousands)."""
@@ -195,6 +252,7 @@ def set_return_value(result: TaskResult, value: Any) -> None:
 
 # --- Task ----------------------------------------------------------------------------
 
+
 def clone_task(source: Task | type[Task], **values: Any) -> Task:
     """A Task carrying a stored job's queue and priority. Built without ``__init__`` (so
     without ``validate_task``), so a job stored under a queue since removed from QUEUES
@@ -219,6 +277,7 @@ def clone_task(source: Task | type[Task], **values: Any) -> Task:
 
 # --- signals -------------------------------------------------------------------------
 
+
 def receiver_key(receiver: Callable, sender: Any = None) -> tuple[int, int]:
     """The key ``Signal.connect`` files a plain-function receiver under (no dispatch_uid)."""
     return (id(receiver), id(sender))
@@ -242,6 +301,7 @@ def enqueue_is_observed() -> bool:
 
 
 # --- the garbage collector -----------------------------------------------------------
+
 
 @contextmanager
 def cyclic_gc_paused() -> Iterator[None]:

@@ -3,6 +3,7 @@
 Read values through ``engine_settings.NAME``. The cache is dropped on Django's
 ``setting_changed`` signal, so ``override_settings(TASKENGINE=...)`` works in tests.
 """
+
 from __future__ import annotations
 
 from typing import Any

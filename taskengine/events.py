@@ -19,6 +19,7 @@ and workers of earlier attempts are read back from the store. Nothing here may b
 the worker loop: signals are sent robustly (send_robustly), so a receiver that raises is
 logged and changes neither the job's outcome nor its attempts.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,16 +54,23 @@ django_logger = logging.getLogger(TASKS_LOGGER)  # the framework's log receivers
 DJANGO_TASK_LINE = "Task id=%s path=%s state=%s"  # log_task_started/finished's (tests/unit/test_compat.py)
 
 
-def send_robustly(signal: Signal, name: str, sender: type, task_result: TaskResult,
-                  log: logging.Logger, extra: dict[str, Any]) -> None:
+def send_robustly(
+    signal: Signal, name: str, sender: type, task_result: TaskResult, log: logging.Logger, extra: dict[str, Any]
+) -> None:
     """Send ``signal`` to every receiver even if some raise (``send_robust``), logging
     each receiver's error with its name and the job. A project's receiver must not stop
     a worker, spend an attempt, or make a committed enqueue look failed to its caller."""
     for receiver, response in signal.send_robust(sender, task_result=task_result):
         if isinstance(response, Exception):
-            log.error("%s receiver %s raised %s: %s (ignored)", name, receiver_name(receiver),
-                      type(response).__name__, response, exc_info=response,
-                      extra={**extra, "event": "signal_receiver_failed"})
+            log.error(
+                "%s receiver %s raised %s: %s (ignored)",
+                name,
+                receiver_name(receiver),
+                type(response).__name__,
+                response,
+                exc_info=response,
+                extra={**extra, "event": "signal_receiver_failed"},
+            )
 
 
 def receiver_name(receiver: Any) -> str:
@@ -115,8 +123,11 @@ class JobEvents:
         extra = self._finish_extra(running, outcome, state)
         if state is None:
             metrics.LEASES_LOST.labels(job.queue).inc()
-            logger.warning("lease lost before finishing; outcome %s discarded (the job is recovered and runs again)",
-                           outcome.outcome, extra={**extra, "event": "lease_lost"})
+            logger.warning(
+                "lease lost before finishing; outcome %s discarded (the job is recovered and runs again)",
+                outcome.outcome,
+                extra={**extra, "event": "lease_lost"},
+            )
             return
         metrics.job_finished(job.queue, job.task_path, state, outcome.outcome)
         if outcome.error_class:
@@ -125,10 +136,21 @@ class JobEvents:
             level = logging.ERROR if state == "failed" else logging.WARNING
             retry = f" (retry in {outcome.retry_delay:.1f}s)" if state == "queued" else ""
             event = "retry" if state == "queued" else state
-            logger.log(level, "attempt %s -> %s%s: %s: %s", outcome.outcome, state, retry,
-                       outcome.error_class, outcome.error_message,
-                       extra={**extra, "event": event, "error_class": outcome.error_class,
-                              "traceback": outcome.traceback.rstrip()})
+            logger.log(
+                level,
+                "attempt %s -> %s%s: %s: %s",
+                outcome.outcome,
+                state,
+                retry,
+                outcome.error_class,
+                outcome.error_message,
+                extra={
+                    **extra,
+                    "event": event,
+                    "error_class": outcome.error_class,
+                    "traceback": outcome.traceback.rstrip(),
+                },
+            )
         else:
             logger.info("succeeded", extra={**extra, "event": "succeeded"})
         if state != "queued":
@@ -139,8 +161,9 @@ class JobEvents:
         djangos, others = listeners(task_started, log_task_started)
         if not others:
             if djangos and django_logger.isEnabledFor(logging.INFO):
-                django_logger.info(DJANGO_TASK_LINE, str(running.job.id), running.job.task_path,
-                                   TaskResultStatus.RUNNING)
+                django_logger.info(
+                    DJANGO_TASK_LINE, str(running.job.id), running.job.task_path, TaskResultStatus.RUNNING
+                )
             return
         try:
             backend = task_backends[running.task.backend]
@@ -148,7 +171,7 @@ class JobEvents:
             if running.job.attempt > 1:
                 result = self._stored_result(running) or result
             send_robustly(task_started, "task_started", type(backend), result, logger, self.extra(running.job))
-        except Exception:  # noqa: BLE001 - a signal must not break the loop or the attempt
+        except Exception:
             logger.exception("could not send task_started", extra=self.extra(running.job))
 
     def _finished_for_django(self, running: RunningJob, state: str, outcome: Outcome) -> None:
@@ -164,11 +187,16 @@ class JobEvents:
         status = to_task_result_status(state)
         level = logging.ERROR if status == TaskResultStatus.FAILED else logging.INFO
         if django_logger.isEnabledFor(level):
-            django_logger.log(level, DJANGO_TASK_LINE, str(running.job.id), running.job.task_path, status,
-                              exc_info=exc_info_of(error) if status == TaskResultStatus.FAILED else None)
+            django_logger.log(
+                level,
+                DJANGO_TASK_LINE,
+                str(running.job.id),
+                running.job.task_path,
+                status,
+                exc_info=exc_info_of(error) if status == TaskResultStatus.FAILED else None,
+            )
 
-    def _send_finished(self, running: RunningJob, state: str, outcome: Outcome,
-                       error: BaseException | None) -> None:
+    def _send_finished(self, running: RunningJob, state: str, outcome: Outcome, error: BaseException | None) -> None:
         """A first attempt's result is known here in full; after retries, the errors
         and workers of earlier attempts are read back from the store. Sent with the
         task's exception as the one being handled, as ImmediateBackend sends it (Django's
@@ -184,8 +212,9 @@ class JobEvents:
                 status = to_task_result_status(state)
                 set_task_result_fields(result, status=status, finished_at=outcome.finished_at)
                 if outcome.error_class:
-                    result.errors.append(TaskError(exception_class_path=outcome.error_class,
-                                                   traceback=outcome.traceback))
+                    result.errors.append(
+                        TaskError(exception_class_path=outcome.error_class, traceback=outcome.traceback)
+                    )
                 if status == TaskResultStatus.SUCCESSFUL:
                     set_return_value(result, json.loads(outcome.return_value))
             extra = self.extra(running.job)
@@ -195,26 +224,28 @@ class JobEvents:
             saved_traceback = error.__traceback__
             try:
                 raise error
-            except BaseException:  # noqa: BLE001 - raised only to be the exception being handled
+            except BaseException:
                 send_robustly(task_finished, "task_finished", type(backend), result, logger, extra)
             finally:
                 error.__traceback__ = saved_traceback
-        except Exception:  # noqa: BLE001 - a signal must not break the loop
+        except Exception:
             logger.exception("could not send task_finished", extra=self.extra(running.job))
 
     def _stored_result(self, running: RunningJob):
         try:
             return task_backends[running.task.backend].get_result(str(running.job.id))
-        except Exception:  # noqa: BLE001 - a signal must not break the loop
-            logger.exception("could not load the stored result for a task signal",
-                             extra=self.extra(running.job))
+        except Exception:
+            logger.exception("could not load the stored result for a task signal", extra=self.extra(running.job))
             return None
 
     def _finish_extra(self, running: RunningJob, outcome: Outcome, state: str | None) -> dict[str, Any]:
         return self.extra(
-            running.job, duration_ms=round((time.monotonic() - running.monotonic_start) * 1000, 3),
-            outcome=str(outcome.outcome), state=state,
-            finished_at=outcome.finished_at.isoformat() if outcome.finished_at else None)
+            running.job,
+            duration_ms=round((time.monotonic() - running.monotonic_start) * 1000, 3),
+            outcome=str(outcome.outcome),
+            state=state,
+            finished_at=outcome.finished_at.isoformat() if outcome.finished_at else None,
+        )
 
     def _metric(self, metric, *labels: str):
         """A labelled child of ``metric``, cached (labels() is costly per job)."""
@@ -226,6 +257,13 @@ class JobEvents:
 
     def extra(self, job: store.ClaimedJob, **more: Any) -> dict[str, Any]:
         """The fields every job log line carries."""
-        return {"worker_id": self.worker_id, "job_id": job.id, "task_path": job.task_path,
-                "queue": job.queue, "attempt": job.attempt, "claimed_at": job.last_attempted_at.isoformat(),
-                "run_after": job.run_after.isoformat() if job.run_after else None, **more}
+        return {
+            "worker_id": self.worker_id,
+            "job_id": job.id,
+            "task_path": job.task_path,
+            "queue": job.queue,
+            "attempt": job.attempt,
+            "claimed_at": job.last_attempted_at.isoformat(),
+            "run_after": job.run_after.isoformat() if job.run_after else None,
+            **more,
+        }

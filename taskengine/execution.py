@@ -5,6 +5,7 @@ the worker's threads; an async handler on the worker's event loop. Whatever the
 handler does — return, raise, time out, get cancelled, fail to import — becomes exactly
 one Outcome; the worker writes it with a fenced UPDATE (store.finish_jobs).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -87,10 +88,18 @@ def resolve_task(task_path: str) -> Task:
 def task_result_for(running: RunningJob, worker_ids: list[str], backend_alias: str) -> TaskResult:
     job = running.job
     return TaskResult(
-        task=running.task, id=str(job.id), status=TaskResultStatus.RUNNING,
-        enqueued_at=job.enqueued_at, started_at=job.started_at, finished_at=None,
-        last_attempted_at=job.last_attempted_at, args=job.args, kwargs=job.kwargs,
-        backend=backend_alias, errors=[], worker_ids=worker_ids,
+        task=running.task,
+        id=str(job.id),
+        status=TaskResultStatus.RUNNING,
+        enqueued_at=job.enqueued_at,
+        started_at=job.started_at,
+        finished_at=None,
+        last_attempted_at=job.last_attempted_at,
+        args=job.args,
+        kwargs=job.kwargs,
+        backend=backend_alias,
+        errors=[],
+        worker_ids=worker_ids,
     )
 
 
@@ -149,7 +158,7 @@ def run_sync(running: RunningJob, worker_id: str) -> Outcome:
         try:
             value = running.task.func(*args, **kwargs)
             error: BaseException | None = None
-        except BaseException as exc:  # noqa: BLE001 - even SystemExit is a failed attempt
+        except BaseException as exc:
             value, error = None, exc
         finally:
             with running.guard:
@@ -175,7 +184,7 @@ async def run_async(running: RunningJob, worker_id: str) -> Outcome:
         args, kwargs = await async_call_arguments(running, worker_id)
         value = await running.task.func(*args, **kwargs)
         error: BaseException | None = None
-    except BaseException as exc:  # noqa: BLE001 - CancelledError, even SystemExit: the attempt ends with it
+    except BaseException as exc:
         value, error = None, exc
     return async_outcome(running, value, error)
 
@@ -238,11 +247,12 @@ def outcome_for(running: RunningJob, value: Any, error: BaseException | None) ->
         except (TypeError, ValueError) as exc:
             error = TypeError(f"Return value of {job.task_path} is not JSON-serialisable: {exc}")
         except RecursionError:
-            error = TypeError(f"Return value of {job.task_path} is not JSON-serialisable: it is nested too "
-                              "deeply (maximum recursion depth exceeded while encoding it)")
+            error = TypeError(
+                f"Return value of {job.task_path} is not JSON-serialisable: it is nested too "
+                "deeply (maximum recursion depth exceeded while encoding it)"
+            )
         else:
-            return Outcome(job.id, job.attempt, JobState.SUCCEEDED, AttemptOutcome.SUCCEEDED,
-                           return_value=return_json)
+            return Outcome(job.id, job.attempt, JobState.SUCCEEDED, AttemptOutcome.SUCCEEDED, return_value=return_json)
     return failure_outcome(job, error)
 
 
@@ -255,8 +265,9 @@ def failure_outcome(job: ClaimedJob, error: BaseException) -> Outcome:
     details = dict(
         error_class=_storable(f"{cls.__module__}.{cls.__qualname__}"),
         # An interrupt is injected as its bare class: say what it was.
-        error_message=_storable(_describe(error) or (_interrupt_text(cls, job) if isinstance(error, JobInterrupted)
-                                                     else ""))[:2000],
+        error_message=_storable(
+            _describe(error) or (_interrupt_text(cls, job) if isinstance(error, JobInterrupted) else "")
+        )[:2000],
         traceback=_storable(_format_traceback(error))[-20000:],
         exception=error,
     )
@@ -264,8 +275,9 @@ def failure_outcome(job: ClaimedJob, error: BaseException) -> Outcome:
         return Outcome(job.id, job.attempt, JobState.CANCELLED, AttemptOutcome.CANCELLED, **details)
     kind = error.outcome if isinstance(error, JobInterrupted) else None
     if job.attempt < job.max_attempts:
-        return Outcome(job.id, job.attempt, JobState.QUEUED, kind or AttemptOutcome.RETRY,
-                       retry_delay=retry_delay(job), **details)
+        return Outcome(
+            job.id, job.attempt, JobState.QUEUED, kind or AttemptOutcome.RETRY, retry_delay=retry_delay(job), **details
+        )
     return Outcome(job.id, job.attempt, JobState.FAILED, kind or AttemptOutcome.FAILED, **details)
 
 
@@ -273,11 +285,15 @@ def unstorable_outcome(job: ClaimedJob, rejected: Outcome, reason: BaseException
     """What a worker writes instead of ``rejected`` when the database refused it: a
     failure of the attempt naming the refusal, in plain ASCII (so it cannot be refused
     for the same reason). The rejected outcome's own error, if any, is kept as text."""
-    message = (f"the attempt's outcome ({rejected.outcome}) could not be stored: "
-               f"{type(reason).__name__}: {_describe(reason)}")
+    message = (
+        f"the attempt's outcome ({rejected.outcome}) could not be stored: {type(reason).__name__}: {_describe(reason)}"
+    )
     outcome = failure_outcome(job, OutcomeNotStorable(_ascii(message)))
-    own = (f"{rejected.error_class}: {rejected.error_message}\n{rejected.traceback}" if rejected.error_class
-           else "(the attempt's return value was rejected)")
+    own = (
+        f"{rejected.error_class}: {rejected.error_message}\n{rejected.traceback}"
+        if rejected.error_class
+        else "(the attempt's return value was rejected)"
+    )
     outcome.traceback = _ascii(f"{outcome.traceback}\nThe rejected outcome:\n{own}")[-20000:]
     return outcome
 
@@ -285,14 +301,14 @@ def unstorable_outcome(job: ClaimedJob, rejected: Outcome, reason: BaseException
 def _describe(error: BaseException) -> str:
     try:
         return str(error)
-    except Exception as exc:  # noqa: BLE001 - an exception whose __str__ raises
+    except Exception as exc:
         return f"<unprintable {type(error).__name__}: str() raised {type(exc).__name__}>"
 
 
 def _format_traceback(error: BaseException) -> str:
     try:
         return "".join(traceback.format_exception(error))
-    except Exception as exc:  # noqa: BLE001 - the same, from inside the traceback module
+    except Exception as exc:
         return f"<traceback unavailable: {type(exc).__name__}>"
 
 
@@ -313,9 +329,11 @@ def return_value_json(value: Any) -> str:
     if "\\u0000" in text and _ESCAPED_NUL.search(text):
         raise ValueError("it contains a NUL character (\\u0000), which PostgreSQL's jsonb cannot store")
     if not text.isascii() and _SURROGATE.search(text):
-        raise ValueError("it contains a surrogate code point (such as a file name decoded with "
-                         "surrogateescape), which is not valid Unicode text and which PostgreSQL's jsonb "
-                         "cannot store")
+        raise ValueError(
+            "it contains a surrogate code point (such as a file name decoded with "
+            "surrogateescape), which is not valid Unicode text and which PostgreSQL's jsonb "
+            "cannot store"
+        )
     return text
 
 
@@ -355,8 +373,7 @@ def interrupt_thread(running: RunningJob, reason: type[JobInterrupted]) -> bool:
         if running.thread_id is None or running.interrupt_sent is not None:
             return False
         running.interrupt_sent = reason
-        done = ctypes.pythonapi.PyThreadState_SetAsyncExc(
-            ctypes.c_ulong(running.thread_id), ctypes.py_object(reason))
+        done = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(running.thread_id), ctypes.py_object(reason))
         return done == 1
 
 

@@ -29,6 +29,7 @@ Which caller uses what:
 - ``/readyz``, ``manage.py checkready`` -> ``is_ready`` for the decision, ``status`` for the reason.
 - console banner, ``manage.py reconcile``, system checks -> ``status`` (always live).
 """
+
 from __future__ import annotations
 
 import logging
@@ -78,8 +79,7 @@ class GateStatus:
             parts.append(f"conflicting migration leaves ({heads}); run `manage.py makemigrations --merge`")
         if self.unknown_applied:
             parts.append(
-                f"database {self.alias!r} is ahead of the code; applied but unknown: "
-                f"{', '.join(self.unknown_applied)}"
+                f"database {self.alias!r} is ahead of the code; applied but unknown: {', '.join(self.unknown_applied)}"
             )
         if self.pending:
             parts.append(f"{', '.join(self.pending)} pending on database {self.alias!r}; run `manage.py migrate`")
@@ -93,7 +93,7 @@ def status(alias: str = "default") -> GateStatus:
     """Read the migration state of ``alias`` now (never cached). Opens the cache when ready."""
     try:
         result = _read_status(alias)
-    except Exception as exc:  # noqa: BLE001 - the gate reports, it never raises
+    except Exception as exc:
         logger.debug("gate check on %r failed", alias, exc_info=True)
         _close_broken_connection(alias)
         detail = " ".join(str(exc).split())  # driver errors span lines; the reason is one line
@@ -112,7 +112,8 @@ def _read_status(alias: str) -> GateStatus:
     for migration in loader.disk_migrations.values():
         known.update(migration.replaces or ())
     unknown = sorted(
-        f"{app}.{name}" for app, name in loader.applied_migrations
+        f"{app}.{name}"
+        for app, name in loader.applied_migrations
         if app in loader.migrated_apps and (app, name) not in known
     )
     plan = executor.migration_plan(loader.graph.leaf_nodes())
@@ -127,7 +128,7 @@ def _close_broken_connection(alias: str) -> None:
         connection = connections[alias]
         if not connection.in_atomic_block:
             connection.close()
-    except Exception:  # noqa: BLE001 - unknown alias or already closed
+    except Exception:
         pass
 
 
@@ -145,8 +146,9 @@ def reset() -> None:
         _open.clear()
 
 
-def wait_until_ready(alias: str = "default", *, timeout: float | None = None,
-                     stop: threading.Event | None = None) -> bool:
+def wait_until_ready(
+    alias: str = "default", *, timeout: float | None = None, stop: threading.Event | None = None
+) -> bool:
     """Block until the gate for ``alias`` opens; True when it does, False when ``timeout``
     seconds pass or ``stop`` is set first.
 
@@ -186,10 +188,13 @@ def _same_reason(current: GateStatus, logged: GateStatus | None) -> bool:
     that only shrank (a ``migrate`` in progress) is the same reason, not news."""
     if logged is None:
         return False
-    return (current.error == logged.error and current.conflicts == logged.conflicts
-            and current.unknown_applied == logged.unknown_applied
-            and bool(current.pending) == bool(logged.pending)
-            and set(current.pending) <= set(logged.pending))
+    return (
+        current.error == logged.error
+        and current.conflicts == logged.conflicts
+        and current.unknown_applied == logged.unknown_applied
+        and bool(current.pending) == bool(logged.pending)
+        and set(current.pending) <= set(logged.pending)
+    )
 
 
 class GateWatch:
@@ -200,8 +205,7 @@ class GateWatch:
     line per state change, never one per tick.
     """
 
-    def __init__(self, alias: str = "default", *, what: str = "maintenance",
-                 log: logging.Logger | None = None) -> None:
+    def __init__(self, alias: str = "default", *, what: str = "maintenance", log: logging.Logger | None = None) -> None:
         self.alias = alias
         self.what = what
         self.log = log or logger

@@ -8,6 +8,7 @@
 Both are GET/HEAD only, never cached, and never write: the gate reads ``django_migrations``
 and, once the gate is open (cached per process), readiness costs one ``SELECT 1``.
 """
+
 from __future__ import annotations
 
 from django.db import Error as DatabaseError

@@ -22,6 +22,7 @@ Invariants:
   follower tries to acquire every renew interval, so a successor acts within
   TTL + renew interval (+ one database round trip) of the death.
 """
+
 from __future__ import annotations
 
 import logging
@@ -98,9 +99,17 @@ class Elector:
     """One candidate in an election. ``step()`` is one round (acquire or renew) and is
     what tests call; ``start()`` runs rounds on a thread every renew interval."""
 
-    def __init__(self, database: str, holder: str, *, election: str = ELECTION,
-                 ttl: float | None = None, renew_every: float | None = None,
-                 margin: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        database: str,
+        holder: str,
+        *,
+        election: str = ELECTION,
+        ttl: float | None = None,
+        renew_every: float | None = None,
+        margin: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         s = engine_settings
         self.database = database
         self.holder = holder
@@ -170,9 +179,14 @@ class Elector:
         with self._lock:
             self._term = acquired
             self._trusted_until = sent + self.ttl - self.margin
-        logger.warning("became leader of %r with term %d (ttl %.1fs, renew every %.1fs)",
-                       self.election, acquired, self.ttl, self.renew_every,
-                       extra={"worker_id": self.holder})
+        logger.warning(
+            "became leader of %r with term %d (ttl %.1fs, renew every %.1fs)",
+            self.election,
+            acquired,
+            self.ttl,
+            self.renew_every,
+            extra={"worker_id": self.holder},
+        )
         return True
 
     def resign(self) -> None:
@@ -183,16 +197,21 @@ class Elector:
             return
         try:
             self._run("leader_resign", self._params(term=term))
-            logger.warning("resigned leadership of %r (term %d)", self.election, term,
-                           extra={"worker_id": self.holder})
+            logger.warning("resigned leadership of %r (term %d)", self.election, term, extra={"worker_id": self.holder})
         except DatabaseError as exc:
-            logger.warning("could not resign term %d (%s); it expires on its own", term, exc,
-                           extra={"worker_id": self.holder})
+            logger.warning(
+                "could not resign term %d (%s); it expires on its own", term, exc, extra={"worker_id": self.holder}
+            )
 
     def _step_down_locked(self, reason: str) -> None:
         if self._term is not None:
-            logger.warning("stepped down as leader of %r (term %d): %s", self.election, self._term,
-                           reason, extra={"worker_id": self.holder})
+            logger.warning(
+                "stepped down as leader of %r (term %d): %s",
+                self.election,
+                self._term,
+                reason,
+                extra={"worker_id": self.holder},
+            )
         self._term = None
         self._trusted_until = 0.0
 
@@ -222,8 +241,11 @@ class Elector:
         except DatabaseError as exc:
             metrics.DB_ERRORS.labels("leadership").inc()
             if not self._db_error:
-                logger.error("leader election failed (%s); retrying, trust runs out on its own", exc,
-                             extra={"worker_id": self.holder})
+                logger.error(
+                    "leader election failed (%s); retrying, trust runs out on its own",
+                    exc,
+                    extra={"worker_id": self.holder},
+                )
             self._db_error = True
             try:
                 connections[self.database].close()

@@ -22,6 +22,7 @@ for any untyped parameter); values come back as text, the caller converts them.
 Errors are psycopg's own exception classes, raised inside Django's
 ``wrap_database_errors`` like any cursor's.
 """
+
 from __future__ import annotations
 
 import re
@@ -104,8 +105,11 @@ def run(connection, name: str, params: dict[str, Any]) -> list[tuple[bytes | Non
                     _check(pgconn.prepare(statement, text), pgconn, encoding)
                     state.names.add(statement)
                 result = pgconn.exec_prepared(statement, values)
-                if (attempt == 1 and result.status == ExecStatus.FATAL_ERROR
-                        and result.error_field(DiagnosticField.SQLSTATE) == b"26000"):
+                if (
+                    attempt == 1
+                    and result.status == ExecStatus.FATAL_ERROR
+                    and result.error_field(DiagnosticField.SQLSTATE) == b"26000"
+                ):
                     state.names.discard(statement)  # deallocated behind our back (DISCARD ALL)
                     continue
                 _check(result, pgconn, encoding)

@@ -5,6 +5,7 @@ session, so this connection must not go through PgBouncer in transaction mode: s
 TASKENGINE["POLL_ONLY"] there). On any error it reconnects with backoff and wakes the
 worker once, so nothing sent while it was away is missed for longer than one poll.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,7 +43,7 @@ class Listener(threading.Thread):
                         for notice in conn.notifies(timeout=0.5):
                             if notice.payload in self.queues:
                                 self.wake.set()
-            except Exception as exc:  # noqa: BLE001 - the listener must outlive outages
+            except Exception as exc:
                 self.connected.clear()
                 if self.stopping.is_set():
                     return

@@ -14,6 +14,7 @@ Invariants:
   traceback, when there is one, follows on the next lines.
 - Formatting never raises: a broken argument degrades to the raw message.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 JOB_FIELDS = (
-    "event", "worker_id", "job_id", "task_path", "queue", "attempt", "state", "outcome", "error_class",
-    "run_after", "claimed_at", "started_at", "finished_at", "duration_ms",
+    "event",
+    "worker_id",
+    "job_id",
+    "task_path",
+    "queue",
+    "attempt",
+    "state",
+    "outcome",
+    "error_class",
+    "run_after",
+    "claimed_at",
+    "started_at",
+    "finished_at",
+    "duration_ms",
 )
 
 
@@ -41,7 +54,7 @@ class Formatter(logging.Formatter):
         fields = {k: getattr(record, k) for k in JOB_FIELDS if getattr(record, k, None) is not None}
         try:
             json_format = engine_settings.LOG_FORMAT == "json"
-        except Exception:  # noqa: BLE001 - settings not configured: plain text
+        except Exception:
             json_format = False
         if json_format:
             return self.format_json(record, fields)
@@ -84,5 +97,5 @@ class Formatter(logging.Formatter):
 def _message(record: logging.LogRecord) -> str:
     try:
         return record.getMessage()
-    except Exception:  # noqa: BLE001 - a bad %-argument must not lose the record
+    except Exception:
         return str(record.msg)

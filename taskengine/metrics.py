@@ -14,6 +14,7 @@ Invariants:
   (queued and running from the database gauges of taskengine.collectors).
 - Updating a metric never touches the database and never raises into the caller.
 """
+
 from __future__ import annotations
 
 from collections import Counter as _Tally
@@ -24,25 +25,37 @@ from prometheus_client import Counter, Gauge, Histogram
 
 # prometheus_client appends ``_total`` to counter names on exposition.
 JOBS_SUBMITTED = Counter("taskengine_jobs_submitted", "Jobs enqueued (counted on commit).", ["queue", "task"])
-JOBS_REQUEUED = Counter("taskengine_jobs_requeued", "Finished jobs an operator sent back to the queue.", ["queue", "task"])
+JOBS_REQUEUED = Counter(
+    "taskengine_jobs_requeued", "Finished jobs an operator sent back to the queue.", ["queue", "task"]
+)
 JOBS_RUNNING = Gauge("taskengine_jobs_running", "Jobs running in this process right now.", ["queue"])
 JOBS_SUCCEEDED = Counter("taskengine_jobs_succeeded", "Jobs that finished successfully.", ["queue", "task"])
-JOBS_FAILED = Counter("taskengine_jobs_failed", "Jobs that failed for good (attempts exhausted, or recovered as failed).",
-                      ["queue", "task"])
-JOBS_RETRIED = Counter("taskengine_jobs_retried", "Failed attempts sent back to the queue for a retry.", ["queue", "task"])
+JOBS_FAILED = Counter(
+    "taskengine_jobs_failed",
+    "Jobs that failed for good (attempts exhausted, or recovered as failed).",
+    ["queue", "task"],
+)
+JOBS_RETRIED = Counter(
+    "taskengine_jobs_retried", "Failed attempts sent back to the queue for a retry.", ["queue", "task"]
+)
 JOBS_CANCELLED = Counter("taskengine_jobs_cancelled", "Jobs that ended cancelled.", ["queue", "task"])
 JOBS_RECOVERED = Counter("taskengine_jobs_recovered", "Running jobs whose lease expired and were recovered.", ["queue"])
 LEASES_LOST = Counter("taskengine_leases_lost", "Attempts whose lease this worker lost before finishing.", ["queue"])
 DB_ERRORS = Counter("taskengine_db_errors", "Database errors met by the engine, by operation.", ["operation"])
-WORKER_GATE_OPEN = Gauge("taskengine_worker_gate_open",
-                         "1 once this worker found its database at the head of the migrations; 0 while it waits.")
+WORKER_GATE_OPEN = Gauge(
+    "taskengine_worker_gate_open",
+    "1 once this worker found its database at the head of the migrations; 0 while it waits.",
+)
 WORKER_SLOTS = Gauge("taskengine_worker_slots", "Execution slots (concurrency) of the worker in this process.")
 CLAIM_LATENCY = Histogram(
-    "taskengine_claim_latency_seconds", "Time one claim statement took (empty claims included).",
+    "taskengine_claim_latency_seconds",
+    "Time one claim statement took (empty claims included).",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 JOB_DURATION = Histogram(
-    "taskengine_job_duration_seconds", "Handler run time per attempt.", ["queue"],
+    "taskengine_job_duration_seconds",
+    "Handler run time per attempt.",
+    ["queue"],
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900),
 )
 

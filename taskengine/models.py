@@ -5,6 +5,7 @@ job in a state the engine could not have produced.
 Rows are never deleted except by retention (terminal jobs only) — see
 maintenance/retention.py.
 """
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -89,7 +90,11 @@ class Job(models.Model):
         max_length=64, null=True, blank=True, help_text="Primary key of the acting user, as text."
     )
     schedule = models.ForeignKey(
-        "Schedule", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs",
+        "Schedule",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="jobs",
         db_index=False,  # taskengine_job_schedule_slot_uniq leads with schedule_id
     )
     slot = models.DateTimeField(null=True, blank=True, help_text="Schedule slot this job runs.")
@@ -110,7 +115,10 @@ class Job(models.Model):
             # The claim: WHERE state = 'queued' AND queue = … ORDER BY priority DESC,
             # run_after, id. Partial, so finished rows cost the claim nothing.
             models.Index(
-                "queue", models.F("priority").desc(), "run_after", "id",
+                "queue",
+                models.F("priority").desc(),
+                "run_after",
+                "id",
                 condition=Q(state="queued"),
                 name="taskengine_job_claim_idx",
             ),
@@ -125,17 +133,20 @@ class Job(models.Model):
             # filtered to succeeded/queued/running jobs walks the primary key or the
             # claim/lease indexes instead.
             models.Index(
-                "state", models.F("id").desc(),
+                "state",
+                models.F("id").desc(),
                 condition=Q(state__in=["failed", "cancelled"]),
                 name="taskengine_job_problem_idx",
             ),
             models.Index(
-                "tenant", models.F("id").desc(),
+                "tenant",
+                models.F("id").desc(),
                 condition=Q(tenant__isnull=False),
                 name="taskengine_job_tenant_idx",
             ),
             models.Index(
-                fields=["finished_at"], condition=Q(finished_at__isnull=False),
+                fields=["finished_at"],
+                condition=Q(finished_at__isnull=False),
                 name="taskengine_job_finished_idx",
             ),
         ]
@@ -171,7 +182,8 @@ class Job(models.Model):
             # Exactly one job per schedule slot, ever (ON CONFLICT (schedule_id, slot)
             # WHERE schedule_id IS NOT NULL names it).
             models.UniqueConstraint(
-                fields=["schedule", "slot"], condition=Q(schedule__isnull=False),
+                fields=["schedule", "slot"],
+                condition=Q(schedule__isnull=False),
                 name="taskengine_job_schedule_slot_uniq",
             ),
         ]
@@ -190,7 +202,9 @@ class ExecutionLog(models.Model):
     acting user; ``user_id_str`` the canonical text form that works for any user model."""
 
     job = models.ForeignKey(
-        Job, on_delete=models.CASCADE, related_name="attempt_logs",
+        Job,
+        on_delete=models.CASCADE,
+        related_name="attempt_logs",
         db_index=False,  # task_execution_logs_job_attempt_uniq leads with job_id
         # No database constraint (migration 0007): its per-row check took a row lock on
         # the job for every attempt the claim wrote, a third of the drain's throughput.

@@ -42,6 +42,7 @@ Semantics:
     due at once (``run_after = now()``). Refused for running and finished jobs, and
     for a queued job that is already due.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -134,21 +135,27 @@ def _cancel_update(job: Job) -> tuple[Q, dict[str, Any], str]:
         changes = {"state": JobState.CANCELLED, "finished_at": Now(), "cancel_requested_at": Now()}
         return Q(state=JobState.QUEUED), changes, f"Cancelled job {job.pk}."
     changes = {"cancel_requested_at": Now()}
-    return (Q(state=JobState.RUNNING, cancel_requested_at__isnull=True), changes,
-            f"Cancellation of running job {job.pk} requested; the worker stops it at its next heartbeat.")
+    return (
+        Q(state=JobState.RUNNING, cancel_requested_at__isnull=True),
+        changes,
+        f"Cancellation of running job {job.pk} requested; the worker stops it at its next heartbeat.",
+    )
 
 
 def _requeue_update(job: Job) -> tuple[Q, dict[str, Any], str]:
     changes = {
-        "state": JobState.QUEUED, "run_after": Now(), "finished_at": None, "return_value": None,
-        "cancel_requested_at": None, "max_attempts": job.attempts + 1,
+        "state": JobState.QUEUED,
+        "run_after": Now(),
+        "finished_at": None,
+        "return_value": None,
+        "cancel_requested_at": None,
+        "max_attempts": job.attempts + 1,
     }
     return Q(state=job.state), changes, f"Requeued job {job.pk} (one more attempt)."
 
 
 def _retry_update(job: Job) -> tuple[Q, dict[str, Any], str]:
-    return (Q(state=JobState.QUEUED, run_after__gt=Now()), {"run_after": Now()},
-            f"Job {job.pk} is due now.")
+    return (Q(state=JobState.QUEUED, run_after__gt=Now()), {"run_after": Now()}, f"Job {job.pk} is due now.")
 
 
 UPDATES: dict[str, Callable[[Job], tuple[Q, dict[str, Any], str]]] = {
@@ -177,9 +184,17 @@ def perform(action: str, job_id: Any, *, actor, reason: str = "", using: str = "
         if not _compare_and_set(job, guard, changes, using):
             raise OperationRefused(_lost_race_message(action, job))
         job.refresh_from_db(using=using)
-        row = audit.record(actor=actor, action=action, target_type="job", target_id=job.pk,
-                           tenant=job.tenant, before=before, after=audit.job_snapshot(job),
-                           reason=reason, using=using)
+        row = audit.record(
+            actor=actor,
+            action=action,
+            target_type="job",
+            target_id=job.pk,
+            tenant=job.tenant,
+            before=before,
+            after=audit.job_snapshot(job),
+            reason=reason,
+            using=using,
+        )
         transaction.on_commit(lambda: _count(action, before["state"], job), using=using)
     return OperationResult(job=job, action=action, audit_id=row.pk, message=message)
 
@@ -196,8 +211,7 @@ def _count(action: str, state_before: str, job: Job) -> None:
 def _lost_race_message(action: str, job: Job) -> str:
     if action == "retry":
         # The guard also requires run_after in the future (on the database clock).
-        return (f"job {job.pk} is already due (or no longer queued); "
-                "a worker runs it as soon as a slot is free")
+        return f"job {job.pk} is already due (or no longer queued); a worker runs it as soon as a slot is free"
     return f"job {job.pk} changed state meanwhile; reload and try again"
 
 
@@ -232,8 +246,7 @@ class BulkResult:
     refused: dict[int, str]
 
 
-def perform_many(action: str, job_ids: list[int], *, actor, reason: str = "",
-                 using: str = "default") -> BulkResult:
+def perform_many(action: str, job_ids: list[int], *, actor, reason: str = "", using: str = "default") -> BulkResult:
     """Apply ``action`` job by job, each in its own transaction (one refusal never
     blocks the others; each change has its own audit row)."""
     result = BulkResult(done=[], refused={})

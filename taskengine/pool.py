@@ -7,6 +7,7 @@ the worker's ``done`` callback on the thread that ran the job. The worker only e
 submits a job into a free execution slot, so no job waits for a thread: the pool
 grows, up to ``size``, whenever no thread is idle.
 """
+
 from __future__ import annotations
 
 import queue
@@ -18,8 +19,13 @@ _STOP = object()
 
 
 class JobThreads:
-    def __init__(self, size: int, run: Callable[[Any], Any],
-                 done: Callable[[Any, Any, BaseException | None], None], name: str = "taskengine-job") -> None:
+    def __init__(
+        self,
+        size: int,
+        run: Callable[[Any], Any],
+        done: Callable[[Any, Any, BaseException | None], None],
+        name: str = "taskengine-job",
+    ) -> None:
         """``run(item)`` runs on a pool thread; ``done(item, result, error)`` is called
         there with its result, or with the exception it raised."""
         self.size = size
@@ -36,8 +42,7 @@ class JobThreads:
             if self._idle > 0:
                 self._idle -= 1  # that thread is taken by this item
             elif len(self._threads) < self.size:
-                thread = threading.Thread(target=self._loop, name=f"{self._name}_{len(self._threads)}",
-                                          daemon=True)
+                thread = threading.Thread(target=self._loop, name=f"{self._name}_{len(self._threads)}", daemon=True)
                 thread.start()  # first: a thread that never started must not be joined at shutdown
                 self._threads.append(thread)
         self._queue.put(item)
@@ -49,7 +54,7 @@ class JobThreads:
                 return
             try:
                 result, error = self._run(item), None
-            except BaseException as exc:  # noqa: BLE001 - reported to done(), never lost
+            except BaseException as exc:
                 result, error = None, exc
             try:
                 self._done(item, result, error)

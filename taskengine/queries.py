@@ -6,6 +6,7 @@ same vendor (for a tail two queries share). ``sql(connection, "claim_jobs")`` re
 connection's vendor. Keeping SQL in files means a reviewer reads the exact statements
 the engine runs, with the index each relies on named in a comment beside it.
 """
+
 from __future__ import annotations
 
 import re

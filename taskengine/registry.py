@@ -7,19 +7,18 @@ WORKER_DEAD_AFTER_SECONDS belongs to a dead worker. The leader marks such rows `
 waiting for the leases (maintenance/recovery.py). A worker that was only paused finds
 its row dead at its next heartbeat (``heartbeat`` returns False) and registers again;
 its late finishes are fenced out by the job's attempt number."""
+
 from __future__ import annotations
 
 import os
 import socket
 import uuid
-
 from datetime import timedelta
 
 from django.db.models import Q, QuerySet
 from django.db.models.functions import Now
 
 from .conf import engine_settings
-
 from .models import WorkerProcess, WorkerState
 
 
@@ -30,9 +29,16 @@ def new_worker_id() -> str:
 def register(database: str, worker_id: str, queues: list[str], concurrency: int) -> None:
     WorkerProcess.objects.using(database).update_or_create(
         worker_id=worker_id,
-        defaults=dict(host=socket.gethostname(), pid=os.getpid(), queues=list(queues),
-                      concurrency=concurrency, state=WorkerState.RUNNING, started_at=Now(),
-                      last_heartbeat_at=Now(), stopped_at=None),
+        defaults=dict(
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=list(queues),
+            concurrency=concurrency,
+            state=WorkerState.RUNNING,
+            started_at=Now(),
+            last_heartbeat_at=Now(),
+            stopped_at=None,
+        ),
     )
 
 
@@ -40,7 +46,8 @@ def heartbeat(database: str, worker_id: str, state: str) -> bool:
     """Returns False if the row is gone or was marked dead (the worker re-registers)."""
     return bool(
         WorkerProcess.objects.using(database)
-        .filter(worker_id=worker_id).exclude(state=WorkerState.DEAD)
+        .filter(worker_id=worker_id)
+        .exclude(state=WorkerState.DEAD)
         .update(last_heartbeat_at=Now(), state=state)
     )
 
@@ -55,6 +62,8 @@ def dead_workers(database: str, dead_after: float | None = None) -> QuerySet[Wor
     """Workers known dead (read-only): marked dead, or running/draining with a
     heartbeat older than ``dead_after`` seconds on the database clock."""
     dead_after = float(dead_after if dead_after is not None else engine_settings.WORKER_DEAD_AFTER_SECONDS)
-    stale = Q(state__in=[WorkerState.RUNNING, WorkerState.DRAINING],
-              last_heartbeat_at__lt=Now() - timedelta(seconds=dead_after))
+    stale = Q(
+        state__in=[WorkerState.RUNNING, WorkerState.DRAINING],
+        last_heartbeat_at__lt=Now() - timedelta(seconds=dead_after),
+    )
     return WorkerProcess.objects.using(database).filter(stale | Q(state=WorkerState.DEAD))

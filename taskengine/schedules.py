@@ -15,6 +15,7 @@ Schedule is saved through a form (``Schedule.clean``) and when settings are load
 This module does no I/O except ``sync_settings_schedules``; the leader's service in
 maintenance/schedules.py decides which slots to enqueue.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,26 +33,61 @@ from .conf import engine_settings
 from .execution import resolve_task
 
 MISFIRE_POLICIES = ("skip", "run_once", "catch_up")
-SETTINGS_KEYS = {"task", "cron", "interval", "timezone", "args", "kwargs", "queue", "priority",
-                 "tenant", "enabled", "misfire_policy", "catch_up_limit"}
-SYNCED_FIELDS = ["task_path", "cron", "interval_seconds", "timezone", "args", "kwargs", "queue", "priority",
-                 "tenant", "enabled", "misfire_policy", "catch_up_limit"]
+SETTINGS_KEYS = {
+    "task",
+    "cron",
+    "interval",
+    "timezone",
+    "args",
+    "kwargs",
+    "queue",
+    "priority",
+    "tenant",
+    "enabled",
+    "misfire_policy",
+    "catch_up_limit",
+}
+SYNCED_FIELDS = [
+    "task_path",
+    "cron",
+    "interval_seconds",
+    "timezone",
+    "args",
+    "kwargs",
+    "queue",
+    "priority",
+    "tenant",
+    "enabled",
+    "misfire_policy",
+    "catch_up_limit",
+]
 
 
 # --- validation ----------------------------------------------------------------------
 # resolve_task (execution.py) raises TaskNotFound, a ValueError, with a readable reason.
 
-def schedule_errors(*, task_path: str, cron: str | None, interval_seconds: Any, timezone: str,
-                    misfire_policy: str = "run_once", catch_up_limit: Any = 10,
-                    queue: str | None = None, args: Any = (), kwargs: Any = None) -> dict[str, str]:
+
+def schedule_errors(
+    *,
+    task_path: str,
+    cron: str | None,
+    interval_seconds: Any,
+    timezone: str,
+    misfire_policy: str = "run_once",
+    catch_up_limit: Any = 10,
+    queue: str | None = None,
+    args: Any = (),
+    kwargs: Any = None,
+) -> dict[str, str]:
     """Field → message for everything wrong with a schedule definition ({} if valid)."""
     errors: dict[str, str] = {}
     if bool(cron) == (interval_seconds is not None):
         errors["cron"] = "Give either a cron expression or an interval in seconds, not both or neither."
     elif cron and not croniter.is_valid(cron):
         errors["cron"] = f"{cron!r} is not a valid cron expression (e.g. '*/5 * * * *')."
-    elif interval_seconds is not None and (not isinstance(interval_seconds, int) or isinstance(interval_seconds, bool)
-                                           or interval_seconds < 1):
+    elif interval_seconds is not None and (
+        not isinstance(interval_seconds, int) or isinstance(interval_seconds, bool) or interval_seconds < 1
+    ):
         errors["interval_seconds"] = "The interval must be a whole number of seconds, at least 1."
     try:
         ZoneInfo(timezone or "")
@@ -79,15 +115,22 @@ def schedule_errors(*, task_path: str, cron: str | None, interval_seconds: Any, 
 def validate_schedule(schedule) -> None:
     """Raise ValidationError for a bad Schedule instance (called by Schedule.clean)."""
     errors = schedule_errors(
-        task_path=schedule.task_path, cron=schedule.cron or None, interval_seconds=schedule.interval_seconds,
-        timezone=schedule.timezone, misfire_policy=schedule.misfire_policy,
-        catch_up_limit=schedule.catch_up_limit, queue=schedule.queue, args=schedule.args,
-        kwargs=schedule.kwargs)
+        task_path=schedule.task_path,
+        cron=schedule.cron or None,
+        interval_seconds=schedule.interval_seconds,
+        timezone=schedule.timezone,
+        misfire_policy=schedule.misfire_policy,
+        catch_up_limit=schedule.catch_up_limit,
+        queue=schedule.queue,
+        args=schedule.args,
+        kwargs=schedule.kwargs,
+    )
     if errors:
         raise ValidationError({field: [message] for field, message in errors.items()})
 
 
 # --- slots ---------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class SlotSpec:
@@ -122,9 +165,15 @@ def interval_anchor(spec: SlotSpec) -> datetime:
 
 
 # Vixie cron's shorthands, by what they expand to (@hourly is a wildcard job).
-_CRON_ALIASES = {"@midnight": "0 0 * * *", "@hourly": "0 * * * *", "@daily": "0 0 * * *",
-                 "@weekly": "0 0 * * 0", "@monthly": "0 0 1 * *", "@yearly": "0 0 1 1 *",
-                 "@annually": "0 0 1 1 *"}
+_CRON_ALIASES = {
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +212,7 @@ def cron_slot_kept(rule: CronRule, slot: datetime) -> bool:
     local = slot.astimezone(rule.zone)
     if rule.time_of_day:
         return local.fold == 0
-    return ((rule.minutes is None or local.minute in rule.minutes)
-            and (rule.hours is None or local.hour in rule.hours))
+    return (rule.minutes is None or local.minute in rule.minutes) and (rule.hours is None or local.hour in rule.hours)
 
 
 def _backwards(spec: SlotSpec, until: datetime) -> Iterator[datetime]:
@@ -206,6 +254,7 @@ def next_slot(spec: SlotSpec, after: datetime) -> datetime:
 
 # --- settings ------------------------------------------------------------------------
 
+
 def settings_schedules(raw: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """TASKENGINE["SCHEDULES"] as Schedule field dicts; ImproperlyConfigured on bad input."""
     raw = engine_settings.SCHEDULES if raw is None else raw
@@ -218,20 +267,40 @@ def settings_schedules(raw: Mapping[str, Any] | None = None) -> list[dict[str, A
             raise ImproperlyConfigured(f"{where} must be a dict.")
         unknown = set(entry) - SETTINGS_KEYS
         if unknown:
-            raise ImproperlyConfigured(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
-                                       f"known: {', '.join(sorted(SETTINGS_KEYS))}.")
+            raise ImproperlyConfigured(
+                f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(SETTINGS_KEYS))}."
+            )
         fields = {
-            "name": name, "task_path": entry.get("task", ""), "cron": entry.get("cron"),
-            "interval_seconds": entry.get("interval"), "timezone": entry.get("timezone", "UTC"),
-            "args": list(entry.get("args", [])), "kwargs": dict(entry.get("kwargs", {})),
-            "queue": entry.get("queue", "default"), "priority": int(entry.get("priority", 0)),
-            "tenant": entry.get("tenant"), "enabled": bool(entry.get("enabled", True)),
+            "name": name,
+            "task_path": entry.get("task", ""),
+            "cron": entry.get("cron"),
+            "interval_seconds": entry.get("interval"),
+            "timezone": entry.get("timezone", "UTC"),
+            "args": list(entry.get("args", [])),
+            "kwargs": dict(entry.get("kwargs", {})),
+            "queue": entry.get("queue", "default"),
+            "priority": int(entry.get("priority", 0)),
+            "tenant": entry.get("tenant"),
+            "enabled": bool(entry.get("enabled", True)),
             "misfire_policy": entry.get("misfire_policy", "run_once"),
             "catch_up_limit": entry.get("catch_up_limit", 10),
         }
-        errors = schedule_errors(**{k: fields[k] for k in (
-            "task_path", "cron", "interval_seconds", "timezone", "misfire_policy", "catch_up_limit",
-            "queue", "args", "kwargs")})
+        errors = schedule_errors(
+            **{
+                k: fields[k]
+                for k in (
+                    "task_path",
+                    "cron",
+                    "interval_seconds",
+                    "timezone",
+                    "misfire_policy",
+                    "catch_up_limit",
+                    "queue",
+                    "args",
+                    "kwargs",
+                )
+            }
+        )
         if not isinstance(name, str) or not name or len(name) > 100:
             errors["name"] = "the name must be a non-empty string of at most 100 characters"
         if errors:
@@ -249,12 +318,20 @@ def sync_settings_schedules(database: str, definitions: list[dict[str, Any]] | N
     from .models import Schedule
 
     definitions = settings_schedules() if definitions is None else definitions
-    manual = set(Schedule.objects.using(database).filter(
-        name__in=[d["name"] for d in definitions], from_settings=False).values_list("name", flat=True))
+    manual = set(
+        Schedule.objects.using(database)
+        .filter(name__in=[d["name"] for d in definitions], from_settings=False)
+        .values_list("name", flat=True)
+    )
     rows = [Schedule(**d, from_settings=True) for d in definitions if d["name"] not in manual]
     if rows:
         Schedule.objects.using(database).bulk_create(
-            rows, update_conflicts=True, unique_fields=["name"], update_fields=SYNCED_FIELDS)
-    (Schedule.objects.using(database).filter(from_settings=True, enabled=True)
-     .exclude(name__in=[d["name"] for d in definitions]).update(enabled=False))
+            rows, update_conflicts=True, unique_fields=["name"], update_fields=SYNCED_FIELDS
+        )
+    (
+        Schedule.objects.using(database)
+        .filter(from_settings=True, enabled=True)
+        .exclude(name__in=[d["name"] for d in definitions])
+        .update(enabled=False)
+    )
     return [row.name for row in rows]

@@ -22,6 +22,7 @@
 The same rules are CHECK constraints on the table (see models.Job.Meta) and every
 transition is a compare-and-set UPDATE guarded by the expected state.
 """
+
 from __future__ import annotations
 
 from django.db import models
@@ -37,9 +38,7 @@ class JobState(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
-TERMINAL_STATES: frozenset[str] = frozenset(
-    {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}
-)
+TERMINAL_STATES: frozenset[str] = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 LIVE_STATES: frozenset[str] = frozenset({JobState.QUEUED, JobState.RUNNING})
 
 # (from, to) pairs the engine or an operator may perform.

@@ -5,14 +5,15 @@ never open a transaction around user code: each is one short statement (Postgres
 one short IMMEDIATE transaction (SQLite). Every state change is compare-and-set, and
 the functions report which rows they actually changed, so callers know if they won.
 """
+
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 from django.db import connections, transaction
@@ -195,8 +196,7 @@ def _preparing_cursor_class():
         prepare = True
 
         def execute(self, query, params=None, *, prepare=None, binary=None):
-            return super().execute(query, params, prepare=self.prepare if prepare is None else prepare,
-                                   binary=binary)
+            return super().execute(query, params, prepare=self.prepare if prepare is None else prepare, binary=binary)
 
     return PreparingCursor
 
@@ -231,6 +231,7 @@ def _sqlite_datetime(value: datetime | None) -> str | None:
 
 # --- enqueue -------------------------------------------------------------------------
 
+
 def insert_jobs(connection, jobs: list[NewJob]) -> list[InsertedJob]:
     """Insert ``jobs`` on the caller's connection (inside the caller's transaction, if
     any) and return one InsertedJob per input, in order. A job whose unique key is held
@@ -241,20 +242,29 @@ def insert_jobs(connection, jobs: list[NewJob]) -> list[InsertedJob]:
         rows = _insert_postgres(connection, jobs)
     else:
         rows = _insert_sqlite(connection, jobs)
-    missing = [i for i, row in enumerate(rows) if row is None]
-    for i in missing:
-        rows[i] = _live_holder(connection, jobs[i].unique_key)
-    return rows  # type: ignore[return-value]
+    return [
+        row if row is not None else _live_holder(connection, job.unique_key)
+        for job, row in zip(jobs, rows, strict=True)
+    ]
 
 
 def _row(job: NewJob) -> dict[str, Any]:
     """A job's columns as statement parameters (args/kwargs still Python objects)."""
     return {
-        "task_path": job.task_path, "backend": job.backend, "queue": job.queue,
-        "priority": job.priority, "args": job.args, "kwargs": job.kwargs, "run_after": job.run_after,
-        "max_attempts": job.max_attempts, "timeout_seconds": job.timeout_seconds,
-        "retry_backoff_seconds": job.retry_backoff_seconds, "on_lease_expired": job.on_lease_expired,
-        "unique_key": job.unique_key, "tenant": job.tenant, "acting_user_id": job.acting_user_id,
+        "task_path": job.task_path,
+        "backend": job.backend,
+        "queue": job.queue,
+        "priority": job.priority,
+        "args": job.args,
+        "kwargs": job.kwargs,
+        "run_after": job.run_after,
+        "max_attempts": job.max_attempts,
+        "timeout_seconds": job.timeout_seconds,
+        "retry_backoff_seconds": job.retry_backoff_seconds,
+        "on_lease_expired": job.on_lease_expired,
+        "unique_key": job.unique_key,
+        "tenant": job.tenant,
+        "acting_user_id": job.acting_user_id,
     }
 
 
@@ -285,8 +295,9 @@ def _insert_postgres(connection, jobs: list[NewJob]) -> list[InsertedJob | None]
             rows = [_row(j) for j in jobs]
             for row in rows:
                 row["run_after"] = row["run_after"].isoformat() if row["run_after"] else None
-            cursor.execute(sql(connection, "insert_jobs"),
-                           {"jobs": json.dumps(rows, separators=(",", ":"), allow_nan=False)})
+            cursor.execute(
+                sql(connection, "insert_jobs"), {"jobs": json.dumps(rows, separators=(",", ":"), allow_nan=False)}
+            )
         returned = cursor.fetchall()
     # Rows come back in insertion order (ORDER BY position); rows skipped by ON CONFLICT
     # are absent, and only rows with a unique key can be skipped.
@@ -314,10 +325,28 @@ def _copy_postgres(connection, jobs: list[NewJob]) -> list[InsertedJob | None]:
             for job_id, job in zip(ids, jobs, strict=True):
                 args = dumps(job.args) if job.args else "[]"
                 kwargs = dumps(job.kwargs) if job.kwargs else "{}"
-                write((job_id, job.task_path, job.backend, job.queue, job.priority, args, kwargs,
-                       "queued", job.run_after or enqueued_at, enqueued_at, 0, job.max_attempts,
-                       job.timeout_seconds, job.retry_backoff_seconds, job.on_lease_expired,
-                       None, job.tenant, job.acting_user_id))
+                write(
+                    (
+                        job_id,
+                        job.task_path,
+                        job.backend,
+                        job.queue,
+                        job.priority,
+                        args,
+                        kwargs,
+                        "queued",
+                        job.run_after or enqueued_at,
+                        enqueued_at,
+                        0,
+                        job.max_attempts,
+                        job.timeout_seconds,
+                        job.retry_backoff_seconds,
+                        job.on_lease_expired,
+                        None,
+                        job.tenant,
+                        job.acting_user_id,
+                    )
+                )
     return [InsertedJob(job_id, enqueued_at, True) for job_id in ids]
 
 
@@ -338,8 +367,11 @@ def _live_holder(connection, unique_key: str | None) -> InsertedJob:
     from .models import Job
 
     holder = (
-        Job.objects.using(connection.alias).live().filter(unique_key=unique_key)
-        .values_list("id", "enqueued_at").first()
+        Job.objects.using(connection.alias)
+        .live()
+        .filter(unique_key=unique_key)
+        .values_list("id", "enqueued_at")
+        .first()
     )
     if holder is None:
         # The holder finished between our insert and this read: the key is free now,
@@ -354,27 +386,39 @@ class UniqueKeyRace(Exception):
 
 # --- claim, heartbeat, finish --------------------------------------------------------
 
-def claim_jobs(connection, *, worker_id: str, queues: list[str], limit: int,
-               lease_seconds: float, advisory: bool = False) -> list[ClaimedJob]:
+
+def claim_jobs(
+    connection, *, worker_id: str, queues: list[str], limit: int, lease_seconds: float, advisory: bool = False
+) -> list[ClaimedJob]:
     """Lease up to ``limit`` due jobs, highest priority first, and start their attempts."""
     if limit <= 0 or not queues:
         return []
     if connection.vendor == "postgresql":
         name = "claim_jobs_advisory" if advisory else "claim_jobs"
-        params = {"queues": list(queues), "limit": limit, "worker_id": worker_id,
-                  "lease_seconds": float(lease_seconds), "lock_namespace": ADVISORY_LOCK_NAMESPACE}
+        params = {
+            "queues": list(queues),
+            "limit": limit,
+            "worker_id": worker_id,
+            "lease_seconds": float(lease_seconds),
+            "lock_namespace": ADVISORY_LOCK_NAMESPACE,
+        }
         with engine_cursor(connection) as cursor:
             cursor.execute(sql(connection, name), params)
             rows = cursor.fetchall()
     else:
-        params = {"queues": json.dumps(list(queues)), "limit": limit, "worker_id": worker_id,
-                  "lease_seconds": float(lease_seconds)}
+        params = {
+            "queues": json.dumps(list(queues)),
+            "limit": limit,
+            "worker_id": worker_id,
+            "lease_seconds": float(lease_seconds),
+        }
         with transaction.atomic(using=connection.alias), engine_cursor(connection) as cursor:
             cursor.execute(sql(connection, "claim_jobs"), params)
             rows = cursor.fetchall()
             if rows:
-                cursor.execute(sql(connection, "log_attempts"),
-                               {"ids": json.dumps([r[0] for r in rows]), "worker_id": worker_id})
+                cursor.execute(
+                    sql(connection, "log_attempts"), {"ids": json.dumps([r[0] for r in rows]), "worker_id": worker_id}
+                )
     # The claim has committed: a row that does not decode must still become a ClaimedJob
     # (its attempt fails with the reason), never an error that drops the whole batch.
     jobs = [_claimed_job(r) for r in rows]
@@ -389,12 +433,24 @@ def _claimed_job(r: Any) -> ClaimedJob:
     except (ValueError, RecursionError) as exc:
         args, kwargs, decode_error = [], {}, f"the job's stored arguments do not decode: {exc}"
     return ClaimedJob(
-        id=r[0], task_path=r[1], backend=r[2], queue=r[3], priority=r[4],
-        args=args, kwargs=kwargs, attempt=r[7], max_attempts=r[8],
-        timeout_seconds=r[9], retry_backoff_seconds=r[10],
-        enqueued_at=to_datetime(r[11]), started_at=to_datetime(r[12]),
-        last_attempted_at=to_datetime(r[13]), run_after=to_datetime(r[14]),
-        tenant=r[15], acting_user_id=r[16], decode_error=decode_error,
+        id=r[0],
+        task_path=r[1],
+        backend=r[2],
+        queue=r[3],
+        priority=r[4],
+        args=args,
+        kwargs=kwargs,
+        attempt=r[7],
+        max_attempts=r[8],
+        timeout_seconds=r[9],
+        retry_backoff_seconds=r[10],
+        enqueued_at=to_datetime(r[11]),
+        started_at=to_datetime(r[12]),
+        last_attempted_at=to_datetime(r[13]),
+        run_after=to_datetime(r[14]),
+        tenant=r[15],
+        acting_user_id=r[16],
+        decode_error=decode_error,
     )
 
 
@@ -408,32 +464,37 @@ def ensure_decoded(job: ClaimedJob) -> None:
         raise StoredArgumentsNotDecodable(job.decode_error)
 
 
-def extend_leases(connection, *, worker_id: str, held: list[tuple[int, int]],
-                  lease_seconds: float) -> dict[int, bool]:
+def extend_leases(connection, *, worker_id: str, held: list[tuple[int, int]], lease_seconds: float) -> dict[int, bool]:
     """Extend the leases of ``held`` (job id, attempt) pairs. Returns {job id: cancel
     requested} for the leases still held; a missing id has lost its lease."""
     if not held:
         return {}
     if connection.vendor == "postgresql":
         with engine_cursor(connection) as cursor:
-            cursor.execute(sql(connection, "extend_leases"), {
-                "ids": [h[0] for h in held], "attempts": [h[1] for h in held],
-                "worker_id": worker_id, "lease_seconds": float(lease_seconds)})
+            cursor.execute(
+                sql(connection, "extend_leases"),
+                {
+                    "ids": [h[0] for h in held],
+                    "attempts": [h[1] for h in held],
+                    "worker_id": worker_id,
+                    "lease_seconds": float(lease_seconds),
+                },
+            )
             return {row[0]: bool(row[1]) for row in cursor.fetchall()}
     kept: dict[int, bool] = {}
     query = sql(connection, "extend_leases")
     with transaction.atomic(using=connection.alias), engine_cursor(connection) as cursor:
         for job_id, attempt in held:
-            cursor.execute(query, {"id": job_id, "attempt": attempt, "worker_id": worker_id,
-                                   "lease_seconds": float(lease_seconds)})
+            cursor.execute(
+                query, {"id": job_id, "attempt": attempt, "worker_id": worker_id, "lease_seconds": float(lease_seconds)}
+            )
             row = cursor.fetchone()
             if row:
                 kept[row[0]] = row[1] is not None
     return kept
 
 
-def finish_jobs(connection, *, worker_id: str,
-                outcomes: list[Outcome]) -> dict[int, tuple[str, datetime | None]]:
+def finish_jobs(connection, *, worker_id: str, outcomes: list[Outcome]) -> dict[int, tuple[str, datetime | None]]:
     """Write a batch of attempt outcomes, fenced. Returns {job id: (new state,
     finished_at)} for the
     writes that won; a missing id means the worker had lost the lease and nothing
@@ -442,36 +503,52 @@ def finish_jobs(connection, *, worker_id: str,
         return {}
     if connection.vendor == "postgresql":
         with engine_cursor(connection) as cursor:
-            cursor.execute(sql(connection, "finish_jobs"), {
-                "worker_id": worker_id,
-                "ids": [o.job_id for o in outcomes],
-                "attempts": [o.attempt for o in outcomes],
-                "states": [o.next_state for o in outcomes],
-                "outcomes": [o.outcome for o in outcomes],
-                "retry_delays": [float(o.retry_delay) for o in outcomes],
-                "return_values": [o.return_value for o in outcomes],
-                "error_classes": [o.error_class for o in outcomes],
-                "error_messages": [o.error_message for o in outcomes],
-                "tracebacks": [o.traceback for o in outcomes],
-            })
+            cursor.execute(
+                sql(connection, "finish_jobs"),
+                {
+                    "worker_id": worker_id,
+                    "ids": [o.job_id for o in outcomes],
+                    "attempts": [o.attempt for o in outcomes],
+                    "states": [o.next_state for o in outcomes],
+                    "outcomes": [o.outcome for o in outcomes],
+                    "retry_delays": [float(o.retry_delay) for o in outcomes],
+                    "return_values": [o.return_value for o in outcomes],
+                    "error_classes": [o.error_class for o in outcomes],
+                    "error_messages": [o.error_message for o in outcomes],
+                    "tracebacks": [o.traceback for o in outcomes],
+                },
+            )
             return {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
     won: dict[int, tuple[str, datetime | None]] = {}
     finish, log = sql(connection, "finish_job"), sql(connection, "finish_attempt_log")
     with transaction.atomic(using=connection.alias), engine_cursor(connection) as cursor:
         for o in outcomes:
-            cursor.execute(finish, {
-                "id": o.job_id, "attempt": o.attempt, "worker_id": worker_id,
-                "next_state": o.next_state, "retry_delay": float(o.retry_delay),
-                "return_value": o.return_value})
+            cursor.execute(
+                finish,
+                {
+                    "id": o.job_id,
+                    "attempt": o.attempt,
+                    "worker_id": worker_id,
+                    "next_state": o.next_state,
+                    "retry_delay": float(o.retry_delay),
+                    "return_value": o.return_value,
+                },
+            )
             row = cursor.fetchone()
             if row is None:
                 continue
             won[row[0]] = (row[1], to_datetime(row[2]))
-            cursor.execute(log, {
-                "id": o.job_id, "attempt": o.attempt,
-                "outcome": "cancelled" if row[1] == "cancelled" else o.outcome,
-                "error_class": o.error_class, "error_message": o.error_message,
-                "traceback": o.traceback})
+            cursor.execute(
+                log,
+                {
+                    "id": o.job_id,
+                    "attempt": o.attempt,
+                    "outcome": "cancelled" if row[1] == "cancelled" else o.outcome,
+                    "error_class": o.error_class,
+                    "error_message": o.error_message,
+                    "traceback": o.traceback,
+                },
+            )
     return won
 
 
@@ -481,8 +558,7 @@ RELEASED_CANCEL_ERROR_CLASS = "taskengine.execution.JobCancelled"
 RELEASED_CANCEL_MESSAGE = "cancelled by an operator; the worker was shutting down and stopped the job"
 
 
-def release_jobs(connection, *, worker_id: str,
-                 held: list[tuple[int, int]]) -> dict[int, tuple[str, datetime | None]]:
+def release_jobs(connection, *, worker_id: str, held: list[tuple[int, int]]) -> dict[int, tuple[str, datetime | None]]:
     """Hand still-running jobs back to the queue (graceful shutdown). Fenced. A job whose
     cancellation was requested ends ``cancelled`` instead (its attempt too). Returns
     {job id: (new state, finished_at)} for the jobs written; a missing id had lost its
@@ -491,10 +567,16 @@ def release_jobs(connection, *, worker_id: str,
         return {}
     if connection.vendor == "postgresql":
         with engine_cursor(connection) as cursor:
-            cursor.execute(sql(connection, "release_jobs"), {
-                "ids": [h[0] for h in held], "attempts": [h[1] for h in held],
-                "worker_id": worker_id, "cancel_error_class": RELEASED_CANCEL_ERROR_CLASS,
-                "cancel_error_message": RELEASED_CANCEL_MESSAGE})
+            cursor.execute(
+                sql(connection, "release_jobs"),
+                {
+                    "ids": [h[0] for h in held],
+                    "attempts": [h[1] for h in held],
+                    "worker_id": worker_id,
+                    "cancel_error_class": RELEASED_CANCEL_ERROR_CLASS,
+                    "cancel_error_message": RELEASED_CANCEL_MESSAGE,
+                },
+            )
             return {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
     written: dict[int, tuple[str, datetime | None]] = {}
     release, log = sql(connection, "release_job"), sql(connection, "finish_attempt_log")
@@ -506,8 +588,15 @@ def release_jobs(connection, *, worker_id: str,
                 continue
             written[row[0]] = (row[1], to_datetime(row[2]))
             cancelled = row[1] == "cancelled"
-            cursor.execute(log, {
-                "id": job_id, "attempt": attempt, "outcome": "cancelled" if cancelled else "released",
-                "error_class": RELEASED_CANCEL_ERROR_CLASS if cancelled else None,
-                "error_message": RELEASED_CANCEL_MESSAGE if cancelled else "", "traceback": ""})
+            cursor.execute(
+                log,
+                {
+                    "id": job_id,
+                    "attempt": attempt,
+                    "outcome": "cancelled" if cancelled else "released",
+                    "error_class": RELEASED_CANCEL_ERROR_CLASS if cancelled else None,
+                    "error_message": RELEASED_CANCEL_MESSAGE if cancelled else "",
+                    "traceback": "",
+                },
+            )
     return written

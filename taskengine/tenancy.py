@@ -5,6 +5,7 @@ tenants the user may see; an empty list means none. Jobs with no tenant are visi
 superusers only. TASKENGINE["TENANT_RESOLVER"] may name a callable (user) -> iterable
 of tenant names to replace the TenantMembership lookup.
 """
+
 from __future__ import annotations
 
 from django.utils.module_loading import import_string

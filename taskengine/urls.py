@@ -2,6 +2,7 @@
 
 Pages: dashboard, jobs, jobs/<id>, jobs/<id>/<action> (POST), workers, schedules, audit,
 reconcile, backfill. JSON API: api/v1/… (see docs/api.md)."""
+
 from django.urls import path
 
 from .console import api, backfill, reconcile, views

@@ -35,6 +35,7 @@ Invariants:
   if the release fails): never dropped. A second signal exits at once (leases then
   expire and recovery hands the jobs back).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -175,16 +176,22 @@ class Worker:
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signals += 1
         if self._signals == 1:
-            logger.info("received %s: draining (no new claims, %.0fs grace)",
-                        signal.Signals(signum).name, self.shutdown_grace, extra={"worker_id": self.worker_id})
+            logger.info(
+                "received %s: draining (no new claims, %.0fs grace)",
+                signal.Signals(signum).name,
+                self.shutdown_grace,
+                extra={"worker_id": self.worker_id},
+            )
             self._begin_drain()
             # The handler runs on the main thread wherever it was interrupted, possibly
             # inside Event.wait holding the event's (non-reentrant) lock: setting the
             # event here could deadlock, so another thread sets it.
             threading.Thread(target=self._wake.set, name="taskengine-signal-wake", daemon=True).start()
         else:
-            logger.warning("second signal: exiting now; running jobs are recovered when their leases expire",
-                           extra={"worker_id": self.worker_id})
+            logger.warning(
+                "second signal: exiting now; running jobs are recovered when their leases expire",
+                extra={"worker_id": self.worker_id},
+            )
             for handler in logging.getLogger("taskengine").handlers + logging.getLogger().handlers:
                 handler.flush()
             os._exit(1)
@@ -200,11 +207,15 @@ class Worker:
 
     def run(self) -> int:
         """Run until drained (SIGTERM, request_stop, or --burst with nothing due)."""
-        logger.info("worker starting: queues=%s concurrency=%d lease=%.0fs claim=%s wake=%s",
-                    ",".join(self.queues), self.concurrency, self.lease_seconds,
-                    "advisory" if self.use_advisory_locks else "skip-locked",
-                    "poll" if self.poll_only or self.connection.vendor != "postgresql" else "listen",
-                    extra={"worker_id": self.worker_id})
+        logger.info(
+            "worker starting: queues=%s concurrency=%d lease=%.0fs claim=%s wake=%s",
+            ",".join(self.queues),
+            self.concurrency,
+            self.lease_seconds,
+            "advisory" if self.use_advisory_locks else "skip-locked",
+            "poll" if self.poll_only or self.connection.vendor != "postgresql" else "listen",
+            extra={"worker_id": self.worker_id},
+        )
         metrics.WORKER_SLOTS.set(self.concurrency)
         try:
             self._start_listener()
@@ -273,8 +284,12 @@ class Worker:
         nothing else is running, or when the oldest is FLUSH_DELAY old."""
         if not self._pending:
             return False
-        return (len(self._pending) >= self._batch or not self._running or self._draining
-                or time.monotonic() - self._pending_since >= FLUSH_DELAY)
+        return (
+            len(self._pending) >= self._batch
+            or not self._running
+            or self._draining
+            or time.monotonic() - self._pending_since >= FLUSH_DELAY
+        )
 
     def _flush_wait(self) -> float:
         if not self._pending:
@@ -287,7 +302,7 @@ class Worker:
         for service in self.services:
             try:
                 service.stop()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 logger.exception("stopping service %r failed", service)
         if self._listener:
             self._listener.stop()
@@ -298,8 +313,11 @@ class Worker:
         if self._stuck:
             # A stopped worker's jobs are recovered at once, while this process (and the
             # stuck handlers) may still be running: leave the row, and the leases, to expire.
-            logger.error("exiting with %d stuck handlers; their jobs stay leased until the leases expire",
-                         len(self._stuck), extra={"worker_id": self.worker_id})
+            logger.error(
+                "exiting with %d stuck handlers; their jobs stay leased until the leases expire",
+                len(self._stuck),
+                extra={"worker_id": self.worker_id},
+            )
         elif self._registered:
             self._db_call("stop", lambda: registry.mark_stopped(self.database, self.worker_id))
         self.stuck_threads = bool(self._running)
@@ -314,7 +332,7 @@ class Worker:
     # --- waiting ---------------------------------------------------------------------
 
     def _idle_wait(self) -> float:
-        wait = min(self.max_backoff, self.backoff_base * (2 ** self._idle_rounds))
+        wait = min(self.max_backoff, self.backoff_base * (2**self._idle_rounds))
         self._idle_rounds = min(self._idle_rounds + 1, 30)
         return wait
 
@@ -340,16 +358,23 @@ class Worker:
             self._back_off(now)
             if self._db_down_since is None:
                 self._db_down_since = now
-                logger.error("database error during %s: %s; backing off and retrying", operation, exc,
-                             extra={"worker_id": self.worker_id})
+                logger.error(
+                    "database error during %s: %s; backing off and retrying",
+                    operation,
+                    exc,
+                    extra={"worker_id": self.worker_id},
+                )
             try:
                 self.connection.close()
             except DatabaseError:
                 pass
             return default
         if self._db_down_since is not None:
-            logger.warning("database reachable again after %.1fs; resuming", now - self._db_down_since,
-                           extra={"worker_id": self.worker_id})
+            logger.warning(
+                "database reachable again after %.1fs; resuming",
+                now - self._db_down_since,
+                extra={"worker_id": self.worker_id},
+            )
             self._db_down_since = None
             self._db_backoff = 0.0
         return result
@@ -370,9 +395,14 @@ class Worker:
 
     def _claim_now(self, free: int) -> list[store.ClaimedJob]:
         started = time.perf_counter()
-        jobs = store.claim_jobs(self.connection, worker_id=self.worker_id, queues=self.queues,
-                                limit=free, lease_seconds=self.lease_seconds,
-                                advisory=self.use_advisory_locks)
+        jobs = store.claim_jobs(
+            self.connection,
+            worker_id=self.worker_id,
+            queues=self.queues,
+            limit=free,
+            lease_seconds=self.lease_seconds,
+            advisory=self.use_advisory_locks,
+        )
         metrics.CLAIM_LATENCY.observe(time.perf_counter() - started)
         return jobs
 
@@ -385,8 +415,13 @@ class Worker:
             self._start(job)
 
     def _release_unstarted(self, jobs: list[store.ClaimedJob]) -> list[store.ClaimedJob]:
-        written = self._db_call("release", lambda: store.release_jobs(
-            self.connection, worker_id=self.worker_id, held=[(j.id, j.attempt) for j in jobs]), default={})
+        written = self._db_call(
+            "release",
+            lambda: store.release_jobs(
+                self.connection, worker_id=self.worker_id, held=[(j.id, j.attempt) for j in jobs]
+            ),
+            default={},
+        )
         for job in jobs:
             if job.id in written:
                 self._report_release(RunningJob(job=job), *written[job.id], unstarted=True)
@@ -395,16 +430,28 @@ class Worker:
     def _report_release(self, running: RunningJob, state: str, finished_at: Any, *, unstarted: bool = False) -> None:
         """Log (and for a cancel, count and signal) one job the release wrote."""
         if state == "cancelled":  # cancel requested before the handler saw it
-            self.events.finished(running, Outcome(
-                running.job.id, running.job.attempt, state, AttemptOutcome.CANCELLED,
-                error_class=store.RELEASED_CANCEL_ERROR_CLASS, error_message=store.RELEASED_CANCEL_MESSAGE,
-                finished_at=finished_at), state)
+            self.events.finished(
+                running,
+                Outcome(
+                    running.job.id,
+                    running.job.attempt,
+                    state,
+                    AttemptOutcome.CANCELLED,
+                    error_class=store.RELEASED_CANCEL_ERROR_CLASS,
+                    error_message=store.RELEASED_CANCEL_MESSAGE,
+                    finished_at=finished_at,
+                ),
+                state,
+            )
         elif unstarted:
-            logger.info("claimed as the worker began to drain: released unstarted",
-                        extra=self.events.extra(running.job, event="released"))
+            logger.info(
+                "claimed as the worker began to drain: released unstarted",
+                extra=self.events.extra(running.job, event="released"),
+            )
         else:
-            logger.warning("grace period over: released back to the queue",
-                           extra=self.events.extra(running.job, event="released"))
+            logger.warning(
+                "grace period over: released back to the queue", extra=self.events.extra(running.job, event="released")
+            )
 
     def _start(self, job: store.ClaimedJob) -> None:
         running = RunningJob(job=job)
@@ -413,7 +460,7 @@ class Worker:
         try:
             store.ensure_decoded(job)
             running.task, is_async = self._resolve(job.task_path)
-        except Exception as exc:  # noqa: BLE001 - TaskNotFound, a module that fails to import, bad stored arguments
+        except Exception as exc:
             self._done.put((running, failure_outcome(job, exc), None))
             return
         self.events.started(running)
@@ -429,7 +476,7 @@ class Worker:
                 future.add_done_callback(lambda f, r=running: self._on_async_done(r, f))
             else:
                 self._threads.submit(running)
-        except Exception as exc:  # noqa: BLE001 - e.g. "can't start new thread": this attempt fails, the loop goes on
+        except Exception as exc:
             logger.exception("could not start the handler", extra=self.events.extra(job, event="start_failed"))
             self._watched.discard(running)
             self._done.put((running, failure_outcome(job, exc), None))
@@ -452,7 +499,7 @@ class Worker:
             return
         try:
             outcome, error = future.result(), None
-        except BaseException as exc:  # noqa: BLE001 - a bug in the runner
+        except BaseException as exc:
             outcome, error = None, exc
         self._on_handler_done(running, outcome, error)
 
@@ -482,15 +529,20 @@ class Worker:
             self._watched.discard(running)
             try:
                 self._collected(running, outcome, error)
-            except Exception:  # noqa: BLE001 - nothing raised while recording may end the loop
-                logger.exception("could not record a finished attempt; its lease lapses and it is recovered",
-                                 extra=self.events.extra(running.job))
+            except Exception:
+                logger.exception(
+                    "could not record a finished attempt; its lease lapses and it is recovered",
+                    extra=self.events.extra(running.job),
+                )
 
     def _collected(self, running: RunningJob, outcome: Outcome | None, error: BaseException | None) -> None:
         if running.stuck:
             self._stuck.discard(running)
-            logger.warning("a stuck handler returned after %.1fs; recording its outcome",
-                           time.monotonic() - running.monotonic_start, extra=self.events.extra(running.job))
+            logger.warning(
+                "a stuck handler returned after %.1fs; recording its outcome",
+                time.monotonic() - running.monotonic_start,
+                extra=self.events.extra(running.job),
+            )
         self.events.collected(running)
         if running.abandoned:
             return  # released at shutdown: the job is no longer this worker's
@@ -513,8 +565,11 @@ class Worker:
             if running.interrupt_sent is None:
                 self._interrupt(running, JobTimedOut)
                 running.deadline = now + HARD_TIMEOUT_GRACE  # a sync handler not yet begun is interrupted then
-                logger.warning("timed out after %ss; interrupting", running.job.timeout_seconds,
-                               extra=self.events.extra(running.job, event="timed_out"))
+                logger.warning(
+                    "timed out after %ss; interrupting",
+                    running.job.timeout_seconds,
+                    extra=self.events.extra(running.job, event="timed_out"),
+                )
             else:
                 self._watched.discard(running)
                 running.deadline = None
@@ -528,14 +583,24 @@ class Worker:
         self._stuck.add(running)
         reason = running.interrupt_sent.__name__ if running.interrupt_sent else "interrupt"
         event = "timeout_ignored" if running.interrupt_sent is JobTimedOut else "interrupt_ignored"
-        logger.error("handler ignored its interrupt (%s) for %.0fs; its job stays leased and its slot taken "
-                     "until it returns (%d stuck, at most %d tolerated)", reason, HARD_TIMEOUT_GRACE,
-                     len(self._stuck), self.max_stuck_threads, extra=self.events.extra(running.job, event=event))
+        logger.error(
+            "handler ignored its interrupt (%s) for %.0fs; its job stays leased and its slot taken "
+            "until it returns (%d stuck, at most %d tolerated)",
+            reason,
+            HARD_TIMEOUT_GRACE,
+            len(self._stuck),
+            self.max_stuck_threads,
+            extra=self.events.extra(running.job, event=event),
+        )
         if len(self._stuck) > self.max_stuck_threads and not self._gave_up:
             self._gave_up = True
-            logger.error("more stuck handlers than --max-stuck-threads %d: draining; the worker exits %d "
-                         "for its supervisor to replace it", self.max_stuck_threads, STUCK_THREADS_EXIT_CODE,
-                         extra={"worker_id": self.worker_id})
+            logger.error(
+                "more stuck handlers than --max-stuck-threads %d: draining; the worker exits %d "
+                "for its supervisor to replace it",
+                self.max_stuck_threads,
+                STUCK_THREADS_EXIT_CODE,
+                extra={"worker_id": self.worker_id},
+            )
             self.request_stop()
 
     def _add_pending(self, running: RunningJob, outcome: Outcome) -> None:
@@ -553,9 +618,12 @@ class Worker:
             return self._claim(claim)
         try:
             return self._db_call("finish", lambda: self._finish_then_claim(claim), default=None)
-        except Exception:  # noqa: BLE001 - a bug, or a value refused even when written alone
-            logger.exception("writing %d outcomes failed; retrying after a back-off", len(self._pending),
-                             extra={"worker_id": self.worker_id})
+        except Exception:
+            logger.exception(
+                "writing %d outcomes failed; retrying after a back-off",
+                len(self._pending),
+                extra={"worker_id": self.worker_id},
+            )
             self._back_off(time.monotonic())
             return None
 
@@ -568,8 +636,13 @@ class Worker:
         except Exception as exc:
             if _database_unreachable(exc):
                 raise
-            logger.warning("the database refused a batch of %d outcomes (%s: %s); writing it in parts",
-                           len(batch), type(exc).__name__, exc, extra={"worker_id": self.worker_id})
+            logger.warning(
+                "the database refused a batch of %d outcomes (%s: %s); writing it in parts",
+                len(batch),
+                type(exc).__name__,
+                exc,
+                extra={"worker_id": self.worker_id},
+            )
             self._finish_isolating(batch)
             return None  # the claim rolled back with the batch; the next round claims
         self._written(batch, won)
@@ -592,8 +665,12 @@ class Worker:
                     parts += [part[middle:], part[:middle]]
                     continue
                 [(running, refused)] = part
-                logger.error("the database cannot store this attempt's outcome (%s: %s); the attempt fails instead",
-                             type(exc).__name__, exc, extra=self.events.extra(running.job, event="outcome_refused"))
+                logger.error(
+                    "the database cannot store this attempt's outcome (%s: %s); the attempt fails instead",
+                    type(exc).__name__,
+                    exc,
+                    extra=self.events.extra(running.job, event="outcome_refused"),
+                )
                 part = [(running, unstorable_outcome(running.job, refused, exc))]
                 try:
                     won = store.finish_jobs(self.connection, worker_id=self.worker_id, outcomes=[part[0][1]])
@@ -609,8 +686,12 @@ class Worker:
         CHECK constraint or trigger on the row): keeping the outcome would hold every
         later batch, and the claims riding in it, hostage. It is dropped; the job stays
         leased to this worker until the lease lapses and recovery takes it."""
-        logger.error("the database refuses any outcome of this attempt (%s: %s); it is left to lease recovery",
-                     type(exc).__name__, exc, extra=self.events.extra(running.job, event="outcome_dropped"))
+        logger.error(
+            "the database refuses any outcome of this attempt (%s: %s); it is left to lease recovery",
+            type(exc).__name__,
+            exc,
+            extra=self.events.extra(running.job, event="outcome_dropped"),
+        )
         self._pending = [entry for entry in self._pending if entry[0] is not running]
 
     def _written(self, part: list[tuple[RunningJob, Outcome]], won: dict) -> None:
@@ -629,7 +710,7 @@ class Worker:
             state, outcome.finished_at = won_row or (None, None)
             try:
                 self.events.finished(running, outcome, state)
-            except Exception:  # noqa: BLE001 - the outcome is written; reporting it must not end the loop
+            except Exception:
                 logger.exception("reporting a written outcome failed", extra=self.events.extra(running.job))
 
     def _release_remaining(self) -> None:
@@ -639,13 +720,17 @@ class Worker:
         by_id = {r.job.id: r for r in sorted(candidates, key=lambda r: r.job.attempt)}
         held = [r.held for r in candidates]
         written = self._db_call(
-            "release", lambda: store.release_jobs(self.connection, worker_id=self.worker_id, held=held), default={})
+            "release", lambda: store.release_jobs(self.connection, worker_id=self.worker_id, held=held), default={}
+        )
         for job_id, (state, finished_at) in written.items():
             by_id[job_id].abandoned = True
             self._report_release(by_id[job_id], state, finished_at)
         if len(written) < len(held):
-            logger.warning("%d running jobs could not be released; they recover when their leases expire",
-                           len(held) - len(written), extra={"worker_id": self.worker_id})
+            logger.warning(
+                "%d running jobs could not be released; they recover when their leases expire",
+                len(held) - len(written),
+                extra={"worker_id": self.worker_id},
+            )
 
     # --- heartbeat -------------------------------------------------------------------
 
@@ -655,9 +740,12 @@ class Worker:
             return
         self._next_heartbeat = now + self.heartbeat_seconds
         live = [r for r in self._running if not r.abandoned and not r.lease_lost]
-        kept = self._db_call("heartbeat", lambda: store.extend_leases(
-            self.connection, worker_id=self.worker_id, held=[r.held for r in live],
-            lease_seconds=self.lease_seconds))
+        kept = self._db_call(
+            "heartbeat",
+            lambda: store.extend_leases(
+                self.connection, worker_id=self.worker_id, held=[r.held for r in live], lease_seconds=self.lease_seconds
+            ),
+        )
         if kept is None:
             return
         state = "draining" if self._draining else "running"
@@ -669,12 +757,16 @@ class Worker:
         for running in live:
             if running.job.id not in kept or running.job.attempt < newest[running.job.id]:
                 running.lease_lost = True
-                logger.warning("lease lost while running; interrupting the handler",
-                               extra=self.events.extra(running.job, event="lease_lost"))
+                logger.warning(
+                    "lease lost while running; interrupting the handler",
+                    extra=self.events.extra(running.job, event="lease_lost"),
+                )
                 self._interrupt(running, LeaseLost)
             elif kept[running.job.id] and running.interrupt_sent is None:
-                logger.info("cancellation requested; interrupting the handler",
-                            extra=self.events.extra(running.job, event="cancel_requested"))
+                logger.info(
+                    "cancellation requested; interrupting the handler",
+                    extra=self.events.extra(running.job, event="cancel_requested"),
+                )
                 self._interrupt(running, JobCancelled)
 
     def _interrupt(self, running: RunningJob, reason: type[JobInterrupted]) -> None:

@@ -1,6 +1,7 @@
 """Async handlers that do not stop when cancelled, for the async cancellation tests.
 Each logs "start N" / "cancelled N" / "end N" lines (N: the attempt) to
 marker_dir/executions, so a test can tell whether two executions overlapped."""
+
 from __future__ import annotations
 
 import asyncio
@@ -41,7 +42,8 @@ async def blocks_the_event_loop_on_first_attempt(context, marker_dir: str, block
     _log(marker_dir, f"start {attempt}")
     try:
         if attempt == 1:
-            time.sleep(block_seconds)
+            # The point of this task: a call that blocks the event loop, so a cancel cannot land.
+            time.sleep(block_seconds)  # noqa: ASYNC251 - on purpose, see above
             await asyncio.sleep(0.5)
         return attempt
     finally:

@@ -1,4 +1,5 @@
 """Async tasks for the async-handler tests (importable by worker subprocesses)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -14,10 +15,13 @@ async def async_context_fails_first_attempt(context) -> dict:
     if context.attempt == 1:
         raise RuntimeError("first attempt fails")
     result = context.task_result
-    return {"attempt": context.attempt, "result_id": result.id,
-            "errors": [error.exception_class_path for error in result.errors],
-            "first_error_mentions": "first attempt fails" in result.errors[0].traceback,
-            "worker_ids": result.worker_ids}
+    return {
+        "attempt": context.attempt,
+        "result_id": result.id,
+        "errors": [error.exception_class_path for error in result.errors],
+        "first_error_mentions": "first attempt fails" in result.errors[0].traceback,
+        "worker_ids": result.worker_ids,
+    }
 
 
 @task(max_attempts=1)

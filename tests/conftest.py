@@ -6,6 +6,7 @@
 - ``worker_process`` starts real ``manage.py runworker`` subprocesses against the test
   database; they can be signalled or ``kill -9``-ed.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,9 +33,9 @@ def pytest_collection_modifyitems(config, items):
     vendor = database_vendor()
     keep, drop = [], []
     for item in items:
-        if vendor == "sqlite" and item.get_closest_marker("postgres"):
-            drop.append(item)
-        elif vendor == "postgresql" and item.get_closest_marker("sqlite_only"):
+        if (vendor == "sqlite" and item.get_closest_marker("postgres")) or (
+            vendor == "postgresql" and item.get_closest_marker("sqlite_only")
+        ):
             drop.append(item)
         else:
             keep.append(item)
@@ -48,8 +49,9 @@ def pytest_report_header(config):
     return f"taskengine test database: {db['ENGINE']} {db.get('HOST') or ''} {db['NAME']}"
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
-             message: str = "condition") -> object:
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, message: str = "condition"
+) -> object:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -87,10 +89,14 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 class WorkerProcess:
     def __init__(self, args: list[str], log_path: Path, env: dict[str, str]) -> None:
         self.log_path = log_path
-        self._log = open(log_path, "wb")
+        # The log outlives this call: the process writes to it until stop() closes it.
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "manage.py"), "runworker", *args],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     @property
@@ -107,8 +113,11 @@ class WorkerProcess:
     def wait_until_started(self, timeout: float = 60) -> None:
         """Wait for the "worker starting" log line: from then on the worker's own signal
         handlers are installed, so a SIGTERM means "drain", not "stop before starting"."""
-        wait_for(lambda: "worker starting" in self.log() or self.proc.poll() is not None,
-                 timeout=timeout, message=f"{self.log_path.stem} to start")
+        wait_for(
+            lambda: "worker starting" in self.log() or self.proc.poll() is not None,
+            timeout=timeout,
+            message=f"{self.log_path.stem} to start",
+        )
         assert self.proc.poll() is None, f"{self.log_path.stem} exited during start-up:\n{self.log()}"
 
     def kill9(self) -> None:

@@ -1,4 +1,5 @@
 """Tasks for the worker robustness tests (importable by worker subprocesses)."""
+
 from __future__ import annotations
 
 import time

@@ -2,13 +2,13 @@
 module's jobs, and receivers after them that record what they were sent (marker files
 in the job's ``marker_dir`` argument). Only a worker that runs one of these tasks
 imports the module, so no other test's worker sees the receivers."""
+
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
 from taskengine.compat import task, task_finished, task_started
-
 
 
 def _ours(task_result) -> bool:

@@ -1,4 +1,5 @@
 """Tasks used by the test suite (importable by worker subprocesses)."""
+
 from __future__ import annotations
 
 import asyncio

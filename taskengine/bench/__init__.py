@@ -9,6 +9,7 @@ All timings of jobs come from the database clock (enqueued_at, started_at,
 finished_at), never from this process. The benchmark works on its own queue
 ("benchmark" unless told otherwise) and deletes its own jobs when done.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,6 @@ from .. import queries, store
 from ..backend import DatabaseBackend
 from ..compat import clone_task, task
 from ..models import Job, WorkerProcess, WorkerState
-
 
 # The raw limit's defaults: the batch a claim takes and the queued rows it starts from
 # (enough that 2 clients do not run dry in a 15-second run on a fast machine).
@@ -70,8 +70,10 @@ class Benchmark:
         """Delete the benchmark queue's jobs and their attempt rows (in SQL: the ORM's
         cascade would load every row first) and settle the tables."""
         with transaction.atomic(using=self.database), self.connection.cursor() as cursor:
-            cursor.execute("DELETE FROM task_execution_logs WHERE job_id IN "
-                           "(SELECT id FROM taskengine_job WHERE queue = %s)", [self.queue])
+            cursor.execute(
+                "DELETE FROM task_execution_logs WHERE job_id IN (SELECT id FROM taskengine_job WHERE queue = %s)",
+                [self.queue],
+            )
             cursor.execute("DELETE FROM taskengine_job WHERE queue = %s", [self.queue])
         self.vacuum()
 
@@ -140,19 +142,26 @@ class Benchmark:
         with self.connection.cursor() as cursor:
             cursor.execute(
                 "SELECT count(*), MIN(started_at), MAX(finished_at) FROM taskengine_job "
-                "WHERE queue = %s AND state = 'succeeded'", [self.queue])
+                "WHERE queue = %s AND state = 'succeeded'",
+                [self.queue],
+            )
             done, first, last = cursor.fetchone()
         first, last = store.to_datetime(first), store.to_datetime(last)
         if done != jobs:
             raise RuntimeError(f"drain incomplete: {done} of {jobs} jobs succeeded")
         seconds = max((last - first).total_seconds(), 1e-6)
-        return {"drain_per_s": done / seconds, "drain_seconds": seconds,
-                "worker_rss_mb_max": rss.max_mb, "worker_rss_growth_mb": rss.growth_mb}
+        return {
+            "drain_per_s": done / seconds,
+            "drain_seconds": seconds,
+            "worker_rss_mb_max": rss.max_mb,
+            "worker_rss_growth_mb": rss.growth_mb,
+        }
 
     def _wait_until_registered(self, worker_ids: list[str], procs: list[subprocess.Popen]) -> None:
         deadline = time.monotonic() + 120
         while WorkerProcess.objects.using(self.database).filter(
-                worker_id__in=worker_ids, state=WorkerState.RUNNING).count() < len(worker_ids):
+            worker_id__in=worker_ids, state=WorkerState.RUNNING
+        ).count() < len(worker_ids):
             self._check_alive(procs, deadline, "the benchmark workers did not start")
             time.sleep(0.05)
 
@@ -191,9 +200,11 @@ class Benchmark:
             proc.wait(30)
         rows = Job.objects.using(self.database).filter(pk__in=ids).values_list("enqueued_at", "started_at")
         millis = sorted((s - e).total_seconds() * 1000 for e, s in rows)
-        return {"latency_p50_ms": statistics.median(millis),
-                "latency_p95_ms": millis[int(len(millis) * 0.95) - 1],
-                "latency_samples": len(millis)}
+        return {
+            "latency_p50_ms": statistics.median(millis),
+            "latency_p95_ms": millis[int(len(millis) * 0.95) - 1],
+            "latency_samples": len(millis),
+        }
 
     # --- claim time versus table size --------------------------------------------------
 
@@ -212,14 +223,17 @@ class Benchmark:
                     "run_after, enqueued_at, attempts, max_attempts, on_lease_expired) "
                     "SELECT %s, 'benchmark', %s, 0, '[]', '{}', 'queued', now(), now(), 0, 1, 'retry' "
                     "FROM generate_series(1, %s - (SELECT count(*) FROM taskengine_job WHERE queue = %s "
-                    "AND state = 'queued'))", [self.task.module_path, self.queue, size, self.queue])
+                    "AND state = 'queued'))",
+                    [self.task.module_path, self.queue, size, self.queue],
+                )
                 cursor.execute("ANALYZE taskengine_job")
             timings = []
             for _ in range(rounds):
                 with transaction.atomic(using=self.database):
                     started = time.perf_counter()
-                    store.claim_jobs(self.connection, worker_id="bench", queues=[self.queue], limit=batch,
-                                     lease_seconds=30)
+                    store.claim_jobs(
+                        self.connection, worker_id="bench", queues=[self.queue], limit=batch, lease_seconds=30
+                    )
                     timings.append(time.perf_counter() - started)
                     transaction.set_rollback(True, using=self.database)
             figures[f"claim_ms_at_{size}"] = statistics.median(timings) * 1000
@@ -239,20 +253,43 @@ class Benchmark:
             "INSERT INTO taskengine_job (task_path, backend, queue, priority, args, kwargs, state, run_after, "
             "enqueued_at, attempts, max_attempts, on_lease_expired) "
             f"VALUES ('{self.task.module_path}', 'benchmark', '{queue}', 0, '[]', '{{}}', 'queued', now(), "
-            "now(), 0, 3, 'retry') RETURNING id, enqueued_at;\n")
+            "now(), 0, 3, 'retry') RETURNING id, enqueued_at;\n"
+        )
         with tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
             script.write(statement)
             script.flush()
-            out = subprocess.run(["pgbench", "-n", "-M", "prepared", "-f", script.name, "-c", "1", "-T",
-                                  str(seconds), database_url(self.connection.settings_dict)],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [
+                    "pgbench",
+                    "-n",
+                    "-M",
+                    "prepared",
+                    "-f",
+                    script.name,
+                    "-c",
+                    "1",
+                    "-T",
+                    str(seconds),
+                    database_url(self.connection.settings_dict),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
         tps = re.search(r"^tps = ([0-9.]+)", out.stdout, re.MULTILINE)
         if tps is None:
             raise RuntimeError(f"pgbench printed no tps: {out.stdout[-500:]}")
         return float(tps.group(1))
 
-    def raw_limit(self, seconds: int, script: Path | None = None, *, clients: int = 2,
-                  batch: int = RAW_CLAIM_BATCH, rows: int = RAW_CLAIM_ROWS) -> float | None:
+    def raw_limit(
+        self,
+        seconds: int,
+        script: Path | None = None,
+        *,
+        clients: int = 2,
+        batch: int = RAW_CLAIM_BATCH,
+        rows: int = RAW_CLAIM_ROWS,
+    ) -> float | None:
         """The machine's limit for the drain: ``clients`` pgbench clients running
         ``script`` (default: this package's raw_claim.pgbench.sql, claim ``batch`` jobs
         with FOR UPDATE SKIP LOCKED and finish them in one transaction) for ``seconds``
@@ -273,8 +310,9 @@ class Benchmark:
             finally:
                 admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
 
-    def _run_raw_claim(self, scratch: str, seconds: int, script: Path | None, *, clients: int, batch: int,
-                       rows: int) -> float:
+    def _run_raw_claim(
+        self, scratch: str, seconds: int, script: Path | None, *, clients: int, batch: int, rows: int
+    ) -> float:
         import psycopg
 
         setup = queries.parse_blocks(resources.files(__package__).joinpath("raw_claim.setup.sql").read_text())
@@ -285,9 +323,24 @@ class Benchmark:
             conn.execute(setup["settle"])
             with resources.as_file(resources.files(__package__).joinpath("raw_claim.pgbench.sql")) as packaged:
                 out = subprocess.run(
-                    ["pgbench", "--no-vacuum", "--file", str(script or packaged), "--define", f"batch={batch}",
-                     "--client", str(clients), "--jobs", str(clients), "--time", str(seconds),
-                     self._conninfo(scratch)], capture_output=True, text=True)
+                    [
+                        "pgbench",
+                        "--no-vacuum",
+                        "--file",
+                        str(script or packaged),
+                        "--define",
+                        f"batch={batch}",
+                        "--client",
+                        str(clients),
+                        "--jobs",
+                        str(clients),
+                        "--time",
+                        str(seconds),
+                        self._conninfo(scratch),
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
             if out.returncode != 0:
                 raise RuntimeError(f"pgbench failed ({out.returncode}): {(out.stderr or out.stdout)[-1000:]}")
             (queued,) = conn.execute(setup["count_queued"]).fetchone()
@@ -316,14 +369,33 @@ class Benchmark:
         # `python -m django` with this process's settings module and import path: the
         # same project whether it was started through its manage.py or not (an
         # installed taskengine has no manage.py of its own).
-        env = dict(os.environ, TASKENGINE_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1",
-                   DJANGO_SETTINGS_MODULE=settings.SETTINGS_MODULE,
-                   PYTHONPATH=os.pathsep.join(path for path in sys.path if path))
+        env = dict(
+            os.environ,
+            TASKENGINE_LOG_LEVEL="WARNING",
+            PYTHONUNBUFFERED="1",
+            DJANGO_SETTINGS_MODULE=settings.SETTINGS_MODULE,
+            PYTHONPATH=os.pathsep.join(path for path in sys.path if path),
+        )
         env["DATABASE_URL"] = database_url(self.connection.settings_dict)
         return subprocess.Popen(
-            [sys.executable, "-m", "django", "runworker", "--queues", self.queue,
-             "--no-leader", "--backoff-base", "0.01", "--max-backoff", "0.5", *args],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "django",
+                "runworker",
+                "--queues",
+                self.queue,
+                "--no-leader",
+                "--backoff-base",
+                "0.01",
+                "--max-backoff",
+                "0.5",
+                *args,
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
 
 class RssSampler(threading.Thread):
@@ -360,7 +432,7 @@ class RssSampler(threading.Thread):
         for s in self.samples.values():
             if len(s) >= 8:
                 q = len(s) // 4
-                growths.append(statistics.mean(s[-q:]) - statistics.mean(s[q:2 * q]))
+                growths.append(statistics.mean(s[-q:]) - statistics.mean(s[q : 2 * q]))
         return max(growths, default=0.0)
 
 

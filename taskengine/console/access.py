@@ -8,6 +8,7 @@ protection and ``never_cache``. The JSON API answers in JSON instead of redirect
 CSRF is Django's middleware for both (no view is csrf_exempt); a CSRF failure on an API
 path answers JSON through ``csrf_failure`` (settings.CSRF_FAILURE_VIEW).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -3,6 +3,7 @@ million-row table: list filters whose choices come from index walks (never a
 ``SELECT DISTINCT`` over every row), a paginator that never runs an unbounded
 ``count(*)``, the tenant-scoping mixin, and JSON snapshots for audited admin edits.
 """
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ from functools import cached_property
 
 from django.contrib import admin
 from django.core.paginator import Paginator
-from django.db import router, transaction
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db import router, transaction
 from django.forms.models import model_to_dict
 
 from .. import audit
@@ -117,15 +118,28 @@ class AuditedAdmin(admin.ModelAdmin):
         before = snapshot(type(obj).objects.get(pk=obj.pk)) if change and obj.pk else None
         super().save_model(request, obj, form, change)
         obj.refresh_from_db()  # database defaults and Now() expressions become values
-        audit.record(actor=request.user, action=f"{self.audit_target}.{'change' if change else 'add'}",
-                     target_type=self.audit_target, target_id=obj.pk, tenant=getattr(obj, "tenant", None),
-                     before=before, after=snapshot(obj))
+        audit.record(
+            actor=request.user,
+            action=f"{self.audit_target}.{'change' if change else 'add'}",
+            target_type=self.audit_target,
+            target_id=obj.pk,
+            tenant=getattr(obj, "tenant", None),
+            before=before,
+            after=snapshot(obj),
+        )
 
     def delete_model(self, request, obj):
         before, pk = snapshot(obj), obj.pk
         super().delete_model(request, obj)
-        audit.record(actor=request.user, action=f"{self.audit_target}.delete", target_type=self.audit_target,
-                     target_id=pk, tenant=getattr(obj, "tenant", None), before=before, after=None)
+        audit.record(
+            actor=request.user,
+            action=f"{self.audit_target}.delete",
+            target_type=self.audit_target,
+            target_id=pk,
+            tenant=getattr(obj, "tenant", None),
+            before=before,
+            after=None,
+        )
 
     def delete_queryset(self, request, queryset):
         # One audit row per object, so one delete per object (never queryset.delete()),

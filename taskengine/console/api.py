@@ -7,6 +7,7 @@ compare-and-set, audit in one transaction). Errors are ``{"error": "..."}`` with
 400 (bad filter), 403 (not logged in / not staff / no permission / CSRF), 404 (no such
 job, or not in the user's tenants), 405 (wrong method), 409 (wrong state).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,12 +34,14 @@ def jobs(request: HttpRequest) -> JsonResponse:
         return json_error(400, f"invalid filter: {errors}")
     queryset = form.filter(reads.jobs_for(request.user)).defer(*reads.LIST_DEFER)
     page = keyset_page(queryset, form)
-    return JsonResponse({
-        "results": [serialize.job_summary(job) for job in page.items],
-        "next_after": page.next_after,
-        "prev_before": page.prev_before,
-        "count": bounded_count(queryset).as_dict(),
-    })
+    return JsonResponse(
+        {
+            "results": [serialize.job_summary(job) for job in page.items],
+            "next_after": page.next_after,
+            "prev_before": page.prev_before,
+            "count": bounded_count(queryset).as_dict(),
+        }
+    )
 
 
 @api_endpoint("GET")
@@ -52,8 +55,9 @@ def job(request: HttpRequest, job_id: int) -> JsonResponse:
 @api_endpoint("GET")
 def workers(request: HttpRequest) -> JsonResponse:
     now = reads.db_now()
-    return JsonResponse({"generated_at": serialize.iso(now), "workers": reads.workers(now),
-                         "leaders": reads.leaders(now)})
+    return JsonResponse(
+        {"generated_at": serialize.iso(now), "workers": reads.workers(now), "leaders": reads.leaders(now)}
+    )
 
 
 @api_endpoint("GET")
@@ -77,8 +81,9 @@ def _act(action: str):
     @api_endpoint("POST")
     def view(request: HttpRequest, job_id: int) -> JsonResponse:
         result = operations.perform(action, job_id, actor=request.user, reason=_reason(request))
-        return JsonResponse({"message": result.message, "audit_id": result.audit_id,
-                             "job": serialize.job_summary(result.job)})
+        return JsonResponse(
+            {"message": result.message, "audit_id": result.audit_id, "job": serialize.job_summary(result.job)}
+        )
 
     view.__name__ = f"job_{action}"
     return view

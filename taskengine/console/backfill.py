@@ -6,6 +6,7 @@ offending ids; ``?format=csv`` downloads the same as CSV. ``GET
 /taskengine/api/v1/backfill`` answers ``{"tables": [...]}``. All three only read, and
 count only attempt rows of the user's tenants (superusers: every row).
 """
+
 from __future__ import annotations
 
 import csv

@@ -9,6 +9,7 @@ small number is exact; a count that would take longer than ``COUNT_TIMEOUT_MS`` 
 rare filter combination scanning many candidates) is cancelled and the estimate shown. SQLite has no estimates: it counts up to the bound and answers
 "N+" past it. All functions here only read.
 """
+
 from __future__ import annotations
 
 import json
@@ -75,8 +76,9 @@ def _count_upto(queryset, limit: int) -> int | None:
                 cursor.execute("SELECT set_config('statement_timeout', %s, true)", [timeout])
                 return counting.count()
         with connection.cursor() as cursor:
-            cursor.execute("SELECT current_setting('statement_timeout'), "
-                           "set_config('statement_timeout', %s, true)", [timeout])
+            cursor.execute(
+                "SELECT current_setting('statement_timeout'), set_config('statement_timeout', %s, true)", [timeout]
+            )
             previous = cursor.fetchone()[0]
             try:
                 with transaction.atomic(using=queryset.db):  # a savepoint the cancel can roll back
@@ -135,5 +137,3 @@ def _values(name: str, using: str, limit: int) -> list[str]:
     with connection.cursor() as cursor:
         cursor.execute(sql(connection, name), {"limit": limit})
         return [row[0] for row in cursor.fetchall()]
-
-

@@ -13,6 +13,7 @@ before``). No OFFSET anywhere: page 10,000 costs what page 1 costs. Each page sc
 bounded id window (``SCAN_WINDOW``), so even a filter without an index costs at most
 one bounded range scan per page.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

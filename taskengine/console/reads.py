@@ -6,24 +6,25 @@ Cost on a big table (see docs/performance.md): counts are bounded (``counts.
 bounded_count``), the throughput chart reads the last hour through the
 ``finished_at`` index, lists are keyset pages.
 """
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db.models import Count, Min, Prefetch
 from django.db.models.functions import TruncMinute
-from zoneinfo import ZoneInfo
 
 from .. import gate
 from ..conf import engine_settings
 from ..models import ExecutionLog, Job, Leader, MissedSlot, OperatorAction, Schedule, WorkerProcess, WorkerState
 from ..schedules import SlotSpec, next_slot
 from ..states import JobState
+from ..store import db_now
 from ..tenancy import scope_jobs, tenants_for
 from . import serialize
-from ..store import db_now
 from .counts import bounded_count, queued_queues
 
 CHART_MINUTES = 60
@@ -57,8 +58,13 @@ def gate_banner(using: str = "default") -> dict[str, Any]:
 def known_queues(using: str = "default") -> list[str]:
     """Configured queues, queues with queued jobs (claim index walk) and queues live
     workers serve. Never a scan of the job table."""
-    served = {q for w in WorkerProcess.objects.using(using).filter(state=WorkerState.RUNNING)
-              .values_list("queues", flat=True)[:500] for q in (w or [])}
+    served = {
+        q
+        for w in WorkerProcess.objects.using(using)
+        .filter(state=WorkerState.RUNNING)
+        .values_list("queues", flat=True)[:500]
+        for q in (w or [])
+    }
     return sorted(_configured_queues() | set(queued_queues(using)) | served)
 
 
@@ -77,9 +83,12 @@ def finished_rows(user, now: datetime, using: str = "default") -> tuple[datetime
     end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
     start = end - timedelta(minutes=CHART_MINUTES)
     rows = (
-        jobs_for(user, using).filter(finished_at__gte=start, finished_at__lt=end)
-        .annotate(minute=TruncMinute("finished_at")).values("minute", "queue", "state")
-        .annotate(n=Count("id")).order_by()
+        jobs_for(user, using)
+        .filter(finished_at__gte=start, finished_at__lt=end)
+        .annotate(minute=TruncMinute("finished_at"))
+        .values("minute", "queue", "state")
+        .annotate(n=Count("id"))
+        .order_by()
     )
     return start, list(rows)
 
@@ -104,8 +113,9 @@ def counts_by_queue(user, finished: list[dict], using: str = "default") -> dict[
 
 def throughput(start: datetime, finished: list[dict]) -> dict[str, Any]:
     """Per-minute buckets of the last hour (every minute present, zeros included)."""
-    buckets = {start + timedelta(minutes=i): {"succeeded": 0, "failed": 0, "cancelled": 0}
-               for i in range(CHART_MINUTES)}
+    buckets = {
+        start + timedelta(minutes=i): {"succeeded": 0, "failed": 0, "cancelled": 0} for i in range(CHART_MINUTES)
+    }
     for row in finished:
         bucket = buckets.get(row["minute"])
         if bucket is not None and row["state"] in bucket:
@@ -180,19 +190,33 @@ def schedules(user, using: str = "default") -> list[dict[str, Any]]:
     now = db_now(using)
     recent_runs = Job.objects.using(using).order_by("-slot").only("id", "state", "slot", "schedule_id")[:5]
     recent_missed = MissedSlot.objects.using(using).order_by("-slot")[:5]
-    rows = (schedules_for(user, using).order_by("name")
-            .prefetch_related(Prefetch("jobs", queryset=recent_runs, to_attr="recent_runs"),
-                              Prefetch("missed_slots", queryset=recent_missed, to_attr="recent_missed"))[:500])
+    rows = (
+        schedules_for(user, using)
+        .order_by("name")
+        .prefetch_related(
+            Prefetch("jobs", queryset=recent_runs, to_attr="recent_runs"),
+            Prefetch("missed_slots", queryset=recent_missed, to_attr="recent_missed"),
+        )[:500]
+    )
     out = []
     for schedule in rows:
-        out.append({
-            "name": schedule.name, "task_path": schedule.task_path, "cron": schedule.cron,
-            "interval_seconds": schedule.interval_seconds, "timezone": schedule.timezone,
-            "queue": schedule.queue, "tenant": schedule.tenant, "enabled": schedule.enabled,
-            "misfire_policy": schedule.misfire_policy, "last_slot_at": serialize.iso(schedule.last_slot_at),
-            "next_slots": [serialize.iso(s) for s in next_slots(schedule, now)] if schedule.enabled else [],
-            "last_runs": [{"id": j.pk, "state": j.state, "slot": serialize.iso(j.slot)}
-                          for j in schedule.recent_runs],
-            "missed_slots": [{"slot": serialize.iso(m.slot), "reason": m.reason} for m in schedule.recent_missed],
-        })
+        out.append(
+            {
+                "name": schedule.name,
+                "task_path": schedule.task_path,
+                "cron": schedule.cron,
+                "interval_seconds": schedule.interval_seconds,
+                "timezone": schedule.timezone,
+                "queue": schedule.queue,
+                "tenant": schedule.tenant,
+                "enabled": schedule.enabled,
+                "misfire_policy": schedule.misfire_policy,
+                "last_slot_at": serialize.iso(schedule.last_slot_at),
+                "next_slots": [serialize.iso(s) for s in next_slots(schedule, now)] if schedule.enabled else [],
+                "last_runs": [
+                    {"id": j.pk, "state": j.state, "slot": serialize.iso(j.slot)} for j in schedule.recent_runs
+                ],
+                "missed_slots": [{"slot": serialize.iso(m.slot), "reason": m.reason} for m in schedule.recent_missed],
+            }
+        )
     return out

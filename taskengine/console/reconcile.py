@@ -12,13 +12,20 @@
   ``{"applied": [...]}``; 403 without the permission, 400 for an unknown category, 409
   while the migration gate is closed.
 """
+
 from __future__ import annotations
 
 import json
 
 from django.contrib import messages
-from django.http import (HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden,
-                         HttpResponseRedirect, JsonResponse)
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseForbidden,
+    HttpResponseRedirect,
+    JsonResponse,
+)
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
@@ -40,8 +47,15 @@ def reconcile(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         return _apply_from_form(request)
     report = engine_reconcile.report(tenants=tenants_for(request.user))
-    return render(request, "reconcile.html", "Reconcile", report=report, found=report.found,
-                  can_apply=can_apply(request.user), fixable=engine_reconcile.FIXABLE)
+    return render(
+        request,
+        "reconcile.html",
+        "Reconcile",
+        report=report,
+        found=report.found,
+        can_apply=can_apply(request.user),
+        fixable=engine_reconcile.FIXABLE,
+    )
 
 
 def _apply_from_form(request: HttpRequest) -> HttpResponse:
@@ -55,8 +69,9 @@ def _apply_from_form(request: HttpRequest) -> HttpResponse:
         messages.error(request, "Select at least one category to apply.")
     else:
         try:
-            applied = engine_reconcile.apply(categories=categories, actor=request.user,
-                                             tenants=tenants_for(request.user))
+            applied = engine_reconcile.apply(
+                categories=categories, actor=request.user, tenants=tenants_for(request.user)
+            )
         except engine_reconcile.GateClosed as exc:
             messages.error(request, f"Not applied: the migration gate is closed ({exc}).")
         else:
@@ -86,14 +101,14 @@ def _api_apply(request: HttpRequest) -> JsonResponse:
     try:
         body = json.loads(request.body or b"{}")
     except ValueError:
-        return json_error(400, "body must be JSON: {\"categories\": [...]}")
+        return json_error(400, 'body must be JSON: {"categories": [...]}')
     categories = body.get("categories") if isinstance(body, dict) else None
-    if categories is not None and (not isinstance(categories, list)
-                                   or any(c not in engine_reconcile.FIXABLE for c in categories)):
+    if categories is not None and (
+        not isinstance(categories, list) or any(c not in engine_reconcile.FIXABLE for c in categories)
+    ):
         return json_error(400, f"categories must be a list of: {', '.join(engine_reconcile.FIXABLE)}")
     try:
-        applied = engine_reconcile.apply(categories=categories, actor=request.user,
-                                         tenants=tenants_for(request.user))
+        applied = engine_reconcile.apply(categories=categories, actor=request.user, tenants=tenants_for(request.user))
     except engine_reconcile.GateClosed as exc:
         return json_error(409, f"migration gate closed: {exc}")
     return JsonResponse({"applied": [a.as_dict() for a in applied]})

@@ -8,6 +8,7 @@ traceback is where the error is); escaping is the renderer's job (Django templat
 autoescape, JSON is JSON). The pages show a job's arguments and return value as JSON
 text (``payload_text``), cut to ``PAYLOAD_LIMIT`` characters; the API returns them whole.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,8 @@ import re
 from datetime import datetime
 from typing import Any
 
-from ..models import ExecutionLog, Job, Leader, OperatorAction, WorkerProcess
 from .. import operations
+from ..models import ExecutionLog, Job, Leader, OperatorAction, WorkerProcess
 
 TRACEBACK_LIMIT = 4000
 PAYLOAD_LIMIT = 100_000  # characters of one argument list or return value a page shows
@@ -108,8 +109,10 @@ def audit_row(row: OperatorAction) -> dict[str, Any]:
 
 def job_actions(job: Job, user) -> dict[str, bool]:
     """Which operator actions this user may take on this job in its current state."""
-    return {action: operations.has_permission(user, action) and operations.allowed(job, action)
-            for action in operations.PERMISSIONS}
+    return {
+        action: operations.has_permission(user, action) and operations.allowed(job, action)
+        for action in operations.PERMISSIONS
+    }
 
 
 def job_detail(job: Job, user, *, attempts: list[ExecutionLog], audit: list[OperatorAction]) -> dict[str, Any]:

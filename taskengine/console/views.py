@@ -6,6 +6,7 @@ tenant scope, compare-and-set, audit). A job outside the user's tenants is a 404
 every page. Templates live in taskengine/templates/taskengine/ (found through
 ``APP_DIRS``) and extend admin/base_site.html.
 """
+
 from __future__ import annotations
 
 from django.contrib import admin, messages
@@ -26,8 +27,9 @@ AUDIT_PAGE = 50
 
 
 def render(request: HttpRequest, template: str, title: str, **context) -> TemplateResponse:
-    return TemplateResponse(request, f"taskengine/{template}",
-                            {**admin.site.each_context(request), "title": title, **context})
+    return TemplateResponse(
+        request, f"taskengine/{template}", {**admin.site.each_context(request), "title": title, **context}
+    )
 
 
 @staff_page
@@ -35,7 +37,9 @@ def dashboard(request: HttpRequest) -> TemplateResponse:
     now = reads.db_now()
     user = request.user
     return render(
-        request, "dashboard.html", "Task engine",
+        request,
+        "dashboard.html",
+        "Task engine",
         gate=reads.gate_banner(),
         by_state=reads.counts_by_state(user),
         by_queue=reads.counts_by_queue(user, reads.finished_rows(user, now)[1]),
@@ -59,9 +63,15 @@ def job_list(request: HttpRequest) -> TemplateResponse:
         page, params = None, {}
     tenants = tenants_for(request.user)
     return render(
-        request, "job_list.html", "Jobs",
-        form=form, page=page, params=params, count=bounded_count(queryset) if valid else None,
-        states=JobState.choices, queues=reads.known_queues(),
+        request,
+        "job_list.html",
+        "Jobs",
+        form=form,
+        page=page,
+        params=params,
+        count=bounded_count(queryset) if valid else None,
+        states=JobState.choices,
+        queues=reads.known_queues(),
         tenants=distinct_tenants() if tenants is None else tenants,
     )
 
@@ -82,8 +92,7 @@ def job_action(request: HttpRequest, job_id: int, action: str) -> HttpResponse:
     if action not in operations.PERMISSIONS:
         raise Http404(f"no action {action}")
     try:
-        result = operations.perform(action, job_id, actor=request.user,
-                                    reason=request.POST.get("reason", "")[:2000])
+        result = operations.perform(action, job_id, actor=request.user, reason=request.POST.get("reason", "")[:2000])
     except operations.OperationForbidden as exc:
         return HttpResponseForbidden(exc.message)
     except operations.JobNotFound as exc:
@@ -101,8 +110,9 @@ def job_action(request: HttpRequest, job_id: int, action: str) -> HttpResponse:
 @staff_page
 def workers(request: HttpRequest) -> TemplateResponse:
     now = reads.db_now()
-    return render(request, "workers.html", "Workers and leader",
-                  workers=reads.workers(now), leaders=reads.leaders(now), now=now)
+    return render(
+        request, "workers.html", "Workers and leader", workers=reads.workers(now), leaders=reads.leaders(now), now=now
+    )
 
 
 @staff_page

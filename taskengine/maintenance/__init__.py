@@ -14,6 +14,7 @@ ticker (another thread, its own database connection). On every tick the ticker:
 Each service has a ``run_once`` tests call directly, without threads. A failing service
 is logged and retried next interval; it never stops the others or the worker.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,8 +58,9 @@ class MaintenanceTicker:
     """Runs the due services while this process holds a trusted lease and the
     migration gate is open. ``tick()`` is one pass (tests call it directly)."""
 
-    def __init__(self, database: str, elector: Elector, services: list[Service],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, database: str, elector: Elector, services: list[Service], clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.database = database
         self.elector = elector
         self.services = services
@@ -124,7 +126,7 @@ class MaintenanceTicker:
             self._failing.add(service.name)
             connections[self.database].close()
             return
-        except Exception:  # noqa: BLE001 - one broken service must not stop the rest
+        except Exception:
             logger.exception("%s raised; retrying next interval", service.name)
             return
         if service.name in self._failing:

@@ -10,6 +10,7 @@ last heartbeat, unless a running job still names them.
 Every write carries the leader's lease; under a stale term nothing changes. Database
 errors propagate to the ticker.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,9 @@ class DeadWorkerReport:
     pruned: list[str]
 
 
-def run_once(database: str, lease: LeaderLease, *, dead_after: float | None = None,
-             prune_after: float | None = None) -> DeadWorkerReport:
+def run_once(
+    database: str, lease: LeaderLease, *, dead_after: float | None = None, prune_after: float | None = None
+) -> DeadWorkerReport:
     params = {
         **lease.params(),
         "dead_after": float(dead_after if dead_after is not None else engine_settings.WORKER_DEAD_AFTER_SECONDS),
@@ -44,8 +46,14 @@ def run_once(database: str, lease: LeaderLease, *, dead_after: float | None = No
         cursor.execute(sql(connection, "prune_workers"), params)
         pruned = [row[0] for row in cursor.fetchall()]
     for worker_id, host, pid, last_heartbeat in dead:
-        logger.warning("worker %s (host %s, pid %s) is dead: no heartbeat since %s; its jobs are recovered",
-                       worker_id, host, pid, last_heartbeat, extra={"worker_id": worker_id})
+        logger.warning(
+            "worker %s (host %s, pid %s) is dead: no heartbeat since %s; its jobs are recovered",
+            worker_id,
+            host,
+            pid,
+            last_heartbeat,
+            extra={"worker_id": worker_id},
+        )
     if pruned:
         logger.info("forgot %d long-gone worker(s)", len(pruned))
     return DeadWorkerReport([row[0] for row in dead], pruned)

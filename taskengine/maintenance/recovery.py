@@ -18,6 +18,7 @@ unfenced, explicit run (tests, an operator's reconcile).
 Failure: database errors propagate to the caller (the maintenance ticker logs them and
 tries again next tick); nothing is half-written, each run is one transaction.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,14 @@ class RecoveredJob:
     worker_dead: bool = False  # recovered before its lease ran out: its worker is dead
 
 
-def run_once(database: str = "default", *, limit: int | None = None, lease: LeaderLease | None = None,
-             dead_after: float | None = None, job_ids: list[int] | None = None) -> list[RecoveredJob]:
+def run_once(
+    database: str = "default",
+    *,
+    limit: int | None = None,
+    lease: LeaderLease | None = None,
+    dead_after: float | None = None,
+    job_ids: list[int] | None = None,
+) -> list[RecoveredJob]:
     """Recover up to ``limit`` jobs; returns what was recovered. ``job_ids`` restricts the
     sweep to those jobs (reconcile --apply recovers what it reported, by this same path)."""
     connection = connections[database]
@@ -68,10 +75,20 @@ def run_once(database: str = "default", *, limit: int | None = None, lease: Lead
     for job in recovered:
         metrics.job_recovered(job.queue, job.task_path, job.state)  # recovered as failed counts as failed
         reason = f"worker {job.worker_id} is dead" if job.worker_dead else "lease expired"
-        logger.warning("recovered a running job (%s) -> %s", reason, job.state,
-                       extra={"event": "recovered", "job_id": job.id, "task_path": job.task_path,
-                              "queue": job.queue, "attempt": job.attempt, "worker_id": job.worker_id,
-                              "state": job.state})
+        logger.warning(
+            "recovered a running job (%s) -> %s",
+            reason,
+            job.state,
+            extra={
+                "event": "recovered",
+                "job_id": job.id,
+                "task_path": job.task_path,
+                "queue": job.queue,
+                "attempt": job.attempt,
+                "worker_id": job.worker_id,
+                "state": job.state,
+            },
+        )
     return recovered
 
 
@@ -80,16 +97,23 @@ def _run_sqlite(connection, params: dict) -> list[RecoveredJob]:
     with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
         cursor.execute(sql(connection, "select_recoverable"), params)
         for job_id, locked_by, attempts, worker_dead in cursor.fetchall():
-            cursor.execute(sql(connection, "recover_job"), {
-                "id": job_id, "locked_by": locked_by, "attempts": attempts, "dead_after": params["dead_after"]})
+            cursor.execute(
+                sql(connection, "recover_job"),
+                {"id": job_id, "locked_by": locked_by, "attempts": attempts, "dead_after": params["dead_after"]},
+            )
             row = cursor.fetchone()
             if row is None:
                 continue
             if worker_dead:
                 error_class, message = "taskengine.WorkerDead", f"worker {locked_by} is dead"
             else:
-                error_class, message = "taskengine.LeaseExpired", f"lease expired: worker {locked_by} stopped heartbeating"
-            cursor.execute(sql(connection, "log_lost_attempt"), {
-                "id": job_id, "attempt": attempts, "error_class": error_class, "error_message": message})
+                error_class, message = (
+                    "taskengine.LeaseExpired",
+                    f"lease expired: worker {locked_by} stopped heartbeating",
+                )
+            cursor.execute(
+                sql(connection, "log_lost_attempt"),
+                {"id": job_id, "attempt": attempts, "error_class": error_class, "error_message": message},
+            )
             recovered.append(RecoveredJob(row[0], row[1], row[2], row[3], row[4], locked_by, bool(worker_dead)))
     return recovered

@@ -11,6 +11,7 @@ several runs without long locks. Each transaction holds the leader fence
 nothing. The batch is read ``FOR UPDATE SKIP LOCKED`` with the state re-checked, so an
 operator requeueing a job at the same moment keeps it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,14 @@ from ..states import TERMINAL_STATES
 logger = logging.getLogger("taskengine.retention")
 
 
-def run_once(database: str, lease: LeaderLease, *, days: dict[str, float | None] | None = None,
-             batch_size: int | None = None, max_batches: int | None = None) -> dict[str, int]:
+def run_once(
+    database: str,
+    lease: LeaderLease,
+    *,
+    days: dict[str, float | None] | None = None,
+    batch_size: int | None = None,
+    max_batches: int | None = None,
+) -> dict[str, int]:
     """Delete expired terminal jobs; returns {state: jobs deleted}."""
     days = engine_settings.RETENTION_DAYS if days is None else days
     batch_size = int(batch_size or engine_settings.RETENTION_BATCH_SIZE)
@@ -44,14 +51,17 @@ def run_once(database: str, lease: LeaderLease, *, days: dict[str, float | None]
     return deleted
 
 
-def _prune_state(database: str, lease: LeaderLease, state: str, age_seconds: float,
-                 batch_size: int, max_batches: int) -> int:
+def _prune_state(
+    database: str, lease: LeaderLease, state: str, age_seconds: float, batch_size: int, max_batches: int
+) -> int:
     connection = connections[database]
     total = 0
     for _ in range(max_batches):
         with fenced_transaction(database, lease), connection.cursor() as cursor:
-            cursor.execute(sql(connection, "select_retention_batch"),
-                           {"state": state, "age_seconds": age_seconds, "batch_size": batch_size})
+            cursor.execute(
+                sql(connection, "select_retention_batch"),
+                {"state": state, "age_seconds": age_seconds, "batch_size": batch_size},
+            )
             ids = [row[0] for row in cursor.fetchall()]
             if ids:
                 Job.objects.using(database).filter(pk__in=ids, state=state).delete()

@@ -17,6 +17,7 @@ and a schedule never advances without its jobs.
 Failure: a schedule whose task no longer imports is skipped (logged once) and not
 advanced; its slots then age into the misfire policy. Database errors propagate.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,10 +31,10 @@ from .. import metrics
 from ..compat import task_backends
 from ..conf import engine_settings
 from ..leadership import LeaderLease, fenced_transaction
-from ..store import db_now
 from ..models import Schedule
 from ..queries import sql
 from ..schedules import SlotSpec, recent_slots, resolve_task, settings_schedules, sync_settings_schedules
+from ..store import db_now
 
 logger = logging.getLogger("taskengine.schedules")
 
@@ -48,8 +49,9 @@ class SlotPlan:
     truncated: bool = False  # more misfired slots than were looked at
 
 
-def plan_slots(spec: SlotSpec, *, after: datetime, now: datetime, policy: str, catch_up_limit: int,
-               grace: float) -> SlotPlan:
+def plan_slots(
+    spec: SlotSpec, *, after: datetime, now: datetime, policy: str, catch_up_limit: int, grace: float
+) -> SlotPlan:
     """Which slots in (after, now] to enqueue and which to record as missed. Pure."""
     slots, truncated = recent_slots(spec, after=after, until=now, limit=catch_up_limit + MAX_MISSED_RECORDED + 1)
     plan = SlotPlan(newest=slots[-1] if slots else None, truncated=truncated)
@@ -57,7 +59,7 @@ def plan_slots(spec: SlotSpec, *, after: datetime, now: datetime, policy: str, c
     on_time = [s for s in slots if s > cutoff]
     late = [s for s in slots if s <= cutoff]
     if policy == "catch_up":
-        keep = late[len(late) - catch_up_limit:] if catch_up_limit else []
+        keep = late[len(late) - catch_up_limit :] if catch_up_limit else []
     elif policy == "run_once":
         keep = late[-1:] if not on_time else []
     else:
@@ -97,13 +99,19 @@ class Scheduler:
 
     def _run_schedule(self, schedule: Schedule, lease: LeaderLease, now: datetime, grace: float) -> list[int]:
         after = schedule.last_slot_at or schedule.created_at
-        plan = plan_slots(SlotSpec.of(schedule), after=after, now=now, policy=schedule.misfire_policy,
-                          catch_up_limit=schedule.catch_up_limit, grace=grace)
+        plan = plan_slots(
+            SlotSpec.of(schedule),
+            after=after,
+            now=now,
+            policy=schedule.misfire_policy,
+            catch_up_limit=schedule.catch_up_limit,
+            grace=grace,
+        )
         if plan.newest is None:
             return []
         try:
             job = self._job_template(schedule)
-        except Exception as exc:  # noqa: BLE001 - a broken schedule must not stop the others
+        except Exception as exc:
             key = (schedule.pk, str(exc))
             if key not in self._broken:
                 self._broken.add(key)
@@ -114,12 +122,15 @@ class Scheduler:
         with transaction.atomic(using=self.database), connection.cursor() as cursor:
             base = {**lease.params(), "schedule_id": schedule.pk}
             for slot in plan.enqueue:
-                cursor.execute(sql(connection, "enqueue_schedule_slot"),
-                               {**base, **job, "slot": self._slot_param(slot)})
+                cursor.execute(
+                    sql(connection, "enqueue_schedule_slot"), {**base, **job, "slot": self._slot_param(slot)}
+                )
                 created.extend(row[0] for row in cursor.fetchall())
             for slot in plan.missed:
-                cursor.execute(sql(connection, "record_missed_slot"),
-                               {**base, "slot": self._slot_param(slot), "reason": f"misfire:{schedule.misfire_policy}"})
+                cursor.execute(
+                    sql(connection, "record_missed_slot"),
+                    {**base, "slot": self._slot_param(slot), "reason": f"misfire:{schedule.misfire_policy}"},
+                )
                 cursor.fetchall()
             cursor.execute(sql(connection, "advance_schedule"), {**base, "slot": self._slot_param(plan.newest)})
             cursor.fetchall()
@@ -134,11 +145,19 @@ class Scheduler:
             task = task.using(tenant=schedule.tenant)
         backend = task_backends[task.backend]
         new = backend.new_job(task, schedule.args or [], schedule.kwargs or {})
-        return {"task_path": new.task_path, "backend": new.backend, "queue": new.queue,
-                "priority": new.priority, "args": _json_text(new.args), "kwargs": _json_text(new.kwargs),
-                "max_attempts": new.max_attempts, "timeout_seconds": new.timeout_seconds,
-                "retry_backoff_seconds": new.retry_backoff_seconds,
-                "on_lease_expired": new.on_lease_expired, "tenant": new.tenant}
+        return {
+            "task_path": new.task_path,
+            "backend": new.backend,
+            "queue": new.queue,
+            "priority": new.priority,
+            "args": _json_text(new.args),
+            "kwargs": _json_text(new.kwargs),
+            "max_attempts": new.max_attempts,
+            "timeout_seconds": new.timeout_seconds,
+            "retry_backoff_seconds": new.retry_backoff_seconds,
+            "on_lease_expired": new.on_lease_expired,
+            "tenant": new.tenant,
+        }
 
     def _slot_param(self, slot: datetime):
         connection = connections[self.database]
@@ -149,12 +168,17 @@ class Scheduler:
     def _report(self, schedule: Schedule, plan: SlotPlan, created: list[int], job: dict) -> None:
         if created:
             metrics.JOBS_SUBMITTED.labels(job["queue"], job["task_path"]).inc(len(created))
-            logger.debug("schedule %r: enqueued %d slot(s) up to %s", schedule.name, len(created),
-                        plan.newest.isoformat())
+            logger.debug(
+                "schedule %r: enqueued %d slot(s) up to %s", schedule.name, len(created), plan.newest.isoformat()
+            )
         if plan.missed:
-            logger.warning("schedule %r: %d slot(s) misfired and were not run (policy %s)%s",
-                           schedule.name, len(plan.missed), schedule.misfire_policy,
-                           "; older misfired slots were not recorded" if plan.truncated else "")
+            logger.warning(
+                "schedule %r: %d slot(s) misfired and were not run (policy %s)%s",
+                schedule.name,
+                len(plan.missed),
+                schedule.misfire_policy,
+                "; older misfired slots were not recorded" if plan.truncated else "",
+            )
 
 
 def _json_text(value) -> str:

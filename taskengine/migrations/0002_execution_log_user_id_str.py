@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('taskengine', '0001_initial'),
+        ("taskengine", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='executionlog',
-            name='user_id_str',
+            model_name="executionlog",
+            name="user_id_str",
             field=models.CharField(blank=True, max_length=64, null=True),
         ),
     ]

@@ -1,9 +1,10 @@
 """Fill task_execution_logs.user_id_str from the legacy integer user_id, in bounded
 batches by primary key. Safe to rerun: it only touches rows still missing the value.
 Big tables can skip this here and run ``manage.py backfill_user_ids`` instead."""
+
 from django.db import migrations
-from django.db.models.functions import Cast
 from django.db.models import CharField
+from django.db.models.functions import Cast
 
 BATCH_SIZE = 5000
 

@@ -4,6 +4,7 @@ A statement-level trigger sends one NOTIFY per queue per statement (a bulk enque
 10,000 jobs sends one), and Postgres delivers it only when the transaction commits —
 so a worker never wakes for a job it cannot yet see. SQLite workers poll instead.
 """
+
 from django.db import migrations
 
 CREATE = """

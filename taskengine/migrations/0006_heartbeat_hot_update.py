@@ -4,14 +4,13 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('taskengine', '0005_hot_path_indexes'),
+        ("taskengine", "0005_hot_path_indexes"),
     ]
 
     operations = [
         migrations.RemoveIndex(
-            model_name='job',
-            name='taskengine_job_lease_idx',
+            model_name="job",
+            name="taskengine_job_lease_idx",
         ),
     ]

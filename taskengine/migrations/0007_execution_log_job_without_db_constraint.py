@@ -13,15 +13,20 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('taskengine', '0006_heartbeat_hot_update'),
+        ("taskengine", "0006_heartbeat_hot_update"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='executionlog',
-            name='job',
-            field=models.ForeignKey(db_constraint=False, db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='attempt_logs', to='taskengine.job'),
+            model_name="executionlog",
+            name="job",
+            field=models.ForeignKey(
+                db_constraint=False,
+                db_index=False,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="attempt_logs",
+                to="taskengine.job",
+            ),
         ),
     ]

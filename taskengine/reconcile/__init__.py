@@ -14,6 +14,7 @@ blocked_unique_keys (jobs.py); missed_slots, duplicate_slots, overdue_schedules
 migration_gate finding. Job-, schedule- and log-level reads and fixes are scoped to
 ``tenants`` (None: every tenant).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -29,8 +30,7 @@ CATEGORIES: list[str] = [check.name for check in CHECKS]
 FIXABLE: list[str] = [check.name for check in CHECKS if check.fix is not None]
 GATE_CATEGORY = "migration_gate"
 
-__all__ = ["CATEGORIES", "FIXABLE", "SYSTEM_ACTOR", "Applied", "Finding", "GateClosed", "Report",
-           "apply", "report"]
+__all__ = ["CATEGORIES", "FIXABLE", "SYSTEM_ACTOR", "Applied", "Finding", "GateClosed", "Report", "apply", "report"]
 
 
 class GateClosed(Exception):
@@ -54,8 +54,12 @@ class Report:
         return next(f for f in self.findings if f.category == category)
 
     def as_dict(self) -> dict[str, Any]:
-        data = {"gate": self.gate, "leader": self.leader, "workers": self.workers,
-                "findings": [f.as_dict() for f in self.findings]}
+        data = {
+            "gate": self.gate,
+            "leader": self.leader,
+            "workers": self.workers,
+            "findings": [f.as_dict() for f in self.findings],
+        }
         if self.applied is not None:
             data["applied"] = [a.as_dict() for a in self.applied]
         return data
@@ -67,18 +71,23 @@ def _selected(categories: Iterable[str] | None) -> list[Check]:
     wanted = list(dict.fromkeys(categories))
     unknown = [name for name in wanted if name not in BY_NAME]
     if unknown:
-        raise ValueError(f"unknown reconcile categor{'y' if len(unknown) == 1 else 'ies'}: "
-                         f"{', '.join(unknown)} (known: {', '.join(CATEGORIES)})")
+        raise ValueError(
+            f"unknown reconcile categor{'y' if len(unknown) == 1 else 'ies'}: "
+            f"{', '.join(unknown)} (known: {', '.join(CATEGORIES)})"
+        )
     return [BY_NAME[name] for name in wanted]
 
 
 def _gate_finding(gate: dict[str, Any]) -> Finding:
     closed = not gate["ready"]
     return Finding(
-        GATE_CATEGORY, int(closed), [*gate["pending"], *gate["unknown_applied"]] if closed else [],
+        GATE_CATEGORY,
+        int(closed),
+        [*gate["pending"], *gate["unknown_applied"]] if closed else [],
         "none (report only): run `manage.py migrate` (or fix the migration graph); while "
         "the gate is closed reconcile checks nothing else and --apply refuses",
-        "The database is not at the head of the code's migrations.", fixable=False,
+        "The database is not at the head of the code's migrations.",
+        fixable=False,
         detail={"reason": gate.get("reason", "")} if closed else {},
     )
 
@@ -87,9 +96,14 @@ def _noop(message: str) -> None:
     pass
 
 
-def report(database: str = "default", *, tenants: list[str] | None = None,
-           categories: Iterable[str] | None = None, progress: Callable[[str], None] | None = None,
-           sample_size: int = 10) -> Report:
+def report(
+    database: str = "default",
+    *,
+    tenants: list[str] | None = None,
+    categories: Iterable[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+    sample_size: int = 10,
+) -> Report:
     """Read-only: the gate, the leader, the workers and one finding per category."""
     checks = _selected(categories)
     gate = status.gate_state(database)
@@ -103,9 +117,15 @@ def report(database: str = "default", *, tenants: list[str] | None = None,
     return Report(gate, status.leader(ctx), status.workers(ctx), findings)
 
 
-def apply(database: str = "default", *, categories: Iterable[str] | None = None,
-          actor: Any = SYSTEM_ACTOR, tenants: list[str] | None = None,
-          progress: Callable[[str], None] | None = None, batch_size: int = 500) -> list[Applied]:
+def apply(
+    database: str = "default",
+    *,
+    categories: Iterable[str] | None = None,
+    actor: Any = SYSTEM_ACTOR,
+    tenants: list[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+    batch_size: int = 500,
+) -> list[Applied]:
     """Make the fixes of the selected (default: all) fixable categories; returns what
     this call changed — rows another reconcile fixed first are not counted."""
     checks = [check for check in _selected(categories) if check.fix is not None]

@@ -4,6 +4,7 @@ applied fixes, and small database helpers that hide the vendor differences.
 A ``Context`` is read-only until a check's ``fix`` runs; ``check`` functions only read.
 Times come from the database clock (``Context.now``), never from Python's clock.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,9 +35,15 @@ class Finding:
     detail: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"category": self.category, "count": self.count, "sample_ids": self.sample_ids,
-                "action": self.action, "description": self.description, "fixable": self.fixable,
-                "detail": self.detail}
+        return {
+            "category": self.category,
+            "count": self.count,
+            "sample_ids": self.sample_ids,
+            "action": self.action,
+            "description": self.description,
+            "fixable": self.fixable,
+            "detail": self.detail,
+        }
 
 
 @dataclass(slots=True)
@@ -138,9 +145,10 @@ class Check:
     name: str
     description: str
     action: str
-    inspect: Callable[[Context, "Check"], Finding]
+    inspect: Callable[[Context, Check], Finding]
     fix: Callable[[Context], Applied] | None = None
 
     def finding(self, count: int, sample_ids: list[Any], **detail: Any) -> Finding:
-        return Finding(self.name, count, sample_ids, self.action, self.description,
-                       fixable=self.fix is not None, detail=detail)
+        return Finding(
+            self.name, count, sample_ids, self.action, self.description, fixable=self.fix is not None, detail=detail
+        )

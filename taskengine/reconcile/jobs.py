@@ -14,6 +14,7 @@ Terminal jobs never block a unique key: the live-key index
 a dead worker, or queued more than STALE_QUEUED_SECONDS past run_after — because
 enqueue() with that key returns the stuck holder instead of creating new work.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,6 +30,7 @@ def _inspect_rows(query: str):
     def inspect(ctx: Context, check: Check) -> Finding:
         total, rows = first_page(ctx, query, count_column=4)
         return check.finding(total, [row[0] for row in rows])
+
     return inspect
 
 
@@ -44,11 +46,17 @@ def _recover(ctx: Context, category: str, rows: list[tuple], reason: str) -> lis
             # The attempt and holder the statement recovered, not the page's: the job
             # may have been recovered, re-claimed and lost again since the page was read.
             tenant = found[job.id][3]
-            audit.record(actor=ctx.actor, action=f"reconcile.{category}", target_type="job",
-                         target_id=job.id, tenant=tenant,
-                         before={"state": "running", "attempts": job.attempt, "locked_by": job.worker_id},
-                         after={"state": job.state, "attempts": job.attempt, "locked_by": None},
-                         reason=reason, using=ctx.database)
+            audit.record(
+                actor=ctx.actor,
+                action=f"reconcile.{category}",
+                target_type="job",
+                target_id=job.id,
+                tenant=tenant,
+                before={"state": "running", "attempts": job.attempt, "locked_by": job.worker_id},
+                after={"state": job.state, "attempts": job.attempt, "locked_by": None},
+                reason=reason,
+                using=ctx.database,
+            )
     return [job.id for job in won]
 
 
@@ -62,6 +70,7 @@ def _fix_running(query: str, category: str, reason: str):
                 applied.add(job_id)
             ctx.progress(f"{category}: {applied.fixed} recovered")
         return applied
+
     return fix
 
 
@@ -76,16 +85,16 @@ def _inspect_stale(ctx: Context, check: Check) -> Finding:
     total, rows = first_page(ctx, "reconcile_stale_queued", count_column=4)
     if not total:
         return check.finding(0, [], queues={}, unserved_queues=[])
-    by_queue = {queue: n for queue, n in ctx.fetch("reconcile_stale_queued_by_queue")}
+    by_queue = dict(ctx.fetch("reconcile_stale_queued_by_queue"))
     served = _served_queues(ctx)
-    return check.finding(total, [row[0] for row in rows], queues=by_queue,
-                         unserved_queues=sorted(q for q in by_queue if q not in served))
+    return check.finding(
+        total, [row[0] for row in rows], queues=by_queue, unserved_queues=sorted(q for q in by_queue if q not in served)
+    )
 
 
 def _inspect_blocked(ctx: Context, check: Check) -> Finding:
     total, rows = first_page(ctx, "reconcile_blocked_unique_keys", count_column=4)
-    return check.finding(total, [row[0] for row in rows],
-                         keys={row[5]: row[6] for row in rows})
+    return check.finding(total, [row[0] for row in rows], keys={row[5]: row[6] for row in rows})
 
 
 CHECKS = [
@@ -93,16 +102,16 @@ CHECKS = [
         name="expired_leases",
         description="Running jobs whose lease has expired (their worker stopped heartbeating).",
         action="recover: back to queued now (failed when attempts are spent or "
-               "on_lease_expired='fail'); the attempt is logged as lost",
+        "on_lease_expired='fail'); the attempt is logged as lost",
         inspect=_inspect_rows("reconcile_expired_leases"),
         fix=_fix_running("reconcile_expired_leases", "expired_leases", "lease expired"),
     ),
     Check(
         name="dead_worker_jobs",
         description="Running jobs with a live lease whose worker is dead "
-                    "(marked dead/stopped, or no heartbeat for WORKER_DEAD_AFTER_SECONDS).",
+        "(marked dead/stopped, or no heartbeat for WORKER_DEAD_AFTER_SECONDS).",
         action="recover now without waiting for the lease: back to queued (failed when "
-               "attempts are spent); the attempt is logged as lost",
+        "attempts are spent); the attempt is logged as lost",
         inspect=_inspect_rows("reconcile_dead_worker_jobs"),
         fix=_fix_running("reconcile_dead_worker_jobs", "dead_worker_jobs", "worker dead"),
     ),
@@ -110,17 +119,17 @@ CHECKS = [
         name="stale_queued_jobs",
         description="Queued jobs more than STALE_QUEUED_SECONDS past their run_after.",
         action="none (report only): start or scale workers for the queues in detail "
-               "(unserved_queues: no live worker serves them); reconcile never fails or "
-               "deletes waiting work",
+        "(unserved_queues: no live worker serves them); reconcile never fails or "
+        "deletes waiting work",
         inspect=_inspect_stale,
     ),
     Check(
         name="blocked_unique_keys",
         description="Unique keys held by a live job that cannot make progress (running with an "
-                    "expired lease or dead worker, or stale queued): enqueue() with the key "
-                    "returns the stuck job instead of new work. Terminal jobs never hold a key.",
+        "expired lease or dead worker, or stale queued): enqueue() with the key "
+        "returns the stuck job instead of new work. Terminal jobs never hold a key.",
         action="recover the running holders (as expired_leases / dead_worker_jobs), which "
-               "frees or unblocks the key; stale queued holders are report only",
+        "frees or unblocks the key; stale queued holders are report only",
         inspect=_inspect_blocked,
         fix=_fix_running("reconcile_blocked_unique_keys", "blocked_unique_keys", "unique key blocked"),
     ),

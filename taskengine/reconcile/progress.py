@@ -1,6 +1,7 @@
 """Progress output for long reconcile and backfill runs, on stderr so stdout stays
 machine-readable (``--json``, ``--csv``). On a terminal a bar redraws in place; otherwise
 one line per update, at most one every ``min_interval`` seconds (plus the last)."""
+
 from __future__ import annotations
 
 import sys
@@ -9,8 +10,9 @@ from typing import TextIO
 
 
 class Progress:
-    def __init__(self, stream: TextIO | None = None, *, enabled: bool = True, min_interval: float = 1.0,
-                 width: int = 30) -> None:
+    def __init__(
+        self, stream: TextIO | None = None, *, enabled: bool = True, min_interval: float = 1.0, width: int = 30
+    ) -> None:
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())

@@ -25,6 +25,7 @@ Limits: a schedule disabled for a while shows the slots of that time as missed (
 scheduler does not record slots while disabled); keep the look-back below the shortest
 retention, or pruned jobs read as gaps.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -54,8 +55,9 @@ class ScheduleRow:
 
     def next_slot(self, after: datetime) -> datetime:
         """The scheduler's own slot arithmetic: the first slot strictly after ``after``."""
-        return schedules.next_slot(schedules.SlotSpec(self.cron or None, self.interval_seconds,
-                                                      self.timezone or "UTC"), after)
+        return schedules.next_slot(
+            schedules.SlotSpec(self.cron or None, self.interval_seconds, self.timezone or "UTC"), after
+        )
 
 
 @dataclass(slots=True)
@@ -68,14 +70,17 @@ class Walk:
 
 def _schedules(ctx: Context) -> list[ScheduleRow]:
     rows = ctx.fetch("reconcile_schedules")
-    return [ScheduleRow(r[0], r[1], r[2], r[3], r[4], to_datetime(r[5]), to_datetime(r[6]), r[7])
-            for r in rows]
+    return [ScheduleRow(r[0], r[1], r[2], r[3], r[4], to_datetime(r[5]), to_datetime(r[6]), r[7]) for r in rows]
 
 
 def walk(ctx: Context, schedule: ScheduleRow) -> Walk:
     result = Walk(schedule)
-    points = [(to_datetime(slot), kind, ident, state) for slot, kind, ident, state in
-              ctx.fetch("reconcile_schedule_points", schedule_id=schedule.id, limit=POINTS_LIMIT)]
+    points = [
+        (to_datetime(slot), kind, ident, state)
+        for slot, kind, ident, state in ctx.fetch(
+            "reconcile_schedule_points", schedule_id=schedule.id, limit=POINTS_LIMIT
+        )
+    ]
     anchor: datetime | None = None
     active = False  # the anchor's period already has a non-cancelled job
     for slot, kind, ident, state in points:
@@ -127,20 +132,22 @@ def _inspect_missed(ctx: Context, check: Check) -> Finding:
     detail = {"schedules": per_schedule}
     if ctx.__dict__["_broken_schedules"]:
         detail["unreadable_schedules"] = ctx.__dict__["_broken_schedules"]
-    return check.finding(len(found), [_slot_id(s, slot) for s, slot in found[:ctx.sample_size]], **detail)
+    return check.finding(len(found), [_slot_id(s, slot) for s, slot in found[: ctx.sample_size]], **detail)
 
 
 def _inspect_duplicates(ctx: Context, check: Check) -> Finding:
     found = [(ident, state) for w in walks(ctx) for ident, state in w.duplicates]
     not_queued = sum(1 for _, state in found if state != "queued")
-    return check.finding(len(found), [ident for ident, _ in found[:ctx.sample_size]],
-                         already_ran=not_queued)
+    return check.finding(len(found), [ident for ident, _ in found[: ctx.sample_size]], already_ran=not_queued)
 
 
 def _inspect_overdue(ctx: Context, check: Check) -> Finding:
     late = [w for w in walks(ctx) if w.overdue_since is not None]
-    return check.finding(len(late), [w.schedule.id for w in late[:ctx.sample_size]],
-                         due_since={w.schedule.name: iso(w.overdue_since) for w in late})
+    return check.finding(
+        len(late),
+        [w.schedule.id for w in late[: ctx.sample_size]],
+        due_since={w.schedule.name: iso(w.overdue_since) for w in late},
+    )
 
 
 def _fix_missed(ctx: Context) -> Applied:
@@ -148,16 +155,25 @@ def _fix_missed(ctx: Context) -> Applied:
     for w in _all_walks(ctx)[0]:
         for start in range(0, len(w.missed), ctx.batch_size):
             with transaction.atomic(using=ctx.database):
-                for slot in w.missed[start:start + ctx.batch_size]:
-                    if not ctx.fetch("reconcile_record_missed_slot", schedule_id=w.schedule.id,
-                                     slot=ctx.db_datetime(slot), reason="reconcile"):
+                for slot in w.missed[start : start + ctx.batch_size]:
+                    if not ctx.fetch(
+                        "reconcile_record_missed_slot",
+                        schedule_id=w.schedule.id,
+                        slot=ctx.db_datetime(slot),
+                        reason="reconcile",
+                    ):
                         continue  # another reconcile (or the scheduler) recorded it first
-                    audit.record(actor=ctx.actor, action="reconcile.missed_slots",
-                                 target_type="schedule", target_id=w.schedule.id,
-                                 tenant=w.schedule.tenant, before=None,
-                                 after={"slot": iso(slot), "recorded_missed": True},
-                                 reason="slot had neither a job nor a missed-slot record",
-                                 using=ctx.database)
+                    audit.record(
+                        actor=ctx.actor,
+                        action="reconcile.missed_slots",
+                        target_type="schedule",
+                        target_id=w.schedule.id,
+                        tenant=w.schedule.tenant,
+                        before=None,
+                        after={"slot": iso(slot), "recorded_missed": True},
+                        reason="slot had neither a job nor a missed-slot record",
+                        using=ctx.database,
+                    )
                     applied.add(_slot_id(w.schedule.id, slot))
             ctx.progress(f"missed_slots: {applied.fixed} recorded")
     return applied
@@ -173,11 +189,17 @@ def _fix_duplicates(ctx: Context) -> Applied:
                 won = ctx.fetch("reconcile_cancel_queued_job", id=job_id)
                 if not won:
                     continue
-                audit.record(actor=ctx.actor, action="reconcile.duplicate_slots", target_type="job",
-                             target_id=job_id, tenant=won[0][3], before={"state": "queued"},
-                             after={"state": "cancelled"},
-                             reason=f"second job in one slot of schedule {w.schedule.name}",
-                             using=ctx.database)
+                audit.record(
+                    actor=ctx.actor,
+                    action="reconcile.duplicate_slots",
+                    target_type="job",
+                    target_id=job_id,
+                    tenant=won[0][3],
+                    before={"state": "queued"},
+                    after={"state": "cancelled"},
+                    reason=f"second job in one slot of schedule {w.schedule.name}",
+                    using=ctx.database,
+                )
                 applied.add(job_id)
     return applied
 
@@ -186,9 +208,9 @@ CHECKS = [
     Check(
         name="missed_slots",
         description="Schedule slots inside the look-back window with neither a job nor a "
-                    "missed-slot record, between slots that were recorded.",
+        "missed-slot record, between slots that were recorded.",
         action="record each as a missed slot (reason 'reconcile'; insert-if-absent on the "
-               "unique (schedule, slot) index)",
+        "unique (schedule, slot) index)",
         inspect=_inspect_missed,
         fix=_fix_missed,
     ),
@@ -196,16 +218,16 @@ CHECKS = [
         name="duplicate_slots",
         description="More than one non-cancelled job within one slot period of a schedule.",
         action="cancel the extra jobs still queued (the earliest job of the slot is kept); "
-               "extras that already ran are report only",
+        "extras that already ran are report only",
         inspect=_inspect_duplicates,
         fix=_fix_duplicates,
     ),
     Check(
         name="overdue_schedules",
         description="Enabled schedules whose next slot has been due for more than "
-                    "STALE_QUEUED_SECONDS without a job: no leader is enqueueing.",
+        "STALE_QUEUED_SECONDS without a job: no leader is enqueueing.",
         action="none (report only): start a worker that can lead; the schedule's misfire "
-               "policy decides about the missed slots",
+        "policy decides about the missed slots",
         inspect=_inspect_overdue,
     ),
 ]

@@ -2,6 +2,7 @@
 leader and its term, and the workers. Read straight from the Leader and WorkerProcess
 tables (not through leadership.py / the registry), on the database clock.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -17,12 +18,23 @@ WORKERS_LIMIT = 100
 def gate_state(database: str) -> dict[str, Any]:
     status_fn = getattr(gate, "status", None)
     if status_fn is None:  # an older gate without status(): readiness only
-        return {"ready": bool(gate.is_ready(database)), "pending": [], "conflicts": {},
-                "unknown_applied": [], "error": None, "reason": ""}
+        return {
+            "ready": bool(gate.is_ready(database)),
+            "pending": [],
+            "conflicts": {},
+            "unknown_applied": [],
+            "error": None,
+            "reason": "",
+        }
     state = status_fn(database)
-    return {"ready": state.ready, "pending": list(state.pending), "conflicts": dict(state.conflicts),
-            "unknown_applied": list(state.unknown_applied), "error": state.error,
-            "reason": getattr(state, "reason", "")}
+    return {
+        "ready": state.ready,
+        "pending": list(state.pending),
+        "conflicts": dict(state.conflicts),
+        "unknown_applied": list(state.unknown_applied),
+        "error": state.error,
+        "reason": getattr(state, "reason", ""),
+    }
 
 
 def leader(ctx: Context) -> dict[str, Any] | None:
@@ -31,14 +43,27 @@ def leader(ctx: Context) -> dict[str, Any] | None:
     if not rows:
         return None
     name, holder, term, expires_at, expired = next((r for r in rows if r[0] == ELECTION), rows[0])
-    return {"name": name, "holder": holder, "term": term, "expires_at": iso(to_datetime(expires_at)),
-            "expired": bool(expired), "elections": len(rows)}
+    return {
+        "name": name,
+        "holder": holder,
+        "term": term,
+        "expires_at": iso(to_datetime(expires_at)),
+        "expired": bool(expired),
+        "elections": len(rows),
+    }
 
 
 def workers(ctx: Context) -> list[dict[str, Any]]:
     return [
-        {"worker_id": r[0], "host": r[1], "pid": r[2], "state": r[3],
-         "last_heartbeat_at": iso(to_datetime(r[4])), "heartbeat_age_seconds": round(float(r[5]), 3),
-         "alive": bool(r[6]), "running_jobs": r[7]}
+        {
+            "worker_id": r[0],
+            "host": r[1],
+            "pid": r[2],
+            "state": r[3],
+            "last_heartbeat_at": iso(to_datetime(r[4])),
+            "heartbeat_age_seconds": round(float(r[5]), 3),
+            "alive": bool(r[6]),
+            "running_jobs": r[7],
+        }
         for r in ctx.fetch("reconcile_workers", limit=WORKERS_LIMIT)
     ]

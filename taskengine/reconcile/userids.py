@@ -12,6 +12,7 @@ finding.)
   migration 0002 that 0003 / ``backfill_user_ids`` have not reached). Fix: the backfill's
   batched compare-and-set on ``user_id_str IS NULL``, one audit row per batch and tenant.
 """
+
 from __future__ import annotations
 
 from django.db import transaction
@@ -35,11 +36,17 @@ def _fix_mismatch(ctx: Context) -> Applied:
                 if not won:
                     continue
                 _, fixed, tenant = won[0]
-                audit.record(actor=ctx.actor, action="reconcile.user_id_str_mismatch",
-                             target_type=backfill.TABLE, target_id=log_id, tenant=tenant,
-                             before={"user_id": user_id, "user_id_str": old},
-                             after={"user_id": user_id, "user_id_str": fixed},
-                             reason="user_id_str must equal user_id as text", using=ctx.database)
+                audit.record(
+                    actor=ctx.actor,
+                    action="reconcile.user_id_str_mismatch",
+                    target_type=backfill.TABLE,
+                    target_id=log_id,
+                    tenant=tenant,
+                    before={"user_id": user_id, "user_id_str": old},
+                    after={"user_id": user_id, "user_id_str": fixed},
+                    reason="user_id_str must equal user_id as text",
+                    using=ctx.database,
+                )
                 applied.add(log_id)
         ctx.progress(f"user_id_str_mismatch: {applied.fixed} fixed")
     return applied
@@ -59,7 +66,10 @@ def _inspect_missing(ctx: Context, check: Check) -> Finding:
 def _fix_missing(ctx: Context) -> Applied:
     applied = Applied("user_id_str_missing")
     result = backfill.run(
-        ctx.database, batch_size=ctx.batch_size, tenants=ctx.tenants, actor=ctx.actor,
+        ctx.database,
+        batch_size=ctx.batch_size,
+        tenants=ctx.tenants,
+        actor=ctx.actor,
         progress=lambda done, total: ctx.progress(f"user_id_str_missing: {done}/{total} filled"),
     )
     for log_id in result.updated_ids:
@@ -71,8 +81,7 @@ CHECKS = [
     Check(
         name="user_id_str_mismatch",
         description="Execution logs whose user_id_str disagrees with user_id.",
-        action="set user_id_str to user_id as text (the integer is the source the string "
-               "was derived from)",
+        action="set user_id_str to user_id as text (the integer is the source the string was derived from)",
         inspect=_inspect_mismatch,
         fix=_fix_mismatch,
     ),

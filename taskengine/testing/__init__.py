@@ -12,12 +12,25 @@
 
 Everything works on PostgreSQL and SQLite, inside a test's transaction or outside one.
 """
+
 from .assertions import assert_enqueued, assert_not_enqueued, describe_job, enqueued_jobs
 from .clock import TEST_LEADER_ID, TIMESTAMP_COLUMNS, advance_clock, advance_clock_to, engine_now, run_schedules
 from .drain import TEST_WORKER_ID, DrainedAttempt, DrainLimitReached, DrainResult, drain
 
 __all__ = [
-    "TEST_LEADER_ID", "TEST_WORKER_ID", "TIMESTAMP_COLUMNS", "DrainLimitReached", "DrainResult",
-    "DrainedAttempt", "advance_clock", "advance_clock_to", "engine_now", "assert_enqueued", "assert_not_enqueued", "describe_job",
-    "drain", "enqueued_jobs", "run_schedules",
+    "TEST_LEADER_ID",
+    "TEST_WORKER_ID",
+    "TIMESTAMP_COLUMNS",
+    "DrainLimitReached",
+    "DrainResult",
+    "DrainedAttempt",
+    "advance_clock",
+    "advance_clock_to",
+    "assert_enqueued",
+    "assert_not_enqueued",
+    "describe_job",
+    "drain",
+    "engine_now",
+    "enqueued_jobs",
+    "run_schedules",
 ]

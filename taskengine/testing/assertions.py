@@ -1,5 +1,6 @@
 """Asserting what was enqueued: read the job rows the backend wrote, compare them
 field by field, and say what was there when nothing matches."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -31,8 +32,14 @@ def _database(using: str | None) -> str:
     return using or engine_settings.DATABASE
 
 
-def enqueued_jobs(task: Any = None, *, queue: str | None = None, state: str | None = "queued",
-                  using: str | None = None, **filters: Any) -> list:
+def enqueued_jobs(
+    task: Any = None,
+    *,
+    queue: str | None = None,
+    state: str | None = "queued",
+    using: str | None = None,
+    **filters: Any,
+) -> list:
     """The Job rows of ``task`` (a Task or its path; None: any) in ``queue`` (None: any),
     in ``state`` ("queued" by default; None: any state), oldest first. Extra keyword
     arguments are Django lookups on Job (``unique_key="order-7"``, ``priority__gt=0``)."""
@@ -100,8 +107,9 @@ def _wanted_text(path: str | None, wanted: Mapping[str, Any], state: str | None)
     return f"{what}{task}" + (f" with {fields}" if fields else "")
 
 
-def _listing(jobs: Sequence, wanted: Mapping[str, Any], path: str | None, state: str | None,
-             *, mark_differences: bool) -> str:
+def _listing(
+    jobs: Sequence, wanted: Mapping[str, Any], path: str | None, state: str | None, *, mark_differences: bool
+) -> str:
     if not jobs:
         return f"No {state} job exists." if state else "No job exists."
     lines = [f"{len(jobs)} {state + ' ' if state else ''}job{'s' if len(jobs) != 1 else ''}:"]
@@ -118,15 +126,27 @@ def _listing(jobs: Sequence, wanted: Mapping[str, Any], path: str | None, state:
 def _matching(task: Any, state: str | None, using: str | None, wanted: Mapping[str, Any]):
     path = task_path(task) if task is not None else None
     everything = enqueued_jobs(None, state=state, using=using)
-    matches = [job for job in everything
-               if (path is None or job.task_path == path) and not _differences(job, wanted, None)]
+    matches = [
+        job for job in everything if (path is None or job.task_path == path) and not _differences(job, wanted, None)
+    ]
     return path, everything, matches
 
 
-def assert_enqueued(task: Any = None, *, args: Any = _UNSET, kwargs: Any = _UNSET, queue: Any = _UNSET,
-                    priority: Any = _UNSET, unique_key: Any = _UNSET, run_after: Any = _UNSET,
-                    tenant: Any = _UNSET, max_attempts: Any = _UNSET, count: int | None = None,
-                    state: str | None = "queued", using: str | None = None) -> list:
+def assert_enqueued(
+    task: Any = None,
+    *,
+    args: Any = _UNSET,
+    kwargs: Any = _UNSET,
+    queue: Any = _UNSET,
+    priority: Any = _UNSET,
+    unique_key: Any = _UNSET,
+    run_after: Any = _UNSET,
+    tenant: Any = _UNSET,
+    max_attempts: Any = _UNSET,
+    count: int | None = None,
+    state: str | None = "queued",
+    using: str | None = None,
+) -> list:
     """Assert that a job of ``task`` with these fields is enqueued (``count``: exactly
     that many) and return the matching Job rows.
 
@@ -135,28 +155,59 @@ def assert_enqueued(task: Any = None, *, args: Any = _UNSET, kwargs: Any = _UNSE
     timedelta (due that long after it was enqueued, ±1 s). Any field also takes a
     predicate, e.g. ``run_after=lambda t: t > cutoff``. On failure the message lists
     the jobs there are and how each differs."""
-    wanted = _expected(args, kwargs, queue=queue, priority=priority, unique_key=unique_key,
-                       run_after=run_after, tenant=tenant, max_attempts=max_attempts)
+    wanted = _expected(
+        args,
+        kwargs,
+        queue=queue,
+        priority=priority,
+        unique_key=unique_key,
+        run_after=run_after,
+        tenant=tenant,
+        max_attempts=max_attempts,
+    )
     path, everything, matches = _matching(task, state, using, wanted)
     if matches and (count is None or len(matches) == count):
         return matches
     if not matches:
-        raise AssertionError(f"Expected a {_wanted_text(path, wanted, state)}; none matches.\n"
-                             + _listing(everything, wanted, path, state, mark_differences=True))
-    raise AssertionError(f"Expected {count} × {_wanted_text(path, wanted, state)}; {len(matches)} match.\n"
-                         + _listing(matches, wanted, path, state, mark_differences=False))
+        raise AssertionError(
+            f"Expected a {_wanted_text(path, wanted, state)}; none matches.\n"
+            + _listing(everything, wanted, path, state, mark_differences=True)
+        )
+    raise AssertionError(
+        f"Expected {count} × {_wanted_text(path, wanted, state)}; {len(matches)} match.\n"
+        + _listing(matches, wanted, path, state, mark_differences=False)
+    )
 
 
-def assert_not_enqueued(task: Any = None, *, args: Any = _UNSET, kwargs: Any = _UNSET, queue: Any = _UNSET,
-                        priority: Any = _UNSET, unique_key: Any = _UNSET, run_after: Any = _UNSET,
-                        tenant: Any = _UNSET, max_attempts: Any = _UNSET, state: str | None = "queued",
-                        using: str | None = None) -> None:
+def assert_not_enqueued(
+    task: Any = None,
+    *,
+    args: Any = _UNSET,
+    kwargs: Any = _UNSET,
+    queue: Any = _UNSET,
+    priority: Any = _UNSET,
+    unique_key: Any = _UNSET,
+    run_after: Any = _UNSET,
+    tenant: Any = _UNSET,
+    max_attempts: Any = _UNSET,
+    state: str | None = "queued",
+    using: str | None = None,
+) -> None:
     """Assert that no job of ``task`` with these fields is enqueued (same matching as
     assert_enqueued; with no fields, that no job of ``task`` is, or none at all)."""
-    wanted = _expected(args, kwargs, queue=queue, priority=priority, unique_key=unique_key,
-                       run_after=run_after, tenant=tenant, max_attempts=max_attempts)
+    wanted = _expected(
+        args,
+        kwargs,
+        queue=queue,
+        priority=priority,
+        unique_key=unique_key,
+        run_after=run_after,
+        tenant=tenant,
+        max_attempts=max_attempts,
+    )
     path, _, matches = _matching(task, state, using, wanted)
     if matches:
-        raise AssertionError(f"Expected no {_wanted_text(path, wanted, state)}; found "
-                             + _listing(matches, wanted, path, state, mark_differences=False))
-
+        raise AssertionError(
+            f"Expected no {_wanted_text(path, wanted, state)}; found "
+            + _listing(matches, wanted, path, state, mark_differences=False)
+        )

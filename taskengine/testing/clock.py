@@ -10,6 +10,7 @@ further past) their deadlines, while every duration between two stored instants 
 as it was. The database's own clock is never touched, so this works inside a test's
 transaction (where PostgreSQL's ``now()`` stands still) and needs no privileges.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,16 @@ from django.db import connections, transaction
 # Every timestamp column of the taskengine models, per table. tests/property/test_clock.py
 # compares this with the models' DateTimeFields, so a new column cannot be forgotten.
 TIMESTAMP_COLUMNS: dict[str, tuple[str, ...]] = {
-    "taskengine_job": ("run_after", "enqueued_at", "started_at", "last_attempted_at", "finished_at",
-                       "lease_expires_at", "cancel_requested_at", "slot"),
+    "taskengine_job": (
+        "run_after",
+        "enqueued_at",
+        "started_at",
+        "last_attempted_at",
+        "finished_at",
+        "lease_expires_at",
+        "cancel_requested_at",
+        "slot",
+    ),
     "task_execution_logs": ("started_at", "finished_at"),
     "taskengine_worker": ("started_at", "last_heartbeat_at", "stopped_at"),
     "taskengine_leader": ("acquired_at", "renewed_at", "expires_at"),
@@ -150,7 +159,8 @@ def run_schedules(using: str | None = None) -> dict[str, list[int]]:
         raise RuntimeError(
             f"run_schedules() needs the leader term, but {leader.get('holder')!r} holds a live one "
             f"(until {leader.get('expires_at')}); stop that worker's leadership (--no-leader) or "
-            "let its schedules run")
+            "let its schedules run"
+        )
     try:
         lease = elector.lease()
         assert lease is not None  # just acquired, within its trust window

@@ -23,6 +23,7 @@ What differs, because the handler runs on the caller's thread and connection:
   attempt is then recorded as ``timed_out``, as in a worker.
 - No heartbeat runs: jobs are leased for LEASE_SECONDS (an hour), ample for a test.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -103,12 +104,15 @@ class DrainResult:
         return self._final("queued")
 
     def __repr__(self) -> str:
-        return (f"<DrainResult ran={self.ran} succeeded={self.succeeded} failed={self.failed} "
-                f"retried={self.retried} cancelled={self.cancelled} queued={self.queued}>")
+        return (
+            f"<DrainResult ran={self.ran} succeeded={self.succeeded} failed={self.failed} "
+            f"retried={self.retried} cancelled={self.cancelled} queued={self.queued}>"
+        )
 
 
-def drain(*, queues: Iterable[str] | None = None, advance: bool = False, max_jobs: int = 1000,
-          using: str | None = None) -> DrainResult:
+def drain(
+    *, queues: Iterable[str] | None = None, advance: bool = False, max_jobs: int = 1000, using: str | None = None
+) -> DrainResult:
     """Run every due job of ``queues`` (default: every queue with a queued job) until
     none is due, one job at a time in claim order, and return what happened.
 
@@ -131,11 +135,23 @@ def drain(*, queues: Iterable[str] | None = None, advance: bool = False, max_job
     seen: list[int] = []
     runner = _AttemptRunner(database)
     while True:
-        names = wanted if wanted is not None else sorted(
-            set(Job.objects.using(database).queued().values_list("queue", flat=True)))
-        claimed = store.claim_jobs(connection, worker_id=TEST_WORKER_ID, queues=names, limit=1,
-                                   lease_seconds=LEASE_SECONDS,
-                                   advisory=engine_settings.USE_ADVISORY_LOCKS) if names else []
+        names = (
+            wanted
+            if wanted is not None
+            else sorted(set(Job.objects.using(database).queued().values_list("queue", flat=True)))
+        )
+        claimed = (
+            store.claim_jobs(
+                connection,
+                worker_id=TEST_WORKER_ID,
+                queues=names,
+                limit=1,
+                lease_seconds=LEASE_SECONDS,
+                advisory=engine_settings.USE_ADVISORY_LOCKS,
+            )
+            if names
+            else []
+        )
         if not claimed:
             if not advance or not names:
                 break
@@ -154,7 +170,8 @@ def drain(*, queues: Iterable[str] | None = None, advance: bool = False, max_job
             store.release_jobs(connection, worker_id=TEST_WORKER_ID, held=[(claimed[0].id, claimed[0].attempt)])
             raise DrainLimitReached(
                 f"drain() ran {max_jobs} attempts and jobs are still due ({summary!r}); "
-                "does a task keep enqueueing itself? Pass max_jobs= to allow more.")
+                "does a task keep enqueueing itself? Pass max_jobs= to allow more."
+            )
         job = claimed[0]
         if job.id not in seen:
             seen.append(job.id)
@@ -166,7 +183,6 @@ def drain(*, queues: Iterable[str] | None = None, advance: bool = False, max_job
 def _results(database: str, job_ids: list[int]) -> list:
     """The stored TaskResults of ``job_ids``, in that order (a job a handler deleted has none)."""
     from taskengine.compat import task_backends
-
     from taskengine.models import Job
 
     backends = dict(Job.objects.using(database).filter(pk__in=job_ids).values_list("id", "backend"))
@@ -192,14 +208,14 @@ class _AttemptRunner:
         try:
             store.ensure_decoded(job)
             running.task = resolve_task(job.task_path)
-        except Exception as exc:  # noqa: BLE001 - as Worker._start: TaskNotFound, a failing import, bad arguments
+        except Exception as exc:
             outcome = failure_outcome(job, exc)
         else:
             self.events.started(running)
             with _attempt_savepoint(connection):
                 try:
                     outcome = self._call(running)
-                except Exception as exc:  # noqa: BLE001 - as Worker._collect_done: an error of the runner itself
+                except Exception as exc:
                     outcome = failure_outcome(job, exc)
         self.events.collected(running)
         with transaction.atomic(using=self.database):
@@ -207,8 +223,9 @@ class _AttemptRunner:
         state, finished_at = won.get(job.id, (None, None))
         outcome.finished_at = finished_at
         self.events.finished(running, outcome, state)
-        return DrainedAttempt(job.id, job.task_path, job.attempt, str(outcome.outcome), state,
-                              outcome.error_class, outcome.error_message)
+        return DrainedAttempt(
+            job.id, job.task_path, job.attempt, str(outcome.outcome), state, outcome.error_class, outcome.error_message
+        )
 
     def _call(self, running):
         from taskengine.execution import run_async
@@ -257,7 +274,7 @@ def _run_sync_inline(running):
             try:
                 value = running.task.func(*args, **kwargs)
                 error: BaseException | None = None
-            except BaseException as exc:  # noqa: BLE001 - even SystemExit is a failed attempt
+            except BaseException as exc:
                 value, error = None, exc
             finally:
                 with running.guard:

@@ -8,6 +8,7 @@ The fixtures need database access like any Django test (pytest-django's
 ``django_db`` mark, or its ``db`` / ``transactional_db`` fixtures); they work inside the
 test's transaction and outside one.
 """
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta

@@ -1,6 +1,7 @@
 """Real runworker processes with a handler that ignores its timeout (blocked in C): the
 worker keeps the job leased while the thread lives, gives up past --max-stuck-threads by
 draining and exiting non-zero, and leaves the stuck job's lease to expire."""
+
 from __future__ import annotations
 
 import signal
@@ -23,10 +24,23 @@ def assert_still_running_unrecorded(job_id) -> None:
 
 
 def test_a_worker_past_its_stuck_thread_limit_drains_and_exits_non_zero_leaving_the_lease_to_expire(
-        worker_process, tmp_path):
+    worker_process, tmp_path
+):
     stuck = robustness_tasks.blocks_in_c_on_first_attempt.using(timeout=0.3).enqueue(str(tmp_path), 120, 0)
-    worker = worker_process("--no-leader", "--concurrency", "2", "--lease-seconds", "3", "--max-backoff", "0.1",
-                            "--max-stuck-threads", "0", "--shutdown-grace", "20", name="stuck")
+    worker = worker_process(
+        "--no-leader",
+        "--concurrency",
+        "2",
+        "--lease-seconds",
+        "3",
+        "--max-backoff",
+        "0.1",
+        "--max-stuck-threads",
+        "0",
+        "--shutdown-grace",
+        "20",
+        name="stuck",
+    )
     wait_for(lambda: robustness_tasks.executions(tmp_path), message="attempt 1 to start")
     slow = tasks.cooperative_sleep.enqueue(2.5)  # runs in the other slot, finishes in the drain
     assert worker.wait(60) == STUCK_THREADS_EXIT_CODE, worker.log()
@@ -41,13 +55,17 @@ def test_a_worker_past_its_stuck_thread_limit_drains_and_exits_non_zero_leaving_
     assert rerun.wait(60) == 0, rerun.log()
     assert Job.objects.get(pk=stuck.id).state == "succeeded"
     assert [(kind, attempt) for kind, attempt, _ in robustness_tasks.executions(tmp_path)] == [
-        ("start", 1), ("start", 2), ("end", 2)]
+        ("start", 1),
+        ("start", 2),
+        ("end", 2),
+    ]
 
 
 def test_sigterm_with_a_tolerated_stuck_thread_exits_non_zero_and_leaves_its_job_leased(worker_process, tmp_path):
     stuck = robustness_tasks.blocks_in_c_on_first_attempt.using(timeout=0.3).enqueue(str(tmp_path), 120, 0)
-    worker = worker_process("--no-leader", "--lease-seconds", "3", "--max-stuck-threads", "1",
-                            "--shutdown-grace", "1", name="tolerant")
+    worker = worker_process(
+        "--no-leader", "--lease-seconds", "3", "--max-stuck-threads", "1", "--shutdown-grace", "1", name="tolerant"
+    )
     wait_for(lambda: "ignored its interrupt" in worker.log(), timeout=20, message="the thread to count as stuck")
     assert worker.proc.poll() is None, worker.log()
     assert_still_running_unrecorded(stuck.id)

@@ -1,5 +1,6 @@
 """Real runworker subprocesses on PostgreSQL: drain, kill -9, SIGTERM, stale finish,
 connection loss."""
+
 from __future__ import annotations
 
 import signal
@@ -100,8 +101,9 @@ def test_a_stale_worker_resumed_after_losing_its_lease_cannot_finish_the_job(wor
     stale.signal(signal.SIGCONT)
     wait_for(lambda: job_state(result.id) == "succeeded", timeout=30, message="the rerun to succeed")
     wait_for(lambda: "lease lost" in stale.log(), timeout=30, message="the stale worker to notice")
-    attempts = list(ExecutionLog.objects.filter(job_id=result.id).order_by("attempt")
-                    .values_list("attempt", "outcome", "worker_id"))
+    attempts = list(
+        ExecutionLog.objects.filter(job_id=result.id).order_by("attempt").values_list("attempt", "outcome", "worker_id")
+    )
     assert [(a, o) for a, o, _ in attempts] == [(1, "lost"), (2, "succeeded")]
     assert attempts[1][2] == WorkerProcess.objects.get(pid=fresh.pid).worker_id
     assert Job.objects.get(pk=result.id).attempts == 2
@@ -119,13 +121,18 @@ def test_worker_survives_losing_its_database_connections_and_finishes_every_job(
         own_pid = cursor.fetchone()[0]
     with psycopg.connect(**dsn, autocommit=True) as admin:
         for _ in range(5):  # cut the worker off repeatedly, as a failover or restart would
-            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE datname = %s AND pid <> pg_backend_pid() AND pid <> %s",
-                          [s["NAME"], own_pid])
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid() AND pid <> %s",
+                [s["NAME"], own_pid],
+            )
             time.sleep(0.2)
     ids = [int(r.id) for r in results]
-    wait_for(lambda: Job.objects.filter(pk__in=ids, state="succeeded").count() == 300, timeout=120,
-             message="every job to succeed after the outage")
+    wait_for(
+        lambda: Job.objects.filter(pk__in=ids, state="succeeded").count() == 300,
+        timeout=120,
+        message="every job to succeed after the outage",
+    )
     assert worker.proc.poll() is None, "the worker died:\n" + worker.log()
     log = worker.log()
     assert "database error" in log and "resuming" in log
@@ -160,8 +167,11 @@ def test_sigterm_during_start_up_exits_0_before_registering_or_claiming(worker_p
     recorder.record_applied(*FUTURE_MIGRATION)
     try:
         worker = worker_process("--concurrency", "1", name="starting")
-        wait_for(lambda: "waiting for migrations" in worker.log(), timeout=START_UP,
-                 message="the worker to wait at the migration gate")
+        wait_for(
+            lambda: "waiting for migrations" in worker.log(),
+            timeout=START_UP,
+            message="the worker to wait at the migration gate",
+        )
         worker.signal(signal.SIGTERM)
         assert worker.wait(30) == 0, worker.log()
     finally:

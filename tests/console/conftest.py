@@ -1,5 +1,6 @@
 """Fixtures for the console tests: users with and without permissions in two tenants,
 and jobs of both tenants in every state."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -11,17 +12,32 @@ from django.test import Client
 
 from taskengine.models import Job, TenantMembership
 
-JOB_PERMS = ["requeue_job", "retry_job", "cancel_job", "view_job", "view_executionlog", "view_operatoraction",
-             "view_schedule", "view_workerprocess", "view_leader", "view_missedslot", "view_backfill_report"]
+JOB_PERMS = [
+    "requeue_job",
+    "retry_job",
+    "cancel_job",
+    "view_job",
+    "view_executionlog",
+    "view_operatoraction",
+    "view_schedule",
+    "view_workerprocess",
+    "view_leader",
+    "view_missedslot",
+    "view_backfill_report",
+]
 
 
 def make_job(state: str = "queued", tenant: str | None = "a", **fields) -> Job:
     """A job row in ``state`` that satisfies the table's CHECK constraints."""
-    values = {"task_path": "tests.tasks.add", "args": [1, 2], "tenant": tenant, "state": state,
-              "max_attempts": 3}
+    values = {"task_path": "tests.tasks.add", "args": [1, 2], "tenant": tenant, "state": state, "max_attempts": 3}
     if state == "running":
-        values.update(locked_by="worker-x", lease_expires_at=Now() + timedelta(minutes=5), attempts=1,
-                      started_at=Now(), last_attempted_at=Now())
+        values.update(
+            locked_by="worker-x",
+            lease_expires_at=Now() + timedelta(minutes=5),
+            attempts=1,
+            started_at=Now(),
+            last_attempted_at=Now(),
+        )
     elif state in ("succeeded", "failed", "cancelled"):
         values.update(finished_at=Now(), attempts=1 if state != "cancelled" else 0)
         if state == "failed":
@@ -59,9 +75,11 @@ def users(db):
 
 @pytest.fixture
 def jobs(db):
-    return {f"{tenant}_{state}": make_job(state, tenant)
-            for tenant in ("a", "b")
-            for state in ("queued", "running", "succeeded", "failed", "cancelled")}
+    return {
+        f"{tenant}_{state}": make_job(state, tenant)
+        for tenant in ("a", "b")
+        for state in ("queued", "running", "succeeded", "failed", "cancelled")
+    }
 
 
 @pytest.fixture

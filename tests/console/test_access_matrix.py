@@ -1,6 +1,7 @@
 """The permission and tenant matrix: anonymous, active non-staff, staff without a
 permission, tenant A against tenant B, and the superuser — across the admin, the
 console pages and the JSON API."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,10 +14,23 @@ from .conftest import make_job
 
 pytestmark = pytest.mark.django_db
 
-PAGES = ["/taskengine/", "/taskengine/jobs/", "/taskengine/jobs/{id}/", "/taskengine/workers/",
-         "/taskengine/schedules/", "/taskengine/audit/", "/taskengine/reconcile/", "/taskengine/backfill/"]
-API_GETS = ["/taskengine/api/v1/summary", "/taskengine/api/v1/jobs", "/taskengine/api/v1/jobs/{id}",
-            "/taskengine/api/v1/workers", "/taskengine/api/v1/schedules"]
+PAGES = [
+    "/taskengine/",
+    "/taskengine/jobs/",
+    "/taskengine/jobs/{id}/",
+    "/taskengine/workers/",
+    "/taskengine/schedules/",
+    "/taskengine/audit/",
+    "/taskengine/reconcile/",
+    "/taskengine/backfill/",
+]
+API_GETS = [
+    "/taskengine/api/v1/summary",
+    "/taskengine/api/v1/jobs",
+    "/taskengine/api/v1/jobs/{id}",
+    "/taskengine/api/v1/workers",
+    "/taskengine/api/v1/schedules",
+]
 ACTIONS = ["requeue", "cancel", "retry"]
 
 
@@ -25,6 +39,7 @@ def state(job: Job) -> str:
 
 
 # --- anonymous and non-staff -----------------------------------------------------------
+
 
 @pytest.mark.parametrize("url", PAGES)
 def test_anonymous_is_sent_to_the_admin_login(jobs, url):
@@ -69,12 +84,16 @@ def test_inactive_staff_user_is_refused(users, jobs):
 
 # --- staff without a permission ----------------------------------------------------------
 
+
 def test_actions_are_hidden_from_staff_without_permission(client_for, jobs):
     client = client_for("viewer")
     detail = client.get(f"/taskengine/jobs/{jobs['a_failed'].pk}/").content.decode()
     assert "/requeue/" not in detail and "/cancel/" not in detail
     assert client.get(f"/taskengine/api/v1/jobs/{jobs['a_queued'].pk}").json()["actions"] == {
-        "requeue": False, "retry": False, "cancel": False}
+        "requeue": False,
+        "retry": False,
+        "cancel": False,
+    }
     changelist = client.get("/admin/taskengine/job/").content.decode()
     for action in ("requeue_jobs", "retry_jobs_now", "cancel_jobs"):
         assert action not in changelist
@@ -97,14 +116,17 @@ def test_forged_post_without_permission_changes_nothing(client_for, jobs, action
     assert api.status_code == 403 and "permission" in api.json()["error"]
     page = client.post(f"/taskengine/jobs/{job.pk}/{action}/")
     assert page.status_code == 403
-    admin_action = client.post("/admin/taskengine/job/", {
-        "action": f"{action}_jobs", "_selected_action": [job.pk], "index": 0, "confirm": "yes"})
+    admin_action = client.post(
+        "/admin/taskengine/job/",
+        {"action": f"{action}_jobs", "_selected_action": [job.pk], "index": 0, "confirm": "yes"},
+    )
     assert admin_action.status_code in (200, 302)
     assert state(job) == before
     assert not OperatorAction.objects.exists()
 
 
 # --- tenant A against tenant B ------------------------------------------------------------
+
 
 def test_tenant_a_lists_only_its_jobs_everywhere(client_for, jobs):
     client = client_for("alice")
@@ -145,8 +167,10 @@ def test_tenant_a_cannot_act_on_tenant_b_job(client_for, jobs, action, job_key):
     before = state(job)
     assert client.post(f"/taskengine/api/v1/jobs/{job.pk}/{action}").status_code == 404
     assert client.post(f"/taskengine/jobs/{job.pk}/{action}/").status_code == 404
-    client.post("/admin/taskengine/job/", {"action": f"{action}_jobs", "_selected_action": [job.pk],
-                                           "index": 0, "confirm": "yes"})
+    client.post(
+        "/admin/taskengine/job/",
+        {"action": f"{action}_jobs", "_selected_action": [job.pk], "index": 0, "confirm": "yes"},
+    )
     assert state(job) == before
     assert not OperatorAction.objects.exists()
 

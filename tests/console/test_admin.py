@@ -1,5 +1,6 @@
 """Django admin: the job actions with their confirmation page, "all matching the
 filter", state refusals, read-only audit rows, no job deletion, bounded lists."""
+
 from __future__ import annotations
 
 import pytest
@@ -120,14 +121,27 @@ def test_schedule_edits_are_superuser_only_and_audited(client_for, users):
     client_for("alice").post(f"/admin/taskengine/schedule/{schedule.pk}/change/", {"enabled": ""})
     assert Schedule.objects.get().enabled is True
     client = client_for("root")
-    form = {"name": "nightly", "task_path": "tests.tasks.noop", "cron": "0 4 * * *", "timezone": "UTC",
-            "args": "[]", "kwargs": "{}", "queue": "default", "priority": 0, "tenant": "a",
-            "misfire_policy": "run_once", "catch_up_limit": 10}
+    form = {
+        "name": "nightly",
+        "task_path": "tests.tasks.noop",
+        "cron": "0 4 * * *",
+        "timezone": "UTC",
+        "args": "[]",
+        "kwargs": "{}",
+        "queue": "default",
+        "priority": 0,
+        "tenant": "a",
+        "misfire_policy": "run_once",
+        "catch_up_limit": 10,
+    }
     response = client.post(f"/admin/taskengine/schedule/{schedule.pk}/change/", form)
     assert response.status_code == 302, response.content.decode()[-2000:]
     row = OperatorAction.objects.get()
-    assert (row.action, row.state_before["cron"], row.state_after["cron"]) == ("schedule.change", "0 3 * * *",
-                                                                                "0 4 * * *")
+    assert (row.action, row.state_before["cron"], row.state_after["cron"]) == (
+        "schedule.change",
+        "0 3 * * *",
+        "0 4 * * *",
+    )
 
 
 def test_job_change_page_shows_its_audit_trail_escaped(client_for, jobs):

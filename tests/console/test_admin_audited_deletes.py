@@ -4,6 +4,7 @@ Django runs outside the change/delete views' transaction.
 
 These tests run with real transactions (``transaction=True``): inside the test case's
 own wrapping transaction an unaudited commit could not be seen."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime
@@ -27,9 +28,16 @@ def root_client(users) -> Client:
 
 def post_delete_selected(client: Client, model: str, ids: list[int]):
     """The confirmation form the admin's "Delete selected …" page posts back."""
-    return client.post(f"/admin/taskengine/{model}/", {
-        "action": "delete_selected", "_selected_action": [str(pk) for pk in ids], "index": 0,
-        "select_across": "0", "post": "yes"})
+    return client.post(
+        f"/admin/taskengine/{model}/",
+        {
+            "action": "delete_selected",
+            "_selected_action": [str(pk) for pk in ids],
+            "index": 0,
+            "select_across": "0",
+            "post": "yes",
+        },
+    )
 
 
 def refuse_audit_insert(execute, sql, params, many, context):
@@ -39,8 +47,10 @@ def refuse_audit_insert(execute, sql, params, many, context):
 
 
 def make_schedules() -> list[Schedule]:
-    return [Schedule.objects.create(name=f"nightly-{tenant}", task_path=TICK, cron="0 3 * * *", tenant=tenant)
-            for tenant in ("a", "b")]
+    return [
+        Schedule.objects.create(name=f"nightly-{tenant}", task_path=TICK, cron="0 3 * * *", tenant=tenant)
+        for tenant in ("a", "b")
+    ]
 
 
 def test_bulk_delete_of_schedules_writes_one_audit_row_per_schedule(users):
@@ -50,7 +60,8 @@ def test_bulk_delete_of_schedules_writes_one_audit_row_per_schedule(users):
     assert not Schedule.objects.exists()
     rows = OperatorAction.objects.order_by("target_id")
     assert [(r.action, r.target_type, r.target_id, r.tenant, r.actor_id) for r in rows] == [
-        ("schedule.delete", "schedule", str(s.pk), s.tenant, users["root"].pk) for s in schedules]
+        ("schedule.delete", "schedule", str(s.pk), s.tenant, users["root"].pk) for s in schedules
+    ]
     assert [r.state_before["name"] for r in rows] == ["nightly-a", "nightly-b"]
     assert all(r.state_after is None for r in rows)
 
@@ -62,17 +73,18 @@ def test_bulk_delete_of_tenant_memberships_writes_one_audit_row_per_membership(u
     assert not TenantMembership.objects.filter(pk__in=[m.pk for m in memberships]).exists()
     rows = sorted(OperatorAction.objects.all(), key=lambda r: int(r.target_id))
     assert [(r.action, r.target_id, r.tenant) for r in rows] == [
-        ("tenant_membership.delete", str(m.pk), m.tenant) for m in memberships]
+        ("tenant_membership.delete", str(m.pk), m.tenant) for m in memberships
+    ]
 
 
 @pytest.mark.parametrize("model", ["schedule", "tenantmembership"])
 def test_bulk_delete_rolls_back_entirely_when_the_audit_insert_fails(users, model):
     if model == "schedule":
         ids = [s.pk for s in make_schedules()]
-        remaining = lambda: Schedule.objects.filter(pk__in=ids).count()  # noqa: E731
+        remaining = lambda: Schedule.objects.filter(pk__in=ids).count()  # noqa: E731 - a one-line count, read where it is used
     else:
         ids = list(TenantMembership.objects.order_by("pk").values_list("pk", flat=True))
-        remaining = lambda: TenantMembership.objects.filter(pk__in=ids).count()  # noqa: E731
+        remaining = lambda: TenantMembership.objects.filter(pk__in=ids).count()  # noqa: E731 - a one-line count, read where it is used
     client = root_client(users)
     with connection.execute_wrapper(refuse_audit_insert):
         response = post_delete_selected(client, model, ids)
@@ -112,9 +124,19 @@ def test_bulk_delete_of_a_schedule_with_missed_slots_is_refused_and_deletes_noth
 
 def test_schedule_change_and_add_roll_back_when_the_audit_insert_fails(users):
     schedule = make_schedules()[0]
-    form = {"name": schedule.name, "task_path": TICK, "cron": "0 4 * * *", "timezone": "UTC", "args": "[]",
-            "kwargs": "{}", "queue": "default", "priority": 0, "tenant": "a", "misfire_policy": "run_once",
-            "catch_up_limit": 10}
+    form = {
+        "name": schedule.name,
+        "task_path": TICK,
+        "cron": "0 4 * * *",
+        "timezone": "UTC",
+        "args": "[]",
+        "kwargs": "{}",
+        "queue": "default",
+        "priority": 0,
+        "tenant": "a",
+        "misfire_policy": "run_once",
+        "catch_up_limit": 10,
+    }
     client = root_client(users)
     with connection.execute_wrapper(refuse_audit_insert):
         changed = client.post(f"/admin/taskengine/schedule/{schedule.pk}/change/", form)
@@ -133,16 +155,18 @@ def test_deleting_a_user_in_the_auth_admin_audits_the_tenant_memberships_it_casc
     assert not TenantMembership.objects.filter(pk__in=[m.pk for m in memberships]).exists()
     rows = list(OperatorAction.objects.filter(target_type="tenant_membership").order_by("target_id"))
     assert [(r.action, r.target_id, r.tenant) for r in rows] == [
-        ("tenant_membership.delete", str(m.pk), m.tenant) for m in memberships]
-    assert all(r.state_before == {"user": alice.pk, "tenant": m.tenant} and r.state_after is None
-               for r, m in zip(rows, memberships))
+        ("tenant_membership.delete", str(m.pk), m.tenant) for m in memberships
+    ]
+    assert all(
+        r.state_before == {"user": alice.pk, "tenant": m.tenant} and r.state_after is None
+        for r, m in zip(rows, memberships, strict=True)
+    )
     assert all("alice" in r.reason for r in rows)
 
 
 def test_a_membership_deleted_in_its_own_admin_is_audited_once_not_twice(users):
     membership = TenantMembership.objects.filter(user=users["alice"]).first()
-    response = root_client(users).post(f"/admin/taskengine/tenantmembership/{membership.pk}/delete/",
-                                       {"post": "yes"})
+    response = root_client(users).post(f"/admin/taskengine/tenantmembership/{membership.pk}/delete/", {"post": "yes"})
     assert response.status_code == 302
     assert OperatorAction.objects.filter(target_type="tenant_membership").count() == 1
 

@@ -1,5 +1,6 @@
 """Contract tests of JSON API v1: the shapes documented in docs/api.md, keyset
 pagination, filters, and the error format."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -9,34 +10,102 @@ from django.db.models.functions import Now
 
 from taskengine.models import ExecutionLog, Leader, MissedSlot, Schedule, WorkerProcess
 
-
 pytestmark = pytest.mark.django_db
 
 STR, INT, BOOL, FLOAT = str, int, bool, (int, float)
 OPT_STR = (str, type(None))
 COUNT = {"value": INT, "exact": BOOL, "kind": STR, "display": STR}
 JOB_SUMMARY = {
-    "id": INT, "task_path": STR, "queue": STR, "priority": INT, "state": STR, "tenant": OPT_STR,
-    "attempts": INT, "max_attempts": INT, "enqueued_at": STR, "run_after": STR, "started_at": OPT_STR,
-    "finished_at": OPT_STR, "cancel_requested_at": OPT_STR, "locked_by": OPT_STR, "lease_expires_at": OPT_STR,
+    "id": INT,
+    "task_path": STR,
+    "queue": STR,
+    "priority": INT,
+    "state": STR,
+    "tenant": OPT_STR,
+    "attempts": INT,
+    "max_attempts": INT,
+    "enqueued_at": STR,
+    "run_after": STR,
+    "started_at": OPT_STR,
+    "finished_at": OPT_STR,
+    "cancel_requested_at": OPT_STR,
+    "locked_by": OPT_STR,
+    "lease_expires_at": OPT_STR,
 }
 JOB_DETAIL = {
-    **JOB_SUMMARY, "backend": STR, "args": list, "kwargs": dict, "return_value": object, "unique_key": OPT_STR,
-    "timeout_seconds": (float, int, type(None)), "schedule": OPT_STR, "slot": OPT_STR, "acting_user_id": OPT_STR,
-    "attempt_log": list, "audit": list, "actions": dict,
+    **JOB_SUMMARY,
+    "backend": STR,
+    "args": list,
+    "kwargs": dict,
+    "return_value": object,
+    "unique_key": OPT_STR,
+    "timeout_seconds": (float, int, type(None)),
+    "schedule": OPT_STR,
+    "slot": OPT_STR,
+    "acting_user_id": OPT_STR,
+    "attempt_log": list,
+    "audit": list,
+    "actions": dict,
 }
-ATTEMPT = {"attempt": INT, "worker_id": STR, "started_at": STR, "finished_at": OPT_STR, "outcome": OPT_STR,
-           "error_class": OPT_STR, "error_message": STR, "traceback": dict}
+ATTEMPT = {
+    "attempt": INT,
+    "worker_id": STR,
+    "started_at": STR,
+    "finished_at": OPT_STR,
+    "outcome": OPT_STR,
+    "error_class": OPT_STR,
+    "error_message": STR,
+    "traceback": dict,
+}
 TRACEBACK = {"text": STR, "truncated": BOOL, "length": INT}
-AUDIT = {"id": INT, "actor": STR, "action": STR, "target_type": STR, "target_id": STR, "tenant": OPT_STR,
-         "state_before": (dict, type(None)), "state_after": (dict, type(None)), "reason": STR, "created_at": STR}
-WORKER = {"worker_id": STR, "host": STR, "pid": INT, "queues": list, "concurrency": INT, "state": STR,
-          "alive": BOOL, "started_at": STR, "last_heartbeat_at": STR, "stopped_at": OPT_STR}
-LEADER = {"name": STR, "holder": STR, "term": INT, "acquired_at": STR, "renewed_at": STR, "expires_at": STR,
-          "live": BOOL}
-SCHEDULE = {"name": STR, "task_path": STR, "cron": OPT_STR, "interval_seconds": (int, type(None)),
-            "timezone": STR, "queue": STR, "tenant": OPT_STR, "enabled": BOOL, "misfire_policy": STR,
-            "last_slot_at": OPT_STR, "next_slots": list, "last_runs": list, "missed_slots": list}
+AUDIT = {
+    "id": INT,
+    "actor": STR,
+    "action": STR,
+    "target_type": STR,
+    "target_id": STR,
+    "tenant": OPT_STR,
+    "state_before": (dict, type(None)),
+    "state_after": (dict, type(None)),
+    "reason": STR,
+    "created_at": STR,
+}
+WORKER = {
+    "worker_id": STR,
+    "host": STR,
+    "pid": INT,
+    "queues": list,
+    "concurrency": INT,
+    "state": STR,
+    "alive": BOOL,
+    "started_at": STR,
+    "last_heartbeat_at": STR,
+    "stopped_at": OPT_STR,
+}
+LEADER = {
+    "name": STR,
+    "holder": STR,
+    "term": INT,
+    "acquired_at": STR,
+    "renewed_at": STR,
+    "expires_at": STR,
+    "live": BOOL,
+}
+SCHEDULE = {
+    "name": STR,
+    "task_path": STR,
+    "cron": OPT_STR,
+    "interval_seconds": (int, type(None)),
+    "timezone": STR,
+    "queue": STR,
+    "tenant": OPT_STR,
+    "enabled": BOOL,
+    "misfire_policy": STR,
+    "last_slot_at": OPT_STR,
+    "next_slots": list,
+    "last_runs": list,
+    "missed_slots": list,
+}
 BUCKET = {"start": STR, "succeeded": INT, "failed": INT, "cancelled": INT}
 STATES = ["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -50,13 +119,22 @@ def assert_shape(value: dict, shape: dict, where: str = "") -> None:
 @pytest.fixture
 def world(db, jobs):
     failed = jobs["a_failed"]
-    ExecutionLog.objects.create(job=failed, attempt=1, worker_id="w1", started_at=failed.enqueued_at,
-                                finished_at=failed.finished_at, outcome="failed", error_class="ValueError",
-                                error_message="bad", traceback="Traceback ...")
+    ExecutionLog.objects.create(
+        job=failed,
+        attempt=1,
+        worker_id="w1",
+        started_at=failed.enqueued_at,
+        finished_at=failed.finished_at,
+        outcome="failed",
+        error_class="ValueError",
+        error_message="bad",
+        traceback="Traceback ...",
+    )
     WorkerProcess.objects.create(worker_id="w1", host="h", pid=1, queues=["default"], concurrency=2)
     Leader.objects.create(name="maintenance", holder="w1", term=3, expires_at=Now() + timedelta(seconds=30))
-    cron = Schedule.objects.create(name="nightly", task_path="tests.tasks.noop", cron="0 3 * * *",
-                                   timezone="Europe/Paris", tenant="a")
+    cron = Schedule.objects.create(
+        name="nightly", task_path="tests.tasks.noop", cron="0 3 * * *", timezone="Europe/Paris", tenant="a"
+    )
     Schedule.objects.create(name="often", task_path="tests.tasks.noop", interval_seconds=60, tenant="a")
     MissedSlot.objects.create(schedule=cron, slot=failed.enqueued_at, reason="skip")
     return jobs
@@ -64,8 +142,19 @@ def world(db, jobs):
 
 def test_summary_shape(client_for, world):
     body = client_for("root").get("/taskengine/api/v1/summary").json()
-    assert_shape(body, {"generated_at": STR, "gate": dict, "counts": dict, "oldest_queued_age_seconds": (float, int),
-                        "throughput": dict, "workers": dict, "leaders": list}, "summary")
+    assert_shape(
+        body,
+        {
+            "generated_at": STR,
+            "gate": dict,
+            "counts": dict,
+            "oldest_queued_age_seconds": (float, int),
+            "throughput": dict,
+            "workers": dict,
+            "leaders": list,
+        },
+        "summary",
+    )
     assert body["gate"]["ready"] is True
     assert list(body["counts"]["by_state"]) == STATES
     for count in body["counts"]["by_state"].values():
@@ -87,8 +176,9 @@ def test_summary_shape(client_for, world):
 def test_jobs_shape_filters_and_keyset_pages(client_for, world):
     client = client_for("root")
     body = client.get("/taskengine/api/v1/jobs?limit=4").json()
-    assert_shape(body, {"results": list, "next_after": (int, type(None)), "prev_before": (int, type(None)),
-                        "count": dict})
+    assert_shape(
+        body, {"results": list, "next_after": (int, type(None)), "prev_before": (int, type(None)), "count": dict}
+    )
     assert_shape(body["count"], COUNT)
     assert body["count"]["value"] == 10 and body["count"]["exact"]
     for row in body["results"]:
@@ -124,8 +214,9 @@ def test_job_detail_shape(client_for, world):
 def test_action_response_shape_and_audit_in_detail(client_for, world):
     client = client_for("alice")
     job = world["a_failed"]
-    body = client.post(f"/taskengine/api/v1/jobs/{job.pk}/requeue", {"reason": "retry after fix"},
-                       content_type="application/json").json()
+    body = client.post(
+        f"/taskengine/api/v1/jobs/{job.pk}/requeue", {"reason": "retry after fix"}, content_type="application/json"
+    ).json()
     assert_shape(body, {"message": STR, "audit_id": INT, "job": dict})
     assert_shape(body["job"], JOB_SUMMARY)
     assert body["job"]["state"] == "queued"
@@ -135,10 +226,15 @@ def test_action_response_shape_and_audit_in_detail(client_for, world):
     assert (audit[0]["state_before"]["state"], audit[0]["state_after"]["state"]) == ("failed", "queued")
 
 
-@pytest.mark.parametrize("action,job_key,status", [
-    ("requeue", "a_running", 409), ("retry", "a_succeeded", 409), ("cancel", "a_failed", 409),
-    ("cancel", "b_queued", 404),
-])
+@pytest.mark.parametrize(
+    "action,job_key,status",
+    [
+        ("requeue", "a_running", 409),
+        ("retry", "a_succeeded", 409),
+        ("cancel", "a_failed", 409),
+        ("cancel", "b_queued", 404),
+    ],
+)
 def test_action_errors_are_json(client_for, world, action, job_key, status):
     response = client_for("alice").post(f"/taskengine/api/v1/jobs/{world[job_key].pk}/{action}")
     assert response.status_code == status
@@ -148,8 +244,9 @@ def test_action_errors_are_json(client_for, world, action, job_key, status):
 def test_missing_job_and_bad_body_errors(client_for, world):
     client = client_for("root")
     assert client.get("/taskengine/api/v1/jobs/999999").json() == {"error": "no job 999999"}
-    response = client.post(f"/taskengine/api/v1/jobs/{world['a_queued'].pk}/cancel", "not json",
-                           content_type="application/json")
+    response = client.post(
+        f"/taskengine/api/v1/jobs/{world['a_queued'].pk}/cancel", "not json", content_type="application/json"
+    )
     assert response.status_code == 400 and "JSON" in response.json()["error"]
 
 

@@ -7,6 +7,7 @@ failed jobs (tenant b's failed job is not there), requeues one and watches it su
 once the worker ran it, cancels a queued job, and finds both actions in the audit
 trail. Screenshots of the dashboard and the job detail go to test-artifacts/.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -25,8 +26,16 @@ from .conftest import make_job
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser, pytest.mark.acceptance]
 
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @contextmanager
@@ -50,9 +59,17 @@ def open_page() -> Iterator[Page]:
 
 def failed_job(tenant: str) -> Job:
     job = make_job("failed", tenant=tenant, task_path="tests.tasks.add", args=[2, 3], attempts=1, max_attempts=1)
-    ExecutionLog.objects.create(job=job, attempt=1, worker_id="old-worker", started_at=job.enqueued_at,
-                                finished_at=job.finished_at, outcome="failed", error_class="RuntimeError",
-                                error_message="flaky", traceback="Traceback (most recent call last):\nRuntimeError: flaky")
+    ExecutionLog.objects.create(
+        job=job,
+        attempt=1,
+        worker_id="old-worker",
+        started_at=job.enqueued_at,
+        finished_at=job.finished_at,
+        outcome="failed",
+        error_class="RuntimeError",
+        error_message="flaky",
+        traceback="Traceback (most recent call last):\nRuntimeError: flaky",
+    )
     return job
 
 

@@ -1,5 +1,6 @@
 """Dashboard and list pages: counts (bounded), the chart's data, oldest due job, the
 migration-gate banner, keyset pages on the job list, placeholders."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -10,7 +11,6 @@ from django.db.models.functions import Now
 from taskengine import gate
 from taskengine.console import counts
 from taskengine.models import Job, Leader, WorkerProcess
-
 from tests.conftest import database_vendor
 
 from .conftest import make_job
@@ -44,8 +44,14 @@ def test_filter_choices_come_from_index_walks_and_recent_rows(jobs):
 
 def test_dashboard_shows_counts_workers_leader_and_chart_hook(client_for, jobs):
     WorkerProcess.objects.create(worker_id="w-live", host="h", pid=1, queues=["default"], concurrency=4)
-    WorkerProcess.objects.create(worker_id="w-dead", host="h", pid=2, queues=["default"], concurrency=4,
-                                 last_heartbeat_at=Now() - timedelta(hours=1))
+    WorkerProcess.objects.create(
+        worker_id="w-dead",
+        host="h",
+        pid=2,
+        queues=["default"],
+        concurrency=4,
+        last_heartbeat_at=Now() - timedelta(hours=1),
+    )
     Leader.objects.create(name="maintenance", holder="w-live", term=7, expires_at=Now() + timedelta(seconds=30))
     make_job("queued", run_after=Now() - timedelta(minutes=10))
     body = client_for("alice").get("/taskengine/").content.decode()
@@ -67,8 +73,11 @@ def test_summary_counts_failures_per_minute_for_the_chart(client_for, jobs):
 
 def test_closed_gate_shows_a_banner_with_the_reason(client_for, jobs, monkeypatch):
     monkeypatch.setattr(gate, "is_ready", lambda alias="default", **kw: False)
-    monkeypatch.setattr(gate, "status", lambda alias="default": gate.GateStatus(
-        alias=alias, ready=False, pending=["taskengine.0099_future"]))
+    monkeypatch.setattr(
+        gate,
+        "status",
+        lambda alias="default": gate.GateStatus(alias=alias, ready=False, pending=["taskengine.0099_future"]),
+    )
     body = client_for("root").get("/taskengine/").content.decode()
     assert "Migration gate closed" in body and "taskengine.0099_future" in body
     summary = client_for("root").get("/taskengine/api/v1/summary").json()["gate"]

@@ -1,6 +1,7 @@
 """HTTP rules of every console endpoint: mutating endpoints refuse GET (405) and a POST
 without a CSRF token (403); every page and GET endpoint issues no INSERT, UPDATE or
 DELETE; user-controlled text renders escaped."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,19 +14,36 @@ from .conftest import make_job
 
 pytestmark = pytest.mark.django_db
 
-MUTATING_API = ["/taskengine/api/v1/jobs/{id}/requeue", "/taskengine/api/v1/jobs/{id}/cancel",
-                "/taskengine/api/v1/jobs/{id}/retry"]
-MUTATING_PAGES = ["/taskengine/jobs/{id}/requeue/", "/taskengine/jobs/{id}/cancel/",
-                  "/taskengine/jobs/{id}/retry/"]
+MUTATING_API = [
+    "/taskengine/api/v1/jobs/{id}/requeue",
+    "/taskengine/api/v1/jobs/{id}/cancel",
+    "/taskengine/api/v1/jobs/{id}/retry",
+]
+MUTATING_PAGES = ["/taskengine/jobs/{id}/requeue/", "/taskengine/jobs/{id}/cancel/", "/taskengine/jobs/{id}/retry/"]
 READ_URLS = [
-    "/taskengine/", "/taskengine/jobs/", "/taskengine/jobs/?state=failed&queue=default&tenant=a&since=2020-01-01",
-    "/taskengine/jobs/{id}/", "/taskengine/workers/", "/taskengine/schedules/", "/taskengine/audit/",
-    "/taskengine/reconcile/", "/taskengine/backfill/",
-    "/taskengine/api/v1/summary", "/taskengine/api/v1/jobs", "/taskengine/api/v1/jobs?state=failed&limit=2",
-    "/taskengine/api/v1/jobs/{id}", "/taskengine/api/v1/workers", "/taskengine/api/v1/schedules",
-    "/admin/taskengine/job/", "/admin/taskengine/job/?state__exact=failed&tenant=a&queue=default",
-    "/admin/taskengine/job/{id}/change/", "/admin/taskengine/executionlog/", "/admin/taskengine/operatoraction/",
-    "/admin/taskengine/schedule/", "/admin/taskengine/workerprocess/", "/admin/taskengine/leader/",
+    "/taskengine/",
+    "/taskengine/jobs/",
+    "/taskengine/jobs/?state=failed&queue=default&tenant=a&since=2020-01-01",
+    "/taskengine/jobs/{id}/",
+    "/taskengine/workers/",
+    "/taskengine/schedules/",
+    "/taskengine/audit/",
+    "/taskengine/reconcile/",
+    "/taskengine/backfill/",
+    "/taskengine/api/v1/summary",
+    "/taskengine/api/v1/jobs",
+    "/taskengine/api/v1/jobs?state=failed&limit=2",
+    "/taskengine/api/v1/jobs/{id}",
+    "/taskengine/api/v1/workers",
+    "/taskengine/api/v1/schedules",
+    "/admin/taskengine/job/",
+    "/admin/taskengine/job/?state__exact=failed&tenant=a&queue=default",
+    "/admin/taskengine/job/{id}/change/",
+    "/admin/taskengine/executionlog/",
+    "/admin/taskengine/operatoraction/",
+    "/admin/taskengine/schedule/",
+    "/admin/taskengine/workerprocess/",
+    "/admin/taskengine/leader/",
 ]
 WRITE_WORDS = ("INSERT", "UPDATE", "DELETE")
 
@@ -53,8 +71,9 @@ def test_post_without_csrf_token_is_403(client_for, jobs, url):
 
 def test_admin_action_without_csrf_token_is_403(client_for, jobs):
     job = jobs["a_queued"]
-    response = client_for("alice", csrf=True).post("/admin/taskengine/job/", {
-        "action": "cancel_jobs", "_selected_action": [job.pk], "index": 0, "confirm": "yes"})
+    response = client_for("alice", csrf=True).post(
+        "/admin/taskengine/job/", {"action": "cancel_jobs", "_selected_action": [job.pk], "index": 0, "confirm": "yes"}
+    )
     assert response.status_code == 403
     assert Job.objects.get(pk=job.pk).state == "queued"
 
@@ -63,8 +82,12 @@ def test_api_post_with_csrf_token_works(client_for, jobs):
     client = client_for("alice", csrf=True)
     client.get("/admin/")  # sets the csrftoken cookie
     token = client.cookies["csrftoken"].value
-    response = client.post(f"/taskengine/api/v1/jobs/{jobs['a_queued'].pk}/cancel",
-                           data={"reason": "cleanup"}, content_type="application/json", HTTP_X_CSRFTOKEN=token)
+    response = client.post(
+        f"/taskengine/api/v1/jobs/{jobs['a_queued'].pk}/cancel",
+        data={"reason": "cleanup"},
+        content_type="application/json",
+        HTTP_X_CSRFTOKEN=token,
+    )
     assert response.status_code == 200, response.content
     assert OperatorAction.objects.get().reason == "cleanup"
 
@@ -72,8 +95,15 @@ def test_api_post_with_csrf_token_works(client_for, jobs):
 @pytest.mark.parametrize("user", ["root", "alice"])
 def test_pages_and_get_endpoints_never_write(client_for, jobs, user):
     job = jobs["a_failed"]
-    ExecutionLog.objects.create(job=job, attempt=1, worker_id="w1", started_at=job.enqueued_at,
-                                finished_at=job.finished_at, outcome="failed", traceback="Traceback ...")
+    ExecutionLog.objects.create(
+        job=job,
+        attempt=1,
+        worker_id="w1",
+        started_at=job.enqueued_at,
+        finished_at=job.finished_at,
+        outcome="failed",
+        traceback="Traceback ...",
+    )
     schedule = Schedule.objects.create(name="nightly", task_path="tests.tasks.noop", cron="0 3 * * *", tenant="a")
     MissedSlot.objects.create(schedule=schedule, slot=job.enqueued_at, reason="skip")
     make_job("succeeded", schedule=schedule, slot=job.enqueued_at)
@@ -85,8 +115,7 @@ def test_pages_and_get_endpoints_never_write(client_for, jobs, user):
         assert response.status_code == 200, url
         if url == "/taskengine/schedules/":
             assert b"nightly" in response.content and b"skip" in response.content
-        writes = [q["sql"] for q in captured.captured_queries
-                  if q["sql"].lstrip().upper().startswith(WRITE_WORDS)]
+        writes = [q["sql"] for q in captured.captured_queries if q["sql"].lstrip().upper().startswith(WRITE_WORDS)]
         assert writes == [], f"{url} wrote: {writes}"
 
 
@@ -95,12 +124,23 @@ SCRIPT = "<script>alert('x')</script>"
 
 def test_payload_and_traceback_with_script_render_escaped(client_for):
     job = make_job("failed", args=[SCRIPT], kwargs={"note": SCRIPT}, task_path="tests.tasks.boom")
-    ExecutionLog.objects.create(job=job, attempt=1, worker_id="w1", started_at=job.enqueued_at,
-                                finished_at=job.finished_at, outcome="failed", error_class="ValueError",
-                                error_message=SCRIPT, traceback=f"Traceback\nValueError: {SCRIPT}")
+    ExecutionLog.objects.create(
+        job=job,
+        attempt=1,
+        worker_id="w1",
+        started_at=job.enqueued_at,
+        finished_at=job.finished_at,
+        outcome="failed",
+        error_class="ValueError",
+        error_message=SCRIPT,
+        traceback=f"Traceback\nValueError: {SCRIPT}",
+    )
     client = client_for("root")
-    for url in (f"/taskengine/jobs/{job.pk}/", f"/admin/taskengine/job/{job.pk}/change/",
-                f"/admin/taskengine/executionlog/{ExecutionLog.objects.get().pk}/change/"):
+    for url in (
+        f"/taskengine/jobs/{job.pk}/",
+        f"/admin/taskengine/job/{job.pk}/change/",
+        f"/admin/taskengine/executionlog/{ExecutionLog.objects.get().pk}/change/",
+    ):
         body = client.get(url).content.decode()
         assert "<script>alert(" not in body, url
         assert "&lt;script&gt;alert(" in body, url
@@ -112,8 +152,9 @@ def test_payload_and_traceback_with_script_render_escaped(client_for):
 def test_long_traceback_is_truncated_to_its_end(client_for):
     job = make_job("failed")
     long_tb = "Traceback (most recent call last):\n" + "  frame\n" * 2000 + "RuntimeError: the real cause"
-    ExecutionLog.objects.create(job=job, attempt=1, worker_id="w1", started_at=job.enqueued_at,
-                                traceback=long_tb, outcome="failed")
+    ExecutionLog.objects.create(
+        job=job, attempt=1, worker_id="w1", started_at=job.enqueued_at, traceback=long_tb, outcome="failed"
+    )
     client = client_for("root")
     detail = client.get(f"/taskengine/api/v1/jobs/{job.pk}").json()["attempt_log"][0]["traceback"]
     assert detail["truncated"] is True and detail["length"] == len(long_tb)

@@ -1,5 +1,6 @@
 """operations.perform: state rules, compare-and-set, tenant scope, permissions, and the
 audit row that commits with the change or not at all."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -28,7 +29,13 @@ def test_cancel_of_queued_job_finishes_it_at_once(users):
     assert after.finished_at is not None and after.cancel_requested_at is not None
     row = OperatorAction.objects.get(pk=result.audit_id)
     assert (row.actor_id, row.action, row.target_type, row.target_id, row.tenant, row.reason) == (
-        users["alice"].pk, "cancel", "job", str(job.pk), "a", "not needed")
+        users["alice"].pk,
+        "cancel",
+        "job",
+        str(job.pk),
+        "a",
+        "not needed",
+    )
     assert row.state_before["state"] == "queued" and row.state_after["state"] == "cancelled"
     assert row.created_at is not None
 
@@ -129,8 +136,9 @@ def test_job_that_moved_after_the_read_is_refused_not_overwritten(users, monkeyp
     job = make_job("queued")
     stale = Job.objects.get(pk=job.pk)
     # The worker claims the job between the operator's read and the UPDATE.
-    Job.objects.filter(pk=job.pk).update(state="running", attempts=1, locked_by="w",
-                                         lease_expires_at=Now() + timedelta(minutes=1))
+    Job.objects.filter(pk=job.pk).update(
+        state="running", attempts=1, locked_by="w", lease_expires_at=Now() + timedelta(minutes=1)
+    )
     monkeypatch.setattr(operations, "_scoped_job", lambda *a: stale)
     with pytest.raises(operations.OperationRefused, match="changed state meanwhile"):
         operations.perform("cancel", job.pk, actor=users["alice"])

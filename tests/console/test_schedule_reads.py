@@ -1,4 +1,5 @@
 """The console's schedule page reads: the scheduler's own slot grid, bounded queries."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime
@@ -18,8 +19,9 @@ pytestmark = pytest.mark.django_db
 def test_next_slots_shown_are_the_slots_the_scheduler_enqueues():
     # A 7-minute interval in a +05:30 zone: the scheduler's grid starts at local
     # midnight, not at "now" — the console must show that same grid.
-    schedule = Schedule.objects.create(name="odd", task_path="tests.tasks.noop", interval_seconds=420,
-                                       timezone="Asia/Kolkata")
+    schedule = Schedule.objects.create(
+        name="odd", task_path="tests.tasks.noop", interval_seconds=420, timezone="Asia/Kolkata"
+    )
     now = datetime(2026, 11, 23, 10, 2, 13, tzinfo=UTC)
     shown = reads.next_slots(schedule, now)
     expected, slot = [], now

@@ -2,6 +2,7 @@
 tests/tasks/ uses). taskengine retries a failing task by default and Django's backends
 never do, so the failing ones are declared with ``max_attempts=1``: one attempt, then
 FAILED, as Django's ImmediateBackend reports it."""
+
 from __future__ import annotations
 
 from taskengine.compat import TaskContext, task

@@ -6,6 +6,7 @@ subprocesses pointed at the throwaway server.
 Nothing here skips: without server binaries, or if the server cannot start, the
 session fixture raises and every case errors.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,12 @@ def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
     try:
         server.create()
         migrate = subprocess.run(
-            [sys.executable, str(ROOT / "manage.py"), "migrate", "--no-input", "-v", "0"], cwd=ROOT,
-            env=subprocess_env(DATABASE_URL=server.database_url("faults-migrate")), capture_output=True, text=True)
+            [sys.executable, str(ROOT / "manage.py"), "migrate", "--no-input", "-v", "0"],
+            cwd=ROOT,
+            env=subprocess_env(DATABASE_URL=server.database_url("faults-migrate")),
+            capture_output=True,
+            text=True,
+        )
         assert migrate.returncode == 0, f"migrate failed:\n{migrate.stdout}\n{migrate.stderr}"
         with server.connect() as admin:
             admin.execute(CREATE_MARKER_TABLE)
@@ -83,14 +88,18 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     if not harness.RESULTS:
         return
     terminalreporter.section("fault injection: figures")
-    terminalreporter.write_line("| fault | jobs | lost | run twice | recovery time | pre-fault rate | "
-                                "during the fault | post-fault rate | fault lasted |")
+    terminalreporter.write_line(
+        "| fault | jobs | lost | run twice | recovery time | pre-fault rate | "
+        "during the fault | post-fault rate | fault lasted |"
+    )
     terminalreporter.write_line("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for f in harness.RESULTS:
         recovery = f"{f.recovery_seconds:.1f} s" if f.recovery_seconds is not None else "not within 30 s"
         post = f"{f.post_rate:.0f}/s" if f.post_rate is not None else "-"
-        terminalreporter.write_line(f"| {f.fault} | {f.jobs} | {f.lost} | {f.run_twice} | {recovery} | "
-                                    f"{f.pre_rate:.0f}/s | {f.during_rate:.0f}/s | {post} | {f.fault_seconds:.1f} s |")
+        terminalreporter.write_line(
+            f"| {f.fault} | {f.jobs} | {f.lost} | {f.run_twice} | {recovery} | "
+            f"{f.pre_rate:.0f}/s | {f.during_rate:.0f}/s | {post} | {f.fault_seconds:.1f} s |"
+        )
     out = ROOT / "var" / "faults" / "figures.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps([f.as_dict() for f in harness.RESULTS], default=str, indent=1))

@@ -6,6 +6,7 @@ the new jobs' ids as JSON. The suite enqueues only outside a fault's window, so 
 database error here is one the fault left behind (a connection it cut, a server it
 restarted): the connection is closed and the batch retried, within a minute.
 """
+
 from __future__ import annotations
 
 import json

@@ -13,6 +13,7 @@ The measurement, all on the database clock:
   ``kill -9`` cut short ends, at the latest, when the kill was seen to have happened;
 - **lost**: jobs that never reached a terminal state.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -62,11 +63,16 @@ class Feeder:
     """A long-lived enqueuing subprocess (tests/faults/feeder.py)."""
 
     def __init__(self, server: ThrowawayPostgres, log_path: Path) -> None:
-        self._log = open(log_path, "wb")
+        # The log outlives this call: the feeder writes to it until stop() closes it.
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.faults.feeder"], cwd=ROOT,
+            [sys.executable, "-m", "tests.faults.feeder"],
+            cwd=ROOT,
             env=subprocess_env(DATABASE_URL=server.database_url("faults-feeder"), TASKENGINE_LOG_LEVEL="WARNING"),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
         )
 
     def enqueue(self, run_id: str, count: int, work_seconds: float = WORK_SECONDS) -> list[int]:
@@ -154,8 +160,14 @@ def recovery_after(finished: list[float], pre_count: int, backlog_until: float) 
 class FaultCase:
     """A drain on the throwaway server with one fault in the middle of it."""
 
-    def __init__(self, fault: str, server: ThrowawayPostgres, observer: Observer, feeder: Feeder,
-                 start_worker: Callable[[str], WorkerProcess]) -> None:
+    def __init__(
+        self,
+        fault: str,
+        server: ThrowawayPostgres,
+        observer: Observer,
+        feeder: Feeder,
+        start_worker: Callable[[str], WorkerProcess],
+    ) -> None:
         self.fault = fault
         self.run_id = fault.replace(" ", "_")
         self.server = server
@@ -194,19 +206,25 @@ class FaultCase:
         return self.db.value(
             "SELECT count(*) FROM task_execution_logs l JOIN taskengine_worker w ON w.worker_id = l.worker_id "
             "WHERE w.pid = %s AND l.job_id = ANY(%s) AND l.started_at > %s",
-            [worker.pid, self.ids, since or EPOCH])
+            [worker.pid, self.ids, since or EPOCH],
+        )
 
     def finished_between(self, start: datetime, end: datetime) -> int:
-        return self.db.value("SELECT count(*) FROM taskengine_job WHERE id = ANY(%s) AND state = 'succeeded' "
-                             "AND finished_at >= %s AND finished_at < %s", [self.ids, start, end])
+        return self.db.value(
+            "SELECT count(*) FROM taskengine_job WHERE id = ANY(%s) AND state = 'succeeded' "
+            "AND finished_at >= %s AND finished_at < %s",
+            [self.ids, start, end],
+        )
 
     def queued(self) -> int:
-        return self.db.value("SELECT count(*) FROM taskengine_job WHERE id = ANY(%s) AND state = 'queued'",
-                             [self.ids])
+        return self.db.value("SELECT count(*) FROM taskengine_job WHERE id = ANY(%s) AND state = 'queued'", [self.ids])
 
     def terminate_engine_connections(self) -> int:
-        return self.db.value("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-                             "WHERE application_name = %s", [WORKER_APPLICATION_NAME])
+        return self.db.value(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = %s",
+            [WORKER_APPLICATION_NAME],
+        )
 
     # --- the phases ------------------------------------------------------------------
 
@@ -217,8 +235,12 @@ class FaultCase:
         for n in range(workers):
             self.start_worker(f"worker{n}")
         for name, worker in self.workers.items():
-            wait_for(lambda w=worker: w.proc.poll() is not None or self.attempts_by(w) > 0, timeout=60,
-                     interval=0.2, message=f"{name} to claim")
+            wait_for(
+                lambda w=worker: w.proc.poll() is not None or self.attempts_by(w) > 0,
+                timeout=60,
+                interval=0.2,
+                message=f"{name} to claim",
+            )
             assert worker.proc.poll() is None, f"{name} exited:\n{worker.log()[-3000:]}"
         window_start = self.db.now()
         time.sleep(WINDOW)  # the measurement window itself
@@ -243,7 +265,8 @@ class FaultCase:
             now = self.db.now()
             since = _seconds(now - self.fault_ended)
             if since >= WINDOW and self.finished_between(now - timedelta(seconds=WINDOW), now) >= (
-                    RECOVERY_RATIO * self.pre_rate * WINDOW):
+                RECOVERY_RATIO * self.pre_rate * WINDOW
+            ):
                 break
             if since > RECOVERY_LIMIT + WINDOW + 1:
                 break  # the figures below report it
@@ -252,43 +275,64 @@ class FaultCase:
             time.sleep(0.25)
         deadline = time.monotonic() + DRAIN_TIMEOUT
         while time.monotonic() < deadline and self.db.value(
-                "SELECT count(*) FROM taskengine_job WHERE id = ANY(%s) AND finished_at IS NOT NULL",
-                [self.ids]) < len(self.ids):
+            "SELECT count(*) FROM taskengine_job WHERE id = ANY(%s) AND finished_at IS NOT NULL", [self.ids]
+        ) < len(self.ids):
             time.sleep(0.5)  # what is still not terminal then is reported as lost
 
     # --- what it proves --------------------------------------------------------------
 
     def figures(self) -> CaseFigures:
-        states = dict(self.db.rows("SELECT state, count(*) FROM taskengine_job WHERE id = ANY(%s) GROUP BY state",
-                                   [self.ids]))
+        states = dict(
+            self.db.rows("SELECT state, count(*) FROM taskengine_job WHERE id = ANY(%s) GROUP BY state", [self.ids])
+        )
         terminal = sum(states.get(s, 0) for s in ("succeeded", "failed", "cancelled"))
-        markers = [Marker(*row) for row in self.db.rows(
-            "SELECT job_id, attempt, pid, started_at, ended_at FROM fault_markers WHERE run_id = %s", [self.run_id])]
+        markers = [
+            Marker(*row)
+            for row in self.db.rows(
+                "SELECT job_id, attempt, pid, started_at, ended_at FROM fault_markers WHERE run_id = %s", [self.run_id]
+            )
+        ]
         unfinished = [m for m in markers if m.ended_at is None and m.pid not in self.killed_at]
         assert not unfinished, f"executions with a start marker and no end, by live workers: {unfinished[:5]}"
         twice = overlapping_jobs(markers, self.killed_at)
         pre_count = self.finished_between(self.fault_started - timedelta(seconds=WINDOW), self.fault_started)
-        finished = [_seconds(r[0] - self.fault_ended) for r in self.db.rows(
-            "SELECT finished_at FROM taskengine_job WHERE id = ANY(%s) AND state = 'succeeded' "
-            "AND finished_at >= %s ORDER BY finished_at", [self.ids, self.fault_ended])]
-        last_claim = self.db.value("SELECT max(started_at) FROM task_execution_logs WHERE job_id = ANY(%s)",
-                                   [self.ids])
+        finished = [
+            _seconds(r[0] - self.fault_ended)
+            for r in self.db.rows(
+                "SELECT finished_at FROM taskengine_job WHERE id = ANY(%s) AND state = 'succeeded' "
+                "AND finished_at >= %s ORDER BY finished_at",
+                [self.ids, self.fault_ended],
+            )
+        ]
+        last_claim = self.db.value("SELECT max(started_at) FROM task_execution_logs WHERE job_id = ANY(%s)", [self.ids])
         recovered = recovery_after(finished, pre_count, _seconds(last_claim - self.fault_ended))
         figures = CaseFigures(
-            fault=self.fault, jobs=len(self.ids), lost=len(self.ids) - terminal,
-            failed=states.get("failed", 0) + states.get("cancelled", 0), run_twice=len(twice),
-            executions=len(markers), fault_seconds=round(_seconds(self.fault_ended - self.fault_started), 1),
+            fault=self.fault,
+            jobs=len(self.ids),
+            lost=len(self.ids) - terminal,
+            failed=states.get("failed", 0) + states.get("cancelled", 0),
+            run_twice=len(twice),
+            executions=len(markers),
+            fault_seconds=round(_seconds(self.fault_ended - self.fault_started), 1),
             pre_rate=round(pre_count / WINDOW, 1),
-            during_rate=round(self.finished_between(self.fault_started, self.fault_ended)
-                              / _seconds(self.fault_ended - self.fault_started), 1),
+            during_rate=round(
+                self.finished_between(self.fault_started, self.fault_ended)
+                / _seconds(self.fault_ended - self.fault_started),
+                1,
+            ),
             post_rate=round(recovered[1] / WINDOW, 1) if recovered else None,
-            recovery_seconds=recovered[0] if recovered else None, notes=self.notes,
+            recovery_seconds=recovered[0] if recovered else None,
+            notes=self.notes,
         )
-        figures.notes["overlaps"] = {job: [(m.pid, m.started_at.isoformat(), m.ended_at and m.ended_at.isoformat())
-                                           for m in runs] for job, runs in list(twice.items())[:3]}
+        figures.notes["overlaps"] = {
+            job: [(m.pid, m.started_at.isoformat(), m.ended_at and m.ended_at.isoformat()) for m in runs]
+            for job, runs in list(twice.items())[:3]
+        }
         figures.notes["jobs without an execution marker"] = self.db.value(
             "SELECT count(*) FROM unnest(%s::bigint[]) AS j(id) WHERE NOT EXISTS "
-            "(SELECT 1 FROM fault_markers m WHERE m.job_id = j.id AND m.ended_at IS NOT NULL)", [self.ids])
+            "(SELECT 1 FROM fault_markers m WHERE m.job_id = j.id AND m.ended_at IS NOT NULL)",
+            [self.ids],
+        )
         RESULTS.append(figures)
         return figures
 
@@ -308,5 +352,6 @@ class FaultCase:
         assert figures.notes["jobs without an execution marker"] == 0, detail
         assert figures.recovery_seconds is not None, (
             f"throughput did not return to {RECOVERY_RATIO:.0%} of its pre-fault rate within "
-            f"{RECOVERY_LIMIT:.0f}s of the fault's end: {detail}")
+            f"{RECOVERY_LIMIT:.0f}s of the fault's end: {detail}"
+        )
         return figures

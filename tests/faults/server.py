@@ -11,6 +11,7 @@ measurement), ``taskengine`` (owner of the ``faults`` database: the workers and 
 enqueuer, an ordinary role like a production deployment's) and ``other_client`` (the
 other clients that hold snapshots or exhaust the connection slots).
 """
+
 from __future__ import annotations
 
 import os
@@ -85,11 +86,14 @@ class ThrowawayPostgres:
     # --- lifecycle -------------------------------------------------------------------
 
     def _pg(self, binary: str, *args: str, timeout: float = 60) -> None:
-        done = subprocess.run([*self._run_as, str(self.bindir / binary), *args],
-                              capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            [*self._run_as, str(self.bindir / binary), *args], capture_output=True, text=True, timeout=timeout
+        )
         if done.returncode != 0:
-            raise RuntimeError(f"{binary} {' '.join(args)} failed ({done.returncode}):\n"
-                               f"{done.stdout}\n{done.stderr}\n{self.server_log()[-3000:]}")
+            raise RuntimeError(
+                f"{binary} {' '.join(args)} failed ({done.returncode}):\n"
+                f"{done.stdout}\n{done.stderr}\n{self.server_log()[-3000:]}"
+            )
 
     def create(self) -> None:
         self._pg("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
@@ -138,10 +142,22 @@ class ThrowawayPostgres:
 
     # --- connecting ------------------------------------------------------------------
 
-    def conninfo(self, *, user: str = "postgres", dbname: str = DATABASE, application_name: str = "faults-observer",
-                 connect_timeout: int = 3) -> str:
-        return psycopg.conninfo.make_conninfo(host="127.0.0.1", port=self.port, user=user, dbname=dbname,
-                                              application_name=application_name, connect_timeout=connect_timeout)
+    def conninfo(
+        self,
+        *,
+        user: str = "postgres",
+        dbname: str = DATABASE,
+        application_name: str = "faults-observer",
+        connect_timeout: int = 3,
+    ) -> str:
+        return psycopg.conninfo.make_conninfo(
+            host="127.0.0.1",
+            port=self.port,
+            user=user,
+            dbname=dbname,
+            application_name=application_name,
+            connect_timeout=connect_timeout,
+        )
 
     def database_url(self, application_name: str) -> str:
         """DATABASE_URL for a Django process connecting as the engine's role."""

@@ -5,6 +5,7 @@ clock — written on its own short connection (``FAULTS_MARKER_DSN``, the throwa
 server's superuser, so exhausting the ordinary connection slots never blinds it). Two
 markers of one job whose intervals overlap mean the job ran twice at once.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,6 +13,7 @@ import time
 import uuid
 
 import psycopg
+
 from taskengine.compat import TaskContext, task
 
 MARKER_TABLE = "fault_markers"
@@ -43,9 +45,13 @@ def _write(dsn: str, query: str, params: dict) -> None:
 
 def _start(dsn: str, params: dict) -> None:
     # Idempotent on the token: a retry after a commit whose answer was lost adds nothing.
-    _write(dsn, f"INSERT INTO {MARKER_TABLE} (token, run_id, job_id, attempt, pid, started_at) "
-                "VALUES (%(token)s, %(run_id)s, %(job_id)s, %(attempt)s, %(pid)s, clock_timestamp()) "
-                "ON CONFLICT (token) DO NOTHING", params)
+    _write(
+        dsn,
+        f"INSERT INTO {MARKER_TABLE} (token, run_id, job_id, attempt, pid, started_at) "
+        "VALUES (%(token)s, %(run_id)s, %(job_id)s, %(attempt)s, %(pid)s, clock_timestamp()) "
+        "ON CONFLICT (token) DO NOTHING",
+        params,
+    )
 
 
 def _end(dsn: str, params: dict) -> None:
@@ -64,8 +70,9 @@ def _end(dsn: str, params: dict) -> None:
 @task(max_attempts=10, retry_backoff=0.2, takes_context=True)
 def mark(context: TaskContext, run_id: str, work_seconds: float) -> None:
     dsn = os.environ["FAULTS_MARKER_DSN"]
-    params = dict(token=uuid.uuid4(), run_id=run_id, job_id=int(context.task_result.id),
-                  attempt=context.attempt, pid=os.getpid())
+    params = dict(
+        token=uuid.uuid4(), run_id=run_id, job_id=int(context.task_result.id), attempt=context.attempt, pid=os.getpid()
+    )
     try:
         _start(dsn, params)
         time.sleep(work_seconds)

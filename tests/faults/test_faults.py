@@ -5,6 +5,7 @@ clients take every connection slot. In every case (FaultCase.assert_promises_kep
 every job reaches a terminal state, no job runs twice at once, the workers that were
 not killed are alive and claiming, and throughput is back within 30 % of its pre-fault
 rate within 30 s of the fault's end. Figures: docs/reliability.md."""
+
 from __future__ import annotations
 
 import re
@@ -64,37 +65,55 @@ def test_repeated_kill_9_of_one_worker_loses_nothing_and_runs_nothing_twice(faul
     case = fault_case("kill -9 of one of two workers, 3 times (restarted after each)")
     case.start()
     # The first victim is the leader, so the survivor's take-over is part of the case.
-    holder = wait_for(lambda: observer.rows("SELECT holder FROM taskengine_leader WHERE expires_at > now()"),
-                      timeout=30, interval=0.2, message="a leader")[0][0]
+    holder = wait_for(
+        lambda: observer.rows("SELECT holder FROM taskengine_leader WHERE expires_at > now()"),
+        timeout=30,
+        interval=0.2,
+        message="a leader",
+    )[0][0]
     victim = next(name for name, w in case.workers.items() if holder in case.worker_ids(w))
     held_at_kills = 0
     with case.injected(expected_seconds=12):
         for _ in range(3):
             worker = case.workers[victim]
-            running = wait_for(lambda: worker.proc.poll() is not None or observer.value(
-                "SELECT count(*) FROM task_execution_logs l JOIN taskengine_worker w USING (worker_id) "
-                "WHERE w.pid = %s AND l.finished_at IS NULL", [worker.pid]), timeout=60, interval=0.05,
-                message=f"{victim} (pid {worker.pid}) to be running jobs")
+            running = wait_for(
+                lambda worker=worker: (
+                    worker.proc.poll() is not None
+                    or observer.value(
+                        "SELECT count(*) FROM task_execution_logs l JOIN taskengine_worker w USING (worker_id) "
+                        "WHERE w.pid = %s AND l.finished_at IS NULL",
+                        [worker.pid],
+                    )
+                ),
+                timeout=60,
+                interval=0.05,
+                message=f"{victim} (pid {worker.pid}) to be running jobs",
+            )
             assert worker.proc.poll() is None, f"{victim} exited:\n{worker.log()[-3000:]}"
             held_at_kills += running
             case.kill9(victim)
             case.start_worker(victim)
     case.notes["jobs running on the victim at the kills"] = held_at_kills
     case.await_recovery()
-    lost_attempts = observer.value("SELECT count(*) FROM task_execution_logs WHERE job_id = ANY(%s) "
-                                   "AND outcome = 'lost'", [case.ids])
+    lost_attempts = observer.value(
+        "SELECT count(*) FROM task_execution_logs WHERE job_id = ANY(%s) AND outcome = 'lost'", [case.ids]
+    )
     case.notes["attempts recovered after the kills"] = lost_attempts
     replacement_first_claim = observer.value(
         "SELECT min(l.started_at) FROM task_execution_logs l JOIN taskengine_worker w USING (worker_id) "
-        "WHERE w.pid = %s", [case.workers[victim].pid])
+        "WHERE w.pid = %s",
+        [case.workers[victim].pid],
+    )
     case.notes["seconds from the last kill to the replacement's first claim"] = round(
-        (replacement_first_claim - case.fault_ended).total_seconds(), 1)
+        (replacement_first_claim - case.fault_ended).total_seconds(), 1
+    )
     assert lost_attempts > 0, "no kill cut a job short"
     case.assert_promises_kept()
 
 
 def test_a_snapshot_held_idle_in_transaction_and_repeatable_read_scans_do_not_stall_the_drain(
-        fault_case, throwaway_postgres, observer):
+    fault_case, throwaway_postgres, observer
+):
     case = fault_case("idle-in-transaction snapshot held 10 s, 2 REPEATABLE READ readers scanning the jobs")
     case.start()
     stop = threading.Event()
@@ -129,8 +148,9 @@ def test_a_snapshot_held_idle_in_transaction_and_repeatable_read_scans_do_not_st
     finally:
         stop.set()
         holder.close()
-    kept = [int(m.group(1)) for line in vacuum_said
-            for m in [re.search(r"(\d+) are dead but not yet removable", line)] if m]
+    kept = [
+        int(m.group(1)) for line in vacuum_said for m in [re.search(r"(\d+) are dead but not yet removable", line)] if m
+    ]
     assert kept and kept[0] > 0, f"the snapshot held nothing back: {vacuum_said}"
     case.notes["dead job rows vacuum could not remove"] = kept[0]
     case.notes["repeatable read scans"] = sum(scans)
@@ -140,7 +160,8 @@ def test_a_snapshot_held_idle_in_transaction_and_repeatable_read_scans_do_not_st
 
 
 def test_max_connections_exhausted_by_other_clients_loses_nothing_and_runs_nothing_twice(
-        fault_case, throwaway_postgres):
+    fault_case, throwaway_postgres
+):
     case = fault_case("max_connections exhausted by other clients for 6 s, engine connections cut once")
     case.start()
     others: list[psycopg.Connection] = []
@@ -183,8 +204,9 @@ def test_max_connections_exhausted_by_other_clients_loses_nothing_and_runs_nothi
         for conn in others:
             conn.close()
     refused = sum(refusals)
-    case.notes.update({"other clients' connections": len(others), "engine connections cut": cut,
-                       "other clients refused": refused})
+    case.notes.update(
+        {"other clients' connections": len(others), "engine connections cut": cut, "other clients refused": refused}
+    )
     assert cut > 0 and refused > 0
     case.await_recovery()
     noticed_the_outage(case)
@@ -193,8 +215,7 @@ def test_max_connections_exhausted_by_other_clients_loses_nothing_and_runs_nothi
     case.assert_promises_kept()
 
 
-def test_the_markers_catch_two_executions_at_once_of_a_job_whose_worker_froze_past_its_lease(
-        fault_case, observer):
+def test_the_markers_catch_two_executions_at_once_of_a_job_whose_worker_froze_past_its_lease(fault_case, observer):
     """The control: the one overlap the design accepts (docs/reliability.md, a worker
     frozen longer than its lease) must show in the markers, or "run twice: 0" above
     would prove nothing."""
@@ -202,8 +223,9 @@ def test_the_markers_catch_two_executions_at_once_of_a_job_whose_worker_froze_pa
     [job_id] = case.feeder.enqueue(case.run_id, 1, work_seconds=4)
 
     def marker_of(worker) -> list[tuple]:
-        return observer.rows("SELECT started_at, ended_at FROM fault_markers WHERE job_id = %s AND pid = %s",
-                             [job_id, worker.pid])
+        return observer.rows(
+            "SELECT started_at, ended_at FROM fault_markers WHERE job_id = %s AND pid = %s", [job_id, worker.pid]
+        )
 
     frozen = case.start_worker("frozen")
     wait_for(lambda: marker_of(frozen), timeout=60, interval=0.1, message="the first execution to start")
@@ -211,11 +233,23 @@ def test_the_markers_catch_two_executions_at_once_of_a_job_whose_worker_froze_pa
     rerun = case.start_worker("rerun")
     wait_for(lambda: marker_of(rerun), timeout=60, interval=0.2, message="the rerun to start after the lease")
     frozen.signal(signal.SIGCONT)
-    wait_for(lambda: marker_of(frozen)[0][1] and marker_of(rerun)[0][1], timeout=30, interval=0.2,
-             message="both executions to end")
-    markers = [Marker(*row) for row in observer.rows(
-        "SELECT job_id, attempt, pid, started_at, ended_at FROM fault_markers WHERE job_id = %s", [job_id])]
+    wait_for(
+        lambda: marker_of(frozen)[0][1] and marker_of(rerun)[0][1],
+        timeout=30,
+        interval=0.2,
+        message="both executions to end",
+    )
+    markers = [
+        Marker(*row)
+        for row in observer.rows(
+            "SELECT job_id, attempt, pid, started_at, ended_at FROM fault_markers WHERE job_id = %s", [job_id]
+        )
+    ]
     assert len(markers) == 2
     assert set(overlapping_jobs(markers, killed_at={})) == {job_id}
-    wait_for(lambda: observer.value("SELECT state FROM taskengine_job WHERE id = %s", [job_id]) == "succeeded",
-             timeout=30, interval=0.2, message="the rerun's result to be kept")
+    wait_for(
+        lambda: observer.value("SELECT state FROM taskengine_job WHERE id = %s", [job_id]) == "succeeded",
+        timeout=30,
+        interval=0.2,
+        message="the rerun's result to be kept",
+    )

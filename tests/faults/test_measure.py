@@ -1,4 +1,5 @@
 """The fault suite's own yardsticks: overlap detection and the recovery window."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
@@ -17,8 +18,12 @@ def at(seconds: float) -> datetime:
 
 
 def test_two_executions_of_a_job_overlapping_in_time_are_found():
-    markers = [Marker(1, 1, 100, at(0), at(2)), Marker(1, 2, 200, at(1.5), at(3)),
-               Marker(2, 1, 100, at(0), at(1)), Marker(2, 2, 200, at(1), at(2))]
+    markers = [
+        Marker(1, 1, 100, at(0), at(2)),
+        Marker(1, 2, 200, at(1.5), at(3)),
+        Marker(2, 1, 100, at(0), at(1)),
+        Marker(2, 2, 200, at(1), at(2)),
+    ]
     assert set(overlapping_jobs(markers, killed_at={})) == {1}
 
 

@@ -3,6 +3,7 @@
 ``taskengine_at_first_migration`` migrates taskengine back to 0001 (every later migration
 pending) and forward again at teardown, so later tests always see the full schema.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,7 +34,11 @@ def migrate_in_another_process() -> str:
     """Run ``manage.py migrate`` in a subprocess against the test database; its output."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "manage.py"), "migrate", "--noinput"],
-        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output

@@ -1,11 +1,12 @@
 """With taskengine migrated back to its first migration: the gate is closed and says why,
 /readyz answers 503, the maintenance tick is skipped, checks warn without blocking
 ``migrate``, and everything opens once ``migrate`` has run."""
+
 from __future__ import annotations
 
 import subprocess
-import threading
 import sys
+import threading
 from datetime import timedelta
 
 import pytest
@@ -76,8 +77,14 @@ def test_readyz_flips_from_503_to_200_after_migrate_while_healthz_stays_200(clie
 
 
 def test_maintenance_tick_is_skipped_while_closed_and_runs_after(transactional_db, engine_log):
-    job = Job.objects.create(task_path="tests.tasks.noop", state="running", attempts=1, max_attempts=3,
-                             locked_by="ghost-worker", lease_expires_at=Now() - timedelta(minutes=5))
+    job = Job.objects.create(
+        task_path="tests.tasks.noop",
+        state="running",
+        attempts=1,
+        max_attempts=3,
+        locked_by="ghost-worker",
+        lease_expires_at=Now() - timedelta(minutes=5),
+    )
     elector = Elector("default", "gate-test-leader")
     ticker = MaintenanceTicker("default", elector, default_services("default"))
     call_command("migrate", "taskengine", "0001_initial", verbosity=0)
@@ -111,8 +118,14 @@ def test_checkready_exits_1_while_pending_and_0_after_migrate(taskengine_at_firs
 
 def test_checkready_exits_1_when_the_database_is_unreachable(tmp_path):
     env = subprocess_env(DATABASE_URL=f"sqlite:///{tmp_path}/missing/dir/db.sqlite3")
-    done = subprocess.run([sys.executable, str(ROOT / "manage.py"), "checkready", "--wait", "0.5"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "checkready", "--wait", "0.5"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1
     assert "cannot read migration state" in done.stderr
     assert done.stderr.count("waiting for migrations") == 1, done.stderr

@@ -1,5 +1,6 @@
 """A real ``runworker`` started before ``migrate``: it waits (one log line), claims nothing,
 registers nothing, and runs the queued jobs once ``migrate`` has run in another process."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,14 +22,11 @@ WAITING = "waiting for migrations"
 RECHECK = "gate still closed"
 
 
-def test_worker_started_before_migrate_waits_then_runs_queued_jobs_without_restart(
-    transactional_db, worker_process
-):
+def test_worker_started_before_migrate_waits_then_runs_queued_jobs_without_restart(transactional_db, worker_process):
     results = [tasks.add.enqueue(n, 3) for n in range(3)]
     call_command("migrate", "taskengine", "0001_initial", verbosity=0)
     try:
-        worker = worker_process("--backoff-base", "0.05", "--concurrency", "1",
-                                env={"TASKENGINE_LOG_LEVEL": "DEBUG"})
+        worker = worker_process("--backoff-base", "0.05", "--concurrency", "1", env={"TASKENGINE_LOG_LEVEL": "DEBUG"})
         wait_for(lambda: worker.log().count(RECHECK) >= 3, timeout=30, message="three gate re-checks")
         log = worker.log()
         assert log.count(WAITING) == 1, log
@@ -46,6 +44,7 @@ def test_worker_started_before_migrate_waits_then_runs_queued_jobs_without_resta
         for result in results:
             result.refresh()
         return all(result.status == TaskResultStatus.SUCCESSFUL for result in results)
+
     wait_for(finished, timeout=30, message="the queued jobs to succeed after migrate")
     assert [result.return_value for result in results] == [3, 4, 5]
     assert worker.proc.poll() is None, "the same process, not a restart"
@@ -57,9 +56,7 @@ def test_worker_started_before_migrate_waits_then_runs_queued_jobs_without_resta
     assert_no_schema_errors(migrate_output)
 
 
-def test_gate_timeout_exits_nonzero_while_migrations_are_pending(
-    taskengine_at_first_migration, worker_process
-):
+def test_gate_timeout_exits_nonzero_while_migrations_are_pending(taskengine_at_first_migration, worker_process):
     worker = worker_process("--gate-timeout", "1")
     code = worker.wait(60)
     log = worker.log()

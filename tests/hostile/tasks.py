@@ -1,4 +1,5 @@
 """Handlers for the hostile-values tests (importable by worker subprocesses)."""
+
 from __future__ import annotations
 
 from taskengine.compat import task

@@ -4,6 +4,7 @@ traceback, worker id or audit reason hold markup, a megabyte of text, the deepes
 nesting enqueue or a worker lets through, right-to-left and zero-width characters or
 escaped-NUL text. Every page answers 200 with the values escaped; the API returns them
 exactly; hostile filters get a 400, never a 500."""
+
 from __future__ import annotations
 
 import json
@@ -32,19 +33,42 @@ DEEPEST_RETURN = nested(900)
 @pytest.fixture
 def hostile_job(db) -> Job:
     job = Job.objects.create(
-        task_path=f"tests.{SCRIPT}", queue="default", tenant=f"<b>{RTL}"[:64], state="failed",
-        unique_key=f"{SCRIPT}{ESCAPED_NUL}", acting_user_id=SCRIPT[:64], attempts=1, max_attempts=1,
+        task_path=f"tests.{SCRIPT}",
+        queue="default",
+        tenant=f"<b>{RTL}"[:64],
+        state="failed",
+        unique_key=f"{SCRIPT}{ESCAPED_NUL}",
+        acting_user_id=SCRIPT[:64],
+        attempts=1,
+        max_attempts=1,
         args=[SCRIPT, RTL, ESCAPED_NUL, nested(100, SCRIPT), "😀", MEGA],  # the page cuts MEGA short
         kwargs={SCRIPT: {"rtl": RTL, "deep": nested(99)}},
-        return_value=DEEPEST_RETURN, finished_at=Now(), started_at=Now(), last_attempted_at=Now(),
+        return_value=DEEPEST_RETURN,
+        finished_at=Now(),
+        started_at=Now(),
+        last_attempted_at=Now(),
     )
-    ExecutionLog.objects.create(job=job, attempt=1, worker_id=f"w-{SCRIPT}"[:128], started_at=job.enqueued_at,
-                                finished_at=job.enqueued_at, outcome="failed", error_class=f"x.{SCRIPT}",
-                                error_message=f"{SCRIPT} {RTL} {ESCAPED_NUL}"[:2000],
-                                traceback=f"Traceback {SCRIPT}\n" + MEGA[:20000])
-    OperatorAction.objects.create(actor_repr=SCRIPT, action="requeue", target_type="job", target_id=str(job.pk),
-                                  tenant=job.tenant, reason=f"{SCRIPT} {RTL} {ESCAPED_NUL}",
-                                  state_before={"state": SCRIPT}, state_after={"state": RTL})
+    ExecutionLog.objects.create(
+        job=job,
+        attempt=1,
+        worker_id=f"w-{SCRIPT}"[:128],
+        started_at=job.enqueued_at,
+        finished_at=job.enqueued_at,
+        outcome="failed",
+        error_class=f"x.{SCRIPT}",
+        error_message=f"{SCRIPT} {RTL} {ESCAPED_NUL}"[:2000],
+        traceback=f"Traceback {SCRIPT}\n" + MEGA[:20000],
+    )
+    OperatorAction.objects.create(
+        actor_repr=SCRIPT,
+        action="requeue",
+        target_type="job",
+        target_id=str(job.pk),
+        tenant=job.tenant,
+        reason=f"{SCRIPT} {RTL} {ESCAPED_NUL}",
+        state_before={"state": SCRIPT},
+        state_after={"state": RTL},
+    )
     return job
 
 
@@ -103,9 +127,15 @@ def test_the_deepest_return_value_a_worker_stores_is_shown(root, hostile_job):
 
 @pytest.mark.sqlite_only  # PostgreSQL's jsonb refuses them; SQLite kept them before enqueue did
 def test_stored_lone_surrogates_are_shown_as_escapes_not_a_server_error(root):
-    job = Job.objects.create(task_path="tests.hostile.tasks.echo", args=["bad \udcff end"],
-                             kwargs={"k\ud800": "x"}, return_value="\udfff", state="succeeded",
-                             finished_at=Now(), attempts=1)
+    job = Job.objects.create(
+        task_path="tests.hostile.tasks.echo",
+        args=["bad \udcff end"],
+        kwargs={"k\ud800": "x"},
+        return_value="\udfff",
+        state="succeeded",
+        finished_at=Now(),
+        attempts=1,
+    )
     html = get(root, reverse("taskengine:job_detail", args=[job.pk])).content.decode()
     assert "bad \\udcff end" in html and "\\udfff" in html
     assert json.loads(get(root, reverse("taskengine:api_job", args=[job.pk])).content)["args"] == ["bad \udcff end"]
@@ -125,8 +155,11 @@ def test_the_api_returns_hostile_values_exactly(root, hostile_job):
     assert audit["reason"] == f"{SCRIPT} {RTL} {ESCAPED_NUL}" and audit["state_before"] == {"state": SCRIPT}
 
 
-@pytest.mark.parametrize("value", ["a%00b", "%ED%B3%BF", "%FF%FE", "x" * 65, "%E2%80%AE%3Cscript%3E"],
-                         ids=["nul", "encoded_lone_surrogate", "not_utf8", "too_long", "rtl_markup"])
+@pytest.mark.parametrize(
+    "value",
+    ["a%00b", "%ED%B3%BF", "%FF%FE", "x" * 65, "%E2%80%AE%3Cscript%3E"],
+    ids=["nul", "encoded_lone_surrogate", "not_utf8", "too_long", "rtl_markup"],
+)
 @pytest.mark.parametrize("field", ["task", "tenant", "queue"])
 @pytest.mark.parametrize("where", ["job_list", "api_jobs"])
 def test_a_hostile_filter_is_refused_or_matches_nothing_never_a_server_error(root, where, field, value):
@@ -135,7 +168,7 @@ def test_a_hostile_filter_is_refused_or_matches_nothing_never_a_server_error(roo
     assert response.status_code in (200, 400), response.content[:500]
     if where == "api_jobs" and response.status_code == 200:
         assert json.loads(response.content)["results"] == []
-    if where == "api_jobs" and (value == "a%00b" or value == "x" * 65 and field != "task"):
+    if where == "api_jobs" and (value == "a%00b" or (value == "x" * 65 and field != "task")):
         assert response.status_code == 400 and field in json.loads(response.content)["error"]
     assert b"<script>" not in response.content
 
@@ -146,16 +179,21 @@ def test_a_filter_of_hostile_stored_text_finds_its_job(root, hostile_job):
         assert f"{hostile_job.pk}".encode() in found.content
 
 
-
 @pytest.mark.sqlite_only  # PostgreSQL's jsonb cannot hold a lone surrogate at all
 def test_the_admin_job_page_shows_a_stored_lone_surrogate_escaped_instead_of_failing(root):
     """SQLite keeps what jobs stored before enqueue refused surrogates (or an ORM write):
     the admin's own JSON display would write the lone surrogate into a page that must
     encode as UTF-8."""
     lone = b"\xff".decode("utf-8", "surrogateescape")
-    job = Job.objects.create(task_path="tests.tasks.noop", queue="default", state="succeeded",
-                             args=[f"name-{lone}"], kwargs={"k": lone}, return_value=f"r-{lone}",
-                             finished_at=Now())
+    job = Job.objects.create(
+        task_path="tests.tasks.noop",
+        queue="default",
+        state="succeeded",
+        args=[f"name-{lone}"],
+        kwargs={"k": lone},
+        return_value=f"r-{lone}",
+        finished_at=Now(),
+    )
     response = get(root, reverse("admin:taskengine_job_change", args=[job.pk]))
     page = response.content.decode()
     assert "name-\\udcff" in page and "r-\\udcff" in page

@@ -4,6 +4,7 @@ is stored and read back exactly — through ``enqueue`` (on PostgreSQL outside a
 transaction: the libpq fast path), ``enqueue`` inside a transaction (the cursor),
 ``enqueue`` with a unique key, ``enqueue_many`` (the JSON multi-row INSERT), a bulk
 ``enqueue_many`` (COPY on PostgreSQL) and the scheduler's ``backend.new_job``."""
+
 from __future__ import annotations
 
 import itertools
@@ -12,11 +13,11 @@ from typing import Any
 
 import pytest
 from django.db import connection, transaction
-from taskengine.compat import default_task_backend, task_backends
 from django.test import override_settings
 
 from taskengine import libpq, store
 from taskengine.backend import InvalidTaskArguments
+from taskengine.compat import default_task_backend, task_backends
 from taskengine.models import Job
 
 from . import tasks
@@ -92,6 +93,7 @@ def fast_path_calls(monkeypatch) -> list[str]:
 
 # Each test tries every place in turn (a parameter per place would triple the run
 # time, which is the database flush between tests, for little more evidence).
+
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("kind", REFUSED)
@@ -170,13 +172,13 @@ def test_a_text_option_no_database_can_keep_is_refused_on_every_path(option, bad
 @pytest.mark.parametrize("path", PATHS)
 def test_a_tenant_with_a_nul_is_not_stored_cut_short(path):
     # The fast path passed text to libpq as a C string: "acme\x00x" became "acme".
-    with pytest.raises(InvalidTaskArguments, match="tenant.*NUL"):
+    with pytest.raises(InvalidTaskArguments, match=r"tenant.*NUL"):
         PATHS[path](tasks.echo.using(tenant="acme\x00x"), (), {})
     assert not Job.objects.filter(tenant="acme").exists()
 
 
 def test_an_acting_user_key_longer_than_the_column_is_refused_on_both_databases():
-    with pytest.raises(InvalidTaskArguments, match="acting_user.*64"):
+    with pytest.raises(InvalidTaskArguments, match=r"acting_user.*64"):
         tasks.echo.using(acting_user="u" * 65).enqueue()
     assert not Job.objects.exists()
 
@@ -184,8 +186,9 @@ def test_an_acting_user_key_longer_than_the_column_is_refused_on_both_databases(
 @pytest.mark.parametrize("bad", BAD_TEXT)
 def test_a_queue_name_no_database_can_keep_is_refused(bad):
     text, reason = BAD_TEXT[bad]
-    with override_settings(TASKS={"default": {"BACKEND": "taskengine.backend.DatabaseBackend",
-                                              "QUEUES": ["default", text]}}):
+    with override_settings(
+        TASKS={"default": {"BACKEND": "taskengine.backend.DatabaseBackend", "QUEUES": ["default", text]}}
+    ):
         with pytest.raises(InvalidTaskArguments, match=f"queue.*{reason}"):
             tasks.echo.using(queue_name=text).enqueue()
     assert not Job.objects.exists()
@@ -197,7 +200,7 @@ def test_a_task_path_no_database_can_keep_is_refused():
     def handler() -> None: ...
 
     handler.__qualname__ = "handler\x00evil"
-    with pytest.raises(InvalidTaskArguments, match="task path.*NUL"):
+    with pytest.raises(InvalidTaskArguments, match=r"task path.*NUL"):
         task(handler).enqueue()
     assert not Job.objects.exists()
 
@@ -211,8 +214,13 @@ def test_the_largest_options_each_database_keeps_are_stored_exactly():
         [job_id] = path(task, ("x" * MEGABYTE,), {})
         row = Job.objects.get(pk=job_id)
         assert (row.tenant, row.acting_user_id) == ("t" * 64, "ü" * 64)
-        assert row.unique_key == (None if task is not keyed else "k☃" * 127 + "k" if path is not _single_with_unique_key
-                                  else f"hostile-unique-{next(_keys) - 1}")
+        assert row.unique_key == (
+            None
+            if task is not keyed
+            else "k☃" * 127 + "k"
+            if path is not _single_with_unique_key
+            else f"hostile-unique-{next(_keys) - 1}"
+        )
         assert row.args == ["x" * MEGABYTE]
 
 

@@ -2,6 +2,7 @@
 surrogate or a NUL escape; PostgreSQL's jsonb refuses them when the schedule is saved) is
 refused by the same rule as enqueue: its slots make no job and the error is logged
 once; the other schedules go on."""
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,9 @@ TICK = "tests.leader.tasks.tick"
 
 
 def make_schedule(name: str, args: list) -> Schedule:
-    schedule = Schedule.objects.create(name=name, task_path=TICK, args=args, interval_seconds=60,
-                                       last_slot_at=datetime(2026, 1, 1, 10, 0, tzinfo=UTC))
+    schedule = Schedule.objects.create(
+        name=name, task_path=TICK, args=args, interval_seconds=60, last_slot_at=datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
+    )
     Schedule.objects.filter(pk=schedule.pk).update(created_at=Now() - timedelta(hours=1))
     return schedule
 

@@ -2,11 +2,12 @@
 whose handler returns or raises each value, then an ordinary job. The hostile job
 reaches a terminal state with its value stored exactly or a clear recorded reason;
 the worker survives it and runs the next job."""
+
 from __future__ import annotations
 
 import pytest
-from taskengine.compat import TaskResultStatus, default_task_backend
 
+from taskengine.compat import TaskResultStatus, default_task_backend
 from taskengine.models import ExecutionLog
 from taskengine.worker import Worker
 from tests.conftest import wait_for
@@ -27,18 +28,23 @@ RETURNED = {
     "unserialisable": "JSON-serialisable",
 }
 RETURNED_CASES = [pytest.param(kind, RETURNED[kind], id=kind) for kind in RETURNED] + [
-    pytest.param("lone_surrogate", "surrogate", id="lone_surrogate")]
+    pytest.param("lone_surrogate", "surrogate", id="lone_surrogate")
+]
 STALLS_BEFORE_THE_FIX = {"lone_surrogate", "lone_surrogate_message"}  # run in a subprocess
 
 # raised message kind -> what the recorded error message must be
 RAISED_CASES = [
-    pytest.param("one_megabyte_message", lambda m: m == tasks.RAISED["one_megabyte_message"][:2000],
-                 id="one_megabyte_message"),
+    pytest.param(
+        "one_megabyte_message", lambda m: m == tasks.RAISED["one_megabyte_message"][:2000], id="one_megabyte_message"
+    ),
     pytest.param("html_message", lambda m: m == "<script>alert('x')</script>", id="html_message"),
     pytest.param("nul_message", lambda m: m == "bad \\x00 byte", id="nul_message"),
     pytest.param("non_utf8_bytes_message", lambda m: m == "b'\\xff\\xfe'", id="non_utf8_bytes_message"),
-    pytest.param("lone_surrogate_message", lambda m: "bad " in m and " end" in m and "\udcff" not in m,
-                 id="lone_surrogate_message"),
+    pytest.param(
+        "lone_surrogate_message",
+        lambda m: "bad " in m and " end" in m and "\udcff" not in m,
+        id="lone_surrogate_message",
+    ),
 ]
 
 
@@ -52,13 +58,15 @@ def run_hostile_then_ordinary(worker_process, hostile, *, in_subprocess: bool = 
         hostile.refresh()
         ordinary.refresh()
         return hostile.is_finished and ordinary.is_finished
+
     if in_subprocess:
         worker = worker_process("--burst", "--no-leader", "--concurrency", "1", "--backoff-base", "0.05")
         wait_for(both_finished, timeout=40, message="the hostile job and the next one to finish")
         assert worker.wait(30) == 0, worker.log()
     else:
-        worker = Worker(queues=["default"], concurrency=1, burst=True, backoff_base=0.01, max_backoff=0.05,
-                        heartbeat_seconds=0.2)
+        worker = Worker(
+            queues=["default"], concurrency=1, burst=True, backoff_base=0.01, max_backoff=0.05, heartbeat_seconds=0.2
+        )
         worker.run()
         assert both_finished(), "a burst worker exits once the queue is drained"
         assert worker.processed == 2

@@ -1,5 +1,6 @@
 """Hostile values shared by the tests in this package: each is either refused at the
 door with a clear error or stored (and read back) exactly."""
+
 from __future__ import annotations
 
 from typing import Any

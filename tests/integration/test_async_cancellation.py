@@ -3,6 +3,7 @@ sit in a sync call inside the coroutine): two executions of one job never overla
 as the engine can see. The outcome is recorded only once the coroutine has finished; one
 that has not finished a grace period after its interrupt is stuck, exactly like a stuck
 sync thread. Real Worker objects run in a thread against the test database."""
+
 from __future__ import annotations
 
 import logging
@@ -45,8 +46,9 @@ class Records(logging.Handler):
         self.records.append(record)
 
     def events(self, job_id) -> list[str]:
-        return [r.event for r in list(self.records)
-                if getattr(r, "job_id", None) == int(job_id) and hasattr(r, "event")]
+        return [
+            r.event for r in list(self.records) if getattr(r, "job_id", None) == int(job_id) and hasattr(r, "event")
+        ]
 
 
 @pytest.fixture
@@ -104,8 +106,10 @@ def assert_retry_started_after_attempt_1_ended(marker_dir) -> None:
 
 # --- an operator's cancel -----------------------------------------------------------------
 
+
 def test_an_async_handler_swallowing_its_cancel_keeps_its_lease_and_slot_and_is_recorded_cancelled_when_it_returns(
-        tmp_path, worker_log):
+    tmp_path, worker_log
+):
     result = swallows_its_cancellation_on_first_attempt.enqueue(str(tmp_path), LINGER)
     running = start_worker(concurrency=1, lease_seconds=1.0, max_stuck_threads=1)
     try:
@@ -123,11 +127,15 @@ def test_an_async_handler_swallowing_its_cancel_keeps_its_lease_and_slot_and_is_
     log = ExecutionLog.objects.get(job_id=result.id)
     assert (log.attempt, log.outcome, log.error_class) == (1, "cancelled", "taskengine.execution.JobCancelled")
     assert [(kind, attempt) for kind, attempt, _ in executions(tmp_path)] == [
-        ("start", 1), ("cancelled", 1), ("end", 1)]
+        ("start", 1),
+        ("cancelled", 1),
+        ("end", 1),
+    ]
 
 
 def test_an_async_handler_blocked_in_a_sync_call_when_cancelled_is_recorded_only_once_the_call_returns(
-        tmp_path, worker_log):
+    tmp_path, worker_log
+):
     result = blocks_the_event_loop_on_first_attempt.enqueue(str(tmp_path), LINGER)
     running = start_worker(concurrency=1, lease_seconds=1.0, max_stuck_threads=1)
     try:
@@ -161,8 +169,10 @@ def test_an_async_handler_raising_another_error_when_cancelled_is_recorded_cance
 
 # --- a timeout ----------------------------------------------------------------------------
 
+
 def test_an_async_handler_swallowing_its_timeout_keeps_its_lease_and_slot_and_is_retried_only_after_it_returns(
-        tmp_path, worker_log):
+    tmp_path, worker_log
+):
     result = swallows_its_cancellation_on_first_attempt.using(timeout=0.3).enqueue(str(tmp_path), LINGER)
     running = start_worker(concurrency=1, lease_seconds=1.0, max_stuck_threads=1)
     try:
@@ -196,7 +206,8 @@ def test_an_async_handler_returning_a_value_after_swallowing_its_timeout_is_reco
 
 
 def test_an_async_handler_blocked_in_a_sync_call_past_its_timeout_is_retried_only_after_the_call_returns(
-        tmp_path, worker_log):
+    tmp_path, worker_log
+):
     result = blocks_the_event_loop_on_first_attempt.using(timeout=0.3).enqueue(str(tmp_path), LINGER)
     running = start_worker(concurrency=1, lease_seconds=1.0, max_stuck_threads=1)
     try:
@@ -214,8 +225,10 @@ def test_an_async_handler_blocked_in_a_sync_call_past_its_timeout_is_retried_onl
 
 # --- a lost lease -------------------------------------------------------------------------
 
+
 def test_an_async_handler_swallowing_a_lost_lease_holds_its_slot_so_the_retry_starts_only_after_it_returns(
-        tmp_path, worker_log):
+    tmp_path, worker_log
+):
     result = swallows_its_cancellation_on_first_attempt.enqueue(str(tmp_path), LINGER)
     running = start_worker(concurrency=1, lease_seconds=1.0, max_stuck_threads=1)
     try:
@@ -238,6 +251,7 @@ def test_an_async_handler_swallowing_a_lost_lease_holds_its_slot_so_the_retry_st
 
 # --- giving up on stuck coroutines ----------------------------------------------------------
 
+
 def assert_left_leased_unrecorded(result, worker_id: str) -> None:
     job = Job.objects.get(pk=result.id)
     assert (job.state, job.attempts, job.locked_by) == ("running", 1, worker_id)
@@ -248,7 +262,8 @@ def assert_left_leased_unrecorded(result, worker_id: str) -> None:
 
 
 def test_a_worker_past_its_stuck_limit_with_a_stuck_coroutine_drains_and_exits_non_zero_leaving_its_job_leased(
-        tmp_path):
+    tmp_path,
+):
     result = swallows_its_cancellation_on_first_attempt.using(timeout=0.3).enqueue(str(tmp_path), 30)
     running = start_worker(concurrency=2, lease_seconds=30.0, max_stuck_threads=0, shutdown_grace=20)
     try:
@@ -261,15 +276,17 @@ def test_a_worker_past_its_stuck_limit_with_a_stuck_coroutine_drains_and_exits_n
     assert_left_leased_unrecorded(result, running.worker.worker_id)
 
 
-def test_a_worker_stopped_with_a_tolerated_stuck_coroutine_exits_non_zero_leaving_its_job_leased(
-        tmp_path, worker_log):
+def test_a_worker_stopped_with_a_tolerated_stuck_coroutine_exits_non_zero_leaving_its_job_leased(tmp_path, worker_log):
     result = swallows_its_cancellation_on_first_attempt.enqueue(str(tmp_path), 30)
     running = start_worker(concurrency=1, lease_seconds=30.0, max_stuck_threads=1, shutdown_grace=1)
     try:
         wait_for(lambda: logged(tmp_path, "start", 1), message="attempt 1 to start")
         request_cancel(result)
-        wait_for(lambda: "interrupt_ignored" in worker_log.events(result.id), timeout=20,
-                 message="the coroutine to count as stuck")
+        wait_for(
+            lambda: "interrupt_ignored" in worker_log.events(result.id),
+            timeout=20,
+            message="the coroutine to count as stuck",
+        )
         assert not running.exited()
         running.worker.request_stop()
         wait_for(running.exited, timeout=20, message="the worker to stop")
@@ -282,11 +299,15 @@ def test_a_worker_stopped_with_a_tolerated_stuck_coroutine_exits_non_zero_leavin
 
 # --- drain() ------------------------------------------------------------------------------
 
+
 def test_drain_times_out_an_async_handler_with_the_workers_interrupt():
     result = tasks.async_too_slow.enqueue()  # timeout 0.3 s, sleeps 10 s
     started = time.monotonic()
     [attempt] = drain().attempts
     assert time.monotonic() - started < 5
     assert (attempt.outcome, attempt.state, attempt.error_class) == (
-        "timed_out", "failed", "taskengine.execution.JobTimedOut")
+        "timed_out",
+        "failed",
+        "taskengine.execution.JobTimedOut",
+    )
     assert attempt_outcomes(result.id) == [(1, "timed_out")]

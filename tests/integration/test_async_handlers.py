@@ -1,5 +1,6 @@
 """Async handlers in a real worker process: their context on a retry, and how an
 operator's cancel or a lost lease ends them (the same as for sync handlers)."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -25,15 +26,17 @@ def job_state(result) -> str:
 def test_an_async_handler_with_context_sees_the_earlier_attempts_on_a_retry(worker_process):
     result = async_tasks.async_context_fails_first_attempt.enqueue()
     worker = worker_process("--worker-id", "w-async-ctx", *FAST_HEARTBEAT)
-    wait_for(lambda: job_state(result) in ("succeeded", "failed"), timeout=30,
-             message="the job to finish")
+    wait_for(lambda: job_state(result) in ("succeeded", "failed"), timeout=30, message="the job to finish")
     result.refresh()
     assert result.status == TaskResultStatus.SUCCESSFUL, worker.log()
     assert result.return_value == {
-        "attempt": 2, "result_id": result.id, "errors": ["builtins.RuntimeError"],
-        "first_error_mentions": True, "worker_ids": ["w-async-ctx", "w-async-ctx"]}
-    outcomes = list(ExecutionLog.objects.filter(job_id=result.id).order_by("attempt")
-                    .values_list("outcome", flat=True))
+        "attempt": 2,
+        "result_id": result.id,
+        "errors": ["builtins.RuntimeError"],
+        "first_error_mentions": True,
+        "worker_ids": ["w-async-ctx", "w-async-ctx"],
+    }
+    outcomes = list(ExecutionLog.objects.filter(job_id=result.id).order_by("attempt").values_list("outcome", flat=True))
     assert outcomes == ["retry", "succeeded"]
 
 
@@ -59,8 +62,10 @@ def test_an_async_job_whose_lease_is_lost_is_recorded_as_lost(worker_process, ma
     wait_for(lambda: job_state(result) == "running", message="the job to start")
     Job.objects.filter(pk=result.id).update(lease_expires_at=Now() - timedelta(seconds=1))
     discarded = "outcome lost discarded"
-    wait_for(lambda: any(discarded in line and f"job_id={result.id} " in line
-                         for line in worker.log().splitlines()),
-             timeout=15, message="the worker to record the attempt as lost")
+    wait_for(
+        lambda: any(discarded in line and f"job_id={result.id} " in line for line in worker.log().splitlines()),
+        timeout=15,
+        message="the worker to record the attempt as lost",
+    )
     after = async_tasks.async_sleep.enqueue(0.01)
     wait_for(lambda: job_state(after) == "succeeded", timeout=15, message="the next job to succeed")

@@ -1,4 +1,5 @@
 """The django.tasks contract, against taskengine's DatabaseBackend."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -86,8 +87,7 @@ def test_unknown_queue_is_rejected_at_enqueue_and_nothing_is_stored():
 
 
 def test_queues_setting_is_honoured():
-    with override_settings(TASKS={"default": {"BACKEND": "taskengine.backend.DatabaseBackend",
-                                              "QUEUES": ["only"]}}):
+    with override_settings(TASKS={"default": {"BACKEND": "taskengine.backend.DatabaseBackend", "QUEUES": ["only"]}}):
         backend = task_backends["default"]
         assert backend.queues == {"only"}
         with pytest.raises(InvalidTask):
@@ -166,8 +166,9 @@ def test_bulk_enqueue_with_unique_keys_keeps_one_live_job_per_key():
 
 def test_enqueue_inside_a_rolled_back_transaction_leaves_no_job_and_no_signal():
     seen = []
-    task_enqueued.connect(lambda sender, task_result, **kw: seen.append(task_result.id), weak=False,
-                          dispatch_uid="test-rollback")
+    task_enqueued.connect(
+        lambda sender, task_result, **kw: seen.append(task_result.id), weak=False, dispatch_uid="test-rollback"
+    )
     try:
         with pytest.raises(RuntimeError), transaction.atomic():
             tasks.add.enqueue(1, 2)
@@ -180,8 +181,9 @@ def test_enqueue_inside_a_rolled_back_transaction_leaves_no_job_and_no_signal():
 
 def test_task_enqueued_fires_only_after_commit():
     seen = []
-    task_enqueued.connect(lambda sender, task_result, **kw: seen.append(task_result.id), weak=False,
-                          dispatch_uid="test-commit")
+    task_enqueued.connect(
+        lambda sender, task_result, **kw: seen.append(task_result.id), weak=False, dispatch_uid="test-commit"
+    )
     try:
         with transaction.atomic():
             result = tasks.add.enqueue(1, 2)
@@ -197,10 +199,8 @@ def test_default_options_from_settings_are_read_again_after_a_settings_change():
     with override_settings(TASKENGINE={"MAX_ATTEMPTS": 7, "TIMEOUT_SECONDS": 9.0}):
         changed = tasks.noop.enqueue()
     after = tasks.noop.enqueue()
-    stored = dict(Job.objects.filter(pk__in=[before.id, changed.id, after.id])
-                  .values_list("pk", "max_attempts"))
-    timeouts = dict(Job.objects.filter(pk__in=[before.id, changed.id, after.id])
-                    .values_list("pk", "timeout_seconds"))
+    stored = dict(Job.objects.filter(pk__in=[before.id, changed.id, after.id]).values_list("pk", "max_attempts"))
+    timeouts = dict(Job.objects.filter(pk__in=[before.id, changed.id, after.id]).values_list("pk", "timeout_seconds"))
     assert [stored[int(r.id)] for r in (before, changed, after)] == [3, 7, 3]
     assert [timeouts[int(r.id)] for r in (before, changed, after)] == [None, 9.0, None]
 

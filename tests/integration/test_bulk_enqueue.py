@@ -1,6 +1,7 @@
 """Bulk enqueue: on PostgreSQL, batches without unique keys are streamed with COPY (ids
 reserved first); everything else takes the INSERT path. Both must store the same rows,
 honour the caller's transaction, and leave nothing behind on bad input."""
+
 from __future__ import annotations
 
 import gc
@@ -36,16 +37,36 @@ BULK = store.BULK_INSERT_MIN + 20  # large enough for the COPY path
 
 def stored_columns(job_id: int) -> dict:
     """Every column enqueue writes, but the id and the times."""
-    return (Job.objects.filter(pk=job_id)
-            .values("task_path", "backend", "queue", "priority", "args", "kwargs", "state", "attempts",
-                    "max_attempts", "timeout_seconds", "retry_backoff_seconds", "on_lease_expired",
-                    "unique_key", "tenant", "acting_user_id", "locked_by", "finished_at").get())
+    return (
+        Job.objects.filter(pk=job_id)
+        .values(
+            "task_path",
+            "backend",
+            "queue",
+            "priority",
+            "args",
+            "kwargs",
+            "state",
+            "attempts",
+            "max_attempts",
+            "timeout_seconds",
+            "retry_backoff_seconds",
+            "on_lease_expired",
+            "unique_key",
+            "tenant",
+            "acting_user_id",
+            "locked_by",
+            "finished_at",
+        )
+        .get()
+    )
 
 
 def test_a_bulk_row_is_stored_exactly_like_a_single_enqueue(django_user_model):
     user = django_user_model.objects.create(username="bulk-user")
-    task = tasks.add.using(priority=7, queue_name="demo", tenant="acme", acting_user=user,
-                           max_attempts=4, timeout=12.5, retry_backoff=0.5)
+    task = tasks.add.using(
+        priority=7, queue_name="demo", tenant="acme", acting_user=user, max_attempts=4, timeout=12.5, retry_backoff=0.5
+    )
     args, kwargs = (1, ("nested", [1.5, None, True])), {"b": {"ü": "snow ☃", "n": 3}}
     single = task.enqueue(*args, **kwargs)
     bulk = task.get_backend().enqueue_many([(task, args, kwargs)] * BULK)
@@ -84,8 +105,9 @@ def test_bulk_run_after_is_kept_per_job():
 
 def test_a_bulk_enqueue_rolled_back_with_its_transaction_stores_nothing_and_signals_nothing():
     seen = []
-    task_enqueued.connect(lambda sender, task_result, **kw: seen.append(task_result.id), weak=False,
-                          dispatch_uid="bulk-rollback")
+    task_enqueued.connect(
+        lambda sender, task_result, **kw: seen.append(task_result.id), weak=False, dispatch_uid="bulk-rollback"
+    )
     try:
         with pytest.raises(RuntimeError), transaction.atomic():
             tasks.add.enqueue_many([(i, i) for i in range(BULK)])
@@ -99,8 +121,9 @@ def test_a_bulk_enqueue_rolled_back_with_its_transaction_stores_nothing_and_sign
 
 def test_a_committed_bulk_enqueue_signals_every_job_after_commit():
     seen = []
-    task_enqueued.connect(lambda sender, task_result, **kw: seen.append(task_result.id), weak=False,
-                          dispatch_uid="bulk-commit")
+    task_enqueued.connect(
+        lambda sender, task_result, **kw: seen.append(task_result.id), weak=False, dispatch_uid="bulk-commit"
+    )
     try:
         with transaction.atomic():
             results = tasks.add.enqueue_many([(i, i) for i in range(BULK)])
@@ -147,8 +170,9 @@ def test_the_garbage_collector_is_running_again_after_a_bulk_enqueue_even_a_fail
 @pytest.mark.postgres
 @pytest.mark.parametrize("count", [1, 3, BULK], ids=["single", "insert", "copy"])
 def test_workers_are_notified_on_commit_only(count):
-    with psycopg.connect(subprocess_database_url().replace("postgres://", "postgresql://"),
-                         autocommit=True) as listener:
+    with psycopg.connect(
+        subprocess_database_url().replace("postgres://", "postgresql://"), autocommit=True
+    ) as listener:
         listener.execute("LISTEN taskengine_jobs")
         with pytest.raises(RuntimeError), transaction.atomic():
             tasks.add.using(queue_name="demo").enqueue_many([(i, i) for i in range(count)])
@@ -163,13 +187,17 @@ def test_workers_are_notified_on_commit_only(count):
 @pytest.mark.parametrize("count", [3, BULK], ids=["insert", "copy"])
 def test_one_notify_per_queue_with_due_jobs_and_none_for_deferred_ones(count):
     later = timezone.now() + timedelta(hours=1)
-    with psycopg.connect(subprocess_database_url().replace("postgres://", "postgresql://"),
-                         autocommit=True) as listener:
+    with psycopg.connect(
+        subprocess_database_url().replace("postgres://", "postgresql://"), autocommit=True
+    ) as listener:
         listener.execute("LISTEN taskengine_jobs")
         tasks.add.using(run_after=later).enqueue_many([(i, i) for i in range(count)])
         assert list(listener.notifies(timeout=0.3)) == []
-        mixed = [(tasks.add.using(queue_name=q, run_after=later if q == "default" else None), (i, 0), {})
-                 for i in range(count) for q in ("default", "demo")]
+        mixed = [
+            (tasks.add.using(queue_name=q, run_after=later if q == "default" else None), (i, 0), {})
+            for i in range(count)
+            for q in ("default", "demo")
+        ]
         mixed.append((tasks.add.using(queue_name="default"), (0, 0), {}))  # one due job in default
         default_task_backend.enqueue_many(mixed)
         received = sorted(n.payload for n in listener.notifies(timeout=0.5))
@@ -178,15 +206,27 @@ def test_one_notify_per_queue_with_due_jobs_and_none_for_deferred_ones(count):
 
 # --- the Python fast paths behave like Django's own ---------------------------------
 
+
 class Pairs(OrderedDict):
     pass
 
 
-@pytest.mark.parametrize("value", [
-    [], {}, (1, "a", 2.5, True, None), [[1, (2, 3)], {"k": (4,)}], {1: "int key", "s": [b"bytes"]},
-    UserList([1, 2]), Pairs(a=1), mark_safe("<b>"), {"deep": [{"x": (b"y",)}]}, HTTPStatus.OK,
-    [HTTPStatus.OK, UserList([mark_safe("x")])],
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        [],
+        {},
+        (1, "a", 2.5, True, None),
+        [[1, (2, 3)], {"k": (4,)}],
+        {1: "int key", "s": [b"bytes"]},
+        UserList([1, 2]),
+        Pairs(a=1),
+        mark_safe("<b>"),
+        {"deep": [{"x": (b"y",)}]},
+        HTTPStatus.OK,
+        [HTTPStatus.OK, UserList([mark_safe("x")])],
+    ],
+)
 def test_json_ready_matches_normalize_json(value):
     assert _json_ready(value) == normalize_json(value)
     assert type(_json_ready(value)) is type(normalize_json(value))

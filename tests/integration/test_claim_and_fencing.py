@@ -1,4 +1,5 @@
 """Leased claiming and fenced completion, at the store level."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -21,13 +22,17 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def claim(worker="w1", limit=10, lease=30.0, queues=("default",), advisory=False):
-    return store.claim_jobs(connection, worker_id=worker, queues=list(queues), limit=limit,
-                            lease_seconds=lease, advisory=advisory)
+    return store.claim_jobs(
+        connection, worker_id=worker, queues=list(queues), limit=limit, lease_seconds=lease, advisory=advisory
+    )
 
 
 def succeed(job, worker="w1"):
-    return store.finish_jobs(connection, worker_id=worker, outcomes=[
-        store.Outcome(job.id, job.attempt, "succeeded", AttemptOutcome.SUCCEEDED, return_value="1")])
+    return store.finish_jobs(
+        connection,
+        worker_id=worker,
+        outcomes=[store.Outcome(job.id, job.attempt, "succeeded", AttemptOutcome.SUCCEEDED, return_value="1")],
+    )
 
 
 def expire_lease(job_id):
@@ -83,8 +88,7 @@ def test_heartbeat_extends_live_leases_and_reports_lost_ones():
     kept_job, lost_job = claim(lease=5)
     expire_lease(lost_job.id)
     before = Job.objects.get(pk=kept_job.id).lease_expires_at
-    kept = store.extend_leases(connection, worker_id="w1", held=[(kept_job.id, 1), (lost_job.id, 1)],
-                               lease_seconds=60)
+    kept = store.extend_leases(connection, worker_id="w1", held=[(kept_job.id, 1), (lost_job.id, 1)], lease_seconds=60)
     assert kept == {kept_job.id: False}
     assert Job.objects.get(pk=kept_job.id).lease_expires_at > before + timedelta(seconds=50)
 
@@ -141,9 +145,22 @@ def test_retry_outcome_requeues_with_backoff_on_the_database_clock():
     result = tasks.add.enqueue(1, 2)
     [job] = claim()
     before = db_now()
-    won = store.finish_jobs(connection, worker_id="w1", outcomes=[
-        store.Outcome(job.id, 1, "queued", AttemptOutcome.RETRY, retry_delay=30, error_class="builtins.ValueError",
-                      error_message="x", traceback="tb")])
+    won = store.finish_jobs(
+        connection,
+        worker_id="w1",
+        outcomes=[
+            store.Outcome(
+                job.id,
+                1,
+                "queued",
+                AttemptOutcome.RETRY,
+                retry_delay=30,
+                error_class="builtins.ValueError",
+                error_message="x",
+                traceback="tb",
+            )
+        ],
+    )
     assert won[job.id][0] == "queued"
     row = Job.objects.get(pk=result.id)
     assert row.state == "queued" and row.finished_at is None and row.locked_by is None
@@ -155,8 +172,9 @@ def test_retry_of_a_job_whose_cancel_was_requested_ends_cancelled():
     result = tasks.add.enqueue(1, 2)
     [job] = claim()
     Job.objects.filter(pk=job.id).update(cancel_requested_at=Now())
-    store.finish_jobs(connection, worker_id="w1", outcomes=[
-        store.Outcome(job.id, 1, "queued", AttemptOutcome.RETRY, retry_delay=0)])
+    store.finish_jobs(
+        connection, worker_id="w1", outcomes=[store.Outcome(job.id, 1, "queued", AttemptOutcome.RETRY, retry_delay=0)]
+    )
     row = Job.objects.get(pk=result.id)
     assert row.state == "cancelled" and row.finished_at is not None
     assert ExecutionLog.objects.get(job_id=job.id).outcome == "cancelled"
@@ -236,10 +254,16 @@ def test_check_constraints_refuse_impossible_states():
 
 # --- PostgreSQL: concurrency -----------------------------------------------------------
 
+
 def _second_connection():
     s = connection.settings_dict
-    return psycopg.connect(host=s["HOST"] or "127.0.0.1", port=s["PORT"] or 5432, user=s["USER"] or "postgres",
-                           password=s["PASSWORD"] or None, dbname=s["NAME"])
+    return psycopg.connect(
+        host=s["HOST"] or "127.0.0.1",
+        port=s["PORT"] or 5432,
+        user=s["USER"] or "postgres",
+        password=s["PASSWORD"] or None,
+        dbname=s["NAME"],
+    )
 
 
 @pytest.mark.postgres
@@ -284,22 +308,36 @@ def test_advisory_claim_does_not_take_a_job_that_stopped_being_due_while_it_wait
 
     def advisory_claim():
         try:
-            claimed.append(store.claim_jobs(connections["default"], worker_id="late", queues=["default"],
-                                            limit=10, lease_seconds=30, advisory=True))
+            claimed.append(
+                store.claim_jobs(
+                    connections["default"],
+                    worker_id="late",
+                    queues=["default"],
+                    limit=10,
+                    lease_seconds=30,
+                    advisory=True,
+                )
+            )
         finally:
             connections["default"].close()
 
     with _second_connection() as other:
-        other.execute("UPDATE taskengine_job SET run_after = now() + interval '1 hour', attempts = 1,"
-                      " max_attempts = 3 WHERE id = %s", [int(result.id)])
+        other.execute(
+            "UPDATE taskengine_job SET run_after = now() + interval '1 hour', attempts = 1,"
+            " max_attempts = 3 WHERE id = %s",
+            [int(result.id)],
+        )
         thread = threading.Thread(target=advisory_claim)
         thread.start()
 
         def claim_waits_on_other():
             with connection.cursor() as cursor:
-                cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
-                               [other.info.backend_pid])
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+                    [other.info.backend_pid],
+                )
                 return cursor.fetchone()[0] == 1
+
         wait_for(claim_waits_on_other, timeout=10, message="the claim to wait on the row")
         other.commit()
         thread.join(30)
@@ -319,8 +357,14 @@ def test_concurrent_claims_from_many_connections_never_share_a_job():
     def claimer(n):
         try:
             got = []
-            while batch := store.claim_jobs(connections["default"], worker_id=f"w{n}", queues=["default"],
-                                            limit=7, lease_seconds=30, advisory=n % 2 == 0):
+            while batch := store.claim_jobs(
+                connections["default"],
+                worker_id=f"w{n}",
+                queues=["default"],
+                limit=7,
+                lease_seconds=30,
+                advisory=n % 2 == 0,
+            ):
                 got += [j.id for j in batch]
             return got
         finally:
@@ -335,14 +379,19 @@ def test_concurrent_claims_from_many_connections_never_share_a_job():
 def test_claim_plan_is_an_index_scan_on_the_claim_index_at_any_size():
     with connection.cursor() as cursor:
         for total in (10_000, 200_000):
-            cursor.execute("""
+            cursor.execute(
+                """
                 INSERT INTO taskengine_job (task_path, backend, queue, priority, args, kwargs, state, run_after,
                     enqueued_at, attempts, max_attempts, on_lease_expired)
                 SELECT 'tests.tasks.noop', 'default', 'default', 0, '[]', '{}', 'queued', now(), now(), 0, 3, 'retry'
-                  FROM generate_series(1, %s - (SELECT count(*) FROM taskengine_job))""", [total])
+                  FROM generate_series(1, %s - (SELECT count(*) FROM taskengine_job))""",
+                [total],
+            )
             cursor.execute("ANALYZE taskengine_job")
-            cursor.execute("EXPLAIN " + sql(connection, "claim_jobs"),
-                           {"queues": ["default"], "limit": 50, "worker_id": "x", "lease_seconds": 30.0})
+            cursor.execute(
+                "EXPLAIN " + sql(connection, "claim_jobs"),
+                {"queues": ["default"], "limit": 50, "worker_id": "x", "lease_seconds": 30.0},
+            )
             plan = "\n".join(row[0] for row in cursor.fetchall())
             assert "taskengine_job_claim_idx" in plan, plan
             assert "Seq Scan on taskengine_job" not in plan, plan
@@ -351,16 +400,33 @@ def test_claim_plan_is_an_index_scan_on_the_claim_index_at_any_size():
 
 HOT_STATEMENTS = {
     "claim_jobs": {"queues": ["default"], "limit": 50, "worker_id": "w", "lease_seconds": 30.0},
-    "claim_jobs_advisory": {"queues": ["default"], "limit": 50, "worker_id": "w", "lease_seconds": 30.0,
-                            "lock_namespace": store.ADVISORY_LOCK_NAMESPACE},
+    "claim_jobs_advisory": {
+        "queues": ["default"],
+        "limit": 50,
+        "worker_id": "w",
+        "lease_seconds": 30.0,
+        "lock_namespace": store.ADVISORY_LOCK_NAMESPACE,
+    },
     "extend_leases": {"ids": [1, 2], "attempts": [1, 1], "worker_id": "w", "lease_seconds": 30.0},
-    "finish_jobs": {"ids": [1, 2], "attempts": [1, 1], "states": ["succeeded"] * 2,
-                    "outcomes": ["succeeded"] * 2, "retry_delays": [0.0] * 2, "return_values": ["1"] * 2,
-                    "error_classes": [None] * 2, "error_messages": [""] * 2, "tracebacks": [""] * 2,
-                    "worker_id": "w"},
-    "release_jobs": {"ids": [1, 2], "attempts": [1, 1], "worker_id": "w",
-                     "cancel_error_class": store.RELEASED_CANCEL_ERROR_CLASS,
-                     "cancel_error_message": store.RELEASED_CANCEL_MESSAGE},
+    "finish_jobs": {
+        "ids": [1, 2],
+        "attempts": [1, 1],
+        "states": ["succeeded"] * 2,
+        "outcomes": ["succeeded"] * 2,
+        "retry_delays": [0.0] * 2,
+        "return_values": ["1"] * 2,
+        "error_classes": [None] * 2,
+        "error_messages": [""] * 2,
+        "tracebacks": [""] * 2,
+        "worker_id": "w",
+    },
+    "release_jobs": {
+        "ids": [1, 2],
+        "attempts": [1, 1],
+        "worker_id": "w",
+        "cancel_error_class": store.RELEASED_CANCEL_ERROR_CLASS,
+        "cancel_error_message": store.RELEASED_CANCEL_MESSAGE,
+    },
 }
 
 

@@ -1,6 +1,7 @@
 """Graceful shutdown releases the jobs still running when the grace period ends — but a
 job whose cancellation was requested is not handed back to the queue: it ends
 cancelled, like a cancel seen by a heartbeat, a finish or recovery."""
+
 from __future__ import annotations
 
 import logging
@@ -42,7 +43,8 @@ def counter(name: str, task: str) -> float:
 
 
 def test_a_cancel_requested_just_before_sigterm_ends_the_job_cancelled_and_it_never_runs_again(
-        worker_process, tmp_path):
+    worker_process, tmp_path
+):
     """The operator's cancel lands just before SIGTERM, with a short grace. The handler
     is blocked in time.sleep, deaf to the interrupt even if a heartbeat sees the request
     first, so it is still running when the grace ends: the release must end the job
@@ -80,8 +82,14 @@ def test_a_job_cancelled_at_release_is_counted_and_logged_as_cancelled(engine_lo
     result = tasks.cooperative_sleep.enqueue(5)
     cancelled = counter("taskengine_jobs_cancelled_total", task)
     retried = counter("taskengine_jobs_retried_total", task)
-    worker = Worker(queues=["default"], backoff_base=0.01, max_backoff=0.05, heartbeat_seconds=60,
-                    lease_seconds=300, shutdown_grace=0.2)
+    worker = Worker(
+        queues=["default"],
+        backoff_base=0.01,
+        max_backoff=0.05,
+        heartbeat_seconds=60,
+        lease_seconds=300,
+        shutdown_grace=0.2,
+    )
     thread = threading.Thread(target=worker.run)
     thread.start()
     try:
@@ -94,6 +102,9 @@ def test_a_job_cancelled_at_release_is_counted_and_logged_as_cancelled(engine_lo
     assert Job.objects.get(pk=result.id).state == "cancelled"
     assert counter("taskengine_jobs_cancelled_total", task) == cancelled + 1
     assert counter("taskengine_jobs_retried_total", task) == retried
-    [line] = [r for r in engine_log.records if getattr(r, "job_id", None) == int(result.id)
-              and getattr(r, "event", None) in ("cancelled", "released")]
+    [line] = [
+        r
+        for r in engine_log.records
+        if getattr(r, "job_id", None) == int(result.id) and getattr(r, "event", None) in ("cancelled", "released")
+    ]
     assert line.event == "cancelled" and line.error_class == store.RELEASED_CANCEL_ERROR_CLASS

@@ -1,6 +1,7 @@
 """A project's django.tasks signal receivers that raise: the engine logs each error with
 the receiver's name and the job id, calls the receivers after it, and carries on — the
 worker does not stop, the job's outcome and attempts do not change, an enqueue stands."""
+
 from __future__ import annotations
 
 import logging
@@ -31,7 +32,8 @@ def engine_log(caplog) -> Iterator[pytest.LogCaptureFixture]:
 
 
 def test_raising_task_started_and_finished_receivers_do_not_stop_the_worker_or_change_outcomes(
-        worker_process, tmp_path):
+    worker_process, tmp_path
+):
     marker_dir = str(tmp_path)
     ok = signal_tasks.succeeds.enqueue(marker_dir)
     failing = signal_tasks.always_fails.enqueue(marker_dir)
@@ -39,25 +41,42 @@ def test_raising_task_started_and_finished_receivers_do_not_stop_the_worker_or_c
     jobs = (ok, failing, async_ok)
     worker = worker_process("--backoff-base", "0.05", "--max-backoff", "0.2")
     # Every receiver after a raising one is called, every time.
-    expected_markers = sorted([
-        f"started-{ok.id}-1", f"finished-successful-{ok.id}-1",
-        f"started-{failing.id}-1", f"started-{failing.id}-2", f"finished-failed-{failing.id}-2",
-        f"started-{async_ok.id}-1", f"finished-successful-{async_ok.id}-1"])
+    expected_markers = sorted(
+        [
+            f"started-{ok.id}-1",
+            f"finished-successful-{ok.id}-1",
+            f"started-{failing.id}-1",
+            f"started-{failing.id}-2",
+            f"finished-failed-{failing.id}-2",
+            f"started-{async_ok.id}-1",
+            f"finished-successful-{async_ok.id}-1",
+        ]
+    )
     # Each raising receiver's error is logged with the receiver's name and the job id.
-    expected_errors = {(receiver, f"job_id={result.id} ") for result in jobs
-                       for receiver in ("tests.signal_tasks.raise_on_started", "tests.signal_tasks.raise_on_finished")}
+    expected_errors = {
+        (receiver, f"job_id={result.id} ")
+        for result in jobs
+        for receiver in ("tests.signal_tasks.raise_on_started", "tests.signal_tasks.raise_on_finished")
+    }
 
     def markers() -> list[str]:
         return sorted(p.name for p in tmp_path.iterdir() if p.is_file() and not p.name.endswith(".log"))
 
     def logged_errors() -> set[tuple[str, str]]:
         lines = [line for line in worker.log().splitlines() if "event=signal_receiver_failed" in line]
-        return {(receiver, job) for receiver, job in expected_errors
-                if any(receiver in line and job in line for line in lines)}
+        return {
+            (receiver, job)
+            for receiver, job in expected_errors
+            if any(receiver in line and job in line for line in lines)
+        }
 
-    wait_for(lambda: worker.proc.poll() is not None
-             or (markers() == expected_markers and logged_errors() == expected_errors),
-             timeout=30, message="the jobs to finish and their signals to be sent")
+    wait_for(
+        lambda: (
+            worker.proc.poll() is not None or (markers() == expected_markers and logged_errors() == expected_errors)
+        ),
+        timeout=30,
+        message="the jobs to finish and their signals to be sent",
+    )
     assert worker.proc.poll() is None, worker.log()
 
     for result in jobs:
@@ -68,8 +87,8 @@ def test_raising_task_started_and_finished_receivers_do_not_stop_the_worker_or_c
     assert [e.exception_class_path for e in failing.errors] == ["builtins.ValueError"] * 2
 
     def outcomes(result) -> list[str]:
-        return list(ExecutionLog.objects.filter(job_id=result.id).order_by("attempt")
-                    .values_list("outcome", flat=True))
+        return list(ExecutionLog.objects.filter(job_id=result.id).order_by("attempt").values_list("outcome", flat=True))
+
     assert outcomes(ok) == outcomes(async_ok) == ["succeeded"]
     assert outcomes(failing) == ["retry", "failed"]
 

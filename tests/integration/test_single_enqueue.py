@@ -2,6 +2,7 @@
 itself (taskengine.libpq); inside a transaction, with an execute wrapper installed, with
 POLL_ONLY or with a unique key it takes the engine's cursor. Both must store the same
 row, report errors as Django's database errors and lose nothing."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -33,12 +34,18 @@ def libpq_calls(monkeypatch):
     return calls
 
 
-def test_outside_a_transaction_one_enqueue_is_one_libpq_statement_storing_the_same_row(
-        libpq_calls, django_user_model):
+def test_outside_a_transaction_one_enqueue_is_one_libpq_statement_storing_the_same_row(libpq_calls, django_user_model):
     user = django_user_model.objects.create(username="single-user")
-    task = tasks.add.using(priority=-7, queue_name="demo", tenant="acme", acting_user=user,
-                           max_attempts=4, timeout=12.5, retry_backoff=0.25,
-                           run_after=timezone.now() + timedelta(hours=1))
+    task = tasks.add.using(
+        priority=-7,
+        queue_name="demo",
+        tenant="acme",
+        acting_user=user,
+        max_attempts=4,
+        timeout=12.5,
+        retry_backoff=0.25,
+        run_after=timezone.now() + timedelta(hours=1),
+    )
     args, kwargs = (1, ("nested", [1.5, None, True])), {"b": {"ü": "snow ☃ 'quoted' %s", "n": 3}}
 
     direct = task.enqueue(*args, **kwargs)
@@ -127,8 +134,9 @@ def test_a_server_error_is_djangos_error_and_stores_nothing_and_the_connection_g
         assert Job.objects.filter(pk=after.id).exists()
     finally:
         with connection.cursor() as cursor:
-            cursor.execute("DROP TRIGGER taskengine_test_refuse ON taskengine_job;"
-                           "DROP FUNCTION taskengine_test_refuse();")
+            cursor.execute(
+                "DROP TRIGGER taskengine_test_refuse ON taskengine_job;DROP FUNCTION taskengine_test_refuse();"
+            )
 
 
 def test_a_lost_connection_is_an_operational_error_and_the_next_connection_works():
@@ -138,9 +146,14 @@ def test_a_lost_connection_is_an_operational_error_and_the_next_connection_works
         pid = cursor.fetchone()[0]
     import psycopg
 
-    with psycopg.connect(**{k: v for k, v in connection.get_connection_params().items()
-                            if k in ("dbname", "user", "password", "host", "port")},
-                         autocommit=True) as other:
+    with psycopg.connect(
+        **{
+            k: v
+            for k, v in connection.get_connection_params().items()
+            if k in ("dbname", "user", "password", "host", "port")
+        },
+        autocommit=True,
+    ) as other:
         other.execute("SELECT pg_terminate_backend(%s)", [pid])
     with pytest.raises(OperationalError):
         tasks.noop.enqueue()
@@ -149,10 +162,18 @@ def test_a_lost_connection_is_an_operational_error_and_the_next_connection_works
     assert Job.objects.filter(pk=after.id).exists()
 
 
-@pytest.mark.parametrize("value, text", [
-    (None, None), ("snow ☃", "snow ☃".encode()), (True, b"t"), (False, b"f"), (7, b"7"),
-    (-2.5, b"-2.5"), (0.1, b"0.1"),
-])
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (None, None),
+        ("snow ☃", "snow ☃".encode()),
+        (True, b"t"),
+        (False, b"f"),
+        (7, b"7"),
+        (-2.5, b"-2.5"),
+        (0.1, b"0.1"),
+    ],
+)
 def test_parameters_are_sent_in_postgres_text_form(value, text):
     assert libpq._text(value, "utf-8") == text
 

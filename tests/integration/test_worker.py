@@ -1,4 +1,5 @@
 """The worker loop, run in-process (burst mode) against the test database."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,8 +17,9 @@ FAST_RETRIES = {"RETRY_BACKOFF_SECONDS": 0.05, "RETRY_JITTER": 0.0}
 
 
 def drain(**options) -> Worker:
-    worker = Worker(queues=["default"], burst=True, backoff_base=0.01, max_backoff=0.05,
-                    heartbeat_seconds=0.2, **options)
+    worker = Worker(
+        queues=["default"], burst=True, backoff_base=0.01, max_backoff=0.05, heartbeat_seconds=0.2, **options
+    )
     worker.run()
     return worker
 
@@ -27,6 +29,7 @@ def drain_until_finished(result, timeout=20):
         drain()
         result.refresh()
         return result.is_finished
+
     wait_for(finished, timeout=timeout, message=f"job {result.id} to finish")
 
 
@@ -166,9 +169,13 @@ def test_cancel_requested_while_running_ends_the_job_cancelled_at_the_next_heart
     try:
         wait_for(lambda: Job.objects.filter(pk=result.id, state="running").exists(), message="job to start")
         from django.db.models.functions import Now
+
         Job.objects.filter(pk=result.id).update(cancel_requested_at=Now())
-        wait_for(lambda: Job.objects.filter(pk=result.id, state="cancelled").exists(), timeout=10,
-                 message="job to be cancelled")
+        wait_for(
+            lambda: Job.objects.filter(pk=result.id, state="cancelled").exists(),
+            timeout=10,
+            message="job to be cancelled",
+        )
     finally:
         worker.request_stop()
         thread.join(30)

@@ -1,5 +1,6 @@
 """A worker whose outcome writes are refused — by an outage, or by the database for one
 row whatever is written in its place — neither spins nor stops writing the others."""
+
 from __future__ import annotations
 
 import time
@@ -70,8 +71,11 @@ def test_an_outcome_refused_even_as_its_unstorable_failure_does_not_wedge_the_wo
     monkeypatch.setattr(store, "finish_jobs", finish_refusing_the_poisoned_row)
     running = start_worker(burst=True, concurrency=1)
     try:
-        wait_for(lambda: all(state_of(r.id) == "succeeded" for r in after), timeout=15,
-                 message="the other jobs to be run and their outcomes written")
+        wait_for(
+            lambda: all(state_of(r.id) == "succeeded" for r in after),
+            timeout=15,
+            message="the other jobs to be run and their outcomes written",
+        )
         wait_for(running.exited, timeout=15, message="the burst worker to exit")
     finally:
         running.stop()

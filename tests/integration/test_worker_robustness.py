@@ -1,6 +1,7 @@
 """A worker survives what one job does: unstorable outcomes, handlers that ignore their
 interrupts, retries of its own abandoned attempts, and a stop request arriving mid-claim.
 Real Worker objects run in a thread against the test database."""
+
 from __future__ import annotations
 
 import threading
@@ -33,7 +34,7 @@ class WorkerThread:
     def _run(self) -> None:
         try:
             self.returned = self.worker.run()
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:
             self.raised = exc
 
     def stop(self, timeout: float = 30) -> None:
@@ -45,8 +46,7 @@ class WorkerThread:
 
 
 def start_worker(worker_class: type[Worker] = Worker, **options) -> WorkerThread:
-    options = {"queues": ["default"], "backoff_base": 0.01, "max_backoff": 0.05,
-               "heartbeat_seconds": 0.2, **options}
+    options = {"queues": ["default"], "backoff_base": 0.01, "max_backoff": 0.05, "heartbeat_seconds": 0.2, **options}
     return WorkerThread(worker_class(**options))
 
 
@@ -59,6 +59,7 @@ def attempt_outcomes(job_id) -> list[tuple[int, str | None]]:
 
 
 # --- 1. an outcome the database cannot store -------------------------------------------
+
 
 def test_a_return_value_with_a_lone_surrogate_fails_its_attempt_and_the_worker_carries_on():
     bad = robustness_tasks.returns_undecodable_file_name.enqueue()
@@ -117,10 +118,13 @@ class WorkerWritingAnUnstorableOutcome(Worker):
         return outcome
 
 
-@pytest.mark.parametrize("kind", [
-    "driver_cannot_encode",
-    pytest.param("jsonb_rejects", marks=pytest.mark.postgres),
-])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "driver_cannot_encode",
+        pytest.param("jsonb_rejects", marks=pytest.mark.postgres),
+    ],
+)
 def test_an_outcome_the_database_rejects_fails_its_attempt_without_holding_back_other_outcomes_or_claims(kind):
     before = [tasks.add.enqueue(i, 1) for i in range(5)]
     poisoned = tasks.add.using(max_attempts=1).enqueue(100, 1)
@@ -164,6 +168,7 @@ def test_a_task_finished_receiver_that_raises_does_not_end_the_worker_loop():
 
 # --- 2. attempts are tracked, not jobs ----------------------------------------------------
 
+
 def test_a_retry_claimed_while_its_abandoned_attempt_still_runs_stays_tracked_and_succeeds(tmp_path):
     # Attempt 1 blocks in C; its lease is taken away (recovery), the same worker claims
     # attempt 2, and attempt 1's thread returns while attempt 2 runs. Attempt 2 must keep
@@ -183,6 +188,7 @@ def test_a_retry_claimed_while_its_abandoned_attempt_still_runs_stays_tracked_an
 
 
 # --- 3. a handler that ignores its timeout -----------------------------------------------
+
 
 def test_a_handler_ignoring_its_timeout_keeps_its_lease_and_slot_and_is_retried_only_after_its_thread_ends(tmp_path):
     result = robustness_tasks.blocks_in_c_on_first_attempt.using(timeout=0.3).enqueue(str(tmp_path), 4.0, 0.0)
@@ -219,6 +225,7 @@ def test_a_handler_ignoring_its_timeout_keeps_its_lease_and_slot_and_is_retried_
 
 # --- 13. a stop request arriving while a claim returns -----------------------------------
 
+
 class WorkerStoppedDuringItsClaim(Worker):
     """request_stop() lands right after a claim returned jobs, as a SIGTERM can."""
 
@@ -242,10 +249,12 @@ def test_jobs_claimed_as_the_worker_is_told_to_stop_are_run_or_released_never_le
     for r in claimed:
         job = Job.objects.get(pk=r.id)
         outcomes = tuple(o for _, o in attempt_outcomes(r.id))
-        assert (job.state, outcomes) in {("succeeded", ("succeeded",)), ("queued", ("released",))}, (job.state, outcomes)
+        assert (job.state, outcomes) in {("succeeded", ("succeeded",)), ("queued", ("released",))}, (
+            job.state,
+            outcomes,
+        )
         assert job.locked_by is None
     assert not Job.objects.filter(state="running").exists()
-
 
 
 def test_a_burst_worker_does_not_exit_while_jobs_are_due_after_a_refused_outcome_batch():

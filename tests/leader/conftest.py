@@ -1,4 +1,5 @@
 """Helpers for the leadership and maintenance tests."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -37,6 +38,7 @@ def elector(clock):
         kw.setdefault("renew_every", 5.0)
         kw.setdefault("margin", 2.0)
         return Elector("default", holder, clock=clock, **kw)
+
     return make
 
 

@@ -1,11 +1,11 @@
 """Tasks for the leadership tests (importable by worker subprocesses)."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 from taskengine.compat import task
-
 
 
 @task

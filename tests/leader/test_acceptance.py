@@ -5,8 +5,10 @@ Timings are shortened through the environment (project/settings.py reads
 TASKENGINE_LEADER_TTL_SECONDS etc.): TTL 2.5s, renew every 0.4s, so the documented
 failover bound (TTL + renew interval) is 2.9s.
 """
+
 from __future__ import annotations
 
+import itertools
 import re
 import signal
 import time
@@ -17,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from taskengine.leadership import current_leader
-from taskengine.store import db_now
 from taskengine.models import ExecutionLog, Job, Schedule, WorkerProcess
+from taskengine.store import db_now
 from tests import tasks
 from tests.conftest import wait_for
 
@@ -91,15 +93,22 @@ def test_three_workers_one_leader_at_any_instant_and_failover_after_kill_9(worke
     term, leader_id = samples[-1]
     workers[leader_id].kill9()
     killed = time.monotonic()
-    successor = wait_for(lambda: (i := live_leader()) and i["holder"] != leader_id and i,
-                         timeout=FAILOVER_BOUND + 10, interval=0.02, message="a successor")
+    successor = wait_for(
+        lambda: (i := live_leader()) and i["holder"] != leader_id and i,
+        timeout=FAILOVER_BOUND + 10,
+        interval=0.02,
+        message="a successor",
+    )
     took = time.monotonic() - killed
     assert successor["term"] > term
     assert took <= FAILOVER_BOUND + SLACK, f"failover took {took:.1f}s"
     survivors = {k: v for k, v in workers.items() if k != leader_id}
     # The leader row is committed a moment before the winner writes its log line.
-    won = wait_for(lambda: terms_by_holder(survivors).get(successor["term"]), timeout=30,
-                   message="the successor's log line for its term")
+    won = wait_for(
+        lambda: terms_by_holder(survivors).get(successor["term"]),
+        timeout=30,
+        message="the successor's log line for its term",
+    )
     assert won == {successor["holder"]}
 
 
@@ -110,22 +119,33 @@ def test_a_paused_leader_is_replaced_and_steps_down_on_resume_without_acting(wor
     first = wait_for(live_leader, timeout=START_UP, message="a leader")
     old = workers[first["holder"]]
     old.signal(signal.SIGSTOP)
-    successor = wait_for(lambda: (i := live_leader()) and i["holder"] != first["holder"] and i,
-                         timeout=FAILOVER_BOUND + 10, message="a successor while the leader is paused")
+    successor = wait_for(
+        lambda: (i := live_leader()) and i["holder"] != first["holder"] and i,
+        timeout=FAILOVER_BOUND + 10,
+        message="a successor while the leader is paused",
+    )
     assert successor["term"] > first["term"]
     # The cluster keeps working while the old leader is frozen.
     result = tasks.add.enqueue(1, 2)
-    wait_for(lambda: Job.objects.filter(pk=result.id, state="succeeded").exists(), timeout=60,
-             message="the job to succeed while the old leader is paused")
+    wait_for(
+        lambda: Job.objects.filter(pk=result.id, state="succeeded").exists(),
+        timeout=60,
+        message="the job to succeed while the old leader is paused",
+    )
     offset = len(old.log())
     resumed_at = db_now("default")
     old.signal(signal.SIGCONT)
-    wait_for(lambda: "stepped down as leader" in old.log()[offset:], timeout=30,
-             message="the resumed leader to step down")
+    wait_for(
+        lambda: "stepped down as leader" in old.log()[offset:], timeout=30, message="the resumed leader to step down"
+    )
     # Its main loop has run again (it heartbeats, or re-registers after being marked dead).
-    wait_for(lambda: WorkerProcess.objects.filter(worker_id=first["holder"], state="running",
-                                                  last_heartbeat_at__gt=resumed_at).exists(),
-             timeout=30, message="the resumed worker to heartbeat")
+    wait_for(
+        lambda: WorkerProcess.objects.filter(
+            worker_id=first["holder"], state="running", last_heartbeat_at__gt=resumed_at
+        ).exists(),
+        timeout=30,
+        message="the resumed worker to heartbeat",
+    )
     after = old.log()[offset:]
     assert not BECAME.search(after)
     assert "recovered a running job" not in after and "enqueued" not in after
@@ -138,17 +158,21 @@ def test_jobs_of_a_killed_worker_are_recovered_once_without_waiting_for_their_le
     """The victim holds a 60s lease; the leader learns it is dead from its heartbeat
     (3s) and recovers the job long before the lease ends; the job then succeeds once."""
     result = tasks.sleep_then_record.enqueue(str(tmp_path), "job", 1.0)
-    victim = worker_process("--worker-id", "victim", "--lease-seconds", "60", "--no-leader",
-                            env=FAST, name="victim")
+    victim = worker_process("--worker-id", "victim", "--lease-seconds", "60", "--no-leader", env=FAST, name="victim")
     wait_for(lambda: (tmp_path / "job.started").exists(), timeout=START_UP, message="the first attempt")
     victim.kill9()
     lease_end = Job.objects.values_list("lease_expires_at", flat=True).get(pk=result.id)
     rescuer = start(worker_process, "rescuer")
-    wait_for(lambda: Job.objects.filter(pk=result.id, state="succeeded").exists(), timeout=START_UP + 30,
-             message="the job to be recovered and succeed")
+    wait_for(
+        lambda: Job.objects.filter(pk=result.id, state="succeeded").exists(),
+        timeout=START_UP + 30,
+        message="the job to be recovered and succeed",
+    )
     logs = list(ExecutionLog.objects.filter(job_id=result.id).order_by("attempt"))
     assert [(log.attempt, log.worker_id, log.outcome, log.error_class) for log in logs] == [
-        (1, "victim", "lost", "taskengine.WorkerDead"), (2, "rescuer", "succeeded", None)]
+        (1, "victim", "lost", "taskengine.WorkerDead"),
+        (2, "rescuer", "succeeded", None),
+    ]
     assert logs[1].finished_at < lease_end, "recovery waited for the full lease"
     assert (tmp_path / "job").read_text().split() == [str(rescuer.pid)]
     assert WorkerProcess.objects.get(worker_id="victim").state == "dead"
@@ -159,18 +183,26 @@ def assert_one_job_per_slot_without_gaps(schedule: Schedule, marker: Path) -> li
     jobs = list(Job.objects.filter(schedule=schedule).order_by("slot"))
     slots = [job.slot for job in jobs]
     assert len(slots) == len(set(slots))
-    gaps = [(a, b) for a, b in zip(slots, slots[1:]) if b - a != timedelta(seconds=1)]
+    gaps = [(a, b) for a, b in itertools.pairwise(slots) if b - a != timedelta(seconds=1)]
     assert gaps == [], f"missing slots between {gaps}"
-    wait_for(lambda: all(j.state == "succeeded" for j in Job.objects.filter(schedule=schedule)),
-             timeout=60, message="every slot's job to finish")
+    wait_for(
+        lambda: all(j.state == "succeeded" for j in Job.objects.filter(schedule=schedule)),
+        timeout=60,
+        message="every slot's job to finish",
+    )
     assert len(marker.read_text().split()) == len(jobs), "a slot's job ran more than once"
     return slots
 
 
 @pytest.mark.postgres
 def test_three_workers_run_a_one_second_schedule_once_per_slot_across_a_full_restart(worker_process, tmp_path):
-    schedule = Schedule.objects.create(name="every-second", task_path="tests.leader.tasks.tick",
-                                       interval_seconds=1, args=[str(tmp_path)], misfire_policy="run_once")
+    schedule = Schedule.objects.create(
+        name="every-second",
+        task_path="tests.leader.tasks.tick",
+        interval_seconds=1,
+        args=[str(tmp_path)],
+        misfire_policy="run_once",
+    )
     first = [start(worker_process, f"s{i}") for i in range(3)]
     wait_for(lambda: Job.objects.filter(schedule=schedule).count() >= 7, timeout=START_UP + 30, message="7 slots")
     for worker in first:
@@ -184,8 +216,11 @@ def test_three_workers_run_a_one_second_schedule_once_per_slot_across_a_full_res
         assert worker.wait(60) == 0, worker.log()
     mid = db_now("default")
     second = [start(worker_process, f"t{i}") for i in range(3)]
-    wait_for(lambda: Job.objects.filter(schedule=schedule, slot__gt=mid).count() >= 7, timeout=START_UP + 30,
-             message="7 slots after the restart")
+    wait_for(
+        lambda: Job.objects.filter(schedule=schedule, slot__gt=mid).count() >= 7,
+        timeout=START_UP + 30,
+        message="7 slots after the restart",
+    )
     Schedule.objects.filter(pk=schedule.pk).update(enabled=False)
     for worker in second:
         worker.stop()
@@ -227,13 +262,17 @@ def test_a_hundred_reminders_fire_exactly_once_across_two_worker_restarts(worker
         assert db_now("default") < due, (
             f"restart {generation!r} ended after the reminders came due ({delay:.0f}s after enqueue; "
             f"the rehearsal restart took {one_restart:.1f}s): the machine slowed down more than "
-            "threefold, so this run cannot show that a re-enqueue finds the pending reminder")
+            "threefold, so this run cannot show that a re-enqueue finds the pending reminder"
+        )
         again = [reminder.using(unique_key=f"reminder-{i}").enqueue(str(fired), f"r{i}") for i in range(100)]
         assert [r.id for r in again] == [r.id for r in first], "a re-enqueue created a second reminder"
     assert db_now("default") < due, "the last re-enqueue ended after the reminders came due"
     assert not any(fired.iterdir()), "a reminder fired before it was due"
-    wait_for(lambda: Job.objects.filter(state="succeeded").count() == 100, timeout=delay + 60,
-             message="all reminders to fire")
+    wait_for(
+        lambda: Job.objects.filter(state="succeeded").count() == 100,
+        timeout=delay + 60,
+        message="all reminders to fire",
+    )
     # Every reminder is terminal after exactly one claim: nothing can run it again.
     assert Job.objects.count() == 100
     assert set(Job.objects.values_list("attempts", flat=True)) == {1}
@@ -252,8 +291,12 @@ def test_a_leader_stopped_with_sigterm_resigns_and_a_follower_takes_over_at_once
     assert old.wait(60) == 0, old.log()
     assert f"resigned leadership of 'maintenance' (term {first['term']})" in old.log()
     resigned = time.monotonic()
-    successor = wait_for(lambda: (i := live_leader()) and i["holder"] != first["holder"] and i,
-                         timeout=10, interval=0.02, message="the follower to take over")
+    successor = wait_for(
+        lambda: (i := live_leader()) and i["holder"] != first["holder"] and i,
+        timeout=10,
+        interval=0.02,
+        message="the follower to take over",
+    )
     assert successor["term"] == first["term"] + 1
     assert time.monotonic() - resigned <= RENEW + SLACK, "the follower waited for the TTL"
     assert WorkerProcess.objects.get(worker_id=first["holder"]).state == "stopped"

@@ -1,4 +1,5 @@
 """Leader election on the database clock: terms, compare-and-set, trust window."""
+
 from __future__ import annotations
 
 import pytest
@@ -140,11 +141,10 @@ def test_a_takeover_waits_for_a_fenced_write_of_the_old_term_to_commit(elector):
     import threading
 
     import psycopg
+    from django.db import connection, connections
 
     from taskengine.queries import sql
     from tests.conftest import subprocess_database_url
-
-    from django.db import connection, connections
 
     a = elector("a", ttl=1.0, renew_every=0.2, margin=0.1)
     a.step()

@@ -1,4 +1,5 @@
 """The one recovery path, fenced by the leader's term, including dead workers' jobs."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -12,7 +13,7 @@ from taskengine.maintenance import dead_workers, recovery
 from taskengine.models import ExecutionLog, Job, WorkerProcess
 from tests import tasks
 
-from .conftest import claim, expire_lease, expire_leader, lead
+from .conftest import claim, expire_leader, expire_lease, lead
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -56,8 +57,11 @@ def test_jobs_of_a_dead_worker_are_recovered_before_their_lease_ends():
     log = ExecutionLog.objects.get(job_id=doomed_job.id)
     assert (log.outcome, log.error_class) == ("lost", "taskengine.WorkerDead")
     # The dead worker's late finish is fenced out.
-    late = store.finish_jobs(connection, worker_id="doomed", outcomes=[
-        store.Outcome(doomed_job.id, 1, "succeeded", "succeeded", return_value="3")])
+    late = store.finish_jobs(
+        connection,
+        worker_id="doomed",
+        outcomes=[store.Outcome(doomed_job.id, 1, "succeeded", "succeeded", return_value="3")],
+    )
     assert late == {}
 
 
@@ -113,14 +117,22 @@ def test_a_job_completing_while_recovery_runs_is_left_completed():
                 "UPDATE taskengine_job SET state = 'succeeded', finished_at = now(), return_value = '3',"
                 " locked_by = NULL, lease_expires_at = NULL"
                 " WHERE id = %s AND state = 'running' AND attempts = 1 AND locked_by = 'w1'"
-                " AND lease_expires_at > now() RETURNING id", [job.id])
+                " AND lease_expires_at > now() RETURNING id",
+                [job.id],
+            )
             assert cursor.fetchone() == (job.id,)
-            cursor.execute("UPDATE task_execution_logs SET finished_at = now(), outcome = 'succeeded'"
-                           " WHERE job_id = %s AND attempt = 1", [job.id])
+            cursor.execute(
+                "UPDATE task_execution_logs SET finished_at = now(), outcome = 'succeeded'"
+                " WHERE job_id = %s AND attempt = 1",
+                [job.id],
+            )
         # The lease runs out on the database clock while the finish is uncommitted.
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_sleep(GREATEST(0, EXTRACT(EPOCH FROM lease_expires_at - now())) + 0.05)"
-                           " FROM taskengine_job WHERE id = %s", [job.id])
+            cursor.execute(
+                "SELECT pg_sleep(GREATEST(0, EXTRACT(EPOCH FROM lease_expires_at - now())) + 0.05)"
+                " FROM taskengine_job WHERE id = %s",
+                [job.id],
+            )
         assert Job.objects.filter(pk=job.id, lease_expires_at__lt=Now()).exists()
         assert recovery.run_once("default", lease=lead()) == []
         finisher.commit()
@@ -141,8 +153,9 @@ def test_recovery_compare_and_set_leaves_a_job_finished_after_it_was_read(monkey
     if connection.vendor == "postgresql":
         # One statement reads and writes under a row lock; the read-then-write race is
         # covered by test_a_job_completing_while_recovery_runs_is_left_completed.
-        Job.objects.filter(pk=job.id).update(state="succeeded", finished_at=Now(), locked_by=None,
-                                             lease_expires_at=None)
+        Job.objects.filter(pk=job.id).update(
+            state="succeeded", finished_at=Now(), locked_by=None, lease_expires_at=None
+        )
         assert recovery.run_once("default") == []
     else:
         from taskengine.queries import sql
@@ -151,11 +164,13 @@ def test_recovery_compare_and_set_leaves_a_job_finished_after_it_was_read(monkey
 
         def finish_between(cursor_self, query, params=None):
             if query == sql(connection, "recover_job"):
-                Job.objects.filter(pk=job.id).update(state="succeeded", finished_at=Now(), locked_by=None,
-                                                     lease_expires_at=None)
+                Job.objects.filter(pk=job.id).update(
+                    state="succeeded", finished_at=Now(), locked_by=None, lease_expires_at=None
+                )
             return real_execute(cursor_self, query, params)
 
         from django.db.backends.utils import CursorWrapper
+
         real_execute = CursorWrapper.execute
         monkeypatch.setattr(CursorWrapper, "execute", finish_between)
         assert recovery.run_once("default") == []
@@ -198,7 +213,7 @@ def _blocking_the_fenced_sweep(other, lease, job_ids=None, dead_after=60.0):
     def sweep():
         try:
             result.append(recovery.run_once("default", lease=lease, job_ids=job_ids, dead_after=dead_after))
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:
             result.append(exc)
         finally:
             connections["default"].close()
@@ -208,9 +223,11 @@ def _blocking_the_fenced_sweep(other, lease, job_ids=None, dead_after=60.0):
 
     def sweep_waits_on_other():
         with connection.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
-                           [other.info.backend_pid])
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", [other.info.backend_pid]
+            )
             return cursor.fetchone()[0] == 1
+
     wait_for(sweep_waits_on_other, timeout=10, message="the sweep to wait on the leader row")
     return thread, result
 
@@ -245,8 +262,10 @@ def test_recovery_leaves_a_lease_renewed_while_it_waited(job_ids):
         assert Job.objects.filter(pk=job.id, lease_expires_at__lt=Now()).exists()
         thread, result = _blocking_the_fenced_sweep(other, lease, job_ids=[job.id] if job_ids == "reconcile" else None)
         with other.cursor() as cursor:
-            cursor.execute(sql(connection, "extend_leases"),
-                           {"ids": [job.id], "attempts": [1], "worker_id": "w1", "lease_seconds": 30.0})
+            cursor.execute(
+                sql(connection, "extend_leases"),
+                {"ids": [job.id], "attempts": [1], "worker_id": "w1", "lease_seconds": 30.0},
+            )
             assert cursor.fetchall() == [(job.id, False)]
         other.commit()
         assert _sweep_result(thread, result) == []
@@ -277,11 +296,15 @@ def test_recovery_of_a_dead_workers_job_leaves_it_once_another_worker_claimed_it
     try:
         thread, result = _blocking_the_fenced_sweep(other, lease)
         with other.cursor() as cursor:
-            cursor.execute(sql(connection, "recover_expired_leases"),
-                           {"job_ids": [job.id], "limit": 10, "dead_after": 60.0, **lease_params(None)})
+            cursor.execute(
+                sql(connection, "recover_expired_leases"),
+                {"job_ids": [job.id], "limit": 10, "dead_after": 60.0, **lease_params(None)},
+            )
             assert [row[0] for row in cursor.fetchall()] == [job.id]
-            cursor.execute(sql(connection, "claim_jobs"),
-                           {"queues": ["default"], "limit": 1, "worker_id": "fresh", "lease_seconds": 300.0})
+            cursor.execute(
+                sql(connection, "claim_jobs"),
+                {"queues": ["default"], "limit": 1, "worker_id": "fresh", "lease_seconds": 300.0},
+            )
             assert [row[0] for row in cursor.fetchall()] == [job.id]
         other.commit()
         assert _sweep_result(thread, result) == []
@@ -320,6 +343,7 @@ def test_recovery_leaves_the_job_of_a_worker_whose_heartbeat_arrived_while_it_wa
 # shown by changing the row from inside that transaction, between the read and the
 # compare-and-set write.
 
+
 def _between_read_and_write(monkeypatch, change):
     from django.db.backends.utils import CursorWrapper
 
@@ -343,8 +367,9 @@ def test_recovery_write_re_checks_that_the_lease_is_still_expired(monkeypatch, j
     tasks.add.enqueue(1, 2)
     [job] = claim()
     expire_lease(job.id)
-    _between_read_and_write(monkeypatch, lambda: Job.objects.filter(pk=job.id).update(
-        lease_expires_at=Now() + timedelta(seconds=30)))
+    _between_read_and_write(
+        monkeypatch, lambda: Job.objects.filter(pk=job.id).update(lease_expires_at=Now() + timedelta(seconds=30))
+    )
     ids = [job.id] if job_ids == "reconcile" else None
     assert recovery.run_once("default", job_ids=ids) == []
     row = Job.objects.get(pk=job.id)

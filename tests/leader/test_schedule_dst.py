@@ -8,8 +8,10 @@
 
 Two zones (America/New_York and Europe/Berlin), both edges; then the leader's scheduler
 over a fall-back night: one job per slot, never two for one local time of day."""
+
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -54,16 +56,36 @@ def both_walks(spec: SlotSpec, after: str, until: str) -> list[str]:
 
 # (zone, cron at a repeated local time, the fall-back day's UTC window, the slots expected)
 FALL_BACK = [
-    ("America/New_York", "30 1 * * *", "2026-10-31 12:00", "2026-11-02 12:00",
-     ["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"]),
-    ("Europe/Berlin", "30 2 * * *", "2026-10-24 12:00", "2026-10-26 12:00",
-     ["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"]),
+    (
+        "America/New_York",
+        "30 1 * * *",
+        "2026-10-31 12:00",
+        "2026-11-02 12:00",
+        ["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"],
+    ),
+    (
+        "Europe/Berlin",
+        "30 2 * * *",
+        "2026-10-24 12:00",
+        "2026-10-26 12:00",
+        ["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"],
+    ),
 ]
 SPRING_FORWARD = [
-    ("America/New_York", "30 2 * * *", "2026-03-07 12:00", "2026-03-09 12:00",
-     ["2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00"]),
-    ("Europe/Berlin", "30 2 * * *", "2026-03-28 12:00", "2026-03-30 12:00",
-     ["2026-03-29T03:00:00+02:00", "2026-03-30T02:30:00+02:00"]),
+    (
+        "America/New_York",
+        "30 2 * * *",
+        "2026-03-07 12:00",
+        "2026-03-09 12:00",
+        ["2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00"],
+    ),
+    (
+        "Europe/Berlin",
+        "30 2 * * *",
+        "2026-03-28 12:00",
+        "2026-03-30 12:00",
+        ["2026-03-29T03:00:00+02:00", "2026-03-30T02:30:00+02:00"],
+    ),
 ]
 
 
@@ -76,37 +98,65 @@ def test_a_daily_job_at_a_repeated_local_time_runs_once_at_the_first_instant(zon
     assert next_slot(spec, first) == datetime.fromisoformat(expected[1]).astimezone(UTC)
     # Walking back from inside the repeated hour (after its second instant) finds no
     # second slot for that day either.
-    assert walked_backwards(spec, after, (first + timedelta(hours=1, minutes=10)).strftime("%Y-%m-%d %H:%M")) \
-        == [first]
+    assert walked_backwards(spec, after, (first + timedelta(hours=1, minutes=10)).strftime("%Y-%m-%d %H:%M")) == [first]
 
 
 @pytest.mark.parametrize("zone, cron, after, until, expected", SPRING_FORWARD)
-def test_a_daily_job_at_a_skipped_local_time_runs_once_at_the_first_valid_instant(zone, cron, after, until,
-                                                                                 expected):
+def test_a_daily_job_at_a_skipped_local_time_runs_once_at_the_first_valid_instant(zone, cron, after, until, expected):
     assert both_walks(SlotSpec(cron, None, zone), after, until) == expected
 
 
-@pytest.mark.parametrize("zone, after, until, expected", [
-    ("America/New_York", "2026-11-01 04:00", "2026-11-01 08:00",
-     ["2026-11-01T00:30:00-04:00", "2026-11-01T01:30:00-04:00", "2026-11-01T01:30:00-05:00",
-      "2026-11-01T02:30:00-05:00"]),
-    ("Europe/Berlin", "2026-10-24 23:00", "2026-10-25 03:00",
-     ["2026-10-25T01:30:00+02:00", "2026-10-25T02:30:00+02:00", "2026-10-25T02:30:00+01:00",
-      "2026-10-25T03:30:00+01:00"]),
-])
+@pytest.mark.parametrize(
+    "zone, after, until, expected",
+    [
+        (
+            "America/New_York",
+            "2026-11-01 04:00",
+            "2026-11-01 08:00",
+            [
+                "2026-11-01T00:30:00-04:00",
+                "2026-11-01T01:30:00-04:00",
+                "2026-11-01T01:30:00-05:00",
+                "2026-11-01T02:30:00-05:00",
+            ],
+        ),
+        (
+            "Europe/Berlin",
+            "2026-10-24 23:00",
+            "2026-10-25 03:00",
+            [
+                "2026-10-25T01:30:00+02:00",
+                "2026-10-25T02:30:00+02:00",
+                "2026-10-25T02:30:00+01:00",
+                "2026-10-25T03:30:00+01:00",
+            ],
+        ),
+    ],
+)
 def test_an_hourly_wildcard_job_runs_every_elapsed_hour_through_the_repeated_hour(zone, after, until, expected):
     spec = SlotSpec("30 * * * *", None, zone)
     assert both_walks(spec, after, until) == expected
     slots = walked_backwards(spec, after, until)
-    assert {b - a for a, b in zip(slots, slots[1:])} == {timedelta(hours=1)}
+    assert {b - a for a, b in itertools.pairwise(slots)} == {timedelta(hours=1)}
 
 
-@pytest.mark.parametrize("zone, after, until, expected", [
-    ("America/New_York", "2026-03-08 04:00", "2026-03-08 10:00",
-     ["2026-03-08T00:30:00-05:00", "2026-03-08T04:30:00-04:00"]),
-    ("Europe/Berlin", "2026-03-28 22:00", "2026-03-29 04:00",
-     ["2026-03-29T00:30:00+01:00", "2026-03-29T04:30:00+02:00"]),
-])
+@pytest.mark.parametrize(
+    "zone, after, until, expected",
+    [
+        (
+            "America/New_York",
+            "2026-03-08 04:00",
+            "2026-03-08 10:00",
+            ["2026-03-08T00:30:00-05:00", "2026-03-08T04:30:00-04:00"],
+        ),
+        (
+            "Europe/Berlin",
+            "2026-03-28 22:00",
+            "2026-03-29 04:00",
+            ["2026-03-29T00:30:00+01:00", "2026-03-29T04:30:00+02:00"],
+        ),
+    ],
+)
 def test_a_wildcard_job_does_not_run_for_skipped_local_times(zone, after, until, expected):
     # 02:30 does not exist that night; a wildcard job is not moved to 03:00.
     assert both_walks(SlotSpec("30 */2 * * *", None, zone), after, until) == expected
@@ -120,19 +170,37 @@ def test_walking_back_from_inside_the_repeated_hour_starts_at_the_right_instant(
     assert walked_backwards(spec, "2026-11-01 05:30", "2026-11-01 06:40") == [utc("2026-11-01 06:30")]
 
 
-@pytest.mark.parametrize("zone, daily_cron, start, end, daily_slot, hourly_slots", [
-    ("America/New_York", "30 1 * * *", "2026-11-01 03:00", "2026-11-01 09:00", "2026-11-01 05:30",
-     ["03:30", "04:30", "05:30", "06:30", "07:30", "08:30"]),
-    ("Europe/Berlin", "30 2 * * *", "2026-10-24 22:00", "2026-10-25 03:00", "2026-10-25 00:30",
-     ["22:30", "23:30", "00:30", "01:30", "02:30"]),
-])
+@pytest.mark.parametrize(
+    "zone, daily_cron, start, end, daily_slot, hourly_slots",
+    [
+        (
+            "America/New_York",
+            "30 1 * * *",
+            "2026-11-01 03:00",
+            "2026-11-01 09:00",
+            "2026-11-01 05:30",
+            ["03:30", "04:30", "05:30", "06:30", "07:30", "08:30"],
+        ),
+        (
+            "Europe/Berlin",
+            "30 2 * * *",
+            "2026-10-24 22:00",
+            "2026-10-25 03:00",
+            "2026-10-25 00:30",
+            ["22:30", "23:30", "00:30", "01:30", "02:30"],
+        ),
+    ],
+)
 @pytest.mark.django_db(transaction=True)
 def test_the_scheduler_enqueues_one_job_for_a_repeated_time_of_day_and_both_for_an_hourly_job(
-        zone, daily_cron, start, end, daily_slot, hourly_slots):
-    daily = Schedule.objects.create(name="daily", task_path=TICK, cron=daily_cron, timezone=zone,
-                                    args=["/tmp"], last_slot_at=utc(start))
-    hourly = Schedule.objects.create(name="hourly", task_path=TICK, cron="30 * * * *", timezone=zone,
-                                     args=["/tmp"], last_slot_at=utc(start))
+    zone, daily_cron, start, end, daily_slot, hourly_slots
+):
+    daily = Schedule.objects.create(
+        name="daily", task_path=TICK, cron=daily_cron, timezone=zone, args=["/tmp"], last_slot_at=utc(start)
+    )
+    hourly = Schedule.objects.create(
+        name="hourly", task_path=TICK, cron="30 * * * *", timezone=zone, args=["/tmp"], last_slot_at=utc(start)
+    )
     lease = lead()
     scheduler = Scheduler("default", definitions=[])
     now = utc(start)

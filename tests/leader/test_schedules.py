@@ -1,4 +1,5 @@
 """Schedules: validation, slot arithmetic, misfire policies, exactly one job per slot."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
@@ -24,15 +25,19 @@ def t(text: str) -> datetime:
 
 # --- validation ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("changes, field, message", [
-    ({"cron": "61 * * * *"}, "cron", "not a valid cron expression"),
-    ({"cron": None, "interval_seconds": None}, "cron", "either a cron expression or an interval"),
-    ({"interval_seconds": 60}, "cron", "not both"),
-    ({"timezone": "Mars/Olympus"}, "timezone", "Unknown time zone 'Mars/Olympus'"),
-    ({"task_path": "tests.leader.tasks.missing"}, "task_path", "cannot import task"),
-    ({"task_path": "tests.leader.tasks.not_a_task"}, "task_path", "is not a task"),
-    ({"queue": "nowhere"}, "queue", "not in the backend's QUEUES"),
-])
+
+@pytest.mark.parametrize(
+    "changes, field, message",
+    [
+        ({"cron": "61 * * * *"}, "cron", "not a valid cron expression"),
+        ({"cron": None, "interval_seconds": None}, "cron", "either a cron expression or an interval"),
+        ({"interval_seconds": 60}, "cron", "not both"),
+        ({"timezone": "Mars/Olympus"}, "timezone", "Unknown time zone 'Mars/Olympus'"),
+        ({"task_path": "tests.leader.tasks.missing"}, "task_path", "cannot import task"),
+        ({"task_path": "tests.leader.tasks.not_a_task"}, "task_path", "is not a task"),
+        ({"queue": "nowhere"}, "queue", "not in the backend's QUEUES"),
+    ],
+)
 @pytest.mark.django_db
 def test_schedule_clean_rejects_bad_input_with_a_clear_message(changes, field, message):
     schedule = Schedule(name="s", task_path=TICK, cron="*/5 * * * *", timezone="Europe/Paris")
@@ -52,7 +57,7 @@ def test_a_valid_schedule_passes_full_clean():
 def test_settings_schedules_are_validated_with_the_entry_named():
     with pytest.raises(ImproperlyConfigured, match=r"\['nightly'\].*cron.*'99 \* \* \* \*'"):
         settings_schedules({"nightly": {"task": TICK, "cron": "99 * * * *"}})
-    with pytest.raises(ImproperlyConfigured, match="unknown key.*every"):
+    with pytest.raises(ImproperlyConfigured, match=r"unknown key.*every"):
         settings_schedules({"x": {"task": TICK, "every": 5}})
     with pytest.raises(ImproperlyConfigured, match="Unknown time zone"):
         settings_schedules({"x": {"task": TICK, "cron": "* * * * *", "timezone": "Nowhere/Land"}})
@@ -61,6 +66,7 @@ def test_settings_schedules_are_validated_with_the_entry_named():
 
 
 # --- slots ---------------------------------------------------------------------------
+
 
 def test_interval_slots_are_aligned_to_the_epoch():
     spec = SlotSpec(None, 60)
@@ -83,8 +89,11 @@ def test_cron_slots_follow_the_time_zone_across_dst():
     # jump 02:00 -> 03:00, so 02:30 does not exist: that day's slot is 03:00 CEST.
     slots, _ = recent_slots(spec, after=t("2026-03-27 00:00"), until=t("2026-03-30 12:00"), limit=10)
     assert [s.astimezone(UTC).isoformat() for s in slots] == [
-        "2026-03-27T01:30:00+00:00", "2026-03-28T01:30:00+00:00", "2026-03-29T01:00:00+00:00",
-        "2026-03-30T00:30:00+00:00"]
+        "2026-03-27T01:30:00+00:00",
+        "2026-03-28T01:30:00+00:00",
+        "2026-03-29T01:00:00+00:00",
+        "2026-03-30T00:30:00+00:00",
+    ]
 
 
 def test_a_slot_exactly_at_until_is_included_and_long_outages_are_bounded():
@@ -95,8 +104,14 @@ def test_a_slot_exactly_at_until_is_included_and_long_outages_are_bounded():
 
 @pytest.mark.parametrize("policy", ["skip", "run_once", "catch_up"])
 def test_misfire_policies_for_slots_missed_while_nothing_ran(policy):
-    plan = plan_slots(SlotSpec(None, 60), after=t("2026-01-01 10:00"), now=t("2026-01-01 10:10:30"),
-                      policy=policy, catch_up_limit=2, grace=60)
+    plan = plan_slots(
+        SlotSpec(None, 60),
+        after=t("2026-01-01 10:00"),
+        now=t("2026-01-01 10:10:30"),
+        policy=policy,
+        catch_up_limit=2,
+        grace=60,
+    )
     # 10:10 is on time (within the grace); 10:01..10:09 misfired.
     assert plan.enqueue[-1] == t("2026-01-01 10:10")
     hhmm = [s.strftime("%H:%M") for s in plan.enqueue[:-1]]
@@ -104,13 +119,23 @@ def test_misfire_policies_for_slots_missed_while_nothing_ran(policy):
     assert hhmm == expected
     assert len(plan.missed) == 9 - len(expected)
     # With no slot on time, run_once runs the newest missed slot once.
-    late = plan_slots(SlotSpec(None, 60), after=t("2026-01-01 10:00"), now=t("2026-01-01 10:05:30"),
-                      policy=policy, catch_up_limit=2, grace=10)
-    assert [s.strftime("%H:%M") for s in late.enqueue] == {"skip": [], "run_once": ["10:05"],
-                                                           "catch_up": ["10:04", "10:05"]}[policy]
+    late = plan_slots(
+        SlotSpec(None, 60),
+        after=t("2026-01-01 10:00"),
+        now=t("2026-01-01 10:05:30"),
+        policy=policy,
+        catch_up_limit=2,
+        grace=10,
+    )
+    assert [s.strftime("%H:%M") for s in late.enqueue] == {
+        "skip": [],
+        "run_once": ["10:05"],
+        "catch_up": ["10:04", "10:05"],
+    }[policy]
 
 
 # --- the service ---------------------------------------------------------------------
+
 
 def make_schedule(**kw) -> Schedule:
     kw.setdefault("name", "every-minute")
@@ -139,7 +164,12 @@ def test_scheduler_enqueues_one_ordinary_job_per_slot_even_when_run_twice():
     assert [j.slot for j in jobs] == [t("2026-01-01 10:01"), t("2026-01-01 10:02")]
     job = jobs[0]
     assert (job.state, job.task_path, job.args, job.queue, job.run_after) == (
-        "queued", TICK, ["/tmp"], "default", t("2026-01-01 10:01"))
+        "queued",
+        TICK,
+        ["/tmp"],
+        "default",
+        t("2026-01-01 10:01"),
+    )
     assert Schedule.objects.get(pk=schedule.pk).last_slot_at == t("2026-01-01 10:02")
 
 
@@ -151,8 +181,9 @@ def test_a_scheduled_job_wakes_listening_workers_on_commit():
     from tests.conftest import subprocess_database_url
 
     make_schedule(last_slot_at=t("2026-01-01 10:00"))
-    with psycopg.connect(subprocess_database_url().replace("postgres://", "postgresql://"),
-                         autocommit=True) as listener:
+    with psycopg.connect(
+        subprocess_database_url().replace("postgres://", "postgresql://"), autocommit=True
+    ) as listener:
         listener.execute("LISTEN taskengine_jobs")
         with override_settings(TASKENGINE={"SCHEDULE_MISFIRE_GRACE_SECONDS": 600}):
             Scheduler("default", definitions=[]).run_once(lead(), now=t("2026-01-01 10:01:10"))
@@ -193,10 +224,14 @@ def test_missed_slots_are_recorded_once_per_the_misfire_policy():
     lease = lead()
     with override_settings(TASKENGINE={"SCHEDULE_MISFIRE_GRACE_SECONDS": 30}):
         Scheduler("default", definitions=[]).run_once(lease, now=t("2026-01-01 10:06:10"))
-    enqueued = [s.strftime("%H:%M") for s in Job.objects.filter(schedule=schedule).order_by("slot")
-                .values_list("slot", flat=True)]
-    missed = [s.strftime("%H:%M") for s in MissedSlot.objects.filter(schedule=schedule).order_by("slot")
-              .values_list("slot", flat=True)]
+    enqueued = [
+        s.strftime("%H:%M")
+        for s in Job.objects.filter(schedule=schedule).order_by("slot").values_list("slot", flat=True)
+    ]
+    missed = [
+        s.strftime("%H:%M")
+        for s in MissedSlot.objects.filter(schedule=schedule).order_by("slot").values_list("slot", flat=True)
+    ]
     assert enqueued == ["10:04", "10:05", "10:06"]
     assert missed == ["10:01", "10:02", "10:03"]
     assert set(MissedSlot.objects.values_list("reason", flat=True)) == {"misfire:catch_up"}
@@ -243,9 +278,19 @@ def test_runworker_refuses_to_start_with_a_bad_settings_schedule():
 def test_the_admin_refuses_a_bad_cron_unknown_zone_and_unknown_task(client, django_user_model):
     root = django_user_model.objects.create_superuser("root", "root@example.com", "pw")
     client.force_login(root)
-    form = {"name": "nightly", "task_path": "tests.leader.tasks.missing", "cron": "61 * * * *",
-            "timezone": "Mars/Olympus", "args": "[]", "kwargs": "{}", "queue": "default", "priority": "0",
-            "misfire_policy": "run_once", "catch_up_limit": "10", "enabled": "on"}
+    form = {
+        "name": "nightly",
+        "task_path": "tests.leader.tasks.missing",
+        "cron": "61 * * * *",
+        "timezone": "Mars/Olympus",
+        "args": "[]",
+        "kwargs": "{}",
+        "queue": "default",
+        "priority": "0",
+        "misfire_policy": "run_once",
+        "catch_up_limit": "10",
+        "enabled": "on",
+    }
     response = client.post("/admin/taskengine/schedule/add/", form)
     assert response.status_code == 200  # the form again, with errors
     errors = response.context["adminform"].form.errors
@@ -270,8 +315,12 @@ def test_a_slot_that_already_has_its_job_is_never_recorded_as_missed():
     Schedule.objects.filter(pk=schedule.pk).update(last_slot_at=t("2026-01-01 10:00"))
     with override_settings(TASKENGINE={"SCHEDULE_MISFIRE_GRACE_SECONDS": 30}):
         scheduler.run_once(lease, now=t("2026-01-01 10:05:10"))
-    missed = [s.strftime("%H:%M") for s in MissedSlot.objects.filter(schedule=schedule).order_by("slot")
-              .values_list("slot", flat=True)]
+    missed = [
+        s.strftime("%H:%M")
+        for s in MissedSlot.objects.filter(schedule=schedule).order_by("slot").values_list("slot", flat=True)
+    ]
     assert missed == ["10:03", "10:04"]
-    assert [s.strftime("%H:%M") for s in Job.objects.filter(schedule=schedule).order_by("slot")
-            .values_list("slot", flat=True)] == ["10:01", "10:02", "10:05"]
+    assert [
+        s.strftime("%H:%M")
+        for s in Job.objects.filter(schedule=schedule).order_by("slot").values_list("slot", flat=True)
+    ] == ["10:01", "10:02", "10:05"]

@@ -1,4 +1,5 @@
 """Retention, dead-worker cleanup and the maintenance ticker (gate, leadership)."""
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def finished_job(state: str, days_ago: float) -> int:
     tasks.add.enqueue(1, 2)
     [job] = claim()
-    Job.objects.filter(pk=job.id).update(state=state, finished_at=Now() - timedelta(days=days_ago),
-                                         locked_by=None, lease_expires_at=None)
+    Job.objects.filter(pk=job.id).update(
+        state=state, finished_at=Now() - timedelta(days=days_ago), locked_by=None, lease_expires_at=None
+    )
     return job.id
 
 
@@ -65,8 +67,7 @@ def test_dead_workers_are_marked_and_long_gone_ones_forgotten():
     for worker_id in ("alive", "silent", "gone"):
         registry.register("default", worker_id, ["default"], 1)
     WorkerProcess.objects.filter(worker_id="silent").update(last_heartbeat_at=Now() - timedelta(seconds=120))
-    WorkerProcess.objects.filter(worker_id="gone").update(state="stopped",
-                                                          last_heartbeat_at=Now() - timedelta(days=8))
+    WorkerProcess.objects.filter(worker_id="gone").update(state="stopped", last_heartbeat_at=Now() - timedelta(days=8))
     assert list(registry.dead_workers("default", dead_after=60).values_list("worker_id", flat=True)) == ["silent"]
     report = dead_workers.run_once("default", lead(), dead_after=60, prune_after=7 * 86400)
     assert (report.marked_dead, report.pruned) == (["silent"], ["gone"])
@@ -133,9 +134,11 @@ def test_ticker_checks_the_gate_every_tick_and_logs_once_per_change(elector, clo
             clock.advance(1)
     assert len(calls) == 4 and len(ran.leases) == 1
     messages = [r.getMessage() for r in caplog.records if r.name == "taskengine.maintenance"]
-    assert messages == ["maintenance paused: migrations pending on 'default'",
-                        "maintenance resumed: migrations at head on 'default'",
-                        "maintenance paused: migrations pending on 'default'"]
+    assert messages == [
+        "maintenance paused: migrations pending on 'default'",
+        "maintenance resumed: migrations at head on 'default'",
+        "maintenance paused: migrations pending on 'default'",
+    ]
 
 
 def test_a_failing_service_does_not_stop_the_others(elector, clock, caplog):

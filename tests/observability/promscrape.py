@@ -1,5 +1,6 @@
 """Helpers for the observability tests: scrape a real /metrics over HTTP, read samples,
 run promtool."""
+
 from __future__ import annotations
 
 import shutil
@@ -44,8 +45,9 @@ class Samples:
         return {s.name for s in self.samples}
 
     def sum(self, name: str, **labels: str) -> float:
-        return sum(s.value for s in self.samples
-                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+        return sum(
+            s.value for s in self.samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
 
 
 def promtool() -> str:
@@ -65,5 +67,5 @@ def listening_addresses(port: int) -> set[str]:
         local, state = line.split()[1], line.split()[3]
         address, hex_port = local.split(":")
         if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
-            found.add(".".join(str(int(address[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+            found.add(".".join(str(int(address[i : i + 2], 16)) for i in (6, 4, 2, 0)))
     return found

@@ -2,6 +2,7 @@
 report, that registering runs no query, that a closed migration gate keeps them off the
 job tables, that errors are counted instead of breaking /metrics, and that they stay on
 the indexes on a large table."""
+
 from __future__ import annotations
 
 import json
@@ -153,9 +154,11 @@ def test_queue_gauges_stay_on_the_indexes_of_a_large_table(no_cache):
         )
         cursor.execute("ANALYZE taskengine_job")
         plans = {}
-        for name, params in (("metrics_queued_queues", {"max_queues": 50}),
-                             ("metrics_queue_stats", {"queue": "default", "cap": 10000}),
-                             ("metrics_running_stats", {"cap": 10000, "max_queues": 50})):
+        for name, params in (
+            ("metrics_queued_queues", {"max_queues": 50}),
+            ("metrics_queue_stats", {"queue": "default", "cap": 10000}),
+            ("metrics_running_stats", {"cap": 10000, "max_queues": 50}),
+        ):
             cursor.execute("EXPLAIN (FORMAT JSON) " + sql(connection, name), params)
             plan = cursor.fetchone()[0]
             plans[name] = json.dumps(plan if not isinstance(plan, str) else json.loads(plan))
@@ -183,9 +186,11 @@ def test_multiprocess_mode_still_serves_the_database_gauges(monkeypatch, tmp_pat
 @pytest.mark.django_db
 def test_queue_gauges_search_the_indexes_on_sqlite():
     with connection.cursor() as cursor:
-        for name, params in (("metrics_queued_queues", {"max_queues": 50}),
-                             ("metrics_queue_stats", {"queue": "default", "cap": 10000}),
-                             ("metrics_running_stats", {"cap": 10000, "max_queues": 50})):
+        for name, params in (
+            ("metrics_queued_queues", {"max_queues": 50}),
+            ("metrics_queue_stats", {"queue": "default", "cap": 10000}),
+            ("metrics_running_stats", {"cap": 10000, "max_queues": 50}),
+        ):
             cursor.execute("EXPLAIN QUERY PLAN " + sql(connection, name), params)
             steps = [row[-1] for row in cursor.fetchall()]
             job_steps = [s for s in steps if " job " in f"{s} "]

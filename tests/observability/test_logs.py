@@ -1,6 +1,7 @@
 """Structured logs: a real worker with TASKENGINE_LOG_FORMAT=json writes only JSON lines,
 one per job event, carrying worker id, job id, task path, queue, attempt and timings, and
 the traceback of a failure as a field; the text format carries the same fields."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,9 @@ JOB_KEYS = {"event", "worker_id", "job_id", "task_path", "queue", "attempt", "cl
 def test_json_worker_logs_are_one_json_object_per_line_with_job_fields(worker_process):
     ok = tasks.add.enqueue(2, 3)
     bad = tasks.boom.enqueue()
-    worker = worker_process("--burst", "--backoff-base", "0.05",
-                            env={"TASKENGINE_LOG_FORMAT": "json", "TASKENGINE_LOG_LEVEL": "INFO"})
+    worker = worker_process(
+        "--burst", "--backoff-base", "0.05", env={"TASKENGINE_LOG_FORMAT": "json", "TASKENGINE_LOG_LEVEL": "INFO"}
+    )
     assert worker.wait(60) == 0, worker.log()
     lines = [line for line in worker.log().splitlines() if line.strip()]
     records = [json.loads(line) for line in lines]  # every line, not just the job events
@@ -28,7 +30,7 @@ def test_json_worker_logs_are_one_json_object_per_line_with_job_fields(worker_pr
     events = {(r.get("job_id"), r.get("event")): r for r in records if "event" in r}
 
     claimed, succeeded = events[(int(ok.id), "claimed")], events[(int(ok.id), "succeeded")]
-    assert JOB_KEYS <= claimed.keys() and JOB_KEYS <= succeeded.keys()
+    assert claimed.keys() >= JOB_KEYS and succeeded.keys() >= JOB_KEYS
     assert succeeded["task_path"] == "tests.tasks.add" and succeeded["queue"] == "default"
     assert succeeded["attempt"] == 1 and succeeded["state"] == "succeeded"
     assert succeeded["duration_ms"] >= 0 and succeeded["finished_at"] >= succeeded["claimed_at"]
@@ -42,15 +44,30 @@ def test_json_worker_logs_are_one_json_object_per_line_with_job_fields(worker_pr
 
 
 def record(**extra) -> logging.LogRecord:
-    rec = logging.makeLogRecord({"name": "taskengine.worker", "levelno": logging.ERROR, "levelname": "ERROR",
-                                 "msg": "attempt %s -> %s", "args": ("failed", "failed"), **extra})
+    rec = logging.makeLogRecord(
+        {
+            "name": "taskengine.worker",
+            "levelno": logging.ERROR,
+            "levelname": "ERROR",
+            "msg": "attempt %s -> %s",
+            "args": ("failed", "failed"),
+            **extra,
+        }
+    )
     return rec
 
 
 def test_text_logs_put_job_fields_on_the_line_and_the_traceback_below(settings):
     settings.TASKENGINE = {**settings.TASKENGINE, "LOG_FORMAT": "text"}
-    text = Formatter().format(record(event="failed", job_id=7, queue="default", attempt=2,
-                                     traceback="Traceback (most recent call last):\nValueError: x"))
+    text = Formatter().format(
+        record(
+            event="failed",
+            job_id=7,
+            queue="default",
+            attempt=2,
+            traceback="Traceback (most recent call last):\nValueError: x",
+        )
+    )
     first, rest = text.split("\n", 1)
     assert "attempt failed -> failed" in first and "job_id=7" in first and "attempt=2" in first
     assert rest.endswith("ValueError: x")

@@ -2,6 +2,7 @@
 the worker's --metrics-port are scraped over HTTP. The counters of both processes add
 up, histograms have observations, promtool accepts both scrapes, and scraping writes
 nothing."""
+
 from __future__ import annotations
 
 import re
@@ -37,8 +38,18 @@ def fresh_db_gauges(settings):
 
 def start_worker(worker_process, port: int):
     worker = worker_process(
-        "--metrics-port", str(port), "--concurrency", "4", "--lease-seconds", "10",
-        "--backoff-base", "0.05", "--max-backoff", "0.2", "--shutdown-grace", "0.5",
+        "--metrics-port",
+        str(port),
+        "--concurrency",
+        "4",
+        "--lease-seconds",
+        "10",
+        "--backoff-base",
+        "0.05",
+        "--max-backoff",
+        "0.2",
+        "--shutdown-grace",
+        "0.5",
     )
     wait_for(lambda: try_scrape(f"http://127.0.0.1:{port}/metrics"), timeout=30, message="worker /metrics")
     return worker
@@ -57,27 +68,35 @@ def run_mixed_jobs(tmp_path: Path, worker_process, port: int):
     worker = start_worker(worker_process, port)
     worker_url = f"http://127.0.0.1:{port}/metrics"
     try:
-        wait_for(lambda: Job.objects.filter(pk=to_cancel.id, state="running").exists(), timeout=60,
-                 message="job to start")
+        wait_for(
+            lambda: Job.objects.filter(pk=to_cancel.id, state="running").exists(), timeout=60, message="job to start"
+        )
         Job.objects.filter(pk=to_cancel.id).update(cancel_requested_at=Now())  # what the console's cancel writes
         wait_for(lambda: (tmp_path / "held.started").exists(), timeout=60, message="held job to start")
-        wait_for(lambda: Job.objects.filter(state__in=["succeeded", "failed", "cancelled"]).count() == 7,
-                 timeout=60, message="7 jobs to finish")
-        wait_for(lambda: sum(Samples(scrape(worker_url)).sum(n) for n in FINISHED) == 7, timeout=30,
-                 message="worker counters")
+        wait_for(
+            lambda: Job.objects.filter(state__in=["succeeded", "failed", "cancelled"]).count() == 7,
+            timeout=60,
+            message="7 jobs to finish",
+        )
+        wait_for(
+            lambda: sum(Samples(scrape(worker_url)).sum(n) for n in FINISHED) == 7,
+            timeout=30,
+            message="worker counters",
+        )
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\njobs: {list(Job.objects.values_list('id', 'task_path', 'state'))}"
-                             f"\nworker log:\n{worker.log()[-5000:]}") from None
+        raise AssertionError(
+            f"{exc}\njobs: {list(Job.objects.values_list('id', 'task_path', 'state'))}"
+            f"\nworker log:\n{worker.log()[-5000:]}"
+        ) from None
     return worker, worker_url, held
 
 
 @pytest.mark.django_db(transaction=True)
-def test_counters_add_up_across_the_web_and_worker_scrapes(live_server, worker_process, tmp_path,
-                                                           fresh_db_gauges):
+def test_counters_add_up_across_the_web_and_worker_scrapes(live_server, worker_process, tmp_path, fresh_db_gauges):
     web_url = f"{live_server.url}/metrics"
     before = Samples(scrape(web_url))
     port = free_port()
-    worker, worker_url, held = run_mixed_jobs(tmp_path, worker_process, port)
+    _worker, worker_url, _held = run_mixed_jobs(tmp_path, worker_process, port)
 
     web, work = Samples(scrape(web_url)), Samples(scrape(worker_url))
     submitted = web.sum("taskengine_jobs_submitted_total") - before.sum("taskengine_jobs_submitted_total")
@@ -99,7 +118,8 @@ def test_counters_add_up_across_the_web_and_worker_scrapes(live_server, worker_p
 
 @pytest.mark.django_db(transaction=True)
 def test_histograms_observe_claims_and_attempts_and_promtool_accepts_both_scrapes(
-        live_server, worker_process, tmp_path, fresh_db_gauges):
+    live_server, worker_process, tmp_path, fresh_db_gauges
+):
     port = free_port()
     run_mixed_jobs(tmp_path, worker_process, port)
     web_text, worker_text = scrape(f"{live_server.url}/metrics"), scrape(f"http://127.0.0.1:{port}/metrics")
@@ -174,5 +194,8 @@ def test_a_worker_waiting_on_the_migration_gate_is_scrapeable_and_reports_it(wor
         assert worker.proc.poll() is None
     finally:
         call_command("migrate", "taskengine", verbosity=0)
-    wait_for(lambda: Samples(scrape(url)).sum("taskengine_worker_gate_open") == 1, timeout=30,
-             message="worker to pass the gate")
+    wait_for(
+        lambda: Samples(scrape(url)).sum("taskengine_worker_gate_open") == 1,
+        timeout=30,
+        message="worker to pass the gate",
+    )

@@ -1,5 +1,6 @@
 """Operator writes keep the metrics' identity: a queued job cancelled from the console
 counts as cancelled (no worker ever sees it), a requeued job counts as requeued."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """Recovery counts what it recovers: an expired lease swept by
 taskengine.maintenance.recovery.run_once moves taskengine_jobs_recovered_total."""
+
 from __future__ import annotations
 
 from datetime import timedelta

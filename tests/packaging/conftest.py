@@ -8,6 +8,7 @@ Both are made once per session and kept in var/packaging/<digest of the copied
 sources>/, so the PostgreSQL half of bin/test reuses what the SQLite half built from the
 same sources (installing the dependencies is most of the time); a change to any file of
 the project makes a new digest, and the old builds are removed."""
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,19 @@ from tests.conftest import ROOT
 
 # What a build must not see: local state of the checkout, not part of the project.
 NOT_THE_PROJECT = shutil.ignore_patterns(
-    ".git", ".venv", "var", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
-    "test-artifacts", "*.sqlite3", "*.sqlite3-*", "db.sqlite3*")
+    ".git",
+    ".venv",
+    "var",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".pytest_cache",
+    "test-artifacts",
+    "*.sqlite3",
+    "*.sqlite3-*",
+    "db.sqlite3*",
+)
 
 
 CACHE = ROOT / "var" / "packaging"
@@ -38,19 +50,22 @@ class Built:
     output: str  # what `python -m build` printed
 
 
-def run(args: list[str | Path], *, cwd: Path, env: dict[str, str] | None = None,
-        timeout: float = 300) -> subprocess.CompletedProcess:
-    out = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True,
-                         timeout=timeout)
+def run(
+    args: list[str | Path], *, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    out = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, f"{args} exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out
 
 
 def outside_env(venv: Path | None = None) -> dict[str, str]:
     """This process's environment without anything that points into the checkout."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"PYTHONPATH", "PYTHONHOME", "DJANGO_SETTINGS_MODULE", "DATABASE_URL", "VIRTUAL_ENV"}
-           and not k.startswith("TASKENGINE_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"PYTHONPATH", "PYTHONHOME", "DJANGO_SETTINGS_MODULE", "DATABASE_URL", "VIRTUAL_ENV"}
+        and not k.startswith("TASKENGINE_")
+    }
     path = [p for p in env.get("PATH", "").split(os.pathsep) if p and not Path(p).resolve().is_relative_to(ROOT)]
     if venv is not None:
         path.insert(0, str(venv / "bin"))
@@ -93,8 +108,15 @@ def build_all(source: Path, workdir: Path) -> dict[str, Built]:
     dist, log, done = workdir / "dist", workdir / "build.log", workdir / "build.done"
     if not done.exists():
         shutil.rmtree(dist, ignore_errors=True)
-        out = subprocess.run([sys.executable, "-c", BUILD, source, dist], cwd=workdir, env=outside_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+        out = subprocess.run(
+            [sys.executable, "-c", BUILD, source, dist],
+            cwd=workdir,
+            env=outside_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=600,
+        )
         assert out.returncode == 0, out.stdout[-5000:]
         log.write_text(out.stdout)
         done.touch()
@@ -147,8 +169,12 @@ def venv(wheel, packaging_dir) -> Path:
         base_python = getattr(sys, "_base_executable", None) or sys.executable
         # No pip of its own (ensurepip is slow); this environment's pip installs into it.
         run([base_python, "-m", "venv", "--without-pip", path], cwd=packaging_dir, env=outside_env())
-        run([sys.executable, "-m", "pip", "--python", path / "bin" / "python", "install", "--quiet", wheel.path],
-            cwd=packaging_dir, env=outside_env(path), timeout=600)
+        run(
+            [sys.executable, "-m", "pip", "--python", path / "bin" / "python", "install", "--quiet", wheel.path],
+            cwd=packaging_dir,
+            env=outside_env(path),
+            timeout=600,
+        )
         done.touch()
     return path
 

@@ -6,6 +6,7 @@ console page and the admin's job list rendered for a superuser.
 
 The acceptance test runs on both halves of bin/test, against the database of each: a
 SQLite file in the new project, or a scratch database on the test PostgreSQL server."""
+
 from __future__ import annotations
 
 import json
@@ -34,14 +35,21 @@ def test_the_wheel_holds_the_taskengine_package_and_nothing_else(wheel):
     names = zipfile.ZipFile(wheel.path).namelist()
     outside = [n for n in names if not n.startswith(("taskengine/", "taskengine-0.1.0.dist-info/"))]
     assert not outside, outside
-    for shipped in ("taskengine/templates/taskengine/base.html",
-                    "taskengine/templates/taskengine/admin/confirm_action.html",
-                    "taskengine/static/taskengine/dashboard.js", "taskengine/sql/jobs.postgresql.sql",
-                    "taskengine/bench/raw_claim.pgbench.sql", "taskengine/bench/raw_claim.setup.sql",
-                    "taskengine/migrations/0001_initial.py", "taskengine-0.1.0.dist-info/licenses/LICENSE"):
+    for shipped in (
+        "taskengine/templates/taskengine/base.html",
+        "taskengine/templates/taskengine/admin/confirm_action.html",
+        "taskengine/static/taskengine/dashboard.js",
+        "taskengine/sql/jobs.postgresql.sql",
+        "taskengine/bench/raw_claim.pgbench.sql",
+        "taskengine/bench/raw_claim.setup.sql",
+        "taskengine/migrations/0001_initial.py",
+        "taskengine-0.1.0.dist-info/licenses/LICENSE",
+    ):
         assert shipped in names
-    templates = {p.relative_to(Path(settings.BASE_DIR)).as_posix()
-                 for p in (Path(settings.BASE_DIR) / "taskengine" / "templates").rglob("*.html")}
+    templates = {
+        p.relative_to(Path(settings.BASE_DIR)).as_posix()
+        for p in (Path(settings.BASE_DIR) / "taskengine" / "templates").rglob("*.html")
+    }
     assert templates and templates <= set(names), templates - set(names)
 
 
@@ -51,8 +59,11 @@ def test_the_build_prints_no_warning_and_twine_check_passes(wheel, sdist, editab
     # start's output.
     for built in (wheel, sdist, editable):
         assert not BUILD_WARNING.findall(built.output), built.output[-3000:]
-    out = run([sys.executable, "-m", "twine", "check", "--strict", wheel.path, sdist.path], cwd=packaging_dir,
-              env=outside_env())
+    out = run(
+        [sys.executable, "-m", "twine", "check", "--strict", wheel.path, sdist.path],
+        cwd=packaging_dir,
+        env=outside_env(),
+    )
     assert out.stdout.count("PASSED") == 2, out.stdout
     metadata = zipfile.ZipFile(wheel.path).read("taskengine-0.1.0.dist-info/METADATA").decode()
     assert "License-Expression: MIT" in metadata
@@ -68,13 +79,19 @@ def project_database(tmp_path) -> tuple[str, str]:
         return
     server = settings.DATABASES["default"]
     name = f"taskengine_wheel{os.environ.get('TASKENGINE_TEST_DB_SUFFIX', '')}"
-    where = {"host": server.get("HOST") or "127.0.0.1", "port": server.get("PORT") or 5432,
-             "user": server.get("USER") or "postgres", "password": server.get("PASSWORD") or None}
+    where = {
+        "host": server.get("HOST") or "127.0.0.1",
+        "port": server.get("PORT") or 5432,
+        "user": server.get("USER") or "postgres",
+        "password": server.get("PASSWORD") or None,
+    }
     with psycopg.connect(dbname="postgres", autocommit=True, **where) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"')
-    point = (f'DATABASES["default"].update(NAME={name!r}, HOST={where["host"]!r}, PORT={where["port"]!r}, '
-             f'USER={where["user"]!r}, PASSWORD={where["password"] or ""!r})\n')
+    point = (
+        f'DATABASES["default"].update(NAME={name!r}, HOST={where["host"]!r}, PORT={where["port"]!r}, '
+        f"USER={where['user']!r}, PASSWORD={where['password'] or ''!r})\n"
+    )
     try:
         yield readme_snippet("postgresql"), point
     finally:
@@ -82,8 +99,7 @@ def project_database(tmp_path) -> tuple[str, str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def test_a_startproject_with_the_readme_settings_runs_a_job_and_renders_the_console(venv, tmp_path,
-                                                                                  project_database):
+def test_a_startproject_with_the_readme_settings_runs_a_job_and_renders_the_console(venv, tmp_path, project_database):
     site = tmp_path / "site"
     site.mkdir()
     env = outside_env(venv)
@@ -120,20 +136,36 @@ def test_a_startproject_with_the_readme_settings_runs_a_job_and_renders_the_cons
             deploy = manage("check", "--deploy", "--tag", "taskengine")
             assert "no issues" in deploy.stdout, deploy.stdout + deploy.stderr
     assert interactive == ["createsuperuser", "runserver"]
-    manage("createsuperuser", "--no-input", "--username", "admin", "--email", "admin@example.com",
-           DJANGO_SUPERUSER_PASSWORD="a-long-enough-password")
+    manage(
+        "createsuperuser",
+        "--no-input",
+        "--username",
+        "admin",
+        "--email",
+        "admin@example.com",
+        DJANGO_SUPERUSER_PASSWORD="a-long-enough-password",
+    )
     shutil.copy(Path(__file__).with_name("render_pages.py"), site / "render_pages.py")
     seen = json.loads(run([python, "render_pages.py", "admin"], cwd=site, env=env).stdout.strip().splitlines()[-1])
 
-    assert seen["job"] == {"task_path": "myproject.tasks.send_welcome", "queue": "emails", "state": "succeeded",
-                           "return_value": "welcome mail sent to ada@example.com", "attempts": 1}
-    assert seen["statuses"] == {url: 200 for url in seen["statuses"]} and len(seen["statuses"]) == 10
+    assert seen["job"] == {
+        "task_path": "myproject.tasks.send_welcome",
+        "queue": "emails",
+        "state": "succeeded",
+        "return_value": "welcome mail sent to ada@example.com",
+        "attempts": 1,
+    }
+    assert seen["statuses"] == dict.fromkeys(seen["statuses"], 200) and len(seen["statuses"]) == 10
     installed = os.path.realpath(venv)
     for key in ("taskengine", "template", "static"):
         where = os.path.realpath(seen[key])
         assert where.startswith(installed) and "site-packages" in where, (key, seen[key])
     # The project itself, the standard library and the new virtualenv: nothing of the checkout.
-    checkout = [p for p in seen["sys_path"]
-                if p and Path(p).resolve().is_relative_to(settings.BASE_DIR) and not Path(p).resolve().is_relative_to(
-                    Path(installed))]
+    checkout = [
+        p
+        for p in seen["sys_path"]
+        if p
+        and Path(p).resolve().is_relative_to(settings.BASE_DIR)
+        and not Path(p).resolve().is_relative_to(Path(installed))
+    ]
     assert not checkout, checkout

@@ -1,4 +1,5 @@
 """advance_clock: the test hook that moves the database clock instead of sleeping."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -29,16 +30,16 @@ def test_advance_clock_moves_every_timestamp_column_of_the_taskengine_models():
 
 
 def claim(lease_seconds: float) -> list[store.ClaimedJob]:
-    return store.claim_jobs(connection, worker_id="w1", queues=["default"], limit=10,
-                            lease_seconds=lease_seconds)
+    return store.claim_jobs(connection, worker_id="w1", queues=["default"], limit=10, lease_seconds=lease_seconds)
 
 
 def test_a_lease_expires_once_the_clock_has_moved_past_it():
     tasks.add.enqueue(1, 2)
     [job] = claim(lease_seconds=30)
     advance_clock(20)
-    assert store.extend_leases(connection, worker_id="w1", held=[(job.id, job.attempt)],
-                               lease_seconds=30) == {job.id: False}
+    assert store.extend_leases(connection, worker_id="w1", held=[(job.id, job.attempt)], lease_seconds=30) == {
+        job.id: False
+    }
     advance_clock(31)
     [recovered] = recovery.run_once("default", dead_after=3600)
     assert (recovered.id, recovered.state) == (job.id, "queued")
@@ -55,7 +56,7 @@ def test_a_delayed_job_becomes_due_when_the_clock_reaches_its_run_after():
 
 def test_advance_clock_keeps_durations_and_nulls():
     result = tasks.add.enqueue(1, 2)
-    [job] = claim(lease_seconds=45)
+    [_job] = claim(lease_seconds=45)
     before = Job.objects.get(pk=result.id)
     log_before = ExecutionLog.objects.get(job_id=result.id)
     advance_clock(3600)

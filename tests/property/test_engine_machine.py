@@ -23,6 +23,7 @@ Budget: TASKENGINE_PROPERTY_PROFILE=ci (the default, about a minute per database
 the 2-core machine) or =local (20 times as many examples). Reproducing a failure:
 docs/reliability.md.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,16 @@ from django.db import connection, transaction
 from hypothesis import HealthCheck, event, seed, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
-from hypothesis.stateful import (Bundle, RuleBasedStateMachine, initialize, invariant, multiple,
-                                 precondition, rule, run_state_machine_as_test)
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from taskengine import operations, registry, store
 from taskengine.execution import JobCancelled, JobTimedOut, LeaseLost, RunningJob, outcome_for
@@ -104,16 +113,19 @@ class HandlerResult:
         running = RunningJob(claimed)
         if self.kind == "return":
             return outcome_for(running, self.value, None)
-        error = {"raise": RuntimeError, "timeout": JobTimedOut, "cancelled": JobCancelled,
-                 "lease_lost": LeaseLost}[self.kind](self.message)
+        error = {"raise": RuntimeError, "timeout": JobTimedOut, "cancelled": JobCancelled, "lease_lost": LeaseLost}[
+            self.kind
+        ](self.message)
         return outcome_for(running, None, error)
 
 
 HANDLER_RESULTS = st.one_of(
     st.builds(HandlerResult, st.just("return"), JSON_VALUES),
-    st.builds(HandlerResult, st.just("return"),
-              st.sampled_from([Unstorable(), float("nan"), float("inf"), "nul\x00", {"k": ["\x00"]},
-                               {"x": Unstorable()}])),
+    st.builds(
+        HandlerResult,
+        st.just("return"),
+        st.sampled_from([Unstorable(), float("nan"), float("inf"), "nul\x00", {"k": ["\x00"]}, {"x": Unstorable()}]),
+    ),
     st.builds(HandlerResult, st.just("raise"), st.none(), TEXT),
     st.builds(HandlerResult, st.sampled_from(["timeout", "cancelled", "lease_lost"]), st.none(), TEXT),
 )
@@ -132,9 +144,14 @@ class JobSpec:
     delay: int | None = None  # run_after = database now + delay
 
     def task(self, now: datetime):
-        task = tasks.add.using(max_attempts=self.max_attempts, retry_backoff=self.retry_backoff,
-                               priority=self.priority, queue_name=self.queue, unique_key=self.unique_key,
-                               run_after=now + timedelta(seconds=self.delay) if self.delay else None)
+        task = tasks.add.using(
+            max_attempts=self.max_attempts,
+            retry_backoff=self.retry_backoff,
+            priority=self.priority,
+            queue_name=self.queue,
+            unique_key=self.unique_key,
+            run_after=now + timedelta(seconds=self.delay) if self.delay else None,
+        )
         return replace(task, on_lease_expired=self.on_lease_expired)
 
 
@@ -149,8 +166,9 @@ JOB_SPECS = st.builds(
     delay=st.sampled_from([None, None, 30, 600]),
 )
 # Mostly steps around lease and heartbeat lengths, sometimes hours or days (retention).
-CLOCK_STEPS = st.one_of(st.integers(1, 10), st.integers(1, 10), st.integers(1, 70),
-                        st.sampled_from([130, 600, 3600, 86400, 8 * 86400]))
+CLOCK_STEPS = st.one_of(
+    st.integers(1, 10), st.integers(1, 10), st.integers(1, 70), st.sampled_from([130, 600, 3600, 86400, 8 * 86400])
+)
 LEASES = st.sampled_from([20.0, 60.0, 180.0])
 RETENTION_DAYS = st.sampled_from([None, 0, 1, 7])
 
@@ -171,6 +189,7 @@ class Token:
 
 
 # --- reading the database ------------------------------------------------------------
+
 
 def now() -> datetime:
     return store.db_now()
@@ -210,8 +229,13 @@ def as_floats(value: Any) -> Any:
 def lease_status(token: Token, at: datetime) -> str:
     """live / stale / unsure for ``token`` at database time ``at``."""
     row = job_row(token.claimed.id)
-    if (row is None or row["state"] != "running" or row["attempts"] != token.claimed.attempt
-            or row["locked_by"] != token.worker_id or row["lease_expires_at"] <= at):
+    if (
+        row is None
+        or row["state"] != "running"
+        or row["attempts"] != token.claimed.attempt
+        or row["locked_by"] != token.worker_id
+        or row["lease_expires_at"] <= at
+    ):
         return "stale"
     return "live" if row["lease_expires_at"] > at + timedelta(seconds=MARGIN) else "unsure"
 
@@ -237,8 +261,9 @@ class FencedBatch:
             job_id, status = t.claimed.id, self.status[t]
             if status == "unsure":  # within MARGIN of its lease's end: either may happen
                 row = job_row(job_id)
-                status = "live" if job_id in won and row is not None and row["attempts"] == t.claimed.attempt \
-                    else "stale"
+                status = (
+                    "live" if job_id in won and row is not None and row["attempts"] == t.claimed.attempt else "stale"
+                )
             event(f"{what}: {status} token")
             if status == "live":
                 assert job_id in won, f"a {what} of a live lease was refused: {t}"
@@ -246,8 +271,9 @@ class FencedBatch:
                 continue
             holders = [o for o in self.tokens if o is not t and o.claimed.id == job_id and self.status[o] != "stale"]
             if holders:  # the job may change through the live token; this attempt's row may not
-                assert attempt_row(job_id, t.claimed.attempt) == attempt_row_in(self.before[job_id], t.claimed.attempt), \
-                    f"a stale {what} changed attempt {t.claimed.attempt} of job {job_id} (batch {self.tokens})"
+                assert attempt_row(job_id, t.claimed.attempt) == attempt_row_in(
+                    self.before[job_id], t.claimed.attempt
+                ), f"a stale {what} changed attempt {t.claimed.attempt} of job {job_id} (batch {self.tokens})"
             else:
                 assert job_id not in won, f"a stale token's {what} won: {t}"
                 assert snapshot(job_id) == self.before[job_id], f"a stale {what} changed job {job_id}: {t}"
@@ -266,16 +292,16 @@ class EngineMachine(RuleBasedStateMachine):
         with connection.cursor() as cursor:
             for model in (ExecutionLog, Job, OperatorAction, WorkerProcess, Leader, MissedSlot, Schedule):
                 cursor.execute(f"DELETE FROM {model._meta.db_table}")
-        self.operator = get_user_model().objects.filter(username="property-operator").first() or \
-            get_user_model().objects.create_superuser("property-operator", password="x")
+        self.operator = get_user_model().objects.filter(
+            username="property-operator"
+        ).first() or get_user_model().objects.create_superuser("property-operator", password="x")
         self.generation = [0] * WORKER_SLOTS
         self.held: dict[str, set[Token]] = {}
         for slot in range(WORKER_SLOTS):
             self._register(slot)
         # A still monotonic clock: the leader's trust never runs out on its own, only
         # through the database (advance_clock past its TTL: renew fails, a new term).
-        self.elector = Elector("default", "property-leader", ttl=LEADER_TTL, renew_every=5, margin=2,
-                               clock=lambda: 0.0)
+        self.elector = Elector("default", "property-leader", ttl=LEADER_TTL, renew_every=5, margin=2, clock=lambda: 0.0)
         self.old_leases: list[LeaderLease] = []
         self.created: set[int] = set()
         self.deleted: set[int] = set()
@@ -340,13 +366,17 @@ class EngineMachine(RuleBasedStateMachine):
 
     # --- workers ---------------------------------------------------------------------
 
-    @rule(target=tokens, slot=st.integers(0, WORKER_SLOTS - 1), limit=st.integers(1, 3), lease=LEASES,
-          queues=st.sampled_from([QUEUES, QUEUES, ["default"], ["demo"]]))
+    @rule(
+        target=tokens,
+        slot=st.integers(0, WORKER_SLOTS - 1),
+        limit=st.integers(1, 3),
+        lease=LEASES,
+        queues=st.sampled_from([QUEUES, QUEUES, ["default"], ["demo"]]),
+    )
     def claim(self, slot: int, limit: int, lease: float, queues: list[str]):
         worker_id = self._worker(slot)
         queued = dict(Job.objects.filter(state="queued").values_list("id", "attempts"))
-        claimed = store.claim_jobs(connection, worker_id=worker_id, queues=queues, limit=limit,
-                                   lease_seconds=lease)
+        claimed = store.claim_jobs(connection, worker_id=worker_id, queues=queues, limit=limit, lease_seconds=lease)
         at = now()
         assert len(claimed) <= limit
         for job in claimed:
@@ -358,8 +388,7 @@ class EngineMachine(RuleBasedStateMachine):
             [log] = [r for r in attempt_rows(job.id) if r["attempt"] == job.attempt]
             assert (log["worker_id"], log["finished_at"], log["outcome"]) == (worker_id, None, None)
         if len(claimed) < limit:
-            overdue = Job.objects.filter(state="queued", queue__in=queues,
-                                         run_after__lt=at - timedelta(seconds=MARGIN))
+            overdue = Job.objects.filter(state="queued", queue__in=queues, run_after__lt=at - timedelta(seconds=MARGIN))
             assert not overdue.exists(), "a due job was left behind by a claim that had room"
         event(f"claim: {len(claimed)} of {limit}")
         tokens = [Token(worker_id, job) for job in claimed]
@@ -384,8 +413,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     def _extend(self, worker_id: str, held: list[Token], lease: float) -> None:
         batch = FencedBatch(held)
-        kept = store.extend_leases(connection, worker_id=worker_id, held=[t.as_held for t in held],
-                                   lease_seconds=lease)
+        kept = store.extend_leases(connection, worker_id=worker_id, held=[t.as_held for t in held], lease_seconds=lease)
         for t in batch.winners(kept, "heartbeat"):
             row = job_row(t.claimed.id)
             assert kept[t.claimed.id] == (row["cancel_requested_at"] is not None)
@@ -404,7 +432,7 @@ class EngineMachine(RuleBasedStateMachine):
     def finish_held(self, slot: int, results: list[HandlerResult]) -> None:
         """A worker writes the outcomes of what it holds, in one batch as it does."""
         worker_id = self._worker(slot)
-        self._finish(worker_id, list(zip(self._held(worker_id), results)))
+        self._finish(worker_id, list(zip(self._held(worker_id), results, strict=True)))
 
     def _finish(self, worker_id: str, pairs: list[tuple[Token, HandlerResult]]) -> None:
         outcomes = {t: r.outcome(t.claimed) for t, r in pairs}
@@ -448,8 +476,10 @@ class EngineMachine(RuleBasedStateMachine):
             assert row["attempts"] == old["attempts"]
             if not cancelled:
                 assert row["max_attempts"] == old["max_attempts"] + 1, "a released attempt must not count"
-            assert (logs[-1]["attempt"], logs[-1]["outcome"]) == \
-                (t.claimed.attempt, "cancelled" if cancelled else "released")
+            assert (logs[-1]["attempt"], logs[-1]["outcome"]) == (
+                t.claimed.attempt,
+                "cancelled" if cancelled else "released",
+            )
         registry.mark_stopped("default", worker_id)
         self.generation[slot] += 1
         self._register(slot)
@@ -470,12 +500,17 @@ class EngineMachine(RuleBasedStateMachine):
             while it was away; it registers again at its next heartbeat) is not known
             dead: only its leases' expiry recovers its jobs."""
             w = workers.get(worker_id)
-            return w is not None and (w["state"] in ("dead", "stopped") or
-                                      w["last_heartbeat_at"] < at - timedelta(seconds=DEAD_AFTER + margin))
+            return w is not None and (
+                w["state"] in ("dead", "stopped")
+                or w["last_heartbeat_at"] < at - timedelta(seconds=DEAD_AFTER + margin)
+            )
 
         must = {i for i, r in running.items() if r["lease_expires_at"] <= at or worker_dead(r["locked_by"], MARGIN)}
-        must_not = {i for i, r in running.items()
-                    if r["lease_expires_at"] > at + timedelta(seconds=MARGIN) and not worker_dead(r["locked_by"], -MARGIN)}
+        must_not = {
+            i
+            for i, r in running.items()
+            if r["lease_expires_at"] > at + timedelta(seconds=MARGIN) and not worker_dead(r["locked_by"], -MARGIN)
+        }
         recovered = recovery.run_once("default", lease=lease, limit=limit, dead_after=DEAD_AFTER)
         ids = [r.id for r in recovered]
         assert len(ids) == len(set(ids)) and len(ids) <= limit
@@ -496,14 +531,16 @@ class EngineMachine(RuleBasedStateMachine):
             assert (r.state, row["state"], row["locked_by"]) == (expected, expected, None)
             assert (logs[-1]["attempt"], logs[-1]["outcome"]) == (old["attempts"], "lost")
 
-    @rule(days=st.fixed_dictionaries({s: RETENTION_DAYS for s in sorted(TERMINAL)}),
-          batch_size=st.integers(1, 3), max_batches=st.integers(1, 3))
+    @rule(
+        days=st.fixed_dictionaries(dict.fromkeys(sorted(TERMINAL), RETENTION_DAYS)),
+        batch_size=st.integers(1, 3),
+        max_batches=st.integers(1, 3),
+    )
     def retention(self, days: dict[str, float | None], batch_size: int, max_batches: int) -> None:
         lease = self._lease()
         before = {r["id"]: r for r in Job.objects.values("id", "state", "finished_at")}
         start = now()
-        deleted = retention.run_once("default", lease, days=days, batch_size=batch_size,
-                                     max_batches=max_batches)
+        deleted = retention.run_once("default", lease, days=days, batch_size=batch_size, max_batches=max_batches)
         end = now()
         vanished = set(before) - set(Job.objects.values_list("id", flat=True))
         cap = batch_size * max_batches
@@ -578,14 +615,20 @@ class EngineMachine(RuleBasedStateMachine):
         old, new, done = self._operate("requeue", job_id)
         if old is None:
             return
-        key_taken = old["unique_key"] is not None and \
-            Job.objects.filter(unique_key=old["unique_key"], state__in=OPEN).exclude(pk=job_id).exists()
+        key_taken = (
+            old["unique_key"] is not None
+            and Job.objects.filter(unique_key=old["unique_key"], state__in=OPEN).exclude(pk=job_id).exists()
+        )
         assert done == (old["state"] in ("failed", "cancelled") and not key_taken), (old["state"], done)
         if not done:
             return
         self.terminal_seen.pop(job_id, None)
-        assert (new["state"], new["finished_at"], new["return_value"], new["cancel_requested_at"]) == \
-            ("queued", None, None, None)
+        assert (new["state"], new["finished_at"], new["return_value"], new["cancel_requested_at"]) == (
+            "queued",
+            None,
+            None,
+            None,
+        )
         assert (new["attempts"], new["max_attempts"]) == (old["attempts"], old["attempts"] + 1)
         assert new["run_after"] <= now()
 
@@ -607,11 +650,15 @@ class EngineMachine(RuleBasedStateMachine):
     @invariant()
     def the_tables_hold_the_engine_invariants(self) -> None:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT id, state, attempts, max_attempts, locked_by, lease_expires_at IS NOT NULL,"
-                           " finished_at, priority, unique_key FROM taskengine_job")
+            cursor.execute(
+                "SELECT id, state, attempts, max_attempts, locked_by, lease_expires_at IS NOT NULL,"
+                " finished_at, priority, unique_key FROM taskengine_job"
+            )
             jobs = {r[0]: r for r in cursor.fetchall()}
-            cursor.execute("SELECT job_id, attempt, worker_id, finished_at IS NOT NULL, outcome"
-                           " FROM task_execution_logs ORDER BY job_id, attempt")
+            cursor.execute(
+                "SELECT job_id, attempt, worker_id, finished_at IS NOT NULL, outcome"
+                " FROM task_execution_logs ORDER BY job_id, attempt"
+            )
             logs: dict[int, list[tuple]] = {}
             for log in cursor.fetchall():
                 logs.setdefault(log[0], []).append(log)
@@ -620,7 +667,9 @@ class EngineMachine(RuleBasedStateMachine):
 
         # Nothing but retention deletes; a rolled-back enqueue left nothing behind.
         assert set(jobs) == self.created - self.deleted, {
-            "missing": self.created - self.deleted - set(jobs), "unexpected": set(jobs) - self.created}
+            "missing": self.created - self.deleted - set(jobs),
+            "unexpected": set(jobs) - self.created,
+        }
         assert set(logs) <= set(jobs), f"attempt rows without their job: {set(logs) - set(jobs)}"
         assert audit_rows == self.operator_writes, "every operator write has exactly one audit row"
         live_keys = [j[8] for j in jobs.values() if j[1] in OPEN and j[8] is not None]
@@ -632,7 +681,7 @@ class EngineMachine(RuleBasedStateMachine):
             assert state in OPEN | TERMINAL, job
             assert (state == "running") == (locked_by is not None) == bool(leased), job
             assert (state in TERMINAL) == (finished_at is not None), job
-            assert 1 <= max_attempts and attempts <= max_attempts, job
+            assert max_attempts >= 1 and attempts <= max_attempts, job
             assert -100 <= priority <= 100, job
             # The fencing token only grows.
             assert attempts >= self.last_attempts.get(job_id, 0), f"job {job_id}'s attempt number went back"
@@ -667,6 +716,8 @@ def test_engine_state_machine():
     try:
         run_state_machine_as_test(seed(run_seed)(EngineMachine), settings=settings(settings.get_profile(PROFILE)))
     except BaseException as failure:
-        failure.add_note(f"property machine seed: TASKENGINE_PROPERTY_SEED={run_seed} "
-                         f"TASKENGINE_PROPERTY_PROFILE={PROFILE} (see docs/reliability.md)")
+        failure.add_note(
+            f"property machine seed: TASKENGINE_PROPERTY_SEED={run_seed} "
+            f"TASKENGINE_PROPERTY_PROFILE={PROFILE} (see docs/reliability.md)"
+        )
         raise

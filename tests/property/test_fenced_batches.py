@@ -1,6 +1,7 @@
 """Fenced writes in batches: a stale token riding in the same batch as the live token of
 the same job (a worker that lost attempt 1 to recovery and claimed attempt 2 of the
 job before attempt 1's handler returned) must still write nothing."""
+
 from __future__ import annotations
 
 import pytest
@@ -32,9 +33,14 @@ def test_a_stale_outcome_batched_with_the_live_one_of_its_job_leaves_the_lost_at
     lost_attempt = ExecutionLog.objects.filter(job_id=first.id, attempt=1).values().get()
     assert lost_attempt["outcome"] == "lost"
 
-    won = store.finish_jobs(connection, worker_id="w1", outcomes=[
-        outcome_for(RunningJob(first), "from the lost attempt", None),
-        outcome_for(RunningJob(second), "from the live attempt", None)])
+    won = store.finish_jobs(
+        connection,
+        worker_id="w1",
+        outcomes=[
+            outcome_for(RunningJob(first), "from the lost attempt", None),
+            outcome_for(RunningJob(second), "from the live attempt", None),
+        ],
+    )
 
     assert won.keys() == {second.id}
     assert Job.objects.get(pk=second.id).return_value == "from the live attempt"

@@ -2,6 +2,7 @@
 form: lone surrogates in a return value or an error message, and a graceful release of
 a job whose cancellation was requested. (They failed before their fixes: the surrogate
 ones on 3d41abe, the release one on 3d41abe too.)"""
+
 from __future__ import annotations
 
 import pytest

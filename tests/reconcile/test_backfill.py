@@ -1,6 +1,7 @@
 """The user_id → user_id_str backfill: the migration path for logs written before the
 column existed, the resumable command (interrupted and rerun: no row written twice),
 the report, and new attempt rows carrying both columns."""
+
 from __future__ import annotations
 
 import csv
@@ -25,10 +26,19 @@ VALUES (%s, %s, 'legacy-worker', '2026-01-01 00:00:00', '', '', %s)
 
 def legacy_logs(n: int, *, with_user_str: bool = False) -> list[int]:
     """``n`` attempt rows missing user_id_str (every 5th has no user at all)."""
-    job = Job.objects.create(task_path="tests.tasks.noop", state="succeeded", attempts=1,
-                             finished_at="2026-01-01T00:00:00Z")
-    rows = [ExecutionLog(job=job, attempt=i + 1, worker_id="w", started_at="2026-01-01T00:00:00Z",
-                         user_id=None if i % 5 == 4 else 1000 + i) for i in range(n)]
+    job = Job.objects.create(
+        task_path="tests.tasks.noop", state="succeeded", attempts=1, finished_at="2026-01-01T00:00:00Z"
+    )
+    rows = [
+        ExecutionLog(
+            job=job,
+            attempt=i + 1,
+            worker_id="w",
+            started_at="2026-01-01T00:00:00Z",
+            user_id=None if i % 5 == 4 else 1000 + i,
+        )
+        for i in range(n)
+    ]
     return [log.id for log in ExecutionLog.objects.bulk_create(rows)]
 
 
@@ -53,8 +63,9 @@ def test_logs_written_before_the_user_id_str_migration_end_backfilled_with_a_cle
             with pytest.raises(CommandError, match="migration gate closed"):
                 run_command(command)
 
-        job = Job.objects.create(task_path="tests.tasks.noop", state="succeeded", attempts=1,
-                                 finished_at="2026-01-01T00:00:00Z")
+        job = Job.objects.create(
+            task_path="tests.tasks.noop", state="succeeded", attempts=1, finished_at="2026-01-01T00:00:00Z"
+        )
         with connection.cursor() as cursor:
             for attempt in range(1, 31):
                 cursor.execute(LOG_INSERT, [job.id, attempt, None if attempt % 7 == 0 else 500 + attempt])
@@ -112,10 +123,17 @@ def test_killed_backfill_rerun_finishes_and_never_rewrites_a_row():
     legacy_logs(60)  # 48 rows to fill
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), "backfill_user_ids", "--batch-size", "4", "--pause", "0.3"],
-        cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        wait_for(lambda: ExecutionLog.objects.filter(user_id_str__isnull=False).count() >= 12, timeout=60,
-                 message="the first batches to commit")
+        wait_for(
+            lambda: ExecutionLog.objects.filter(user_id_str__isnull=False).count() >= 12,
+            timeout=60,
+            message="the first batches to commit",
+        )
     finally:
         proc.kill()
         proc.wait(10)
@@ -126,13 +144,17 @@ def test_killed_backfill_rerun_finishes_and_never_rewrites_a_row():
 
     rerun = subprocess.run(
         [sys.executable, str(ROOT / "manage.py"), "backfill_user_ids", "--batch-size", "7", "--json"],
-        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+        cwd=ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert rerun.returncode == 0, rerun.stderr
     summary = json.loads(rerun.stdout)
     assert (summary["updated"], summary["remaining"]) == (48 - len(written_before_kill), 0)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT id, xmin::text FROM task_execution_logs WHERE id = ANY(%s)",
-                       [list(written_before_kill)])
+        cursor.execute("SELECT id, xmin::text FROM task_execution_logs WHERE id = ANY(%s)", [list(written_before_kill)])
         assert dict(cursor.fetchall()) == written_before_kill  # not one of them was written again
     assert not ExecutionLog.objects.filter(user_id__isnull=False, user_id_str__isnull=True).exists()
 
@@ -144,8 +166,14 @@ def test_backfill_report_command_json_and_csv():
     data = json.loads(run_command("backfill_report", "--json"))
     [table] = data["tables"]
     assert {k: table[k] for k in ("table", "total", "filled", "missing", "mismatched", "without_user", "clean")} == {
-        "table": "task_execution_logs", "total": 5, "filled": 1, "missing": 3, "mismatched": 1,
-        "without_user": 1, "clean": False}
+        "table": "task_execution_logs",
+        "total": 5,
+        "filled": 1,
+        "missing": 3,
+        "mismatched": 1,
+        "without_user": 1,
+        "clean": False,
+    }
     assert table["sample_mismatched_ids"] == [ids[0]]
     assert table["sample_missing_ids"] == ids[1:4]
     rows = list(csv.reader(StringIO(run_command("backfill_report", "--csv"))))
@@ -156,8 +184,10 @@ def test_backfill_report_command_json_and_csv():
 
 @pytest.mark.django_db(transaction=True)
 def test_new_attempt_rows_carry_both_ids_or_only_the_string():
-    jobs = [store.NewJob(task_path="tests.tasks.noop", queue="backfill-test", args="[]", kwargs="{}",
-                         acting_user_id=user) for user in ("42", "3f2a-uuid-key", None)]
+    jobs = [
+        store.NewJob(task_path="tests.tasks.noop", queue="backfill-test", args="[]", kwargs="{}", acting_user_id=user)
+        for user in ("42", "3f2a-uuid-key", None)
+    ]
     store.insert_jobs(connection, jobs)
     store.claim_jobs(connection, worker_id="w-bf", queues=["backfill-test"], limit=10, lease_seconds=30)
     logs = {log.user_id_str: log.user_id for log in ExecutionLog.objects.filter(worker_id="w-bf")}

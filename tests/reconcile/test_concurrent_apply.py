@@ -1,6 +1,7 @@
 """Two `manage.py reconcile --apply --json` processes at once fix each inconsistency
 once between them: compare-and-set updates and insert-if-absent on unique indexes,
 never check-then-write."""
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,21 @@ COPIES = 15
 
 def start_reconcile() -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "reconcile", "--apply", "--json", "--no-progress",
-         "--batch-size", "4"],
-        cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(ROOT / "manage.py"),
+            "reconcile",
+            "--apply",
+            "--json",
+            "--no-progress",
+            "--batch-size",
+            "4",
+        ],
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -54,7 +67,10 @@ def test_two_concurrent_applies_fix_each_inconsistency_once():
     assert not Job.objects.filter(pk__in=recovered, state="running").exists()
     assert ExecutionLog.objects.filter(user_id__isnull=False, user_id_str__isnull=True).count() == 0
     # One audit row per job fix, never two.
-    job_audits = Counter(OperatorAction.objects.filter(target_type="job", action__startswith="reconcile.")
-                         .values_list("target_id", flat=True))
+    job_audits = Counter(
+        OperatorAction.objects.filter(target_type="job", action__startswith="reconcile.").values_list(
+            "target_id", flat=True
+        )
+    )
     assert set(job_audits.values()) == {1}
     assert len(job_audits) == 2 * COPIES + len(sc.expected["duplicate_slots"])

@@ -1,5 +1,6 @@
 """The console's reconcile and backfill pages and their JSON API: GET only reads,
 POST applies with permission, CSRF, tenant scope and audit."""
+
 from __future__ import annotations
 
 import csv
@@ -79,8 +80,7 @@ def test_post_applies_selected_categories_in_the_users_tenants_with_audit(world)
     client.get(PAGE)  # the form sets the CSRF cookie
     token = client.cookies["csrftoken"].value
     acme, globex = world["acme"], world["globex"]
-    response = client.post(PAGE, {"category": ["expired_leases", "user_id_str_mismatch"],
-                                  "csrfmiddlewaretoken": token})
+    response = client.post(PAGE, {"category": ["expired_leases", "user_id_str_mismatch"], "csrfmiddlewaretoken": token})
     assert response.status_code == 303
     assert Job.objects.get(pk=acme.expected["expired_leases"][0]).state == "queued"
     assert Job.objects.get(pk=globex.expected["expired_leases"][0]).state == "running"
@@ -89,7 +89,9 @@ def test_post_applies_selected_categories_in_the_users_tenants_with_audit(world)
     assert ExecutionLog.objects.get(pk=globex.expected["user_id_str_mismatch"][0]).user_id_str == "6"
     audits = OperatorAction.objects.filter(actor=world["operator"])
     assert sorted(audits.values_list("action", flat=True)) == [
-        "reconcile.expired_leases", "reconcile.user_id_str_mismatch"]
+        "reconcile.expired_leases",
+        "reconcile.user_id_str_mismatch",
+    ]
     assert "Applied" in client.get(PAGE).content.decode()
 
 
@@ -120,21 +122,30 @@ def test_api_report_and_apply(world):
     assert set(data) == {"gate", "leader", "workers", "findings"}
     assert set(data["gate"]) == {"ready", "pending", "conflicts", "unknown_applied", "error", "reason"}
     assert {w["worker_id"] for w in data["workers"]} >= {"w-live", "w-dead"}
-    assert all(set(w) == {"worker_id", "host", "pid", "state", "last_heartbeat_at", "heartbeat_age_seconds",
-                          "alive", "running_jobs"} for w in data["workers"])
+    assert all(
+        set(w)
+        == {"worker_id", "host", "pid", "state", "last_heartbeat_at", "heartbeat_age_seconds", "alive", "running_jobs"}
+        for w in data["workers"]
+    )
     assert [f["category"] for f in data["findings"]] == ["migration_gate", *reconcile.CATEGORIES]
-    assert all(set(f) == {"category", "count", "sample_ids", "action", "description", "fixable", "detail"}
-               for f in data["findings"])
+    assert all(
+        set(f) == {"category", "count", "sample_ids", "action", "description", "fixable", "detail"}
+        for f in data["findings"]
+    )
     by_category = {f["category"]: f for f in data["findings"]}
     assert by_category["expired_leases"]["sample_ids"] == world["acme"].expected["expired_leases"]
     assert client.get(f"{API}/apply").status_code == 405
-    assert client.post(f"{API}/apply", json.dumps({"categories": ["nope"]}),
-                       content_type="application/json").status_code == 400
-    response = client.post(f"{API}/apply", json.dumps({"categories": ["dead_worker_jobs"]}),
-                           content_type="application/json")
+    assert (
+        client.post(f"{API}/apply", json.dumps({"categories": ["nope"]}), content_type="application/json").status_code
+        == 400
+    )
+    response = client.post(
+        f"{API}/apply", json.dumps({"categories": ["dead_worker_jobs"]}), content_type="application/json"
+    )
     assert response.status_code == 200
-    assert response.json()["applied"] == [{"category": "dead_worker_jobs", "fixed": 1,
-                                           "ids": world["acme"].expected["dead_worker_jobs"], "note": ""}]
+    assert response.json()["applied"] == [
+        {"category": "dead_worker_jobs", "fixed": 1, "ids": world["acme"].expected["dead_worker_jobs"], "note": ""}
+    ]
     again = client.post(API, "{}", content_type="application/json").json()["applied"]
     assert {a["category"]: a["fixed"] for a in again}["dead_worker_jobs"] == 0
 

@@ -1,6 +1,7 @@
 """End to end with real runworker processes: a worker killed mid-job is found by
 reconcile as a dead worker's job, recovered once by --apply, and run to success by
 another worker."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,15 +21,22 @@ def test_job_of_a_killed_worker_is_recovered_once_by_reconcile_and_then_succeeds
     marker = Path(tmp_path)
     result = tasks.sleep_then_record.enqueue(str(marker), "ran", 30)
     # --no-leader: no maintenance service may recover the job; reconcile is the only path.
-    victim = worker_process("--no-leader", "--worker-id", "victim", "--lease-seconds", "120",
-                            "--backoff-base", "0.05", name="victim")
-    wait_for(lambda: Job.objects.filter(pk=result.id, state="running").exists(), timeout=60,
-             message="the victim to claim the job")
+    victim = worker_process(
+        "--no-leader", "--worker-id", "victim", "--lease-seconds", "120", "--backoff-base", "0.05", name="victim"
+    )
+    wait_for(
+        lambda: Job.objects.filter(pk=result.id, state="running").exists(),
+        timeout=60,
+        message="the victim to claim the job",
+    )
     victim.kill9()
 
     with override_settings(TASKENGINE={"WORKER_DEAD_AFTER_SECONDS": 1.0}):
-        report = wait_for(lambda: (r := reconcile.report()).finding("dead_worker_jobs").count and r,
-                          timeout=30, message="the dead worker's job to be reported")
+        report = wait_for(
+            lambda: (r := reconcile.report()).finding("dead_worker_jobs").count and r,
+            timeout=30,
+            message="the dead worker's job to be reported",
+        )
         assert report.finding("dead_worker_jobs").sample_ids == [int(result.id)]
         assert report.finding("expired_leases").count == 0  # the 120 s lease is still live
         victim_row = next(w for w in report.workers if w["worker_id"] == "victim")

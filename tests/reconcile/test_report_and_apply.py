@@ -1,5 +1,6 @@
 """reconcile finds exactly the inconsistencies built on purpose, --apply fixes exactly
 the fixable ones (with audit rows), and a second --apply changes nothing."""
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,9 @@ def test_report_finds_exactly_the_inconsistencies_built():
     assert result.gate["ready"] is True
     assert found(result) == expected_ids(sc)
     assert {f.category: f.count for f in result.findings} == {
-        "migration_gate": 0, **{name: len(ids) for name, ids in sc.expected.items()}}
+        "migration_gate": 0,
+        **{name: len(ids) for name, ids in sc.expected.items()},
+    }
     assert all(f.action for f in result.findings)
     assert result.finding("missed_slots").detail == {"schedules": {"gap": 1, "cron": 1}}
     workers = {w["worker_id"]: w for w in result.workers}
@@ -72,8 +75,14 @@ def test_apply_fixes_exactly_the_fixable_findings_and_a_second_apply_changes_not
     sc = scenario.build()
     first = reconcile.apply()
     assert applied(first) == {
-        "expired_leases": 1, "dead_worker_jobs": 1, "blocked_unique_keys": 0, "missed_slots": 2,
-        "duplicate_slots": 1, "user_id_str_mismatch": 1, "user_id_str_missing": 1}
+        "expired_leases": 1,
+        "dead_worker_jobs": 1,
+        "blocked_unique_keys": 0,
+        "missed_slots": 2,
+        "duplicate_slots": 1,
+        "user_id_str_mismatch": 1,
+        "user_id_str_missing": 1,
+    }
     expired, dead = (Job.objects.get(pk=sc.expected[c][0]) for c in ("expired_leases", "dead_worker_jobs"))
     assert (expired.state, expired.locked_by, dead.state) == ("queued", None, "queued")
     assert ExecutionLog.objects.get(job=expired, attempt=1).outcome == "lost"
@@ -121,8 +130,9 @@ def test_recovery_of_a_job_that_finished_meanwhile_changes_nothing():
     sc = scenario.build()
     job_id = sc.expected["expired_leases"][0]
     # The job finishes between the report's read and the fix's write.
-    Job.objects.filter(pk=job_id).update(state="succeeded", locked_by=None, lease_expires_at=None,
-                                         finished_at=scenario.db_now())
+    Job.objects.filter(pk=job_id).update(
+        state="succeeded", locked_by=None, lease_expires_at=None, finished_at=scenario.db_now()
+    )
     assert applied(reconcile.apply(categories=["expired_leases"])) == {"expired_leases": 0}
     assert Job.objects.get(pk=job_id).state == "succeeded"
 
@@ -149,8 +159,9 @@ def test_command_reports_the_leader_and_its_term():
 
     from taskengine.models import Leader
 
-    Leader.objects.create(name="maintenance", holder="host-1", term=7,
-                          expires_at=scenario.db_now() + timedelta(seconds=30))
+    Leader.objects.create(
+        name="maintenance", holder="host-1", term=7, expires_at=scenario.db_now() + timedelta(seconds=30)
+    )
     out = StringIO()
     call_command("reconcile", "--json", "--check", "--no-progress", stdout=out)  # clean: exit 0
     leader = json.loads(out.getvalue())["leader"]
@@ -181,11 +192,20 @@ def test_slots_the_real_scheduler_wrote_after_an_outage_reconcile_clean(policy):
     minute = now.replace(second=0, microsecond=0)
     Leader.objects.create(name=ELECTION, holder="reconcile-test", term=1, expires_at=now + timedelta(minutes=5))
     for interval, name in ((60, "minutely"), (300, "five")):
-        Schedule.objects.create(name=f"{name}-{policy}", task_path=scenario.TASK, interval_seconds=interval,
-                                misfire_policy=policy, catch_up_limit=3,
-                                last_slot_at=minute - timedelta(minutes=45))
+        Schedule.objects.create(
+            name=f"{name}-{policy}",
+            task_path=scenario.TASK,
+            interval_seconds=interval,
+            misfire_policy=policy,
+            catch_up_limit=3,
+            last_slot_at=minute - timedelta(minutes=45),
+        )
     Scheduler("default", definitions=[]).run_once(LeaderLease(ELECTION, "reconcile-test", 1))
     assert Job.objects.filter(schedule__isnull=False).exists()
     result = reconcile.report(categories=["missed_slots", "duplicate_slots", "overdue_schedules"])
     assert {f.category: f.count for f in result.findings} == {
-        "migration_gate": 0, "missed_slots": 0, "duplicate_slots": 0, "overdue_schedules": 0}
+        "migration_gate": 0,
+        "missed_slots": 0,
+        "duplicate_slots": 0,
+        "overdue_schedules": 0,
+    }

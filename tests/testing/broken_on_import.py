@@ -1,2 +1,3 @@
 """A task module that fails at import (a bad setting, a missing service)."""
+
 raise RuntimeError("this module fails at import")

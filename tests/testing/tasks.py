@@ -1,9 +1,11 @@
 """Tasks the tests of taskengine.testing drain."""
+
 from __future__ import annotations
 
 import time
 
 from django.contrib.auth.models import User
+
 from taskengine.compat import task
 
 
@@ -18,8 +20,11 @@ def succeed_on_third_attempt(context) -> dict:
     result = context.task_result
     if context.attempt < 3:
         raise RuntimeError(f"attempt {context.attempt} fails")
-    return {"attempt": context.attempt, "errors": [e.exception_class_path for e in result.errors],
-            "worker_ids": result.worker_ids}
+    return {
+        "attempt": context.attempt,
+        "errors": [e.exception_class_path for e in result.errors],
+        "worker_ids": result.worker_ids,
+    }
 
 
 @task(max_attempts=2, retry_backoff=0)

@@ -1,4 +1,5 @@
 """advance_clock / advance_clock_to / run_schedules: time moves for the engine without sleeping."""
+
 from __future__ import annotations
 
 from datetime import timedelta

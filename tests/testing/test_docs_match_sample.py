@@ -1,5 +1,6 @@
 """docs/testing.md's sample suite is the code CI runs: each block marked
 ``<!-- sample: <path> -->`` must be that file, character for character."""
+
 from __future__ import annotations
 
 import re

@@ -12,8 +12,9 @@ pytestmark = pytest.mark.django_db
 
 def test_signing_up_enqueues_one_welcome_email(taskengine_jobs):
     user = sign_up("ada", "ada@example.com")
-    taskengine_jobs.assert_enqueued(send_welcome_email, args=[user.pk], queue="default",
-                                    unique_key=f"welcome-{user.pk}", count=1)
+    taskengine_jobs.assert_enqueued(
+        send_welcome_email, args=[user.pk], queue="default", unique_key=f"welcome-{user.pk}", count=1
+    )
 
 
 def test_the_welcome_email_is_sent_when_the_job_runs(taskengine_jobs):
@@ -62,8 +63,9 @@ def test_a_delayed_job_waits_for_the_clock(taskengine_jobs, taskengine_clock):
 
 
 def test_the_nightly_schedule_enqueues_the_purge(taskengine_jobs, taskengine_clock):
-    Schedule.objects.create(name="nightly-purge", cron="0 3 * * *",
-                            task_path="tests.testing.sample_tasks.purge_inactive_users")
+    Schedule.objects.create(
+        name="nightly-purge", cron="0 3 * * *", task_path="tests.testing.sample_tasks.purge_inactive_users"
+    )
     taskengine_clock.advance(timedelta(days=1))
     assert list(taskengine_clock.run_schedules()) == ["nightly-purge"]
     taskengine_jobs.assert_enqueued(purge_inactive_users, count=1)

@@ -1,4 +1,5 @@
 """drain(): due jobs run inline through the engine's real claim and finish statements."""
+
 from __future__ import annotations
 
 import time
@@ -25,8 +26,7 @@ from . import tasks
 
 # Both ways a project's tests reach the database: inside the test's transaction
 # (pytest-django's default) and in autocommit (transaction=True).
-both_transaction_modes = pytest.mark.parametrize(
-    "db_mode", ["db", "transactional_db"], indirect=False)
+both_transaction_modes = pytest.mark.parametrize("db_mode", ["db", "transactional_db"], indirect=False)
 
 
 @pytest.fixture
@@ -73,9 +73,10 @@ def test_a_retry_is_not_run_before_it_is_due_unless_drain_advances_the_clock(dat
     assert (rest.ran, rest.retried, rest.succeeded) == (2, 1, 1)
     assert rest.clock_advanced >= 30 + 60  # backoff 30 s, then 60 s
     assert [(a.attempt, a.outcome, a.state) for a in rest.attempts] == [
-        (2, "retry", "queued"), (3, "succeeded", "succeeded")]
-    outcomes = list(ExecutionLog.objects.filter(job_id=result.id).order_by("attempt")
-                    .values_list("attempt", "outcome"))
+        (2, "retry", "queued"),
+        (3, "succeeded", "succeeded"),
+    ]
+    outcomes = list(ExecutionLog.objects.filter(job_id=result.id).order_by("attempt").values_list("attempt", "outcome"))
     assert outcomes == [(1, "retry"), (2, "retry"), (3, "succeeded")]
 
 
@@ -208,9 +209,14 @@ def test_an_attempt_that_breaks_the_tests_transaction_is_still_recorded():
 
 @pytest.mark.django_db
 def test_a_job_whose_task_does_not_import_fails_its_attempt():
-    [inserted] = store.insert_jobs(connection, [store.NewJob(
-        task_path="tests.testing.tasks.no_such_task", queue="default", args=[], kwargs={},
-        max_attempts=1)])
+    [inserted] = store.insert_jobs(
+        connection,
+        [
+            store.NewJob(
+                task_path="tests.testing.tasks.no_such_task", queue="default", args=[], kwargs={}, max_attempts=1
+            )
+        ],
+    )
     [attempt] = drain().attempts
     assert (attempt.job_id, attempt.outcome, attempt.state) == (inserted.id, "failed", "failed")
     assert "cannot import task" in attempt.error_message
@@ -232,6 +238,8 @@ def test_drain_claims_through_the_advisory_lock_path_when_configured(db):
     assert ExecutionLog.objects.get(job_id=result.id).worker_id == TEST_WORKER_ID
     # The claim's transaction-scoped lock on the job stays until the test's transaction ends.
     with connection.cursor() as cursor:
-        cursor.execute("SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
-                       " AND classid = %s", [store.ADVISORY_LOCK_NAMESPACE])
+        cursor.execute(
+            "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND classid = %s",
+            [store.ADVISORY_LOCK_NAMESPACE],
+        )
         assert [row[0] for row in cursor.fetchall()] == [int(result.id)]

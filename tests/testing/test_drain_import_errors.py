@@ -1,5 +1,6 @@
 """drain() treats a task whose module fails to import as a worker does: that attempt
 fails with the error recorded; nothing escapes and nothing is left running."""
+
 from __future__ import annotations
 
 import pytest

@@ -2,6 +2,7 @@
 Django 6.0 and 6.1, the django-tasks backport on Django 5.2), one test per assumption:
 a Django release that breaks one fails here, by name. bin/test-matrix runs this file on
 every supported Django."""
+
 from __future__ import annotations
 
 import gc
@@ -57,19 +58,31 @@ def observer(**kwargs) -> None:
 
 
 def result_of(task_: Task, status=TaskResultStatus.READY) -> TaskResult:
-    return TaskResult(task=task_, id="7", status=status, enqueued_at=NOW, started_at=None,
-                      finished_at=None, last_attempted_at=None, args=[1, 2], kwargs={"b": 3},
-                      backend="default", errors=[], worker_ids=[])
+    return TaskResult(
+        task=task_,
+        id="7",
+        status=status,
+        enqueued_at=NOW,
+        started_at=None,
+        finished_at=None,
+        last_attempted_at=None,
+        args=[1, 2],
+        kwargs={"b": 3},
+        backend="default",
+        errors=[],
+        worker_ids=[],
+    )
 
 
 # --- which framework -----------------------------------------------------------------
 
+
 def test_the_framework_is_django_tasks_from_django_6_0_and_the_backport_before():
     expected = "django.tasks" if django.VERSION >= (6, 0) else "django_tasks"
-    assert TASKS_MODULE == expected
+    assert expected == TASKS_MODULE
     assert Task.__module__ == f"{expected}.base"
     assert compat.BaseTaskBackend.__module__ == f"{expected}.backends.base"
-    assert TASKS_LOGGER == expected  # the logger of the framework's own receivers
+    assert expected == TASKS_LOGGER  # the logger of the framework's own receivers
 
 
 def test_task_result_status_has_exactly_the_statuses_job_states_map_to():
@@ -87,11 +100,17 @@ def test_invalid_task_is_what_the_framework_raises_for_a_bad_task():
 
 # --- @task ---------------------------------------------------------------------------
 
+
 def test_task_decorator_passes_engine_options_to_the_backends_task_class():
     made = task(priority=3, queue_name="demo", max_attempts=4, timeout=2.5, on_lease_expired="fail")(sample)
     assert type(made) is EngineTask
     assert (made.priority, made.queue_name, made.max_attempts, made.timeout, made.on_lease_expired) == (
-        3, "demo", 4, 2.5, "fail")
+        3,
+        "demo",
+        4,
+        2.5,
+        "fail",
+    )
     assert made.call(1, 2) == 3
 
 
@@ -109,6 +128,7 @@ def test_the_frameworks_own_decorator_is_used_where_it_passes_options_through():
 
 # --- TaskResult ----------------------------------------------------------------------
 
+
 def test_task_result_has_exactly_the_fields_ready_task_result_sets():
     assert {f.name for f in fields(TaskResult)} == TASK_RESULT_FIELDS
 
@@ -122,10 +142,20 @@ def test_ready_task_result_equals_a_task_result_built_by_the_framework():
 
 def test_the_framework_normalises_arguments_as_normalize_json_does():
     """What ready_task_result skips (backend._json_ready does the same work once)."""
-    built = TaskResult(task=tasks.add, id="7", status=TaskResultStatus.READY, enqueued_at=NOW,
-                       started_at=None, finished_at=None, last_attempted_at=None,
-                       args=[(1, b"x")], kwargs={"k": (2,)}, backend="default", errors=[],
-                       worker_ids=[])
+    built = TaskResult(
+        task=tasks.add,
+        id="7",
+        status=TaskResultStatus.READY,
+        enqueued_at=NOW,
+        started_at=None,
+        finished_at=None,
+        last_attempted_at=None,
+        args=[(1, b"x")],
+        kwargs={"k": (2,)},
+        backend="default",
+        errors=[],
+        worker_ids=[],
+    )
     assert built.args == normalize_json([(1, b"x")]) == [[1, "x"]]
     assert built.kwargs == normalize_json({"k": (2,)}) == {"k": [2]}
 
@@ -145,12 +175,12 @@ def test_set_task_result_fields_refuses_a_field_task_result_does_not_have():
 
 # --- Task ----------------------------------------------------------------------------
 
+
 def test_a_task_is_a_frozen_slotted_dataclass_whose_fields_are_its_whole_state():
     assert not hasattr(tasks.add, "__dict__")
     with pytest.raises(AttributeError):
-        tasks.add.priority = 5  # type: ignore[misc]
-    assert {"func", "priority", "backend", "queue_name", "run_after", "takes_context"} <= {
-        f.name for f in fields(Task)}
+        tasks.add.priority = 5  # type: ignore[misc] - the assignment a frozen dataclass refuses
+    assert {"func", "priority", "backend", "queue_name", "run_after", "takes_context"} <= {f.name for f in fields(Task)}
 
 
 def test_clone_task_equals_replace_where_the_framework_allows_the_values():
@@ -165,14 +195,14 @@ def test_clone_task_keeps_a_queue_the_backend_no_longer_allows():
 
 
 def test_clone_task_of_a_class_takes_field_defaults_and_names_a_missing_field():
-    clone = clone_task(EngineTask, func=sample, priority=0, backend="default", queue_name="gone",
-                       run_after=None)
+    clone = clone_task(EngineTask, func=sample, priority=0, backend="default", queue_name="gone", run_after=None)
     assert (clone.takes_context, clone.max_attempts, clone.on_lease_expired) == (False, None, "retry")
     with pytest.raises(TypeError, match="'func'"):
         clone_task(EngineTask, priority=0, backend="default", queue_name="gone", run_after=None)
 
 
 # --- signals -------------------------------------------------------------------------
+
 
 def test_signal_receivers_are_keyed_by_receiver_and_sender_ids():
     signal = Signal()
@@ -245,13 +275,16 @@ def test_the_frameworks_log_lines_are_the_format_taskengine_events_copies(framew
         log_task_finished(sender=DatabaseBackend, task_result=failed)
     lines = [(r.levelno, r.msg, r.args) for r in framework_log_records]
     path = running.task.module_path
-    assert lines == [(logging.INFO, DJANGO_TASK_LINE, ("7", path, TaskResultStatus.RUNNING)),
-                     (logging.INFO, DJANGO_TASK_LINE, ("7", path, TaskResultStatus.SUCCESSFUL)),
-                     (logging.ERROR, DJANGO_TASK_LINE, ("7", path, TaskResultStatus.FAILED))]
+    assert lines == [
+        (logging.INFO, DJANGO_TASK_LINE, ("7", path, TaskResultStatus.RUNNING)),
+        (logging.INFO, DJANGO_TASK_LINE, ("7", path, TaskResultStatus.SUCCESSFUL)),
+        (logging.ERROR, DJANGO_TASK_LINE, ("7", path, TaskResultStatus.FAILED)),
+    ]
     assert framework_log_records[2].exc_info[0] is ValueError
 
 
 # --- the garbage collector -----------------------------------------------------------
+
 
 def test_cyclic_gc_paused_pauses_and_resumes_even_after_an_error():
     assert gc.isenabled()

@@ -1,5 +1,6 @@
 """``manage.py check --deploy``: the settings a deployment of the engine gets wrong, each
 reported with its id and a hint (taskengine/checks.py, listed in docs/gate.md)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -10,8 +11,7 @@ from tests.conftest import ROOT
 
 BACKEND = "taskengine.backend.DatabaseBackend"
 SQLITE = {"ENGINE": "django.db.backends.sqlite3", "NAME": "db.sqlite3"}
-POSTGRES = {"ENGINE": "django.db.backends.postgresql", "NAME": "app", "HOST": "db", "PORT": 5432,
-            "CONN_MAX_AGE": 0}
+POSTGRES = {"ENGINE": "django.db.backends.postgresql", "NAME": "app", "HOST": "db", "PORT": 5432, "CONN_MAX_AGE": 0}
 TASKS = {"default": {"BACKEND": BACKEND, "QUEUES": ["default"]}}
 
 
@@ -71,8 +71,9 @@ def test_an_engine_database_missing_from_databases_is_error_E004():
 
 
 def test_backends_other_than_taskengine_are_left_alone():
-    tasks = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend",
-                         "OPTIONS": {"database": "elsewhere"}}}
+    tasks = {
+        "default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend", "OPTIONS": {"database": "elsewhere"}}
+    }
     assert messages({"default": POSTGRES}, tasks) == []
 
 
@@ -104,10 +105,20 @@ def test_conn_max_age_django_cannot_use_is_error_E005():
 
 
 def run_check(*args: str, database_url: str) -> subprocess.CompletedProcess:
-    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": database_url, "DJANGO_SETTINGS_MODULE": "project.settings",
-           "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "manage.py"), "check", "--tag", "taskengine", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DATABASE_URL": database_url,
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "PYTHONPATH": str(ROOT),
+    }
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "check", "--tag", "taskengine", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_the_deployment_checks_run_with_check_deploy_only():

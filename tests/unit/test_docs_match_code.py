@@ -1,4 +1,5 @@
 """Docs are part of the change: every setting and command is documented."""
+
 from pathlib import Path
 
 from taskengine.conf import DEFAULTS

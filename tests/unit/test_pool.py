@@ -1,6 +1,7 @@
 """The worker's job threads: every item runs once, its result or exception reaches
 ``done`` on the thread that ran it, the pool never grows past its size, and no item
 waits for a thread while the caller keeps within ``size`` items in flight."""
+
 from __future__ import annotations
 
 import threading

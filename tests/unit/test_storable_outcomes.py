@@ -1,5 +1,6 @@
 """What an attempt's outcome may hold: return values PostgreSQL's jsonb would refuse
 fail the attempt; error text is escaped until any database can store it."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,10 @@ from taskengine.execution import _storable, return_value_json
 LONE = b"\xff".decode("utf-8", "surrogateescape")  # '\udcff'
 
 
-@pytest.mark.parametrize("value", [f"name-{LONE}", "\ud83d", "\ude00\ud83d", f"{LONE}\ud83d", "a\x00b",
-                                   {"key": [f"x{LONE}"]}, {f"k{LONE}": 1}])
+@pytest.mark.parametrize(
+    "value",
+    [f"name-{LONE}", "\ud83d", "\ude00\ud83d", f"{LONE}\ud83d", "a\x00b", {"key": [f"x{LONE}"]}, {f"k{LONE}": 1}],
+)
 def test_return_values_jsonb_refuses_are_rejected(value):
     with pytest.raises(ValueError):
         return_value_json(value)
@@ -24,12 +27,12 @@ def test_two_surrogate_code_points_that_look_like_a_pair_are_rejected_not_stored
         return_value_json("\ud83d\ude00")
 
 
-@pytest.mark.parametrize("value", ["plain", "é", "\U0001F600", "\\udcff", "\\u0000", {"k": ["\U0001F600", 1]}])
+@pytest.mark.parametrize("value", ["plain", "é", "\U0001f600", "\\udcff", "\\u0000", {"k": ["\U0001f600", 1]}])
 def test_valid_text_and_escaped_backslashes_are_accepted(value):
     assert json.loads(return_value_json(value)) == value
 
 
 def test_error_text_with_nul_and_lone_surrogates_is_escaped_and_encodable():
-    text = _storable(f"bad\x00 {LONE} é \U0001F600")
-    assert text == "bad\\x00 \\udcff é \U0001F600"
+    text = _storable(f"bad\x00 {LONE} é \U0001f600")
+    assert text == "bad\\x00 \\udcff é \U0001f600"
     text.encode("utf-8")

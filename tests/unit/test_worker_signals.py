@@ -1,5 +1,6 @@
 """A stop signal's handler runs on the main thread at whatever bytecode it interrupted —
 possibly inside ``threading.Event.wait``, with the event's (non-reentrant) lock held."""
+
 from __future__ import annotations
 
 import signal

@@ -1,6 +1,7 @@
 """Enqueue a handful of demo jobs that show the engine's behaviour: successes, a job
 that succeeds on its third attempt, one that fails for good, an async job, a timeout,
 a delayed job and a bulk batch."""
+
 from datetime import timedelta
 
 from django.core.management.base import BaseCommand

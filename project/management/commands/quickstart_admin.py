@@ -1,5 +1,6 @@
 """Create the quick start's local superuser (admin / admin) if no superuser exists.
 Refuses to run with DEBUG off: this is for a laptop, never for production."""
+
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError

@@ -2,6 +2,7 @@
 missing, mismatched (user_id_str != user_id::text), rows without a user, and samples
 of the offending ids. Read-only. Exits 0 whatever it finds (use ``reconcile --check``
 to fail a job on inconsistencies)."""
+
 from __future__ import annotations
 
 import csv
@@ -38,7 +39,8 @@ class Command(BaseCommand):
                 self.stdout.write(
                     f"{r.table}: total={r.total} filled={r.filled} missing={r.missing} "
                     f"mismatched={r.mismatched} without_user={r.without_user} "
-                    f"{'clean' if r.clean else 'NOT CLEAN'}")
+                    f"{'clean' if r.clean else 'NOT CLEAN'}"
+                )
                 if r.sample_missing_ids:
                     self.stdout.write(f"  missing ids (sample): {' '.join(map(str, r.sample_missing_ids))}")
                 if r.sample_mismatched_ids:

@@ -1,5 +1,6 @@
 """manage.py benchmark — measure taskengine on the configured database. See
 docs/performance.md for the method and figures."""
+
 from __future__ import annotations
 
 import json
@@ -21,11 +22,18 @@ class Command(BaseCommand):
         parser.add_argument("--single", type=int, default=3_000, help="Jobs enqueued one at a time.")
         parser.add_argument("--latency-samples", type=int, default=200)
         parser.add_argument("--raw-seconds", type=int, default=15, help="Duration of the raw pgbench limit.")
-        parser.add_argument("--raw-script", type=Path, default=None,
-                            help="pgbench script for the raw limit (default: taskengine/bench/raw_claim.pgbench.sql, "
-                                 "shipped with the package).")
-        parser.add_argument("--claim-scaling", action="store_true",
-                            help="Also time one claim at 10k, 100k and 1M queued rows (Postgres).")
+        parser.add_argument(
+            "--raw-script",
+            type=Path,
+            default=None,
+            help="pgbench script for the raw limit (default: taskengine/bench/raw_claim.pgbench.sql, "
+            "shipped with the package).",
+        )
+        parser.add_argument(
+            "--claim-scaling",
+            action="store_true",
+            help="Also time one claim at 10k, 100k and 1M queued rows (Postgres).",
+        )
         parser.add_argument("--skip", default="", help="Comma list of phases to skip: single,bulk,drain,latency,raw.")
         parser.add_argument("--queue", default="benchmark")
         parser.add_argument("--database", default=None)
@@ -40,8 +48,11 @@ class Command(BaseCommand):
         if bench.connection.vendor != "postgresql":
             self._note("note: not PostgreSQL — no LISTEN/NOTIFY and no raw limit; figures are for SQLite")
         figures: dict[str, float | int | str | None] = {
-            "database": bench.connection.vendor, "jobs": o["jobs"], "workers": o["workers"],
-            "concurrency": o["concurrency"]}
+            "database": bench.connection.vendor,
+            "jobs": o["jobs"],
+            "workers": o["workers"],
+            "concurrency": o["concurrency"],
+        }
         bench.clear()
         try:
             if "single" not in skip:

@@ -6,6 +6,7 @@ For container entrypoints that must not start half-way against an old schema::
 
 Reads only ``django_migrations`` (through the gate); runs no system checks so it stays fast.
 """
+
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
@@ -20,8 +21,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--database", default=None, help="Database alias (default: TASKENGINE DATABASE).")
-        parser.add_argument("--wait", type=float, default=0.0,
-                            help="Wait up to this many seconds for the gate to open (default: 0, check once).")
+        parser.add_argument(
+            "--wait",
+            type=float,
+            default=0.0,
+            help="Wait up to this many seconds for the gate to open (default: 0, check once).",
+        )
 
     def handle(self, *args, **options) -> None:
         alias = options["database"] or engine_settings.DATABASE

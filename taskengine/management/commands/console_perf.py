@@ -11,6 +11,7 @@ dropped at the end (``--keep`` keeps it). The configured database is never writt
 The timing runs in a child process pointed at the scratch database (``--measure``), so
 the parent never opens a connection to it while it is created or dropped.
 """
+
 from __future__ import annotations
 
 import os
@@ -69,18 +70,30 @@ class Command(BaseCommand):
             return self.measure(rows, runs)
         db = settings.DATABASES["default"]
         scratch = f"{db['NAME']}_console_perf"
-        admin_params = dict(host=db.get("HOST") or "127.0.0.1", port=db.get("PORT") or 5432,
-                            user=db.get("USER") or "postgres", password=db.get("PASSWORD") or None,
-                            dbname="postgres", autocommit=True)
+        admin_params = dict(
+            host=db.get("HOST") or "127.0.0.1",
+            port=db.get("PORT") or 5432,
+            user=db.get("USER") or "postgres",
+            password=db.get("PASSWORD") or None,
+            dbname="postgres",
+            autocommit=True,
+        )
         with psycopg.connect(**admin_params) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{scratch}"')
             conn.execute(f'CREATE DATABASE "{scratch}"')
         try:
-            env = {**os.environ, "DATABASE_URL": self._url(admin_params, scratch), "DEBUG": "false",
-                   "TASKENGINE_LOG_LEVEL": "WARNING"}
+            env = {
+                **os.environ,
+                "DATABASE_URL": self._url(admin_params, scratch),
+                "DEBUG": "false",
+                "TASKENGINE_LOG_LEVEL": "WARNING",
+            }
             manage = Path(settings.BASE_DIR) / "manage.py"
-            subprocess.run([sys.executable, str(manage), "console_perf", "--measure", "--rows", str(rows),
-                            "--runs", str(runs)], env=env, check=True)
+            subprocess.run(
+                [sys.executable, str(manage), "console_perf", "--measure", "--rows", str(rows), "--runs", str(runs)],
+                env=env,
+                check=True,
+            )
         finally:
             if not keep:
                 with psycopg.connect(**admin_params) as conn:

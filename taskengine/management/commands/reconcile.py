@@ -6,6 +6,7 @@ printed is the one read *before* applying, plus what this run changed under
 ``applied``. ``--check`` exits 1 when the report found anything (for cron and CI);
 ``--apply`` with the migration gate closed exits 2. Progress goes to stderr.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,12 @@ class Command(BaseCommand):
         parser.add_argument("--apply", action="store_true", help="Make the fixes each finding names.")
         parser.add_argument("--json", action="store_true", help="Print a machine-readable report.")
         parser.add_argument("--check", action="store_true", help="Exit 1 when anything is found.")
-        parser.add_argument("--category", action="append", choices=reconcile.CATEGORIES,
-                            help="Only this category (repeatable). Default: all.")
+        parser.add_argument(
+            "--category",
+            action="append",
+            choices=reconcile.CATEGORIES,
+            help="Only this category (repeatable). Default: all.",
+        )
         parser.add_argument("--batch-size", type=int, default=500, help="Rows per fix transaction.")
         parser.add_argument("--database", default="default")
         parser.add_argument("--no-progress", action="store_true", help="No progress output on stderr.")
@@ -38,8 +43,9 @@ class Command(BaseCommand):
         exit_code = 1 if options["check"] and result.found else 0
         if options["apply"]:
             try:
-                result.applied = reconcile.apply(database, categories=categories, progress=progress.message,
-                                                 batch_size=options["batch_size"])
+                result.applied = reconcile.apply(
+                    database, categories=categories, progress=progress.message, batch_size=options["batch_size"]
+                )
             except reconcile.GateClosed as exc:
                 self.stderr.write(f"reconcile: not applying, migration gate closed: {exc}")
                 exit_code = 2
@@ -54,15 +60,20 @@ class Command(BaseCommand):
         gate = result.gate
         self.stdout.write(f"migration gate: {'open' if gate['ready'] else 'CLOSED - ' + gate.get('reason', '')}")
         leader = result.leader
-        self.stdout.write("leader: none" if leader is None else
-                          f"leader: {leader['holder']} term {leader['term']} until {leader['expires_at']}"
-                          + (" (EXPIRED)" if leader["expired"] else ""))
+        self.stdout.write(
+            "leader: none"
+            if leader is None
+            else f"leader: {leader['holder']} term {leader['term']} until {leader['expires_at']}"
+            + (" (EXPIRED)" if leader["expired"] else "")
+        )
         alive = sum(1 for w in result.workers if w["alive"])
         self.stdout.write(f"workers: {alive} alive, {len(result.workers) - alive} not alive (not stopped)")
         for f in result.findings:
             mark = "ok " if f.count == 0 else "!! "
-            self.stdout.write(f"{mark}{f.category}: {f.count}"
-                              + (f"  sample: {' '.join(map(str, f.sample_ids))}" if f.sample_ids else ""))
+            self.stdout.write(
+                f"{mark}{f.category}: {f.count}"
+                + (f"  sample: {' '.join(map(str, f.sample_ids))}" if f.sample_ids else "")
+            )
             if f.count:
                 self.stdout.write(f"     --apply: {f.action}")
         for a in result.applied or []:

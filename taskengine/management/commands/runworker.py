@@ -1,4 +1,5 @@
 """manage.py runworker — run jobs. Thin: parses options and hands over to worker.Worker."""
+
 from __future__ import annotations
 
 import logging
@@ -65,28 +66,56 @@ class Command(BaseCommand):
     help = "Run a taskengine worker: claim due jobs from the given queues and run them."
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--queues", type=queue_list, default=["default"],
-                            help="Comma-separated queues to work ('*' = every queue in TASKS QUEUES). Default: default.")
+        parser.add_argument(
+            "--queues",
+            type=queue_list,
+            default=["default"],
+            help="Comma-separated queues to work ('*' = every queue in TASKS QUEUES). Default: default.",
+        )
         parser.add_argument("--concurrency", type=int, default=8, help="Execution slots (threads). Default: 8.")
-        parser.add_argument("--lease-seconds", type=float, default=None,
-                            help=f"Lease per claimed job. Default: {engine_settings.LEASE_SECONDS}.")
-        parser.add_argument("--backoff-base", type=float, default=None,
-                            help="First idle poll interval in seconds; doubles while idle.")
+        parser.add_argument(
+            "--lease-seconds",
+            type=float,
+            default=None,
+            help=f"Lease per claimed job. Default: {engine_settings.LEASE_SECONDS}.",
+        )
+        parser.add_argument(
+            "--backoff-base", type=float, default=None, help="First idle poll interval in seconds; doubles while idle."
+        )
         parser.add_argument("--max-backoff", type=float, default=None, help="Longest idle poll interval in seconds.")
         parser.add_argument("--burst", action="store_true", help="Drain what is due, then exit 0.")
         parser.add_argument("--worker-id", default=None, help="Stable id for this worker (default: host-pid-random).")
-        parser.add_argument("--shutdown-grace", type=float, default=None,
-                            help="Seconds running jobs get to finish after SIGTERM before they are released.")
-        parser.add_argument("--max-stuck-threads", type=int, default=None,
-                            help="Handlers still running past their interrupt this worker tolerates; past "
-                                 "this many it drains and exits 3 (default: TASKENGINE MAX_STUCK_THREADS, "
-                                 "or half the concurrency, rounded down, when that is None).")
-        parser.add_argument("--gate-timeout", type=float, default=None,
-                            help="Exit non-zero if migrations are still pending after this many seconds.")
-        parser.add_argument("--no-leader", action="store_true",
-                            help="Never stand for leader (no recovery, schedules or pruning on this worker).")
-        parser.add_argument("--metrics-port", type=int, default=None,
-                            help="Serve this worker's Prometheus metrics on 127.0.0.1:PORT/metrics.")
+        parser.add_argument(
+            "--shutdown-grace",
+            type=float,
+            default=None,
+            help="Seconds running jobs get to finish after SIGTERM before they are released.",
+        )
+        parser.add_argument(
+            "--max-stuck-threads",
+            type=int,
+            default=None,
+            help="Handlers still running past their interrupt this worker tolerates; past "
+            "this many it drains and exits 3 (default: TASKENGINE MAX_STUCK_THREADS, "
+            "or half the concurrency, rounded down, when that is None).",
+        )
+        parser.add_argument(
+            "--gate-timeout",
+            type=float,
+            default=None,
+            help="Exit non-zero if migrations are still pending after this many seconds.",
+        )
+        parser.add_argument(
+            "--no-leader",
+            action="store_true",
+            help="Never stand for leader (no recovery, schedules or pruning on this worker).",
+        )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=None,
+            help="Serve this worker's Prometheus metrics on 127.0.0.1:PORT/metrics.",
+        )
         parser.add_argument("--metrics-host", default="127.0.0.1", help="Address for --metrics-port.")
         parser.add_argument("--database", default=None, help="Database alias (default: TASKENGINE DATABASE).")
 
@@ -115,9 +144,15 @@ class Command(BaseCommand):
             )
         metrics.WORKER_GATE_OPEN.set(1)
         worker = Worker(
-            queues=queues, concurrency=options["concurrency"], lease_seconds=options["lease_seconds"],
-            backoff_base=options["backoff_base"], max_backoff=options["max_backoff"], burst=options["burst"],
-            worker_id=options["worker_id"], database=database, shutdown_grace=options["shutdown_grace"],
+            queues=queues,
+            concurrency=options["concurrency"],
+            lease_seconds=options["lease_seconds"],
+            backoff_base=options["backoff_base"],
+            max_backoff=options["max_backoff"],
+            burst=options["burst"],
+            worker_id=options["worker_id"],
+            database=database,
+            shutdown_grace=options["shutdown_grace"],
             max_stuck_threads=options["max_stuck_threads"],
         )
         if not options["no_leader"]:
@@ -139,5 +174,6 @@ class Command(BaseCommand):
             sys.exit(code)
 
     def exit_before_starting(self) -> None:
-        logger.info("received a stop signal during start-up: exiting before starting "
-                    "(nothing registered, nothing claimed)")
+        logger.info(
+            "received a stop signal during start-up: exiting before starting (nothing registered, nothing claimed)"
+        )

@@ -1,4 +1,5 @@
 """Fake migrations for the ``project`` app: two leaves after 0001 (a conflict). Tests only."""
+
 from django.db import migrations
 
 
