@@ -430,9 +430,10 @@ class EngineMachine(RuleBasedStateMachine):
 
     @rule(slot=st.integers(0, WORKER_SLOTS - 1), results=st.lists(HANDLER_RESULTS, min_size=1, max_size=3))
     def finish_held(self, slot: int, results: list[HandlerResult]) -> None:
-        """A worker writes the outcomes of what it holds, in one batch as it does."""
+        """A worker writes the outcomes of what it holds, in one batch as it does: as many
+        of the drawn results as it holds jobs (zip stops at the shorter on purpose)."""
         worker_id = self._worker(slot)
-        self._finish(worker_id, list(zip(self._held(worker_id), results, strict=True)))
+        self._finish(worker_id, list(zip(self._held(worker_id), results, strict=False)))
 
     def _finish(self, worker_id: str, pairs: list[tuple[Token, HandlerResult]]) -> None:
         outcomes = {t: r.outcome(t.claimed) for t, r in pairs}
