@@ -50,8 +50,8 @@ ON CONFLICT (unique_key) WHERE state IN ('queued', 'running') AND unique_key IS 
 RETURNING id, unique_key, enqueued_at;
 
 
--- name: insert_one_job
--- The shared head of insert_job and insert_job_unique (included there, not run on its own).
+-- name: insert_one_job (fragment)
+-- The shared head of insert_job and insert_job_unique.
 INSERT INTO taskengine_job (
     task_path, backend, queue, priority, args, kwargs, state, run_after, enqueued_at,
     attempts, max_attempts, timeout_seconds, retry_backoff_seconds, on_lease_expired,
@@ -137,9 +137,9 @@ WITH candidates AS (
 -- @include claim_and_log_attempts
 
 
--- name: claim_and_log_attempts
--- The shared tail of claim_jobs and claim_jobs_advisory (included there, not run on its
--- own): lease the candidates, start their attempts, write the attempt rows.
+-- name: claim_and_log_attempts (fragment)
+-- The shared tail of claim_jobs and claim_jobs_advisory: lease the candidates, start
+-- their attempts, write the attempt rows.
 -- The statement is prepared, and PostgreSQL may keep a generic plan made without the
 -- LIMIT, so the leased rows are reached by primary key whatever the statistics say:
 -- - named by an id array, not joined to the candidates (a join sized by a guessed

@@ -2,7 +2,7 @@
 
 ``manage.py console_perf`` creates a scratch database next to the configured one
 (``<name>_console_perf``), migrates it, fills it with ``--rows`` jobs in one
-``INSERT … SELECT generate_series`` (sql/console.postgresql.sql), ANALYZEs it, then
+``INSERT … SELECT generate_series`` (taskengine/bench/console_perf.sql), ANALYZEs it, then
 renders every console page, API endpoint and admin list in-process with Django's test
 client — as a superuser and as a staff user scoped to two of 50 tenants — and prints a
 Markdown table of median / max milliseconds and query counts. The scratch database is
@@ -105,13 +105,14 @@ class Command(BaseCommand):
         return f"postgres://{params['user']}{password}@{params['host']}:{params['port']}/{name}"
 
     def measure(self, rows: int, runs: int) -> None:
-        from taskengine.queries import sql
+        from taskengine.queries import package_statements
 
+        fill = package_statements("taskengine.bench", "console_perf.sql")
         call_command("migrate", verbosity=0)
         started = time.perf_counter()
         with connection.cursor() as cursor:
-            cursor.execute(sql(connection, "console_perf_fill_jobs"), {"rows": rows})
-            cursor.execute(sql(connection, "console_perf_fill_attempts"), {})
+            cursor.execute(fill["console_perf_fill_jobs"], {"rows": rows})
+            cursor.execute(fill["console_perf_fill_attempts"], {})
             cursor.execute("VACUUM ANALYZE")  # the state autovacuum keeps a live table in
         self.stderr.write(f"built {rows:,} jobs in {time.perf_counter() - started:.1f}s")
         ids = self._ids()

@@ -1,0 +1,274 @@
+"""The SQL loader (taskengine/queries.py) on SQL files written for each test: includes
+expand recursively or fail loudly, fragments are never handed out as statements, and a
+file the loader cannot read unambiguously is refused with the file, block and line."""
+
+from __future__ import annotations
+
+import textwrap
+from types import SimpleNamespace
+
+import pytest
+
+from taskengine import queries
+
+
+@pytest.fixture
+def sql_dir(tmp_path, monkeypatch):
+    """An empty SQL directory the loader reads instead of taskengine/sql/."""
+    monkeypatch.setattr(queries, "SQL_DIR", tmp_path)
+    queries.load.cache_clear()
+    yield tmp_path
+    queries.load.cache_clear()
+
+
+def write(directory, filename: str, text: str) -> None:
+    (directory / filename).write_text(textwrap.dedent(text).lstrip())
+
+
+def connection(vendor: str = "sqlite"):
+    return SimpleNamespace(vendor=vendor)
+
+
+def test_a_plain_block_is_its_text_without_the_trailing_semicolon(sql_dir):
+    write(
+        sql_dir,
+        "things.sqlite.sql",
+        """
+        -- A file comment before the first block belongs to no block.
+
+        -- name: count_things
+        -- How many.
+        SELECT count(*) FROM thing;
+        """,
+    )
+    assert queries.sql(connection(), "count_things") == "-- How many.\nSELECT count(*) FROM thing"
+
+
+def test_nested_includes_expand_fully(sql_dir):
+    write(
+        sql_dir,
+        "things.sqlite.sql",
+        """
+        -- name: select_things
+        SELECT thing.id
+        -- @include thing_source
+
+
+        -- name: thing_source (fragment)
+        FROM thing
+        -- @include thing_filter
+
+
+        -- name: thing_filter (fragment)
+        WHERE thing.live
+        -- @include thing_order
+
+
+        -- name: thing_order (fragment)
+        ORDER BY thing.id;
+        """,
+    )
+    assert queries.sql(connection(), "select_things") == (
+        "SELECT thing.id\nFROM thing\nWHERE thing.live\nORDER BY thing.id"
+    )
+
+
+def test_an_include_resolves_across_the_files_of_one_vendor_only(sql_dir):
+    write(sql_dir, "a.sqlite.sql", "-- name: select_things\nSELECT 1\n-- @include shared_tail\n")
+    write(sql_dir, "b.sqlite.sql", "-- name: shared_tail (fragment)\nFROM thing\n")
+    write(sql_dir, "a.postgresql.sql", "-- name: select_things\nSELECT 1\n-- @include shared_tail\n")
+    assert queries.sql(connection("sqlite"), "select_things") == "SELECT 1\nFROM thing"
+    with pytest.raises(ValueError, match=r"a\.postgresql\.sql.*select_things.*shared_tail"):
+        queries.sql(connection("postgresql"), "select_things")
+
+
+def test_an_indented_include_keeps_its_indentation_in_the_expanded_text(sql_dir):
+    write(
+        sql_dir,
+        "things.sqlite.sql",
+        """
+        -- name: select_things
+        SELECT *
+          FROM (
+            -- @include live_things
+          ) AS t
+
+
+        -- name: live_things (fragment)
+        SELECT id FROM thing
+         WHERE live
+        """,
+    )
+    assert queries.sql(connection(), "select_things") == (
+        "SELECT *\n  FROM (\n    SELECT id FROM thing\n     WHERE live\n  ) AS t"
+    )
+
+
+def test_an_unknown_include_names_the_file_the_block_and_the_include(sql_dir):
+    write(sql_dir, "things.sqlite.sql", "-- name: select_things\nSELECT 1\n-- @include no_such_fragment\n")
+    with pytest.raises(ValueError, match=r"things\.sqlite\.sql.*select_things.*no_such_fragment"):
+        queries.load("sqlite")
+
+
+def test_an_unknown_include_inside_a_fragment_names_the_fragment(sql_dir):
+    write(
+        sql_dir,
+        "things.sqlite.sql",
+        """
+        -- name: select_things
+        SELECT 1
+        -- @include outer_part
+
+
+        -- name: outer_part (fragment)
+        FROM thing
+        -- @include missing_part
+        """,
+    )
+    with pytest.raises(ValueError, match=r"things\.sqlite\.sql.*outer_part.*missing_part"):
+        queries.load("sqlite")
+
+
+def test_an_include_cycle_is_refused_with_the_chain(sql_dir):
+    write(
+        sql_dir,
+        "things.sqlite.sql",
+        """
+        -- name: select_things
+        SELECT 1
+        -- @include part_a
+
+
+        -- name: part_a (fragment)
+        FROM thing
+        -- @include part_b
+
+
+        -- name: part_b (fragment)
+        WHERE 1
+        -- @include part_a
+        """,
+    )
+    with pytest.raises(ValueError, match=r"cycle.*part_a -> part_b -> part_a"):
+        queries.load("sqlite")
+
+
+def test_a_fragment_including_itself_is_a_cycle(sql_dir):
+    write(
+        sql_dir,
+        "things.sqlite.sql",
+        "-- name: select_things\nSELECT 1\n-- @include part_a\n\n-- name: part_a (fragment)\n-- @include part_a\n",
+    )
+    with pytest.raises(ValueError, match=r"cycle.*part_a -> part_a"):
+        queries.load("sqlite")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "-- @include",  # no name
+        "-- @include tail extra",  # two names
+        "-- @include tail;",  # not a name
+        "WHERE 1 -- @include tail",  # not on a line of its own
+        "--@include-tail",
+    ],
+)
+def test_an_include_line_the_loader_cannot_expand_is_refused_not_left_behind(sql_dir, line):
+    # Expansion replaces every well-formed include line, so any "@include" still in the
+    # text afterwards is a line that would silently stay behind as a comment.
+    write(
+        sql_dir,
+        "things.sqlite.sql",
+        f"-- name: select_things\nSELECT 1\n{line}\n\n-- name: tail (fragment)\nFROM thing\n",
+    )
+    with pytest.raises(ValueError, match=r"things\.sqlite\.sql.*select_things.*@include"):
+        queries.load("sqlite")
+
+
+def test_no_statement_of_the_shipped_files_keeps_an_include_line():
+    for vendor in ("postgresql", "sqlite"):
+        for name, text in queries.load(vendor).items():
+            assert "@include" not in text, f"{vendor} {name}"
+
+
+def test_a_fragment_is_not_handed_out_as_a_statement(sql_dir):
+    write(
+        sql_dir,
+        "things.sqlite.sql",
+        "-- name: select_things\nSELECT 1\n-- @include thing_source\n\n-- name: thing_source (fragment)\nFROM thing\n",
+    )
+    with pytest.raises(LookupError, match=r"thing_source.*fragment.*things\.sqlite\.sql.*not a statement"):
+        queries.sql(connection(), "thing_source")
+    # The mapping that libpq reads by name refuses it the same way.
+    with pytest.raises(LookupError, match=r"thing_source.*fragment"):
+        queries.load("sqlite")["thing_source"]
+    assert "thing_source" not in queries.load("sqlite")
+    assert list(queries.load("sqlite")) == ["select_things"]
+
+
+def test_an_unknown_block_names_the_vendor(sql_dir):
+    write(sql_dir, "things.sqlite.sql", "-- name: select_things\nSELECT 1\n")
+    with pytest.raises(LookupError, match=r"no SQL block 'select_thongs' for sqlite"):
+        queries.sql(connection(), "select_thongs")
+
+
+def test_a_fragment_no_block_includes_is_refused(sql_dir):
+    write(sql_dir, "things.sqlite.sql", "-- name: select_things\nSELECT 1\n\n-- name: orphan (fragment)\nFROM x\n")
+    with pytest.raises(ValueError, match=r"things\.sqlite\.sql.*orphan.*included by no block"):
+        queries.load("sqlite")
+
+
+def test_an_include_of_a_statement_is_refused(sql_dir):
+    # Sharing goes through fragments: editing a statement never changes another one.
+    write(
+        sql_dir,
+        "things.sqlite.sql",
+        "-- name: select_one\nSELECT 1\n\n-- name: select_things\n-- @include select_one\n",
+    )
+    with pytest.raises(ValueError, match=r"select_things.*includes 'select_one'.*not a fragment"):
+        queries.load("sqlite")
+
+
+def test_duplicate_block_names_in_one_file_are_refused(sql_dir):
+    write(sql_dir, "things.sqlite.sql", "-- name: select_things\nSELECT 1\n\n-- name: select_things\nSELECT 2\n")
+    with pytest.raises(ValueError, match=r"things\.sqlite\.sql.*select_things.*twice"):
+        queries.load("sqlite")
+
+
+def test_duplicate_block_names_across_files_name_both_files(sql_dir):
+    write(sql_dir, "a.sqlite.sql", "-- name: select_things\nSELECT 1\n")
+    write(sql_dir, "b.sqlite.sql", "-- name: select_things (fragment)\nSELECT 2\n")
+    with pytest.raises(ValueError, match=r"select_things.*a\.sqlite\.sql.*b\.sqlite\.sql"):
+        queries.load("sqlite")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "-- name: select-things",
+        "-- name: select_things extra",
+        "-- name: select_things (fragmnet)",
+        "-- name:",
+        "  -- name: select_things",
+    ],
+)
+def test_a_block_header_the_loader_cannot_read_is_refused(sql_dir, header):
+    # Otherwise the line and the query under it would run as part of the block before.
+    write(sql_dir, "things.sqlite.sql", f"-- name: first\nSELECT 1\n\n{header}\nSELECT 2\n")
+    with pytest.raises(ValueError, match=r"things\.sqlite\.sql.*line 4.*name:"):
+        queries.load("sqlite")
+
+
+def test_an_empty_block_is_refused(sql_dir):
+    write(sql_dir, "things.sqlite.sql", "-- name: first\n\n-- name: second\nSELECT 2\n")
+    with pytest.raises(ValueError, match=r"things\.sqlite\.sql.*first.*empty"):
+        queries.load("sqlite")
+
+
+def test_parse_blocks_expands_includes_of_one_text_and_keeps_fragments_out():
+    # The benchmark's own SQL files (taskengine/bench/*.sql) are read this way.
+    text = "-- name: fill\nINSERT INTO t\n-- @include rows\n\n-- name: rows (fragment)\nSELECT 1;\n"
+    blocks = queries.parse_blocks(text)
+    assert dict(blocks) == {"fill": "INSERT INTO t\nSELECT 1"}
+    with pytest.raises(LookupError, match=r"rows.*fragment"):
+        blocks["rows"]
