@@ -24,8 +24,8 @@ from django.utils.module_loading import import_string
 
 from .compat import Task, TaskContext, TaskResult, TaskResultStatus, normalize_json
 from .conf import engine_settings
+from .jobs import ClaimedJob, Outcome
 from .states import AttemptOutcome, JobState
-from .store import ClaimedJob, Outcome
 
 
 class JobInterrupted(BaseException):

@@ -53,6 +53,7 @@ from hypothesis.stateful import (
 
 from taskengine import operations, registry, store
 from taskengine.execution import JobCancelled, JobTimedOut, LeaseLost, RunningJob, outcome_for
+from taskengine.jobs import ClaimedJob, Outcome
 from taskengine.leadership import Elector, LeaderLease, NotLeader
 from taskengine.maintenance import dead_workers, recovery, retention
 from taskengine.models import ExecutionLog, Job, Leader, MissedSlot, OperatorAction, Schedule, WorkerProcess
@@ -109,7 +110,7 @@ class HandlerResult:
     value: Any = None
     message: str = ""
 
-    def outcome(self, claimed: store.ClaimedJob) -> store.Outcome:
+    def outcome(self, claimed: ClaimedJob) -> Outcome:
         running = RunningJob(claimed)
         if self.kind == "return":
             return outcome_for(running, self.value, None)
@@ -178,7 +179,7 @@ class Token:
     """What a simulated worker holds after a claim: the fencing token and the job."""
 
     worker_id: str
-    claimed: store.ClaimedJob = field(repr=False)
+    claimed: ClaimedJob = field(repr=False)
 
     @property
     def as_held(self) -> tuple[int, int]:
