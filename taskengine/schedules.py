@@ -30,7 +30,7 @@ from croniter import croniter
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 
 from .conf import engine_settings
-from .execution import resolve_task
+from .resolution import resolve_task
 
 MISFIRE_POLICIES = ("skip", "run_once", "catch_up")
 SETTINGS_KEYS = {
@@ -64,7 +64,7 @@ SYNCED_FIELDS = [
 
 
 # --- validation ----------------------------------------------------------------------
-# resolve_task (execution.py) raises TaskNotFound, a ValueError, with a readable reason.
+# resolve_task (resolution.py) raises TaskNotFound, a ValueError, with a readable reason.
 
 
 def schedule_errors(

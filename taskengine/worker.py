@@ -64,7 +64,6 @@ from .execution import (
     failure_outcome,
     interrupt_async,
     interrupt_thread,
-    resolve_task,
     run_async,
     run_sync,
     unstorable_outcome,
@@ -72,6 +71,7 @@ from .execution import (
 from .jobs import ClaimedJob, Outcome
 from .listener import Listener
 from .pool import JobThreads
+from .resolution import resolve_task
 from .states import AttemptOutcome
 
 logger = logging.getLogger("taskengine.worker")

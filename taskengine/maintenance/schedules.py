@@ -33,7 +33,8 @@ from ..conf import engine_settings
 from ..leadership import LeaderLease, fenced_transaction
 from ..models import Schedule
 from ..queries import sql
-from ..schedules import SlotSpec, recent_slots, resolve_task, settings_schedules, sync_settings_schedules
+from ..resolution import resolve_task
+from ..schedules import SlotSpec, recent_slots, settings_schedules, sync_settings_schedules
 from ..store import db_now
 
 logger = logging.getLogger("taskengine.schedules")
