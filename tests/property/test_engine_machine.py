@@ -433,7 +433,9 @@ class EngineMachine(RuleBasedStateMachine):
     def finish_held(self, slot: int, results: list[HandlerResult]) -> None:
         """A worker writes the outcomes of what it holds, in one batch as it does."""
         worker_id = self._worker(slot)
-        self._finish(worker_id, list(zip(self._held(worker_id), results, strict=True)))
+        # As many pairs as the shorter list: the worker may hold fewer jobs (none, even)
+        # than results were drawn.
+        self._finish(worker_id, list(zip(self._held(worker_id), results, strict=False)))
 
     def _finish(self, worker_id: str, pairs: list[tuple[Token, HandlerResult]]) -> None:
         outcomes = {t: r.outcome(t.claimed) for t, r in pairs}
