@@ -42,6 +42,7 @@ from .compat import (
 )
 from .conf import engine_settings
 from .events import send_robustly
+from .jobs import InsertedJob, NewJob
 from .states import to_task_result_status
 
 logger = logging.getLogger("taskengine.backend")
@@ -260,14 +261,14 @@ def _refused_arguments(task: Task, args: Sequence, kwargs: Mapping, exc: Excepti
     )
 
 
-def _with_arguments(t: store.NewJob, task: Task, args: Sequence, kwargs: Mapping) -> store.NewJob:
+def _with_arguments(t: NewJob, task: Task, args: Sequence, kwargs: Mapping) -> NewJob:
     """A copy of the task's job template carrying these (normalised, checked) arguments."""
     try:
         ready_args = [_json_ready(item) for item in args]
         ready_kwargs = {_json_ready(key): _json_ready(item) for key, item in kwargs.items()}
     except (TypeError, ValueError, RecursionError) as exc:
         raise _refused_arguments(task, args, kwargs, exc) from exc
-    return store.NewJob(
+    return NewJob(
         t.task_path,
         t.queue,
         ready_args,
@@ -310,7 +311,7 @@ class DatabaseBackend(BaseTaskBackend):
         # Per task object: (the task, its validated job template), for the settings
         # generation in _templates_generation. Tasks are frozen, so a template stays
         # right for its task; the task is held so its id() cannot be reused meanwhile.
-        self._templates: dict[int, tuple[Task, store.NewJob]] = {}
+        self._templates: dict[int, tuple[Task, NewJob]] = {}
         self._templates_generation = -1
 
     # --- validation ------------------------------------------------------------------
@@ -393,7 +394,7 @@ class DatabaseBackend(BaseTaskBackend):
                     logger.exception("announcing %d enqueued job(s) failed", len(created))
         return results
 
-    def _announce(self, created: list[tuple[store.NewJob, TaskResult]]) -> None:
+    def _announce(self, created: list[tuple[NewJob, TaskResult]]) -> None:
         """After commit: count the jobs and send task_enqueued for each."""
         metrics.jobs_submitted([row for row, _ in created])
         if enqueue_is_observed():
@@ -407,7 +408,7 @@ class DatabaseBackend(BaseTaskBackend):
                     {"job_id": int(result.id), "task_path": row.task_path, "queue": row.queue},
                 )
 
-    def _insert(self, connection, rows: list[store.NewJob]) -> list[store.InsertedJob]:
+    def _insert(self, connection, rows: list[NewJob]) -> list[InsertedJob]:
         for _ in range(5):
             try:
                 return store.insert_jobs(connection, rows)
@@ -422,14 +423,14 @@ class DatabaseBackend(BaseTaskBackend):
                 ) from exc
         raise RuntimeError("unique key kept changing hands during enqueue; giving up")
 
-    def new_job(self, task: Task, args: Sequence, kwargs: Mapping) -> store.NewJob:
+    def new_job(self, task: Task, args: Sequence, kwargs: Mapping) -> NewJob:
         """The row ``task.enqueue(*args, **kwargs)`` would store (validated), for callers
         that insert jobs themselves — the scheduler's one-job-per-slot insert."""
         return _with_arguments(self._template(task), task, args, kwargs)
 
     _TEMPLATES_KEPT = 1024  # tasks made per call with .using(...) must not grow the cache without bound
 
-    def _template(self, task: Task) -> store.NewJob:
+    def _template(self, task: Task) -> NewJob:
         """``task``'s job template, validated: once per task object (and settings)."""
         if self._templates_generation != engine_settings.generation:
             self._templates.clear()
@@ -444,11 +445,11 @@ class DatabaseBackend(BaseTaskBackend):
         self._templates[id(task)] = (task, template)
         return template
 
-    def _job_template(self, task: Task) -> store.NewJob:
+    def _job_template(self, task: Task) -> NewJob:
         """The stored options of ``task``'s jobs (everything but the arguments)."""
         max_attempts = getattr(task, "max_attempts", None) or engine_settings.MAX_ATTEMPTS
         timeout = getattr(task, "timeout", None)
-        return store.NewJob(
+        return NewJob(
             task_path=task.module_path,
             backend=self.alias,
             queue=task.queue_name,

@@ -29,7 +29,7 @@ from typing import Any
 
 from django.dispatch import Signal
 
-from . import metrics, store
+from . import metrics
 from .compat import (
     TASKS_LOGGER,
     TaskError,
@@ -46,8 +46,8 @@ from .compat import (
     task_started,
 )
 from .execution import RunningJob, task_result_for
+from .jobs import ClaimedJob, Outcome
 from .states import to_task_result_status
-from .store import Outcome
 
 logger = logging.getLogger("taskengine.worker")
 django_logger = logging.getLogger(TASKS_LOGGER)  # the framework's log receivers' logger
@@ -101,7 +101,7 @@ class JobEvents:
         self.worker_id = worker_id
         self._metric_children: dict[tuple, Any] = {}
 
-    def claimed(self, job: store.ClaimedJob) -> None:
+    def claimed(self, job: ClaimedJob) -> None:
         self._metric(metrics.JOBS_RUNNING, job.queue).inc()
         if logger.isEnabledFor(logging.INFO):
             logger.info("claimed", extra=self.extra(job, event="claimed"))
@@ -255,7 +255,7 @@ class JobEvents:
             child = self._metric_children[key] = metric.labels(*labels)
         return child
 
-    def extra(self, job: store.ClaimedJob, **more: Any) -> dict[str, Any]:
+    def extra(self, job: ClaimedJob, **more: Any) -> dict[str, Any]:
         """The fields every job log line carries."""
         return {
             "worker_id": self.worker_id,

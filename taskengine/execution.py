@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import connections
-from django.utils.module_loading import import_string
 
 from .compat import Task, TaskContext, TaskResult, TaskResultStatus, normalize_json
 from .conf import engine_settings
+from .jobs import ClaimedJob, Outcome
 from .states import AttemptOutcome, JobState
-from .store import ClaimedJob, Outcome
 
 
 class JobInterrupted(BaseException):
@@ -45,11 +44,6 @@ class JobCancelled(JobInterrupted):
 
 class LeaseLost(JobInterrupted):
     outcome = AttemptOutcome.LOST
-
-
-class TaskNotFound(ImportError, ValueError):
-    """A task path does not import to a django.tasks Task. An ImportError (a job's
-    attempt fails with it) and a ValueError (a schedule naming it is invalid input)."""
 
 
 @dataclass(eq=False)
@@ -72,17 +66,6 @@ class RunningJob:
     @property
     def held(self) -> tuple[int, int]:
         return (self.job.id, self.job.attempt)
-
-
-def resolve_task(task_path: str) -> Task:
-    """The @task at ``task_path``, or TaskNotFound with a readable reason."""
-    try:
-        task = import_string(task_path)
-    except ImportError as exc:
-        raise TaskNotFound(f"cannot import task {task_path!r}: {exc}") from exc
-    if not isinstance(task, Task):
-        raise TaskNotFound(f"{task_path!r} is not a task (decorate it with @task; got {type(task).__name__})")
-    return task
 
 
 def task_result_for(running: RunningJob, worker_ids: list[str], backend_alias: str) -> TaskResult:

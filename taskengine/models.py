@@ -13,6 +13,7 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Now
 
+from .schedules import validate_schedule
 from .states import LIVE_STATES, TERMINAL_STATES, AttemptOutcome, JobState
 
 STATE_VALUES = [s.value for s in JobState]
@@ -329,8 +330,6 @@ class Schedule(models.Model):
     def clean(self) -> None:
         """Reject an invalid cron, unknown time zone or unknown task with a clear
         message per field (the admin shows them on the form)."""
-        from .schedules import validate_schedule
-
         self.cron = self.cron or None
         validate_schedule(self)
 

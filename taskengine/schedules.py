@@ -1,4 +1,4 @@
-"""Periodic schedules: validation, slot arithmetic and the TASKENGINE["SCHEDULES"] sync.
+"""Periodic schedules: validation, slot arithmetic and reading TASKENGINE["SCHEDULES"].
 
 A schedule has either a cron expression (parsed by croniter, evaluated in the
 schedule's IANA time zone, so DST is honoured by Vixie cron's convention — see
@@ -12,8 +12,9 @@ a @task, an unknown queue — is rejected with a ValidationError naming the fiel
 Schedule is saved through a form (``Schedule.clean``) and when settings are loaded
 (ImproperlyConfigured naming the entry).
 
-This module does no I/O except ``sync_settings_schedules``; the leader's service in
-maintenance/schedules.py decides which slots to enqueue.
+This module does no I/O (it sits below the models, whose ``Schedule.clean`` uses it); the
+leader's service in maintenance/schedules.py syncs the settings-defined schedules and
+decides which slots to enqueue.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from croniter import croniter
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 
 from .conf import engine_settings
-from .execution import resolve_task
+from .resolution import resolve_task
 
 MISFIRE_POLICIES = ("skip", "run_once", "catch_up")
 SETTINGS_KEYS = {
@@ -64,7 +65,7 @@ SYNCED_FIELDS = [
 
 
 # --- validation ----------------------------------------------------------------------
-# resolve_task (execution.py) raises TaskNotFound, a ValueError, with a readable reason.
+# resolve_task (resolution.py) raises TaskNotFound, a ValueError, with a readable reason.
 
 
 def schedule_errors(
@@ -308,30 +309,3 @@ def settings_schedules(raw: Mapping[str, Any] | None = None) -> list[dict[str, A
             raise ImproperlyConfigured(f"{where} is invalid: {details}")
         out.append(fields)
     return out
-
-
-def sync_settings_schedules(database: str, definitions: list[dict[str, Any]] | None = None) -> list[str]:
-    """Upsert settings-defined schedules (from_settings=True) by name and disable the
-    ones no longer defined. A schedule of the same name created in the admin is left
-    alone. Race-safe: an INSERT … ON CONFLICT (name) DO UPDATE, so two workers syncing
-    at once write the same rows once. Returns the names written."""
-    from .models import Schedule
-
-    definitions = settings_schedules() if definitions is None else definitions
-    manual = set(
-        Schedule.objects.using(database)
-        .filter(name__in=[d["name"] for d in definitions], from_settings=False)
-        .values_list("name", flat=True)
-    )
-    rows = [Schedule(**d, from_settings=True) for d in definitions if d["name"] not in manual]
-    if rows:
-        Schedule.objects.using(database).bulk_create(
-            rows, update_conflicts=True, unique_fields=["name"], update_fields=SYNCED_FIELDS
-        )
-    (
-        Schedule.objects.using(database)
-        .filter(from_settings=True, enabled=True)
-        .exclude(name__in=[d["name"] for d in definitions])
-        .update(enabled=False)
-    )
-    return [row.name for row in rows]

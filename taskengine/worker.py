@@ -64,15 +64,15 @@ from .execution import (
     failure_outcome,
     interrupt_async,
     interrupt_thread,
-    resolve_task,
     run_async,
     run_sync,
     unstorable_outcome,
 )
+from .jobs import ClaimedJob, Outcome
 from .listener import Listener
 from .pool import JobThreads
+from .resolution import resolve_task
 from .states import AttemptOutcome
-from .store import Outcome
 
 logger = logging.getLogger("taskengine.worker")
 
@@ -388,12 +388,12 @@ class Worker:
 
     # --- claim and start -------------------------------------------------------------
 
-    def _claim(self, free: int) -> list[store.ClaimedJob]:
+    def _claim(self, free: int) -> list[ClaimedJob]:
         if free <= 0:
             return []
         return self._db_call("claim", lambda: self._claim_now(free), default=[])
 
-    def _claim_now(self, free: int) -> list[store.ClaimedJob]:
+    def _claim_now(self, free: int) -> list[ClaimedJob]:
         started = time.perf_counter()
         jobs = store.claim_jobs(
             self.connection,
@@ -406,7 +406,7 @@ class Worker:
         metrics.CLAIM_LATENCY.observe(time.perf_counter() - started)
         return jobs
 
-    def _start_claimed(self, jobs: list[store.ClaimedJob]) -> None:
+    def _start_claimed(self, jobs: list[ClaimedJob]) -> None:
         """Start every claimed job — or, once a stop was requested, release it unstarted.
         A job the release did not take (database error) is started and drains with the rest."""
         if self._draining:
@@ -414,7 +414,7 @@ class Worker:
         for job in jobs:
             self._start(job)
 
-    def _release_unstarted(self, jobs: list[store.ClaimedJob]) -> list[store.ClaimedJob]:
+    def _release_unstarted(self, jobs: list[ClaimedJob]) -> list[ClaimedJob]:
         written = self._db_call(
             "release",
             lambda: store.release_jobs(
@@ -453,7 +453,7 @@ class Worker:
                 "grace period over: released back to the queue", extra=self.events.extra(running.job, event="released")
             )
 
-    def _start(self, job: store.ClaimedJob) -> None:
+    def _start(self, job: ClaimedJob) -> None:
         running = RunningJob(job=job)
         self._running.add(running)
         self.events.claimed(job)
@@ -608,7 +608,7 @@ class Worker:
             self._pending_since = time.monotonic()
         self._pending.append((running, outcome))
 
-    def _flush(self, claim: int = 0) -> list[store.ClaimedJob] | None:
+    def _flush(self, claim: int = 0) -> list[ClaimedJob] | None:
         """Write pending outcomes (fenced) and, if ``claim`` > 0, claim up to that many
         jobs in the same transaction. Returns the claimed jobs, or None when the claim
         did not run (a database error, or a refused batch it rolled back with): "claimed
@@ -627,7 +627,7 @@ class Worker:
             self._back_off(time.monotonic())
             return None
 
-    def _finish_then_claim(self, claim: int) -> list[store.ClaimedJob] | None:
+    def _finish_then_claim(self, claim: int) -> list[ClaimedJob] | None:
         batch = list(self._pending)
         try:
             with transaction.atomic(using=self.database):

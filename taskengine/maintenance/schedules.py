@@ -16,6 +16,9 @@ and a schedule never advances without its jobs.
 
 Failure: a schedule whose task no longer imports is skipped (logged once) and not
 advanced; its slots then age into the misfire policy. Database errors propagate.
+
+The service also writes the settings-defined schedules (TASKENGINE["SCHEDULES"]) into
+Schedule rows once per leader term, in a fenced transaction (``sync_settings_schedules``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import connections, transaction
 
@@ -33,7 +37,8 @@ from ..conf import engine_settings
 from ..leadership import LeaderLease, fenced_transaction
 from ..models import Schedule
 from ..queries import sql
-from ..schedules import SlotSpec, recent_slots, resolve_task, settings_schedules, sync_settings_schedules
+from ..resolution import resolve_task
+from ..schedules import SYNCED_FIELDS, SlotSpec, recent_slots, settings_schedules
 from ..store import db_now
 
 logger = logging.getLogger("taskengine.schedules")
@@ -184,3 +189,28 @@ class Scheduler:
 def _json_text(value) -> str:
     """NewJob carries arguments as JSON text or as JSON-ready values; SQL wants text."""
     return value if isinstance(value, str) else json.dumps(value, allow_nan=False)
+
+
+def sync_settings_schedules(database: str, definitions: list[dict[str, Any]] | None = None) -> list[str]:
+    """Upsert settings-defined schedules (from_settings=True) by name and disable the
+    ones no longer defined. A schedule of the same name created in the admin is left
+    alone. Race-safe: an INSERT … ON CONFLICT (name) DO UPDATE, so two workers syncing
+    at once write the same rows once. Returns the names written."""
+    definitions = settings_schedules() if definitions is None else definitions
+    manual = set(
+        Schedule.objects.using(database)
+        .filter(name__in=[d["name"] for d in definitions], from_settings=False)
+        .values_list("name", flat=True)
+    )
+    rows = [Schedule(**d, from_settings=True) for d in definitions if d["name"] not in manual]
+    if rows:
+        Schedule.objects.using(database).bulk_create(
+            rows, update_conflicts=True, unique_fields=["name"], update_fields=SYNCED_FIELDS
+        )
+    (
+        Schedule.objects.using(database)
+        .filter(from_settings=True, enabled=True)
+        .exclude(name__in=[d["name"] for d in definitions])
+        .update(enabled=False)
+    )
+    return [row.name for row in rows]

@@ -200,7 +200,8 @@ class _AttemptRunner:
 
     def run(self, job) -> DrainedAttempt:
         from taskengine import store
-        from taskengine.execution import RunningJob, failure_outcome, resolve_task
+        from taskengine.execution import RunningJob, failure_outcome
+        from taskengine.resolution import resolve_task
 
         connection = connections[self.database]
         running = RunningJob(job=job)

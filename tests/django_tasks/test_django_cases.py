@@ -551,7 +551,7 @@ def test_a_task_path_that_no_longer_imports_fails_showing_the_import_error():
     with django_task_logs(logging.ERROR) as records:
         drain()
     log = ExecutionLog.objects.get(job_id=result.id)
-    assert log.error_class == "taskengine.execution.TaskNotFound"
+    assert log.error_class == "taskengine.resolution.TaskNotFound"
     assert "ModuleNotFoundError: No module named 'tests.django_tasks.tasks_removed_long_ago'" in log.traceback
     assert "The above exception was the direct cause of the following exception" in log.traceback
     [line] = output(records)
@@ -563,7 +563,7 @@ def test_a_task_path_that_no_longer_imports_fails_showing_the_import_error():
 
 
 def test_resolve_task_chains_the_import_error():
-    from taskengine.execution import TaskNotFound, resolve_task
+    from taskengine.resolution import TaskNotFound, resolve_task
 
     with pytest.raises(TaskNotFound) as caught:
         resolve_task("tests.django_tasks.tasks.no_such_task")

@@ -18,6 +18,7 @@ from django.test import override_settings
 from taskengine import libpq, store
 from taskengine.backend import InvalidTaskArguments
 from taskengine.compat import default_task_backend, task_backends
+from taskengine.jobs import NewJob
 from taskengine.models import Job
 
 from . import tasks
@@ -229,7 +230,7 @@ def test_libpq_refuses_text_with_a_nul_instead_of_cutting_it_short():
     # libpq passes parameters as C strings: without the check "acme\x00x" arrived as "acme".
     from django.db import DataError
 
-    job = store.NewJob("tests.hostile.tasks.echo", "default", [], {}, tenant="acme\x00x")
+    job = NewJob("tests.hostile.tasks.echo", "default", [], {}, tenant="acme\x00x")
     assert libpq.usable(connection)
     with pytest.raises(DataError, match="NUL"):
         libpq.run(connection, "insert_job", store._json_columns(store._row(job)))

@@ -12,6 +12,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from taskengine import store
+from taskengine.jobs import Outcome
 from taskengine.maintenance import recovery
 from taskengine.models import ExecutionLog, Job
 from taskengine.queries import sql
@@ -31,7 +32,7 @@ def succeed(job, worker="w1"):
     return store.finish_jobs(
         connection,
         worker_id=worker,
-        outcomes=[store.Outcome(job.id, job.attempt, "succeeded", AttemptOutcome.SUCCEEDED, return_value="1")],
+        outcomes=[Outcome(job.id, job.attempt, "succeeded", AttemptOutcome.SUCCEEDED, return_value="1")],
     )
 
 
@@ -149,7 +150,7 @@ def test_retry_outcome_requeues_with_backoff_on_the_database_clock():
         connection,
         worker_id="w1",
         outcomes=[
-            store.Outcome(
+            Outcome(
                 job.id,
                 1,
                 "queued",
@@ -173,7 +174,7 @@ def test_retry_of_a_job_whose_cancel_was_requested_ends_cancelled():
     [job] = claim()
     Job.objects.filter(pk=job.id).update(cancel_requested_at=Now())
     store.finish_jobs(
-        connection, worker_id="w1", outcomes=[store.Outcome(job.id, 1, "queued", AttemptOutcome.RETRY, retry_delay=0)]
+        connection, worker_id="w1", outcomes=[Outcome(job.id, 1, "queued", AttemptOutcome.RETRY, retry_delay=0)]
     )
     row = Job.objects.get(pk=result.id)
     assert row.state == "cancelled" and row.finished_at is not None

@@ -89,7 +89,7 @@ def test_a_task_path_that_no_longer_imports_fails_with_the_error_recorded():
     job = Job.objects.get(pk=result.id)
     assert job.state == "failed"
     log = ExecutionLog.objects.get(job_id=result.id)
-    assert log.error_class == "taskengine.execution.TaskNotFound"
+    assert log.error_class == "taskengine.resolution.TaskNotFound"
     assert "tests.tasks.removed_long_ago" in log.error_message
     good.refresh()
     assert good.status == TaskResultStatus.SUCCESSFUL

@@ -11,9 +11,9 @@ from datetime import timedelta
 import pytest
 from django.db.models.functions import Now
 
+from taskengine.jobs import Outcome
 from taskengine.maintenance import recovery
 from taskengine.models import ExecutionLog, Job
-from taskengine.store import Outcome
 from taskengine.worker import Worker
 from tests import robustness_tasks, tasks
 from tests.conftest import wait_for

@@ -9,6 +9,7 @@ from django.db import connection
 from django.db.models.functions import Now
 
 from taskengine import store
+from taskengine.jobs import ClaimedJob
 from taskengine.leadership import ELECTION, Elector, LeaderLease
 from taskengine.models import Job, Leader
 
@@ -54,7 +55,7 @@ def lead(holder: str = "leader-a") -> LeaderLease:
     return e.lease()
 
 
-def claim(worker: str = "w1", lease_seconds: float = 30) -> list[store.ClaimedJob]:
+def claim(worker: str = "w1", lease_seconds: float = 30) -> list[ClaimedJob]:
     return store.claim_jobs(connection, worker_id=worker, queues=["default"], limit=10, lease_seconds=lease_seconds)
 
 

@@ -9,6 +9,7 @@ from django.db import connection
 from django.db.models.functions import Now
 
 from taskengine import registry, store
+from taskengine.jobs import Outcome
 from taskengine.maintenance import dead_workers, recovery
 from taskengine.models import ExecutionLog, Job, WorkerProcess
 from tests import tasks
@@ -60,7 +61,7 @@ def test_jobs_of_a_dead_worker_are_recovered_before_their_lease_ends():
     late = store.finish_jobs(
         connection,
         worker_id="doomed",
-        outcomes=[store.Outcome(doomed_job.id, 1, "succeeded", "succeeded", return_value="3")],
+        outcomes=[Outcome(doomed_job.id, 1, "succeeded", "succeeded", return_value="3")],
     )
     assert late == {}
 

@@ -9,6 +9,7 @@ from django.apps import apps
 from django.db import connection, models
 
 from taskengine import store
+from taskengine.jobs import ClaimedJob
 from taskengine.maintenance import recovery
 from taskengine.models import ExecutionLog, Job
 from tests import tasks
@@ -29,7 +30,7 @@ def test_advance_clock_moves_every_timestamp_column_of_the_taskengine_models():
     assert {table: set(columns) for table, columns in TIMESTAMP_COLUMNS.items()} == found
 
 
-def claim(lease_seconds: float) -> list[store.ClaimedJob]:
+def claim(lease_seconds: float) -> list[ClaimedJob]:
     return store.claim_jobs(connection, worker_id="w1", queues=["default"], limit=10, lease_seconds=lease_seconds)
 
 

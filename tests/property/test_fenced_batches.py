@@ -9,6 +9,7 @@ from django.db import connection
 
 from taskengine import store
 from taskengine.execution import RunningJob, outcome_for
+from taskengine.jobs import ClaimedJob
 from taskengine.maintenance import recovery
 from taskengine.models import ExecutionLog, Job
 from tests import tasks
@@ -18,7 +19,7 @@ from .clock import advance_clock
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def claim(worker: str) -> store.ClaimedJob:
+def claim(worker: str) -> ClaimedJob:
     [job] = store.claim_jobs(connection, worker_id=worker, queues=["default"], limit=1, lease_seconds=30)
     return job
 

@@ -11,6 +11,7 @@ from django.db import connection
 
 from taskengine import operations, store
 from taskengine.execution import RunningJob, failure_outcome, outcome_for
+from taskengine.jobs import ClaimedJob, Outcome
 from taskengine.models import ExecutionLog, Job
 from tests import tasks
 
@@ -19,12 +20,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 LONE_SURROGATE = "\udc80"
 
 
-def claim_one() -> store.ClaimedJob:
+def claim_one() -> ClaimedJob:
     [job] = store.claim_jobs(connection, worker_id="w1", queues=["default"], limit=1, lease_seconds=30)
     return job
 
 
-def finish(outcome: store.Outcome) -> dict:
+def finish(outcome: Outcome) -> dict:
     return store.finish_jobs(connection, worker_id="w1", outcomes=[outcome])
 
 

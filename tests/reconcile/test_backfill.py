@@ -15,6 +15,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 
 from taskengine import backfill, gate, reconcile, store
+from taskengine.jobs import NewJob
 from taskengine.models import ExecutionLog, Job, OperatorAction
 from tests.conftest import ROOT, subprocess_env, wait_for
 
@@ -185,7 +186,7 @@ def test_backfill_report_command_json_and_csv():
 @pytest.mark.django_db(transaction=True)
 def test_new_attempt_rows_carry_both_ids_or_only_the_string():
     jobs = [
-        store.NewJob(task_path="tests.tasks.noop", queue="backfill-test", args="[]", kwargs="{}", acting_user_id=user)
+        NewJob(task_path="tests.tasks.noop", queue="backfill-test", args="[]", kwargs="{}", acting_user_id=user)
         for user in ("42", "3f2a-uuid-key", None)
     ]
     store.insert_jobs(connection, jobs)

@@ -11,6 +11,7 @@ from django.db import connection, transaction
 from django.test.utils import override_settings
 
 from taskengine import store
+from taskengine.jobs import NewJob
 from taskengine.models import ExecutionLog, Job
 from taskengine.testing import (
     TEST_WORKER_ID,
@@ -211,11 +212,7 @@ def test_an_attempt_that_breaks_the_tests_transaction_is_still_recorded():
 def test_a_job_whose_task_does_not_import_fails_its_attempt():
     [inserted] = store.insert_jobs(
         connection,
-        [
-            store.NewJob(
-                task_path="tests.testing.tasks.no_such_task", queue="default", args=[], kwargs={}, max_attempts=1
-            )
-        ],
+        [NewJob(task_path="tests.testing.tasks.no_such_task", queue="default", args=[], kwargs={}, max_attempts=1)],
     )
     [attempt] = drain().attempts
     assert (attempt.job_id, attempt.outcome, attempt.state) == (inserted.id, "failed", "failed")

@@ -1,0 +1,80 @@
+"""The import check itself (bin/lint runs lint-imports with the contracts in
+pyproject.toml): it passes on the package as it is and fails, naming the import, when a
+copy of the package gets a deliberate upward import or a cycle — imports inside
+functions included, since those are the ones that used to hide a cycle."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LINT_IMPORTS = (sys.executable, "-c", "from importlinter.cli import lint_imports_command; lint_imports_command()")
+
+
+@pytest.fixture
+def package_copy(tmp_path: Path) -> Path:
+    """taskengine and pyproject.toml copied to a temporary root, to break on purpose."""
+    shutil.copytree(ROOT / "taskengine", tmp_path / "taskengine", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    return tmp_path
+
+
+def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    # lint-imports puts its working directory first on sys.path, so the copy is the
+    # taskengine it analyses (PYTHONPATH says so too, in case of an installed one).
+    return subprocess.run(
+        [*LINT_IMPORTS, "--no-cache", "--no-logo"],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def add_import_in_function(root: Path, module: str, statement: str) -> None:
+    path = root / "taskengine" / f"{module}.py"
+    path.write_text(path.read_text() + f"\n\ndef _deliberate_import():\n    {statement}\n")
+
+
+def test_the_package_as_it_is_keeps_every_contract(package_copy: Path) -> None:
+    result = lint_imports(package_copy)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ", 0 broken." in result.stdout
+    assert "BROKEN" not in result.stdout
+
+
+def test_an_upward_import_from_the_bottom_layer_fails_naming_it(package_copy: Path) -> None:
+    add_import_in_function(package_copy, "states", "from taskengine import worker")
+    result = lint_imports(package_copy)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "The bottom layer imports nothing above it BROKEN" in result.stdout
+    assert "-   taskengine.states -> taskengine.worker (l." in result.stdout
+
+
+def test_an_upward_import_inside_the_bottom_layer_fails_naming_it(package_copy: Path) -> None:
+    add_import_in_function(package_copy, "compat", "from taskengine.jobs import Outcome")
+    result = lint_imports(package_copy)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Inside the bottom layer: jobs, resolution > states > compat, conf BROKEN" in result.stdout
+    assert "taskengine.compat -> taskengine.jobs (l." in result.stdout
+
+
+def test_a_cycle_above_the_bottom_layer_fails_naming_an_import_that_closes_it(package_copy: Path) -> None:
+    # The store is imported by the worker; the store importing the worker back, even
+    # inside a function, is a cycle.
+    add_import_in_function(package_copy, "store", "from taskengine import worker")
+    result = lint_imports(package_copy)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "No import cycles BROKEN" in result.stdout
+    assert ".store -> .worker" in result.stdout or ".worker -> .store" in result.stdout, result.stdout
+
+
+def test_bin_lint_runs_the_import_check() -> None:
+    assert '"$ROOT/.venv/bin/lint-imports" --no-cache --no-logo' in (ROOT / "bin" / "lint").read_text()
