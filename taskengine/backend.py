@@ -502,7 +502,7 @@ class DatabaseBackend(BaseTaskBackend):
 
     def result_from_job(self, job, logs: list[tuple[str, str | None, str]]) -> TaskResult:
         result = TaskResult(
-            task=self._task_for(job),
+            task=self.stored_task(job),
             id=str(job.pk),
             status=to_task_result_status(job.state),
             enqueued_at=job.enqueued_at,
@@ -518,11 +518,17 @@ class DatabaseBackend(BaseTaskBackend):
         set_return_value(result, job.return_value)
         return result
 
-    def _task_for(self, job) -> Task:
-        try:
-            task = import_string(job.task_path)
-        except Exception:
-            task = None
+    def stored_task(self, job, task: Task | None = None) -> Task:
+        """The Task ``job`` was enqueued with, rebuilt from its stored columns: what
+        every TaskResult of the job carries — get_result's, and a running attempt's
+        (its TaskContext, task_started, task_finished: execution.task_result_for).
+        ``job`` is a Job row or a claimed job (store.ClaimedJob, same column names);
+        ``task`` the task already imported from ``job.task_path``, if any."""
+        if task is None:
+            try:
+                task = import_string(job.task_path)
+            except Exception:
+                task = None
         # The store sets run_after to the enqueue time when none was given (the claim
         # orders by it); the task itself had none.
         run_after = None if job.run_after == job.enqueued_at else job.run_after
