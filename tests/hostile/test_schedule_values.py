@@ -168,3 +168,30 @@ def test_a_schedule_with_storable_arguments_is_defined_and_its_slot_job_carries_
     scheduler.run_once(lease)  # its newest slot (run_once policy)
     [job] = Job.objects.filter(schedule__name="stored")
     assert (job.args, job.kwargs) == ([read_back("utf8_bytes"), [1, 2]], {"x": 10**30})
+
+
+@pytest.mark.django_db
+def test_the_admin_form_shows_enqueues_refusal_on_the_arguments_fields(client, django_user_model):
+    client.force_login(django_user_model.objects.create_superuser("root", "root@example.com", "pw"))
+    form = {
+        "name": "hostile",
+        "task_path": ECHO,
+        "cron": "",
+        "interval_seconds": "60",
+        "timezone": "UTC",
+        "args": "[1, [NaN]]",  # Django's JSON form field parses NaN
+        "kwargs": '{"to": ["a\\u0000b"]}',
+        "queue": "default",
+        "priority": "0",
+        "misfire_policy": "run_once",
+        "catch_up_limit": "10",
+        "enabled": "on",
+    }
+    response = client.post("/admin/taskengine/schedule/add/", form)
+    assert response.status_code == 200  # the form again, with errors
+    errors = response.context["adminform"].form.errors
+    assert errors["args"] == ["args[1][0]: nan is not a finite number (JSON has no NaN or infinity)"]
+    assert errors["kwargs"] == [
+        "kwargs['to'][0]: 'a\\x00b' contains a NUL character (\\u0000), which PostgreSQL cannot store"
+    ]
+    assert not Schedule.objects.exists()
