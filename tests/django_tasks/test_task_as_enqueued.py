@@ -7,8 +7,8 @@ with what ``get_result(id)`` reads back from the store at that moment: on a firs
 attempt and on a retry, for sync and async handlers, in a worker and in
 ``taskengine.testing.drain()``.
 
-What Django documents as the difference taskengine may show (docs/tasks.md,
-"Differences from Django's backends"): once an attempt has been retried,
+The one difference, documented in docs/tasks.md ("Differences from Django's
+backends"; Django's backends never retry): once an attempt has been retried,
 ``task.run_after`` is when the retry became due — the engine reschedules a job by
 moving it — so a retry's task equals the enqueued one but for ``run_after``.
 """
