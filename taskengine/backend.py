@@ -8,13 +8,10 @@ Workers are woken by a NOTIFY sent on commit (Postgres) or by polling (SQLite).
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from math import isfinite as _isfinite
 from typing import Any
 
 from django.apps import apps
@@ -35,7 +32,6 @@ from .compat import (
     clone_task,
     cyclic_gc_paused,
     enqueue_is_observed,
-    normalize_json,
     ready_task_result,
     set_return_value,
     task_enqueued,
@@ -44,6 +40,7 @@ from .conf import engine_settings
 from .events import send_robustly
 from .jobs import InsertedJob, NewJob
 from .states import to_task_result_status
+from .values import describe_refusal, ready_arguments, shown, text_problem
 
 logger = logging.getLogger("taskengine.backend")
 
@@ -118,154 +115,18 @@ def _is_pair(call: Any) -> bool:
     return isinstance(call, tuple) and len(call) == 2 and isinstance(call[1], Mapping)
 
 
-MAX_NESTING = 100  # levels of lists and dicts in one argument (see docs/tasks.md)
-
-# What no stored text may contain, on either database: NUL (PostgreSQL's text and jsonb
-# cannot hold it; libpq would cut the text short there) and surrogate code points (not
-# Unicode text: jsonb rejects their escapes, UTF-8 cannot encode them; SQLite would keep
-# them, so they are refused there too, to keep one rule).
-_UNSTORABLE_CHARACTER = re.compile("[\x00\ud800-\udfff]")
-
-
-def text_problem(text: str) -> str | None:
-    """Why ``text`` cannot be stored, or None: the one rule for every stored string."""
-    if "\x00" in text:
-        return f"{_shown(text)} contains a NUL character (\\u0000), which PostgreSQL cannot store"
-    found = None if text.isascii() else _UNSTORABLE_CHARACTER.search(text)
-    if found is not None:
-        return (
-            f"{_shown(text)} contains a lone surrogate ({found.group()!r}), which is not "
-            "Unicode text (PostgreSQL cannot store it)"
-        )
-    return None
-
-
-def _shown(value: str | bytes) -> str:
-    """The start of a hostile value, for an error message (it may be a megabyte long)."""
-    return repr(value[:40]) + ("…" if len(value) > 40 else "")
-
-
-class _TooDeep(ValueError):
-    pass
-
-
-def _json_ready(value: Any, depth: int = 0) -> Any:
-    """``normalize_json(value)``, with the exact built-in types handled directly (its
-    ABC checks cost more than the copy when thousands of jobs are enqueued at once);
-    anything else goes through normalize_json itself, so the result is the same.
-    Raises ValueError for what cannot be stored as it is on both databases (see
-    text_problem, non-finite floats, more than MAX_NESTING levels); the walk is the one
-    the copy makes anyway, so enqueue never serialises twice to check."""
-    kind = type(value)
-    if kind is str:
-        # text_problem's rule, inlined for the common case: ASCII text can only hold NUL.
-        if ("\x00" in value) if value.isascii() else _UNSTORABLE_CHARACTER.search(value) is not None:
-            raise ValueError(text_problem(value))
-        return value
-    if kind is int or kind is bool or value is None:
-        return value
-    if kind is float:
-        if _isfinite(value):
-            return value
-        raise ValueError(f"{value!r} is not a finite number (JSON has no NaN or infinity)")
-    if kind is list or kind is tuple:
-        if depth == MAX_NESTING:
-            raise _TooDeep(f"nested more than {MAX_NESTING} levels deep")
-        depth += 1
-        return [_json_ready(item, depth) for item in value]
-    if kind is dict:
-        if depth == MAX_NESTING:
-            raise _TooDeep(f"nested more than {MAX_NESTING} levels deep")
-        depth += 1
-        ready = {_json_ready(key, depth): _json_ready(item, depth) for key, item in value.items()}
-        if len(ready) > 1 and any(type(key) is not str for key in ready):
-            _refuse_colliding_keys(ready)
-        return ready
-    if kind is bytes:
-        try:
-            value = value.decode("utf-8")  # what normalize_json does with bytes
-        except UnicodeDecodeError:
-            raise ValueError(f"{_shown(value)} are bytes that are not UTF-8 text") from None
-        return _json_ready(value, depth)
-    normalised = normalize_json(value)  # subclasses, other Mappings/Sequences
-    if type(normalised) is list or type(normalised) is dict:
-        return _json_ready(normalised, depth)  # now built-in containers: their items get checked
-    if isinstance(normalised, str) and (problem := text_problem(normalised)):
-        raise ValueError(problem)
-    if isinstance(normalised, float) and not _isfinite(normalised):
-        raise ValueError(f"{normalised!r} is not a finite number (JSON has no NaN or infinity)")
-    return normalised
-
-
-def _refusal(value: Any, depth: int) -> Exception | None:
-    try:
-        _json_ready(value, depth)
-    except (TypeError, ValueError, RecursionError) as exc:
-        return exc
-    return None
-
-
-def _describe_refusal(value: Any, where: str, depth: int = 0) -> str:
-    """Where in ``value`` (named ``where``) the innermost unstorable thing is, and why.
-    The slow path: run only once _json_ready has refused the arguments."""
-    refusal = _refusal(value, depth)
-    if isinstance(refusal, (_TooDeep, RecursionError)):
-        return f"{where} is nested more than {MAX_NESTING} levels deep"
-    if refusal is None or isinstance(value, (str, bytes)):
-        return f"{where}: {refusal}"
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if _refusal(key, depth + 1) is not None:
-                return _describe_refusal(key, f"a key of {where}", depth + 1)
-            if _refusal(item, depth + 1) is not None:
-                return _describe_refusal(item, f"{where}[{key!r}]", depth + 1)
-    elif isinstance(value, Sequence):
-        for index, item in enumerate(value):
-            if _refusal(item, depth + 1) is not None:
-                return _describe_refusal(item, f"{where}[{index}]", depth + 1)
-    return f"{where}: {refusal}"
-
-
-def _refuse_colliding_keys(mapping: dict) -> None:
-    """JSON keys are text: json.dumps writes 1 and "1" (or True and "true") as the same
-    key, and the database keeps only the last — part of the value would be lost."""
-    seen: dict[str, Any] = {}
-    for key in mapping:
-        as_json = next(iter(json.loads(json.dumps({key: None}))))
-        if as_json in seen:
-            raise ValueError(f"its keys {seen[as_json]!r} and {key!r} are the same JSON key {as_json!r}")
-        seen[as_json] = key
-
-
 def _refused_arguments(task: Task, args: Sequence, kwargs: Mapping, exc: Exception) -> InvalidTaskArguments:
-    """The error for arguments _json_ready refused, naming the argument and the place in it."""
-    description = None
-    try:
-        for index, item in enumerate(args):
-            if _refusal(item, 0) is not None:
-                description = _describe_refusal(item, f"args[{index}]")
-                break
-        else:
-            for key, item in kwargs.items():
-                if _refusal(key, 0) is not None:
-                    description = _describe_refusal(key, "a key of kwargs")
-                    break
-                if _refusal(item, 0) is not None:
-                    description = _describe_refusal(item, f"kwargs[{key!r}]")
-                    break
-    except Exception:
-        description = None
+    """The error for arguments the value rule refused, naming the argument and the place in it."""
     return InvalidTaskArguments(
         f"Arguments to task {task.module_path!r} must be JSON-serialisable and storable: "
-        f"{description or exc}. Nothing was enqueued."
+        f"{describe_refusal(args, kwargs, exc)}. Nothing was enqueued."
     )
 
 
 def _with_arguments(t: NewJob, task: Task, args: Sequence, kwargs: Mapping) -> NewJob:
     """A copy of the task's job template carrying these (normalised, checked) arguments."""
     try:
-        ready_args = [_json_ready(item) for item in args]
-        ready_kwargs = {_json_ready(key): _json_ready(item) for key, item in kwargs.items()}
+        ready_args, ready_kwargs = ready_arguments(args, kwargs)
     except (TypeError, ValueError, RecursionError) as exc:
         raise _refused_arguments(task, args, kwargs, exc) from exc
     return NewJob(
@@ -351,7 +212,7 @@ class DatabaseBackend(BaseTaskBackend):
                 continue
             problem = text_problem(value)
             if problem is None and len(value) > limit:
-                problem = f"{_shown(value)} is longer than {limit} characters"
+                problem = f"{shown(value)} is longer than {limit} characters"
             if problem is not None:
                 raise InvalidTaskArguments(
                     f"The {name} of task {task.module_path!r} cannot be stored: {problem}. Nothing was enqueued."
@@ -503,7 +364,7 @@ class DatabaseBackend(BaseTaskBackend):
 
     def result_from_job(self, job, logs: list[tuple[str, str | None, str]]) -> TaskResult:
         result = TaskResult(
-            task=self._task_for(job),
+            task=self.stored_task(job),
             id=str(job.pk),
             status=to_task_result_status(job.state),
             enqueued_at=job.enqueued_at,
@@ -519,11 +380,17 @@ class DatabaseBackend(BaseTaskBackend):
         set_return_value(result, job.return_value)
         return result
 
-    def _task_for(self, job) -> Task:
-        try:
-            task = import_string(job.task_path)
-        except Exception:
-            task = None
+    def stored_task(self, job, task: Task | None = None) -> Task:
+        """The Task ``job`` was enqueued with, rebuilt from its stored columns: what
+        every TaskResult of the job carries — get_result's, and a running attempt's
+        (its TaskContext, task_started, task_finished: execution.task_result_for).
+        ``job`` is a Job row or a claimed job (store.ClaimedJob, same column names);
+        ``task`` the task already imported from ``job.task_path``, if any."""
+        if task is None:
+            try:
+                task = import_string(job.task_path)
+            except Exception:
+                task = None
         # The store sets run_after to the enqueue time when none was given (the claim
         # orders by it); the task itself had none.
         run_after = None if job.run_after == job.enqueued_at else job.run_after

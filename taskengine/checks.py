@@ -7,6 +7,9 @@ Settings checks (no database access; run by every command that runs checks):
 - ``taskengine.W004`` the engine's database is SQLite while ``DEBUG=False`` (one writer at a
   time; fine for a laptop, not for production).
 - ``taskengine.W005`` ``TASKS["default"]`` is not taskengine's ``DatabaseBackend``.
+- ``taskengine.E006`` a ``TASKENGINE["SCHEDULES"]`` entry that is invalid (one error per
+  entry, with the message a leader-eligible ``runworker`` would exit with): a bad cron
+  or interval, time zone, task path or queue, or arguments enqueue would refuse.
 
 Deployment checks (``manage.py check --deploy``; settings only, no database access). They
 look at every database the engine uses: ``TASKENGINE["DATABASE"]`` and the
@@ -42,7 +45,7 @@ plain ``manage.py check`` never touches the database. They read the same state a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django.conf import settings
@@ -99,6 +102,30 @@ def check_sqlite_in_production(app_configs=None, **kwargs: Any) -> list[CheckMes
             id="taskengine.W004",
         )
     ]
+
+
+@register("taskengine")
+def check_settings_schedules(app_configs=None, **kwargs: Any) -> list[CheckMessage]:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from .conf import engine_settings
+    from .schedules import settings_schedules
+
+    raw = engine_settings.SCHEDULES
+    entries = [{name: entry} for name, entry in raw.items()] if isinstance(raw, Mapping) else [raw]
+    messages: list[CheckMessage] = []
+    for entry in entries:
+        try:
+            settings_schedules(entry)
+        except ImproperlyConfigured as exc:
+            messages.append(
+                Error(
+                    str(exc),
+                    hint="Correct the entry: a leader-eligible runworker refuses to start with it.",
+                    id="taskengine.E006",
+                )
+            )
+    return messages
 
 
 @register("taskengine")

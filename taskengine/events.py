@@ -41,11 +41,10 @@ from .compat import (
     receiver_keys,
     set_return_value,
     set_task_result_fields,
-    task_backends,
     task_finished,
     task_started,
 )
-from .execution import RunningJob, task_result_for
+from .execution import RunningJob, job_backend, task_result_for
 from .jobs import ClaimedJob, Outcome
 from .states import to_task_result_status
 
@@ -166,8 +165,8 @@ class JobEvents:
                 )
             return
         try:
-            backend = task_backends[running.task.backend]
-            result = task_result_for(running, [self.worker_id], backend.alias)
+            backend = job_backend(running)
+            result = task_result_for(running, [self.worker_id])
             if running.job.attempt > 1:
                 result = self._stored_result(running) or result
             send_robustly(task_started, "task_started", type(backend), result, logger, self.extra(running.job))
@@ -202,13 +201,13 @@ class JobEvents:
         task's exception as the one being handled, as ImmediateBackend sends it (Django's
         log receiver takes the exception from sys.exc_info())."""
         try:
-            backend = task_backends[running.task.backend]
+            backend = job_backend(running)
             if running.job.attempt > 1:
                 result = self._stored_result(running)
                 if result is None:
                     return
             else:
-                result = task_result_for(running, [self.worker_id], backend.alias)
+                result = task_result_for(running, [self.worker_id])
                 status = to_task_result_status(state)
                 set_task_result_fields(result, status=status, finished_at=outcome.finished_at)
                 if outcome.error_class:
@@ -233,7 +232,7 @@ class JobEvents:
 
     def _stored_result(self, running: RunningJob):
         try:
-            return task_backends[running.task.backend].get_result(str(running.job.id))
+            return job_backend(running).get_result(str(running.job.id))
         except Exception:
             logger.exception("could not load the stored result for a task signal", extra=self.extra(running.job))
             return None

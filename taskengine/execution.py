@@ -21,7 +21,15 @@ from typing import Any
 
 from django.db import connections
 
-from .compat import Task, TaskContext, TaskResult, TaskResultStatus, normalize_json
+from .compat import (
+    InvalidTaskBackend,
+    Task,
+    TaskContext,
+    TaskResult,
+    TaskResultStatus,
+    normalize_json,
+    task_backends,
+)
 from .conf import engine_settings
 from .jobs import ClaimedJob, Outcome
 from .states import AttemptOutcome, JobState
@@ -68,10 +76,31 @@ class RunningJob:
         return (self.job.id, self.job.attempt)
 
 
-def task_result_for(running: RunningJob, worker_ids: list[str], backend_alias: str) -> TaskResult:
+def job_backend(running: RunningJob) -> Any:
+    """The backend the job was enqueued through (its ``backend`` column), or the task's
+    own when that alias is no longer configured."""
+    try:
+        return task_backends[running.job.backend]
+    except InvalidTaskBackend:
+        return task_backends[running.task.backend]
+
+
+def enqueued_task(running: RunningJob, backend: Any) -> Task:
+    """The Task as the job was enqueued (``.using(...)`` options and all), rebuilt from
+    the claimed row as ``get_result`` rebuilds it from the stored one, so a running
+    attempt's TaskResult carries the same task as the result read back. No query: this
+    runs on the event loop for an async handler's TaskContext."""
+    rebuild = getattr(backend, "stored_task", None)
+    return running.task if rebuild is None else rebuild(running.job, running.task)
+
+
+def task_result_for(running: RunningJob, worker_ids: list[str]) -> TaskResult:
+    """A running first attempt's TaskResult, from what the worker knows (a retry's is
+    read from the store: earlier attempts' errors and workers)."""
     job = running.job
+    backend = job_backend(running)
     return TaskResult(
-        task=running.task,
+        task=enqueued_task(running, backend),
         id=str(job.id),
         status=TaskResultStatus.RUNNING,
         enqueued_at=job.enqueued_at,
@@ -80,7 +109,7 @@ def task_result_for(running: RunningJob, worker_ids: list[str], backend_alias: s
         last_attempted_at=job.last_attempted_at,
         args=job.args,
         kwargs=job.kwargs,
-        backend=backend_alias,
+        backend=backend.alias,
         errors=[],
         worker_ids=worker_ids,
     )
@@ -95,7 +124,7 @@ def call_arguments(running: RunningJob, worker_id: str) -> tuple[list, dict]:
     if running.job.attempt > 1:
         result = _stored_task_result(running)
     else:
-        result = task_result_for(running, [worker_id], running.task.backend)
+        result = task_result_for(running, [worker_id])
     return _with_context(result, running)
 
 
@@ -117,9 +146,7 @@ def _with_context(result: TaskResult, running: RunningJob) -> tuple[list, dict]:
 
 
 def _stored_task_result(running: RunningJob) -> TaskResult:
-    from .compat import task_backends
-
-    return task_backends[running.task.backend].get_result(str(running.job.id))
+    return job_backend(running).get_result(str(running.job.id))
 
 
 def _stored_task_result_tidily(running: RunningJob) -> TaskResult:

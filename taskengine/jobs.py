@@ -54,6 +54,10 @@ class ClaimedJob:
     run_after: datetime
     tenant: str | None
     acting_user_id: str | None
+    # With the columns above, everything the job was enqueued with: the Task its
+    # TaskResults carry is rebuilt from them (DatabaseBackend.stored_task).
+    on_lease_expired: str
+    unique_key: str | None
     # Set when the stored arguments would not decode (a row written outside enqueue, e.g.
     # an integer past Python's digit limit): the attempt fails with it, the worker goes on.
     decode_error: str | None = None

@@ -8,9 +8,10 @@ time zone (one fixed instant), so every node computes the same slots. Slots are 
 datetimes; the database keeps one job per (schedule, slot) through a unique index.
 
 Bad input — an invalid cron expression, an unknown time zone, a task path that is not
-a @task, an unknown queue — is rejected with a ValidationError naming the field, when a
-Schedule is saved through a form (``Schedule.clean``) and when settings are loaded
-(ImproperlyConfigured naming the entry).
+a @task, an unknown queue, arguments enqueue would refuse (values.py) — is rejected
+with a ValidationError naming the field, when a Schedule is saved through a form
+(``Schedule.clean``), and when settings are loaded (ImproperlyConfigured naming the
+entry; ``manage.py check`` reports it as taskengine.E006).
 
 This module does no I/O (it sits below the models, whose ``Schedule.clean`` uses it); the
 leader's service in maintenance/schedules.py syncs the settings-defined schedules and
@@ -32,6 +33,7 @@ from django.core.exceptions import ImproperlyConfigured, ValidationError
 
 from .conf import engine_settings
 from .resolution import resolve_task
+from .values import arguments_problem, ready_arguments
 
 MISFIRE_POLICIES = ("skip", "run_once", "catch_up")
 SETTINGS_KEYS = {
@@ -106,10 +108,18 @@ def schedule_errors(
         errors["misfire_policy"] = f"Misfire policy must be one of {', '.join(MISFIRE_POLICIES)}."
     if not isinstance(catch_up_limit, int) or catch_up_limit < 0:
         errors["catch_up_limit"] = "catch_up_limit must be a whole number ≥ 0."
+    # The arguments by enqueue's own rule (values.py), in its words: a slot's job could
+    # not be stored otherwise.
     if not isinstance(args, (list, tuple)):
         errors["args"] = "args must be a list."
+    elif problem := arguments_problem(args, {}):
+        errors["args"] = problem
     if kwargs is not None and not isinstance(kwargs, Mapping):
         errors["kwargs"] = "kwargs must be a mapping."
+    elif kwargs and not all(isinstance(key, str) for key in kwargs):
+        errors["kwargs"] = "kwargs keys must be strings (they are the task's keyword arguments)."
+    elif kwargs and (problem := arguments_problem((), kwargs)):
+        errors["kwargs"] = problem
     return errors
 
 
@@ -277,8 +287,8 @@ def settings_schedules(raw: Mapping[str, Any] | None = None) -> list[dict[str, A
             "cron": entry.get("cron"),
             "interval_seconds": entry.get("interval"),
             "timezone": entry.get("timezone", "UTC"),
-            "args": list(entry.get("args", [])),
-            "kwargs": dict(entry.get("kwargs", {})),
+            "args": entry.get("args", []),
+            "kwargs": entry.get("kwargs", {}),
             "queue": entry.get("queue", "default"),
             "priority": int(entry.get("priority", 0)),
             "tenant": entry.get("tenant"),
@@ -307,5 +317,7 @@ def settings_schedules(raw: Mapping[str, Any] | None = None) -> list[dict[str, A
         if errors:
             details = "; ".join(f"{field}: {message}" for field, message in errors.items())
             raise ImproperlyConfigured(f"{where} is invalid: {details}")
+        # Stored as its jobs will carry them (tuples as lists, UTF-8 bytes as text).
+        fields["args"], fields["kwargs"] = ready_arguments(fields["args"], fields["kwargs"] or {})
         out.append(fields)
     return out

@@ -385,6 +385,8 @@ def _claimed_job(r: Any) -> ClaimedJob:
         run_after=to_datetime(r[14]),
         tenant=r[15],
         acting_user_id=r[16],
+        on_lease_expired=r[17],
+        unique_key=r[18],
         decode_error=decode_error,
     )
 

@@ -169,7 +169,7 @@ claimed AS (
            job.args::text AS args, job.kwargs::text AS kwargs,
            job.attempts, job.max_attempts, job.timeout_seconds, job.retry_backoff_seconds,
            job.enqueued_at, job.started_at, job.last_attempted_at, job.run_after,
-           job.tenant, job.acting_user_id
+           job.tenant, job.acting_user_id, job.on_lease_expired, job.unique_key
 ),
 attempt_logged AS (
     INSERT INTO task_execution_logs (job_id, attempt, worker_id, started_at, error_message,

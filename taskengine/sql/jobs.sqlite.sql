@@ -42,7 +42,7 @@ UPDATE taskengine_job
    AND state = 'queued'
 RETURNING id, task_path, backend, queue, priority, args, kwargs, attempts, max_attempts,
           timeout_seconds, retry_backoff_seconds, enqueued_at, started_at,
-          last_attempted_at, run_after, tenant, acting_user_id;
+          last_attempted_at, run_after, tenant, acting_user_id, on_lease_expired, unique_key;
 
 
 -- name: log_attempts

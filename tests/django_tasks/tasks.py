@@ -5,7 +5,7 @@ FAILED, as Django's ImmediateBackend reports it."""
 
 from __future__ import annotations
 
-from taskengine.compat import TaskContext, task
+from taskengine.compat import TaskContext, TaskResult, task, task_backends
 
 
 @task
@@ -59,3 +59,29 @@ def fails_on_first_attempt(context: TaskContext) -> int:
     if context.attempt == 1:
         raise RuntimeError("first attempt fails")
     return context.attempt
+
+
+#: What the recording tasks below saw, one entry per attempt: ("context", attempt, the
+#: TaskResult their TaskContext carried, get_result(id) through backend ``alias`` at that
+#: moment — None on a backend that keeps no results).
+SEEN: list[tuple[str, int, TaskResult, TaskResult | None]] = []
+
+
+@task(takes_context=True, max_attempts=2, retry_backoff=0)
+def records_its_context(context: TaskContext, fail_first: bool, alias: str) -> None:
+    result = context.task_result
+    backend = task_backends[alias]
+    stored = backend.get_result(result.id) if backend.supports_get_result else None
+    SEEN.append(("context", context.attempt, result, stored))
+    if fail_first and context.attempt == 1:
+        raise RuntimeError("the first attempt fails")
+
+
+@task(takes_context=True, max_attempts=2, retry_backoff=0)
+async def records_its_context_async(context: TaskContext, fail_first: bool, alias: str) -> None:
+    result = context.task_result
+    backend = task_backends[alias]
+    stored = await backend.aget_result(result.id) if backend.supports_get_result else None
+    SEEN.append(("context", context.attempt, result, stored))
+    if fail_first and context.attempt == 1:
+        raise RuntimeError("the first attempt fails")

@@ -17,7 +17,7 @@ from django.utils import timezone
 from django.utils.safestring import mark_safe
 
 from taskengine import store
-from taskengine.backend import InvalidTaskArguments, _json_ready
+from taskengine.backend import InvalidTaskArguments
 from taskengine.compat import (
     TASKS_LOGGER,
     TaskResultStatus,
@@ -27,6 +27,7 @@ from taskengine.compat import (
     task_enqueued,
 )
 from taskengine.models import Job
+from taskengine.values import json_ready
 from tests import tasks
 from tests.conftest import subprocess_database_url
 
@@ -228,14 +229,14 @@ class Pairs(OrderedDict):
     ],
 )
 def test_json_ready_matches_normalize_json(value):
-    assert _json_ready(value) == normalize_json(value)
-    assert type(_json_ready(value)) is type(normalize_json(value))
+    assert json_ready(value) == normalize_json(value)
+    assert type(json_ready(value)) is type(normalize_json(value))
 
 
 @pytest.mark.parametrize("value", [object(), [1, {2, 3}], {"k": b"\xff"}])
 def test_json_ready_rejects_what_normalize_json_rejects(value):
     with pytest.raises((TypeError, ValueError)) as ours:
-        _json_ready(value)
+        json_ready(value)
     with pytest.raises((TypeError, ValueError)) as djangos:
         normalize_json(value)
     assert type(ours.value) is type(djangos.value)

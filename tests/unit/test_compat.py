@@ -141,7 +141,7 @@ def test_ready_task_result_equals_a_task_result_built_by_the_framework():
 
 
 def test_the_framework_normalises_arguments_as_normalize_json_does():
-    """What ready_task_result skips (backend._json_ready does the same work once)."""
+    """What ready_task_result skips (values.json_ready does the same work once)."""
     built = TaskResult(
         task=tasks.add,
         id="7",
