@@ -62,7 +62,7 @@ def test_an_upward_import_inside_the_bottom_layer_fails_naming_it(package_copy: 
     add_import_in_function(package_copy, "compat", "from taskengine.jobs import Outcome")
     result = lint_imports(package_copy)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "Inside the bottom layer: jobs, resolution > states > compat, conf BROKEN" in result.stdout
+    assert "Inside the bottom layer: jobs, resolution, values > states > compat, conf BROKEN" in result.stdout
     assert "taskengine.compat -> taskengine.jobs (l." in result.stdout
 
 
