@@ -7,7 +7,8 @@ console page and the admin's job list rendered for a superuser.
 The acceptance test runs on both halves of bin/test, against the database of each: a
 SQLite file in the new project, or a scratch database on the test PostgreSQL server; and
 bin/test-matrix runs it on both databases for every Python and Django it covers (on
-Django 5.2 with the django-tasks backport and the README's lines for it)."""
+Django 5.2 with the django-tasks backport, and on 5.2 and 6.0 with the README's lines for
+them)."""
 
 from __future__ import annotations
 
@@ -144,14 +145,18 @@ def test_a_startproject_with_the_readme_settings_runs_a_job_and_renders_the_cons
     assert "'APP_DIRS': True" in generated or '"APP_DIRS": True' in generated
     assert re.search(r"['\"]DIRS['\"]: \[\]", generated), "startproject's TEMPLATES has DIRS entries"
     versions = json.loads(run([python, "-c", INSTALLED], cwd=site, env=env).stdout)
-    # The README's settings, and on Django 5.2 its lines for the backport.
+    # The README's settings and task, and its lines for Django 5.2 (the backport) and 6.0
+    # (whose @task takes no max_attempts=).
     project_settings, tasks = readme_snippet("settings"), readme_snippet("tasks")
-    if tuple(int(n) for n in versions["django"].split(".")[:2]) < (6, 0):
+    first, rest = tasks.split("\n", 1)
+    assert first == "from django.tasks import task", tasks
+    django_version = tuple(int(n) for n in versions["django"].split(".")[:2])
+    if django_version < (6, 0):
         assert versions["django-tasks"], "Django 5.2 without the django-tasks backport the README installs"
         project_settings += readme_snippet("settings-django52")
-        first, rest = tasks.split("\n", 1)
-        assert first == "from django.tasks import task", tasks
         tasks = readme_snippet("tasks-django52") + rest
+    elif django_version == (6, 0):
+        tasks = readme_snippet("tasks-django60") + rest
     database_snippet, point_at_test_server = project_database
     settings_py.write_text(f"{generated}\n{project_settings}\n{database_snippet}\n{point_at_test_server}")
     urls_py = site / "myproject" / "urls.py"
