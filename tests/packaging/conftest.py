@@ -4,14 +4,23 @@ cache). Commands in that virtualenv run from temporary directories with an envir
 that names nothing of the checkout: no PYTHONPATH, no settings module, no PATH entry
 inside it.
 
-Both are made once per session and kept in var/packaging/<digest of the copied
-sources>/, so the PostgreSQL half of bin/test reuses what the SQLite half built from the
-same sources (installing the dependencies is most of the time); a change to any file of
-the project makes a new digest, and the old builds are removed."""
+The virtualenv gets the wheel and what TASKENGINE_WHEEL_REQUIREMENTS names (pip
+requirements separated by spaces, e.g. "django>=5.2,<5.3 django-tasks" for the README's
+Django 5.2 install); by default the Django of the environment running the tests, and the
+django-tasks backport when that environment has it, pinned to the versions found there.
+bin/test-matrix runs the acceptance test in each Django's own environment.
+
+Both are made once and kept in var/packaging/<digest of the copied sources>/ — the
+virtualenv in venv-pyP.Q-<digest of the requirements>/ — so the PostgreSQL half of
+bin/test reuses what the SQLite half built from the same sources (installing the
+dependencies is most of the time), and bin/test-matrix reuses the wheel for every
+Python and Django it runs; a change to any file of the project makes a new digest, and
+the old builds are removed."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 import re
 import shutil
@@ -28,12 +37,16 @@ from tests.conftest import ROOT
 NOT_THE_PROJECT = shutil.ignore_patterns(
     ".git",
     ".venv",
+    ".venv-matrix",
     "var",
     "build",
     "dist",
     "*.egg-info",
     "__pycache__",
     ".pytest_cache",
+    ".hypothesis",
+    ".ruff_cache",
+    ".mypy_cache",
     "test-artifacts",
     "*.sqlite3",
     "*.sqlite3-*",
@@ -160,17 +173,43 @@ def editable(builds) -> Built:
     return builds["editable"]
 
 
+def wheel_requirements() -> list[str]:
+    """What the fresh virtualenv installs beside the wheel (see the module's docstring)."""
+    given = os.environ.get("TASKENGINE_WHEEL_REQUIREMENTS", "").split()
+    if given:
+        return given
+    here = [f"django=={importlib.metadata.version('django')}"]
+    try:
+        here.append(f"django-tasks=={importlib.metadata.version('django-tasks')}")
+    except importlib.metadata.PackageNotFoundError:
+        pass  # Django 6.x: django.tasks ships with Django, the README installs no backport
+    return here
+
+
 @pytest.fixture(scope="session")
 def venv(wheel, packaging_dir) -> Path:
     """A fresh virtualenv with the wheel installed, nothing of the checkout in it."""
-    path, done = packaging_dir / "venv", packaging_dir / "venv.done"
+    requirements = wheel_requirements()
+    key = hashlib.sha256(" ".join(requirements).encode()).hexdigest()[:12]
+    name = f"venv-py{sys.version_info.major}.{sys.version_info.minor}-{key}"
+    path, done = packaging_dir / name, packaging_dir / f"{name}.done"
     if not done.exists():
         shutil.rmtree(path, ignore_errors=True)
         base_python = getattr(sys, "_base_executable", None) or sys.executable
         # No pip of its own (ensurepip is slow); this environment's pip installs into it.
         run([base_python, "-m", "venv", "--without-pip", path], cwd=packaging_dir, env=outside_env())
         run(
-            [sys.executable, "-m", "pip", "--python", path / "bin" / "python", "install", "--quiet", wheel.path],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "--python",
+                path / "bin" / "python",
+                "install",
+                "--quiet",
+                wheel.path,
+                *requirements,
+            ],
             cwd=packaging_dir,
             env=outside_env(path),
             timeout=600,

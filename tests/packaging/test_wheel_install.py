@@ -5,7 +5,10 @@ path) it runs a project made by ``django-admin startproject`` with exactly the R
 console page and the admin's job list rendered for a superuser.
 
 The acceptance test runs on both halves of bin/test, against the database of each: a
-SQLite file in the new project, or a scratch database on the test PostgreSQL server."""
+SQLite file in the new project, or a scratch database on the test PostgreSQL server; and
+bin/test-matrix runs it on both databases for every Python and Django it covers (on
+Django 5.2 with the django-tasks backport, and on 5.2 and 6.0 with the README's lines for
+them)."""
 
 from __future__ import annotations
 
@@ -21,9 +24,11 @@ from pathlib import Path
 import psycopg
 import pytest
 from django.conf import settings
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.conftest import database_vendor
-from tests.packaging.conftest import outside_env, readme_snippet, run
+from tests.packaging.conftest import outside_env, readme_snippet, run, wheel_requirements
 
 # setuptools, build and the backend report problems as "<Something>Warning" (e.g. a
 # SetuptoolsDeprecationWarning for a license table instead of an SPDX string).
@@ -67,7 +72,9 @@ def test_the_build_prints_no_warning_and_twine_check_passes(wheel, sdist, editab
     assert out.stdout.count("PASSED") == 2, out.stdout
     metadata = zipfile.ZipFile(wheel.path).read("taskengine-0.1.0.dist-info/METADATA").decode()
     assert "License-Expression: MIT" in metadata
-    assert "Classifier: Framework :: Django :: 6.1" in metadata and "Project-URL: " in metadata
+    assert "Project-URL: " in metadata
+    for django in ("5.2", "6.0", "6.1"):
+        assert f"Classifier: Framework :: Django :: {django}" in metadata
 
 
 @pytest.fixture
@@ -99,6 +106,30 @@ def project_database(tmp_path) -> tuple[str, str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+# The versions the fresh virtualenv has, by distribution name (None: not installed).
+INSTALLED = """
+import importlib.metadata, json
+def version(name):
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+print(json.dumps({name: version(name) for name in ("django", "django-tasks", "taskengine")}))
+"""
+
+
+@pytest.mark.sqlite_only  # the virtualenv is the same on both halves
+def test_the_fresh_virtualenv_has_the_requested_django(venv, tmp_path):
+    """What TASKENGINE_WHEEL_REQUIREMENTS (or this environment's Django) asks for is what
+    the acceptance test below runs on: bin/test-matrix's line for a Django version is
+    about that version."""
+    installed = json.loads(run([venv / "bin" / "python", "-c", INSTALLED], cwd=tmp_path, env=outside_env(venv)).stdout)
+    assert installed["taskengine"] == "0.1.0"
+    for requirement in map(Requirement, wheel_requirements()):
+        have = installed.get(canonicalize_name(requirement.name))
+        assert have is not None and requirement.specifier.contains(have, prereleases=True), (requirement, installed)
+
+
 def test_a_startproject_with_the_readme_settings_runs_a_job_and_renders_the_console(venv, tmp_path, project_database):
     site = tmp_path / "site"
     site.mkdir()
@@ -113,11 +144,24 @@ def test_a_startproject_with_the_readme_settings_runs_a_job_and_renders_the_cons
     generated = settings_py.read_text()
     assert "'APP_DIRS': True" in generated or '"APP_DIRS": True' in generated
     assert re.search(r"['\"]DIRS['\"]: \[\]", generated), "startproject's TEMPLATES has DIRS entries"
+    versions = json.loads(run([python, "-c", INSTALLED], cwd=site, env=env).stdout)
+    # The README's settings and task, and its lines for Django 5.2 (the backport) and 6.0
+    # (whose @task takes no max_attempts=).
+    project_settings, tasks = readme_snippet("settings"), readme_snippet("tasks")
+    first, rest = tasks.split("\n", 1)
+    assert first == "from django.tasks import task", tasks
+    django_version = tuple(int(n) for n in versions["django"].split(".")[:2])
+    if django_version < (6, 0):
+        assert versions["django-tasks"], "Django 5.2 without the django-tasks backport the README installs"
+        project_settings += readme_snippet("settings-django52")
+        tasks = readme_snippet("tasks-django52") + rest
+    elif django_version == (6, 0):
+        tasks = readme_snippet("tasks-django60") + rest
     database_snippet, point_at_test_server = project_database
-    settings_py.write_text(f"{generated}\n{readme_snippet('settings')}\n{database_snippet}\n{point_at_test_server}")
+    settings_py.write_text(f"{generated}\n{project_settings}\n{database_snippet}\n{point_at_test_server}")
     urls_py = site / "myproject" / "urls.py"
     urls_py.write_text(f"{urls_py.read_text()}\n{readme_snippet('urls')}")
-    (site / "myproject" / "tasks.py").write_text(readme_snippet("tasks"))
+    (site / "myproject" / "tasks.py").write_text(tasks)
 
     # The README's ten-minute path as written, but for the two commands that wait for a
     # person (createsuperuser asks for a password: here it is given; runserver serves
