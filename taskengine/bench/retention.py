@@ -8,6 +8,7 @@ The loaded jobs finished in the year 2000 and the benchmark's retention cutoff i
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -94,6 +95,9 @@ class Retention:
         if not elector.step():
             raise RuntimeError("another process holds the maintenance lease; retention needs it")
         elector.start()
+        quiet = logging.getLogger("taskengine.retention")  # it logs a line per 10,000 jobs
+        level = quiet.level
+        quiet.setLevel(max(quiet.getEffectiveLevel(), logging.WARNING))
         try:
             with self.connection.cursor() as cursor:
                 cursor.execute("SELECT extract(epoch FROM now() - %s::timestamptz)", [CUTOFF])
@@ -109,4 +113,5 @@ class Retention:
                 if not deleted:
                     return total, time.perf_counter() - started
         finally:
+            quiet.setLevel(level)
             elector.stop()

@@ -30,9 +30,15 @@ SELECT least(floor(extract(epoch FROM enqueued_at - %(t0)s) / %(window)s)::int, 
           FROM taskengine_job WHERE queue = %(queue)s AND started_at IS NOT NULL) AS jobs
  GROUP BY 1 ORDER BY 1
 """
+# Jobs finished after the producer stopped are the backlog's drain: counted apart.
 WINDOW_FINISHED = """
-SELECT least(floor(extract(epoch FROM finished_at - %(t0)s) / %(window)s)::int, %(last)s), count(*)
+SELECT CASE WHEN finished_at < %(t0)s + make_interval(secs => %(seconds)s)
+            THEN floor(extract(epoch FROM finished_at - %(t0)s) / %(window)s)::int END, count(*)
   FROM taskengine_job WHERE queue = %(queue)s AND finished_at IS NOT NULL GROUP BY 1
+"""
+BACKLOG = """
+SELECT extract(epoch FROM max(finished_at) - (%(t0)s + make_interval(secs => %(seconds)s)))
+  FROM taskengine_job WHERE queue = %(queue)s
 """
 OVERALL_PICKUP = """
 SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
@@ -57,8 +63,8 @@ class Sustained:
             codes = stop_workers(procs)
         if any(codes):
             raise RuntimeError(f"a sustained-load worker exited with {codes}")
-        windows = self._windows(t0, seconds, window, stats)
-        figures = self._sustained_summary(windows, seconds, rate, sent)
+        windows, backlog = self._windows(t0, seconds, window, stats)
+        figures = {**self._sustained_summary(windows, seconds, rate, sent), **backlog}
         self.clear()
         return figures
 
@@ -102,14 +108,22 @@ class Sustained:
                 row["claim_index_dead_tuples"], row["claim_index_free_percent"] = cursor.fetchone()
         return row
 
-    def _windows(self, t0, seconds: float, window: float, stats: list[dict]) -> list[dict[str, Any]]:
+    def _windows(self, t0, seconds: float, window: float, stats: list[dict]) -> tuple[list[dict], dict[str, Any]]:
+        """One row per window, and the backlog's figures (jobs finished after the
+        producer stopped, and how long after it the last one finished)."""
         count = max(1, int(-(-seconds // window)))
-        params = {"t0": t0, "window": window, "last": count - 1, "queue": self.queue}
+        params = {"t0": t0, "window": window, "last": count - 1, "queue": self.queue, "seconds": seconds}
         with self.connection.cursor() as cursor:
             cursor.execute(WINDOW_PICKUP, params)
             pickup = {w: (n, p) for w, n, p in cursor.fetchall()}
             cursor.execute(WINDOW_FINISHED, params)
             finished = dict(cursor.fetchall())
+            cursor.execute(BACKLOG, params)
+            (backlog,) = cursor.fetchone()
+        backlog_figures = {
+            "sustained_finished_after": finished.get(None, 0),
+            "sustained_backlog_drain_s": float(backlog) if backlog is not None else None,
+        }
         rows = []
         for w in range(count):
             n, (p50, p95, p99) = pickup.get(w, (0, (None, None, None)))
@@ -125,7 +139,7 @@ class Sustained:
                     **{k: v for k, v in sample.items() if k != "at"},
                 }
             )
-        return rows
+        return rows, backlog_figures
 
     def _sustained_summary(self, windows: list[dict], seconds: float, rate: float, sent: int) -> dict[str, Any]:
         with self.connection.cursor() as cursor:
