@@ -1,12 +1,15 @@
 """``manage.py benchmark`` end to end at a small size: every figure it promises comes out,
-the drain runs real workers that are all up before the jobs exist, the raw limit comes
-from the project's own pgbench script (nothing outside the checkout), and the benchmark
-leaves none of its jobs, nor its scratch database, behind. (The figures themselves are
-read from the command's output in docs/performance.md, never asserted as timings here.)"""
+the drain runs real workers that are all up before the jobs exist, the raw limits come
+from the project's own scripts (nothing outside the checkout), every mode (real work,
+long drain, retention, sustained load) reports its figures in --json, and the benchmark
+leaves none of its jobs, nor its scratch database or table, behind. (The figures
+themselves are read from the command's output in docs/performance.md, never asserted as
+timings here.)"""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -18,6 +21,8 @@ from taskengine.models import ExecutionLog, Job
 from tests.conftest import ROOT, subprocess_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+ROUNDED = 0.001  # the command prints figures to three decimals: a small ratio is only that exact
 
 
 def run_benchmark(*args: str) -> tuple[dict, str]:
@@ -60,6 +65,8 @@ def test_the_benchmark_reports_every_figure_and_cleans_up_after_itself():
         "latency_p50_ms",
         "latency_p95_ms",
         "worker_rss_mb_max",
+        "drain_default_per_s",
+        "drain_c32_per_s",
     ):
         assert figures[key] > 0, (key, figures)
     assert figures["latency_p50_ms"] <= figures["latency_p95_ms"]
@@ -67,15 +74,26 @@ def test_the_benchmark_reports_every_figure_and_cleans_up_after_itself():
     if connection.vendor == "postgresql":
         assert figures["raw_claim_limit_per_s"] > 0
         assert figures["drain_vs_raw"] == pytest.approx(
-            figures["drain_per_s"] / figures["raw_claim_limit_per_s"], rel=0.01
+            figures["drain_per_s"] / figures["raw_claim_limit_per_s"], rel=0.01, abs=ROUNDED
         )
         (scratch,) = re.findall(r"scratch database (taskengine_raw_claim_\d+)", notes)
         with connection.cursor() as cursor:
             cursor.execute("SELECT count(*) FROM pg_database WHERE datname = %s", [scratch])
             assert cursor.fetchone() == (0,)
+        for drain in ("drain_default", "drain_c32"):
+            assert figures[f"{drain}_vs_raw"] == pytest.approx(
+                figures[f"{drain}_per_s"] / figures["raw_claim_limit_per_s"], rel=0.01, abs=ROUNDED
+            )
+        assert figures["raw_copy_per_s"] > 0
+        assert figures["bulk_vs_copy"] == pytest.approx(
+            figures["enqueue_bulk_per_s"] / figures["raw_copy_per_s"], rel=0.01, abs=ROUNDED
+        )
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT to_regclass('taskengine_bench_copy')")
+            assert cursor.fetchone() == (None,)
         assert figures["raw_single_insert_per_s"] > 0
         assert figures["enqueue_single_vs_raw"] == pytest.approx(
-            figures["enqueue_single_per_s"] / figures["raw_single_insert_per_s"], rel=0.01
+            figures["enqueue_single_per_s"] / figures["raw_single_insert_per_s"], rel=0.01, abs=ROUNDED
         )
     assert not Job.objects.filter(queue="benchmark").exists()
     assert not ExecutionLog.objects.filter(job__queue="benchmark").exists()
@@ -94,3 +112,65 @@ def test_a_raw_script_that_does_not_exist_is_refused_before_anything_runs(tmp_pa
     assert out.returncode != 0
     assert f"--raw-script {missing} does not exist" in out.stderr
     assert "enqueue:" not in out.stderr
+
+
+def test_the_modes_report_their_figures_and_prune_only_the_benchmarks_own_rows():
+    postgres = connection.vendor == "postgresql"
+    if postgres:  # a job retention would prune at its default 7 days; the benchmark must not
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO taskengine_job (task_path, backend, queue, priority, args, kwargs, state, run_after, "
+                "enqueued_at, started_at, finished_at, attempts, max_attempts, on_lease_expired) "
+                "SELECT 'x.y', 'default', 'other', 0, '[]', '{}', 'succeeded', t, t, t, t, 1, 1, 'retry' "
+                "FROM (SELECT now() - interval '10 days' AS t) AS times"
+            )
+    figures, _ = run_benchmark(
+        *("--skip", "single,latency,raw,default", "--work", "io,cpu", "--work-jobs", "100", "--long-drain", "500"),
+        *("--retention", "2000", "--sustained", "3", "--sustained-window", "1", "--sustained-rate", "100"),
+    )
+    for work, ideal in (("io", 2 * 8 / 0.005), ("cpu", min(2, os.cpu_count()) / 0.001)):
+        assert figures[f"work_{work}_ideal_per_s"] == pytest.approx(ideal)
+        assert figures[f"work_{work}_per_s"] > 0
+        assert figures[f"work_{work}_vs_ideal"] == pytest.approx(
+            figures[f"work_{work}_per_s"] / ideal, rel=0.01, abs=ROUNDED
+        )
+    # Fewer jobs than the 20,000 of the head: the head is the whole drain.
+    assert figures["long_drain_jobs"] == 500
+    assert figures["long_drain_head_per_s"] == pytest.approx(figures["long_drain_per_s"], rel=0.01, abs=ROUNDED)
+    assert figures["long_drain_decay"] == pytest.approx(1.0, rel=0.01, abs=ROUNDED)
+    if not postgres:
+        assert figures["sustained"] == "not available on SQLite"
+        assert figures["retention"].startswith("not available on SQLite")
+        assert not Job.objects.filter(queue="benchmark").exists()
+        return
+    assert_retention(figures)
+    assert_sustained(figures)
+    assert Job.objects.filter(queue="other", state="succeeded").count() == 1
+    assert not Job.objects.filter(queue="benchmark").exists()
+
+
+def assert_retention(figures: dict) -> None:
+    assert figures["retention_jobs"] == 2000
+    assert figures["retention_prune_per_s"] > 0
+    assert figures["retention_prune_seconds"] > 0
+    assert figures["retention_claims_without"] > 0 and figures["retention_claims_during"] > 0
+    assert figures["retention_claim_p99_ratio"] == pytest.approx(
+        figures["retention_claim_p99_ms_during"] / figures["retention_claim_p99_ms_without"], rel=0.01, abs=ROUNDED
+    )
+
+
+def assert_sustained(figures: dict) -> None:
+    # 100 jobs/s for 3 s, by the producer's schedule: every job due by the last turn.
+    assert 270 <= figures["sustained_jobs"] <= 300
+    windows = figures["sustained_windows"]
+    assert [w["window"] for w in windows] == [0, 1, 2]
+    assert sum(w["enqueued"] for w in windows) == figures["sustained_jobs"]
+    for w in windows:
+        assert w["enqueued"] > 0
+        assert 0 <= w["pickup_p50_ms"] <= w["pickup_p95_ms"] <= w["pickup_p99_ms"]
+        assert w["job_table_mb"] > 0 and w["claim_index_kb"] > 0 and w["job_dead_tuples"] >= 0
+    # Every job finished in a window (1 s: finished_per_s is a count) or after the producer stopped.
+    finished = sum(w["finished_per_s"] for w in windows) + figures["sustained_finished_after"]
+    assert finished == pytest.approx(figures["sustained_jobs"], abs=0.5)
+    assert (figures["sustained_backlog_drain_s"] > 0) == (figures["sustained_finished_after"] > 0)
+    assert figures["sustained_pickup_p50_ms"] <= figures["sustained_pickup_p99_ms"]

@@ -47,6 +47,7 @@ def test_the_wheel_holds_the_taskengine_package_and_nothing_else(wheel):
         "taskengine/sql/jobs.postgresql.sql",
         "taskengine/bench/raw_claim.pgbench.sql",
         "taskengine/bench/raw_claim.setup.sql",
+        "taskengine/bench/raw_copy.sql",
         "taskengine/migrations/0001_initial.py",
         "taskengine-0.1.0.dist-info/licenses/LICENSE",
     ):
