@@ -98,8 +98,8 @@ TASKS_MODULE: str = Task.__module__.rsplit(".", 1)[0]
 TASKS_LOGGER: str = _signals.logger.name
 #: The framework's own receivers of task_started / task_finished, which log each task's
 #: start and finish on TASKS_LOGGER.
-log_task_started: Callable = _signals.log_task_started
-log_task_finished: Callable = _signals.log_task_finished
+log_task_started: Callable[..., None] = _signals.log_task_started
+log_task_finished: Callable[..., None] = _signals.log_task_finished
 
 __all__ = [
     "BUILTIN_TASKS",
@@ -151,7 +151,7 @@ FRAMEWORK_TASK_TAKES_OPTIONS = any(
 
 
 def _task_with_options(
-    function: Callable | None = None,
+    function: Callable[..., Any] | None = None,
     *,
     priority: int = DEFAULT_TASK_PRIORITY,
     queue_name: str = DEFAULT_TASK_QUEUE_NAME,
@@ -166,7 +166,7 @@ def _task_with_options(
             "Use .using(run_after=...) to set it dynamically."
         )
 
-    def wrapper(func: Callable) -> Task:
+    def wrapper(func: Callable[..., Any]) -> Task[..., Any]:
         return task_backends[backend].task_class(
             priority=priority,
             func=func,
@@ -212,8 +212,13 @@ if {f.name for f in fields(TaskResult)} != TASK_RESULT_FIELDS:  # a TaskResult o
 
 
 def ready_task_result(
-    task: Task, result_id: str, enqueued_at: Any, args: list, kwargs: dict, backend: str
-) -> TaskResult:
+    task: Task[..., Any],
+    result_id: str,
+    enqueued_at: Any,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    backend: str,
+) -> TaskResult[..., Any]:
     """The TaskResult of a job just enqueued, its arguments already JSON-ready: equal to
     ``TaskResult(status=READY, ...)`` but without ``__post_init__``, which would
     normalise the arguments a second time (a bulk enqueue makes thousands)."""
@@ -235,7 +240,7 @@ def ready_task_result(
     return result
 
 
-def set_task_result_fields(result: TaskResult, **values: Any) -> None:
+def set_task_result_fields(result: TaskResult[..., Any], **values: Any) -> None:
     """Write fields of a (frozen) TaskResult that taskengine built itself and has not
     handed out yet: a worker's result of an attempt that just finished."""
     for name, value in values.items():
@@ -244,7 +249,7 @@ def set_task_result_fields(result: TaskResult, **values: Any) -> None:
         object.__setattr__(result, name, value)
 
 
-def set_return_value(result: TaskResult, value: Any) -> None:
+def set_return_value(result: TaskResult[..., Any], value: Any) -> None:
     """What ``result.return_value`` returns once the result is SUCCESSFUL (the
     framework keeps it in the private ``_return_value``, set only by backends)."""
     object.__setattr__(result, "_return_value", value)
@@ -253,7 +258,7 @@ def set_return_value(result: TaskResult, value: Any) -> None:
 # --- Task ----------------------------------------------------------------------------
 
 
-def clone_task(source: Task | type[Task], **values: Any) -> Task:
+def clone_task(source: Task[..., Any] | type[Task[..., Any]], **values: Any) -> Task[..., Any]:
     """A Task carrying a stored job's queue and priority. Built without ``__init__`` (so
     without ``validate_task``), so a job stored under a queue since removed from QUEUES
     can still be read. ``source`` is a Task to copy, or a Task class whose fields
@@ -278,7 +283,7 @@ def clone_task(source: Task | type[Task], **values: Any) -> Task:
 # --- signals -------------------------------------------------------------------------
 
 
-def receiver_key(receiver: Callable, sender: Any = None) -> tuple[int, int]:
+def receiver_key(receiver: Callable[..., Any], sender: Any = None) -> tuple[int, int]:
     """The key ``Signal.connect`` files a plain-function receiver under (no dispatch_uid)."""
     return (id(receiver), id(sender))
 

@@ -13,6 +13,8 @@ import re
 from functools import cache
 from pathlib import Path
 
+from django.db.backends.base.base import BaseDatabaseWrapper
+
 SQL_DIR = Path(__file__).with_name("sql")
 _BLOCK = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 _INCLUDE = re.compile(r"^--\s*@include\s+(\w+)\s*$", re.MULTILINE)
@@ -41,7 +43,7 @@ def load(vendor: str) -> dict[str, str]:
     return queries
 
 
-def sql(connection, name: str) -> str:
+def sql(connection: BaseDatabaseWrapper, name: str) -> str:
     """The named query for ``connection``'s vendor ("postgresql" or "sqlite")."""
     queries = load(connection.vendor)
     try:
