@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import Any, overload
 
 import psycopg
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -125,6 +125,10 @@ def run(connection: BaseDatabaseWrapper, name: str, params: dict[str, Any]) -> l
         return [tuple(result.get_value(row, col) for col in range(width)) for row in range(result.ntuples)]
 
 
+@overload
+def load_timestamptz(connection: BaseDatabaseWrapper, value: bytes) -> datetime: ...
+@overload
+def load_timestamptz(connection: BaseDatabaseWrapper, value: None) -> None: ...
 def load_timestamptz(connection: BaseDatabaseWrapper, value: bytes | None) -> datetime | None:
     """A timestamptz column ``run`` returned, as an aware datetime."""
     return None if value is None else _prepared(connection).timestamptz.load(value)
