@@ -16,6 +16,9 @@ from django.db.models import Model, QuerySet
 from .models import Job, OperatorAction, TenantMembership
 from .tenancy import RequestUser
 
+#: Who made a change: a user, or the name of a system actor (``"system:backfill"``).
+type Actor = RequestUser | str
+
 
 def job_snapshot(job: Job) -> dict[str, Any]:
     """The fields of a job an audit row keeps as "before" / "after"."""
@@ -31,7 +34,7 @@ def job_snapshot(job: Job) -> dict[str, Any]:
 
 def record(
     *,
-    actor: RequestUser | None,
+    actor: Actor | None,
     action: str,
     target_type: str,
     target_id: Any,
@@ -49,8 +52,8 @@ def record(
     connection = transaction.get_connection(using)
     if not connection.in_atomic_block:
         raise RuntimeError("audit.record() must run inside the transaction that makes the change")
-    # An anonymous or unsaved user is recorded by its repr only.
-    user = None if actor is None or isinstance(actor, AnonymousUser) or actor.pk is None else actor
+    # A system actor, an anonymous or an unsaved user is recorded by its name only.
+    user = None if actor is None or isinstance(actor, (str, AnonymousUser)) or actor.pk is None else actor
     return OperatorAction.objects.using(using).create(
         actor=user,
         actor_repr=str(getattr(actor, "get_username", lambda: actor)() if actor is not None else "system")[:150],

@@ -55,7 +55,12 @@ DJANGO_TASK_LINE = "Task id=%s path=%s state=%s"  # log_task_started/finished's 
 
 
 def send_robustly(
-    signal: Signal, name: str, sender: type, task_result: TaskResult, log: logging.Logger, extra: dict[str, Any]
+    signal: Signal,
+    name: str,
+    sender: type,
+    task_result: TaskResult[..., Any],
+    log: logging.Logger,
+    extra: dict[str, Any],
 ) -> None:
     """Send ``signal`` to every receiver even if some raise (``send_robust``), logging
     each receiver's error with its name and the job. A project's receiver must not stop
@@ -99,7 +104,7 @@ def exc_info_of(error: BaseException | None) -> tuple[type[BaseException], BaseE
 class JobEvents:
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
-        self._metric_children: dict[tuple, Any] = {}
+        self._metric_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
     def claimed(self, job: store.ClaimedJob) -> None:
         self._metric(metrics.JOBS_RUNNING, job.queue).inc()
@@ -166,6 +171,7 @@ class JobEvents:
                 )
             return
         try:
+            assert running.task is not None  # a job whose task does not import fails before it starts
             backend = task_backends[running.task.backend]
             result = task_result_for(running, [self.worker_id], backend.alias)
             if running.job.attempt > 1:
@@ -202,6 +208,7 @@ class JobEvents:
         task's exception as the one being handled, as ImmediateBackend sends it (Django's
         log receiver takes the exception from sys.exc_info())."""
         try:
+            assert running.task is not None  # sent only for a task that imports (_finished_for_django)
             backend = task_backends[running.task.backend]
             if running.job.attempt > 1:
                 result = self._stored_result(running)
@@ -216,6 +223,7 @@ class JobEvents:
                         TaskError(exception_class_path=outcome.error_class, traceback=outcome.traceback)
                     )
                 if status == TaskResultStatus.SUCCESSFUL:
+                    assert outcome.return_value is not None  # a success always stores its JSON
                     set_return_value(result, json.loads(outcome.return_value))
             extra = self.extra(running.job)
             if error is None:
@@ -231,8 +239,9 @@ class JobEvents:
         except Exception:
             logger.exception("could not send task_finished", extra=self.extra(running.job))
 
-    def _stored_result(self, running: RunningJob):
+    def _stored_result(self, running: RunningJob) -> TaskResult[..., Any] | None:
         try:
+            assert running.task is not None  # as in started / _send_finished
             return task_backends[running.task.backend].get_result(str(running.job.id))
         except Exception:
             logger.exception("could not load the stored result for a task signal", extra=self.extra(running.job))
@@ -247,7 +256,7 @@ class JobEvents:
             finished_at=outcome.finished_at.isoformat() if outcome.finished_at else None,
         )
 
-    def _metric(self, metric, *labels: str):
+    def _metric(self, metric: Any, *labels: str) -> Any:
         """A labelled child of ``metric``, cached (labels() is costly per job)."""
         key = (metric, labels)
         child = self._metric_children.get(key)
