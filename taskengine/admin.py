@@ -67,7 +67,7 @@ def traceback_html(log: ExecutionLog):
     )
 
 
-class ExecutionLogInline(admin.TabularInline):
+class ExecutionLogInline(admin.TabularInline):  # type: ignore[type-arg]  # not subscriptable at run time
     model = ExecutionLog
     extra = 0
     can_delete = False

@@ -436,7 +436,7 @@ class RssSampler(threading.Thread):
         return max(growths, default=0.0)
 
 
-def database_url(s: dict) -> str:
+def database_url(s: dict[str, Any]) -> str:
     if "sqlite" in s["ENGINE"]:
         return f"sqlite:///{s['NAME']}"
     auth = s["USER"] or "postgres"

@@ -23,7 +23,7 @@ from ..operations import OperationError
 API_PREFIX = "/taskengine/api/"
 
 
-def staff_page(view: Callable) -> Callable:
+def staff_page(view: Callable[..., Any]) -> Callable[..., Any]:
     return admin.site.admin_view(view)
 
 
@@ -34,10 +34,10 @@ def json_error(status: int, message: str, **headers: str) -> JsonResponse:
     return response
 
 
-def api_endpoint(*methods: str) -> Callable[[Callable], Callable]:
+def api_endpoint(*methods: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     allowed = ", ".join(methods)
 
-    def decorate(view: Callable) -> Callable:
+    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
         @wraps(view)
         def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
             if request.method not in methods:

@@ -21,7 +21,7 @@ from .counts import bounded_count, distinct_tenants, recent_values
 from .reads import known_queues
 
 
-class BoundedCountPaginator(Paginator):
+class BoundedCountPaginator(Paginator):  # type: ignore[type-arg]  # not subscriptable at run time
     """Exact count up to counts.COUNT_LIMIT, an estimate (or the bound) above it."""
 
     @cached_property
@@ -29,7 +29,7 @@ class BoundedCountPaginator(Paginator):
         return bounded_count(self.object_list).value
 
 
-class TenantScopedAdmin(admin.ModelAdmin):
+class TenantScopedAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscriptable at run time
     """``tenant_lookup`` names the field path to the row's tenant; superusers see all,
     everyone else only rows of their tenants (out-of-scope ids look absent)."""
 
@@ -43,7 +43,7 @@ class TenantScopedAdmin(admin.ModelAdmin):
         return queryset.filter(**{f"{self.tenant_lookup}__in": tenants})
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscriptable at run time
     def has_add_permission(self, request, obj=None) -> bool:
         return False
 
@@ -91,12 +91,12 @@ class TenantFilter(_ValueFilter):
         return distinct_tenants() if tenants is None else tenants
 
 
-def snapshot(obj) -> dict:
+def snapshot(obj) -> dict[str, Any]:
     """A JSON-safe dict of a model instance's fields, for audit before/after."""
     return json.loads(json.dumps(model_to_dict(obj), cls=DjangoJSONEncoder))
 
 
-class AuditedAdmin(admin.ModelAdmin):
+class AuditedAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscriptable at run time
     """Admin edits of this model write one OperatorAction row per changed object, in the
     transaction of the change: the row commits with it or not at all.
 

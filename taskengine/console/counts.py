@@ -40,7 +40,7 @@ class BoundedCount:
             return f"{self.value:,}+"
         return f"≈{self.value:,}"
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "display": self.display()}
 
     def __str__(self) -> str:

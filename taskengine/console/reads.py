@@ -68,7 +68,7 @@ def known_queues(using: str = "default") -> list[str]:
     return sorted(_configured_queues() | set(queued_queues(using)) | served)
 
 
-def counts_by_state(user, using: str = "default") -> dict[str, dict]:
+def counts_by_state(user, using: str = "default") -> dict[str, dict[str, Any]]:
     jobs = jobs_for(user, using)
     return {state: bounded_count(jobs.filter(state=state)).as_dict() for state in JobState.values}
 
@@ -77,7 +77,7 @@ def _configured_queues() -> set[str]:
     return {q for backend in settings.TASKS.values() for q in backend.get("QUEUES", [])}
 
 
-def finished_rows(user, now: datetime, using: str = "default") -> tuple[datetime, list[dict]]:
+def finished_rows(user, now: datetime, using: str = "default") -> tuple[datetime, list[dict[str, Any]]]:
     """Jobs finished in the last CHART_MINUTES minutes, counted per (minute, queue,
     state). Index: taskengine_job_finished_idx (finished_at, partial)."""
     end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
@@ -93,7 +93,7 @@ def finished_rows(user, now: datetime, using: str = "default") -> tuple[datetime
     return start, list(rows)
 
 
-def counts_by_queue(user, finished: list[dict], using: str = "default") -> dict[str, dict]:
+def counts_by_queue(user, finished: list[dict[str, Any]], using: str = "default") -> dict[str, dict[str, Any]]:
     """Per queue: queued and running jobs now (bounded counts through the claim and
     lease indexes) and jobs finished in the last hour by final state."""
     jobs = jobs_for(user, using)
@@ -101,7 +101,7 @@ def counts_by_queue(user, finished: list[dict], using: str = "default") -> dict[
     for row in finished:
         per_state = last_hour.setdefault(row["queue"], {"succeeded": 0, "failed": 0, "cancelled": 0})
         per_state[row["state"]] = per_state.get(row["state"], 0) + row["n"]
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, Any]] = {}
     for queue in sorted(set(known_queues(using)) | set(last_hour)):
         out[queue] = {
             "queued": bounded_count(jobs.filter(queue=queue, state=JobState.QUEUED)).as_dict(),
@@ -111,7 +111,7 @@ def counts_by_queue(user, finished: list[dict], using: str = "default") -> dict[
     return out
 
 
-def throughput(start: datetime, finished: list[dict]) -> dict[str, Any]:
+def throughput(start: datetime, finished: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-minute buckets of the last hour (every minute present, zeros included)."""
     buckets = {
         start + timedelta(minutes=i): {"succeeded": 0, "failed": 0, "cancelled": 0} for i in range(CHART_MINUTES)

@@ -92,7 +92,7 @@ def run_once(
     return recovered
 
 
-def _run_sqlite(connection, params: dict) -> list[RecoveredJob]:
+def _run_sqlite(connection, params: dict[str, Any]) -> list[RecoveredJob]:
     recovered: list[RecoveredJob] = []
     with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
         cursor.execute(sql(connection, "select_recoverable"), params)

@@ -75,7 +75,7 @@ class Scheduler:
 
     name = "schedules"
 
-    def __init__(self, database: str, *, definitions: list[dict] | None = None) -> None:
+    def __init__(self, database: str, *, definitions: list[dict[str, Any]] | None = None) -> None:
         self.database = database
         self.definitions = settings_schedules() if definitions is None else definitions
         self._synced_term: int | None = None
@@ -137,7 +137,7 @@ class Scheduler:
         self._report(schedule, plan, created, job)
         return created
 
-    def _job_template(self, schedule: Schedule) -> dict:
+    def _job_template(self, schedule: Schedule) -> dict[str, Any]:
         """The schedule's job as the backend would store it (same defaults as
         ``task.enqueue()``), minus slot and schedule."""
         task = resolve_task(schedule.task_path).using(queue_name=schedule.queue, priority=schedule.priority)
@@ -165,7 +165,7 @@ class Scheduler:
             return slot
         return connection.ops.adapt_datetimefield_value(slot)
 
-    def _report(self, schedule: Schedule, plan: SlotPlan, created: list[int], job: dict) -> None:
+    def _report(self, schedule: Schedule, plan: SlotPlan, created: list[int], job: dict[str, Any]) -> None:
         if created:
             metrics.JOBS_SUBMITTED.labels(job["queue"], job["task_path"]).inc(len(created))
             logger.debug(

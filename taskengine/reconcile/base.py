@@ -81,7 +81,7 @@ class Context:
     def vendor(self) -> str:
         return self.connection.vendor
 
-    def as_param_list(self, values: list | None) -> Any:
+    def as_param_list(self, values: list[Any] | None) -> Any:
         if values is None:
             return None
         return list(values) if self.vendor == "postgresql" else json.dumps(list(values))
@@ -95,7 +95,7 @@ class Context:
             **extra,
         }
 
-    def fetch(self, name: str, **params: Any) -> list[tuple]:
+    def fetch(self, name: str, **params: Any) -> list[tuple[Any, ...]]:
         with self.connection.cursor() as cursor:
             cursor.execute(sql(self.connection, name), self.params(**params))
             return cursor.fetchall()
@@ -131,7 +131,7 @@ def page(ctx: Context, name: str, **params: Any):
         after_id = rows[-1][0]
 
 
-def first_page(ctx: Context, name: str, count_column: int, **params: Any) -> tuple[int, list[tuple]]:
+def first_page(ctx: Context, name: str, count_column: int, **params: Any) -> tuple[int, list[tuple[Any, ...]]]:
     """(total count, first ``sample_size`` rows) of a candidate query."""
     rows = ctx.fetch(name, after_id=0, limit=ctx.sample_size, **params)
     return (rows[0][count_column] if rows else 0), rows

@@ -34,7 +34,7 @@ def _inspect_rows(query: str):
     return inspect
 
 
-def _recover(ctx: Context, category: str, rows: list[tuple], reason: str) -> list[int]:
+def _recover(ctx: Context, category: str, rows: list[tuple[Any, ...]], reason: str) -> list[int]:
     """Recover a page of running jobs in one statement of the engine's one recovery
     path (maintenance.recovery), with one audit row per recovered job in the same
     transaction. Jobs that finished, were recovered or were re-claimed meanwhile are

@@ -39,7 +39,7 @@ def enqueued_jobs(
     state: str | None = "queued",
     using: str | None = None,
     **filters: Any,
-) -> list:
+) -> list[Any]:
     """The Job rows of ``task`` (a Task or its path; None: any) in ``queue`` (None: any),
     in ``state`` ("queued" by default; None: any state), oldest first. Extra keyword
     arguments are Django lookups on Job (``unique_key="order-7"``, ``priority__gt=0``)."""
@@ -108,7 +108,7 @@ def _wanted_text(path: str | None, wanted: Mapping[str, Any], state: str | None)
 
 
 def _listing(
-    jobs: Sequence, wanted: Mapping[str, Any], path: str | None, state: str | None, *, mark_differences: bool
+    jobs: Sequence[Any], wanted: Mapping[str, Any], path: str | None, state: str | None, *, mark_differences: bool
 ) -> str:
     if not jobs:
         return f"No {state} job exists." if state else "No job exists."
@@ -146,7 +146,7 @@ def assert_enqueued(
     count: int | None = None,
     state: str | None = "queued",
     using: str | None = None,
-) -> list:
+) -> list[Any]:
     """Assert that a job of ``task`` with these fields is enqueued (``count``: exactly
     that many) and return the matching Job rows.
 

@@ -180,7 +180,7 @@ def drain(
     return summary
 
 
-def _results(database: str, job_ids: list[int]) -> list:
+def _results(database: str, job_ids: list[int]) -> list[Any]:
     """The stored TaskResults of ``job_ids``, in that order (a job a handler deleted has none)."""
     from taskengine.compat import task_backends
     from taskengine.models import Job

@@ -23,12 +23,12 @@ class TaskengineJobs:
     def __init__(self, using: str | None = None) -> None:
         self.using = using
 
-    def enqueued(self, task: Any = None, **filters: Any) -> list:
+    def enqueued(self, task: Any = None, **filters: Any) -> list[Any]:
         from taskengine.testing import enqueued_jobs
 
         return enqueued_jobs(task, using=self.using, **filters)
 
-    def assert_enqueued(self, task: Any = None, **expected: Any) -> list:
+    def assert_enqueued(self, task: Any = None, **expected: Any) -> list[Any]:
         from taskengine.testing import assert_enqueued
 
         return assert_enqueued(task, using=self.using, **expected)

@@ -100,7 +100,7 @@ class Command(BaseCommand):
                     conn.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
 
     @staticmethod
-    def _url(params: dict, name: str) -> str:
+    def _url(params: dict[str, Any], name: str) -> str:
         password = f":{params['password']}" if params["password"] else ""
         return f"postgres://{params['user']}{password}@{params['host']}:{params['port']}/{name}"
 
