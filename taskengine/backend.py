@@ -13,9 +13,9 @@ import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from functools import partial
 from math import isfinite as _isfinite
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 from django.apps import apps

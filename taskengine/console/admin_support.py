@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from functools import cached_property
+from typing import Any
 
 from django.contrib import admin
 from django.core.paginator import Paginator

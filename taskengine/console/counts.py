@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from django.core.exceptions import EmptyResultSet
 from django.db import OperationalError, connections, transaction
