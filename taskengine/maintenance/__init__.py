@@ -34,6 +34,7 @@ from . import dead_workers, recovery, retention
 from .schedules import Scheduler
 
 if TYPE_CHECKING:
+    from ..worker import Service as WorkerService
     from ..worker import Worker
 
 logger = logging.getLogger("taskengine.maintenance")
@@ -167,7 +168,7 @@ class LeaderService:
         self.elector.stop()
 
 
-def build_services(worker: Worker) -> list[LeaderService]:
+def build_services(worker: Worker) -> list[WorkerService]:
     """runworker's leader service. Validates TASKENGINE["SCHEDULES"] first, so a bad
     entry stops the worker at start with ImproperlyConfigured naming it."""
     scheduler = Scheduler(worker.database)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from taskengine.bench import Benchmark
 from taskengine.conf import engine_settings
@@ -15,7 +16,7 @@ from taskengine.conf import engine_settings
 class Command(BaseCommand):
     help = "Benchmark enqueue, drain and latency; compare drain with the raw SQL limit of this machine."
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--jobs", type=int, default=20_000, help="Jobs to enqueue in bulk and drain.")
         parser.add_argument("--workers", type=int, default=2, help="runworker processes for the drain.")
         parser.add_argument("--concurrency", type=int, default=32, help="--concurrency of each worker.")
@@ -39,7 +40,7 @@ class Command(BaseCommand):
         parser.add_argument("--database", default=None)
         parser.add_argument("--json", action="store_true", help="Print one JSON object.")
 
-    def handle(self, *args, **o) -> None:
+    def handle(self, *args: Any, **o: Any) -> None:
         skip = {s.strip() for s in o["skip"].split(",") if s.strip()}
         if o["raw_script"] is not None and not o["raw_script"].is_file():
             raise CommandError(f"--raw-script {o['raw_script']} does not exist (or is not a file)")
@@ -47,7 +48,7 @@ class Command(BaseCommand):
         bench = Benchmark(database=database, queue=o["queue"], log=self._note)
         if bench.connection.vendor != "postgresql":
             self._note("note: not PostgreSQL — no LISTEN/NOTIFY and no raw limit; figures are for SQLite")
-        figures: dict[str, float | int | str | None] = {
+        figures: dict[str, Any] = {  # the JSON report: mixed figures
             "database": bench.connection.vendor,
             "jobs": o["jobs"],
             "workers": o["workers"],
