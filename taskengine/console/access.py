@@ -21,10 +21,13 @@ from django.views.csrf import csrf_failure as django_csrf_failure
 
 from ..operations import OperationError
 
+#: A console view: a request (and URL arguments) in, a response out.
+type View = Callable[..., HttpResponse]
+
 API_PREFIX = "/taskengine/api/"
 
 
-def staff_page(view: Callable[..., Any]) -> Callable[..., Any]:
+def staff_page(view: View) -> View:
     return admin.site.admin_view(view)
 
 
@@ -35,12 +38,12 @@ def json_error(status: int, message: str, **headers: str) -> JsonResponse:
     return response
 
 
-def api_endpoint(*methods: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def api_endpoint(*methods: str) -> Callable[[View], View]:
     allowed = ", ".join(methods)
 
-    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
+    def decorate(view: View) -> View:
         @wraps(view)
-        def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             if request.method not in methods:
                 return json_error(405, f"method {request.method} not allowed here; use {allowed}", Allow=allowed)
             user = request.user
