@@ -32,7 +32,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import MISSING, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import django
 from django.dispatch import Signal
@@ -150,6 +150,26 @@ FRAMEWORK_TASK_TAKES_OPTIONS = any(
 )
 
 
+@overload
+def _task_with_options[**P, R](
+    function: Callable[P, R],
+    *,
+    priority: int = ...,
+    queue_name: str = ...,
+    backend: str = ...,
+    takes_context: bool = ...,
+    **options: Any,
+) -> Task[P, R]: ...
+@overload
+def _task_with_options[**P, R](
+    function: None = None,
+    *,
+    priority: int = ...,
+    queue_name: str = ...,
+    backend: str = ...,
+    takes_context: bool = ...,
+    **options: Any,
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 def _task_with_options(
     function: Callable[..., Any] | None = None,
     *,
@@ -182,7 +202,11 @@ def _task_with_options(
 
 #: ``@task(max_attempts=5, timeout=30)`` on every supported Django: the framework's own
 #: decorator where it passes options through, the same decorator otherwise (Django 6.0).
-task = _framework_task if FRAMEWORK_TASK_TAKES_OPTIONS else _task_with_options
+#: Typed as _task_with_options, the signature both have (the stubs' @task takes no options).
+if TYPE_CHECKING or not FRAMEWORK_TASK_TAKES_OPTIONS:
+    task = _task_with_options
+else:
+    task = _framework_task
 
 
 # --- TaskResult ----------------------------------------------------------------------

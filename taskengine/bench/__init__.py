@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from .. import queries, store
 from ..backend import DatabaseBackend
@@ -55,7 +57,7 @@ class Report:
 
 
 class Benchmark:
-    def __init__(self, *, database: str, queue: str, log=print) -> None:
+    def __init__(self, *, database: str, queue: str, log: Callable[[str], None] = print) -> None:
         self.database = database
         self.queue = queue
         self.log = log
@@ -63,7 +65,7 @@ class Benchmark:
         self.task = clone_task(noop, queue_name=queue)
 
     @property
-    def connection(self):
+    def connection(self) -> BaseDatabaseWrapper:
         return connections[self.database]
 
     def clear(self) -> None:
@@ -157,7 +159,7 @@ class Benchmark:
             "worker_rss_growth_mb": rss.growth_mb,
         }
 
-    def _wait_until_registered(self, worker_ids: list[str], procs: list[subprocess.Popen]) -> None:
+    def _wait_until_registered(self, worker_ids: list[str], procs: list[subprocess.Popen[bytes]]) -> None:
         deadline = time.monotonic() + 120
         while WorkerProcess.objects.using(self.database).filter(
             worker_id__in=worker_ids, state=WorkerState.RUNNING
@@ -165,14 +167,14 @@ class Benchmark:
             self._check_alive(procs, deadline, "the benchmark workers did not start")
             time.sleep(0.05)
 
-    def _wait_until_drained(self, jobs: int, procs: list[subprocess.Popen]) -> None:
+    def _wait_until_drained(self, jobs: int, procs: list[subprocess.Popen[bytes]]) -> None:
         deadline = time.monotonic() + 60 + jobs / 100
         while Job.objects.using(self.database).filter(queue=self.queue, state__in=["queued", "running"]).exists():
             self._check_alive(procs, deadline, "the drain did not finish")
             time.sleep(0.2)
 
     @staticmethod
-    def _check_alive(procs: list[subprocess.Popen], deadline: float, message: str) -> None:
+    def _check_alive(procs: list[subprocess.Popen[bytes]], deadline: float, message: str) -> None:
         exited = [p.returncode for p in procs if p.poll() is not None]
         if exited:
             raise RuntimeError(f"a benchmark worker exited early with {exited}")
@@ -199,7 +201,7 @@ class Benchmark:
             proc.terminate()
             proc.wait(30)
         rows = Job.objects.using(self.database).filter(pk__in=ids).values_list("enqueued_at", "started_at")
-        millis = sorted((s - e).total_seconds() * 1000 for e, s in rows)
+        millis = sorted((s - e).total_seconds() * 1000 for e, s in rows)  # type: ignore[operator]  # the loop above saw each start
         return {
             "latency_p50_ms": statistics.median(millis),
             "latency_p95_ms": millis[int(len(millis) * 0.95) - 1],
@@ -343,7 +345,10 @@ class Benchmark:
                 )
             if out.returncode != 0:
                 raise RuntimeError(f"pgbench failed ({out.returncode}): {(out.stderr or out.stdout)[-1000:]}")
-            (queued,) = conn.execute(setup["count_queued"]).fetchone()
+            row = conn.execute(setup["count_queued"]).fetchone()
+            assert row is not None  # a count has its row
+            queued: int
+            (queued,) = row
         tps = re.search(r"^tps = ([0-9.]+)", out.stdout, re.MULTILINE)
         transactions = re.search(r"^number of transactions actually processed: (\d+)", out.stdout, re.MULTILINE)
         if tps is None or transactions is None or int(transactions.group(1)) == 0:
@@ -365,7 +370,7 @@ class Benchmark:
         libpq["dbname"] = dbname
         return make_conninfo(**libpq)
 
-    def _worker(self, *args: str) -> subprocess.Popen:
+    def _worker(self, *args: str) -> subprocess.Popen[bytes]:
         # `python -m django` with this process's settings module and import path: the
         # same project whether it was started through its manage.py or not (an
         # installed taskengine has no manage.py of its own).
