@@ -19,9 +19,14 @@ Rules:
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin, messages
-from django.db.models import Count
+from django.contrib.admin import helpers
+from django.db.models import Count, Model, QuerySet
 from django.db.models.functions import Now
+from django.forms import ModelForm
+from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 
@@ -57,7 +62,7 @@ admin.site.site_url = "/taskengine/"
 ACTION_STATES = {"requeue": ("failed", "cancelled"), "retry": ("queued",), "cancel": ("queued", "running")}
 
 
-def traceback_html(log: ExecutionLog):
+def traceback_html(log: ExecutionLog) -> str:
     tb = truncate_traceback(log.traceback or "")
     if not tb["text"]:
         return "—"
@@ -67,7 +72,7 @@ def traceback_html(log: ExecutionLog):
     )
 
 
-class ExecutionLogInline(admin.TabularInline):
+class ExecutionLogInline(admin.TabularInline):  # type: ignore[type-arg]  # not subscriptable at run time
     model = ExecutionLog
     extra = 0
     can_delete = False
@@ -85,17 +90,17 @@ class ExecutionLogInline(admin.TabularInline):
     readonly_fields = fields
 
     @admin.display(description="traceback")
-    def traceback_tail(self, obj):
+    def traceback_tail(self, obj: ExecutionLog) -> str:
         return traceback_html(obj)
 
-    def has_add_permission(self, request, obj=None) -> bool:
+    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False
 
 
-def _payload_html(value):
+def _payload_html(value: Any) -> str:
     shown = payload_text(value)
     more = f" … ({shown['length']:,} characters in all)" if shown["truncated"] else ""
     return format_html('<pre class="te-pre">{}</pre>{}', shown["text"], more)
@@ -157,19 +162,19 @@ class JobAdmin(TenantScopedAdmin):
     # PAYLOAD_LIMIT, surrogates SQLite may hold as escapes), not by the admin's own JSON
     # display, which writes them out whole and raw.
     @admin.display(description="args")
-    def arguments(self, obj):
+    def arguments(self, obj: Job) -> str:
         return _payload_html(obj.args)
 
     @admin.display(description="kwargs")
-    def keyword_arguments(self, obj):
+    def keyword_arguments(self, obj: Job) -> str:
         return _payload_html(obj.kwargs)
 
     @admin.display(description="return value")
-    def returned(self, obj):
+    def returned(self, obj: Job) -> str:
         return _payload_html(obj.return_value) if obj.return_value is not None else "—"
 
     @admin.display(description="audit trail")
-    def audit_trail(self, obj):
+    def audit_trail(self, obj: Job) -> str:
         """The job's operator actions (index taskengine_audit_target_idx), escaped."""
         rows = OperatorAction.objects.filter(target_type="job", target_id=str(obj.pk)).order_by("-pk")[:50]
         if not rows:
@@ -187,42 +192,42 @@ class JobAdmin(TenantScopedAdmin):
         )
 
     @admin.display(description="schedule")
-    def schedule_name(self, obj):
-        return obj.schedule.name if obj.schedule_id else "—"
+    def schedule_name(self, obj: Job) -> str:
+        return obj.schedule.name if obj.schedule is not None else "—"
 
-    def has_add_permission(self, request) -> bool:
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None) -> bool:
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         # The change form is read-only (every field is in readonly_fields); viewing
         # needs view permission only.
         return False
 
-    def has_requeue_permission(self, request) -> bool:
+    def has_requeue_permission(self, request: HttpRequest) -> bool:
         return operations.has_permission(request.user, "requeue")
 
-    def has_retry_permission(self, request) -> bool:
+    def has_retry_permission(self, request: HttpRequest) -> bool:
         return operations.has_permission(request.user, "retry")
 
-    def has_cancel_permission(self, request) -> bool:
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
         return operations.has_permission(request.user, "cancel")
 
     @admin.action(permissions=["requeue"], description="Requeue selected failed/cancelled jobs")
-    def requeue_jobs(self, request, queryset):
+    def requeue_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> TemplateResponse | None:
         return self._run_action(request, queryset, "requeue")
 
     @admin.action(permissions=["retry"], description="Retry selected queued jobs now")
-    def retry_jobs_now(self, request, queryset):
+    def retry_jobs_now(self, request: HttpRequest, queryset: QuerySet[Job]) -> TemplateResponse | None:
         return self._run_action(request, queryset, "retry")
 
     @admin.action(permissions=["cancel"], description="Cancel selected jobs")
-    def cancel_jobs(self, request, queryset):
+    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> TemplateResponse | None:
         return self._run_action(request, queryset, "cancel")
 
-    def _run_action(self, request, queryset, action: str):
+    def _run_action(self, request: HttpRequest, queryset: QuerySet[Job], action: str) -> TemplateResponse | None:
         total = bounded_count(queryset, BULK_LIMIT)
         if not total.exact:
             self.message_user(
@@ -243,7 +248,7 @@ class JobAdmin(TenantScopedAdmin):
             self.message_user(request, f"{action}: {len(result.refused)} job(s) refused: {sample}", messages.WARNING)
         return None
 
-    def _confirmation(self, request, queryset, action: str, total: int):
+    def _confirmation(self, request: HttpRequest, queryset: QuerySet[Job], action: str, total: int) -> TemplateResponse:
         by_state = {row["state"]: row["n"] for row in queryset.order_by().values("state").annotate(n=Count("id"))}
         applicable = sum(n for state, n in by_state.items() if state in ACTION_STATES[action])
         context = {
@@ -256,8 +261,8 @@ class JobAdmin(TenantScopedAdmin):
             "total": total,
             "applicable": applicable,
             "select_across": request.POST.get("select_across", "0"),
-            "selected": request.POST.getlist(admin.helpers.ACTION_CHECKBOX_NAME),
-            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         }
         return TemplateResponse(request, "taskengine/admin/confirm_action.html", context)
 
@@ -275,7 +280,7 @@ class ExecutionLogAdmin(TenantScopedAdmin, ReadOnlyAdmin):
     readonly_fields = ("traceback_tail",)
 
     @admin.display(description="traceback")
-    def traceback_tail(self, obj):
+    def traceback_tail(self, obj: ExecutionLog) -> str:
         return traceback_html(obj)
 
 
@@ -307,13 +312,13 @@ class MissedSlotAdmin(TenantScopedAdmin, ReadOnlyAdmin):
 
 
 class SuperuserEditsOnly:
-    def has_add_permission(self, request, *args) -> bool:
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
         return request.user.is_superuser
 
-    def has_change_permission(self, request, obj=None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return request.user.is_superuser
 
-    def has_delete_permission(self, request, obj=None) -> bool:
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return request.user.is_superuser
 
 
@@ -325,7 +330,8 @@ class ScheduleAdmin(SuperuserEditsOnly, TenantScopedAdmin, AuditedAdmin):
     search_fields = ("name", "task_path")
     readonly_fields = ("last_slot_at", "from_settings", "created_at", "updated_at")
 
-    def save_model(self, request, obj, form, change):
+    def save_model(self, request: HttpRequest, obj: Model, form: ModelForm[Any], change: bool) -> None:
+        assert isinstance(obj, Schedule)  # this admin's model
         obj.updated_at = Now()
         super().save_model(request, obj, form, change)
 
@@ -336,5 +342,5 @@ class TenantMembershipAdmin(SuperuserEditsOnly, AuditedAdmin):
     list_display = ("user", "tenant")
     search_fields = ("tenant", "user__username")
 
-    def has_view_permission(self, request, obj=None) -> bool:
+    def has_view_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return request.user.is_superuser

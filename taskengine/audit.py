@@ -9,13 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth.models import AnonymousUser
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 
-from .models import OperatorAction
+from .models import Job, OperatorAction, TenantMembership
+from .tenancy import RequestUser
+
+#: Who made a change: a user, or the name of a system actor (``"system:backfill"``).
+type Actor = RequestUser | str
 
 
-def job_snapshot(job) -> dict[str, Any]:
+def job_snapshot(job: Job) -> dict[str, Any]:
     """The fields of a job an audit row keeps as "before" / "after"."""
     return {
         "state": job.state,
@@ -29,13 +34,13 @@ def job_snapshot(job) -> dict[str, Any]:
 
 def record(
     *,
-    actor,
+    actor: Actor | None,
     action: str,
     target_type: str,
     target_id: Any,
     tenant: str | None,
-    before: dict | None = None,
-    after: dict | None = None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
     reason: str = "",
     using: str = "default",
 ) -> OperatorAction:
@@ -47,7 +52,8 @@ def record(
     connection = transaction.get_connection(using)
     if not connection.in_atomic_block:
         raise RuntimeError("audit.record() must run inside the transaction that makes the change")
-    user = actor if getattr(actor, "pk", None) is not None else None
+    # A system actor, an anonymous or an unsaved user is recorded by its name only.
+    user = None if actor is None or isinstance(actor, (str, AnonymousUser)) or actor.pk is None else actor
     return OperatorAction.objects.using(using).create(
         actor=user,
         actor_repr=str(getattr(actor, "get_username", lambda: actor)() if actor is not None else "system")[:150],
@@ -61,7 +67,13 @@ def record(
     )
 
 
-def record_cascaded_membership_delete(sender, instance, using, origin=None, **kwargs) -> None:
+def record_cascaded_membership_delete(
+    sender: type[TenantMembership],
+    instance: TenantMembership,
+    using: str,
+    origin: Model | QuerySet[Any] | None = None,
+    **kwargs: Any,
+) -> None:
     """``pre_delete`` receiver for TenantMembership: a membership deleted because its
     user was deleted (the auth admin, ``user.delete()``) is an operator write too, and
     gets its audit row inside the deletion's transaction (Django's delete collector
@@ -71,8 +83,10 @@ def record_cascaded_membership_delete(sender, instance, using, origin=None, **kw
     membership admin writes its row with the acting user), so they are skipped here.
     The acting user of a cascade is not known to a signal: the row is the system's,
     and its reason names the deleted object."""
+    if origin is None:
+        return
     origin_model = origin.model if isinstance(origin, QuerySet) else type(origin)
-    if origin is None or issubclass(origin_model, sender):
+    if issubclass(origin_model, sender):
         return
     record(
         actor=None,

@@ -11,14 +11,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 from django.apps import apps
 from django.core.checks import CheckMessage
 from django.core.checks import Error as CheckError
 from django.db import Error as DatabaseError
 from django.db import connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.module_loading import import_string
 
 from . import metrics, store
@@ -38,9 +40,12 @@ from .compat import (
 )
 from .conf import engine_settings
 from .events import send_robustly
-from .jobs import InsertedJob, NewJob
+from .jobs import ClaimedJob, InsertedJob, NewJob
 from .states import to_task_result_status
 from .values import describe_refusal, ready_arguments, shown, text_problem
+
+if TYPE_CHECKING:
+    from .models import Job
 
 logger = logging.getLogger("taskengine.backend")
 
@@ -53,7 +58,7 @@ _UNSET: Any = object()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class EngineTask(Task):
+class EngineTask(Task):  # type: ignore[type-arg]  # Task takes no type arguments at run time
     """A django.tasks Task with taskengine's per-task options.
 
     Declared with ``@task(max_attempts=5, timeout=30, retry_backoff=2,
@@ -72,16 +77,16 @@ class EngineTask(Task):
     def using(
         self,
         *,
-        priority=None,
-        queue_name=None,
-        run_after=None,
-        backend=None,
-        unique_key=_UNSET,
-        tenant=_UNSET,
-        acting_user=_UNSET,
-        max_attempts=None,
-        timeout=_UNSET,
-        retry_backoff=None,
+        priority: int | None = None,
+        queue_name: str | None = None,
+        run_after: datetime | None = None,
+        backend: str | None = None,
+        unique_key: str | None = _UNSET,
+        tenant: str | None = _UNSET,
+        acting_user: Any = _UNSET,
+        max_attempts: int | None = None,
+        timeout: float | None = _UNSET,
+        retry_backoff: float | None = None,
     ) -> EngineTask:
         changes: dict[str, Any] = {}
         for name, value in (
@@ -104,18 +109,23 @@ class EngineTask(Task):
                 changes[name] = value
         return replace(self, **changes)
 
-    def enqueue_many(self, calls: Iterable[tuple[Sequence, Mapping] | Sequence]) -> list[TaskResult]:
+    def enqueue_many(
+        self, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]] | Sequence[Any]]
+    ) -> list[TaskResult[..., Any]]:
         """Enqueue one job per call in a single round trip. Each call is an args
         sequence or an ``(args, kwargs)`` pair."""
-        pairs = [c if _is_pair(c) else (c, {}) for c in calls]
-        return self.get_backend().enqueue_many([(self, a, k) for a, k in pairs])
+        pairs: list[tuple[Sequence[Any], Mapping[str, Any]]] = [c if _is_pair(c) else (c, {}) for c in calls]
+        # An EngineTask is the task_class of a DatabaseBackend.
+        return cast(DatabaseBackend, self.get_backend()).enqueue_many([(self, a, k) for a, k in pairs])
 
 
-def _is_pair(call: Any) -> bool:
+def _is_pair(call: object) -> TypeGuard[tuple[Sequence[Any], Mapping[str, Any]]]:
     return isinstance(call, tuple) and len(call) == 2 and isinstance(call[1], Mapping)
 
 
-def _refused_arguments(task: Task, args: Sequence, kwargs: Mapping, exc: Exception) -> InvalidTaskArguments:
+def _refused_arguments(
+    task: Task[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any], exc: Exception
+) -> InvalidTaskArguments:
     """The error for arguments the value rule refused, naming the argument and the place in it."""
     return InvalidTaskArguments(
         f"Arguments to task {task.module_path!r} must be JSON-serialisable and storable: "
@@ -123,7 +133,7 @@ def _refused_arguments(task: Task, args: Sequence, kwargs: Mapping, exc: Excepti
     )
 
 
-def _with_arguments(t: NewJob, task: Task, args: Sequence, kwargs: Mapping) -> NewJob:
+def _with_arguments(t: NewJob, task: Task[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]) -> NewJob:
     """A copy of the task's job template carrying these (normalised, checked) arguments."""
     try:
         ready_args, ready_kwargs = ready_arguments(args, kwargs)
@@ -172,12 +182,12 @@ class DatabaseBackend(BaseTaskBackend):
         # Per task object: (the task, its validated job template), for the settings
         # generation in _templates_generation. Tasks are frozen, so a template stays
         # right for its task; the task is held so its id() cannot be reused meanwhile.
-        self._templates: dict[int, tuple[Task, NewJob]] = {}
+        self._templates: dict[int, tuple[Task[..., Any], NewJob]] = {}
         self._templates_generation = -1
 
     # --- validation ------------------------------------------------------------------
 
-    def validate_task(self, task: Task) -> None:
+    def validate_task(self, task: Task[..., Any]) -> None:
         super().validate_task(task)
         max_attempts = getattr(task, "max_attempts", None)
         if max_attempts is not None and (int(max_attempts) != max_attempts or max_attempts < 1):
@@ -197,7 +207,7 @@ class DatabaseBackend(BaseTaskBackend):
         self._validate_stored_text(task)
 
     @staticmethod
-    def _validate_stored_text(task: Task) -> None:
+    def _validate_stored_text(task: Task[..., Any]) -> None:
         """The text options a job stores, under the rule its arguments follow
         (text_problem) and within their columns, the same on both databases (SQLite
         would keep what PostgreSQL refuses or libpq would cut short)."""
@@ -220,10 +230,13 @@ class DatabaseBackend(BaseTaskBackend):
 
     # --- enqueue ---------------------------------------------------------------------
 
-    def enqueue(self, task: Task, args: Sequence, kwargs: Mapping) -> TaskResult:
-        return self.enqueue_many([(task, args, kwargs)])[0]
+    def enqueue[**P, R](self, task: Task[P, R], args: Sequence[Any], kwargs: Mapping[str, Any]) -> TaskResult[P, R]:
+        # The result of the one call is of its task.
+        return cast("TaskResult[P, R]", self.enqueue_many([(task, args, kwargs)])[0])
 
-    def enqueue_many(self, calls: Iterable[tuple[Task, Sequence, Mapping]]) -> list[TaskResult]:
+    def enqueue_many(
+        self, calls: Iterable[tuple[Task[..., Any], Sequence[Any], Mapping[str, Any]]]
+    ) -> list[TaskResult[..., Any]]:
         """Insert every call as a job in one statement on this backend's database.
         ``task_enqueued`` fires for each new job once the transaction commits; a call
         whose unique key a live job holds returns that job's result instead."""
@@ -233,11 +246,14 @@ class DatabaseBackend(BaseTaskBackend):
         with cyclic_gc_paused():
             return self._enqueue(calls)
 
-    def _enqueue(self, calls: list[tuple[Task, Sequence, Mapping]]) -> list[TaskResult]:
+    def _enqueue(
+        self, calls: list[tuple[Task[..., Any], Sequence[Any], Mapping[str, Any]]]
+    ) -> list[TaskResult[..., Any]]:
         rows = [_with_arguments(self._template(task), task, args, kwargs) for task, args, kwargs in calls]
         connection = connections[self.database]
         inserted = self._insert(connection, rows)
-        results, created = [], []
+        results: list[TaskResult[..., Any]] = []
+        created: list[tuple[NewJob, TaskResult[..., Any]]] = []
         for (task, _, _), job, row in zip(calls, inserted, rows, strict=True):
             if not job.created:
                 results.append(self.get_result(str(job.id)))
@@ -255,7 +271,7 @@ class DatabaseBackend(BaseTaskBackend):
                     logger.exception("announcing %d enqueued job(s) failed", len(created))
         return results
 
-    def _announce(self, created: list[tuple[NewJob, TaskResult]]) -> None:
+    def _announce(self, created: list[tuple[NewJob, TaskResult[..., Any]]]) -> None:
         """After commit: count the jobs and send task_enqueued for each."""
         metrics.jobs_submitted([row for row, _ in created])
         if enqueue_is_observed():
@@ -269,7 +285,7 @@ class DatabaseBackend(BaseTaskBackend):
                     {"job_id": int(result.id), "task_path": row.task_path, "queue": row.queue},
                 )
 
-    def _insert(self, connection, rows: list[NewJob]) -> list[InsertedJob]:
+    def _insert(self, connection: BaseDatabaseWrapper, rows: list[NewJob]) -> list[InsertedJob]:
         for _ in range(5):
             try:
                 return store.insert_jobs(connection, rows)
@@ -284,14 +300,14 @@ class DatabaseBackend(BaseTaskBackend):
                 ) from exc
         raise RuntimeError("unique key kept changing hands during enqueue; giving up")
 
-    def new_job(self, task: Task, args: Sequence, kwargs: Mapping) -> NewJob:
+    def new_job(self, task: Task[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]) -> NewJob:
         """The row ``task.enqueue(*args, **kwargs)`` would store (validated), for callers
         that insert jobs themselves — the scheduler's one-job-per-slot insert."""
         return _with_arguments(self._template(task), task, args, kwargs)
 
     _TEMPLATES_KEPT = 1024  # tasks made per call with .using(...) must not grow the cache without bound
 
-    def _template(self, task: Task) -> NewJob:
+    def _template(self, task: Task[..., Any]) -> NewJob:
         """``task``'s job template, validated: once per task object (and settings)."""
         if self._templates_generation != engine_settings.generation:
             self._templates.clear()
@@ -306,7 +322,7 @@ class DatabaseBackend(BaseTaskBackend):
         self._templates[id(task)] = (task, template)
         return template
 
-    def _job_template(self, task: Task) -> NewJob:
+    def _job_template(self, task: Task[..., Any]) -> NewJob:
         """The stored options of ``task``'s jobs (everything but the arguments)."""
         max_attempts = getattr(task, "max_attempts", None) or engine_settings.MAX_ATTEMPTS
         timeout = getattr(task, "timeout", None)
@@ -329,7 +345,8 @@ class DatabaseBackend(BaseTaskBackend):
 
     # --- checks ----------------------------------------------------------------------
 
-    def check(self, **kwargs: Any) -> Iterator[CheckMessage]:
+    # django-stubs says a list; Django extends its list of messages with any iterable.
+    def check(self, **kwargs: Any) -> Iterator[CheckMessage]:  # type: ignore[override]  # an iterable
         """Run by django.tasks' own check for every configured backend. taskengine.E101
         starts the backend's range (E1xx): taskengine's app checks (checks.py) do not run
         at all when the app is missing, so this one must live here."""
@@ -344,7 +361,7 @@ class DatabaseBackend(BaseTaskBackend):
 
     # --- results ---------------------------------------------------------------------
 
-    def get_result(self, result_id: str) -> TaskResult:
+    def get_result(self, result_id: str) -> TaskResult[..., Any]:
         from .models import ExecutionLog, Job
 
         try:
@@ -362,7 +379,7 @@ class DatabaseBackend(BaseTaskBackend):
         )
         return self.result_from_job(job, logs)
 
-    def result_from_job(self, job, logs: list[tuple[str, str | None, str]]) -> TaskResult:
+    def result_from_job(self, job: Job, logs: list[tuple[str, str | None, str]]) -> TaskResult[..., Any]:
         result = TaskResult(
             task=self.stored_task(job),
             id=str(job.pk),
@@ -380,11 +397,11 @@ class DatabaseBackend(BaseTaskBackend):
         set_return_value(result, job.return_value)
         return result
 
-    def stored_task(self, job, task: Task | None = None) -> Task:
+    def stored_task(self, job: Job | ClaimedJob, task: Task[..., Any] | None = None) -> Task[..., Any]:
         """The Task ``job`` was enqueued with, rebuilt from its stored columns: what
         every TaskResult of the job carries — get_result's, and a running attempt's
         (its TaskContext, task_started, task_finished: execution.task_result_for).
-        ``job`` is a Job row or a claimed job (store.ClaimedJob, same column names);
+        ``job`` is a Job row or a claimed job (jobs.ClaimedJob, same column names);
         ``task`` the task already imported from ``job.task_path``, if any."""
         if task is None:
             try:
@@ -420,7 +437,7 @@ class DatabaseBackend(BaseTaskBackend):
             **self._call_time_options(task, job),
         )
 
-    def _call_time_options(self, task: Task, job) -> dict[str, Any]:
+    def _call_time_options(self, task: Task[..., Any], job: Job | ClaimedJob) -> dict[str, Any]:
         """taskengine's options the job was enqueued with (``.using(...)``) where they
         differ from what the task declares, so the Task read back equals the one enqueued
         (except ``acting_user``: the user's key as text, not the user)."""

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from django.db import connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from . import audit
 from .queries import sql
@@ -66,22 +67,24 @@ class TableReport:
         return {**asdict(self), "clean": self.clean}
 
 
-def vendor_list(connection, values: list | None) -> Any:
+def vendor_list(connection: BaseDatabaseWrapper, values: list[Any] | None) -> Any:
     """A list parameter in the shape the vendor's SQL expects (array / JSON text)."""
     if values is None:
         return None
     return list(values) if connection.vendor == "postgresql" else json.dumps(list(values))
 
 
-def _fetch(connection, name: str, params: dict[str, Any]) -> list[tuple]:
+def _fetch(connection: BaseDatabaseWrapper, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
     with connection.cursor() as cursor:
         cursor.execute(sql(connection, name), params)
-        return cursor.fetchall()
+        rows: list[tuple[Any, ...]] = cursor.fetchall()
+        return rows
 
 
 def count_pending(database: str = "default", *, tenants: list[str] | None = None) -> int:
     connection = connections[database]
-    return _fetch(connection, "backfill_count_pending", {"tenants": vendor_list(connection, tenants)})[0][0]
+    pending: int = _fetch(connection, "backfill_count_pending", {"tenants": vendor_list(connection, tenants)})[0][0]
+    return pending
 
 
 def fill_batch(database: str, ids: list[int], *, actor: Any = SYSTEM_ACTOR) -> list[int]:

@@ -45,12 +45,16 @@ plain ``manage.py check`` never touches the database. They read the same state a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
+from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
+
+if TYPE_CHECKING:
+    from .gate import GateStatus
 
 BACKEND_PATH = "taskengine.backend.DatabaseBackend"
 SQLITE_ENGINES = ("sqlite3", "sqlite")
@@ -60,7 +64,7 @@ POOLER_PORTS = frozenset({6432})
 
 
 @register("taskengine")
-def check_lease_and_heartbeat(app_configs=None, **kwargs: Any) -> list[CheckMessage]:
+def check_lease_and_heartbeat(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
     from .conf import engine_settings
 
     lease, heartbeat = engine_settings.LEASE_SECONDS, engine_settings.HEARTBEAT_SECONDS
@@ -87,7 +91,7 @@ def check_lease_and_heartbeat(app_configs=None, **kwargs: Any) -> list[CheckMess
 
 
 @register("taskengine")
-def check_sqlite_in_production(app_configs=None, **kwargs: Any) -> list[CheckMessage]:
+def check_sqlite_in_production(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
     from .conf import engine_settings
 
     alias = engine_settings.DATABASE
@@ -105,7 +109,7 @@ def check_sqlite_in_production(app_configs=None, **kwargs: Any) -> list[CheckMes
 
 
 @register("taskengine")
-def check_settings_schedules(app_configs=None, **kwargs: Any) -> list[CheckMessage]:
+def check_settings_schedules(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
     from django.core.exceptions import ImproperlyConfigured
 
     from .conf import engine_settings
@@ -129,7 +133,7 @@ def check_settings_schedules(app_configs=None, **kwargs: Any) -> list[CheckMessa
 
 
 @register("taskengine")
-def check_tasks_backend(app_configs=None, **kwargs: Any) -> list[CheckMessage]:
+def check_tasks_backend(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
     path = (getattr(settings, "TASKS", {}) or {}).get("default", {}).get("BACKEND", "")
     if path == BACKEND_PATH or _is_engine_backend(path):
         return []
@@ -154,7 +158,7 @@ def _is_engine_backend(path: str) -> bool:
 
 @register(Tags.database, "taskengine")
 def check_migration_state(
-    app_configs=None, databases: Iterable[str] | None = None, **kwargs: Any
+    app_configs: Sequence[AppConfig] | None = None, databases: Iterable[str] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
     if not databases:
         return []
@@ -166,8 +170,9 @@ def check_migration_state(
     return messages
 
 
-def _migration_messages(status) -> list[CheckMessage]:
-    alias, messages = status.alias, []
+def _migration_messages(status: GateStatus) -> list[CheckMessage]:
+    alias = status.alias
+    messages: list[CheckMessage] = []
     if status.error:
         messages.append(
             Warning(
@@ -209,7 +214,7 @@ def _migration_messages(status) -> list[CheckMessage]:
 
 
 @register("taskengine", deploy=True)
-def check_deployment_databases(app_configs=None, **kwargs: Any) -> list[CheckMessage]:
+def check_deployment_databases(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
     from .conf import engine_settings
 
     return deployment_messages(
@@ -221,7 +226,7 @@ def check_deployment_databases(app_configs=None, **kwargs: Any) -> list[CheckMes
 
 
 def deployment_messages(
-    databases: dict[str, dict], tasks: dict[str, dict], *, engine_database: str, poll_only: bool
+    databases: dict[str, dict[str, Any]], tasks: dict[str, dict[str, Any]], *, engine_database: str, poll_only: bool
 ) -> list[CheckMessage]:
     """The deployment checks over plain settings values (so each is testable alone)."""
     aliases = engine_aliases(tasks, engine_database)
@@ -232,7 +237,7 @@ def deployment_messages(
     return messages
 
 
-def engine_aliases(tasks: dict[str, dict], engine_database: str) -> list[str]:
+def engine_aliases(tasks: dict[str, dict[str, Any]], engine_database: str) -> list[str]:
     """``TASKENGINE["DATABASE"]``, then each engine backend's database, without repeats."""
     aliases = [engine_database]
     for config in tasks.values():
@@ -244,7 +249,7 @@ def engine_aliases(tasks: dict[str, dict], engine_database: str) -> list[str]:
 
 
 def _alias_messages(
-    databases: dict[str, dict], tasks: dict[str, dict], aliases: list[str], engine_database: str
+    databases: dict[str, dict[str, Any]], tasks: dict[str, dict[str, Any]], aliases: list[str], engine_database: str
 ) -> list[CheckMessage]:
     messages: list[CheckMessage] = []
     for alias in aliases:
@@ -274,7 +279,7 @@ def _alias_messages(
     return messages
 
 
-def _database_messages(alias: str, database: dict, *, poll_only: bool) -> list[CheckMessage]:
+def _database_messages(alias: str, database: dict[str, Any], *, poll_only: bool) -> list[CheckMessage]:
     engine = database.get("ENGINE", "")
     options = database.get("OPTIONS") or {}
     messages: list[CheckMessage] = []
@@ -294,7 +299,7 @@ def _database_messages(alias: str, database: dict, *, poll_only: bool) -> list[C
     if not engine.endswith(POSTGRES_ENGINES):
         return messages
     port = database.get("PORT") or options.get("port")
-    if not poll_only and str(port).isdigit() and int(port) in POOLER_PORTS:
+    if not poll_only and str(port).isdigit() and int(str(port)) in POOLER_PORTS:
         messages.append(
             Warning(
                 f"Database {alias!r} is on port {port}, a connection pooler's (PgBouncer), and "
@@ -310,7 +315,7 @@ def _database_messages(alias: str, database: dict, *, poll_only: bool) -> list[C
     return messages
 
 
-def _conn_max_age_messages(alias: str, database: dict, options: dict) -> list[CheckMessage]:
+def _conn_max_age_messages(alias: str, database: dict[str, Any], options: dict[str, Any]) -> list[CheckMessage]:
     max_age = database.get("CONN_MAX_AGE", 0)
     valid = max_age is None or (isinstance(max_age, (int, float)) and not isinstance(max_age, bool) and max_age >= 0)
     if not valid:

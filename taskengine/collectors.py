@@ -25,14 +25,20 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.utils import CursorWrapper
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 
 from . import gate, metrics
 from .conf import engine_settings
 from .queries import sql
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest, HttpResponse
 
 logger = logging.getLogger("taskengine.metrics")
 
@@ -150,7 +156,7 @@ def known_queues() -> list[str]:
     return sorted(names)
 
 
-def read_tables(connection, reading: Reading) -> None:
+def read_tables(connection: BaseDatabaseWrapper, reading: Reading) -> None:
     """Fill ``reading`` from the bounded queries of sql/metrics.<vendor>.sql."""
     max_queues = int(engine_settings.METRICS_MAX_QUEUES)
     cap = int(engine_settings.METRICS_DEPTH_EXACT_LIMIT)
@@ -172,7 +178,7 @@ def read_tables(connection, reading: Reading) -> None:
         reading.workers_alive = int(cursor.fetchone()[0])
 
 
-def queue_reading(connection, cursor, name: str, cap: int) -> QueueReading:
+def queue_reading(connection: BaseDatabaseWrapper, cursor: CursorWrapper, name: str, cap: int) -> QueueReading:
     cursor.execute(sql(connection, "metrics_queue_stats"), {"queue": name, "cap": cap})
     depth, age = cursor.fetchone()
     if depth >= cap and connection.vendor == "postgresql":
@@ -196,12 +202,12 @@ def families(reading: Reading) -> Iterator[GaugeMetricFamily]:
         made["taskengine_leader_present"].add_metric([name], 1 if present else 0)
     if reading.workers_alive is not None:
         made["taskengine_workers_alive"].add_metric([], reading.workers_alive)
-    for family in made.values():
-        if family.samples:
-            yield family
+    for metric_family in made.values():
+        if metric_family.samples:
+            yield metric_family
 
 
-def metrics_view(request):
+def metrics_view(request: HttpRequest) -> HttpResponse:
     """The web's /metrics: django-prometheus's exporter view, with the database gauges
     registered on first use. Registering here rather than at import keeps them out of
     processes that merely import the URLconf (runworker's system checks do): workers
@@ -216,9 +222,10 @@ def metrics_view(request):
 
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ and "prometheus_multiproc_dir" not in os.environ:
         register()
-        return ExportToDjangoView(request)
+        response: HttpResponse = ExportToDjangoView(request)
+        return response
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
     registry.register(_multiprocess_collector)
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 

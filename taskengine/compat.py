@@ -32,7 +32,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import MISSING, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import django
 from django.dispatch import Signal
@@ -98,8 +98,8 @@ TASKS_MODULE: str = Task.__module__.rsplit(".", 1)[0]
 TASKS_LOGGER: str = _signals.logger.name
 #: The framework's own receivers of task_started / task_finished, which log each task's
 #: start and finish on TASKS_LOGGER.
-log_task_started: Callable = _signals.log_task_started
-log_task_finished: Callable = _signals.log_task_finished
+log_task_started: Callable[..., None] = _signals.log_task_started
+log_task_finished: Callable[..., None] = _signals.log_task_finished
 
 __all__ = [
     "BUILTIN_TASKS",
@@ -150,8 +150,28 @@ FRAMEWORK_TASK_TAKES_OPTIONS = any(
 )
 
 
+@overload
+def _task_with_options[**P, R](
+    function: Callable[P, R],
+    *,
+    priority: int = ...,
+    queue_name: str = ...,
+    backend: str = ...,
+    takes_context: bool = ...,
+    **options: Any,
+) -> Task[P, R]: ...
+@overload
+def _task_with_options[**P, R](
+    function: None = None,
+    *,
+    priority: int = ...,
+    queue_name: str = ...,
+    backend: str = ...,
+    takes_context: bool = ...,
+    **options: Any,
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 def _task_with_options(
-    function: Callable | None = None,
+    function: Callable[..., Any] | None = None,
     *,
     priority: int = DEFAULT_TASK_PRIORITY,
     queue_name: str = DEFAULT_TASK_QUEUE_NAME,
@@ -166,7 +186,7 @@ def _task_with_options(
             "Use .using(run_after=...) to set it dynamically."
         )
 
-    def wrapper(func: Callable) -> Task:
+    def wrapper(func: Callable[..., Any]) -> Task[..., Any]:
         return task_backends[backend].task_class(
             priority=priority,
             func=func,
@@ -182,7 +202,11 @@ def _task_with_options(
 
 #: ``@task(max_attempts=5, timeout=30)`` on every supported Django: the framework's own
 #: decorator where it passes options through, the same decorator otherwise (Django 6.0).
-task = _framework_task if FRAMEWORK_TASK_TAKES_OPTIONS else _task_with_options
+#: Typed as _task_with_options, the signature both have (the stubs' @task takes no options).
+if TYPE_CHECKING or not FRAMEWORK_TASK_TAKES_OPTIONS:
+    task = _task_with_options
+else:
+    task = _framework_task
 
 
 # --- TaskResult ----------------------------------------------------------------------
@@ -212,8 +236,13 @@ if {f.name for f in fields(TaskResult)} != TASK_RESULT_FIELDS:  # a TaskResult o
 
 
 def ready_task_result(
-    task: Task, result_id: str, enqueued_at: Any, args: list, kwargs: dict, backend: str
-) -> TaskResult:
+    task: Task[..., Any],
+    result_id: str,
+    enqueued_at: Any,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    backend: str,
+) -> TaskResult[..., Any]:
     """The TaskResult of a job just enqueued, its arguments already JSON-ready: equal to
     ``TaskResult(status=READY, ...)`` but without ``__post_init__``, which would
     normalise the arguments a second time (a bulk enqueue makes thousands)."""
@@ -235,7 +264,7 @@ def ready_task_result(
     return result
 
 
-def set_task_result_fields(result: TaskResult, **values: Any) -> None:
+def set_task_result_fields(result: TaskResult[..., Any], **values: Any) -> None:
     """Write fields of a (frozen) TaskResult that taskengine built itself and has not
     handed out yet: a worker's result of an attempt that just finished."""
     for name, value in values.items():
@@ -244,7 +273,7 @@ def set_task_result_fields(result: TaskResult, **values: Any) -> None:
         object.__setattr__(result, name, value)
 
 
-def set_return_value(result: TaskResult, value: Any) -> None:
+def set_return_value(result: TaskResult[..., Any], value: Any) -> None:
     """What ``result.return_value`` returns once the result is SUCCESSFUL (the
     framework keeps it in the private ``_return_value``, set only by backends)."""
     object.__setattr__(result, "_return_value", value)
@@ -253,7 +282,7 @@ def set_return_value(result: TaskResult, value: Any) -> None:
 # --- Task ----------------------------------------------------------------------------
 
 
-def clone_task(source: Task | type[Task], **values: Any) -> Task:
+def clone_task(source: Task[..., Any] | type[Task[..., Any]], **values: Any) -> Task[..., Any]:
     """A Task carrying a stored job's queue and priority. Built without ``__init__`` (so
     without ``validate_task``), so a job stored under a queue since removed from QUEUES
     can still be read. ``source`` is a Task to copy, or a Task class whose fields
@@ -278,7 +307,7 @@ def clone_task(source: Task | type[Task], **values: Any) -> Task:
 # --- signals -------------------------------------------------------------------------
 
 
-def receiver_key(receiver: Callable, sender: Any = None) -> tuple[int, int]:
+def receiver_key(receiver: Callable[..., Any], sender: Any = None) -> tuple[int, int]:
     """The key ``Signal.connect`` files a plain-function receiver under (no dispatch_uid)."""
     return (id(receiver), id(sender))
 

@@ -54,7 +54,12 @@ DJANGO_TASK_LINE = "Task id=%s path=%s state=%s"  # log_task_started/finished's 
 
 
 def send_robustly(
-    signal: Signal, name: str, sender: type, task_result: TaskResult, log: logging.Logger, extra: dict[str, Any]
+    signal: Signal,
+    name: str,
+    sender: type,
+    task_result: TaskResult[..., Any],
+    log: logging.Logger,
+    extra: dict[str, Any],
 ) -> None:
     """Send ``signal`` to every receiver even if some raise (``send_robust``), logging
     each receiver's error with its name and the job. A project's receiver must not stop
@@ -98,7 +103,7 @@ def exc_info_of(error: BaseException | None) -> tuple[type[BaseException], BaseE
 class JobEvents:
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
-        self._metric_children: dict[tuple, Any] = {}
+        self._metric_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
     def claimed(self, job: ClaimedJob) -> None:
         self._metric(metrics.JOBS_RUNNING, job.queue).inc()
@@ -215,6 +220,7 @@ class JobEvents:
                         TaskError(exception_class_path=outcome.error_class, traceback=outcome.traceback)
                     )
                 if status == TaskResultStatus.SUCCESSFUL:
+                    assert outcome.return_value is not None  # a success always stores its JSON
                     set_return_value(result, json.loads(outcome.return_value))
             extra = self.extra(running.job)
             if error is None:
@@ -230,9 +236,10 @@ class JobEvents:
         except Exception:
             logger.exception("could not send task_finished", extra=self.extra(running.job))
 
-    def _stored_result(self, running: RunningJob):
+    def _stored_result(self, running: RunningJob) -> TaskResult[..., Any] | None:
         try:
-            return job_backend(running).get_result(str(running.job.id))
+            result: TaskResult[..., Any] = job_backend(running).get_result(str(running.job.id))
+            return result
         except Exception:
             logger.exception("could not load the stored result for a task signal", extra=self.extra(running.job))
             return None
@@ -246,7 +253,7 @@ class JobEvents:
             finished_at=outcome.finished_at.isoformat() if outcome.finished_at else None,
         )
 
-    def _metric(self, metric, *labels: str):
+    def _metric(self, metric: Any, *labels: str) -> Any:
         """A labelled child of ``metric``, cached (labels() is costly per job)."""
         key = (metric, labels)
         child = self._metric_children.get(key)

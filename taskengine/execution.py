@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from django.db import connections
 
@@ -59,12 +59,12 @@ class RunningJob:
     """A claimed job from claim to finish, as the worker tracks it."""
 
     job: ClaimedJob
-    task: Task | None = None
+    task: Task[..., Any] | None = None
     is_async: bool = False
     monotonic_start: float = field(default_factory=time.monotonic)
     deadline: float | None = None  # monotonic; None: no timeout
     thread_id: int | None = None  # set while a sync handler runs
-    coroutine_task: asyncio.Task | None = None  # an async handler's task on its event loop, once it began
+    coroutine_task: asyncio.Task[Any] | None = None  # an async handler's task on its event loop, once it began
     interrupt_sent: type[JobInterrupted] | None = None
     abandoned: bool = False  # released at shutdown: its outcome is no longer this worker's to write
     lease_lost: bool = False
@@ -82,19 +82,25 @@ def job_backend(running: RunningJob) -> Any:
     try:
         return task_backends[running.job.backend]
     except InvalidTaskBackend:
-        return task_backends[running.task.backend]
+        return task_backends[_task(running).backend]
 
 
-def enqueued_task(running: RunningJob, backend: Any) -> Task:
+def _task(running: RunningJob) -> Task[..., Any]:
+    """The job's task, which the worker resolves before the job starts (Worker._start)."""
+    assert running.task is not None
+    return running.task
+
+
+def enqueued_task(running: RunningJob, backend: Any) -> Task[..., Any]:
     """The Task as the job was enqueued (``.using(...)`` options and all), rebuilt from
     the claimed row as ``get_result`` rebuilds it from the stored one, so a running
     attempt's TaskResult carries the same task as the result read back. No query: this
     runs on the event loop for an async handler's TaskContext."""
     rebuild = getattr(backend, "stored_task", None)
-    return running.task if rebuild is None else rebuild(running.job, running.task)
+    return _task(running) if rebuild is None else rebuild(running.job, running.task)
 
 
-def task_result_for(running: RunningJob, worker_ids: list[str]) -> TaskResult:
+def task_result_for(running: RunningJob, worker_ids: list[str]) -> TaskResult[..., Any]:
     """A running first attempt's TaskResult, from what the worker knows (a retry's is
     read from the store: earlier attempts' errors and workers)."""
     job = running.job
@@ -115,11 +121,11 @@ def task_result_for(running: RunningJob, worker_ids: list[str]) -> TaskResult:
     )
 
 
-def call_arguments(running: RunningJob, worker_id: str) -> tuple[list, dict]:
+def call_arguments(running: RunningJob, worker_id: str) -> tuple[list[Any], dict[str, Any]]:
     """The handler's arguments: its TaskContext first when it takes one. On a retry the
     context's result is read from the store (earlier attempts' errors and workers), on
     the calling thread's connection — never call this on the event loop."""
-    if not running.task.takes_context:
+    if not _task(running).takes_context:
         return list(running.job.args), running.job.kwargs
     if running.job.attempt > 1:
         result = _stored_task_result(running)
@@ -128,12 +134,12 @@ def call_arguments(running: RunningJob, worker_id: str) -> tuple[list, dict]:
     return _with_context(result, running)
 
 
-async def async_call_arguments(running: RunningJob, worker_id: str) -> tuple[list, dict]:
+async def async_call_arguments(running: RunningJob, worker_id: str) -> tuple[list[Any], dict[str, Any]]:
     """call_arguments for an async handler: a retry's stored result is read off the
     event loop (a sync query on it raises SynchronousOnlyOperation), on asgiref's one
     thread for thread-sensitive calls, so the worker keeps one connection for these
     reads however many async jobs retry."""
-    if running.task.takes_context and running.job.attempt > 1:
+    if _task(running).takes_context and running.job.attempt > 1:
         from asgiref.sync import sync_to_async
 
         result = await sync_to_async(_stored_task_result_tidily, thread_sensitive=True)(running)
@@ -141,15 +147,16 @@ async def async_call_arguments(running: RunningJob, worker_id: str) -> tuple[lis
     return call_arguments(running, worker_id)
 
 
-def _with_context(result: TaskResult, running: RunningJob) -> tuple[list, dict]:
+def _with_context(result: TaskResult[..., Any], running: RunningJob) -> tuple[list[Any], dict[str, Any]]:
     return [TaskContext(task_result=result), *running.job.args], running.job.kwargs
 
 
-def _stored_task_result(running: RunningJob) -> TaskResult:
-    return job_backend(running).get_result(str(running.job.id))
+def _stored_task_result(running: RunningJob) -> TaskResult[..., Any]:
+    result: TaskResult[..., Any] = job_backend(running).get_result(str(running.job.id))
+    return result
 
 
-def _stored_task_result_tidily(running: RunningJob) -> TaskResult:
+def _stored_task_result_tidily(running: RunningJob) -> TaskResult[..., Any]:
     """_stored_task_result on a long-lived helper thread: a connection broken by a
     database outage is closed, so the next read reconnects instead of failing too."""
     try:
@@ -166,7 +173,7 @@ def run_sync(running: RunningJob, worker_id: str) -> Outcome:
         with running.guard:
             running.thread_id = threading.get_ident()
         try:
-            value = running.task.func(*args, **kwargs)
+            value = _task(running).func(*args, **kwargs)
             error: BaseException | None = None
         except BaseException as exc:
             value, error = None, exc
@@ -192,7 +199,7 @@ async def run_async(running: RunningJob, worker_id: str) -> Outcome:
         return async_outcome(running, None, None)
     try:
         args, kwargs = await async_call_arguments(running, worker_id)
-        value = await running.task.func(*args, **kwargs)
+        value = await _task(running).func(*args, **kwargs)
         error: BaseException | None = None
     except BaseException as exc:
         value, error = None, exc
@@ -270,13 +277,20 @@ class OutcomeNotStorable(ValueError):
     """The database rejected an attempt's outcome; the attempt fails with this instead."""
 
 
+class _FailureDetails(TypedDict):
+    error_class: str
+    error_message: str
+    traceback: str
+    exception: BaseException
+
+
 def failure_outcome(job: ClaimedJob, error: BaseException) -> Outcome:
     cls = type(error)
-    details = dict(
+    details: _FailureDetails = dict(
         error_class=_storable(f"{cls.__module__}.{cls.__qualname__}"),
         # An interrupt is injected as its bare class: say what it was.
         error_message=_storable(
-            _describe(error) or (_interrupt_text(cls, job) if isinstance(error, JobInterrupted) else "")
+            _describe(error) or (_interrupt_text(type(error), job) if isinstance(error, JobInterrupted) else "")
         )[:2000],
         traceback=_storable(_format_traceback(error))[-20000:],
         exception=error,
@@ -370,7 +384,7 @@ def retry_delay(job: ClaimedJob) -> float:
     base = job.retry_backoff_seconds
     if base is None:
         base = engine_settings.RETRY_BACKOFF_SECONDS
-    delay = min(float(engine_settings.RETRY_BACKOFF_MAX_SECONDS), base * 2 ** (job.attempt - 1))
+    delay: float = min(float(engine_settings.RETRY_BACKOFF_MAX_SECONDS), base * 2 ** (job.attempt - 1))
     jitter = float(engine_settings.RETRY_JITTER)
     return max(0.0, delay * random.uniform(1 - jitter, 1 + jitter))
 
@@ -383,7 +397,9 @@ def interrupt_thread(running: RunningJob, reason: type[JobInterrupted]) -> bool:
         if running.thread_id is None or running.interrupt_sent is not None:
             return False
         running.interrupt_sent = reason
-        done = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(running.thread_id), ctypes.py_object(reason))
+        done: int = ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(running.thread_id), ctypes.py_object(reason)
+        )
         return done == 1
 
 

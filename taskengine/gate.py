@@ -36,7 +36,7 @@ import logging
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from django.core.signals import setting_changed
 from django.db import connections
@@ -146,9 +146,14 @@ def reset() -> None:
         _open.clear()
 
 
-def wait_until_ready(
-    alias: str = "default", *, timeout: float | None = None, stop: threading.Event | None = None
-) -> bool:
+class StopEvent(Protocol):
+    """What wait_until_ready needs of its ``stop``: a threading.Event, or runworker's
+    signal-safe StartUpStop."""
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+def wait_until_ready(alias: str = "default", *, timeout: float | None = None, stop: StopEvent | None = None) -> bool:
     """Block until the gate for ``alias`` opens; True when it does, False when ``timeout``
     seconds pass or ``stop`` is set first.
 

@@ -28,10 +28,13 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import Any, overload
 
 import psycopg
+from django.db.backends.base.base import BaseDatabaseWrapper
+from psycopg.abc import Loader
 from psycopg.pq import ConnStatus, DiagnosticField, ExecStatus, Format, TransactionStatus
+from psycopg.pq.abc import PGconn, PGresult
 
 from .conf import engine_settings
 from .queries import load
@@ -45,7 +48,7 @@ def _statement(name: str) -> tuple[bytes, bytes, tuple[str, ...]]:
     order) of the named PostgreSQL block."""
     order: list[str] = []
 
-    def number(match: re.Match) -> str:
+    def number(match: re.Match[str]) -> str:
         key = match.group(1)
         if key is None:
             return "%"  # '%%' is a literal '%' in the pyformat text
@@ -57,7 +60,7 @@ def _statement(name: str) -> tuple[bytes, bytes, tuple[str, ...]]:
     return f"taskengine_{name}".encode(), text.encode(), tuple(order)
 
 
-def usable(connection) -> bool:
+def usable(connection: BaseDatabaseWrapper) -> bool:
     """May ``run`` be used on this Django connection now? (See the module docstring.)"""
     if connection.vendor != "postgresql" or engine_settings.POLL_ONLY:
         return False
@@ -65,7 +68,7 @@ def usable(connection) -> bool:
         return False
     connection.close_if_health_check_failed()
     connection.ensure_connection()
-    pg = connection.connection
+    pg: psycopg.Connection[Any] = connection.connection
     return pg.autocommit and pg.pgconn.transaction_status == TransactionStatus.IDLE
 
 
@@ -73,28 +76,31 @@ class _Prepared:
     """What one physical connection has prepared, its client encoding (Django never
     changes it) and its timestamptz loader."""
 
-    def __init__(self, pg) -> None:
+    def __init__(self, pg: psycopg.Connection[Any]) -> None:
         self.pg = pg
         self.names: set[bytes] = set()
         self.encoding = pg.info.encoding
         oid = psycopg.adapters.types["timestamptz"].oid
-        self.timestamptz = psycopg.adapters.get_loader(oid, Format.TEXT)(oid, pg)
+        loader = psycopg.adapters.get_loader(oid, Format.TEXT)
+        assert loader is not None  # psycopg registers a text loader for every builtin type
+        self.timestamptz: Loader = loader(oid, pg)
 
 
-def _prepared(connection) -> _Prepared:
+def _prepared(connection: BaseDatabaseWrapper) -> _Prepared:
     state = getattr(connection, "_taskengine_libpq", None)
     if state is None or state.pg is not connection.connection:
-        state = connection._taskengine_libpq = _Prepared(connection.connection)
+        # Kept on Django's wrapper, which lives as long as its physical connections do.
+        state = connection._taskengine_libpq = _Prepared(connection.connection)  # type: ignore[attr-defined]  # our own attribute
     return state
 
 
-def run(connection, name: str, params: dict[str, Any]) -> list[tuple[bytes | None, ...]]:
+def run(connection: BaseDatabaseWrapper, name: str, params: dict[str, Any]) -> list[tuple[bytes | None, ...]]:
     """Execute the named statement with ``params`` and return its rows as text
     (bytes, or None for NULL). Call only when ``usable(connection)`` is true."""
     statement, text, order = _statement(name)
     with connection.wrap_database_errors:
         connection.validate_thread_sharing()
-        pg = connection.connection
+        pg: psycopg.Connection[Any] = connection.connection
         state = _prepared(connection)
         encoding = state.encoding
         values = [_text(params[key], encoding) for key in order]
@@ -104,7 +110,8 @@ def run(connection, name: str, params: dict[str, Any]) -> list[tuple[bytes | Non
                 if statement not in state.names:
                     _check(pgconn.prepare(statement, text), pgconn, encoding)
                     state.names.add(statement)
-                result = pgconn.exec_prepared(statement, values)
+                # psycopg's PGconn protocol says bytes only; its implementations take None (NULL).
+                result = pgconn.exec_prepared(statement, values)  # type: ignore[arg-type]  # None is NULL
                 if (
                     attempt == 1
                     and result.status == ExecStatus.FATAL_ERROR
@@ -118,12 +125,16 @@ def run(connection, name: str, params: dict[str, Any]) -> list[tuple[bytes | Non
         return [tuple(result.get_value(row, col) for col in range(width)) for row in range(result.ntuples)]
 
 
-def load_timestamptz(connection, value: bytes | None) -> datetime | None:
+@overload
+def load_timestamptz(connection: BaseDatabaseWrapper, value: bytes) -> datetime: ...
+@overload
+def load_timestamptz(connection: BaseDatabaseWrapper, value: None) -> None: ...
+def load_timestamptz(connection: BaseDatabaseWrapper, value: bytes | None) -> datetime | None:
     """A timestamptz column ``run`` returned, as an aware datetime."""
     return None if value is None else _prepared(connection).timestamptz.load(value)
 
 
-def _check(result, pgconn, encoding: str) -> None:
+def _check(result: PGresult, pgconn: PGconn, encoding: str) -> None:
     if result.status in (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK):
         return
     if pgconn.status != ConnStatus.OK:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 logger = logging.getLogger("taskengine.listener")
 
@@ -17,7 +18,7 @@ CHANNEL = "taskengine_jobs"  # the channel the taskengine_job_notify trigger sen
 
 
 class Listener(threading.Thread):
-    def __init__(self, connection_params: dict, queues: set[str], wake: threading.Event) -> None:
+    def __init__(self, connection_params: dict[str, Any], queues: set[str], wake: threading.Event) -> None:
         super().__init__(name="taskengine-listener", daemon=True)
         self.params = {k: v for k, v in connection_params.items() if k not in ("cursor_factory", "context")}
         self.queues = queues

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import Counter as _Tally
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -74,7 +74,16 @@ def _child(metric: Any, queue: str, task: str) -> Any:
     return child
 
 
-def jobs_submitted(jobs: Sequence) -> None:
+class _Submitted(Protocol):
+    """What jobs_submitted reads of a new job."""
+
+    @property
+    def queue(self) -> str: ...
+    @property
+    def task_path(self) -> str: ...
+
+
+def jobs_submitted(jobs: Sequence[_Submitted]) -> None:
     """Count newly inserted jobs (objects with ``queue`` and ``task_path``)."""
     if len(jobs) == 1:  # the common enqueue(): no tally
         _child(JOBS_SUBMITTED, jobs[0].queue, jobs[0].task_path).inc()

@@ -26,7 +26,7 @@ class LeaseExpiryPolicy(models.TextChoices):
     FAIL = "fail", "Fail the job"
 
 
-class JobQuerySet(models.QuerySet):
+class JobQuerySet(models.QuerySet["Job"]):
     def queued(self) -> JobQuerySet:
         return self.filter(state=JobState.QUEUED)
 

@@ -56,7 +56,7 @@ from django.db.models.functions import Now
 from . import audit, metrics
 from .models import Job
 from .states import TERMINAL_STATES, JobState, can_transition
-from .tenancy import scope_jobs
+from .tenancy import RequestUser, scope_jobs
 
 # Action name -> the permission codename guarding it (app label "taskengine").
 PERMISSIONS: dict[str, str] = {
@@ -98,7 +98,7 @@ class OperationResult:
     message: str
 
 
-def has_permission(user, action: str) -> bool:
+def has_permission(user: RequestUser | None, action: str) -> bool:
     codename = PERMISSIONS[action]
     return bool(user is not None and user.is_active and user.has_perm(f"taskengine.{codename}"))
 
@@ -165,7 +165,9 @@ UPDATES: dict[str, Callable[[Job], tuple[Q, dict[str, Any], str]]] = {
 }
 
 
-def perform(action: str, job_id: Any, *, actor, reason: str = "", using: str = "default") -> OperationResult:
+def perform(
+    action: str, job_id: Any, *, actor: RequestUser, reason: str = "", using: str = "default"
+) -> OperationResult:
     """Run ``action`` on job ``job_id`` for ``actor``; see the module docstring.
 
     Raises OperationForbidden, JobNotFound or OperationRefused (nothing changed), or
@@ -215,7 +217,7 @@ def _lost_race_message(action: str, job: Job) -> str:
     return f"job {job.pk} changed state meanwhile; reload and try again"
 
 
-def _scoped_job(job_id: Any, actor, using: str) -> Job:
+def _scoped_job(job_id: Any, actor: RequestUser, using: str) -> Job:
     try:
         pk = int(job_id)
     except (TypeError, ValueError):
@@ -246,7 +248,9 @@ class BulkResult:
     refused: dict[int, str]
 
 
-def perform_many(action: str, job_ids: list[int], *, actor, reason: str = "", using: str = "default") -> BulkResult:
+def perform_many(
+    action: str, job_ids: list[int], *, actor: RequestUser, reason: str = "", using: str = "default"
+) -> BulkResult:
     """Apply ``action`` job by job, each in its own transaction (one refusal never
     blocks the others; each change has its own audit row)."""
     result = BulkResult(done=[], refused={})

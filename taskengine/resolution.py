@@ -7,6 +7,8 @@ the task's module: the bottom layer (docs/architecture.md).
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.utils.module_loading import import_string
 
 from .compat import Task
@@ -17,7 +19,7 @@ class TaskNotFound(ImportError, ValueError):
     attempt fails with it) and a ValueError (a schedule naming it is invalid input)."""
 
 
-def resolve_task(task_path: str) -> Task:
+def resolve_task(task_path: str) -> Task[..., Any]:
     """The @task at ``task_path``, or TaskNotFound with a readable reason."""
     try:
         task = import_string(task_path)

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
@@ -34,6 +34,9 @@ from django.core.exceptions import ImproperlyConfigured, ValidationError
 from .conf import engine_settings
 from .resolution import resolve_task
 from .values import arguments_problem, ready_arguments
+
+if TYPE_CHECKING:
+    from .models import Schedule
 
 MISFIRE_POLICIES = ("skip", "run_once", "catch_up")
 SETTINGS_KEYS = {
@@ -123,7 +126,7 @@ def schedule_errors(
     return errors
 
 
-def validate_schedule(schedule) -> None:
+def validate_schedule(schedule: Schedule) -> None:
     """Raise ValidationError for a bad Schedule instance (called by Schedule.clean)."""
     errors = schedule_errors(
         task_path=schedule.task_path,
@@ -150,7 +153,7 @@ class SlotSpec:
     timezone: str = "UTC"
 
     @classmethod
-    def of(cls, schedule) -> SlotSpec:
+    def of(cls, schedule: Schedule) -> SlotSpec:
         return cls(schedule.cron or None, schedule.interval_seconds, schedule.timezone or "UTC")
 
 
@@ -204,8 +207,9 @@ def cron_rule(cron: str, timezone: str) -> CronRule:
     return CronRule(
         zone=ZoneInfo(timezone),
         time_of_day=not fields[0].startswith("*") and not fields[1].startswith("*"),
-        minutes=None if minutes == ["*"] else frozenset(minutes),
-        hours=None if hours == ["*"] else frozenset(hours),
+        # croniter's stubs say str; an expanded field is ["*"] or its ints.
+        minutes=None if minutes == ["*"] else frozenset(minutes),  # type: ignore[arg-type]  # ints
+        hours=None if hours == ["*"] else frozenset(hours),  # type: ignore[arg-type]  # ints
     )
 
 
@@ -240,6 +244,7 @@ def _backwards(spec: SlotSpec, until: datetime) -> Iterator[datetime]:
         # UTC: local wall-clock arithmetic drops ``fold`` and, inside a repeated hour,
         # would start the walk an hour early.
         start = (until.astimezone(UTC).replace(microsecond=0) + timedelta(seconds=1)).astimezone(rule.zone)
+        assert spec.cron is not None  # a schedule has a cron expression or an interval
         it = croniter(spec.cron, start)
         previous = None
         while True:
@@ -255,6 +260,7 @@ def next_slot(spec: SlotSpec, after: datetime) -> datetime:
         anchor = interval_anchor(spec)
         k = math.floor((after - anchor).total_seconds() / spec.interval_seconds) + 1
         return anchor + timedelta(seconds=k * spec.interval_seconds)
+    assert spec.cron is not None  # a schedule has a cron expression or an interval
     rule = cron_rule(spec.cron, spec.timezone)
     it = croniter(spec.cron, after.astimezone(rule.zone))
     while True:

@@ -14,9 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self, overload
 
 from django.db import connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.dateparse import parse_datetime
 
 from . import libpq
@@ -24,11 +25,15 @@ from .conf import engine_settings
 from .jobs import ClaimedJob, InsertedJob, NewJob, Outcome
 from .queries import sql
 
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg.abc import Loader, Params, QueryNoTemplate
+
 ADVISORY_LOCK_NAMESPACE = 0x7A5C  # first key of pg_try_advisory_xact_lock(int, int)
 
 
 @contextmanager
-def engine_cursor(connection) -> Iterator[Any]:
+def engine_cursor(connection: BaseDatabaseWrapper) -> Iterator[Any]:
     """A cursor for the engine's own statements.
 
     - It skips Django's DEBUG query log: a busy worker runs millions of statements, and
@@ -53,7 +58,7 @@ def engine_cursor(connection) -> Iterator[Any]:
         else:
             cursor = _new_engine_cursor(connection)
             if kept is None or not kept.busy:
-                connection._taskengine_cursor = cursor
+                connection._taskengine_cursor = cursor  # type: ignore[attr-defined]  # our own attribute
         if connection.vendor == "postgresql":
             cursor.raw.prepare = not engine_settings.POLL_ONLY
             if cursor.raw.prepare:
@@ -67,7 +72,7 @@ def engine_cursor(connection) -> Iterator[Any]:
             cursor.wrapper.close()
 
 
-def _plan_each_run(connection, raw) -> None:
+def _plan_each_run(connection: BaseDatabaseWrapper, raw: psycopg.Cursor[Any]) -> None:
     """Have PostgreSQL plan the engine's prepared statements on every run
     (``plan_cache_mode = force_custom_plan``, once per physical connection).
 
@@ -86,7 +91,7 @@ def _plan_each_run(connection, raw) -> None:
     if connection.in_atomic_block or not raw.connection.autocommit:
         return
     raw.execute("SET plan_cache_mode = force_custom_plan", prepare=False)
-    connection._taskengine_custom_plans = raw.connection
+    connection._taskengine_custom_plans = raw.connection  # type: ignore[attr-defined]  # our own attribute
 
 
 @dataclass(slots=True)
@@ -96,7 +101,7 @@ class _EngineCursor:
     busy: bool = False
 
 
-def _new_engine_cursor(connection) -> _EngineCursor:
+def _new_engine_cursor(connection: BaseDatabaseWrapper) -> _EngineCursor:
     if connection.vendor == "postgresql":
         pg = connection.connection
         if pg.prepare_threshold is None and not engine_settings.POLL_ONLY:
@@ -110,27 +115,37 @@ def _new_engine_cursor(connection) -> _EngineCursor:
         raw.adapters.register_loader("timestamptz", _timestamptz_loader())
     else:
         raw = connection.create_cursor()
-    return _EngineCursor(raw, connection.make_cursor(raw))
+    # make_cursor wraps the driver's cursor (django-stubs types its argument as a CursorWrapper).
+    return _EngineCursor(raw, connection.make_cursor(raw))  # type: ignore[arg-type]  # a driver cursor
 
 
 @cache
-def _timestamptz_loader():
+def _timestamptz_loader() -> type[Loader]:
     import psycopg
     from psycopg.pq import Format
 
-    return psycopg.adapters.get_loader(psycopg.adapters.types["timestamptz"].oid, Format.TEXT)
+    loader = psycopg.adapters.get_loader(psycopg.adapters.types["timestamptz"].oid, Format.TEXT)
+    assert loader is not None  # psycopg registers a text loader for every builtin type
+    return loader
 
 
 @cache
-def _preparing_cursor_class():
+def _preparing_cursor_class() -> type[psycopg.Cursor[Any]]:
     import psycopg
 
-    class PreparingCursor(psycopg.Cursor):
+    class PreparingCursor(psycopg.Cursor[Any]):
         """Server-side binding; prepared on first use unless ``prepare`` is False."""
 
         prepare = True
 
-        def execute(self, query, params=None, *, prepare=None, binary=None):
+        def execute(  # type: ignore[override]  # the engine's statements are text, never a Template
+            self,
+            query: QueryNoTemplate,
+            params: Params | None = None,
+            *,
+            prepare: bool | None = None,
+            binary: bool | None = None,
+        ) -> Self:
             return super().execute(query, params, prepare=self.prepare if prepare is None else prepare, binary=binary)
 
     return PreparingCursor
@@ -141,10 +156,15 @@ def db_now(database: str = "default") -> datetime:
     connection = connections[database]
     with connection.cursor() as cursor:
         cursor.execute(sql(connection, "db_now"), {})
-        return to_datetime(cursor.fetchone()[0])
+        now: datetime = to_datetime(cursor.fetchone()[0])
+        return now
 
 
-def to_datetime(value: Any) -> datetime | None:
+@overload
+def to_datetime(value: None) -> None: ...
+@overload
+def to_datetime(value: datetime | str) -> datetime: ...
+def to_datetime(value: datetime | str | None) -> datetime | None:
     """Raw cursors return text for SQLite datetimes; make every value aware UTC."""
     if value is None:
         return None
@@ -167,7 +187,7 @@ def _sqlite_datetime(value: datetime | None) -> str | None:
 # --- enqueue -------------------------------------------------------------------------
 
 
-def insert_jobs(connection, jobs: list[NewJob]) -> list[InsertedJob]:
+def insert_jobs(connection: BaseDatabaseWrapper, jobs: list[NewJob]) -> list[InsertedJob]:
     """Insert ``jobs`` on the caller's connection (inside the caller's transaction, if
     any) and return one InsertedJob per input, in order. A job whose unique key is held
     by a live job is not inserted; the live holder is returned with created=False."""
@@ -215,12 +235,13 @@ def _json_columns(row: dict[str, Any]) -> dict[str, Any]:
 BULK_INSERT_MIN = 100  # from this many jobs without unique keys, Postgres enqueue streams rows with COPY
 
 
-def _insert_postgres(connection, jobs: list[NewJob]) -> list[InsertedJob | None]:
+def _insert_postgres(connection: BaseDatabaseWrapper, jobs: list[NewJob]) -> list[InsertedJob | None]:
     if len(jobs) >= BULK_INSERT_MIN and all(job.unique_key is None for job in jobs):
         return _copy_postgres(connection, jobs)
     if len(jobs) == 1 and jobs[0].unique_key is None and libpq.usable(connection):
         # The common enqueue() outside a transaction: one round trip through libpq.
         job_id, _, enqueued_at = libpq.run(connection, "insert_job", _json_columns(_row(jobs[0])))[0]
+        assert job_id is not None and enqueued_at is not None  # NOT NULL columns
         return [InsertedJob(int(job_id), libpq.load_timestamptz(connection, enqueued_at), True)]
     with engine_cursor(connection) as cursor:
         if len(jobs) == 1:  # a plain prepared VALUES insert
@@ -248,7 +269,7 @@ def _insert_postgres(connection, jobs: list[NewJob]) -> list[InsertedJob | None]
     return out
 
 
-def _copy_postgres(connection, jobs: list[NewJob]) -> list[InsertedJob | None]:
+def _copy_postgres(connection: BaseDatabaseWrapper, jobs: list[NewJob]) -> list[InsertedJob | None]:
     """Many jobs, none with a unique key (so none can conflict): reserve their ids,
     then stream the rows with COPY — in one transaction, the caller's if it has one."""
     with transaction.atomic(using=connection.alias, savepoint=False), engine_cursor(connection) as cursor:
@@ -285,7 +306,7 @@ def _copy_postgres(connection, jobs: list[NewJob]) -> list[InsertedJob | None]:
     return [InsertedJob(job_id, enqueued_at, True) for job_id in ids]
 
 
-def _insert_sqlite(connection, jobs: list[NewJob]) -> list[InsertedJob | None]:
+def _insert_sqlite(connection: BaseDatabaseWrapper, jobs: list[NewJob]) -> list[InsertedJob | None]:
     query = sql(connection, "insert_job")
     out: list[InsertedJob | None] = []
     with transaction.atomic(using=connection.alias), engine_cursor(connection) as cursor:
@@ -298,7 +319,7 @@ def _insert_sqlite(connection, jobs: list[NewJob]) -> list[InsertedJob | None]:
     return out
 
 
-def _live_holder(connection, unique_key: str | None) -> InsertedJob:
+def _live_holder(connection: BaseDatabaseWrapper, unique_key: str | None) -> InsertedJob:
     from .models import Job
 
     holder = (
@@ -323,7 +344,13 @@ class UniqueKeyRace(Exception):
 
 
 def claim_jobs(
-    connection, *, worker_id: str, queues: list[str], limit: int, lease_seconds: float, advisory: bool = False
+    connection: BaseDatabaseWrapper,
+    *,
+    worker_id: str,
+    queues: list[str],
+    limit: int,
+    lease_seconds: float,
+    advisory: bool = False,
 ) -> list[ClaimedJob]:
     """Lease up to ``limit`` due jobs, highest priority first, and start their attempts."""
     if limit <= 0 or not queues:
@@ -401,7 +428,9 @@ def ensure_decoded(job: ClaimedJob) -> None:
         raise StoredArgumentsNotDecodable(job.decode_error)
 
 
-def extend_leases(connection, *, worker_id: str, held: list[tuple[int, int]], lease_seconds: float) -> dict[int, bool]:
+def extend_leases(
+    connection: BaseDatabaseWrapper, *, worker_id: str, held: list[tuple[int, int]], lease_seconds: float
+) -> dict[int, bool]:
     """Extend the leases of ``held`` (job id, attempt) pairs. Returns {job id: cancel
     requested} for the leases still held; a missing id has lost its lease."""
     if not held:
@@ -431,7 +460,9 @@ def extend_leases(connection, *, worker_id: str, held: list[tuple[int, int]], le
     return kept
 
 
-def finish_jobs(connection, *, worker_id: str, outcomes: list[Outcome]) -> dict[int, tuple[str, datetime | None]]:
+def finish_jobs(
+    connection: BaseDatabaseWrapper, *, worker_id: str, outcomes: list[Outcome]
+) -> dict[int, tuple[str, datetime | None]]:
     """Write a batch of attempt outcomes, fenced. Returns {job id: (new state,
     finished_at)} for the
     writes that won; a missing id means the worker had lost the lease and nothing
@@ -495,7 +526,9 @@ RELEASED_CANCEL_ERROR_CLASS = "taskengine.execution.JobCancelled"
 RELEASED_CANCEL_MESSAGE = "cancelled by an operator; the worker was shutting down and stopped the job"
 
 
-def release_jobs(connection, *, worker_id: str, held: list[tuple[int, int]]) -> dict[int, tuple[str, datetime | None]]:
+def release_jobs(
+    connection: BaseDatabaseWrapper, *, worker_id: str, held: list[tuple[int, int]]
+) -> dict[int, tuple[str, datetime | None]]:
     """Hand still-running jobs back to the queue (graceful shutdown). Fenced. A job whose
     cancellation was requested ends ``cancelled`` instead (its attempt too). Returns
     {job id: (new state, finished_at)} for the jobs written; a missing id had lost its

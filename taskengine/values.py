@@ -127,7 +127,7 @@ def _describe_place(value: Any, where: str, depth: int = 0) -> str:
     return f"{where}: {refusal}"
 
 
-def _refuse_colliding_keys(mapping: dict) -> None:
+def _refuse_colliding_keys(mapping: dict[Any, Any]) -> None:
     """JSON keys are text: json.dumps writes 1 and "1" (or True and "true") as the same
     key, and the database keeps only the last — part of the value would be lost."""
     seen: dict[str, Any] = {}
@@ -138,14 +138,14 @@ def _refuse_colliding_keys(mapping: dict) -> None:
         seen[as_json] = key
 
 
-def ready_arguments(args: Sequence, kwargs: Mapping) -> tuple[list, dict]:
+def ready_arguments(args: Sequence[Any], kwargs: Mapping[Any, Any]) -> tuple[list[Any], dict[Any, Any]]:
     """A call's arguments as the job stores them (json_ready on each argument and
     keyword key). Raises TypeError, ValueError or RecursionError for what cannot be
     stored; describe_refusal says where and why."""
     return [json_ready(item) for item in args], {json_ready(key): json_ready(item) for key, item in kwargs.items()}
 
 
-def describe_refusal(args: Sequence, kwargs: Mapping, exc: BaseException) -> str:
+def describe_refusal(args: Sequence[Any], kwargs: Mapping[Any, Any], exc: BaseException) -> str:
     """Where in a call's arguments the innermost unstorable thing is, and why
     (``args[1]['to'][0]: 'a\\x00b' contains a NUL character …``); ``exc`` (what
     ready_arguments raised) when the place cannot be told. The slow path: run only once
@@ -164,7 +164,7 @@ def describe_refusal(args: Sequence, kwargs: Mapping, exc: BaseException) -> str
     return str(exc)
 
 
-def arguments_problem(args: Sequence, kwargs: Mapping) -> str | None:
+def arguments_problem(args: Sequence[Any], kwargs: Mapping[Any, Any]) -> str | None:
     """Why a call with these arguments could not be stored, naming the place, or None."""
     try:
         ready_arguments(args, kwargs)

@@ -45,12 +45,15 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, Protocol
+from datetime import datetime
+from functools import partial
+from typing import Any, Protocol, overload
 
 from django.db import Error as DatabaseError
 from django.db import InterfaceError, OperationalError, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from . import events, metrics, registry, store
 from .conf import engine_settings
@@ -164,7 +167,7 @@ class Worker:
         self.exit_code = 0
 
     @property
-    def connection(self):
+    def connection(self) -> BaseDatabaseWrapper:
         return connections[self.database]
 
     # --- lifecycle -------------------------------------------------------------------
@@ -332,7 +335,7 @@ class Worker:
     # --- waiting ---------------------------------------------------------------------
 
     def _idle_wait(self) -> float:
-        wait = min(self.max_backoff, self.backoff_base * (2**self._idle_rounds))
+        wait: float = min(self.max_backoff, self.backoff_base * (2**self._idle_rounds))
         self._idle_rounds = min(self._idle_rounds + 1, 30)
         return wait
 
@@ -347,7 +350,11 @@ class Worker:
 
     # --- database calls --------------------------------------------------------------
 
-    def _db_call(self, operation: str, fn, default: Any = None) -> Any:
+    @overload
+    def _db_call[T](self, operation: str, fn: Callable[[], T]) -> T | None: ...
+    @overload
+    def _db_call[T](self, operation: str, fn: Callable[[], T], default: T) -> T: ...
+    def _db_call[T](self, operation: str, fn: Callable[[], T], default: T | None = None) -> T | None:
         now = time.monotonic()
         if now < self._db_retry_at:
             return default
@@ -415,7 +422,7 @@ class Worker:
             self._start(job)
 
     def _release_unstarted(self, jobs: list[ClaimedJob]) -> list[ClaimedJob]:
-        written = self._db_call(
+        written: dict[int, tuple[str, datetime | None]] = self._db_call(
             "release",
             lambda: store.release_jobs(
                 self.connection, worker_id=self.worker_id, held=[(j.id, j.attempt) for j in jobs]
@@ -473,7 +480,7 @@ class Worker:
                 future = asyncio.run_coroutine_threadsafe(run_async(running, self.worker_id), self._event_loop())
                 # Never cancelled (an interrupt cancels the coroutine's task, on the loop):
                 # it is done when the coroutine has finished, not before.
-                future.add_done_callback(lambda f, r=running: self._on_async_done(r, f))
+                future.add_done_callback(partial(self._on_async_done, running))
             else:
                 self._threads.submit(running)
         except Exception as exc:
@@ -491,7 +498,7 @@ class Worker:
         if not self._wake.is_set():  # set() takes a lock; in a burst the flag is usually up already
             self._wake.set()
 
-    def _on_async_done(self, running: RunningJob, future: Future) -> None:
+    def _on_async_done(self, running: RunningJob, future: Future[Any]) -> None:
         if future.cancelled():
             # Not by the worker (its interrupts reach the coroutine, which makes its own
             # outcome when it has finished): a cancellation it did not send is a cancel.
@@ -694,7 +701,7 @@ class Worker:
         )
         self._pending = [entry for entry in self._pending if entry[0] is not running]
 
-    def _written(self, part: list[tuple[RunningJob, Outcome]], won: dict) -> None:
+    def _written(self, part: list[tuple[RunningJob, Outcome]], won: dict[int, tuple[str, datetime | None]]) -> None:
         """``part`` is written: drop it from the pending outcomes and report each one."""
         if len(part) == len(self._pending):
             self._pending = []
@@ -719,7 +726,7 @@ class Worker:
         candidates = [r for r in self._running if not (r.abandoned or r.stuck or r.lease_lost)]
         by_id = {r.job.id: r for r in sorted(candidates, key=lambda r: r.job.attempt)}
         held = [r.held for r in candidates]
-        written = self._db_call(
+        written: dict[int, tuple[str, datetime | None]] = self._db_call(
             "release", lambda: store.release_jobs(self.connection, worker_id=self.worker_id, held=held), default={}
         )
         for job_id, (state, finished_at) in written.items():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
+from typing import Any
 
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -20,10 +21,13 @@ from django.views.csrf import csrf_failure as django_csrf_failure
 
 from ..operations import OperationError
 
+#: A console view: a request (and URL arguments) in, a response out.
+type View = Callable[..., HttpResponse]
+
 API_PREFIX = "/taskengine/api/"
 
 
-def staff_page(view: Callable) -> Callable:
+def staff_page(view: View) -> View:
     return admin.site.admin_view(view)
 
 
@@ -34,12 +38,12 @@ def json_error(status: int, message: str, **headers: str) -> JsonResponse:
     return response
 
 
-def api_endpoint(*methods: str) -> Callable[[Callable], Callable]:
+def api_endpoint(*methods: str) -> Callable[[View], View]:
     allowed = ", ".join(methods)
 
-    def decorate(view: Callable) -> Callable:
+    def decorate(view: View) -> View:
         @wraps(view)
-        def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             if request.method not in methods:
                 return json_error(405, f"method {request.method} not allowed here; use {allowed}", Allow=allowed)
             user = request.user

@@ -16,7 +16,7 @@ from django.http import HttpRequest, JsonResponse
 
 from .. import operations
 from . import reads, serialize
-from .access import api_endpoint, json_error
+from .access import View, api_endpoint, json_error
 from .counts import bounded_count
 from .filters import JobFilterForm, keyset_page
 
@@ -30,7 +30,7 @@ def summary(request: HttpRequest) -> JsonResponse:
 def jobs(request: HttpRequest) -> JsonResponse:
     form = JobFilterForm(request.GET)
     if not form.is_valid():
-        errors = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in form.errors.items())
+        errors = "; ".join(f"{field}: {' '.join(str(m) for m in msgs)}" for field, msgs in form.errors.items())
         return json_error(400, f"invalid filter: {errors}")
     queryset = form.filter(reads.jobs_for(request.user)).defer(*reads.LIST_DEFER)
     page = keyset_page(queryset, form)
@@ -77,7 +77,7 @@ def _reason(request: HttpRequest) -> str:
     return request.POST.get("reason", "")[:2000]
 
 
-def _act(action: str):
+def _act(action: str) -> View:
     @api_endpoint("POST")
     def view(request: HttpRequest, job_id: int) -> JsonResponse:
         result = operations.perform(action, job_id, actor=request.user, reason=_reason(request))

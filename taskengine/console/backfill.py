@@ -15,14 +15,14 @@ from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonRe
 from django.views.decorators.http import require_GET
 
 from .. import backfill as engine_backfill
-from ..tenancy import tenants_for
+from ..tenancy import RequestUser, tenants_for
 from .access import api_endpoint, json_error, staff_page
 from .views import render
 
 PERMISSION = "taskengine.view_backfill_report"
 
 
-def can_view(user) -> bool:
+def can_view(user: RequestUser) -> bool:
     return bool(user.is_active and user.has_perm(PERMISSION))
 
 

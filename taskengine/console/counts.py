@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from django.core.exceptions import EmptyResultSet
 from django.db import OperationalError, connections, transaction
+from django.db.models import QuerySet
 
 from ..queries import sql
 
@@ -40,14 +42,14 @@ class BoundedCount:
             return f"{self.value:,}+"
         return f"≈{self.value:,}"
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "display": self.display()}
 
     def __str__(self) -> str:
         return self.display()
 
 
-def bounded_count(queryset, limit: int = COUNT_LIMIT) -> BoundedCount:
+def bounded_count(queryset: QuerySet[Any], limit: int = COUNT_LIMIT) -> BoundedCount:
     """Exact up to ``limit``; beyond it an estimate (PostgreSQL) or a lower bound."""
     estimate = planner_estimate(queryset)
     if estimate is not None and estimate >= limit:
@@ -60,7 +62,7 @@ def bounded_count(queryset, limit: int = COUNT_LIMIT) -> BoundedCount:
     return BoundedCount(limit, False, "at_least")
 
 
-def _count_upto(queryset, limit: int) -> int | None:
+def _count_upto(queryset: QuerySet[Any], limit: int) -> int | None:
     """Count at most ``limit + 1`` rows. On PostgreSQL the count also stops after
     COUNT_TIMEOUT_MS (a filter that matches few of many candidate rows reads them all
     to find out): then None. The timeout is transaction-local: it ends with our own
@@ -97,7 +99,7 @@ def _is_query_cancel(exc: BaseException) -> bool:
     return isinstance(exc.__cause__, errors.QueryCanceled)
 
 
-def planner_estimate(queryset) -> int | None:
+def planner_estimate(queryset: QuerySet[Any]) -> int | None:
     """PostgreSQL's row estimate for ``queryset`` (EXPLAIN only plans; it reads no rows)."""
     connection = connections[queryset.db]
     if connection.vendor != "postgresql":
@@ -124,7 +126,7 @@ def distinct_tenants(using: str = "default", limit: int = DISTINCT_LIMIT) -> lis
     return _values("console_distinct_tenants", using, limit)
 
 
-def recent_values(queryset, field: str, sample: int | None = None) -> list[str]:
+def recent_values(queryset: QuerySet[Any], field: str, sample: int | None = None) -> list[str]:
     """Distinct values of ``field`` among the newest ``sample`` rows of ``queryset``
     (a backward primary-key scan that stops after ``sample`` rows), for columns with
     no index to walk (task paths)."""

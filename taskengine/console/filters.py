@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
+from typing import Any
 
 from django import forms
 from django.db.models import Max, Min
 
-from ..models import Job
+from ..models import Job, JobQuerySet
 from ..states import JobState
 
 DEFAULT_LIMIT = 50
@@ -42,13 +43,14 @@ class JobFilterForm(forms.Form):
     before = forms.IntegerField(required=False, min_value=0, widget=forms.HiddenInput)
     limit = forms.IntegerField(required=False, min_value=1, max_value=MAX_LIMIT, widget=forms.HiddenInput)
 
-    def clean(self):
+    def clean(self) -> dict[str, Any]:
         data = super().clean()
+        assert data is not None  # Form.clean returns cleaned_data
         if data.get("after") is not None and data.get("before") is not None:
             raise forms.ValidationError("give either after or before, not both")
         return data
 
-    def filter(self, queryset):
+    def filter(self, queryset: JobQuerySet) -> JobQuerySet:
         """Apply the (valid) filters to ``queryset``."""
         data = self.cleaned_data
         for name, lookup in (("state", "state"), ("queue", "queue"), ("task", "task_path"), ("tenant", "tenant")):
@@ -80,7 +82,7 @@ class KeysetPage:
     prev_before: int | None = None  # pass as before= for the previous (newer) page
 
 
-def keyset_page(queryset, form: JobFilterForm) -> KeysetPage:
+def keyset_page(queryset: JobQuerySet, form: JobFilterForm) -> KeysetPage:
     """One page of ``queryset`` (already filtered and scoped), newest first.
 
     Each page looks at most ``SCAN_WINDOW`` ids below (or above) its cursor, so a
@@ -98,6 +100,7 @@ def keyset_page(queryset, form: JobFilterForm) -> KeysetPage:
     floor = max(low, start - SCAN_WINDOW)
     rows = list(queryset.filter(pk__lt=start, pk__gte=floor).order_by("-pk")[: limit + 1])
     items = rows[:limit]
+    next_after: int | None
     if len(rows) > limit:
         next_after = items[-1].pk
     else:
@@ -108,10 +111,11 @@ def keyset_page(queryset, form: JobFilterForm) -> KeysetPage:
     return KeysetPage(items=items, next_after=next_after, prev_before=prev_before)
 
 
-def _newer_page(queryset, before: int, limit: int, high: int) -> KeysetPage:
+def _newer_page(queryset: JobQuerySet, before: int, limit: int, high: int) -> KeysetPage:
     ceiling = before + SCAN_WINDOW
     rows = list(queryset.filter(pk__gt=before, pk__lte=ceiling).order_by("pk")[: limit + 1])
     items = list(reversed(rows[:limit]))
+    prev_before: int | None
     if len(rows) > limit:
         prev_before = items[0].pk
     else:

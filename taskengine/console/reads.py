@@ -10,20 +10,30 @@ bounded_count``), the throughput chart reads the last hour through the
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db.models import Count, Min, Prefetch
+from django.db.models import Count, Min, Prefetch, QuerySet
 from django.db.models.functions import TruncMinute
 
 from .. import gate
 from ..conf import engine_settings
-from ..models import ExecutionLog, Job, Leader, MissedSlot, OperatorAction, Schedule, WorkerProcess, WorkerState
+from ..models import (
+    ExecutionLog,
+    Job,
+    JobQuerySet,
+    Leader,
+    MissedSlot,
+    OperatorAction,
+    Schedule,
+    WorkerProcess,
+    WorkerState,
+)
 from ..schedules import SlotSpec, next_slot
 from ..states import JobState
-from ..store import db_now
-from ..tenancy import scope_jobs, tenants_for
+from ..store import db_now as db_now  # the console's views read the clock through this module
+from ..tenancy import RequestUser, scope_jobs, tenants_for
 from . import serialize
 from .counts import bounded_count, queued_queues
 
@@ -31,17 +41,17 @@ CHART_MINUTES = 60
 LIST_DEFER = ("args", "kwargs", "return_value")
 
 
-def jobs_for(user, using: str = "default"):
+def jobs_for(user: RequestUser, using: str = "default") -> JobQuerySet:
     return scope_jobs(Job.objects.using(using), user)
 
 
-def audit_for(user, using: str = "default"):
+def audit_for(user: RequestUser, using: str = "default") -> QuerySet[OperatorAction]:
     tenants = tenants_for(user)
     rows = OperatorAction.objects.using(using)
     return rows if tenants is None else rows.filter(tenant__in=tenants)
 
 
-def schedules_for(user, using: str = "default"):
+def schedules_for(user: RequestUser, using: str = "default") -> QuerySet[Schedule]:
     tenants = tenants_for(user)
     rows = Schedule.objects.using(using)
     return rows if tenants is None else rows.filter(tenant__in=tenants)
@@ -68,7 +78,7 @@ def known_queues(using: str = "default") -> list[str]:
     return sorted(_configured_queues() | set(queued_queues(using)) | served)
 
 
-def counts_by_state(user, using: str = "default") -> dict[str, dict]:
+def counts_by_state(user: RequestUser, using: str = "default") -> dict[str, dict[str, Any]]:
     jobs = jobs_for(user, using)
     return {state: bounded_count(jobs.filter(state=state)).as_dict() for state in JobState.values}
 
@@ -77,7 +87,16 @@ def _configured_queues() -> set[str]:
     return {q for backend in settings.TASKS.values() for q in backend.get("QUEUES", [])}
 
 
-def finished_rows(user, now: datetime, using: str = "default") -> tuple[datetime, list[dict]]:
+class FinishedRow(TypedDict):
+    """Jobs finished in one minute, of one queue, in one final state."""
+
+    minute: datetime
+    queue: str
+    state: str
+    n: int
+
+
+def finished_rows(user: RequestUser, now: datetime, using: str = "default") -> tuple[datetime, list[FinishedRow]]:
     """Jobs finished in the last CHART_MINUTES minutes, counted per (minute, queue,
     state). Index: taskengine_job_finished_idx (finished_at, partial)."""
     end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
@@ -93,7 +112,9 @@ def finished_rows(user, now: datetime, using: str = "default") -> tuple[datetime
     return start, list(rows)
 
 
-def counts_by_queue(user, finished: list[dict], using: str = "default") -> dict[str, dict]:
+def counts_by_queue(
+    user: RequestUser, finished: list[FinishedRow], using: str = "default"
+) -> dict[str, dict[str, Any]]:
     """Per queue: queued and running jobs now (bounded counts through the claim and
     lease indexes) and jobs finished in the last hour by final state."""
     jobs = jobs_for(user, using)
@@ -101,7 +122,7 @@ def counts_by_queue(user, finished: list[dict], using: str = "default") -> dict[
     for row in finished:
         per_state = last_hour.setdefault(row["queue"], {"succeeded": 0, "failed": 0, "cancelled": 0})
         per_state[row["state"]] = per_state.get(row["state"], 0) + row["n"]
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, Any]] = {}
     for queue in sorted(set(known_queues(using)) | set(last_hour)):
         out[queue] = {
             "queued": bounded_count(jobs.filter(queue=queue, state=JobState.QUEUED)).as_dict(),
@@ -111,7 +132,7 @@ def counts_by_queue(user, finished: list[dict], using: str = "default") -> dict[
     return out
 
 
-def throughput(start: datetime, finished: list[dict]) -> dict[str, Any]:
+def throughput(start: datetime, finished: list[FinishedRow]) -> dict[str, Any]:
     """Per-minute buckets of the last hour (every minute present, zeros included)."""
     buckets = {
         start + timedelta(minutes=i): {"succeeded": 0, "failed": 0, "cancelled": 0} for i in range(CHART_MINUTES)
@@ -128,7 +149,7 @@ def throughput(start: datetime, finished: list[dict]) -> dict[str, Any]:
     }
 
 
-def oldest_queued_age(user, now: datetime, using: str = "default") -> float | None:
+def oldest_queued_age(user: RequestUser, now: datetime, using: str = "default") -> float | None:
     """Seconds the longest-waiting due job has been waiting (None: nothing due).
     Index: taskengine_job_claim_idx (partial on queued rows)."""
     oldest = jobs_for(user, using).queued().filter(run_after__lte=now).aggregate(m=Min("run_after"))["m"]
@@ -150,7 +171,7 @@ def leaders(now: datetime, using: str = "default") -> list[dict[str, Any]]:
     return [serialize.leader_row(row, now) for row in Leader.objects.using(using).order_by("name")]
 
 
-def summary(user, using: str = "default") -> dict[str, Any]:
+def summary(user: RequestUser, using: str = "default") -> dict[str, Any]:
     now = db_now(using)
     worker_rows = workers(now, using)
     start, finished = finished_rows(user, now, using)
@@ -165,7 +186,7 @@ def summary(user, using: str = "default") -> dict[str, Any]:
     }
 
 
-def job_detail(user, job_id: int, using: str = "default") -> tuple[Job, dict[str, Any]] | None:
+def job_detail(user: RequestUser, job_id: int, using: str = "default") -> tuple[Job, dict[str, Any]] | None:
     job = jobs_for(user, using).select_related("schedule").filter(pk=job_id).first()
     if job is None:
         return None
@@ -186,7 +207,7 @@ def next_slots(schedule: Schedule, now: datetime, n: int = 3) -> list[datetime]:
     return out
 
 
-def schedules(user, using: str = "default") -> list[dict[str, Any]]:
+def schedules(user: RequestUser, using: str = "default") -> list[dict[str, Any]]:
     now = db_now(using)
     recent_runs = Job.objects.using(using).order_by("-slot").only("id", "state", "slot", "schedule_id")[:5]
     recent_missed = MissedSlot.objects.using(using).order_by("-slot")[:5]

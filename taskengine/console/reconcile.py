@@ -30,14 +30,14 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
 from .. import reconcile as engine_reconcile
-from ..tenancy import tenants_for
+from ..tenancy import RequestUser, tenants_for
 from .access import api_endpoint, json_error, staff_page
 from .views import render
 
 PERMISSION = "taskengine.reconcile_apply"
 
 
-def can_apply(user) -> bool:
+def can_apply(user: RequestUser) -> bool:
     return bool(user.is_active and user.has_perm(PERMISSION))
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import operations
 from ..models import ExecutionLog, Job, Leader, OperatorAction, WorkerProcess
+from ..tenancy import RequestUser
 
 TRACEBACK_LIMIT = 4000
 PAYLOAD_LIMIT = 100_000  # characters of one argument list or return value a page shows
@@ -107,7 +108,7 @@ def audit_row(row: OperatorAction) -> dict[str, Any]:
     }
 
 
-def job_actions(job: Job, user) -> dict[str, bool]:
+def job_actions(job: Job, user: RequestUser) -> dict[str, bool]:
     """Which operator actions this user may take on this job in its current state."""
     return {
         action: operations.has_permission(user, action) and operations.allowed(job, action)
@@ -115,7 +116,9 @@ def job_actions(job: Job, user) -> dict[str, bool]:
     }
 
 
-def job_detail(job: Job, user, *, attempts: list[ExecutionLog], audit: list[OperatorAction]) -> dict[str, Any]:
+def job_detail(
+    job: Job, user: RequestUser, *, attempts: list[ExecutionLog], audit: list[OperatorAction]
+) -> dict[str, Any]:
     return {
         **job_summary(job),
         "backend": job.backend,
@@ -124,7 +127,7 @@ def job_detail(job: Job, user, *, attempts: list[ExecutionLog], audit: list[Oper
         "return_value": job.return_value,
         "unique_key": job.unique_key,
         "timeout_seconds": job.timeout_seconds,
-        "schedule": job.schedule.name if job.schedule_id else None,
+        "schedule": job.schedule.name if job.schedule is not None else None,
         "slot": iso(job.slot),
         "acting_user_id": job.acting_user_id,
         "attempt_log": [attempt_row(a) for a in attempts],

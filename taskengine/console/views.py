@@ -9,6 +9,8 @@ every page. Templates live in taskengine/templates/taskengine/ (found through
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin, messages
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -26,7 +28,7 @@ from .filters import JobFilterForm, keyset_page
 AUDIT_PAGE = 50
 
 
-def render(request: HttpRequest, template: str, title: str, **context) -> TemplateResponse:
+def render(request: HttpRequest, template: str, title: str, **context: Any) -> TemplateResponse:
     return TemplateResponse(
         request, f"taskengine/{template}", {**admin.site.each_context(request), "title": title, **context}
     )

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from django.db import Error as DatabaseError
 from django.db import connections
@@ -31,6 +32,10 @@ from ..conf import engine_settings
 from ..leadership import Elector, LeaderLease, NotLeader
 from . import dead_workers, recovery, retention
 from .schedules import Scheduler
+
+if TYPE_CHECKING:
+    from ..worker import Service as WorkerService
+    from ..worker import Worker
 
 logger = logging.getLogger("taskengine.maintenance")
 
@@ -163,7 +168,7 @@ class LeaderService:
         self.elector.stop()
 
 
-def build_services(worker) -> list[LeaderService]:
+def build_services(worker: Worker) -> list[WorkerService]:
     """runworker's leader service. Validates TASKENGINE["SCHEDULES"] first, so a bad
     entry stops the worker at start with ImproperlyConfigured naming it."""
     scheduler = Scheduler(worker.database)

@@ -24,8 +24,10 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from .. import metrics
 from ..conf import engine_settings
@@ -92,7 +94,7 @@ def run_once(
     return recovered
 
 
-def _run_sqlite(connection, params: dict) -> list[RecoveredJob]:
+def _run_sqlite(connection: BaseDatabaseWrapper, params: dict[str, Any]) -> list[RecoveredJob]:
     recovered: list[RecoveredJob] = []
     with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
         cursor.execute(sql(connection, "select_recoverable"), params)

@@ -27,7 +27,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.db import connections, transaction
 
@@ -40,6 +40,9 @@ from ..queries import sql
 from ..resolution import resolve_task
 from ..schedules import SYNCED_FIELDS, SlotSpec, recent_slots, settings_schedules
 from ..store import db_now
+
+if TYPE_CHECKING:
+    from ..backend import DatabaseBackend, EngineTask
 
 logger = logging.getLogger("taskengine.schedules")
 
@@ -80,7 +83,7 @@ class Scheduler:
 
     name = "schedules"
 
-    def __init__(self, database: str, *, definitions: list[dict] | None = None) -> None:
+    def __init__(self, database: str, *, definitions: list[dict[str, Any]] | None = None) -> None:
         self.database = database
         self.definitions = settings_schedules() if definitions is None else definitions
         self._synced_term: int | None = None
@@ -142,13 +145,16 @@ class Scheduler:
         self._report(schedule, plan, created, job)
         return created
 
-    def _job_template(self, schedule: Schedule) -> dict:
+    def _job_template(self, schedule: Schedule) -> dict[str, Any]:
         """The schedule's job as the backend would store it (same defaults as
         ``task.enqueue()``), minus slot and schedule."""
-        task = resolve_task(schedule.task_path).using(queue_name=schedule.queue, priority=schedule.priority)
+        # A schedule's task is taskengine's (EngineTask), on its DatabaseBackend.
+        task = cast("EngineTask", resolve_task(schedule.task_path)).using(
+            queue_name=schedule.queue, priority=schedule.priority
+        )
         if schedule.tenant:
             task = task.using(tenant=schedule.tenant)
-        backend = task_backends[task.backend]
+        backend = cast("DatabaseBackend", task_backends[task.backend])
         new = backend.new_job(task, schedule.args or [], schedule.kwargs or {})
         return {
             "task_path": new.task_path,
@@ -164,14 +170,15 @@ class Scheduler:
             "tenant": new.tenant,
         }
 
-    def _slot_param(self, slot: datetime):
+    def _slot_param(self, slot: datetime) -> datetime | str | None:
         connection = connections[self.database]
         if connection.vendor == "postgresql":
             return slot
         return connection.ops.adapt_datetimefield_value(slot)
 
-    def _report(self, schedule: Schedule, plan: SlotPlan, created: list[int], job: dict) -> None:
+    def _report(self, schedule: Schedule, plan: SlotPlan, created: list[int], job: dict[str, Any]) -> None:
         if created:
+            assert plan.newest is not None  # set whenever a slot is enqueued
             metrics.JOBS_SUBMITTED.labels(job["queue"], job["task_path"]).inc(len(created))
             logger.debug(
                 "schedule %r: enqueued %d slot(s) up to %s", schedule.name, len(created), plan.newest.isoformat()
@@ -186,7 +193,7 @@ class Scheduler:
             )
 
 
-def _json_text(value) -> str:
+def _json_text(value: Any) -> str:
     """NewJob carries arguments as JSON text or as JSON-ready values; SQL wants text."""
     return value if isinstance(value, str) else json.dumps(value, allow_nan=False)
 

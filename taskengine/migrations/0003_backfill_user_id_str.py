@@ -3,13 +3,15 @@ batches by primary key. Safe to rerun: it only touches rows still missing the va
 Big tables can skip this here and run ``manage.py backfill_user_ids`` instead."""
 
 from django.db import migrations
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
+from django.db.migrations.state import StateApps
 from django.db.models import CharField
 from django.db.models.functions import Cast
 
 BATCH_SIZE = 5000
 
 
-def backfill(apps, schema_editor):
+def backfill(apps: StateApps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     ExecutionLog = apps.get_model("taskengine", "ExecutionLog")
     db = schema_editor.connection.alias
     pending = ExecutionLog.objects.using(db).filter(user_id__isnull=False, user_id_str__isnull=True)

@@ -6,6 +6,8 @@ so a worker never wakes for a job it cannot yet see. SQLite workers poll instead
 """
 
 from django.db import migrations
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
+from django.db.migrations.state import StateApps
 
 CREATE = """
 CREATE OR REPLACE FUNCTION taskengine_notify_jobs() RETURNS trigger
@@ -28,12 +30,12 @@ DROP FUNCTION IF EXISTS taskengine_notify_jobs();
 """
 
 
-def create(apps, schema_editor):
+def create(apps: StateApps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     if schema_editor.connection.vendor == "postgresql":
         schema_editor.execute(CREATE)
 
 
-def drop(apps, schema_editor):
+def drop(apps: StateApps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     if schema_editor.connection.vendor == "postgresql":
         schema_editor.execute(DROP)
 

@@ -136,5 +136,6 @@ def apply(
     applied = []
     for check in checks:
         ctx.progress(f"applying {check.name}")
+        assert check.fix is not None  # selected above
         applied.append(check.fix(ctx))
     return applied

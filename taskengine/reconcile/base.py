@@ -8,13 +8,14 @@ Times come from the database clock (``Context.now``), never from Python's clock.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
 from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from ..conf import engine_settings
 from ..queries import sql
@@ -74,14 +75,14 @@ class Context:
     batch_size: int = 500
 
     @property
-    def connection(self):
+    def connection(self) -> BaseDatabaseWrapper:
         return connections[self.database]
 
     @property
     def vendor(self) -> str:
         return self.connection.vendor
 
-    def as_param_list(self, values: list | None) -> Any:
+    def as_param_list(self, values: list[Any] | None) -> Any:
         if values is None:
             return None
         return list(values) if self.vendor == "postgresql" else json.dumps(list(values))
@@ -95,15 +96,17 @@ class Context:
             **extra,
         }
 
-    def fetch(self, name: str, **params: Any) -> list[tuple]:
+    def fetch(self, name: str, **params: Any) -> list[tuple[Any, ...]]:
         with self.connection.cursor() as cursor:
             cursor.execute(sql(self.connection, name), self.params(**params))
-            return cursor.fetchall()
+            rows: list[tuple[Any, ...]] = cursor.fetchall()
+            return rows
 
     def execute(self, name: str, **params: Any) -> int:
         with self.connection.cursor() as cursor:
             cursor.execute(sql(self.connection, name), self.params(**params))
-            return cursor.rowcount
+            rowcount: int = cursor.rowcount
+            return rowcount
 
     @cached_property
     def now(self) -> datetime:
@@ -119,7 +122,7 @@ def iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value is not None else None
 
 
-def page(ctx: Context, name: str, **params: Any):
+def page(ctx: Context, name: str, **params: Any) -> Iterator[list[tuple[Any, ...]]]:
     """Yield batches of candidate rows of the named query (rows start with id and end
     their fixed columns with the window count), in id order, ``batch_size`` at a time."""
     after_id = 0
@@ -131,7 +134,7 @@ def page(ctx: Context, name: str, **params: Any):
         after_id = rows[-1][0]
 
 
-def first_page(ctx: Context, name: str, count_column: int, **params: Any) -> tuple[int, list[tuple]]:
+def first_page(ctx: Context, name: str, count_column: int, **params: Any) -> tuple[int, list[tuple[Any, ...]]]:
     """(total count, first ``sample_size`` rows) of a candidate query."""
     rows = ctx.fetch(name, after_id=0, limit=ctx.sample_size, **params)
     return (rows[0][count_column] if rows else 0), rows

@@ -18,6 +18,8 @@ enqueue() with that key returns the stuck holder instead of creating new work.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 from django.db import transaction
 
@@ -26,7 +28,7 @@ from ..maintenance import recovery
 from .base import Applied, Check, Context, Finding, first_page, page
 
 
-def _inspect_rows(query: str):
+def _inspect_rows(query: str) -> Callable[[Context, Check], Finding]:
     def inspect(ctx: Context, check: Check) -> Finding:
         total, rows = first_page(ctx, query, count_column=4)
         return check.finding(total, [row[0] for row in rows])
@@ -34,7 +36,7 @@ def _inspect_rows(query: str):
     return inspect
 
 
-def _recover(ctx: Context, category: str, rows: list[tuple], reason: str) -> list[int]:
+def _recover(ctx: Context, category: str, rows: list[tuple[Any, ...]], reason: str) -> list[int]:
     """Recover a page of running jobs in one statement of the engine's one recovery
     path (maintenance.recovery), with one audit row per recovered job in the same
     transaction. Jobs that finished, were recovered or were re-claimed meanwhile are
@@ -60,7 +62,7 @@ def _recover(ctx: Context, category: str, rows: list[tuple], reason: str) -> lis
     return [job.id for job in won]
 
 
-def _fix_running(query: str, category: str, reason: str):
+def _fix_running(query: str, category: str, reason: str) -> Callable[[Context], Applied]:
     def fix(ctx: Context) -> Applied:
         applied = Applied(category)
         for rows in page(ctx, query):

@@ -119,7 +119,8 @@ def walks(ctx: Context) -> list[Walk]:
     """The walks of this run, computed once per report (the three checks share them)."""
     if "_slot_walks" not in ctx.__dict__:
         ctx.__dict__["_slot_walks"], ctx.__dict__["_broken_schedules"] = _all_walks(ctx)
-    return ctx.__dict__["_slot_walks"]
+    done: list[Walk] = ctx.__dict__["_slot_walks"]
+    return done
 
 
 def _slot_id(schedule_id: int, slot: datetime) -> str:

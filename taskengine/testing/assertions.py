@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 _UNSET: Any = object()
 LISTED_AT_MOST = 20  # jobs shown in a failure message
@@ -13,6 +13,9 @@ RUN_AFTER_SLACK = timedelta(seconds=1)  # run_after=<timedelta>: due that long a
 
 # The job fields assert_enqueued compares, in the order failure messages show them.
 FIELDS = ("args", "kwargs", "queue", "priority", "unique_key", "run_after", "tenant", "max_attempts")
+
+if TYPE_CHECKING:
+    from taskengine.models import Job
 
 
 def task_path(task: Any) -> str:
@@ -39,7 +42,7 @@ def enqueued_jobs(
     state: str | None = "queued",
     using: str | None = None,
     **filters: Any,
-) -> list:
+) -> list[Job]:
     """The Job rows of ``task`` (a Task or its path; None: any) in ``queue`` (None: any),
     in ``state`` ("queued" by default; None: any state), oldest first. Extra keyword
     arguments are Django lookups on Job (``unique_key="order-7"``, ``priority__gt=0``)."""
@@ -69,16 +72,16 @@ def _expected(args: Any, kwargs: Any, **others: Any) -> dict[str, Any]:
     return {name: wanted[name] for name in FIELDS if name in wanted}
 
 
-def _matches(job, name: str, expected: Any) -> bool:
+def _matches(job: Job, name: str, expected: Any) -> bool:
     actual = getattr(job, name)
     if callable(expected):
         return bool(expected(actual))
     if name == "run_after" and isinstance(expected, timedelta):
-        return abs(actual - job.enqueued_at - expected) <= RUN_AFTER_SLACK
-    return actual == expected
+        return bool(abs(actual - job.enqueued_at - expected) <= RUN_AFTER_SLACK)
+    return bool(actual == expected)
 
 
-def _differences(job, wanted: Mapping[str, Any], path: str | None) -> list[str]:
+def _differences(job: Job, wanted: Mapping[str, Any], path: str | None) -> list[str]:
     names = ["task"] if path is not None and job.task_path != path else []
     return names + [name for name, value in wanted.items() if not _matches(job, name, value)]
 
@@ -93,7 +96,7 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
-def describe_job(job, *, with_state: bool = False) -> str:
+def describe_job(job: Job, *, with_state: bool = False) -> str:
     """One line per job, every compared field, for failure messages."""
     fields = " ".join(f"{name}={_show(getattr(job, name))}" for name in FIELDS)
     state = f" state={job.state}" if with_state else ""
@@ -108,7 +111,7 @@ def _wanted_text(path: str | None, wanted: Mapping[str, Any], state: str | None)
 
 
 def _listing(
-    jobs: Sequence, wanted: Mapping[str, Any], path: str | None, state: str | None, *, mark_differences: bool
+    jobs: Sequence[Job], wanted: Mapping[str, Any], path: str | None, state: str | None, *, mark_differences: bool
 ) -> str:
     if not jobs:
         return f"No {state} job exists." if state else "No job exists."
@@ -123,7 +126,9 @@ def _listing(
     return "\n".join(lines)
 
 
-def _matching(task: Any, state: str | None, using: str | None, wanted: Mapping[str, Any]):
+def _matching(
+    task: Any, state: str | None, using: str | None, wanted: Mapping[str, Any]
+) -> tuple[str | None, list[Job], list[Job]]:
     path = task_path(task) if task is not None else None
     everything = enqueued_jobs(None, state=state, using=using)
     matches = [
@@ -146,7 +151,7 @@ def assert_enqueued(
     count: int | None = None,
     state: str | None = "queued",
     using: str | None = None,
-) -> list:
+) -> list[Job]:
     """Assert that a job of ``task`` with these fields is enqueued (``count``: exactly
     that many) and return the matching Job rows.
 

@@ -106,7 +106,8 @@ def engine_now(using: str | None = None) -> datetime:
     connection = connections[using or engine_settings.DATABASE]
     with connection.cursor() as cursor:
         cursor.execute(sql(connection, "testing_engine_now"), {})
-        return to_datetime(cursor.fetchone()[0])
+        now: datetime = to_datetime(cursor.fetchone()[0])
+        return now
 
 
 def advance_clock_to(when: datetime, using: str | None = None) -> float:

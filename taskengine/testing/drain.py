@@ -33,9 +33,15 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+if TYPE_CHECKING:
+    from taskengine.compat import TaskResult
+    from taskengine.execution import RunningJob
+    from taskengine.jobs import ClaimedJob, Outcome
 
 TEST_WORKER_ID = "taskengine.testing"  # locked_by and the attempt rows' worker_id of drained jobs
 LEASE_SECONDS = 3600.0
@@ -65,7 +71,7 @@ class DrainResult:
     touched (in the order each first ran), read back from the store."""
 
     attempts: list[DrainedAttempt] = field(default_factory=list)
-    results: list[Any] = field(default_factory=list)  # django.tasks TaskResult
+    results: list[TaskResult[..., Any]] = field(default_factory=list)
     clock_advanced: float = 0.0  # seconds the clock was moved (drain(advance=True))
 
     @property
@@ -180,7 +186,7 @@ def drain(
     return summary
 
 
-def _results(database: str, job_ids: list[int]) -> list:
+def _results(database: str, job_ids: list[int]) -> list[TaskResult[..., Any]]:
     """The stored TaskResults of ``job_ids``, in that order (a job a handler deleted has none)."""
     from taskengine.compat import task_backends
     from taskengine.models import Job
@@ -198,7 +204,7 @@ class _AttemptRunner:
         self.database = database
         self.events = events.JobEvents(TEST_WORKER_ID)
 
-    def run(self, job) -> DrainedAttempt:
+    def run(self, job: ClaimedJob) -> DrainedAttempt:
         from taskengine import store
         from taskengine.execution import RunningJob, failure_outcome
         from taskengine.resolution import resolve_task
@@ -228,9 +234,10 @@ class _AttemptRunner:
             job.id, job.task_path, job.attempt, str(outcome.outcome), state, outcome.error_class, outcome.error_message
         )
 
-    def _call(self, running):
+    def _call(self, running: RunningJob) -> Outcome:
         from taskengine.execution import run_async
 
+        assert running.task is not None  # resolved by run()
         if inspect.iscoroutinefunction(running.task.func):
             from asgiref.sync import async_to_sync
 
@@ -254,13 +261,14 @@ class _AttemptRunner:
         return _run_sync_inline(running)
 
 
-def _run_sync_inline(running):
+def _run_sync_inline(running: RunningJob) -> Outcome:
     """execution.run_sync on the caller's thread, with a timer that raises JobTimedOut
     in it at the deadline (the worker's interrupt). run_sync itself cannot be used:
     after the handler it closes any connection left inside a transaction — in a test,
     the test's own connection."""
     from taskengine.execution import JobInterrupted, JobTimedOut, call_arguments, interrupt_thread, outcome_for
 
+    assert running.task is not None  # resolved by _AttemptRunner.run()
     timer = None
     if running.job.timeout_seconds:
         timer = threading.Timer(running.job.timeout_seconds, interrupt_thread, (running, JobTimedOut))
@@ -293,7 +301,7 @@ class _AbortedTransaction(Exception):
 
 
 @contextmanager
-def _attempt_savepoint(connection) -> Iterator[None]:
+def _attempt_savepoint(connection: BaseDatabaseWrapper) -> Iterator[None]:
     """Inside a transaction (a test's), run the attempt under a savepoint that is kept
     unless the handler left the transaction unusable; outside one, the handler runs in
     autocommit as in a worker."""
@@ -309,9 +317,9 @@ def _attempt_savepoint(connection) -> Iterator[None]:
         pass
 
 
-def _aborted(connection) -> bool:
+def _aborted(connection: BaseDatabaseWrapper) -> bool:
     if connection.vendor != "postgresql" or connection.connection is None:
         return False
     from psycopg.pq import TransactionStatus
 
-    return connection.connection.info.transaction_status == TransactionStatus.INERROR
+    return bool(connection.connection.info.transaction_status == TransactionStatus.INERROR)

@@ -12,9 +12,13 @@ test's transaction and outside one.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from taskengine.models import Job
+    from taskengine.testing.drain import DrainResult
 
 
 class TaskengineJobs:
@@ -23,12 +27,12 @@ class TaskengineJobs:
     def __init__(self, using: str | None = None) -> None:
         self.using = using
 
-    def enqueued(self, task: Any = None, **filters: Any) -> list:
+    def enqueued(self, task: Any = None, **filters: Any) -> list[Job]:
         from taskengine.testing import enqueued_jobs
 
         return enqueued_jobs(task, using=self.using, **filters)
 
-    def assert_enqueued(self, task: Any = None, **expected: Any) -> list:
+    def assert_enqueued(self, task: Any = None, **expected: Any) -> list[Job]:
         from taskengine.testing import assert_enqueued
 
         return assert_enqueued(task, using=self.using, **expected)
@@ -38,7 +42,7 @@ class TaskengineJobs:
 
         assert_not_enqueued(task, using=self.using, **expected)
 
-    def drain(self, **options: Any):
+    def drain(self, **options: Any) -> DrainResult:
         from taskengine.testing import drain
 
         return drain(using=self.using, **options)

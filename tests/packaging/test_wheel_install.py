@@ -44,6 +44,7 @@ def test_the_wheel_holds_the_taskengine_package_and_nothing_else(wheel):
         "taskengine/templates/taskengine/base.html",
         "taskengine/templates/taskengine/admin/confirm_action.html",
         "taskengine/static/taskengine/dashboard.js",
+        "taskengine/py.typed",
         "taskengine/sql/jobs.postgresql.sql",
         "taskengine/bench/raw_claim.pgbench.sql",
         "taskengine/bench/raw_claim.setup.sql",

@@ -179,7 +179,7 @@ def test_set_task_result_fields_refuses_a_field_task_result_does_not_have():
 def test_a_task_is_a_frozen_slotted_dataclass_whose_fields_are_its_whole_state():
     assert not hasattr(tasks.add, "__dict__")
     with pytest.raises(AttributeError):
-        tasks.add.priority = 5  # type: ignore[misc] - the assignment a frozen dataclass refuses
+        tasks.add.priority = 5  # type: ignore[misc]  # the assignment a frozen dataclass refuses
     assert {"func", "priority", "backend", "queue_name", "run_after", "takes_context"} <= {f.name for f in fields(Task)}
 
 

@@ -16,6 +16,7 @@ NOT_THE_PROJECT = {
     ".pytest_cache",
     "test-artifacts",
     ".hypothesis",
+    ".mypy_cache",
 }  # tools' own caches, ignored by git
 # Written in pieces so that this file does not match itself.
 OUTSIDE = re.compile(

@@ -1,6 +1,9 @@
 """Every lint or type-checker suppression in the project says why, on its own line:
-`# noqa: CODE - reason`, `# type: ignore[code] - reason`, `# pragma: no cover - reason`.
-A bare suppression silences a check without telling the next reader what it hides."""
+`# noqa: CODE - reason`, `# type: ignore[code]  # reason`, `# pragma: no cover - reason`.
+A bare suppression silences a check without telling the next reader what it hides.
+
+mypy reads only a comment after its `# type: ignore[code]` (any other text makes the
+ignore itself an error), so the reason of a type: ignore follows a second `#`."""
 
 from __future__ import annotations
 
@@ -10,8 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SUPPRESSION = re.compile(r"#\s*(noqa\b|type:\s*ignore\b|pragma:\s*no\s*cover\b|pyright:\s*ignore\b)")
 WITH_REASON = re.compile(
-    r"#\s*(noqa(:\s*[A-Z]+[0-9]+(,\s*[A-Z]+[0-9]+)*)?|type:\s*ignore(\[[^\]]+\])?"
-    r"|pragma:\s*no\s*cover|pyright:\s*ignore(\[[^\]]+\])?)\s+[-—]\s+\S"
+    r"#\s*(noqa(:\s*[A-Z]+[0-9]+(,\s*[A-Z]+[0-9]+)*)?|pragma:\s*no\s*cover|pyright:\s*ignore(\[[^\]]+\])?)\s+[-—]\s+\S"
+    r"|#\s*type:\s*ignore\[[^\]]+\]\s+#\s*\S"
 )
 
 
@@ -40,11 +43,15 @@ def test_the_check_finds_a_bare_suppression(tmp_path):
         "import os  # noqa: F401\n"
         "import sys  # noqa: F401 - re-exported\n"
         "x: int = 'a'  # type: ignore[assignment]\n"
-        "y: int = 'b'  # type: ignore[assignment] - the test of a wrong type\n"
+        "y: int = 'b'  # type: ignore[assignment]  # the test of a wrong type\n"
         "z = 1  # pragma: no cover\n"
+        "w: int = 'c'  # type: ignore  # no error code\n"
+        "v: int = 'd'  # type: ignore[assignment] - a reason mypy would reject\n"
     )
     assert bare_suppressions_in(sample) == [
         "sample.py:1: import os  # noqa: F401",
         "sample.py:3: x: int = 'a'  # type: ignore[assignment]",
         "sample.py:5: z = 1  # pragma: no cover",
+        "sample.py:6: w: int = 'c'  # type: ignore  # no error code",
+        "sample.py:7: v: int = 'd'  # type: ignore[assignment] - a reason mypy would reject",
     ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -24,7 +25,7 @@ class Command(BaseCommand):
         parser.add_argument("--sample-size", type=int, default=10)
         parser.add_argument("--database", default="default")
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         state = gate.status(options["database"])
         if not state.ready:
             raise CommandError(f"migration gate closed: {state.reason}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -38,13 +39,16 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Print the summary as JSON.")
         parser.add_argument("--no-progress", action="store_true", help="No progress output on stderr.")
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         if options["batch_size"] < 1:
             raise CommandError("--batch-size must be at least 1")
         state = gate.status(options["database"])
         if not state.ready:
             raise CommandError(f"migration gate closed: {state.reason}")
-        progress = Progress(self.stderr._out, enabled=not options["no_progress"])
+        progress = Progress(
+            self.stderr._out,  # type: ignore[arg-type]  # the stream (a callable in django-stubs)
+            enabled=not options["no_progress"],
+        )
         label = "would fill" if options["dry_run"] else "filled"
         try:
             result = backfill.run(

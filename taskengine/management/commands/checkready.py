@@ -9,7 +9,9 @@ Reads only ``django_migrations`` (through the gate); runs no system checks so it
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from taskengine import gate
 from taskengine.conf import engine_settings
@@ -19,7 +21,7 @@ class Command(BaseCommand):
     help = "Exit 0 if the database is at the head of the code's migrations, else 1 with the reason."
     requires_system_checks: list[str] = []
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--database", default=None, help="Database alias (default: TASKENGINE DATABASE).")
         parser.add_argument(
             "--wait",
@@ -28,7 +30,7 @@ class Command(BaseCommand):
             help="Wait up to this many seconds for the gate to open (default: 0, check once).",
         )
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         alias = options["database"] or engine_settings.DATABASE
         if options["wait"] > 0:
             gate.wait_until_ready(alias, timeout=options["wait"])

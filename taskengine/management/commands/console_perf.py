@@ -20,13 +20,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+
+if TYPE_CHECKING:
+    from django.test import Client
 
 PAGES = [
     ("Dashboard", "/taskengine/"),
@@ -57,20 +61,20 @@ PAGES = [
 class Command(BaseCommand):
     help = "Build a scratch PostgreSQL database with N jobs and time the console pages (docs/performance.md)."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--rows", type=int, default=1_000_000)
         parser.add_argument("--runs", type=int, default=5, help="Timed requests per page (after one warm-up).")
         parser.add_argument("--keep", action="store_true", help="Keep the scratch database.")
         parser.add_argument("--measure", action="store_true", help="(internal) fill and time this database.")
 
-    def handle(self, *args, rows: int, runs: int, keep: bool, measure: bool, **options):
+    def handle(self, *args: Any, rows: int, runs: int, keep: bool, measure: bool, **options: Any) -> None:
         if connection.vendor != "postgresql":
             raise CommandError("console_perf needs PostgreSQL (DATABASE_URL=postgres://…)")
         if measure:
             return self.measure(rows, runs)
         db = settings.DATABASES["default"]
         scratch = f"{db['NAME']}_console_perf"
-        admin_params = dict(
+        admin_params: dict[str, Any] = dict(
             host=db.get("HOST") or "127.0.0.1",
             port=db.get("PORT") or 5432,
             user=db.get("USER") or "postgres",
@@ -100,7 +104,7 @@ class Command(BaseCommand):
                     conn.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
 
     @staticmethod
-    def _url(params: dict, name: str) -> str:
+    def _url(params: dict[str, Any], name: str) -> str:
         password = f":{params['password']}" if params["password"] else ""
         return f"postgres://{params['user']}{password}@{params['host']}:{params['port']}/{name}"
 
@@ -128,9 +132,10 @@ class Command(BaseCommand):
 
         failed = Job.objects.failed().filter(tenant="tenant-7").order_by("-pk").values_list("pk", flat=True).first()
         top = Job.objects.order_by("-pk").values_list("pk", flat=True).first()
+        assert failed is not None and top is not None  # the scratch database was just filled
         return {"failed": failed, "mid": top // 2}
 
-    def _clients(self):
+    def _clients(self) -> list[Client]:
         from django.contrib.auth.models import Permission, User
         from django.test import Client
 
@@ -140,14 +145,14 @@ class Command(BaseCommand):
         staff = User.objects.create_user("perf-staff", password=None, is_staff=True)
         staff.user_permissions.set(Permission.objects.filter(content_type__app_label="taskengine"))
         TenantMembership.objects.bulk_create([TenantMembership(user=staff, tenant=t) for t in ("tenant-7", "tenant-8")])
-        clients = []
+        clients: list[Client] = []
         for user in (root, staff):
             client = Client()
             client.force_login(user)
             clients.append(client)
         return clients
 
-    def _time(self, client, url: str, runs: int) -> tuple[str, int]:
+    def _time(self, client: Client, url: str, runs: int) -> tuple[str, int]:
         response = client.get(url)  # warm-up (caches, first plan)
         if response.status_code != 200:
             return f"HTTP {response.status_code}", 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
@@ -36,8 +37,12 @@ class Command(BaseCommand):
         parser.add_argument("--database", default="default")
         parser.add_argument("--no-progress", action="store_true", help="No progress output on stderr.")
 
-    def handle(self, *args, **options) -> None:
-        progress = Progress(self.stderr._out, enabled=not options["no_progress"], min_interval=0)
+    def handle(self, *args: Any, **options: Any) -> None:
+        progress = Progress(
+            self.stderr._out,  # type: ignore[arg-type]  # the stream (a callable in django-stubs)
+            enabled=not options["no_progress"],
+            min_interval=0,
+        )
         database, categories = options["database"], options["category"]
         result = reconcile.report(database, categories=categories, progress=progress.message)
         exit_code = 1 if options["check"] and result.found else 0

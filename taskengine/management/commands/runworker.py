@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from taskengine import gate, metrics
 from taskengine.compat import task_backends
@@ -65,7 +65,7 @@ def queue_list(value: str) -> list[str]:
 class Command(BaseCommand):
     help = "Run a taskengine worker: claim due jobs from the given queues and run them."
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--queues",
             type=queue_list,
@@ -119,7 +119,7 @@ class Command(BaseCommand):
         parser.add_argument("--metrics-host", default="127.0.0.1", help="Address for --metrics-port.")
         parser.add_argument("--database", default=None, help="Database alias (default: TASKENGINE DATABASE).")
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         start_up_stop = StartUpStop()
         database = options["database"] or engine_settings.DATABASE
         queues = options["queues"]
