@@ -52,7 +52,7 @@ from typing import Any, Protocol
 from django.db import Error as DatabaseError
 from django.db import InterfaceError, OperationalError, connections, transaction
 
-from . import events, metrics, registry, store
+from . import events, metrics, queues, registry, store
 from .conf import engine_settings
 from .execution import (
     JobCancelled,
@@ -231,6 +231,8 @@ class Worker:
         return self.exit_code
 
     def _register(self) -> None:
+        # First use of the worker's queues: their rows, and TASKENGINE["QUEUES"] applied.
+        queues.sync_settings(self.database, self.queues)
         registry.register(self.database, self.worker_id, self.queues, self.concurrency)
         self._registered = True
         self._next_heartbeat = time.monotonic() + self.heartbeat_seconds
@@ -334,7 +336,18 @@ class Worker:
     def _idle_wait(self) -> float:
         wait = min(self.max_backoff, self.backoff_base * (2**self._idle_rounds))
         self._idle_rounds = min(self._idle_rounds + 1, 30)
+        if wait > queues.PAUSED_POLL_SECONDS and not self._woken_on_change() and self._serves_paused_queue():
+            # Nothing wakes a polling worker on resume: while a queue of its own is
+            # paused it polls often enough to claim within a second of the resume.
+            wait = queues.PAUSED_POLL_SECONDS
         return wait
+
+    def _woken_on_change(self) -> bool:
+        """True while a LISTEN connection wakes this worker on enqueue and on resume."""
+        return self._listener is not None and self._listener.connected.is_set()
+
+    def _serves_paused_queue(self) -> bool:
+        return bool(self._db_call("claim", lambda: queues.paused_among(self.queues, self.database), default=set()))
 
     def _wait(self, timeout: float) -> None:
         now = time.monotonic()
