@@ -28,7 +28,18 @@ def test_pause_list_resume(monkeypatch):
     tasks.add.using(queue_name="demo").enqueue(1, 2)
     assert run("pause", "demo", "--reason", "smtp down").startswith("Paused queue demo. (audit row ")
     table = run("list").splitlines()
-    assert table[0].split() == ["QUEUE", "STATE", "QUEUED", "RUNNING", "PAUSED", "BY", "PAUSED", "AT", "(UTC)", "REASON"]
+    assert table[0].split() == [
+        "QUEUE",
+        "STATE",
+        "QUEUED",
+        "RUNNING",
+        "PAUSED",
+        "BY",
+        "PAUSED",
+        "AT",
+        "(UTC)",
+        "REASON",
+    ]
     demo = next(line for line in table if line.startswith("demo "))
     assert demo.split()[:5] == ["demo", "paused", "2", "0", "cli:ops"] and demo.endswith("smtp down")
     assert any(line.split()[:2] == ["default", "active"] for line in table)
