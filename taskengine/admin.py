@@ -22,9 +22,12 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.contrib import admin, messages
-from django.db.models import Count
+from django.db.models import Count, QuerySet
 from django.db.models.functions import Now
+from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 
@@ -351,19 +354,22 @@ class QueueAdmin(TenantScopedAdmin, ReadOnlyAdmin):
     search_fields = ("=name",)
     actions = ("pause_queues", "resume_queues")
 
-    def has_pause_permission(self, request) -> bool:
+    def has_pause_permission(self, request: HttpRequest) -> bool:
         return queues.holds_permission(request.user)
 
     @admin.action(permissions=["pause"], description="Pause selected queues")
-    def pause_queues(self, request, queryset):
+    def pause_queues(self, request: HttpRequest, queryset: QuerySet[Queue]) -> None:
         self._run(request, queryset, queues.pause, "paused")
 
     @admin.action(permissions=["pause"], description="Resume selected queues")
-    def resume_queues(self, request, queryset):
+    def resume_queues(self, request: HttpRequest, queryset: QuerySet[Queue]) -> None:
         self._run(request, queryset, queues.resume, "resumed")
 
-    def _run(self, request, queryset, operate, done: str) -> None:
-        changed, refused = [], []
+    def _run(
+        self, request: HttpRequest, queryset: QuerySet[Queue], operate: Callable[..., queues.QueueResult], done: str
+    ) -> None:
+        changed: list[str] = []
+        refused: list[str] = []
         for name in queryset.order_by("name").values_list("name", flat=True):
             try:
                 operate(name, actor=request.user, reason="from the admin")

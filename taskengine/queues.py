@@ -346,8 +346,9 @@ def statuses(
     counter = count or (lambda queryset: int(queryset.count()))
     rows = {q.name: q for q in Queue.objects.using(using).all() if visible_to(user, q.tenant)}
     jobs = Job.objects.using(using).all()
-    if user is not None:
-        jobs = jobs.for_tenants(tenants_for(user))
+    scope = tenants_for(user) if user is not None else None
+    if scope is not None:  # as tenancy.scope_jobs: None is every tenant
+        jobs = jobs.filter(tenant__in=scope)
     out: list[QueueStatus] = []
     names = set(rows) | {n for n, d in declared.items() if visible_to(user, d["tenant"])} | set(extra)
     for name in sorted(names):

@@ -12,8 +12,9 @@ job, or not in the user's tenants), 405 (wrong method), 409 (wrong state).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from .. import operations, queues
 from . import reads, serialize
@@ -100,7 +101,7 @@ def queue_list(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"queues": reads.queue_rows(request.user)})
 
 
-def _queue_act(action: str):
+def _queue_act(action: str) -> Callable[..., HttpResponse]:
     operate = queues.pause if action == "pause" else queues.resume
 
     @api_endpoint("POST")

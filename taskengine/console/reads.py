@@ -222,7 +222,7 @@ def schedules(user, using: str = "default") -> list[dict[str, Any]]:
     return out
 
 
-def queue_rows(user, using: str = "default") -> list[dict[str, Any]]:
+def queue_rows(user: Any, using: str = "default") -> list[dict[str, Any]]:
     """Every known queue with its pause state and the user's queued and running jobs
     (bounded counts through the claim and lease indexes). Reads only."""
     rows = queues.statuses(using, user=user, extra=known_queues(using), count=bounded_count)
