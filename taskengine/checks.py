@@ -7,6 +7,8 @@ Settings checks (no database access; run by every command that runs checks):
 - ``taskengine.W004`` the engine's database is SQLite while ``DEBUG=False`` (one writer at a
   time; fine for a laptop, not for production).
 - ``taskengine.W005`` ``TASKS["default"]`` is not taskengine's ``DatabaseBackend``.
+- ``taskengine.E006`` a ``TASKENGINE["QUEUES"]`` entry ``runworker`` would refuse (an
+  unknown option, a ``paused`` that is not a bool, a bad name or tenant).
 
 Deployment checks (``manage.py check --deploy``; settings only, no database access). They
 look at every database the engine uses: ``TASKENGINE["DATABASE"]`` and the
@@ -47,7 +49,10 @@ from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
+
+from .queues import declared_queues
 
 BACKEND_PATH = "taskengine.backend.DatabaseBackend"
 SQLITE_ENGINES = ("sqlite3", "sqlite")
@@ -81,6 +86,21 @@ def check_lease_and_heartbeat(app_configs=None, **kwargs: Any) -> list[CheckMess
             id="taskengine.E002",
         )
     ]
+
+
+@register("taskengine")
+def check_queue_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    try:
+        declared_queues()
+    except ImproperlyConfigured as exc:
+        return [
+            Error(
+                str(exc),
+                hint='Each entry of TASKENGINE["QUEUES"] is {"paused": bool, "tenant": str | None} (docs/queues.md).',
+                id="taskengine.E006",
+            )
+        ]
+    return []
 
 
 @register("taskengine")
