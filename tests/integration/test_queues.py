@@ -14,6 +14,7 @@ from taskengine.jobs import Outcome
 from taskengine.models import Job, OperatorAction, Queue
 from taskengine.operations import OperationRefused
 from taskengine.states import AttemptOutcome
+from taskengine.testing import drain
 from taskengine.worker import Worker
 from tests import tasks
 
@@ -207,3 +208,14 @@ def test_metrics_report_which_queues_are_paused():
     }
     assert paused["demo"] == 1.0
     assert paused["default"] == 0.0
+
+
+@pytest.mark.parametrize("advance", [False, True])
+def test_drain_leaves_a_paused_queues_jobs_queued(advance):
+    queues.pause("demo", actor=CLI)
+    held = tasks.add.using(queue_name="demo").enqueue(1, 1)
+    free = tasks.add.enqueue(2, 2)
+    result = drain(advance=advance)
+    assert result.ran == 1
+    assert Job.objects.get(pk=free.id).state == "succeeded"
+    assert Job.objects.get(pk=held.id).state == "queued"
