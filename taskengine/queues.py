@@ -125,8 +125,9 @@ def declared_queues() -> dict[str, dict[str, Any]]:
 
 
 def ensure(names: Iterable[str], using: str = "default") -> None:
-    """Create the rows of queues that have none yet (unpaused); existing rows are kept."""
-    rows = [Queue(name=name) for name in sorted(set(names))]
+    """Create the rows of queues that have none yet (unpaused); existing rows are kept.
+    A name longer than a job's queue can be has no jobs, and gets no row."""
+    rows = [Queue(name=name) for name in sorted(set(names)) if 0 < len(name) <= MAX_NAME_LENGTH]
     if rows:
         Queue.objects.using(using).bulk_create(rows, ignore_conflicts=True)
 

@@ -279,6 +279,9 @@ class Worker:
                     return
                 self._wait(self._idle_wait())
                 continue
+            if claim_due and not self._pending:  # free slots, nothing to claim: poll for new work
+                self._wait(self._poll_wait(self.max_backoff))
+                continue
             self._wait(self._flush_wait())
 
     def _flush_due(self) -> bool:
@@ -336,10 +339,14 @@ class Worker:
     def _idle_wait(self) -> float:
         wait = min(self.max_backoff, self.backoff_base * (2**self._idle_rounds))
         self._idle_rounds = min(self._idle_rounds + 1, 30)
+        return self._poll_wait(wait)
+
+    def _poll_wait(self, wait: float) -> float:
+        """``wait``, or at most PAUSED_POLL_SECONDS for a worker that polls while a queue
+        of its own is paused: nothing wakes it on resume, so it polls often enough to
+        claim within a second of the resume."""
         if wait > queues.PAUSED_POLL_SECONDS and not self._woken_on_change() and self._serves_paused_queue():
-            # Nothing wakes a polling worker on resume: while a queue of its own is
-            # paused it polls often enough to claim within a second of the resume.
-            wait = queues.PAUSED_POLL_SECONDS
+            return queues.PAUSED_POLL_SECONDS
         return wait
 
     def _woken_on_change(self) -> bool:

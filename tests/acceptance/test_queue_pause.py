@@ -3,8 +3,9 @@ on PostgreSQL with POLL_ONLY (PgBouncer) and on SQLite by polling.
 
 A job of the queue that is running when the pause commits finishes normally; enqueue into
 the paused queue goes on; for five seconds the worker claims nothing from it while it keeps
-draining another queue; after ``manage.py queues resume`` its jobs start within a second
-(measured on the database clock: the resume's audit row against the jobs' start)."""
+draining another queue; after ``manage.py queues resume``, given while the worker is busy
+on one of its slots, its jobs start within a second (measured on the database clock: the
+resume's audit row against the jobs' start)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,9 @@ def pause_then_resume(worker_process, tmp_path, env: dict[str, str]) -> None:
     assert Job.objects.get(pk=slow.id).state == "succeeded"
     assert Job.objects.filter(pk__in=held, state="queued", attempts=0).count() == len(held)
 
+    # Resumed while the worker is busy on one slot and has three free.
+    tasks.sleep_then_record.enqueue(str(tmp_path), "busy", 4.0)
+    wait_for(lambda: (tmp_path / "busy.started").exists(), timeout=30, message="the busy job to start")
     queues_command("resume", "demo")
     resumed_at = OperatorAction.objects.get(action="queue.resume").created_at
     wait_for(

@@ -191,8 +191,16 @@ def test_a_polling_worker_waits_at_most_half_a_second_while_a_queue_of_its_own_i
     other = Worker(queues=["default"], poll_only=True, max_backoff=2.0)
     other._idle_rounds = 10
     assert other._idle_wait() == 2.0  # not its queue
+    assert worker._poll_wait(2.0) == queues.PAUSED_POLL_SECONDS  # free slots beside running jobs: the same
+    assert worker._poll_wait(0.1) == 0.1
     queues.resume("demo", actor=CLI)
     assert worker._idle_wait() == 2.0
+    assert worker._poll_wait(2.0) == 2.0
+
+
+def test_a_worker_serving_a_queue_name_too_long_for_a_job_still_starts():
+    queues.sync_settings(connection.alias, ["default", "q" * 65])
+    assert list(Queue.objects.values_list("name", flat=True)) == ["default"]
 
 
 def test_metrics_report_which_queues_are_paused():
