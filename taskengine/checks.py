@@ -10,6 +10,8 @@ Settings checks (no database access; run by every command that runs checks):
 - ``taskengine.E006`` a ``TASKENGINE["SCHEDULES"]`` entry that is invalid (one error per
   entry, with the message a leader-eligible ``runworker`` would exit with): a bad cron
   or interval, time zone, task path or queue, or arguments enqueue would refuse.
+- ``taskengine.E007`` a ``TASKENGINE["QUEUES"]`` entry ``runworker`` would refuse (an
+  unknown option, a ``paused`` that is not a bool, a bad name or tenant).
 
 Deployment checks (``manage.py check --deploy``; settings only, no database access). They
 look at every database the engine uses: ``TASKENGINE["DATABASE"]`` and the
@@ -51,7 +53,10 @@ from typing import TYPE_CHECKING, Any
 from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
+
+from .queues import declared_queues
 
 if TYPE_CHECKING:
     from .gate import GateStatus
@@ -88,6 +93,21 @@ def check_lease_and_heartbeat(app_configs: Sequence[AppConfig] | None = None, **
             id="taskengine.E002",
         )
     ]
+
+
+@register("taskengine")
+def check_queue_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    try:
+        declared_queues()
+    except ImproperlyConfigured as exc:
+        return [
+            Error(
+                str(exc),
+                hint='Each entry of TASKENGINE["QUEUES"] is {"paused": bool, "tenant": str | None} (docs/queues.md).',
+                id="taskengine.E007",
+            )
+        ]
+    return []
 
 
 @register("taskengine")

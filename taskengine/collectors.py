@@ -1,5 +1,5 @@
 """Database gauges for /metrics: queue depth and oldest queued age per queue, running
-jobs and expired leases per queue, leader term and presence, live workers and the
+jobs and expired leases per queue, whether the queue is paused, leader term and presence, live workers and the
 migration gate. Served by the web's /metrics (``metrics_view``, routed in
 project/urls.py); workers export only their own process metrics (taskengine.metrics).
 
@@ -50,6 +50,7 @@ class QueueReading:
     running: float = 0.0
     expired_leases: float = 0.0
     oldest_running_seconds: float = 0.0
+    paused: float = 0.0
 
 
 @dataclass
@@ -80,6 +81,7 @@ FAMILIES: dict[str, tuple[str, list[str]]] = {
         ["queue"],
     ),
     "taskengine_oldest_running_seconds": ("Seconds since the oldest running attempt of the queue started.", ["queue"]),
+    "taskengine_queue_paused": ("1 while an operator (or the settings) paused the queue, else 0.", ["queue"]),
     "taskengine_leader_term": ("Fencing term of the current leader lease, per election name.", ["name"]),
     "taskengine_leader_present": ("1 while the election has a leader whose lease is live, else 0.", ["name"]),
     "taskengine_workers_alive": ("Workers running or draining with a fresh heartbeat.", []),
@@ -93,6 +95,7 @@ _QUEUE_FIELDS = {
     "taskengine_queue_running": "running",
     "taskengine_expired_leases": "expired_leases",
     "taskengine_oldest_running_seconds": "oldest_running_seconds",
+    "taskengine_queue_paused": "paused",
 }
 
 
@@ -170,6 +173,10 @@ def read_tables(connection: BaseDatabaseWrapper, reading: Reading) -> None:
             if name in reading.queues or len(reading.queues) < max_queues:
                 q = reading.queues.setdefault(name, QueueReading())
                 q.running, q.expired_leases, q.oldest_running_seconds = running, expired or 0, max(0.0, oldest or 0)
+        cursor.execute(sql(connection, "metrics_queues_paused"), {"max_queues": max_queues})
+        for (name,) in cursor.fetchall():
+            if name in reading.queues or len(reading.queues) < max_queues:
+                reading.queues.setdefault(name, QueueReading()).paused = 1.0
         cursor.execute(sql(connection, "metrics_leaders"))
         reading.leaders = [(name, int(term), bool(present)) for name, term, present in cursor.fetchall()]
         cursor.execute(

@@ -92,6 +92,10 @@ DEFAULTS: dict[str, Any] = {
     #           "misfire_policy": "run_once",     # skip | run_once | catch_up
     #           "catch_up_limit": 10}}            # most missed slots catch_up runs
     "SCHEDULES": {},
+    # Queues declared in settings (docs/queues.md): {"emails": {"paused": False}}. Their
+    # rows are created when a worker starts; a change of a declared "paused" is applied
+    # once (then an operator's pause or resume stands until the next change of either).
+    "QUEUES": {},
     # "text" or "json".
     "LOG_FORMAT": "text",
     # /metrics database gauges (taskengine.collectors): seconds a reading is reused, so

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
@@ -35,8 +35,39 @@ from .conf import engine_settings
 from .resolution import resolve_task
 from .values import arguments_problem, ready_arguments
 
-if TYPE_CHECKING:
-    from .models import Schedule
+
+class ScheduleFields(Protocol):
+    """What validation and slot arithmetic read of a schedule, read-only: a
+    models.Schedule row has these fields (this module sits below the models and does
+    not import them)."""
+
+    @property
+    def task_path(self) -> str: ...
+
+    @property
+    def cron(self) -> str | None: ...
+
+    @property
+    def interval_seconds(self) -> int | None: ...
+
+    @property
+    def timezone(self) -> str: ...
+
+    @property
+    def misfire_policy(self) -> str: ...
+
+    @property
+    def catch_up_limit(self) -> int: ...
+
+    @property
+    def queue(self) -> str: ...
+
+    @property
+    def args(self) -> Any: ...
+
+    @property
+    def kwargs(self) -> Any: ...
+
 
 MISFIRE_POLICIES = ("skip", "run_once", "catch_up")
 SETTINGS_KEYS = {
@@ -126,7 +157,7 @@ def schedule_errors(
     return errors
 
 
-def validate_schedule(schedule: Schedule) -> None:
+def validate_schedule(schedule: ScheduleFields) -> None:
     """Raise ValidationError for a bad Schedule instance (called by Schedule.clean)."""
     errors = schedule_errors(
         task_path=schedule.task_path,
@@ -153,7 +184,7 @@ class SlotSpec:
     timezone: str = "UTC"
 
     @classmethod
-    def of(cls, schedule: Schedule) -> SlotSpec:
+    def of(cls, schedule: ScheduleFields) -> SlotSpec:
         return cls(schedule.cron or None, schedule.interval_seconds, schedule.timezone or "UTC")
 
 

@@ -55,7 +55,7 @@ from django.db import Error as DatabaseError
 from django.db import InterfaceError, OperationalError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from . import events, metrics, registry, store
+from . import events, metrics, queues, registry, store
 from .conf import engine_settings
 from .execution import (
     JobCancelled,
@@ -234,6 +234,8 @@ class Worker:
         return self.exit_code
 
     def _register(self) -> None:
+        # First use of the worker's queues: their rows, and TASKENGINE["QUEUES"] applied.
+        queues.sync_settings(self.database, self.queues)
         registry.register(self.database, self.worker_id, self.queues, self.concurrency)
         self._registered = True
         self._next_heartbeat = time.monotonic() + self.heartbeat_seconds
@@ -279,6 +281,9 @@ class Worker:
                     logger.info("burst: nothing due, exiting", extra={"worker_id": self.worker_id})
                     return
                 self._wait(self._idle_wait())
+                continue
+            if claim_due and not self._pending:  # free slots, nothing to claim: poll for new work
+                self._wait(self._poll_wait(self.max_backoff))
                 continue
             self._wait(self._flush_wait())
 
@@ -337,7 +342,23 @@ class Worker:
     def _idle_wait(self) -> float:
         wait: float = min(self.max_backoff, self.backoff_base * (2**self._idle_rounds))
         self._idle_rounds = min(self._idle_rounds + 1, 30)
+        return self._poll_wait(wait)
+
+    def _poll_wait(self, wait: float) -> float:
+        """``wait``, or at most PAUSED_POLL_SECONDS for a worker that polls while a queue
+        of its own is paused: nothing wakes it on resume, so it polls often enough to
+        claim within a second of the resume."""
+        if wait > queues.PAUSED_POLL_SECONDS and not self._woken_on_change() and self._serves_paused_queue():
+            return queues.PAUSED_POLL_SECONDS
         return wait
+
+    def _woken_on_change(self) -> bool:
+        """True while a LISTEN connection wakes this worker on enqueue and on resume."""
+        return self._listener is not None and self._listener.connected.is_set()
+
+    def _serves_paused_queue(self) -> bool:
+        nothing: set[str] = set()
+        return bool(self._db_call("claim", lambda: queues.paused_among(self.queues, self.database), default=nothing))
 
     def _wait(self, timeout: float) -> None:
         now = time.monotonic()

@@ -1,9 +1,10 @@
 """JSON API v1 (/taskengine/api/v1/), the dashboard's data source. Shapes: docs/api.md.
 
-GET endpoints only read. Writes are ``POST jobs/<id>/requeue|cancel|retry`` with
+GET endpoints only read. Writes are ``POST jobs/<id>/requeue|cancel|retry`` and
+``POST queues/<name>/pause|resume`` with
 session authentication and Django's CSRF check (send the ``csrftoken`` cookie's value
 in ``X-CSRFToken``); they run ``operations.perform`` (permission, tenant scope,
-compare-and-set, audit in one transaction). Errors are ``{"error": "..."}`` with
+compare-and-set, audit in one transaction; for queues ``queues.pause`` / ``resume``). Errors are ``{"error": "..."}`` with
 400 (bad filter), 403 (not logged in / not staff / no permission / CSRF), 404 (no such
 job, or not in the user's tenants), 405 (wrong method), 409 (wrong state).
 """
@@ -11,10 +12,11 @@ job, or not in the user's tenants), 405 (wrong method), 409 (wrong state).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from .. import operations
+from .. import operations, queues
 from . import reads, serialize
 from .access import View, api_endpoint, json_error
 from .counts import bounded_count
@@ -92,3 +94,26 @@ def _act(action: str) -> View:
 job_requeue = _act("requeue")
 job_cancel = _act("cancel")
 job_retry = _act("retry")
+
+
+@api_endpoint("GET")
+def queue_list(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"queues": reads.queue_rows(request.user)})
+
+
+def _queue_act(action: str) -> Callable[..., HttpResponse]:
+    operate = queues.pause if action == "pause" else queues.resume
+
+    @api_endpoint("POST")
+    def view(request: HttpRequest, name: str) -> JsonResponse:
+        result = operate(name, actor=request.user, reason=_reason(request))
+        return JsonResponse(
+            {"message": result.message, "audit_id": result.audit_id, "queue": serialize.queue_record(result.queue)}
+        )
+
+    view.__name__ = f"queue_{action}"
+    return view
+
+
+queue_pause = _queue_act("pause")
+queue_resume = _queue_act("resume")

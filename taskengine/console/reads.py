@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db.models import Count, Min, Prefetch, QuerySet
 from django.db.models.functions import TruncMinute
 
-from .. import gate
+from .. import gate, queues
 from ..conf import engine_settings
 from ..models import (
     ExecutionLog,
@@ -241,3 +241,10 @@ def schedules(user: RequestUser, using: str = "default") -> list[dict[str, Any]]
             }
         )
     return out
+
+
+def queue_rows(user: Any, using: str = "default") -> list[dict[str, Any]]:
+    """Every known queue with its pause state and the user's queued and running jobs
+    (bounded counts through the claim and lease indexes). Reads only."""
+    rows = queues.statuses(using, user=user, extra=known_queues(using), count=bounded_count)
+    return [{**serialize.queue_status(row), "can_pause": queues.has_permission(user, row.tenant)} for row in rows]

@@ -161,3 +161,32 @@ def leader_row(leader: Leader, now: datetime) -> dict[str, Any]:
         "expires_at": iso(leader.expires_at),
         "live": leader.expires_at > now,
     }
+
+
+def queue_status(row: Any) -> dict[str, Any]:
+    """A ``queues.QueueStatus`` as the console and the API show it (docs/api.md)."""
+    return {
+        "name": row.name,
+        "state": row.state,
+        "paused": row.paused,
+        "paused_at": iso(row.paused_at),
+        "paused_by": row.paused_by or None,
+        "pause_reason": row.pause_reason,
+        "declared_in_settings": row.declared,
+        "tenant": row.tenant,
+        "queued": row.queued.as_dict(),
+        "running": row.running.as_dict(),
+    }
+
+
+def queue_record(queue: Any) -> dict[str, Any]:
+    """A Queue row after a change (the API's answer to pause / resume)."""
+    return {
+        "name": queue.name,
+        "state": "paused" if queue.paused else "active",
+        "paused": queue.paused,
+        "paused_at": iso(queue.paused_at),
+        "paused_by": queue.paused_by or None,
+        "pause_reason": queue.pause_reason,
+        "tenant": queue.tenant,
+    }

@@ -1,8 +1,8 @@
 """Console pages under /taskengine/ (staff only, through the admin site's login).
 
-GET pages only read (``reads``); the one write view, ``job_action``, is POST only,
-CSRF-protected (``admin_view``), and delegates to ``operations.perform`` (permission,
-tenant scope, compare-and-set, audit). A job outside the user's tenants is a 404 on
+GET pages only read (``reads``); the write views, ``job_action`` and ``queue_action``,
+are POST only, CSRF-protected (``admin_view``), and delegate to ``operations.perform``
+and ``queues.pause`` / ``resume`` (permission, tenant scope, compare-and-set, audit). A job outside the user's tenants is a 404 on
 every page. Templates live in taskengine/templates/taskengine/ (found through
 ``APP_DIRS``) and extend admin/base_site.html.
 """
@@ -17,7 +17,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from .. import operations
+from .. import operations, queues
 from ..states import JobState
 from ..tenancy import tenants_for
 from . import reads, serialize
@@ -136,3 +136,36 @@ def audit(request: HttpRequest) -> TemplateResponse:
     items = [serialize.audit_row(r) for r in page[:AUDIT_PAGE]]
     next_after = items[-1]["id"] if len(page) > AUDIT_PAGE else None
     return render(request, "audit.html", "Audit trail", rows=items, next_after=next_after)
+
+
+@staff_page
+def queue_list(request: HttpRequest) -> TemplateResponse:
+    return render(
+        request,
+        "queues.html",
+        "Queues",
+        queues=reads.queue_rows(request.user),
+    )
+
+
+@staff_page
+@require_POST
+def queue_action(request: HttpRequest, name: str, action: str) -> HttpResponse:
+    """POST queues/<name>/pause|resume: ``queues.pause`` / ``resume`` (permission, all
+    tenants, compare-and-set, audit in one transaction), then back to the queue page."""
+    operate = {"pause": queues.pause, "resume": queues.resume}.get(action)
+    if operate is None:
+        raise Http404(f"no action {action}")
+    try:
+        result = operate(name, actor=request.user, reason=request.POST.get("reason", "")[:2000])
+    except operations.OperationForbidden as exc:
+        return HttpResponseForbidden(exc.message)
+    except operations.JobNotFound as exc:
+        raise Http404(exc.message) from None
+    except operations.OperationError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, result.message)
+    response = HttpResponseRedirect(reverse("taskengine:queue_list"))
+    response.status_code = 303
+    return response

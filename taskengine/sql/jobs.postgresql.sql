@@ -91,9 +91,17 @@ COPY taskengine_job (
 -- attempt's execution log row in the same statement.
 -- Index: taskengine_job_claim_idx (queue, priority DESC, run_after, id) WHERE queued —
 -- one ordered index scan per queue (the LATERAL), stopping after %(limit)s rows.
+-- Paused queues (taskengine_queue.paused) are dropped from the wanted list first: the
+-- paused names are read once per claim (an InitPlan over the few queue rows), never per
+-- job row. The statement's snapshot decides: a pause committed before the claim began
+-- is honoured (docs/queues.md).
 WITH candidates AS (
     SELECT picked.id
-      FROM unnest(%(queues)s::text[]) AS wanted(queue)
+      FROM (SELECT wanted.queue
+              FROM unnest(%(queues)s::text[]) AS wanted(queue)
+             WHERE wanted.queue <> ALL (ARRAY(SELECT paused.name FROM taskengine_queue AS paused
+                                               WHERE paused.paused))
+           ) AS wanted
      CROSS JOIN LATERAL (
             SELECT job.id, job.priority, job.run_after
               FROM taskengine_job AS job
@@ -117,10 +125,14 @@ WITH candidates AS (
 -- newest row version, so a job claimed (or queued for a later retry) and committed
 -- meanwhile is not taken. xact locks end with the statement's transaction and never
 -- leak through PgBouncer.
--- Index: taskengine_job_claim_idx.
+-- Index: taskengine_job_claim_idx. Paused queues are dropped as in claim_jobs.
 WITH candidates AS (
     SELECT picked.id
-      FROM unnest(%(queues)s::text[]) AS wanted(queue)
+      FROM (SELECT wanted.queue
+              FROM unnest(%(queues)s::text[]) AS wanted(queue)
+             WHERE wanted.queue <> ALL (ARRAY(SELECT paused.name FROM taskengine_queue AS paused
+                                               WHERE paused.paused))
+           ) AS wanted
      CROSS JOIN LATERAL (
             SELECT job.id, job.priority, job.run_after
               FROM taskengine_job AS job

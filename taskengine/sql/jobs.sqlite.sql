@@ -23,7 +23,9 @@ RETURNING id, unique_key, enqueued_at, run_after;
 
 
 -- name: claim_jobs
--- Index: taskengine_job_claim_idx.
+-- Index: taskengine_job_claim_idx. Paused queues (taskengine_queue.paused) are dropped
+-- from the wanted list once per claim; the claim's BEGIN IMMEDIATE transaction orders
+-- it after any committed pause.
 UPDATE taskengine_job
    SET state = 'running',
        attempts = attempts + 1,
@@ -34,7 +36,8 @@ UPDATE taskengine_job
  WHERE id IN (
         SELECT id FROM taskengine_job
          WHERE state = 'queued'
-           AND queue IN (SELECT value FROM json_each(%(queues)s))
+           AND queue IN (SELECT value FROM json_each(%(queues)s)
+                          WHERE value NOT IN (SELECT name FROM taskengine_queue WHERE paused))
            AND run_after <= strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')
          ORDER BY priority DESC, run_after, id
          LIMIT %(limit)s

@@ -99,3 +99,12 @@ SELECT count(*)
   FROM taskengine_worker AS worker
  WHERE worker.state IN ('running', 'draining')
    AND worker.last_heartbeat_at > now() - make_interval(secs => %(dead_after)s);
+
+
+-- name: metrics_queues_paused
+-- The paused queues (a handful of rows at most). Index: taskengine_queue primary key.
+SELECT queue.name
+  FROM taskengine_queue AS queue
+ WHERE queue.paused
+ ORDER BY queue.name
+ LIMIT %(max_queues)s;

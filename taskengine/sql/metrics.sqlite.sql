@@ -79,3 +79,12 @@ SELECT count(*)
  WHERE worker.state IN ('running', 'draining')
    AND worker.last_heartbeat_at > strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now',
                                            '-' || %(dead_after)s || ' seconds');
+
+
+-- name: metrics_queues_paused
+-- The paused queues (a handful of rows at most). Index: taskengine_queue primary key.
+SELECT queue.name
+  FROM taskengine_queue AS queue
+ WHERE queue.paused
+ ORDER BY queue.name
+ LIMIT %(max_queues)s;

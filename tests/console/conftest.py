@@ -24,6 +24,7 @@ JOB_PERMS = [
     "view_leader",
     "view_missedslot",
     "view_backfill_report",
+    "view_queue",
 ]
 
 

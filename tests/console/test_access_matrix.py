@@ -18,6 +18,7 @@ PAGES = [
     "/taskengine/",
     "/taskengine/jobs/",
     "/taskengine/jobs/{id}/",
+    "/taskengine/queues/",
     "/taskengine/workers/",
     "/taskengine/schedules/",
     "/taskengine/audit/",
@@ -28,6 +29,7 @@ API_GETS = [
     "/taskengine/api/v1/summary",
     "/taskengine/api/v1/jobs",
     "/taskengine/api/v1/jobs/{id}",
+    "/taskengine/api/v1/queues",
     "/taskengine/api/v1/workers",
     "/taskengine/api/v1/schedules",
 ]

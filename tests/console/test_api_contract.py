@@ -294,3 +294,42 @@ def test_pages_scan_a_bounded_id_window_and_still_reach_every_match(client_for, 
         newer = [r["id"] for r in body["results"]] + newer
         url = f"/taskengine/api/v1/jobs?state=failed&before={body['prev_before']}" if body["prev_before"] else None
     assert newer + [r["id"] for r in pages[-1]["results"]] == expected
+
+
+QUEUE_STATUS = {
+    "name": STR,
+    "state": STR,
+    "paused": BOOL,
+    "paused_at": OPT_STR,
+    "paused_by": OPT_STR,
+    "pause_reason": STR,
+    "declared_in_settings": BOOL,
+    "tenant": OPT_STR,
+    "queued": dict,
+    "running": dict,
+    "can_pause": BOOL,
+}
+QUEUE_RECORD = {
+    "name": STR,
+    "state": STR,
+    "paused": BOOL,
+    "paused_at": OPT_STR,
+    "paused_by": OPT_STR,
+    "pause_reason": STR,
+    "tenant": OPT_STR,
+}
+
+
+def test_queues_shape_and_pause_answer(client_for, world):
+    client = client_for("root")
+    answer = client.post("/taskengine/api/v1/queues/default/pause", {"reason": "r"}, content_type="application/json")
+    body = answer.json()
+    assert_shape(body, {"message": STR, "audit_id": INT, "queue": dict})
+    assert_shape(body["queue"], QUEUE_RECORD, "queue")
+    listed = client.get("/taskengine/api/v1/queues").json()
+    assert_shape(listed, {"queues": list})
+    row = next(q for q in listed["queues"] if q["name"] == "default")
+    assert_shape(row, QUEUE_STATUS, "queue status")
+    assert_shape(row["queued"], COUNT, "queued")
+    assert_shape(row["running"], COUNT, "running")
+    assert (row["state"], row["paused"], row["paused_by"], row["pause_reason"]) == ("paused", True, "root", "r")

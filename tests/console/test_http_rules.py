@@ -8,7 +8,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from taskengine.models import ExecutionLog, Job, MissedSlot, OperatorAction, Schedule
+from taskengine.models import ExecutionLog, Job, MissedSlot, OperatorAction, Queue, Schedule
 
 from .conftest import make_job
 
@@ -18,13 +18,22 @@ MUTATING_API = [
     "/taskengine/api/v1/jobs/{id}/requeue",
     "/taskengine/api/v1/jobs/{id}/cancel",
     "/taskengine/api/v1/jobs/{id}/retry",
+    "/taskengine/api/v1/queues/default/pause",
+    "/taskengine/api/v1/queues/default/resume",
 ]
-MUTATING_PAGES = ["/taskengine/jobs/{id}/requeue/", "/taskengine/jobs/{id}/cancel/", "/taskengine/jobs/{id}/retry/"]
+MUTATING_PAGES = [
+    "/taskengine/jobs/{id}/requeue/",
+    "/taskengine/jobs/{id}/cancel/",
+    "/taskengine/jobs/{id}/retry/",
+    "/taskengine/queues/default/pause/",
+    "/taskengine/queues/default/resume/",
+]
 READ_URLS = [
     "/taskengine/",
     "/taskengine/jobs/",
     "/taskengine/jobs/?state=failed&queue=default&tenant=a&since=2020-01-01",
     "/taskengine/jobs/{id}/",
+    "/taskengine/queues/",
     "/taskengine/workers/",
     "/taskengine/schedules/",
     "/taskengine/audit/",
@@ -34,6 +43,7 @@ READ_URLS = [
     "/taskengine/api/v1/jobs",
     "/taskengine/api/v1/jobs?state=failed&limit=2",
     "/taskengine/api/v1/jobs/{id}",
+    "/taskengine/api/v1/queues",
     "/taskengine/api/v1/workers",
     "/taskengine/api/v1/schedules",
     "/admin/taskengine/job/",
@@ -44,6 +54,7 @@ READ_URLS = [
     "/admin/taskengine/schedule/",
     "/admin/taskengine/workerprocess/",
     "/admin/taskengine/leader/",
+    "/admin/taskengine/queue/",
 ]
 WRITE_WORDS = ("INSERT", "UPDATE", "DELETE")
 
@@ -107,6 +118,7 @@ def test_pages_and_get_endpoints_never_write(client_for, jobs, user):
     schedule = Schedule.objects.create(name="nightly", task_path="tests.tasks.noop", cron="0 3 * * *", tenant="a")
     MissedSlot.objects.create(schedule=schedule, slot=job.enqueued_at, reason="skip")
     make_job("succeeded", schedule=schedule, slot=job.enqueued_at)
+    Queue.objects.create(name="demo", paused=True, paused_at=job.enqueued_at, paused_by="root", pause_reason="x")
     client = client_for(user)
     client.get("/admin/")  # let login-time session writes happen before capturing
     for url in READ_URLS:

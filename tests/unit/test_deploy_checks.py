@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from taskengine.checks import deployment_messages
+from taskengine.checks import check_queue_settings, deployment_messages
 from tests.conftest import ROOT
 
 BACKEND = "taskengine.backend.DatabaseBackend"
@@ -130,3 +130,11 @@ def test_the_deployment_checks_run_with_check_deploy_only():
     plain = run_check(database_url=url)
     assert plain.returncode == 0, plain.stderr
     assert "taskengine.W006" not in plain.stderr + plain.stdout
+
+
+def test_a_queue_setting_runworker_would_refuse_is_error_E007(settings):
+    settings.TASKENGINE = {"QUEUES": {"emails": {"concurrency": 5}}}
+    [message] = check_queue_settings()
+    assert message.id == "taskengine.E007" and "concurrency" in message.msg
+    settings.TASKENGINE = {"QUEUES": {"emails": {"paused": True, "tenant": "acme"}}}
+    assert check_queue_settings() == []

@@ -44,6 +44,7 @@ BOTH: dict[str, set[str]] = {
         "metrics_running_stats",
         "metrics_leaders",
         "metrics_workers_alive",
+        "metrics_queues_paused",
     },
     "reconcile": {
         "reconcile_expired_leases",

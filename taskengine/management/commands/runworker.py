@@ -16,6 +16,7 @@ from taskengine import gate, metrics
 from taskengine.compat import task_backends
 from taskengine.conf import engine_settings
 from taskengine.maintenance import build_services
+from taskengine.queues import declared_queues
 from taskengine.worker import Worker
 
 logger = logging.getLogger("taskengine.worker")
@@ -129,6 +130,10 @@ class Command(BaseCommand):
             raise CommandError("--concurrency must be at least 1")
         if options["max_stuck_threads"] is not None and options["max_stuck_threads"] < 0:
             raise CommandError("--max-stuck-threads must be at least 0")
+        try:
+            declared_queues()  # a bad TASKENGINE["QUEUES"] entry stops the worker before it starts
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from exc
         if options["metrics_port"]:
             # Served before the gate wait, so a worker waiting on migrations is scrapeable
             # (taskengine_worker_gate_open 0) rather than looking down.

@@ -1,0 +1,90 @@
+"""``manage.py queues list | pause NAME [--reason TEXT] | resume NAME | sync``
+
+``list`` prints every queue (with a row, declared in ``TASKENGINE["QUEUES"]`` or named
+in ``TASKS``) with its state, queued and running jobs, and who paused it, when and why;
+it only reads. ``pause`` and ``resume`` go through ``taskengine.queues`` (compare-and-set
+and an audit row in one transaction; the actor is ``cli:<os user>``); a queue already
+in that state exits 1 with the reason. ``sync`` applies ``TASKENGINE["QUEUES"]`` now
+(workers do it when they start). See docs/queues.md.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from taskengine import queues
+from taskengine.collectors import known_queues
+from taskengine.conf import engine_settings
+from taskengine.operations import OperationError
+
+
+class Command(BaseCommand):
+    help = "List, pause and resume the task engine's queues."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--database", default=None, help="Database alias (default: TASKENGINE DATABASE).")
+        sub = parser.add_subparsers(dest="action", required=True)
+        listing = sub.add_parser("list", help="Every queue: state, queued, running, paused by/at, reason.")
+        listing.add_argument("--json", action="store_true", help="Print a JSON array instead of a table.")
+        pause = sub.add_parser("pause", help="Stop every worker claiming from the queue (running jobs finish).")
+        pause.add_argument("name")
+        pause.add_argument("--reason", default="", help="Why (kept on the queue and in the audit row).")
+        resume = sub.add_parser("resume", help="Let workers claim from the queue again (wakes them at once).")
+        resume.add_argument("name")
+        resume.add_argument("--reason", default="", help="Why (kept in the audit row).")
+        sub.add_parser("sync", help='Apply TASKENGINE["QUEUES"] now (workers do it when they start).')
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        database = options["database"] or engine_settings.DATABASE
+        action = options["action"]
+        try:
+            if action == "list":
+                self.list(database, as_json=options["json"])
+            elif action == "sync":
+                changed = queues.sync_settings(database)
+                self.stdout.write(f"applied settings to: {', '.join(changed)}" if changed else "nothing to apply")
+            else:
+                operate = queues.pause if action == "pause" else queues.resume
+                result = operate(options["name"], actor=queues.cli_actor(), reason=options["reason"], using=database)
+                self.stdout.write(f"{result.message} (audit row {result.audit_id})")
+        except OperationError as exc:
+            raise CommandError(exc.message) from exc
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from exc
+
+    def list(self, database: str, *, as_json: bool) -> None:
+        rows = queues.statuses(database, extra=known_queues())
+        if as_json:
+            self.stdout.write(
+                json.dumps(
+                    [
+                        {
+                            "name": r.name,
+                            "state": r.state,
+                            "queued": r.queued,
+                            "running": r.running,
+                            "paused_by": r.paused_by or None,
+                            "paused_at": r.paused_at.isoformat() if r.paused_at else None,
+                            "pause_reason": r.pause_reason,
+                            "declared_in_settings": r.declared,
+                        }
+                        for r in rows
+                    ],
+                    indent=2,
+                )
+            )
+            return
+        table = [("QUEUE", "STATE", "QUEUED", "RUNNING", "PAUSED BY", "PAUSED AT (UTC)", "REASON")]
+        for r in rows:
+            at = r.paused_at.strftime("%Y-%m-%d %H:%M:%S") if r.paused_at else "-"
+            table.append(
+                (r.name, r.state, str(r.queued), str(r.running), r.paused_by or "-", at, r.pause_reason or "-")
+            )
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+        for row in table:
+            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+            self.stdout.write("  ".join([*cells, row[-1]]).rstrip())

@@ -1,0 +1,376 @@
+"""Queues as records: first use, ``TASKENGINE["QUEUES"]``, pause and resume.
+
+See docs/queues.md. The claim (sql/jobs.<vendor>.sql) drops paused queues from the
+wanted list inside its own statement, so a pause committed before a claim began is
+always honoured and no worker keeps a copy of the paused set.
+
+Every change of a queue is the same steps as a job operation (``operations``), in one
+transaction:
+
+1. **permission and tenant scope** — a user actor must be active and hold
+   ``taskengine.pause_queue`` (otherwise :class:`~taskengine.operations.
+   OperationForbidden`, 403, nothing read). A queue dedicated to a tenant
+   (``TASKENGINE["QUEUES"][name]["tenant"]``) may be paused by that tenant's operators;
+   to others it does not exist (:class:`~taskengine.operations.JobNotFound`'s 404, as
+   for a job of another tenant). A shared queue (no tenant) carries every tenant's
+   jobs: only a user who sees every tenant may pause it (403 for the others). A string
+   actor (``cli:<os user>`` for ``manage.py queues``, ``settings``) is the deployment
+   itself and needs no permission;
+2. **settings first** — a change of the queue's declared ``paused`` not yet applied is
+   applied before the operator's change, so the operator's change is the later one;
+3. **compare-and-set** — ``UPDATE … WHERE name = … AND paused = <expected>`` under the
+   row's lock, times from the database clock; a queue already in the wanted state is
+   refused (:class:`~taskengine.operations.OperationRefused`, 409);
+4. **audit** — ``audit.record()`` in the same transaction (target ``queue``, tenant
+   the queue's tenant);
+5. **wake-up** — a resume sends ``NOTIFY taskengine_jobs, '<queue>'`` on PostgreSQL,
+   delivered on commit, so LISTENing workers claim at once; polling workers see it at
+   their next poll (at most ``PAUSED_POLL_SECONDS`` while one of their queues is paused).
+"""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connections, transaction
+from django.db.models import Q, QuerySet
+from django.db.models.functions import Now
+
+from . import audit
+from .conf import engine_settings
+from .listener import CHANNEL
+from .models import Job, Queue
+from .operations import JobNotFound, OperationError, OperationForbidden, OperationRefused
+from .states import JobState
+from .tenancy import tenants_for
+
+PERMISSION = "taskengine.pause_queue"
+SETTINGS_ACTOR = "settings"
+SETTING_KEYS = frozenset({"paused", "tenant"})  # the keys a TASKENGINE["QUEUES"] entry may have
+MAX_NAME_LENGTH = 64  # Job.queue's length
+PAUSED_POLL_SECONDS = 0.5  # a polling worker's longest idle wait while one of its queues is paused
+
+
+@dataclass(frozen=True, slots=True)
+class QueueResult:
+    queue: Queue
+    action: str
+    audit_id: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatus:
+    """One queue as ``manage.py queues list``, the console and the API show it."""
+
+    name: str
+    paused: bool
+    paused_at: datetime | None
+    paused_by: str
+    pause_reason: str
+    declared: bool  # named in TASKENGINE["QUEUES"]
+    tenant: str | None
+    queued: Any  # whatever the caller's count returns (an int, or the console's BoundedCount)
+    running: Any
+
+    @property
+    def state(self) -> str:
+        return "paused" if self.paused else "active"
+
+
+def cli_actor() -> str:
+    """The actor of ``manage.py queues``: the operating-system user who ran it."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        user = "unknown"
+    return f"cli:{user}"
+
+
+# --- settings --------------------------------------------------------------------------
+
+
+def declared_queues() -> dict[str, dict[str, Any]]:
+    """``TASKENGINE["QUEUES"]``, checked: {name: {"paused": bool, "tenant": str | None}}. Raises
+    ImproperlyConfigured naming the entry for anything else."""
+    raw = engine_settings.QUEUES
+    if not isinstance(raw, dict):
+        raise ImproperlyConfigured('TASKENGINE["QUEUES"] must be a dict of queue name -> options')
+    out: dict[str, dict[str, Any]] = {}
+    for name, options in raw.items():
+        where = f'TASKENGINE["QUEUES"][{name!r}]'
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH:
+            raise ImproperlyConfigured(f"{where}: a queue name is a non-empty string of at most 64 characters")
+        if not isinstance(options, dict):
+            raise ImproperlyConfigured(f"{where} must be a dict of options")
+        unknown = set(options) - SETTING_KEYS
+        if unknown:
+            raise ImproperlyConfigured(
+                f"{where}: unknown option(s) {', '.join(sorted(map(str, unknown)))}; "
+                f"known: {', '.join(sorted(SETTING_KEYS))}"
+            )
+        paused = options.get("paused", False)
+        if not isinstance(paused, bool):
+            raise ImproperlyConfigured(f'{where}["paused"] must be True or False')
+        tenant = options.get("tenant")
+        if tenant is not None and (not isinstance(tenant, str) or not tenant or len(tenant) > 64):
+            raise ImproperlyConfigured(f'{where}["tenant"] must be a tenant name (at most 64 characters) or None')
+        out[name] = {"paused": paused, "tenant": tenant}
+    return out
+
+
+def ensure(names: Iterable[str], using: str = "default") -> None:
+    """Create the rows of queues that have none yet (unpaused); existing rows are kept.
+    A name longer than a job's queue can be has no jobs, and gets no row."""
+    rows = [Queue(name=name) for name in sorted(set(names)) if 0 < len(name) <= MAX_NAME_LENGTH]
+    if rows:
+        Queue.objects.using(using).bulk_create(rows, ignore_conflicts=True)
+
+
+def sync_settings(using: str = "default", names: Iterable[str] = ()) -> list[str]:
+    """Create the rows of the declared queues and of ``names``, and apply every declared
+    ``paused`` that differs from the one last applied (``settings_paused``). Returns the
+    queues whose paused state this changed. See docs/queues.md for how settings and
+    operator changes combine."""
+    declared = declared_queues()
+    ensure(set(declared) | set(names), using)
+    rows = Queue.objects.using(using).filter(Q(settings_paused=True) | Q(tenant__isnull=False))
+    flagged = set(rows.values_list("name", flat=True))
+    changed: list[str] = []
+    for name in sorted(set(declared) | flagged):
+        with transaction.atomic(using=using):
+            if _apply_setting(name, declared, using):
+                changed.append(name)
+    return changed
+
+
+def _apply_setting(name: str, declared: dict[str, dict[str, Any]], using: str) -> bool:
+    """Inside a transaction: apply queue ``name``'s declared ``paused`` if it changed
+    since last applied. True when the queue's paused state changed."""
+    wanted = bool(declared.get(name, {}).get("paused", False))
+    tenant = declared.get(name, {}).get("tenant")
+    queue = Queue.objects.using(using).select_for_update().filter(pk=name).first()
+    if queue is None:
+        return False
+    if queue.tenant != tenant:  # the settings own a queue's tenant
+        Queue.objects.using(using).filter(pk=name).update(tenant=tenant, updated_at=Now())
+        queue.tenant = tenant
+    if queue.settings_paused == wanted:
+        return False
+    rows = Queue.objects.using(using).filter(pk=name, settings_paused=queue.settings_paused)
+    if queue.paused == wanted:
+        rows.update(settings_paused=wanted, updated_at=Now())
+        return False
+    reason = f'TASKENGINE["QUEUES"][{name!r}]["paused"] = {wanted}'
+    _change(queue, paused=wanted, actor=SETTINGS_ACTOR, reason=reason, using=using, settings_paused=wanted)
+    return True
+
+
+# --- pause and resume --------------------------------------------------------------------
+
+
+def has_permission(user: Any, queue_tenant: str | None = None) -> bool:
+    """Whether ``user`` may pause and resume a queue of ``queue_tenant`` (None: shared)."""
+    try:
+        _check_actor(user, queue_tenant)
+    except OperationError:
+        return False
+    return True
+
+
+def holds_permission(user: Any) -> bool:
+    """Whether ``user`` holds ``taskengine.pause_queue`` at all (which queues it may act on
+    is ``has_permission``)."""
+    try:
+        _check_permission(user)
+    except OperationError:
+        return False
+    return True
+
+
+def visible_to(user: Any, queue_tenant: str | None) -> bool:
+    """Shared queues are visible to every staff user; a tenant's queue to its operators."""
+    if user is None:
+        return True
+    scope = tenants_for(user)
+    return scope is None or queue_tenant is None or queue_tenant in scope
+
+
+def _check_permission(actor: Any) -> None:
+    if isinstance(actor, str):
+        return  # the deployment: manage.py queues, settings
+    if actor is None or not getattr(actor, "is_active", False) or not actor.has_perm(PERMISSION):
+        raise OperationForbidden("you do not have permission to pause or resume queues")
+
+
+def _check_actor(actor: Any, queue_tenant: str | None, name: str = "") -> None:
+    _check_permission(actor)
+    if isinstance(actor, str):
+        return
+    scope = tenants_for(actor)
+    if scope is None:
+        return
+    if queue_tenant is None:
+        raise OperationForbidden(
+            "this queue is shared by every tenant: only a user who sees every tenant may pause or resume it"
+        )
+    if queue_tenant not in scope:
+        raise JobNotFound(f"no queue {name!r}")
+
+
+def _check_name(name: Any) -> str:
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_LENGTH:
+        raise OperationError(f"not a queue name: {name!r} (a non-empty name of at most 64 characters)")
+    return name
+
+
+def pause(name: str, *, actor: Any, reason: str = "", using: str = "default") -> QueueResult:
+    """Pause queue ``name`` (created if it has no row yet): no worker claims from it
+    once this commits; its running jobs finish, enqueue goes on."""
+    return _operate(name, paused=True, actor=actor, reason=reason, using=using)
+
+
+def resume(name: str, *, actor: Any, reason: str = "", using: str = "default") -> QueueResult:
+    """Resume queue ``name`` and wake the workers that serve it."""
+    return _operate(name, paused=False, actor=actor, reason=reason, using=using)
+
+
+def _operate(name: str, *, paused: bool, actor: Any, reason: str, using: str) -> QueueResult:
+    _check_permission(actor)  # before anything is read
+    name = _check_name(name)
+    declared = declared_queues()
+    if name in declared:  # the deployment's own queues exist from the start
+        ensure([name], using)
+    if not Queue.objects.using(using).filter(pk=name).exists():
+        # A new queue is shared: a tenant's operator cannot create one.
+        if not isinstance(actor, str) and tenants_for(actor) is not None:
+            raise JobNotFound(f"no queue {name!r}")
+        ensure([name], using)
+    with transaction.atomic(using=using):  # its own: it stands even if this change is refused
+        _apply_setting(name, declared, using)
+    with transaction.atomic(using=using):
+        queue = Queue.objects.using(using).select_for_update().get(pk=name)
+        _check_actor(actor, queue.tenant, name)
+        if queue.paused == paused:
+            state = "paused" if paused else "not paused"
+            detail = f" (by {queue.paused_by} at {queue.paused_at:%Y-%m-%d %H:%M:%S} UTC)" if queue.paused_at else ""
+            raise OperationRefused(f"queue {name!r} is already {state}{detail}")
+        return _change(queue, paused=paused, actor=actor, reason=reason, using=using)
+
+
+def _actor_repr(actor: Any) -> str:
+    if isinstance(actor, str):
+        return actor[:150]
+    return str(actor.get_username())[:150]
+
+
+def _change(
+    queue: Queue, *, paused: bool, actor: Any, reason: str, using: str, settings_paused: bool | None = None
+) -> QueueResult:
+    """Inside a transaction, the row locked: the compare-and-set, its audit row and (for
+    a resume) the wake-up."""
+    before = snapshot(queue)
+    changes: dict[str, Any] = {"paused": paused, "updated_at": Now()}
+    if paused:
+        changes.update(paused_at=Now(), paused_by=_actor_repr(actor), pause_reason=reason)
+    else:
+        changes.update(paused_at=None, paused_by="", pause_reason="")
+    if settings_paused is not None:
+        changes["settings_paused"] = settings_paused
+    if Queue.objects.using(using).filter(pk=queue.pk, paused=queue.paused).update(**changes) != 1:
+        raise OperationRefused(f"queue {queue.pk!r} changed meanwhile; reload and try again")
+    queue.refresh_from_db(using=using)
+    action = "queue.pause" if paused else "queue.resume"
+    row = audit.record(
+        actor=actor,
+        action=action,
+        target_type="queue",
+        target_id=queue.pk,
+        tenant=queue.tenant,
+        before=before,
+        after=snapshot(queue),
+        reason=reason,
+        using=using,
+    )
+    if not paused:
+        _notify(queue.pk, using)
+    message = f"Paused queue {queue.pk}." if paused else f"Resumed queue {queue.pk}."
+    return QueueResult(queue=queue, action=action, audit_id=row.pk, message=message)
+
+
+def _notify(name: str, using: str) -> None:
+    """PostgreSQL: wake the LISTENing workers of ``name`` when the transaction commits."""
+    connection = connections[using]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, name])
+
+
+def snapshot(queue: Queue) -> dict[str, Any]:
+    """The fields of a queue an audit row keeps as "before" / "after"."""
+    return {
+        "paused": queue.paused,
+        "paused_at": queue.paused_at.isoformat() if queue.paused_at else None,
+        "paused_by": queue.paused_by,
+        "pause_reason": queue.pause_reason,
+    }
+
+
+# --- reads -------------------------------------------------------------------------------
+
+
+def paused_among(names: Iterable[str], using: str = "default") -> set[str]:
+    """Which of ``names`` are paused now (one indexed read; polling workers use it to
+    shorten their idle wait while a queue of theirs is paused)."""
+    wanted = list(names)
+    if not wanted:
+        return set()
+    return set(Queue.objects.using(using).filter(pk__in=wanted, paused=True).values_list("name", flat=True))
+
+
+def statuses(
+    using: str = "default",
+    *,
+    user: Any = None,
+    extra: Iterable[str] = (),
+    count: Callable[[QuerySet[Job]], Any] | None = None,
+) -> list[QueueStatus]:
+    """Every queue with a row, declared in settings or named in ``extra``, with its queued
+    and running jobs (those ``user`` may see; every job when ``user`` is None) counted by
+    ``count`` (default: an exact ``count()``). Reads only."""
+    declared = declared_queues()
+    counter = count or (lambda queryset: int(queryset.count()))
+    rows = {q.name: q for q in Queue.objects.using(using).all() if visible_to(user, q.tenant)}
+    jobs = Job.objects.using(using).all()
+    scope = tenants_for(user) if user is not None else None
+    if scope is not None:  # as tenancy.scope_jobs: None is every tenant
+        jobs = jobs.filter(tenant__in=scope)
+    out: list[QueueStatus] = []
+    names = set(rows) | {n for n, d in declared.items() if visible_to(user, d["tenant"])} | set(extra)
+    for name in sorted(names):
+        row = rows.get(name)
+        if row is None and name in declared:
+            tenant = declared[name]["tenant"]
+        else:
+            tenant = row.tenant if row else None
+        if not visible_to(user, tenant):
+            continue
+        out.append(
+            QueueStatus(
+                name=name,
+                paused=bool(row and row.paused),
+                paused_at=row.paused_at if row else None,
+                paused_by=row.paused_by if row else "",
+                pause_reason=row.pause_reason if row else "",
+                declared=name in declared,
+                tenant=tenant,
+                queued=counter(jobs.filter(queue=name, state=JobState.QUEUED)),
+                running=counter(jobs.filter(queue=name, state=JobState.RUNNING)),
+            )
+        )
+    return out
