@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import BenchBase, RssSampler, database_url
+from .base import RssSampler, database_url
 from .drain import Drains, ideal_rate
 from .latency import Latency
 from .raw import RAW_CLAIM_BATCH, RAW_CLAIM_ROWS, RawLimits
@@ -50,5 +50,5 @@ class Report:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
-class Benchmark(RawLimits, Drains, Latency, Sustained, Retention, BenchBase):
+class Benchmark(RawLimits, Drains, Latency, Sustained, Retention):
     """Every phase of ``manage.py benchmark`` on one database and queue."""

@@ -1,6 +1,9 @@
-"""What every benchmark phase shares: the queue and its clean-up, enqueueing, starting
-real ``runworker`` processes and waiting for them, and the connection strings the
-project's own pgbench and COPY scripts run with."""
+"""What every benchmark phase shares: the queue and its clean-up, enqueueing, filling
+the queue and timing one claim, starting real ``runworker`` processes and waiting for
+them, and the connection strings the project's own pgbench and COPY scripts run with.
+
+Each phase (``drain``, ``latency``, ``raw``, ``retention``, ``sustained``) is a subclass
+of BenchBase that adds its own methods; ``Benchmark`` (in ``__init__``) combines them."""
 
 from __future__ import annotations
 
@@ -10,34 +13,38 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 
+from .. import store
 from ..backend import DatabaseBackend
-from ..compat import clone_task
+from ..compat import Task, clone_task
 from ..models import Job, WorkerProcess, WorkerState
 from .tasks import noop
 
 
 class BenchBase:
-    def __init__(self, *, database: str, queue: str, log=print) -> None:
+    def __init__(self, *, database: str, queue: str, log: Callable[[str], None] = print) -> None:
         self.database = database
         self.queue = queue
         self.log = log
         self.backend = DatabaseBackend("benchmark", {"QUEUES": [], "OPTIONS": {"database": database}})
-        self.task = clone_task(noop, queue_name=queue)
+        self.task: Task[..., Any] = clone_task(noop, queue_name=queue)
 
     @property
-    def connection(self):
+    def connection(self) -> BaseDatabaseWrapper:
         return connections[self.database]
 
     @property
     def postgres(self) -> bool:
         return self.connection.vendor == "postgresql"
 
-    def task_for(self, function) -> object:
+    def task_for(self, function: Task[..., Any]) -> Task[..., Any]:
         """``function`` (a @task) on the benchmark's queue."""
         return clone_task(function, queue_name=self.queue)
 
@@ -73,7 +80,7 @@ class BenchBase:
             self.backend.enqueue(self.task, (), {})
         return count / (time.perf_counter() - started)
 
-    def enqueue_bulk(self, count: int, batch: int = 10_000, task=None) -> float:
+    def enqueue_bulk(self, count: int, batch: int = 10_000, task: Task[..., Any] | None = None) -> float:
         task = task or self.task
         started = time.perf_counter()
         done = 0
@@ -83,9 +90,33 @@ class BenchBase:
             done += n
         return count / (time.perf_counter() - started)
 
+    # --- claims ----------------------------------------------------------------------
+
+    def fill_queued(self, size: int) -> None:
+        """Top the benchmark queue up to ``size`` queued jobs in one INSERT … SELECT."""
+        with self.connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO taskengine_job (task_path, backend, queue, priority, args, kwargs, state, "
+                "run_after, enqueued_at, attempts, max_attempts, on_lease_expired) "
+                "SELECT %s, 'benchmark', %s, 0, '[]', '{}', 'queued', now(), now(), 0, 1, 'retry' "
+                "FROM generate_series(1, %s - (SELECT count(*) FROM taskengine_job WHERE queue = %s "
+                "AND state = 'queued'))",
+                [self.task.module_path, self.queue, size, self.queue],
+            )
+            cursor.execute("ANALYZE taskengine_job")
+
+    def claim_once(self, batch: int = 50) -> float:
+        """Seconds one claim of ``batch`` jobs takes, rolled back so the queue keeps its rows."""
+        with transaction.atomic(using=self.database):
+            started = time.perf_counter()
+            store.claim_jobs(self.connection, worker_id="bench", queues=[self.queue], limit=batch, lease_seconds=30)
+            seconds = time.perf_counter() - started
+            transaction.set_rollback(True, using=self.database)
+        return seconds
+
     # --- workers ---------------------------------------------------------------------
 
-    def _worker(self, *args: str, tuned: bool = True) -> subprocess.Popen:
+    def _worker(self, *args: str, tuned: bool = True) -> subprocess.Popen[bytes]:
         """A ``runworker`` on the benchmark queue. ``tuned`` adds a short idle backoff
         (the existing phases' setting); ``tuned=False`` runs it as shipped."""
         # `python -m django` with this process's settings module and import path: the
@@ -107,7 +138,7 @@ class BenchBase:
             stderr=subprocess.DEVNULL,
         )
 
-    def _start_workers(self, count: int, args: list[str], tuned: bool) -> list[subprocess.Popen]:
+    def _start_workers(self, count: int, args: list[str], tuned: bool) -> list[subprocess.Popen[bytes]]:
         """``count`` workers, returned once every one has registered and gone idle."""
         tag = f"bench-{os.getpid()}-{time.monotonic_ns() % 10**6}"
         ids = [f"{tag}-{i}" for i in range(count)]
@@ -120,7 +151,7 @@ class BenchBase:
         time.sleep(1.0)  # registered workers start LISTENing and go idle
         return procs
 
-    def _wait_until_registered(self, worker_ids: list[str], procs: list[subprocess.Popen]) -> None:
+    def _wait_until_registered(self, worker_ids: list[str], procs: list[subprocess.Popen[bytes]]) -> None:
         deadline = time.monotonic() + 120
         while WorkerProcess.objects.using(self.database).filter(
             worker_id__in=worker_ids, state=WorkerState.RUNNING
@@ -128,14 +159,14 @@ class BenchBase:
             self._check_alive(procs, deadline, "the benchmark workers did not start")
             time.sleep(0.05)
 
-    def _wait_until_drained(self, jobs: int, procs: list[subprocess.Popen]) -> None:
+    def _wait_until_drained(self, jobs: int, procs: list[subprocess.Popen[bytes]]) -> None:
         deadline = time.monotonic() + 60 + jobs / 100
         while Job.objects.using(self.database).filter(queue=self.queue, state__in=["queued", "running"]).exists():
             self._check_alive(procs, deadline, "the drain did not finish")
             time.sleep(0.2)
 
     @staticmethod
-    def _check_alive(procs: list[subprocess.Popen], deadline: float, message: str) -> None:
+    def _check_alive(procs: list[subprocess.Popen[bytes]], deadline: float, message: str) -> None:
         exited = [p.returncode for p in procs if p.poll() is not None]
         if exited:
             raise RuntimeError(f"a benchmark worker exited early with {exited}")
@@ -157,7 +188,7 @@ class BenchBase:
         return make_conninfo(**libpq)
 
 
-def stop_workers(procs: list[subprocess.Popen]) -> list[int]:
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> list[int]:
     """SIGTERM every worker (a graceful stop) and wait; their exit codes."""
     for proc in procs:
         proc.terminate()
@@ -200,7 +231,7 @@ class RssSampler(threading.Thread):
     @property
     def growth_mb(self) -> float:
         """Last-quarter mean minus second-quarter mean (start-up excluded), worst worker."""
-        growths = []
+        growths: list[float] = []
         for s in self.samples.values():
             if len(s) >= 8:
                 q = len(s) // 4
@@ -208,7 +239,7 @@ class RssSampler(threading.Thread):
         return max(growths, default=0.0)
 
 
-def database_url(s: dict) -> str:
+def database_url(s: Mapping[str, Any]) -> str:
     if "sqlite" in s["ENGINE"]:
         return f"sqlite:///{s['NAME']}"
     auth = s["USER"] or "postgres"

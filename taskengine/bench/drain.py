@@ -15,7 +15,7 @@ import os
 from django.db import transaction
 
 from .. import store
-from .base import RssSampler, stop_workers
+from .base import BenchBase, RssSampler, stop_workers
 from .tasks import CPU_SECONDS, IO_SECONDS, noop, sleep_5ms, spin_1ms
 
 WORK_TASKS = {"io": sleep_5ms, "cpu": spin_1ms, "none": noop}
@@ -36,14 +36,14 @@ def ideal_rate(work: str, workers: int, concurrency: int) -> float:
     raise ValueError(f"no ideal rate for work {work!r}")
 
 
-class Drains:
+class Drains(BenchBase):
     def drain(
         self, workers: int, concurrency: int | None, jobs: int, *, work: str = "none", tuned: bool = True
     ) -> dict[str, float]:
         """Throughput of ``workers`` runworker processes at ``concurrency`` each (None:
         runworker's default), draining ``jobs`` jobs of ``work``."""
         self.vacuum()
-        args = [] if concurrency is None else ["--concurrency", str(concurrency)]
+        args: list[str] = [] if concurrency is None else ["--concurrency", str(concurrency)]
         procs = self._start_workers(workers, args, tuned)
         rss = RssSampler([p.pid for p in procs])
         try:

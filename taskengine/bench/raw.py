@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from .. import queries
-from .base import database_url
+from .base import BenchBase, database_url
 
 # The raw limit's defaults: the batch a claim takes and the queued rows it starts from
 # (enough that 2 clients do not run dry in a 15-second run on a fast machine).
@@ -36,7 +36,7 @@ def _tps(stdout: str) -> float:
     return float(tps.group(1))
 
 
-class RawLimits:
+class RawLimits(BenchBase):
     def raw_single_insert(self, seconds: int) -> float | None:
         """The machine's limit for enqueue_single: pgbench (C, libpq, prepared) inserting
         one job per transaction into the same table, with the same trigger and indexes,
@@ -143,7 +143,9 @@ class RawLimits:
                 )
             if out.returncode != 0:
                 raise RuntimeError(f"pgbench failed ({out.returncode}): {(out.stderr or out.stdout)[-1000:]}")
-            (queued,) = conn.execute(setup["count_queued"]).fetchone()
+            counted = conn.execute(setup["count_queued"]).fetchone()
+            assert counted is not None  # count(*) returns one row
+            queued = int(counted[0])
         tps = _tps(out.stdout)
         transactions = re.search(r"^number of transactions actually processed: (\d+)", out.stdout, re.MULTILINE)
         if transactions is None or int(transactions.group(1)) == 0:

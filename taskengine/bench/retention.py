@@ -12,13 +12,14 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.db import connections
 
 from ..leadership import Elector
 from ..maintenance import retention
-from .base import percentile
+from .base import BenchBase, percentile
 
 CLAIMER_QUEUED = 10_000  # queued jobs the claimer claims from (each claim rolled back)
 CUTOFF = "2001-01-01 00:00:00+00"
@@ -32,7 +33,7 @@ SELECT %(task_path)s, 'benchmark', %(queue)s, 0, '[]', '{}', 'succeeded', t, t, 
 """
 
 
-class Retention:
+class Retention(BenchBase):
     def retention(self, terminal: int, baseline_seconds: float = 5.0) -> dict[str, Any]:
         if not self.postgres:
             return {"retention": "not available on SQLite (PostgreSQL bulk load and concurrent claims)"}
@@ -61,10 +62,11 @@ class Retention:
             "retention_claim_p99_ratio": p99_busy / p99_quiet,
         }
 
-    def _claims_while(self, work) -> tuple[Any, list[float]]:
+    def _claims_while[T](self, work: Callable[[], T]) -> tuple[T, list[float]]:
         """Run ``work()`` here while a thread claims 50 jobs (rolled back) in a loop on
         its own connection; ``work``'s result and the claims' durations."""
-        stop, timings = threading.Event(), []
+        stop = threading.Event()
+        timings: list[float] = []
         errors: list[BaseException] = []
 
         def claimer() -> None:
@@ -102,7 +104,7 @@ class Retention:
             with self.connection.cursor() as cursor:
                 cursor.execute("SELECT extract(epoch FROM now() - %s::timestamptz)", [CUTOFF])
                 (age,) = cursor.fetchone()
-            days = {"succeeded": float(age) / 86400}
+            days: dict[str, float | None] = {"succeeded": float(age) / 86400}
             total, started = 0, time.perf_counter()
             while True:
                 lease = elector.lease()

@@ -6,10 +6,12 @@ and relation sizes are PostgreSQL's)."""
 
 from __future__ import annotations
 
+import subprocess
 import time
+from datetime import datetime
 from typing import Any
 
-from .base import stop_workers
+from .base import BenchBase, stop_workers
 
 CLAIM_INDEX = "taskengine_job_claim_idx"  # migrations/0001_initial.py
 
@@ -47,7 +49,7 @@ SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
 """
 
 
-class Sustained:
+class Sustained(BenchBase):
     def sustained(self, seconds: float, rate: float, workers: int, window: float) -> dict[str, Any]:
         """``rate`` jobs a second for ``seconds`` into a pool of ``workers`` runworker
         processes at their defaults; one row of figures per ``window`` seconds."""
@@ -68,7 +70,9 @@ class Sustained:
         self.clear()
         return figures
 
-    def _produce(self, seconds: float, rate: float, window: float, procs) -> tuple[Any, list, int]:
+    def _produce(
+        self, seconds: float, rate: float, window: float, procs: list[subprocess.Popen[bytes]]
+    ) -> tuple[datetime, list[dict[str, Any]], int]:
         """Enqueue at ``rate`` (autocommit; the jobs due since the last turn, in one
         call), sampling the table statistics at every window's end."""
         with self.connection.cursor() as cursor:
@@ -108,11 +112,19 @@ class Sustained:
                 row["claim_index_dead_tuples"], row["claim_index_free_percent"] = cursor.fetchone()
         return row
 
-    def _windows(self, t0, seconds: float, window: float, stats: list[dict]) -> tuple[list[dict], dict[str, Any]]:
+    def _windows(
+        self, t0: datetime, seconds: float, window: float, stats: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """One row per window, and the backlog's figures (jobs finished after the
         producer stopped, and how long after it the last one finished)."""
         count = max(1, int(-(-seconds // window)))
-        params = {"t0": t0, "window": window, "last": count - 1, "queue": self.queue, "seconds": seconds}
+        params: dict[str, datetime | float | str] = {
+            "t0": t0,
+            "window": window,
+            "last": count - 1,
+            "queue": self.queue,
+            "seconds": seconds,
+        }
         with self.connection.cursor() as cursor:
             cursor.execute(WINDOW_PICKUP, params)
             pickup = {w: (n, p) for w, n, p in cursor.fetchall()}
@@ -124,7 +136,7 @@ class Sustained:
             "sustained_finished_after": finished.get(None, 0),
             "sustained_backlog_drain_s": float(backlog) if backlog is not None else None,
         }
-        rows = []
+        rows: list[dict[str, Any]] = []
         for w in range(count):
             n, (p50, p95, p99) = pickup.get(w, (0, (None, None, None)))
             sample = stats[min(w + 1, len(stats) - 1)]  # taken at the window's end
@@ -141,7 +153,9 @@ class Sustained:
             )
         return rows, backlog_figures
 
-    def _sustained_summary(self, windows: list[dict], seconds: float, rate: float, sent: int) -> dict[str, Any]:
+    def _sustained_summary(
+        self, windows: list[dict[str, Any]], seconds: float, rate: float, sent: int
+    ) -> dict[str, Any]:
         with self.connection.cursor() as cursor:
             cursor.execute(OVERALL_PICKUP, {"queue": self.queue})
             (overall,) = cursor.fetchone()

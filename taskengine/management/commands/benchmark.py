@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from taskengine.bench import Benchmark
 from taskengine.conf import engine_settings
@@ -19,7 +19,7 @@ SUSTAINED_SHARE = 0.7  # --sustained's default rate: this share of drain_default
 class Command(BaseCommand):
     help = "Benchmark enqueue, drain and latency; compare them with the raw SQL limits of this machine."
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--jobs", type=int, default=20_000, help="Jobs to enqueue in bulk and drain.")
         parser.add_argument("--workers", type=int, default=2, help="runworker processes for the drain.")
         parser.add_argument("--concurrency", type=int, default=32, help="--concurrency of each worker.")
@@ -45,7 +45,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Print one JSON object.")
 
     @staticmethod
-    def _add_mode_arguments(parser) -> None:
+    def _add_mode_arguments(parser: CommandParser) -> None:
         parser.add_argument(
             "--work",
             default="",
@@ -74,7 +74,7 @@ class Command(BaseCommand):
             "--retention", type=int, default=None, metavar="N", help="Prune N terminal jobs under claims (PostgreSQL)."
         )
 
-    def handle(self, *args, **o) -> None:
+    def handle(self, *args: Any, **o: Any) -> None:
         self.o = o
         self.skip = {s.strip() for s in o["skip"].split(",") if s.strip()}
         self.work = [w.strip() for w in o["work"].split(",") if w.strip()]
@@ -101,7 +101,7 @@ class Command(BaseCommand):
             bench.clear()
         self._print(rounded(figures))
 
-    def _enqueue(self, bench: Benchmark, figures: dict) -> None:
+    def _enqueue(self, bench: Benchmark, figures: dict[str, Any]) -> None:
         o = self.o
         if "single" not in self.skip:
             self._note(f"enqueue: {o['single']} jobs one at a time")
@@ -122,7 +122,7 @@ class Command(BaseCommand):
                 figures["bulk_vs_copy"] = ratio(figures, "enqueue_bulk_per_s", "raw_copy_per_s")
             bench.clear()
 
-    def _drains(self, bench: Benchmark, figures: dict) -> None:
+    def _drains(self, bench: Benchmark, figures: dict[str, Any]) -> None:
         o = self.o
         if "drain" not in self.skip:
             self._note(f"drain: {o['workers']} workers x concurrency {o['concurrency']}, {o['jobs']} jobs")
@@ -135,7 +135,7 @@ class Command(BaseCommand):
             self._note(f"work {work}: {o['workers']} workers x concurrency {o['concurrency']}, {o['work_jobs']} jobs")
             figures.update(bench.work_drain(work, o["workers"], o["concurrency"], o["work_jobs"]))
 
-    def _latency(self, bench: Benchmark, figures: dict) -> None:
+    def _latency(self, bench: Benchmark, figures: dict[str, Any]) -> None:
         if "latency" not in self.skip:
             self._note(f"latency: {self.o['latency_samples']} jobs to an idle worker")
             figures.update(bench.latency(self.o["latency_samples"]))
@@ -144,7 +144,7 @@ class Command(BaseCommand):
             self._note("claim time at 10k, 100k and 1M queued rows")
             figures.update(bench.claim_scaling([10_000, 100_000, 1_000_000]))
 
-    def _modes(self, bench: Benchmark, figures: dict) -> None:
+    def _modes(self, bench: Benchmark, figures: dict[str, Any]) -> None:
         o = self.o
         if o["long_drain"]:
             self._note(f"long drain: {o['long_drain']} jobs, {o['workers']} workers x concurrency {o['concurrency']}")
@@ -153,7 +153,7 @@ class Command(BaseCommand):
             self._note(f"retention: {o['retention']} terminal jobs pruned while a claimer runs")
             figures.update(bench.retention(o["retention"]))
 
-    def _sustained(self, bench: Benchmark, figures: dict) -> None:
+    def _sustained(self, bench: Benchmark, figures: dict[str, Any]) -> None:
         o = self.o
         if o["sustained"] is None:
             return
@@ -174,7 +174,7 @@ class Command(BaseCommand):
         )
         figures.update(bench.sustained(o["sustained"], rate, o["sustained_workers"], o["sustained_window"]))
 
-    def _raw(self, bench: Benchmark, figures: dict) -> None:
+    def _raw(self, bench: Benchmark, figures: dict[str, Any]) -> None:
         if "raw" in self.skip:
             return
         script = self.o["raw_script"] or "taskengine/bench/raw_claim.pgbench.sql"
@@ -188,7 +188,7 @@ class Command(BaseCommand):
             if figures.get(drain) is not None and figures["raw_claim_limit_per_s"]:
                 figures[share] = figures[drain] / figures["raw_claim_limit_per_s"]
 
-    def _print(self, figures: dict) -> None:
+    def _print(self, figures: dict[str, Any]) -> None:
         if self.o["json"]:
             self.stdout.write(json.dumps(figures, default=str))
             return
@@ -204,7 +204,7 @@ class Command(BaseCommand):
         self.stderr.write(f"[benchmark] {message}")
 
 
-def ratio(figures: dict, numerator: str, denominator: str) -> float | None:
+def ratio(figures: dict[str, Any], numerator: str, denominator: str) -> float | None:
     a, b = figures.get(numerator), figures.get(denominator)
     return a / b if a is not None and b else None
 
