@@ -37,6 +37,7 @@ TIMESTAMP_COLUMNS: dict[str, tuple[str, ...]] = {
     "taskengine_schedule": ("last_slot_at", "created_at", "updated_at"),
     "taskengine_missed_slot": ("slot", "recorded_at"),
     "taskengine_operator_action": ("created_at",),
+    "taskengine_queue": ("paused_at", "created_at", "updated_at"),
 }
 
 TEST_LEADER_ID = "taskengine.testing"  # holder of the leader term run_schedules() acts under
