@@ -58,6 +58,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import queue
@@ -167,7 +168,7 @@ class Worker:
         self._gave_up = False  # draining because of stuck handlers
         self._pending: list[tuple[RunningJob, Outcome]] = []
         self._pending_since = 0.0
-        self._batch = max(1, concurrency // 2)
+        self._batch = max(1, concurrency // 2)  # half the slots plus the prefetch bound, set by the loop
         # Slots and the prefetch buffer, shared with the handlers' threads (under _slots_lock):
         # a slot is taken from a job's start to its handler's return; a handler that returns
         # hands its slot straight to the next prefetched job, on its own thread.
@@ -319,8 +320,9 @@ class Worker:
             self._wait(self._flush_wait())
 
     def _flush_due(self) -> bool:
-        """Outcomes are written in batches: when half the slots have finished, when
-        nothing else is running, or when the oldest is FLUSH_DELAY old."""
+        """Outcomes are written in batches: when half the held jobs' worth (slots plus the
+        prefetch bound) have finished, when nothing else is running, or when the oldest is
+        FLUSH_DELAY old."""
         if not self._pending:
             return False
         return (
@@ -560,7 +562,7 @@ class Worker:
         future = asyncio.run_coroutine_threadsafe(run_async(running, self.worker_id), self._event_loop())
         # Never cancelled (an interrupt cancels the coroutine's task, on the loop): it is
         # done when the coroutine has finished, not before.
-        future.add_done_callback(lambda f, r=running: self._on_async_done(r, f))
+        future.add_done_callback(functools.partial(self._on_async_done, running))
 
     def _run_item(self, running: RunningJob) -> Outcome | None:
         """A job thread's item: a sync handler to run here, or an async one to start."""
@@ -617,7 +619,7 @@ class Worker:
             self._wake.set()
         return following
 
-    def _on_async_done(self, running: RunningJob, future: Future) -> None:
+    def _on_async_done(self, running: RunningJob, future: Future[Outcome]) -> None:
         """On the event loop's thread: an async handler finished."""
         running.ran_for = time.monotonic() - running.monotonic_start
         if future.cancelled():
