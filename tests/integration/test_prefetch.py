@@ -103,8 +103,10 @@ def test_a_claim_never_asks_for_more_than_the_free_slots_plus_the_prefetch_bound
         # Slots only free up while the claim is being asked for, so the inequality holds
         # for the values the worker saw.
         assert limit <= free_slots + bound - prefetched, worker.claims
-    assert worker.most_held <= 2 + Recording.bound
-    assert worker.most_prefetched > 0, "no job was ever prefetched: the test shows nothing"
+    # Held: claimed and not yet collected (running, or prefetched). More than the slots
+    # once at least: jobs were prefetched (the handlers' threads may have started them
+    # before this worker looked at its buffer).
+    assert 2 < worker.most_held <= 2 + Recording.bound
     # One attempt per job, however it was held.
     for r in results:
         assert attempt_outcomes(r.id) == [(1, "succeeded")]
