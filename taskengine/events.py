@@ -110,6 +110,10 @@ class JobEvents:
         if logger.isEnabledFor(logging.INFO):
             logger.info("claimed", extra=self.extra(job, event="claimed"))
 
+    def unclaimed(self, job: ClaimedJob) -> None:
+        """A claimed job handed back unstarted (a prefetched job released while draining)."""
+        self._metric(metrics.JOBS_RUNNING, job.queue).dec()
+
     def collected(self, running: RunningJob) -> None:
         """The attempt's handler returned (its outcome is not written yet)."""
         self._metric(metrics.JOBS_RUNNING, running.job.queue).dec()

@@ -61,7 +61,8 @@ class RunningJob:
     job: ClaimedJob
     task: Task[..., Any] | None = None
     is_async: bool = False
-    monotonic_start: float = field(default_factory=time.monotonic)
+    monotonic_start: float = field(default_factory=time.monotonic)  # claimed; reset when its handler starts
+    ran_for: float | None = None  # seconds its handler ran, once it returned
     deadline: float | None = None  # monotonic; None: no timeout
     thread_id: int | None = None  # set while a sync handler runs
     coroutine_task: asyncio.Task[Any] | None = None  # an async handler's task on its event loop, once it began

@@ -3,8 +3,9 @@
 A fixed-size set of threads fed from one queue, lighter than ThreadPoolExecutor for
 this use: no Future, Condition and callback list per job (a fifth of a busy worker's
 main-thread time went there with no-op handlers), and the result is handed straight to
-the worker's ``done`` callback on the thread that ran the job. The worker only ever
-submits a job into a free execution slot, so no job waits for a thread: the pool
+the worker's ``done`` callback on the thread that ran the job, which may hand that
+thread its next job at once (a prefetched job taking over the slot). The worker only
+ever submits a job into a free execution slot, so no job waits for a thread: the pool
 grows, up to ``size``, whenever no thread is idle.
 """
 
@@ -23,11 +24,12 @@ class JobThreads:
         self,
         size: int,
         run: Callable[[Any], Any],
-        done: Callable[[Any, Any, BaseException | None], None],
+        done: Callable[[Any, Any, BaseException | None], Any],
         name: str = "taskengine-job",
     ) -> None:
         """``run(item)`` runs on a pool thread; ``done(item, result, error)`` is called
-        there with its result, or with the exception it raised."""
+        there with its result, or with the exception it raised, and returns the next item
+        for that thread to run, or None."""
         self.size = size
         self._run = run
         self._done = done
@@ -53,11 +55,15 @@ class JobThreads:
             if item is _STOP:
                 return
             try:
-                result, error = self._run(item), None
-            except BaseException as exc:
-                result, error = None, exc
-            try:
-                self._done(item, result, error)
+                while item is not None:
+                    try:
+                        result, error = self._run(item), None
+                    except BaseException as exc:
+                        result, error = None, exc
+                    # ``done`` may hand back the next item to run on this thread at once
+                    # (the worker's prefetched job that takes over this slot): no queue
+                    # hand-off and no wake-up between the two.
+                    item = self._done(item, result, error)
             finally:
                 with self._lock:
                     self._idle += 1

@@ -381,6 +381,10 @@ def claim_jobs(
                 cursor.execute(
                     sql(connection, "log_attempts"), {"ids": json.dumps([r[0] for r in rows]), "worker_id": worker_id}
                 )
+    return _claimed_jobs(rows)
+
+
+def _claimed_jobs(rows: list[Any]) -> list[ClaimedJob]:
     # The claim has committed: a row that does not decode must still become a ClaimedJob
     # (its attempt fails with the reason), never an error that drops the whole batch.
     jobs = [_claimed_job(r) for r in rows]
@@ -460,6 +464,69 @@ def extend_leases(
     return kept
 
 
+def finish_and_claim(
+    connection: BaseDatabaseWrapper,
+    *,
+    worker_id: str,
+    outcomes: list[Outcome],
+    queues: list[str],
+    limit: int,
+    lease_seconds: float,
+    advisory: bool = False,
+) -> tuple[dict[int, tuple[str, datetime | None]], list[ClaimedJob]]:
+    """finish_jobs(``outcomes``) and claim_jobs(``limit``) as one unit, committed
+    together: (the finishes that won, the jobs claimed). On PostgreSQL one statement
+    (finish_and_claim: one round trip and one commit for the batch); elsewhere the two
+    calls in one transaction. Raises like either; then neither part was written."""
+    if connection.vendor == "postgresql" and (limit <= 0 or not queues):
+        return finish_jobs(connection, worker_id=worker_id, outcomes=outcomes), []
+    if connection.vendor != "postgresql" or not outcomes:
+        with transaction.atomic(using=connection.alias):
+            finished = finish_jobs(connection, worker_id=worker_id, outcomes=outcomes)
+            claimed = claim_jobs(
+                connection,
+                worker_id=worker_id,
+                queues=queues,
+                limit=limit,
+                lease_seconds=lease_seconds,
+                advisory=advisory,
+            )
+        return finished, claimed
+    params = _finish_params(worker_id, outcomes)
+    params.update(
+        queues=list(queues),
+        limit=limit,
+        lease_seconds=float(lease_seconds),
+        lock_namespace=ADVISORY_LOCK_NAMESPACE,
+    )
+    with engine_cursor(connection) as cursor:
+        cursor.execute(sql(connection, "finish_and_claim_advisory" if advisory else "finish_and_claim"), params)
+        rows = cursor.fetchall()
+    won: dict[int, tuple[str, datetime | None]] = {}
+    claimed_rows = []
+    for row in rows:
+        if row[19] is None:
+            claimed_rows.append(row)
+        else:
+            won[row[0]] = (row[19], row[20])
+    return won, _claimed_jobs(claimed_rows)
+
+
+def _finish_params(worker_id: str, outcomes: list[Outcome]) -> dict[str, Any]:
+    return {
+        "worker_id": worker_id,
+        "ids": [o.job_id for o in outcomes],
+        "attempts": [o.attempt for o in outcomes],
+        "states": [o.next_state for o in outcomes],
+        "outcomes": [o.outcome for o in outcomes],
+        "retry_delays": [float(o.retry_delay) for o in outcomes],
+        "return_values": [o.return_value for o in outcomes],
+        "error_classes": [o.error_class for o in outcomes],
+        "error_messages": [o.error_message for o in outcomes],
+        "tracebacks": [o.traceback for o in outcomes],
+    }
+
+
 def finish_jobs(
     connection: BaseDatabaseWrapper, *, worker_id: str, outcomes: list[Outcome]
 ) -> dict[int, tuple[str, datetime | None]]:
@@ -471,21 +538,7 @@ def finish_jobs(
         return {}
     if connection.vendor == "postgresql":
         with engine_cursor(connection) as cursor:
-            cursor.execute(
-                sql(connection, "finish_jobs"),
-                {
-                    "worker_id": worker_id,
-                    "ids": [o.job_id for o in outcomes],
-                    "attempts": [o.attempt for o in outcomes],
-                    "states": [o.next_state for o in outcomes],
-                    "outcomes": [o.outcome for o in outcomes],
-                    "retry_delays": [float(o.retry_delay) for o in outcomes],
-                    "return_values": [o.return_value for o in outcomes],
-                    "error_classes": [o.error_class for o in outcomes],
-                    "error_messages": [o.error_message for o in outcomes],
-                    "tracebacks": [o.traceback for o in outcomes],
-                },
-            )
+            cursor.execute(sql(connection, "finish_jobs"), _finish_params(worker_id, outcomes))
             return {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
     won: dict[int, tuple[str, datetime | None]] = {}
     finish, log = sql(connection, "finish_job"), sql(connection, "finish_attempt_log")

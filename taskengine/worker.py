@@ -5,8 +5,27 @@ handlers on one event loop thread. The main thread alone talks to the database f
 engine (claims, heartbeats, fenced finishes, releases), in short statements, never
 around a handler.
 
+The loop claims and completes in batches, each on its own cadence: a batch of finished
+attempts is written when half the held jobs' worth has returned, when nothing else
+runs, or FLUSH_DELAY after the first; the next claim rides in the same statement
+(PostgreSQL: finish_and_claim, one round trip and one commit) whenever there is room.
+Between batches the loop sleeps: a returning handler wakes it only for the first
+outcome since it last looked, a batch's worth, or nothing left running. A handler that
+returns hands its slot straight to the next prefetched job, on its own thread (no
+wake-up of the loop and no queue hand-off per job).
+
 Invariants:
-- A job is claimed only into a free slot, so a lease never waits for a thread.
+- A job is claimed only into a free slot or the prefetch buffer: a claim asks for at
+  most the free slots plus the prefetch bound (``prefetch_bound()``: as many jobs as
+  are expected to start within PREFETCH_HORIZON at the handlers' mean run time, at most
+  ``prefetch_limit``; none before a handler has returned or for slow handlers). A
+  prefetched job is leased and held like a running one — its lease is renewed by every
+  heartbeat, a stop request releases it at once, unstarted (outcome ``released``, as
+  for any released job), and a lost lease or a cancellation withdraws it before it
+  starts. Its attempt's record (``started_at``, ``last_attempted_at``, the attempt
+  row's ``started_at``) carries the claim's time, which is at most the prefetch wait
+  earlier than the handler's start; its timeout, ``task_started`` and the running-time
+  metric count from the handler's start, on the thread that starts it.
 - Every outcome is written with a fenced UPDATE; if this worker lost the lease (it
   expired, or recovery gave the job to someone else), the write changes nothing and the
   result is discarded with a warning. Nothing is marked done that did not run here.
@@ -39,20 +58,21 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import queue
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from datetime import datetime
-from functools import partial
 from typing import Any, Protocol, overload
 
 from django.db import Error as DatabaseError
-from django.db import InterfaceError, OperationalError, connections, transaction
+from django.db import InterfaceError, OperationalError, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from . import events, metrics, queues, registry, store
@@ -81,6 +101,9 @@ logger = logging.getLogger("taskengine.worker")
 
 HARD_TIMEOUT_GRACE = 2.0  # seconds an interrupted handler gets to stop before it counts as stuck
 FLUSH_DELAY = 0.005  # longest an outcome waits to be written with others (seconds)
+PREFETCH_HORIZON = 0.02  # jobs are prefetched only as many as are expected to start within this (seconds)
+PREFETCH_MIN_BOUND = 32  # the prefetch bound is the larger of this and the concurrency
+DURATION_WEIGHT = 0.05  # weight of each handler's run time in the worker's running mean
 STUCK_THREADS_EXIT_CODE = 3  # the worker exits with this when it gives up on stuck handlers
 
 
@@ -147,7 +170,17 @@ class Worker:
         self._gave_up = False  # draining because of stuck handlers
         self._pending: list[tuple[RunningJob, Outcome]] = []
         self._pending_since = 0.0
-        self._batch = max(1, concurrency // 2)
+        self._batch = max(1, concurrency // 2)  # half the slots plus the prefetch bound, set by the loop
+        # Slots and the prefetch buffer, shared with the handlers' threads (under _slots_lock):
+        # a slot is taken from a job's start to its handler's return; a handler that returns
+        # hands its slot straight to the next prefetched job, on its own thread.
+        self._slots_lock = threading.Lock()
+        self._free_slots = concurrency
+        self._ready: deque[RunningJob] = deque()  # prefetched: leased, not started
+        self._hold_ready = False  # no prefetched job starts (draining, or being released)
+        self._uncollected = 0  # outcomes handed over since the loop last collected
+        self.prefetch_limit = max(concurrency, PREFETCH_MIN_BOUND)
+        self._mean_duration: float | None = None  # running mean of handler run times (seconds)
         self._tasks: dict[str, tuple[Any, bool]] = {}  # task path -> (task, is it async), resolved once
         self._draining = False
         self._drain_deadline = 0.0
@@ -158,7 +191,7 @@ class Worker:
         self._db_backoff = 0.0
         self._db_down_since: float | None = None
         self._registered = False
-        self._threads = JobThreads(concurrency, self._run_sync, self._on_handler_done)
+        self._threads = JobThreads(concurrency, self._run_item, self._on_handler_done)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: Listener | None = None
         self.events = events.JobEvents(self.worker_id)
@@ -205,6 +238,7 @@ class Worker:
 
     def _begin_drain(self) -> None:
         if not self._draining:
+            self._hold_ready = True  # a plain assignment: this may run in a signal handler
             self._draining = True
             self._drain_deadline = time.monotonic() + self.shutdown_grace
 
@@ -250,7 +284,12 @@ class Worker:
         while True:
             self._collect_done()
             self._watch_handlers()
-            free = self.concurrency - len(self._running)  # a stuck thread keeps its slot
+            if self._draining and self._ready:
+                self._release_prefetched()
+            # Room for the slots not taken and the prefetch bound; a stuck thread keeps its slot.
+            bound = self.prefetch_bound()
+            free = self.concurrency + bound - len(self._running)
+            self._batch = max(1, (self.concurrency + bound) // 2)
             claim_due = not self._draining and (free >= self._batch or (free > 0 and not self._running))
             if self._flush_due():
                 # Write the finished batch and, when slots are free, claim the next one
@@ -288,8 +327,9 @@ class Worker:
             self._wait(self._flush_wait())
 
     def _flush_due(self) -> bool:
-        """Outcomes are written in batches: when half the slots have finished, when
-        nothing else is running, or when the oldest is FLUSH_DELAY old."""
+        """Outcomes are written in batches: when half the held jobs' worth (slots plus the
+        prefetch bound) have finished, when nothing else is running, or when the oldest is
+        FLUSH_DELAY old."""
         if not self._pending:
             return False
         return (
@@ -481,55 +521,187 @@ class Worker:
                 "grace period over: released back to the queue", extra=self.events.extra(running.job, event="released")
             )
 
+    def prefetch_bound(self) -> int:
+        """How many claimed jobs may wait for a slot: as many as are expected to start
+        within PREFETCH_HORIZON at the handlers' running mean run time, at most
+        ``prefetch_limit``; none until a handler has returned, and none for handlers
+        slower than that horizon allows (a job held here is one another worker cannot
+        take)."""
+        mean = self._mean_duration
+        if mean is None:
+            return 0
+        expected = self.concurrency * PREFETCH_HORIZON / max(mean, 1e-6)
+        return min(self.prefetch_limit, int(expected))
+
     def _start(self, job: ClaimedJob) -> None:
+        """Take a claimed job on: start it in a free slot, or keep it prefetched until a
+        handler hands its slot over. Its attempt (timeout clock, task_started) begins
+        when its handler is started, not here."""
         running = RunningJob(job=job)
         self._running.add(running)
         self.events.claimed(job)
         try:
             store.ensure_decoded(job)
-            running.task, is_async = self._resolve(job.task_path)
+            running.task, running.is_async = self._resolve(job.task_path)
         except Exception as exc:
             self._done.put((running, failure_outcome(job, exc), None))
             return
-        self.events.started(running)
         if job.timeout_seconds:
-            running.deadline = running.monotonic_start + job.timeout_seconds
-            self._watched.add(running)
-        try:
-            if is_async:
-                running.is_async = True
-                future = asyncio.run_coroutine_threadsafe(run_async(running, self.worker_id), self._event_loop())
-                # Never cancelled (an interrupt cancels the coroutine's task, on the loop):
-                # it is done when the coroutine has finished, not before.
-                future.add_done_callback(partial(self._on_async_done, running))
+            self._watched.add(running)  # its deadline is set when it begins
+        with self._slots_lock:
+            if self._free_slots > 0:
+                self._free_slots -= 1
             else:
-                self._threads.submit(running)
-        except Exception as exc:
-            logger.exception("could not start the handler", extra=self.events.extra(job, event="start_failed"))
-            self._watched.discard(running)
-            self._done.put((running, failure_outcome(job, exc), None))
+                self._ready.append(running)
+                return
+        self._launch(running)
+
+    def _launch(self, running: RunningJob | None, *, via_pool: bool = False) -> None:
+        """Start ``running``, which holds a slot: a sync handler on a job thread, an async
+        one on the event loop (``via_pool``: through a job thread, for a caller on the
+        event loop's own thread). A job that cannot be started fails its attempt and
+        hands its slot on."""
+        while running is not None:
+            try:
+                if running.is_async and not via_pool:
+                    self._start_async(running)
+                else:
+                    self._threads.submit(running)
+                return
+            except Exception as exc:
+                logger.exception(
+                    "could not start the handler", extra=self.events.extra(running.job, event="start_failed")
+                )
+                outcome = failure_outcome(running.job, exc)
+                running = self._hand_over(running, outcome, None)
+
+    def _begin(self, running: RunningJob) -> None:
+        """The attempt begins (on the thread starting the handler): its timeout counts
+        from here, and task_started is sent."""
+        running.monotonic_start = time.monotonic()
+        if running.job.timeout_seconds:
+            running.deadline = running.monotonic_start + running.job.timeout_seconds
+            self._wake.set()  # the loop's wait may not know this deadline yet
+        self.events.started(running)
+
+    def _start_async(self, running: RunningJob) -> None:
+        self._begin(running)
+        future = asyncio.run_coroutine_threadsafe(run_async(running, self.worker_id), self._event_loop())
+        # Never cancelled (an interrupt cancels the coroutine's task, on the loop): it is
+        # done when the coroutine has finished, not before.
+        future.add_done_callback(functools.partial(self._on_async_done, running))
+
+    def _run_item(self, running: RunningJob) -> Outcome | None:
+        """A job thread's item: a sync handler to run here, or an async one to start."""
+        if running.is_async:
+            self._start_async(running)
+            return None
+        if running.abandoned:
+            return None  # released at shutdown before it began
+        self._begin(running)
+        try:
+            return self._run_sync(running)
+        finally:
+            running.ran_for = time.monotonic() - running.monotonic_start
 
     def _run_sync(self, running: RunningJob) -> Outcome:
         return run_sync(running, self.worker_id)
 
-    def _on_handler_done(self, running: RunningJob, outcome: Outcome | None, error: BaseException | None) -> None:
-        """On the handler's thread (a job thread or the event loop's): hand the outcome
-        to the worker loop."""
-        self._done.put((running, outcome, error))
-        if not self._wake.is_set():  # set() takes a lock; in a burst the flag is usually up already
-            self._wake.set()
+    def _on_handler_done(
+        self, running: RunningJob, outcome: Outcome | None, error: BaseException | None
+    ) -> RunningJob | None:
+        """On a job thread: the item returned. Returns the prefetched sync job that takes
+        over the slot, for this thread to run next."""
+        if running.is_async and error is None:
+            return None  # an async handler started; its outcome comes from its future
+        if running.abandoned and outcome is None and error is None:
+            following = self._hand_over(None, None, None)  # released before it began
+        else:
+            following = self._hand_over(running, outcome, error)
+        if following is not None and following.is_async:
+            self._launch(following)
+            return None
+        return following
 
-    def _on_async_done(self, running: RunningJob, future: Future[Any]) -> None:
+    def _hand_over(
+        self, running: RunningJob | None, outcome: Outcome | None, error: BaseException | None
+    ) -> RunningJob | None:
+        """A handler returned (on its own thread): hand its outcome to the worker loop and
+        its slot to the next prefetched job, which is returned (the caller starts it).
+        The loop is woken only when there is something for it to do: the first outcome
+        since it last looked (it then waits at most FLUSH_DELAY), a batch's worth, or
+        nothing left running."""
+        if running is not None:
+            self._done.put((running, outcome, error))
+        with self._slots_lock:
+            following = None
+            if self._ready and not self._hold_ready:
+                following = self._ready.popleft()
+            else:
+                self._free_slots += 1
+            if running is not None:
+                self._uncollected += 1
+            wake = self._uncollected == 1 or self._uncollected >= self._batch or self._free_slots == self.concurrency
+        if wake and not self._wake.is_set():  # set() takes a lock; in a burst the flag is usually up already
+            self._wake.set()
+        return following
+
+    def _on_async_done(self, running: RunningJob, future: Future[Outcome]) -> None:
+        """On the event loop's thread: an async handler finished."""
+        running.ran_for = time.monotonic() - running.monotonic_start
         if future.cancelled():
             # Not by the worker (its interrupts reach the coroutine, which makes its own
             # outcome when it has finished): a cancellation it did not send is a cancel.
-            self._on_handler_done(running, failure_outcome(running.job, async_interrupt(running)), None)
+            outcome, error = failure_outcome(running.job, async_interrupt(running)), None
+        else:
+            try:
+                outcome, error = future.result(), None
+            except BaseException as exc:
+                outcome, error = None, exc
+        # task_started and a retry's stored result are read off the event loop.
+        self._launch(self._hand_over(running, outcome, error), via_pool=True)
+
+    def _release_prefetched(self) -> None:
+        """Draining: hand the prefetched jobs (leased, never started) back to the queue at
+        once. Those the release did not take (a database error) start and drain with the
+        rest."""
+        with self._slots_lock:
+            self._hold_ready = True
+            held = list(self._ready)
+            self._ready.clear()
+        if not held:
             return
-        try:
-            outcome, error = future.result(), None
-        except BaseException as exc:
-            outcome, error = None, exc
-        self._on_handler_done(running, outcome, error)
+        kept = self._release_unstarted_running(held)
+        if kept:
+            with self._slots_lock:
+                self._ready.extendleft(reversed(kept))
+                self._hold_ready = False
+            while True:
+                with self._slots_lock:
+                    if not (self._ready and self._free_slots > 0):
+                        break
+                    self._free_slots -= 1
+                    following = self._ready.popleft()
+                self._launch(following)
+
+    def _release_unstarted_running(self, held: list[RunningJob]) -> list[RunningJob]:
+        """Release jobs this worker holds but never started; returns those not released."""
+        written: dict[int, tuple[str, datetime | None]] = self._db_call(
+            "release",
+            lambda: store.release_jobs(self.connection, worker_id=self.worker_id, held=[r.held for r in held]),
+            default={},
+        )
+        kept = []
+        for running in held:
+            if running.job.id in written:
+                running.abandoned = True
+                self._running.discard(running)
+                self._watched.discard(running)
+                self.events.unclaimed(running.job)
+                self._report_release(running, *written[running.job.id], unstarted=True)
+            else:
+                kept.append(running)
+        return kept
 
     def _resolve(self, task_path: str) -> tuple[Any, bool]:
         """(the task at ``task_path``, whether its handler is async), resolved once."""
@@ -548,6 +720,8 @@ class Worker:
     # --- completion ------------------------------------------------------------------
 
     def _collect_done(self) -> None:
+        with self._slots_lock:
+            self._uncollected = 0  # before draining the queue: a later hand-over wakes the loop
         while True:
             try:
                 running, outcome, error = self._done.get_nowait()
@@ -555,6 +729,11 @@ class Worker:
                 return
             self._running.discard(running)
             self._watched.discard(running)
+            if running.ran_for is not None:
+                mean = self._mean_duration
+                self._mean_duration = (
+                    running.ran_for if mean is None else mean + DURATION_WEIGHT * (running.ran_for - mean)
+                )
             try:
                 self._collected(running, outcome, error)
             except Exception:
@@ -658,9 +837,18 @@ class Worker:
     def _finish_then_claim(self, claim: int) -> list[ClaimedJob] | None:
         batch = list(self._pending)
         try:
-            with transaction.atomic(using=self.database):
-                won = store.finish_jobs(self.connection, worker_id=self.worker_id, outcomes=[o for _, o in batch])
-                claimed = self._claim_now(claim) if claim > 0 else []
+            started = time.perf_counter()
+            won, claimed = store.finish_and_claim(
+                self.connection,
+                worker_id=self.worker_id,
+                outcomes=[o for _, o in batch],
+                queues=self.queues,
+                limit=claim,
+                lease_seconds=self.lease_seconds,
+                advisory=self.use_advisory_locks,
+            )
+            if claim > 0:
+                metrics.CLAIM_LATENCY.observe(time.perf_counter() - started)
         except Exception as exc:
             if _database_unreachable(exc):
                 raise
@@ -674,6 +862,10 @@ class Worker:
             self._finish_isolating(batch)
             return None  # the claim rolled back with the batch; the next round claims
         self._written(batch, won)
+        if not claimed and claim > 0 and any(state == "queued" for state, _ in won.values()):
+            # The claim saw the statement's snapshot, without the retries this batch just
+            # queued: "claimed nothing" does not mean nothing is due. Claim again now.
+            return None
         return claimed
 
     def _finish_isolating(self, batch: list[tuple[RunningJob, Outcome]]) -> None:
@@ -742,6 +934,12 @@ class Worker:
                 logger.exception("reporting a written outcome failed", extra=self.events.extra(running.job))
 
     def _release_remaining(self) -> None:
+        with self._slots_lock:
+            self._hold_ready = True
+            unstarted = list(self._ready)
+            self._ready.clear()
+        if unstarted:
+            self._release_unstarted_running(unstarted)
         # A stuck handler still runs: releasing its job would let another worker start it
         # alongside. Its lease is left to expire once this process is gone.
         candidates = [r for r in self._running if not (r.abandoned or r.stuck or r.lease_lost)]
@@ -785,17 +983,39 @@ class Worker:
         for running in live:
             if running.job.id not in kept or running.job.attempt < newest[running.job.id]:
                 running.lease_lost = True
+                if self._withdraw(running, LeaseLost):
+                    continue
                 logger.warning(
                     "lease lost while running; interrupting the handler",
                     extra=self.events.extra(running.job, event="lease_lost"),
                 )
                 self._interrupt(running, LeaseLost)
             elif kept[running.job.id] and running.interrupt_sent is None:
+                if self._withdraw(running, JobCancelled):
+                    continue
                 logger.info(
                     "cancellation requested; interrupting the handler",
                     extra=self.events.extra(running.job, event="cancel_requested"),
                 )
                 self._interrupt(running, JobCancelled)
+
+    def _withdraw(self, running: RunningJob, reason: type[JobInterrupted]) -> bool:
+        """A prefetched job lost its lease or was cancelled before it started: it never
+        starts, and its attempt ends as ``reason`` (written fenced: a lost lease's outcome
+        is discarded). False when the job has started (or is not prefetched)."""
+        with self._slots_lock:
+            try:
+                self._ready.remove(running)
+            except ValueError:
+                return False
+        running.interrupt_sent = reason
+        logger.info(
+            "%s before it started; it is not started",
+            "lease lost" if reason is LeaseLost else "cancellation requested",
+            extra=self.events.extra(running.job, event="withdrawn"),
+        )
+        self._done.put((running, failure_outcome(running.job, reason()), None))
+        return True
 
     def _interrupt(self, running: RunningJob, reason: type[JobInterrupted]) -> None:
         """Ask the handler to stop. Its outcome is recorded when it has stopped; until

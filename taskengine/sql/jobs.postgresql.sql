@@ -89,13 +89,68 @@ COPY taskengine_job (
 -- name: claim_jobs
 -- Lease up to %(limit)s due jobs from the given queues in one statement, and write the
 -- attempt's execution log row in the same statement.
+WITH
+-- @include claim_candidates
+-- @include claim_and_log_attempts
+SELECT * FROM claimed;
+
+
+-- name: claim_jobs_advisory
+-- The same claim through transaction-scoped advisory locks, for extreme contention
+-- (USE_ADVISORY_LOCKS=1).
+WITH
+-- @include claim_candidates_advisory
+-- @include claim_and_log_attempts
+SELECT * FROM claimed;
+
+
+-- name: finish_and_claim
+-- A worker's batch in one statement (one round trip, one commit): write the finished
+-- attempts (fenced, as finish_jobs) and lease up to %(limit)s due jobs (as claim_jobs).
+-- Both parts see the statement's one snapshot: the claim never picks a row the finish
+-- writes (a retry queued by it is claimed by a later statement), and neither locks a
+-- row the other one does (the finish takes this worker's running rows, the claim queued
+-- ones). Rows come back as the claim's columns plus finished_state and finished_at:
+-- a claimed job has finished_state NULL; a finished one has its id, finished_state and
+-- finished_at, and NULL in every claim column.
+WITH
+-- @include finish_outcomes
+,
+-- @include claim_candidates
+-- @include claim_and_log_attempts
+-- @include finish_and_claim_result
+
+
+-- name: finish_and_claim_advisory
+-- finish_and_claim with the advisory-lock claim (USE_ADVISORY_LOCKS=1).
+WITH
+-- @include finish_outcomes
+,
+-- @include claim_candidates_advisory
+-- @include claim_and_log_attempts
+-- @include finish_and_claim_result
+
+
+-- name: finish_and_claim_result (fragment)
+-- The rows of finish_and_claim: the claimed jobs, then the finished ones.
+SELECT claimed.*, NULL::text AS finished_state, NULL::timestamptz AS finished_at
+  FROM claimed
+UNION ALL
+SELECT finished.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL, NULL, NULL, NULL, NULL, finished.state, finished.finished_at
+  FROM finished;
+
+
+-- name: claim_candidates (fragment)
+-- The jobs a claim leases: up to %(limit)s due jobs of the given queues, highest priority
+-- first, locked with FOR UPDATE SKIP LOCKED.
 -- Index: taskengine_job_claim_idx (queue, priority DESC, run_after, id) WHERE queued —
 -- one ordered index scan per queue (the LATERAL), stopping after %(limit)s rows.
 -- Paused queues (taskengine_queue.paused) are dropped from the wanted list first: the
 -- paused names are read once per claim (an InitPlan over the few queue rows), never per
 -- job row. The statement's snapshot decides: a pause committed before the claim began
 -- is honoured (docs/queues.md).
-WITH candidates AS (
+candidates AS (
     SELECT picked.id
       FROM (SELECT wanted.queue
               FROM unnest(%(queues)s::text[]) AS wanted(queue)
@@ -115,18 +170,17 @@ WITH candidates AS (
      ORDER BY picked.priority DESC, picked.run_after, picked.id
      LIMIT %(limit)s
 ),
--- @include claim_and_log_attempts
 
 
--- name: claim_jobs_advisory
--- The same claim through transaction-scoped advisory locks, for extreme contention
+-- name: claim_candidates_advisory (fragment)
+-- The candidates through transaction-scoped advisory locks, for extreme contention
 -- (USE_ADVISORY_LOCKS=1): candidates are skipped when another claimer holds their
 -- advisory lock, and the UPDATE re-checks state = 'queued' and the due time on the
 -- newest row version, so a job claimed (or queued for a later retry) and committed
 -- meanwhile is not taken. xact locks end with the statement's transaction and never
 -- leak through PgBouncer.
--- Index: taskengine_job_claim_idx. Paused queues are dropped as in claim_jobs.
-WITH candidates AS (
+-- Index: taskengine_job_claim_idx. Paused queues are dropped as in claim_candidates.
+candidates AS (
     SELECT picked.id
       FROM (SELECT wanted.queue
               FROM unnest(%(queues)s::text[]) AS wanted(queue)
@@ -146,12 +200,11 @@ WITH candidates AS (
      ORDER BY picked.priority DESC, picked.run_after, picked.id
      LIMIT %(limit)s
 ),
--- @include claim_and_log_attempts
 
 
 -- name: claim_and_log_attempts (fragment)
--- The shared tail of claim_jobs and claim_jobs_advisory: lease the candidates, start
--- their attempts, write the attempt rows.
+-- The shared tail of the claims (claim_jobs, claim_jobs_advisory, finish_and_claim*):
+-- lease the candidates, start their attempts, write the attempt rows (claim_logged).
 -- The statement is prepared, and PostgreSQL may keep a generic plan made without the
 -- LIMIT, so the leased rows are reached by primary key whatever the statistics say:
 -- - named by an id array, not joined to the candidates (a join sized by a guessed
@@ -183,7 +236,7 @@ claimed AS (
            job.enqueued_at, job.started_at, job.last_attempted_at, job.run_after,
            job.tenant, job.acting_user_id, job.on_lease_expired, job.unique_key
 ),
-attempt_logged AS (
+claim_logged AS (
     INSERT INTO task_execution_logs (job_id, attempt, worker_id, started_at, error_message,
                                      traceback, user_id, user_id_str)
     SELECT claimed.id, claimed.attempts, %(worker_id)s, claimed.last_attempted_at, '', '',
@@ -192,7 +245,6 @@ attempt_logged AS (
            claimed.acting_user_id
       FROM claimed
 )
-SELECT * FROM claimed;
 
 
 -- name: extend_leases
@@ -221,7 +273,15 @@ RETURNING job.id, job.cancel_requested_at IS NOT NULL AS cancel_requested;
 -- meanwhile ends cancelled instead.
 -- Index: primary key; task_execution_logs_job_attempt_uniq. The lease, not the state,
 -- is tested (see extend_leases).
-WITH outcome AS (
+WITH
+-- @include finish_outcomes
+SELECT id, state, finished_at FROM finished;
+
+
+-- name: finish_outcomes (fragment)
+-- The fenced writes of finish_jobs and finish_and_claim (CTEs outcome, finished,
+-- finish_logged).
+outcome AS (
     SELECT *
       FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(states)s::text[],
                   %(outcomes)s::text[], %(retry_delays)s::float8[], %(return_values)s::jsonb[],
@@ -251,7 +311,7 @@ finished AS (
 -- Only the attempt that won: a batch may hold a stale outcome of the same job too (its
 -- attempt lost to recovery, the retry claimed again by this worker), whose log row is
 -- already closed and must stay as recovery wrote it.
-attempt_logged AS (
+finish_logged AS (
     UPDATE task_execution_logs AS log
        SET finished_at = now(),
            outcome = CASE WHEN finished.state = 'cancelled' THEN 'cancelled' ELSE outcome.outcome END,
@@ -263,7 +323,6 @@ attempt_logged AS (
      WHERE log.job_id = outcome.id
        AND log.attempt = outcome.attempt
 )
-SELECT id, state, finished_at FROM finished;
 
 
 -- name: release_jobs

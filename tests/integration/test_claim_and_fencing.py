@@ -399,6 +399,19 @@ def test_claim_plan_is_an_index_scan_on_the_claim_index_at_any_size():
             assert "Index Scan using taskengine_job_claim_idx" in plan, plan
 
 
+CLAIM_PARAMS = {"queues": ["default"], "limit": 50, "worker_id": "w", "lease_seconds": 30.0}
+FINISH_PARAMS = {
+    "ids": [1, 2],
+    "attempts": [1, 1],
+    "states": ["succeeded"] * 2,
+    "outcomes": ["succeeded"] * 2,
+    "retry_delays": [0.0] * 2,
+    "return_values": ["1"] * 2,
+    "error_classes": [None] * 2,
+    "error_messages": [""] * 2,
+    "tracebacks": [""] * 2,
+    "worker_id": "w",
+}
 HOT_STATEMENTS = {
     "claim_jobs": {"queues": ["default"], "limit": 50, "worker_id": "w", "lease_seconds": 30.0},
     "claim_jobs_advisory": {
@@ -421,6 +434,8 @@ HOT_STATEMENTS = {
         "tracebacks": [""] * 2,
         "worker_id": "w",
     },
+    "finish_and_claim": {**FINISH_PARAMS, **CLAIM_PARAMS},
+    "finish_and_claim_advisory": {**FINISH_PARAMS, **CLAIM_PARAMS, "lock_namespace": store.ADVISORY_LOCK_NAMESPACE},
     "release_jobs": {
         "ids": [1, 2],
         "attempts": [1, 1],
@@ -482,7 +497,7 @@ def test_the_generic_plans_of_the_prepared_hot_statements_stay_on_their_indexes(
                 assert "Seq Scan on task_execution_logs" not in plan, f"{name}:\n{plan}"
                 assert "taskengine_job_worker_idx" not in plan, f"{name}:\n{plan}"
                 assert "Index Scan using taskengine_job_pkey on taskengine_job" in plan, f"{name}:\n{plan}"
-                if name.startswith("claim"):
+                if "claim" in name:
                     assert "taskengine_job_claim_idx" in plan, f"{name}:\n{plan}"
         finally:
             cursor.execute("RESET plan_cache_mode")

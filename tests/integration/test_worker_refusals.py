@@ -68,7 +68,16 @@ def test_an_outcome_refused_even_as_its_unstorable_failure_does_not_wedge_the_wo
             raise DataError('new row for relation "taskengine_job" violates check constraint')
         return real_finish(connection, worker_id=worker_id, outcomes=outcomes)
 
+    real_finish_and_claim = store.finish_and_claim
+
+    def batch_refusing_the_poisoned_row(connection, *, worker_id, outcomes, **claim):
+        # PostgreSQL writes a batch's outcomes in the statement that claims the next jobs.
+        if any(o.job_id == int(poisoned.id) for o in outcomes):
+            raise DataError('new row for relation "taskengine_job" violates check constraint')
+        return real_finish_and_claim(connection, worker_id=worker_id, outcomes=outcomes, **claim)
+
     monkeypatch.setattr(store, "finish_jobs", finish_refusing_the_poisoned_row)
+    monkeypatch.setattr(store, "finish_and_claim", batch_refusing_the_poisoned_row)
     running = start_worker(burst=True, concurrency=1)
     try:
         wait_for(

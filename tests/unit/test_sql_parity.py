@@ -77,6 +77,10 @@ ONLY: dict[tuple[str, str], set[str]] = {
         "copy_jobs",
         "claim_jobs_advisory",  # USE_ADVISORY_LOCKS: PostgreSQL's advisory locks
         "finish_jobs",  # SQLite: finish_job + finish_attempt_log per outcome
+        # A worker's batch (finish + claim) in one statement, one round trip and one commit;
+        # SQLite runs the finishes and the claim in one transaction.
+        "finish_and_claim",
+        "finish_and_claim_advisory",
         "release_jobs",  # SQLite: release_job + finish_attempt_log per job
     },
     ("jobs", "sqlite"): {
@@ -96,7 +100,14 @@ ONLY: dict[tuple[str, str], set[str]] = {
 
 # (concept, vendor) -> the fragments (shared parts, included, never run on their own).
 FRAGMENTS: dict[tuple[str, str], set[str]] = {
-    ("jobs", "postgresql"): {"insert_one_job", "claim_and_log_attempts"},
+    ("jobs", "postgresql"): {
+        "insert_one_job",
+        "claim_candidates",
+        "claim_candidates_advisory",
+        "claim_and_log_attempts",
+        "finish_outcomes",
+        "finish_and_claim_result",
+    },
 }
 
 
