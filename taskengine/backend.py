@@ -42,7 +42,7 @@ from .conf import engine_settings
 from .events import send_robustly
 from .jobs import ClaimedJob, InsertedJob, NewJob
 from .states import to_task_result_status
-from .values import describe_refusal, ready_arguments, shown, text_problem
+from .values import describe_refusal, ready_arguments, stored_text_problem
 
 if TYPE_CHECKING:
     from .models import Job
@@ -220,10 +220,7 @@ class DatabaseBackend(BaseTaskBackend):
         ):
             if value is None:
                 continue
-            problem = text_problem(value)
-            if problem is None and len(value) > limit:
-                problem = f"{shown(value)} is longer than {limit} characters"
-            if problem is not None:
+            if (problem := stored_text_problem(value, limit)) is not None:
                 raise InvalidTaskArguments(
                     f"The {name} of task {task.module_path!r} cannot be stored: {problem}. Nothing was enqueued."
                 )

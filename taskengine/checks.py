@@ -9,7 +9,8 @@ Settings checks (no database access; run by every command that runs checks):
 - ``taskengine.W005`` ``TASKS["default"]`` is not taskengine's ``DatabaseBackend``.
 - ``taskengine.E006`` a ``TASKENGINE["SCHEDULES"]`` entry that is invalid (one error per
   entry, with the message a leader-eligible ``runworker`` would exit with): a bad cron
-  or interval, time zone, task path or queue, or arguments enqueue would refuse.
+  or interval, time zone, task path, queue, name, tenant or priority (enqueue's limits), or
+  arguments enqueue would refuse.
 - ``taskengine.E007`` a ``TASKENGINE["QUEUES"]`` entry ``runworker`` would refuse (an
   unknown option, a ``paused`` that is not a bool, a bad name or tenant).
 

@@ -33,7 +33,7 @@ from django.core.exceptions import ImproperlyConfigured, ValidationError
 
 from .conf import engine_settings
 from .resolution import resolve_task
-from .values import arguments_problem, ready_arguments
+from .values import arguments_problem, priority_problem, ready_arguments, stored_text_problem
 
 
 class ScheduleFields(Protocol):
@@ -63,6 +63,12 @@ class ScheduleFields(Protocol):
     def queue(self) -> str: ...
 
     @property
+    def priority(self) -> Any: ...
+
+    @property
+    def tenant(self) -> str | None: ...
+
+    @property
     def args(self) -> Any: ...
 
     @property
@@ -70,6 +76,8 @@ class ScheduleFields(Protocol):
 
 
 MISFIRE_POLICIES = ("skip", "run_once", "catch_up")
+# The columns' lengths (models.Schedule; a job's queue and tenant are as long).
+NAME_LENGTH, QUEUE_LENGTH, TENANT_LENGTH = 100, 64, 64
 SETTINGS_KEYS = {
     "task",
     "cron",
@@ -115,9 +123,22 @@ def schedule_errors(
     queue: str | None = None,
     args: Any = (),
     kwargs: Any = None,
+    priority: Any = 0,
+    tenant: Any = None,
 ) -> dict[str, str]:
     """Field → message for everything wrong with a schedule definition ({} if valid)."""
     errors: dict[str, str] = {}
+    # The options its slot jobs store, by enqueue's own limits (values.py; the backend's
+    # validate_task): a slot's job could not be stored otherwise.
+    for field, value, limit in (("queue", queue, QUEUE_LENGTH), ("tenant", tenant, TENANT_LENGTH)):
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value:
+            errors[field] = f"{field} must be a non-empty string of at most {limit} characters."
+        elif problem := stored_text_problem(value, limit):
+            errors[field] = problem
+    if problem := priority_problem(priority):
+        errors["priority"] = problem
     if bool(cron) == (interval_seconds is not None):
         errors["cron"] = "Give either a cron expression or an interval in seconds, not both or neither."
     elif cron and not croniter.is_valid(cron):
@@ -136,7 +157,7 @@ def schedule_errors(
         errors["task_path"] = str(exc)
     else:
         queues = getattr(task.get_backend(), "queues", None)
-        if queue and queues and queue not in queues:
+        if queue and "queue" not in errors and queues and queue not in queues:
             errors["queue"] = f"Queue {queue!r} is not in the backend's QUEUES ({', '.join(sorted(queues))})."
     if misfire_policy not in MISFIRE_POLICIES:
         errors["misfire_policy"] = f"Misfire policy must be one of {', '.join(MISFIRE_POLICIES)}."
@@ -157,6 +178,27 @@ def schedule_errors(
     return errors
 
 
+def stored_fields_problem(fields: Mapping[str, Any]) -> str | None:
+    """Why a settings schedule's field dict (as settings_schedules returns it) cannot be
+    stored as a Schedule row, or None: its name, queue, tenant and priority, by the
+    limits above. The leader's sync checks each definition with it, so one bad
+    definition that reached it cannot stop the others."""
+    name = fields.get("name")
+    if not isinstance(name, str) or not name:
+        return f"the name must be a non-empty string, not {name!r}"
+    if problem := stored_text_problem(name, NAME_LENGTH):
+        return f"name: {problem}"
+    for field, limit in (("queue", QUEUE_LENGTH), ("tenant", TENANT_LENGTH)):
+        value = fields.get(field)
+        if value is not None and not isinstance(value, str):
+            return f"{field}: {value!r} is not a string"
+        if value is not None and (problem := stored_text_problem(value, limit)):
+            return f"{field}: {problem}"
+    if problem := priority_problem(fields.get("priority", 0)):
+        return f"priority: {problem}"
+    return None
+
+
 def validate_schedule(schedule: ScheduleFields) -> None:
     """Raise ValidationError for a bad Schedule instance (called by Schedule.clean)."""
     errors = schedule_errors(
@@ -169,6 +211,8 @@ def validate_schedule(schedule: ScheduleFields) -> None:
         queue=schedule.queue,
         args=schedule.args,
         kwargs=schedule.kwargs,
+        priority=schedule.priority,
+        tenant=schedule.tenant,
     )
     if errors:
         raise ValidationError({field: [message] for field, message in errors.items()})
@@ -327,7 +371,7 @@ def settings_schedules(raw: Mapping[str, Any] | None = None) -> list[dict[str, A
             "args": entry.get("args", []),
             "kwargs": entry.get("kwargs", {}),
             "queue": entry.get("queue", "default"),
-            "priority": int(entry.get("priority", 0)),
+            "priority": entry.get("priority", 0),
             "tenant": entry.get("tenant"),
             "enabled": bool(entry.get("enabled", True)),
             "misfire_policy": entry.get("misfire_policy", "run_once"),
@@ -346,11 +390,15 @@ def settings_schedules(raw: Mapping[str, Any] | None = None) -> list[dict[str, A
                     "queue",
                     "args",
                     "kwargs",
+                    "priority",
+                    "tenant",
                 )
             }
         )
-        if not isinstance(name, str) or not name or len(name) > 100:
-            errors["name"] = "the name must be a non-empty string of at most 100 characters"
+        if not isinstance(name, str) or not name or len(name) > NAME_LENGTH:
+            errors["name"] = f"the name must be a non-empty string of at most {NAME_LENGTH} characters"
+        elif problem := stored_text_problem(name, NAME_LENGTH):
+            errors["name"] = problem
         if errors:
             details = "; ".join(f"{field}: {message}" for field, message in errors.items())
             raise ImproperlyConfigured(f"{where} is invalid: {details}")

@@ -40,6 +40,30 @@ def text_problem(text: str) -> str | None:
     return None
 
 
+def stored_text_problem(text: str, limit: int) -> str | None:
+    """Why ``text`` cannot be stored in a column of ``limit`` characters, or None:
+    text_problem's rule, then the length (enqueue's check of a job's text options, and
+    a schedule's and a queue's names and tenants)."""
+    problem = text_problem(text)
+    if problem is None and len(text) > limit:
+        problem = f"{shown(text)} is longer than {limit} characters"
+    return problem
+
+
+# A job's priority range: django.tasks' TASK_MIN_PRIORITY..TASK_MAX_PRIORITY, and the job
+# table's check constraint (taskengine_job_priority_range).
+MIN_PRIORITY, MAX_PRIORITY = -100, 100
+
+
+def priority_problem(priority: object) -> str | None:
+    """Why ``priority`` is not a job's priority (a whole number in -100..100), or None."""
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        return f"the priority must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}, not {priority!r}"
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        return f"the priority {priority} is outside {MIN_PRIORITY}..{MAX_PRIORITY}"
+    return None
+
+
 def shown(value: str | bytes) -> str:
     """The start of a hostile value, for an error message (it may be a megabyte long)."""
     return repr(value[:40]) + ("…" if len(value) > 40 else "")

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 
 from .. import metrics
 from ..compat import task_backends
@@ -38,7 +38,7 @@ from ..leadership import LeaderLease, fenced_transaction
 from ..models import Schedule
 from ..queries import sql
 from ..resolution import resolve_task
-from ..schedules import SYNCED_FIELDS, SlotSpec, recent_slots, settings_schedules
+from ..schedules import SYNCED_FIELDS, SlotSpec, recent_slots, settings_schedules, stored_fields_problem
 from ..store import db_now
 
 if TYPE_CHECKING:
@@ -209,11 +209,25 @@ def sync_settings_schedules(database: str, definitions: list[dict[str, Any]] | N
         .filter(name__in=[d["name"] for d in definitions], from_settings=False)
         .values_list("name", flat=True)
     )
-    rows = [Schedule(**d, from_settings=True) for d in definitions if d["name"] not in manual]
-    if rows:
-        Schedule.objects.using(database).bulk_create(
-            rows, update_conflicts=True, unique_fields=["name"], update_fields=SYNCED_FIELDS
-        )
+    rows = []
+    for definition in definitions:
+        if definition["name"] in manual:
+            continue
+        if problem := stored_fields_problem(definition):
+            logger.error("settings schedule %r cannot be stored, skipped: %s", definition["name"], problem)
+            continue
+        row = Schedule(**definition, from_settings=True)
+        try:
+            # One savepoint per row: a row the database refuses is skipped, the others are
+            # written (the caller's fenced transaction goes on).
+            with transaction.atomic(using=database):
+                Schedule.objects.using(database).bulk_create(
+                    [row], update_conflicts=True, unique_fields=["name"], update_fields=SYNCED_FIELDS
+                )
+        except DatabaseError as exc:
+            logger.error("settings schedule %r cannot be stored, skipped: %s", definition["name"], exc)
+            continue
+        rows.append(row)
     (
         Schedule.objects.using(database)
         .filter(from_settings=True, enabled=True)

@@ -195,3 +195,72 @@ def test_the_admin_form_shows_enqueues_refusal_on_the_arguments_fields(client, d
         "kwargs['to'][0]: 'a\\x00b' contains a NUL character (\\u0000), which PostgreSQL cannot store"
     ]
     assert not Schedule.objects.exists()
+
+
+# --- a schedule's own text fields and priority, by the limits enqueue applies ----------------
+# name, tenant and queue follow the stored-text rule (text_problem) and their columns'
+# lengths; priority is a whole number in -100..100, as a job's.
+
+BAD_FIELDS = [
+    ({"tenant": "a\x00b"}, "tenant", "NUL"),
+    ({"tenant": "bad \udcff"}, "tenant", "surrogate"),
+    ({"tenant": "t" * 65}, "tenant", "longer than 64"),
+    ({"queue": "q\x00"}, "queue", "NUL"),
+    ({"queue": "q" * 65}, "queue", "longer than 64"),
+    ({"priority": 500}, "priority", "-100"),
+    ({"priority": -101}, "priority", "-100"),
+    ({"priority": "high"}, "priority", "whole number"),
+    ({"priority": True}, "priority", "whole number"),
+]
+
+
+@pytest.mark.parametrize("entry, field, reason", BAD_FIELDS)
+def test_a_settings_schedules_bad_tenant_queue_or_priority_is_refused_on_its_field(entry, field, reason):
+    with pytest.raises(ImproperlyConfigured) as info:
+        settings_schedules({"bad": {"task": TICK, "interval": 60, **entry}})
+    message = str(info.value)
+    assert message.startswith("TASKENGINE[\"SCHEDULES\"]['bad'] is invalid: "), message
+    assert f"{field}: " in message and reason in message, message
+
+
+@pytest.mark.parametrize("name, reason", [("a\x00b", "NUL"), ("bad \udcff", "surrogate"), ("n" * 101, "100")])
+def test_a_settings_schedules_bad_name_is_refused(name, reason):
+    with pytest.raises(ImproperlyConfigured, match=rf"name: .*{reason}"):
+        settings_schedules({name: {"task": TICK, "interval": 60}})
+
+
+@pytest.mark.parametrize("entry, field, reason", BAD_FIELDS)
+def test_a_schedule_with_a_bad_tenant_queue_or_priority_fails_clean_on_its_field(entry, field, reason):
+    schedule = Schedule(name="bad", task_path=TICK, interval_seconds=60, **entry)
+    with pytest.raises(ValidationError) as info:
+        schedule.clean()
+    assert set(info.value.message_dict) == {field}, info.value.message_dict
+    assert reason in " ".join(info.value.message_dict[field])
+
+
+def test_the_system_check_reports_a_bad_tenant_or_priority_and_does_not_crash():
+    from django.core.checks import run_checks
+
+    schedules = {
+        "good": {"task": TICK, "interval": 60},
+        "nul": {"task": TICK, "interval": 60, "tenant": "a\x00b"},
+        "word": {"task": TICK, "interval": 60, "priority": "high"},
+    }
+    with override_settings(TASKENGINE={"SCHEDULES": schedules}):
+        errors = [m for m in run_checks(tags=["taskengine"]) if m.id == "taskengine.E006"]
+    assert len(errors) == 2, [e.msg for e in errors]
+    assert any("['nul']" in e.msg and "tenant: " in e.msg for e in errors)
+    assert any("['word']" in e.msg and "priority: " in e.msg for e in errors)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_bad_definition_reaching_the_sync_is_skipped_and_the_others_run(caplog):
+    [good] = settings_schedules({"good": {"task": TICK, "interval": 60}})
+    bad = {**good, "name": "bad", "tenant": "a\x00b"}
+    scheduler, lease = Scheduler("default", definitions=[bad, good]), lead()
+    with caplog.at_level(logging.ERROR, logger="taskengine.schedules"):
+        scheduler.run_once(lease)
+    assert list(Schedule.objects.values_list("name", flat=True)) == ["good"]
+    assert any("'bad'" in r.getMessage() and "NUL" in r.getMessage() for r in caplog.records), caplog.records
+    Schedule.objects.filter(name="good").update(created_at=Now() - timedelta(minutes=5))
+    assert list(scheduler.run_once(lease)) == ["good"]
