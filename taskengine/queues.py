@@ -48,6 +48,7 @@ from .models import Job, Queue
 from .operations import JobNotFound, OperationError, OperationForbidden, OperationRefused
 from .states import JobState
 from .tenancy import tenants_for
+from .values import text_problem
 
 PERMISSION = "taskengine.pause_queue"
 SETTINGS_ACTOR = "settings"
@@ -106,6 +107,8 @@ def declared_queues() -> dict[str, dict[str, Any]]:
         where = f'TASKENGINE["QUEUES"][{name!r}]'
         if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH:
             raise ImproperlyConfigured(f"{where}: a queue name is a non-empty string of at most 64 characters")
+        if problem := text_problem(name):
+            raise ImproperlyConfigured(f"{where}: the queue name cannot be stored: {problem}")
         if not isinstance(options, dict):
             raise ImproperlyConfigured(f"{where} must be a dict of options")
         unknown = set(options) - SETTING_KEYS
@@ -120,14 +123,21 @@ def declared_queues() -> dict[str, dict[str, Any]]:
         tenant = options.get("tenant")
         if tenant is not None and (not isinstance(tenant, str) or not tenant or len(tenant) > 64):
             raise ImproperlyConfigured(f'{where}["tenant"] must be a tenant name (at most 64 characters) or None')
+        if tenant is not None and (problem := text_problem(tenant)):
+            raise ImproperlyConfigured(f'{where}["tenant"] cannot be stored: {problem}')
         out[name] = {"paused": paused, "tenant": tenant}
     return out
 
 
 def ensure(names: Iterable[str], using: str = "default") -> None:
     """Create the rows of queues that have none yet (unpaused); existing rows are kept.
-    A name longer than a job's queue can be has no jobs, and gets no row."""
-    rows = [Queue(name=name) for name in sorted(set(names)) if 0 < len(name) <= MAX_NAME_LENGTH]
+    A name longer than a job's queue can be, or one no stored text may be, has no jobs,
+    and gets no row."""
+    rows = [
+        Queue(name=name)
+        for name in sorted(set(names))
+        if 0 < len(name) <= MAX_NAME_LENGTH and text_problem(name) is None
+    ]
     if rows:
         Queue.objects.using(using).bulk_create(rows, ignore_conflicts=True)
 
@@ -226,6 +236,8 @@ def _check_actor(actor: Any, queue_tenant: str | None, name: str = "") -> None:
 def _check_name(name: Any) -> str:
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_LENGTH:
         raise OperationError(f"not a queue name: {name!r} (a non-empty name of at most 64 characters)")
+    if problem := text_problem(name):
+        raise OperationError(f"not a queue name: {problem}")
     return name
 
 

@@ -12,7 +12,7 @@ from django.db import connection
 from taskengine import collectors, queues, store
 from taskengine.jobs import Outcome
 from taskengine.models import Job, OperatorAction, Queue
-from taskengine.operations import OperationRefused
+from taskengine.operations import OperationError, OperationRefused
 from taskengine.states import AttemptOutcome
 from taskengine.testing import drain
 from taskengine.worker import Worker
@@ -171,12 +171,36 @@ def test_the_settings_own_a_queues_tenant(settings):
         ({"demo": []}, "must be a dict"),
         ({"": {}}, "non-empty string"),
         ({"demo": {"tenant": 3}}, "must be a tenant name"),
+        # The stored-text rule (values.text_problem): PostgreSQL cannot store them, and a
+        # worker serving the queue could never register.
+        ({"q\x00x": {}}, "NUL character"),
+        ({"bad \udcff": {}}, "lone surrogate"),
+        ({"demo": {"tenant": "a\x00b"}}, "NUL character"),
+        ({"demo": {"tenant": "\ud800"}}, "lone surrogate"),
     ],
 )
 def test_bad_queue_settings_are_refused_with_the_entry_named(settings, declared, message):
     settings.TASKENGINE = {"QUEUES": declared}
     with pytest.raises(ImproperlyConfigured, match=message):
         queues.sync_settings(connection.alias)
+
+
+def test_the_system_check_reports_a_queue_name_or_tenant_postgresql_cannot_store(settings):
+    from django.core.checks import run_checks
+
+    settings.TASKENGINE = {"QUEUES": {"ok": {}, "q\x00x": {}}}
+    [error] = [m for m in run_checks(tags=["taskengine"]) if m.id == "taskengine.E007"]
+    assert "NUL character" in error.msg
+    settings.TASKENGINE = {"QUEUES": {"ok": {"tenant": "\udcff"}}}
+    [error] = [m for m in run_checks(tags=["taskengine"]) if m.id == "taskengine.E007"]
+    assert "lone surrogate" in error.msg
+
+
+@pytest.mark.parametrize("name", ["q\x00x", "bad \udcff"])
+def test_an_operator_action_on_a_queue_name_postgresql_cannot_store_is_refused(name):
+    with pytest.raises(OperationError, match=r"NUL character|lone surrogate"):
+        queues.pause(name, actor=CLI)
+    assert not Queue.objects.exists() and not OperatorAction.objects.exists()
 
 
 # --- the worker's wake-up and /metrics ------------------------------------------------------
