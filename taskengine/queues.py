@@ -15,9 +15,13 @@ transaction:
    for a job of another tenant). A shared queue (no tenant) carries every tenant's
    jobs: only a user who sees every tenant may pause it (403 for the others). A string
    actor (``cli:<os user>`` for ``manage.py queues``, ``settings``) is the deployment
-   itself and needs no permission;
+   itself and needs no permission. The name and the reason are checked (values.text_problem)
+   and the scope is checked against the tenant the settings give the queue before
+   anything is written;
 2. **settings first** — a change of the queue's declared ``paused`` not yet applied is
-   applied before the operator's change, so the operator's change is the later one;
+   applied before the operator's change, so the operator's change is the later one
+   (a declared queue's row and this step are their own transaction); a new queue's row
+   is created in the transaction of the change, so a refused change leaves no row;
 3. **compare-and-set** — ``UPDATE … WHERE name = … AND paused = <expected>`` under the
    row's lock, times from the database clock; a queue already in the wanted state is
    refused (:class:`~taskengine.operations.OperationRefused`, 409);
@@ -253,19 +257,29 @@ def resume(name: str, *, actor: Any, reason: str = "", using: str = "default") -
 
 
 def _operate(name: str, *, paused: bool, actor: Any, reason: str, using: str) -> QueueResult:
-    _check_permission(actor)  # before anything is read
+    # Everything is checked before anything is written: the permission, the name and the
+    # reason (the stored-text rule), and the actor's scope against the tenant the settings
+    # give the queue (they own it: _apply_setting), so a refused change leaves nothing.
+    _check_permission(actor)
     name = _check_name(name)
+    reason = _check_reason(reason)
     declared = declared_queues()
-    if name in declared:  # the deployment's own queues exist from the start
-        ensure([name], using)
-    if not Queue.objects.using(using).filter(pk=name).exists():
-        # A new queue is shared: a tenant's operator cannot create one.
-        if not isinstance(actor, str) and tenants_for(actor) is not None:
+    if name in declared:
+        _check_actor(actor, declared[name]["tenant"], name)
+    elif not isinstance(actor, str) and tenants_for(actor) is not None:
+        # An undeclared queue is shared; a tenant's operator may not act on it, and may
+        # not create one: to them a new queue does not exist.
+        if not Queue.objects.using(using).filter(pk=name).exists():
             raise JobNotFound(f"no queue {name!r}")
+        _check_actor(actor, None, name)
+    if name in declared:
+        # The deployment's own queue: its row and a pending settings change (rule 3) stand
+        # even if this change is refused, as when a worker starts.
+        with transaction.atomic(using=using):
+            ensure([name], using)
+            _apply_setting(name, declared, using)
+    with transaction.atomic(using=using):  # the row (if new), the change and its audit row
         ensure([name], using)
-    with transaction.atomic(using=using):  # its own: it stands even if this change is refused
-        _apply_setting(name, declared, using)
-    with transaction.atomic(using=using):
         queue = Queue.objects.using(using).select_for_update().get(pk=name)
         _check_actor(actor, queue.tenant, name)
         if queue.paused == paused:
@@ -273,6 +287,14 @@ def _operate(name: str, *, paused: bool, actor: Any, reason: str, using: str) ->
             detail = f" (by {queue.paused_by} at {queue.paused_at:%Y-%m-%d %H:%M:%S} UTC)" if queue.paused_at else ""
             raise OperationRefused(f"queue {name!r} is already {state}{detail}")
         return _change(queue, paused=paused, actor=actor, reason=reason, using=using)
+
+
+def _check_reason(reason: Any) -> str:
+    if not isinstance(reason, str):
+        raise OperationError(f"the reason must be text, not {type(reason).__name__}")
+    if problem := text_problem(reason):
+        raise OperationError(f"the reason cannot be stored: {problem}")
+    return reason
 
 
 def _actor_repr(actor: Any) -> str:

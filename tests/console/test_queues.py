@@ -5,6 +5,8 @@ and absent for everyone else) and one audit row per change, in the same transact
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.db import connection
 
@@ -141,6 +143,19 @@ def test_api_refusals_carry_their_status(client_for, pauser, tenant_queues):
     assert client_for("root").post(f"/taskengine/api/v1/queues/{long_name}/pause").status_code == 400
     assert audit_rows() == []
     assert not Queue.objects.filter(paused=True).exists()
+
+
+def test_api_refuses_a_name_or_reason_postgresql_cannot_store_with_a_400_and_writes_nothing(client_for):
+    client = client_for("root")
+    response = client.post("/taskengine/api/v1/queues/q%00x/pause")
+    assert response.status_code == 400 and "NUL character" in response.json()["error"]
+    for reason in ("a\x00b", "\ud800"):
+        response = client.post(
+            "/taskengine/api/v1/queues/demo/pause", json.dumps({"reason": reason}), content_type="application/json"
+        )
+        assert response.status_code == 400 and "reason" in response.json()["error"], response.content
+    assert audit_rows() == []
+    assert not Queue.objects.exists()
 
 
 # --- admin -------------------------------------------------------------------------------------

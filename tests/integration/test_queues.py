@@ -12,7 +12,7 @@ from django.db import connection
 from taskengine import collectors, queues, store
 from taskengine.jobs import Outcome
 from taskengine.models import Job, OperatorAction, Queue
-from taskengine.operations import OperationError, OperationRefused
+from taskengine.operations import JobNotFound, OperationError, OperationForbidden, OperationRefused
 from taskengine.states import AttemptOutcome
 from taskengine.testing import drain
 from taskengine.worker import Worker
@@ -105,9 +105,56 @@ def test_a_failed_audit_insert_rolls_the_pause_back(monkeypatch):
     monkeypatch.setattr(queues.audit, "record", refuse)
     with pytest.raises(RuntimeError, match="audit table unavailable"):
         queues.pause("demo", actor=CLI)
+    # The row the pause would have created is rolled back with it (the queue is new).
+    assert not Queue.objects.filter(pk="demo").exists()
+    queues.ensure(["demo"])
+    with pytest.raises(RuntimeError, match="audit table unavailable"):
+        queues.pause("demo", actor=CLI)
     assert queue("demo").paused is False
     tasks.add.using(queue_name="demo").enqueue(1, 1)
     assert len(claim(("demo",))) == 1
+
+
+@pytest.mark.parametrize("reason", ["a\x00b", "\ud800"])
+def test_a_reason_postgresql_cannot_store_is_refused_and_nothing_is_written(reason):
+    with pytest.raises(OperationError, match=r"reason.*(NUL character|lone surrogate)"):
+        queues.pause("new-queue", actor=CLI, reason=reason)
+    assert not Queue.objects.exists() and not OperatorAction.objects.exists()
+
+
+def test_a_refused_or_failed_change_of_a_new_queue_leaves_no_row(monkeypatch):
+    queues.pause("new-queue", actor=CLI)
+    Queue.objects.all().delete()
+    OperatorAction.objects.all().delete()
+
+    def refuse(**kwargs):
+        raise RuntimeError("audit table unavailable")
+
+    monkeypatch.setattr(queues.audit, "record", refuse)
+    with pytest.raises(RuntimeError, match="audit table unavailable"):
+        queues.pause("new-queue", actor=CLI)
+    with pytest.raises(OperationRefused):
+        queues.resume("other-new-queue", actor=CLI)  # a new queue is not paused
+    assert not Queue.objects.exists() and not OperatorAction.objects.exists()
+
+
+def test_an_actor_out_of_scope_creates_no_row_of_a_declared_queue(settings, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    from taskengine.models import TenantMembership
+
+    settings.TASKENGINE = {"QUEUES": {"reports-b": {"tenant": "b"}, "shared": {}}}
+    user = django_user_model.objects.create_user("pauser-a", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="pause_queue"))
+    TenantMembership.objects.create(user=user, tenant="a")
+    user = django_user_model.objects.get(pk=user.pk)
+    with pytest.raises(JobNotFound):
+        queues.pause("reports-b", actor=user)
+    with pytest.raises(OperationForbidden):
+        queues.pause("shared", actor=user)
+    with pytest.raises(JobNotFound):
+        queues.pause("brand-new", actor=user)
+    assert not Queue.objects.exists() and not OperatorAction.objects.exists()
 
 
 # --- settings and operator changes ------------------------------------------------------
