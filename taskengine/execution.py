@@ -78,12 +78,22 @@ class RunningJob:
 
 
 def job_backend(running: RunningJob) -> Any:
-    """The backend the job was enqueued through (its ``backend`` column), or the task's
-    own when that alias is no longer configured."""
-    try:
-        return task_backends[running.job.backend]
-    except InvalidTaskBackend:
-        return task_backends[_task(running).backend]
+    """The taskengine backend the job was enqueued through (its ``backend`` column), or
+    the task's own when that alias is no longer configured or now names another kind of
+    backend (a deploy that repointed an alias at Django's ImmediateBackend must not send a
+    retry's result read to a backend that has never seen the job), or else the first
+    taskengine backend configured. A taskengine backend is one that rebuilds stored tasks
+    (``stored_task``): ``backend`` imports this module, so no isinstance check here."""
+    aliases = [running.job.backend, _task(running).backend]
+    aliases += [backend.alias for backend in task_backends.all()]
+    for alias in aliases:
+        try:
+            backend = task_backends[alias]
+        except InvalidTaskBackend:
+            continue
+        if callable(getattr(backend, "stored_task", None)):
+            return backend
+    return task_backends[_task(running).backend]
 
 
 def _task(running: RunningJob) -> Task[..., Any]:

@@ -158,3 +158,22 @@ def test_djangos_immediate_backend_hands_over_the_task_as_enqueued(seen):
     assert [where for where, _, _, _ in seen] == ["task_started", "context", "task_finished"]
     for _, _, result, _ in seen:
         assert (result.task, result.backend) == (enqueued.task, "immediate")
+
+
+@pytest.mark.parametrize("fail_first", [False, True], ids=["first-attempt", "retried"])
+def test_a_job_whose_backend_alias_now_names_another_kind_of_backend_runs_on_the_engines_own(seen, fail_first):
+    """The job's ``backend`` alias was a taskengine backend at enqueue; the settings now
+    point it at Django's ImmediateBackend (a deploy renamed backends). The worker still
+    runs the job, and a retry's context is read from the engine's store — through the
+    task's own taskengine backend — not from a backend that has never seen the job."""
+    enqueued = test_tasks.records_its_context.using(queue_name="demo", backend=ALIAS).enqueue(fail_first, "default")
+    repointed = {**settings.TASKS, ALIAS: {"BACKEND": f"{TASKS_MODULE}.backends.immediate.ImmediateBackend"}}
+    with override_settings(TASKS=repointed):
+        for _ in range(2):  # a retry is due at once (retry_backoff=0); a burst may end before it
+            Worker(queues=["demo"], burst=True, backoff_base=0.01, max_backoff=0.05, heartbeat_seconds=0.2).run()
+    enqueued.refresh()  # through ALIAS, a taskengine backend again
+    assert enqueued.status == "SUCCESSFUL", enqueued.errors
+    attempts = [(where, attempt) for where, attempt, _, _ in seen if where == "context"]
+    assert attempts == ([("context", 1), ("context", 2)] if fail_first else [("context", 1)])
+    for where, attempt, result, _ in seen:
+        assert result.id == enqueued.id and result.backend == "default", (where, attempt)
