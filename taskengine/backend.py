@@ -38,7 +38,7 @@ from .compat import (
     set_return_value,
     task_enqueued,
 )
-from .conf import engine_settings
+from .conf import dedicated_queue_problem, engine_settings
 from .events import send_robustly
 from .jobs import ClaimedJob, InsertedJob, NewJob
 from .states import to_task_result_status
@@ -323,6 +323,8 @@ class DatabaseBackend(BaseTaskBackend):
         """The stored options of ``task``'s jobs (everything but the arguments)."""
         max_attempts = getattr(task, "max_attempts", None) or engine_settings.MAX_ATTEMPTS
         timeout = getattr(task, "timeout", None)
+        if problem := dedicated_queue_problem(task.queue_name, getattr(task, "tenant", None)):
+            raise InvalidTask(f"{problem}. Nothing was enqueued.")
         return NewJob(
             task_path=task.module_path,
             backend=self.alias,
@@ -451,3 +453,4 @@ class DatabaseBackend(BaseTaskBackend):
             "acting_user": (job.acting_user_id, declared.acting_user_id),
         }
         return {name: value for name, (value, default) in stored.items() if value != default}
+

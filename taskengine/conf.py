@@ -151,3 +151,22 @@ engine_settings = EngineSettings()
 def _reload_engine_settings(*, setting: str, **kwargs: Any) -> None:
     if setting == "TASKENGINE":
         engine_settings.reload()
+
+
+def dedicated_queue_problem(queue: str, tenant: str | None) -> str | None:
+    """Why a job of ``tenant`` may not go into ``queue``, or None. A queue the settings
+    dedicate to a tenant (``TASKENGINE["QUEUES"][queue]["tenant"]``) takes that tenant's
+    jobs only: its tenant's operators may pause it (docs/queues.md), and must not halt
+    jobs they cannot see. Enqueue checks it once per task object and settings (the job
+    template) and a schedule at its definition; the entry itself is checked by
+    taskengine.E007."""
+    declared = engine_settings.QUEUES
+    options = declared.get(queue) if isinstance(declared, dict) else None
+    dedicated_to = options.get("tenant") if isinstance(options, dict) else None
+    if dedicated_to is None or dedicated_to == tenant:
+        return None
+    whose = f"tenant {tenant!r}" if tenant is not None else "no tenant"
+    return (
+        f'queue {queue!r} is dedicated to tenant {dedicated_to!r} (TASKENGINE["QUEUES"]); '
+        f"a job of {whose} cannot be enqueued into it"
+    )

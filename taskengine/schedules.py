@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 
-from .conf import engine_settings
+from .conf import dedicated_queue_problem, engine_settings
 from .resolution import resolve_task
 from .values import arguments_problem, priority_problem, ready_arguments, stored_text_problem
 
@@ -159,6 +159,9 @@ def schedule_errors(
         queues = getattr(task.get_backend(), "queues", None)
         if queue and "queue" not in errors and queues and queue not in queues:
             errors["queue"] = f"Queue {queue!r} is not in the backend's QUEUES ({', '.join(sorted(queues))})."
+    if queue and "queue" not in errors and "tenant" not in errors:
+        if problem := dedicated_queue_problem(queue, tenant):
+            errors["queue"] = f"{problem[0].upper()}{problem[1:]}."
     if misfire_policy not in MISFIRE_POLICIES:
         errors["misfire_policy"] = f"Misfire policy must be one of {', '.join(MISFIRE_POLICIES)}."
     if not isinstance(catch_up_limit, int) or catch_up_limit < 0:

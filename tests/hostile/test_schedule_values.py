@@ -264,3 +264,15 @@ def test_a_bad_definition_reaching_the_sync_is_skipped_and_the_others_run(caplog
     assert any("'bad'" in r.getMessage() and "NUL" in r.getMessage() for r in caplog.records), caplog.records
     Schedule.objects.filter(name="good").update(created_at=Now() - timedelta(minutes=5))
     assert list(scheduler.run_once(lease)) == ["good"]
+
+
+def test_a_schedule_of_another_tenant_into_a_queue_dedicated_to_a_tenant_is_refused_at_definition(settings):
+    """Its slot jobs would be refused by enqueue (a dedicated queue takes its tenant's
+    jobs only): the definition is refused on its queue field instead of every slot
+    logging a refusal."""
+    settings.TASKS = {"default": {**settings.TASKS["default"], "QUEUES": []}}
+    settings.TASKENGINE = {"QUEUES": {"reports-acme": {"tenant": "acme"}}}
+    for entry in ({"queue": "reports-acme"}, {"queue": "reports-acme", "tenant": "globex"}):
+        with pytest.raises(ImproperlyConfigured, match=r"queue: Queue 'reports-acme' is dedicated to tenant 'acme'"):
+            settings_schedules({"bad": {"task": TICK, "interval": 60, **entry}})
+    settings_schedules({"good": {"task": TICK, "interval": 60, "queue": "reports-acme", "tenant": "acme"}})
