@@ -453,4 +453,3 @@ class DatabaseBackend(BaseTaskBackend):
             "acting_user": (job.acting_user_id, declared.acting_user_id),
         }
         return {name: value for name, (value, default) in stored.items() if value != default}
-

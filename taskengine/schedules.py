@@ -159,9 +159,13 @@ def schedule_errors(
         queues = getattr(task.get_backend(), "queues", None)
         if queue and "queue" not in errors and queues and queue not in queues:
             errors["queue"] = f"Queue {queue!r} is not in the backend's QUEUES ({', '.join(sorted(queues))})."
-    if queue and "queue" not in errors and "tenant" not in errors:
-        if problem := dedicated_queue_problem(queue, tenant):
-            errors["queue"] = f"{problem[0].upper()}{problem[1:]}."
+    if (
+        queue
+        and "queue" not in errors
+        and "tenant" not in errors
+        and (problem := dedicated_queue_problem(queue, tenant))
+    ):
+        errors["queue"] = f"{problem[0].upper()}{problem[1:]}."
     if misfire_policy not in MISFIRE_POLICIES:
         errors["misfire_policy"] = f"Misfire policy must be one of {', '.join(MISFIRE_POLICIES)}."
     if not isinstance(catch_up_limit, int) or catch_up_limit < 0:
