@@ -1,11 +1,7 @@
-"""Periodic schedules: validation, slot arithmetic and reading TASKENGINE["SCHEDULES"].
+"""Periodic schedules' definitions: validation and reading TASKENGINE["SCHEDULES"].
 
-A schedule has either a cron expression (parsed by croniter, evaluated in the
-schedule's IANA time zone, so DST is honoured by Vixie cron's convention — see
-``cron_slot_kept``) or a fixed interval in seconds. Interval
-slots are the multiples of the interval since midnight 1970-01-01 in the schedule's
-time zone (one fixed instant), so every node computes the same slots. Slots are aware UTC
-datetimes; the database keeps one job per (schedule, slot) through a unique index.
+A schedule has either a cron expression (evaluated in the schedule's IANA time zone) or a
+fixed interval in seconds; which instants are its slots is schedule_slots.py's arithmetic.
 
 Bad input — an invalid cron expression, an unknown time zone, a task path that is not
 a @task, an unknown queue, arguments enqueue would refuse (values.py) — is rejected
@@ -20,11 +16,7 @@ decides which slots to enqueue.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from functools import cache
+from collections.abc import Mapping
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -127,9 +119,17 @@ def schedule_errors(
     tenant: Any = None,
 ) -> dict[str, str]:
     """Field → message for everything wrong with a schedule definition ({} if valid)."""
+    errors = _stored_option_errors(queue, tenant, priority)
+    errors.update(_timing_errors(cron, interval_seconds, timezone, misfire_policy, catch_up_limit))
+    errors.update(_task_errors(task_path, queue, tenant, errors))
+    errors.update(_argument_errors(args, kwargs))
+    return errors
+
+
+def _stored_option_errors(queue: str | None, tenant: Any, priority: Any) -> dict[str, str]:
+    """The options its slot jobs store, by enqueue's own limits (values.py; the backend's
+    validate_task): a slot's job could not be stored otherwise."""
     errors: dict[str, str] = {}
-    # The options its slot jobs store, by enqueue's own limits (values.py; the backend's
-    # validate_task): a slot's job could not be stored otherwise.
     for field, value, limit in (("queue", queue, QUEUE_LENGTH), ("tenant", tenant, TENANT_LENGTH)):
         if value is None:
             continue
@@ -139,6 +139,13 @@ def schedule_errors(
             errors[field] = problem
     if problem := priority_problem(priority):
         errors["priority"] = problem
+    return errors
+
+
+def _timing_errors(
+    cron: str | None, interval_seconds: Any, timezone: str, misfire_policy: str, catch_up_limit: Any
+) -> dict[str, str]:
+    errors: dict[str, str] = {}
     if bool(cron) == (interval_seconds is not None):
         errors["cron"] = "Give either a cron expression or an interval in seconds, not both or neither."
     elif cron and not croniter.is_valid(cron):
@@ -151,27 +158,35 @@ def schedule_errors(
         ZoneInfo(timezone or "")
     except (ZoneInfoNotFoundError, ValueError, TypeError):
         errors["timezone"] = f"Unknown time zone {timezone!r} (use an IANA name such as 'Europe/Paris')."
+    if misfire_policy not in MISFIRE_POLICIES:
+        errors["misfire_policy"] = f"Misfire policy must be one of {', '.join(MISFIRE_POLICIES)}."
+    if not isinstance(catch_up_limit, int) or catch_up_limit < 0:
+        errors["catch_up_limit"] = "catch_up_limit must be a whole number ≥ 0."
+    return errors
+
+
+def _task_errors(task_path: str, queue: str | None, tenant: Any, found: dict[str, str]) -> dict[str, str]:
+    """The task must be a @task; the queue one its backend serves and, if the settings
+    dedicate it to a tenant, the schedule's tenant (``found``: errors already known)."""
+    errors: dict[str, str] = {}
     try:
         task = resolve_task(task_path or "")
     except ValueError as exc:
         errors["task_path"] = str(exc)
     else:
         queues = getattr(task.get_backend(), "queues", None)
-        if queue and "queue" not in errors and queues and queue not in queues:
+        if queue and "queue" not in found and queues and queue not in queues:
             errors["queue"] = f"Queue {queue!r} is not in the backend's QUEUES ({', '.join(sorted(queues))})."
-    if (
-        queue
-        and "queue" not in errors
-        and "tenant" not in errors
-        and (problem := dedicated_queue_problem(queue, tenant))
-    ):
+    known = set(found) | set(errors)
+    if queue and not {"queue", "tenant"} & known and (problem := dedicated_queue_problem(queue, tenant)):
         errors["queue"] = f"{problem[0].upper()}{problem[1:]}."
-    if misfire_policy not in MISFIRE_POLICIES:
-        errors["misfire_policy"] = f"Misfire policy must be one of {', '.join(MISFIRE_POLICIES)}."
-    if not isinstance(catch_up_limit, int) or catch_up_limit < 0:
-        errors["catch_up_limit"] = "catch_up_limit must be a whole number ≥ 0."
-    # The arguments by enqueue's own rule (values.py), in its words: a slot's job could
-    # not be stored otherwise.
+    return errors
+
+
+def _argument_errors(args: Any, kwargs: Any) -> dict[str, str]:
+    """The arguments by enqueue's own rule (values.py), in its words: a slot's job could
+    not be stored otherwise."""
+    errors: dict[str, str] = {}
     if not isinstance(args, (list, tuple)):
         errors["args"] = "args must be a list."
     elif problem := arguments_problem(args, {}):
@@ -225,132 +240,6 @@ def validate_schedule(schedule: ScheduleFields) -> None:
         raise ValidationError({field: [message] for field, message in errors.items()})
 
 
-# --- slots ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SlotSpec:
-    cron: str | None
-    interval_seconds: int | None
-    timezone: str = "UTC"
-
-    @classmethod
-    def of(cls, schedule: ScheduleFields) -> SlotSpec:
-        return cls(schedule.cron or None, schedule.interval_seconds, schedule.timezone or "UTC")
-
-
-def recent_slots(spec: SlotSpec, *, after: datetime, until: datetime, limit: int) -> tuple[list[datetime], bool]:
-    """The newest ``limit`` slots in (after, until], oldest first, and whether older
-    slots in that range were left out. Walks backwards from ``until``, so a long outage
-    costs ``limit`` steps, not one per missed slot."""
-    slots: list[datetime] = []
-    for slot in _backwards(spec, until):
-        if slot <= after:
-            return slots[::-1], False
-        if len(slots) == limit:
-            return slots[::-1], True
-        slots.append(slot)
-    return slots[::-1], False
-
-
-def interval_anchor(spec: SlotSpec) -> datetime:
-    """Interval slots are ``anchor + k × interval``: midnight of 1970-01-01 in the
-    schedule's time zone, so an hourly schedule in Asia/Kolkata (+05:30) runs on the
-    local hour. The anchor is one fixed instant; DST does not move the grid."""
-    return datetime(1970, 1, 1, tzinfo=ZoneInfo(spec.timezone or "UTC")).astimezone(UTC)
-
-
-# Vixie cron's shorthands, by what they expand to (@hourly is a wildcard job).
-_CRON_ALIASES = {
-    "@midnight": "0 0 * * *",
-    "@hourly": "0 * * * *",
-    "@daily": "0 0 * * *",
-    "@weekly": "0 0 * * 0",
-    "@monthly": "0 0 1 * *",
-    "@yearly": "0 0 1 1 *",
-    "@annually": "0 0 1 1 *",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class CronRule:
-    """What a cron expression's DST handling depends on."""
-
-    zone: ZoneInfo
-    time_of_day: bool  # minute and hour fields both fixed (neither starts with "*")
-    minutes: frozenset[int] | None  # None: every minute
-    hours: frozenset[int] | None  # None: every hour
-
-
-@cache
-def cron_rule(cron: str, timezone: str) -> CronRule:
-    fields = _CRON_ALIASES.get(cron.strip().lower(), cron).split()
-    minutes, hours = croniter(cron).expanded[:2]
-    return CronRule(
-        zone=ZoneInfo(timezone),
-        time_of_day=not fields[0].startswith("*") and not fields[1].startswith("*"),
-        # croniter's stubs say str; an expanded field is ["*"] or its ints.
-        minutes=None if minutes == ["*"] else frozenset(minutes),  # type: ignore[arg-type]  # ints
-        hours=None if hours == ["*"] else frozenset(hours),  # type: ignore[arg-type]  # ints
-    )
-
-
-def cron_slot_kept(rule: CronRule, slot: datetime) -> bool:
-    """Whether an instant croniter produced is a slot, by Vixie cron's DST convention.
-
-    A job at a time of day (fixed minute and hour) runs once per matching local day:
-    when the clocks go back, a local time that occurs twice is a slot only at its first
-    instant (the second has ``fold=1``); when they go forward, croniter moves a skipped
-    time to the first valid instant after the gap, which is kept. A wildcard job (minute
-    or hour field starting with ``*``) runs on elapsed time: both instants of a repeated
-    local time are slots, and croniter's moved-to-after-the-gap instants — whose local
-    time the expression does not name — are not.
-    """
-    local = slot.astimezone(rule.zone)
-    if rule.time_of_day:
-        return local.fold == 0
-    return (rule.minutes is None or local.minute in rule.minutes) and (rule.hours is None or local.hour in rule.hours)
-
-
-def _backwards(spec: SlotSpec, until: datetime) -> Iterator[datetime]:
-    if spec.interval_seconds:
-        step, anchor = spec.interval_seconds, interval_anchor(spec)
-        k = math.floor((until - anchor).total_seconds() / step)
-        while True:
-            yield anchor + timedelta(seconds=k * step)
-            k -= 1
-    else:
-        rule = cron_rule(spec.cron, spec.timezone)
-        # croniter's get_prev is strictly before its start; start just after ``until``'s
-        # whole second so a slot exactly at ``until`` is included. The second is added in
-        # UTC: local wall-clock arithmetic drops ``fold`` and, inside a repeated hour,
-        # would start the walk an hour early.
-        start = (until.astimezone(UTC).replace(microsecond=0) + timedelta(seconds=1)).astimezone(rule.zone)
-        assert spec.cron is not None  # a schedule has a cron expression or an interval
-        it = croniter(spec.cron, start)
-        previous = None
-        while True:
-            slot = it.get_prev(datetime).astimezone(UTC)
-            if slot != previous and cron_slot_kept(rule, slot):
-                yield slot
-            previous = slot
-
-
-def next_slot(spec: SlotSpec, after: datetime) -> datetime:
-    """The first slot strictly after ``after``."""
-    if spec.interval_seconds:
-        anchor = interval_anchor(spec)
-        k = math.floor((after - anchor).total_seconds() / spec.interval_seconds) + 1
-        return anchor + timedelta(seconds=k * spec.interval_seconds)
-    assert spec.cron is not None  # a schedule has a cron expression or an interval
-    rule = cron_rule(spec.cron, spec.timezone)
-    it = croniter(spec.cron, after.astimezone(rule.zone))
-    while True:
-        slot = it.get_next(datetime).astimezone(UTC)
-        if slot > after and cron_slot_kept(rule, slot):
-            return slot
-
-
 # --- settings ------------------------------------------------------------------------
 
 
@@ -362,46 +251,8 @@ def settings_schedules(raw: Mapping[str, Any] | None = None) -> list[dict[str, A
     out = []
     for name, entry in raw.items():
         where = f'TASKENGINE["SCHEDULES"][{name!r}]'
-        if not isinstance(entry, Mapping):
-            raise ImproperlyConfigured(f"{where} must be a dict.")
-        unknown = set(entry) - SETTINGS_KEYS
-        if unknown:
-            raise ImproperlyConfigured(
-                f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(SETTINGS_KEYS))}."
-            )
-        fields = {
-            "name": name,
-            "task_path": entry.get("task", ""),
-            "cron": entry.get("cron"),
-            "interval_seconds": entry.get("interval"),
-            "timezone": entry.get("timezone", "UTC"),
-            "args": entry.get("args", []),
-            "kwargs": entry.get("kwargs", {}),
-            "queue": entry.get("queue", "default"),
-            "priority": entry.get("priority", 0),
-            "tenant": entry.get("tenant"),
-            "enabled": bool(entry.get("enabled", True)),
-            "misfire_policy": entry.get("misfire_policy", "run_once"),
-            "catch_up_limit": entry.get("catch_up_limit", 10),
-        }
-        errors = schedule_errors(
-            **{
-                k: fields[k]
-                for k in (
-                    "task_path",
-                    "cron",
-                    "interval_seconds",
-                    "timezone",
-                    "misfire_policy",
-                    "catch_up_limit",
-                    "queue",
-                    "args",
-                    "kwargs",
-                    "priority",
-                    "tenant",
-                )
-            }
-        )
+        fields = _entry_fields(name, entry, where)
+        errors = schedule_errors(**{k: fields[k] for k in _CHECKED_FIELDS})
         if not isinstance(name, str) or not name or len(name) > NAME_LENGTH:
             errors["name"] = f"the name must be a non-empty string of at most {NAME_LENGTH} characters"
         elif problem := stored_text_problem(name, NAME_LENGTH):
@@ -413,3 +264,45 @@ def settings_schedules(raw: Mapping[str, Any] | None = None) -> list[dict[str, A
         fields["args"], fields["kwargs"] = ready_arguments(fields["args"], fields["kwargs"] or {})
         out.append(fields)
     return out
+
+
+# The fields of a settings entry that schedule_errors checks (its keyword arguments).
+_CHECKED_FIELDS = (
+    "task_path",
+    "cron",
+    "interval_seconds",
+    "timezone",
+    "misfire_policy",
+    "catch_up_limit",
+    "queue",
+    "args",
+    "kwargs",
+    "priority",
+    "tenant",
+)
+
+
+def _entry_fields(name: Any, entry: Any, where: str) -> dict[str, Any]:
+    """One TASKENGINE["SCHEDULES"] entry as Schedule fields, its defaults filled in."""
+    if not isinstance(entry, Mapping):
+        raise ImproperlyConfigured(f"{where} must be a dict.")
+    unknown = set(entry) - SETTINGS_KEYS
+    if unknown:
+        raise ImproperlyConfigured(
+            f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(SETTINGS_KEYS))}."
+        )
+    return {
+        "name": name,
+        "task_path": entry.get("task", ""),
+        "cron": entry.get("cron"),
+        "interval_seconds": entry.get("interval"),
+        "timezone": entry.get("timezone", "UTC"),
+        "args": entry.get("args", []),
+        "kwargs": entry.get("kwargs", {}),
+        "queue": entry.get("queue", "default"),
+        "priority": entry.get("priority", 0),
+        "tenant": entry.get("tenant"),
+        "enabled": bool(entry.get("enabled", True)),
+        "misfire_policy": entry.get("misfire_policy", "run_once"),
+        "catch_up_limit": entry.get("catch_up_limit", 10),
+    }

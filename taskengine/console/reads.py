@@ -30,7 +30,7 @@ from ..models import (
     WorkerProcess,
     WorkerState,
 )
-from ..schedules import SlotSpec, next_slot
+from ..schedule_slots import SlotSpec, next_slot
 from ..states import JobState
 from ..store import db_now as db_now  # the console's views read the clock through this module
 from ..tenancy import RequestUser, scope_jobs, tenants_for
@@ -197,7 +197,7 @@ def job_detail(user: RequestUser, job_id: int, using: str = "default") -> tuple[
 
 def next_slots(schedule: Schedule, now: datetime, n: int = 3) -> list[datetime]:
     """The next ``n`` slots the scheduler will enqueue — computed by the scheduler's own
-    ``schedules.next_slot`` (same interval grid, cron in the schedule's time zone, DST)
+    ``schedule_slots.next_slot`` (same interval grid, cron in the schedule's time zone, DST)
     — after both the last enqueued slot and now, shown in the schedule's time zone."""
     spec, zone = SlotSpec.of(schedule), ZoneInfo(schedule.timezone or "UTC")
     slot, out = max(schedule.last_slot_at or now, now), []

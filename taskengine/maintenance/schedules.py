@@ -38,7 +38,8 @@ from ..leadership import LeaderLease, fenced_transaction
 from ..models import Schedule
 from ..queries import sql
 from ..resolution import resolve_task
-from ..schedules import SYNCED_FIELDS, SlotSpec, recent_slots, settings_schedules, stored_fields_problem
+from ..schedule_slots import SlotSpec, recent_slots
+from ..schedules import SYNCED_FIELDS, settings_schedules, stored_fields_problem
 from ..store import db_now
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ schedules.
 For each enabled schedule, reconcile reads every *recorded* slot in the look-back
 window (RECONCILE_SLOT_LOOKBACK_SECONDS): the schedule's jobs (any state) and its
 MissedSlot rows, in slot order, and walks them with the scheduler's own slot arithmetic
-(``taskengine.schedules.next_slot``: cron in the schedule's time zone, or multiples of
+(``taskengine.schedule_slots.next_slot``: cron in the schedule's time zone, or multiples of
 the interval since the epoch), starting from the first recorded slot:
 
 - **missed**: a slot the walk expects between two recorded slots that has neither a
@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 
 from django.db import transaction
 
-from .. import audit, schedules
+from .. import audit, schedule_slots
 from ..conf import engine_settings
 from ..store import to_datetime
 from .base import Applied, Check, Context, Finding, iso
@@ -55,8 +55,8 @@ class ScheduleRow:
 
     def next_slot(self, after: datetime) -> datetime:
         """The scheduler's own slot arithmetic: the first slot strictly after ``after``."""
-        return schedules.next_slot(
-            schedules.SlotSpec(self.cron or None, self.interval_seconds, self.timezone or "UTC"), after
+        return schedule_slots.next_slot(
+            schedule_slots.SlotSpec(self.cron or None, self.interval_seconds, self.timezone or "UTC"), after
         )
 
 

@@ -11,7 +11,7 @@ from django.test.utils import CaptureQueriesContext
 
 from taskengine.console import reads
 from taskengine.models import MissedSlot, Schedule
-from taskengine.schedules import SlotSpec, next_slot
+from taskengine.schedule_slots import SlotSpec, next_slot
 
 pytestmark = pytest.mark.django_db
 

@@ -20,7 +20,7 @@ from django.test import override_settings
 
 from taskengine.maintenance.schedules import Scheduler
 from taskengine.models import Job, MissedSlot, Schedule
-from taskengine.schedules import SlotSpec, next_slot, recent_slots
+from taskengine.schedule_slots import SlotSpec, next_slot, recent_slots
 
 from .conftest import lead
 

@@ -12,7 +12,8 @@ from django.test import override_settings
 from taskengine.leadership import NotLeader
 from taskengine.maintenance.schedules import Scheduler, plan_slots
 from taskengine.models import Job, MissedSlot, Schedule
-from taskengine.schedules import SlotSpec, next_slot, recent_slots, settings_schedules
+from taskengine.schedule_slots import SlotSpec, next_slot, recent_slots
+from taskengine.schedules import settings_schedules
 
 from .conftest import expire_leader, lead
 
