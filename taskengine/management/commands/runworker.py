@@ -67,6 +67,12 @@ class Command(BaseCommand):
     help = "Run a taskengine worker: claim due jobs from the given queues and run them."
 
     def add_arguments(self, parser: CommandParser) -> None:
+        self._add_work_arguments(parser)
+        self._add_process_arguments(parser)
+
+    @staticmethod
+    def _add_work_arguments(parser: CommandParser) -> None:
+        """What the worker claims and how: queues, slots, leases, polling."""
         parser.add_argument(
             "--queues",
             type=queue_list,
@@ -85,6 +91,10 @@ class Command(BaseCommand):
         )
         parser.add_argument("--max-backoff", type=float, default=None, help="Longest idle poll interval in seconds.")
         parser.add_argument("--burst", action="store_true", help="Drain what is due, then exit 0.")
+
+    @staticmethod
+    def _add_process_arguments(parser: CommandParser) -> None:
+        """The process around it: identity, shutdown, start-up gate, leadership, metrics."""
         parser.add_argument("--worker-id", default=None, help="Stable id for this worker (default: host-pid-random).")
         parser.add_argument(
             "--shutdown-grace",
@@ -123,17 +133,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         start_up_stop = StartUpStop()
         database = options["database"] or engine_settings.DATABASE
-        queues = options["queues"]
-        if queues == ["*"]:
-            queues = sorted(task_backends["default"].queues) or ["default"]
-        if options["concurrency"] < 1:
-            raise CommandError("--concurrency must be at least 1")
-        if options["max_stuck_threads"] is not None and options["max_stuck_threads"] < 0:
-            raise CommandError("--max-stuck-threads must be at least 0")
-        try:
-            declared_queues()  # a bad TASKENGINE["QUEUES"] entry stops the worker before it starts
-        except ImproperlyConfigured as exc:
-            raise CommandError(str(exc)) from exc
+        self._check_options(options)
         if options["metrics_port"]:
             # Served before the gate wait, so a worker waiting on migrations is scrapeable
             # (taskengine_worker_gate_open 0) rather than looking down.
@@ -148,6 +148,37 @@ class Command(BaseCommand):
                 "run `manage.py migrate` and start the worker again"
             )
         metrics.WORKER_GATE_OPEN.set(1)
+        worker = self._build_worker(database, options)
+        worker.install_signal_handlers()
+        if start_up_stop.is_set():  # the signal came before the worker's handlers took over
+            self.exit_before_starting()
+            return
+        code = worker.run()
+        if worker.stuck_threads:
+            # Handlers ignoring their interrupts would keep the interpreter alive.
+            for handler in logging.getLogger("taskengine").handlers + logging.getLogger().handlers:
+                handler.flush()
+            os._exit(code)
+        if code:
+            sys.exit(code)
+
+    @staticmethod
+    def _check_options(options: dict[str, Any]) -> None:
+        """Refuse bad options and a bad TASKENGINE["QUEUES"] before anything starts."""
+        if options["concurrency"] < 1:
+            raise CommandError("--concurrency must be at least 1")
+        if options["max_stuck_threads"] is not None and options["max_stuck_threads"] < 0:
+            raise CommandError("--max-stuck-threads must be at least 0")
+        try:
+            declared_queues()
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from exc
+
+    @staticmethod
+    def _build_worker(database: str, options: dict[str, Any]) -> Worker:
+        queues = options["queues"]
+        if queues == ["*"]:
+            queues = sorted(task_backends["default"].queues) or ["default"]
         worker = Worker(
             queues=queues,
             concurrency=options["concurrency"],
@@ -165,18 +196,7 @@ class Command(BaseCommand):
                 worker.services = build_services(worker)
             except ImproperlyConfigured as exc:  # e.g. a bad TASKENGINE["SCHEDULES"] entry
                 raise CommandError(str(exc)) from exc
-        worker.install_signal_handlers()
-        if start_up_stop.is_set():  # the signal came before the worker's handlers took over
-            self.exit_before_starting()
-            return
-        code = worker.run()
-        if worker.stuck_threads:
-            # Handlers ignoring their interrupts would keep the interpreter alive.
-            for handler in logging.getLogger("taskengine").handlers + logging.getLogger().handlers:
-                handler.flush()
-            os._exit(code)
-        if code:
-            sys.exit(code)
+        return worker
 
     def exit_before_starting(self) -> None:
         logger.info(
