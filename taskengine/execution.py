@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import json
 import random
-import re
 import threading
 import time
 import traceback
@@ -27,12 +25,12 @@ from .compat import (
     TaskContext,
     TaskResult,
     TaskResultStatus,
-    normalize_json,
     task_backends,
 )
 from .conf import engine_settings
 from .jobs import ClaimedJob, Outcome
 from .states import AttemptOutcome, JobState
+from .values import ascii_text, return_value_json, storable_text
 
 
 class JobInterrupted(BaseException):
@@ -298,12 +296,12 @@ class _FailureDetails(TypedDict):
 def failure_outcome(job: ClaimedJob, error: BaseException) -> Outcome:
     cls = type(error)
     details: _FailureDetails = dict(
-        error_class=_storable(f"{cls.__module__}.{cls.__qualname__}"),
+        error_class=storable_text(f"{cls.__module__}.{cls.__qualname__}"),
         # An interrupt is injected as its bare class: say what it was.
-        error_message=_storable(
+        error_message=storable_text(
             _describe(error) or (_interrupt_text(type(error), job) if isinstance(error, JobInterrupted) else "")
         )[:2000],
-        traceback=_storable(_format_traceback(error))[-20000:],
+        traceback=storable_text(_format_traceback(error))[-20000:],
         exception=error,
     )
     if isinstance(error, JobCancelled):
@@ -323,13 +321,13 @@ def unstorable_outcome(job: ClaimedJob, rejected: Outcome, reason: BaseException
     message = (
         f"the attempt's outcome ({rejected.outcome}) could not be stored: {type(reason).__name__}: {_describe(reason)}"
     )
-    outcome = failure_outcome(job, OutcomeNotStorable(_ascii(message)))
+    outcome = failure_outcome(job, OutcomeNotStorable(ascii_text(message)))
     own = (
         f"{rejected.error_class}: {rejected.error_message}\n{rejected.traceback}"
         if rejected.error_class
         else "(the attempt's return value was rejected)"
     )
-    outcome.traceback = _ascii(f"{outcome.traceback}\nThe rejected outcome:\n{own}")[-20000:]
+    outcome.traceback = ascii_text(f"{outcome.traceback}\nThe rejected outcome:\n{own}")[-20000:]
     return outcome
 
 
@@ -345,49 +343,6 @@ def _format_traceback(error: BaseException) -> str:
         return "".join(traceback.format_exception(error))
     except Exception as exc:
         return f"<traceback unavailable: {type(exc).__name__}>"
-
-
-_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # \u0000 in JSON text, not an escaped backslash
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def return_value_json(value: Any) -> str:
-    """A return value as the JSON text its job row stores, or ValueError/TypeError when
-    it is not JSON or PostgreSQL's jsonb would refuse it (refused on SQLite too, so a
-    task behaves alike on both, by the rule enqueue applies to arguments).
-
-    Characters are written as themselves (``ensure_ascii=False``), so a surrogate code
-    point in a str — lone, or one of two that only look like a pair — stays visible to
-    the check: escaped, two such code points would come back from jsonb as the one
-    character they encode, which is not the value the handler returned."""
-    text = json.dumps(normalize_json(value), allow_nan=False, ensure_ascii=False)
-    if "\\u0000" in text and _ESCAPED_NUL.search(text):
-        raise ValueError("it contains a NUL character (\\u0000), which PostgreSQL's jsonb cannot store")
-    if not text.isascii() and _SURROGATE.search(text):
-        raise ValueError(
-            "it contains a surrogate code point (such as a file name decoded with "
-            "surrogateescape), which is not valid Unicode text and which PostgreSQL's jsonb "
-            "cannot store"
-        )
-    return text
-
-
-def _storable(text: str) -> str:
-    """Error text as a database text column can hold it: PostgreSQL text cannot contain
-    NUL, and no database driver can encode a lone surrogate as UTF-8; an outcome that
-    cannot be written would never finish its job. Both are written as escapes."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\\x00")
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
-
-def _ascii(text: str) -> str:
-    return _storable(text).encode("ascii", "backslashreplace").decode("ascii")
 
 
 def retry_delay(job: ClaimedJob) -> float:

@@ -5,7 +5,9 @@ job) and when a schedule is defined (``TASKENGINE["SCHEDULES"]``, ``Schedule.cle
 What PostgreSQL cannot keep is refused on SQLite too: text with a NUL or a surrogate
 code point, NaN and infinity, more than MAX_NESTING levels of lists and dicts, bytes
 that are not UTF-8, keys that JSON would merge, values that are not JSON at all. The
-walk that checks is the copy into JSON-ready values enqueue makes anyway.
+walk that checks is the copy into JSON-ready values enqueue makes anyway. A finished
+attempt's return value follows the same rule (``return_value_json``), and its error text
+is written so that any database can hold it (``storable_text``).
 """
 
 from __future__ import annotations
@@ -195,3 +197,48 @@ def arguments_problem(args: Sequence[Any], kwargs: Mapping[Any, Any]) -> str | N
     except (TypeError, ValueError, RecursionError) as exc:
         return describe_refusal(args, kwargs, exc)
     return None
+
+
+# --- what a finished attempt stores ----------------------------------------------------
+
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # \u0000 in JSON text, not an escaped backslash
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def return_value_json(value: Any) -> str:
+    """A return value as the JSON text its job row stores, or ValueError/TypeError when
+    it is not JSON or PostgreSQL's jsonb would refuse it (refused on SQLite too, so a
+    task behaves alike on both, by the rule enqueue applies to arguments).
+
+    Characters are written as themselves (``ensure_ascii=False``), so a surrogate code
+    point in a str — lone, or one of two that only look like a pair — stays visible to
+    the check: escaped, two such code points would come back from jsonb as the one
+    character they encode, which is not the value the handler returned."""
+    text = json.dumps(normalize_json(value), allow_nan=False, ensure_ascii=False)
+    if "\\u0000" in text and _ESCAPED_NUL.search(text):
+        raise ValueError("it contains a NUL character (\\u0000), which PostgreSQL's jsonb cannot store")
+    if not text.isascii() and _SURROGATE.search(text):
+        raise ValueError(
+            "it contains a surrogate code point (such as a file name decoded with "
+            "surrogateescape), which is not valid Unicode text and which PostgreSQL's jsonb "
+            "cannot store"
+        )
+    return text
+
+
+def storable_text(text: str) -> str:
+    """Error text as a database text column can hold it: PostgreSQL text cannot contain
+    NUL, and no database driver can encode a lone surrogate as UTF-8; an outcome that
+    cannot be written would never finish its job. Both are written as escapes."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def ascii_text(text: str) -> str:
+    return storable_text(text).encode("ascii", "backslashreplace").decode("ascii")

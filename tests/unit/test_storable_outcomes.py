@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from taskengine.execution import _storable, return_value_json
+from taskengine.values import return_value_json, storable_text
 
 LONE = b"\xff".decode("utf-8", "surrogateescape")  # '\udcff'
 
@@ -33,6 +33,6 @@ def test_valid_text_and_escaped_backslashes_are_accepted(value):
 
 
 def test_error_text_with_nul_and_lone_surrogates_is_escaped_and_encodable():
-    text = _storable(f"bad\x00 {LONE} é \U0001f600")
+    text = storable_text(f"bad\x00 {LONE} é \U0001f600")
     assert text == "bad\\x00 \\udcff é \U0001f600"
     text.encode("utf-8")
