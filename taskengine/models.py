@@ -466,6 +466,9 @@ class BulkOperation(models.Model):
     cursor = models.BigIntegerField(default=0, help_text="Last job id processed.")
     batch_size = models.PositiveIntegerField(default=500)
     batches = models.PositiveIntegerField(default=0)
+    # Who applied the last batch: "console", "leader", or "cli:<host>:<pid>" (the leader
+    # leaves an operation a command is running alone until it is idle).
+    runner = models.CharField(max_length=150, blank=True, default="")
     error = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(db_default=Now())
     updated_at = models.DateTimeField(db_default=Now())

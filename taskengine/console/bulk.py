@@ -35,11 +35,12 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connections, transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.db.models.functions import Now
 
 from .. import audit, operations
@@ -56,6 +57,10 @@ MAX_BATCH_SIZE = 5000
 # run by the leader's maintenance service (or ``manage.py jobs resume ID``).
 IN_REQUEST_BATCHES = 4
 UNFINISHED = (BulkOperationState.PENDING, BulkOperationState.RUNNING)
+# The leader takes over an operation a command runs once no batch has moved it for this
+# long (seconds).
+IDLE_SECONDS = 10.0
+LEADER_RUNNER = "leader"
 # The fields a batch reads: the single-job rules, the audit snapshot and the metrics.
 JOB_FIELDS = (
     "id",
@@ -285,13 +290,12 @@ class _Moved(Exception):
     """A group's UPDATE matched fewer rows than it had jobs: roll it back, go job by job."""
 
 
-def _claim(op_id: int, using: str) -> BulkOperation | None:
+def _claim(op_id: int, using: str, runner: str = "") -> BulkOperation | None:
     """Take the operation's row for this transaction (row lock / write lock) and read it."""
-    taken = (
-        BulkOperation.objects.using(using)
-        .filter(pk=op_id, state__in=UNFINISHED)
-        .update(state=BulkOperationState.RUNNING, updated_at=Now())
-    )
+    changes: dict[str, Any] = {"state": BulkOperationState.RUNNING, "updated_at": Now()}
+    if runner:
+        changes["runner"] = runner[:150]
+    taken = BulkOperation.objects.using(using).filter(pk=op_id, state__in=UNFINISHED).update(**changes)
     if not taken:
         return None
     return BulkOperation.objects.using(using).get(pk=op_id)
@@ -303,11 +307,12 @@ def _finish(op: BulkOperation, state: str, using: str, error: str = "") -> None:
     )
 
 
-def run_batch(op_id: int, *, using: str = "default") -> BulkOperation | None:
+def run_batch(op_id: int, *, using: str = "default", runner: str = "") -> BulkOperation | None:
     """Apply the next batch of operation ``op_id`` in one transaction (module
-    docstring); returns the operation as committed, or None if it is already finished."""
+    docstring); returns the operation as committed, or None if it is already finished.
+    ``runner`` names who runs it (kept on the record)."""
     with transaction.atomic(using=using):
-        op = _claim(op_id, using)
+        op = _claim(op_id, using, runner)
         if op is None:
             return None
         actor, problem = _resolve_actor(op, using)
@@ -391,12 +396,13 @@ def run(
     max_batches: int | None = None,
     pause: float = 0.0,
     progress: ProgressFn | None = None,
+    runner: str = "console",
 ) -> BulkOperation:
     """Apply batches until the operation is finished (or ``max_batches`` ran); ``pause``
     seconds between batches throttle a big operation's load."""
     ran = 0
     while max_batches is None or ran < max_batches:
-        op = run_batch(op_id, using=using)
+        op = run_batch(op_id, using=using, runner=runner)
         if op is None:
             break
         ran += 1
@@ -432,15 +438,19 @@ def cancel(op_id: int, *, actor: BulkActor, using: str = "default") -> BulkOpera
     return BulkOperation.objects.using(using).get(pk=op_id)
 
 
-def run_unfinished(using: str = "default", *, max_batches: int = 20) -> int:
+def run_unfinished(using: str = "default", *, max_batches: int = 20, idle_for: float = IDLE_SECONDS) -> int:
     """The leader's ``bulk`` maintenance service: up to ``max_batches`` batches of the
-    oldest unfinished operations. Returns the batches run."""
+    oldest unfinished operations started by the console or the API (or last run by a
+    leader), and of any other no runner has moved for ``idle_for`` seconds: a running
+    ``manage.py jobs`` keeps its own pace (``--pause`` included); one killed is taken
+    over. Returns the batches run."""
+    ours = Q(runner__in=["", "console", LEADER_RUNNER])
+    idle = Q(updated_at__lte=Now() - timedelta(seconds=idle_for))
+    unfinished = BulkOperation.objects.using(using).filter(ours | idle, state__in=UNFINISHED)
     ran = 0
-    for op_id in (
-        BulkOperation.objects.using(using).filter(state__in=UNFINISHED).order_by("pk").values_list("pk", flat=True)[:10]
-    ):
+    for op_id in unfinished.order_by("pk").values_list("pk", flat=True)[:10]:
         while ran < max_batches:
-            op = run_batch(op_id, using=using)
+            op = run_batch(op_id, using=using, runner=LEADER_RUNNER)
             if op is None:
                 break
             ran += 1

@@ -62,9 +62,18 @@ def confirm(request: HttpRequest, action: str) -> HttpResponse:
     if request.method == "POST":
         expected = data.get("expected", "")
         if expected == str(found.count) and found.count > 0:
-            op = bulk.create(
-                action, found.filter, actor=request.user, reason=data.get("reason", "")[:2000], using="default"
-            )
+            try:
+                op = bulk.create(action, found.filter, actor=request.user, reason=data.get("reason", "")[:2000])
+            except operations.OperationError as exc:
+                return render(
+                    request,
+                    "bulk_confirm.html",
+                    f"{ACTION_LABELS[action]} all matching jobs",
+                    action=action,
+                    label=ACTION_LABELS[action],
+                    preview=found,
+                    error=f"{exc.message}: nothing was changed.",
+                )
             op = bulk.run(op.pk, max_batches=bulk.IN_REQUEST_BATCHES)
             messages.success(request, f"Bulk {action} of {op.matched} job(s) started (operation {op.pk}).")
             return _redirect(reverse("taskengine:bulk_detail", args=[op.pk]))

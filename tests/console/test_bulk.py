@@ -15,6 +15,7 @@ from django.db.models.functions import Now
 
 from taskengine.console import bulk
 from taskengine.models import BulkOperation, Job, OperatorAction, TenantMembership
+from taskengine.testing import advance_clock
 
 from .conftest import make_job
 
@@ -221,9 +222,21 @@ def test_cancelling_an_operation_stops_it(users):
 def test_the_leaders_service_finishes_unfinished_operations(users):
     failed_jobs(5, "a")
     op = bulk.create("requeue", {}, actor=users["alice"], batch_size=2)
-    assert bulk.run_unfinished(max_batches=2) == 2
+    assert bulk.run_unfinished(max_batches=1) == 1, "a console operation is the leader's at once"
+    assert BulkOperation.objects.get(pk=op.pk).runner == "leader"
+    assert bulk.run_unfinished(max_batches=1) == 1
     assert BulkOperation.objects.get(pk=op.pk).changed == 4
     bulk.run_unfinished()
+    assert BulkOperation.objects.get(pk=op.pk).state == "done"
+
+
+def test_the_leader_leaves_a_commands_operation_alone_until_it_is_idle(users):
+    failed_jobs(3, "a")
+    op = bulk.create("requeue", {}, actor=users["alice"], batch_size=2)
+    bulk.run(op.pk, max_batches=1, runner="cli:host:123")
+    assert bulk.run_unfinished() == 0, "a command may still be running it"
+    advance_clock(bulk.IDLE_SECONDS + 1)
+    assert bulk.run_unfinished() == 1
     assert BulkOperation.objects.get(pk=op.pk).state == "done"
 
 
@@ -272,6 +285,14 @@ def test_console_refuses_without_permission(client_for, users):
     assert b"Requeue all matching" not in viewer.get("/taskengine/jobs/").content
     assert viewer.get("/taskengine/jobs/bulk/requeue/").status_code == 403
     assert viewer.post("/taskengine/jobs/bulk/requeue/", {"expected": "2"}).status_code == 403
+    assert not BulkOperation.objects.exists()
+
+
+def test_console_refuses_a_bad_reason_without_a_500(client_for, users):
+    failed_jobs(1, "a")
+    client = client_for("alice")
+    page = client.post("/taskengine/jobs/bulk/requeue/", {"expected": "1", "reason": "oops\x00"})
+    assert page.status_code == 200 and b"NUL" in page.content and b"nothing was changed" in page.content
     assert not BulkOperation.objects.exists()
 
 

@@ -18,6 +18,8 @@ ones; ``cancel-bulk ID`` stops one.
 from __future__ import annotations
 
 import json
+import os
+import socket
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -132,6 +134,7 @@ class Command(BaseCommand):
             op.pk,
             using=database,
             pause=options["pause"],
+            runner=f"cli:{socket.gethostname()}:{os.getpid()}",
             progress=lambda o: bar.bar(f"bulk {o.pk} {o.action}", o.changed + o.skipped, o.matched),
         )
         self.stdout.write(
