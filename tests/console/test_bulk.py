@@ -329,6 +329,26 @@ def test_api_dry_run_create_and_progress(client_for, users):
     )
     assert made.status_code == 201
     op = made.json()["operation"]
+    assert set(op) == {
+        "id",
+        "action",
+        "filter",
+        "actor",
+        "tenants",
+        "reason",
+        "state",
+        "matched",
+        "changed",
+        "skipped",
+        "cursor",
+        "max_job_id",
+        "batch_size",
+        "batches",
+        "error",
+        "created_at",
+        "updated_at",
+        "finished_at",
+    }
     assert (op["state"], op["matched"], op["changed"], op["actor"], op["tenants"]) == ("done", 6, 6, "alice", ["a"])
     read = client.get(made["Location"])
     assert read.status_code == 200 and read.json()["operation"]["id"] == op["id"]
