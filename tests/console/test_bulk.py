@@ -10,8 +10,9 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Permission
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models.functions import Now
+from django.test.utils import CaptureQueriesContext
 
 from taskengine.console import bulk
 from taskengine.models import BulkOperation, Job, OperatorAction, TenantMembership
@@ -273,7 +274,9 @@ def test_console_flow_count_confirm_post_progress(client_for, users):
     assert (op.state, op.changed, op.filter) == ("done", 8, {"state": "failed"})
     assert Job.objects.filter(tenant="b", state="failed").count() == 3
     assert job_audit().count() == 8
-    progress = client.get(done["Location"])
+    with CaptureQueriesContext(connection) as queries:
+        progress = client.get(done["Location"])
+    assert not [q["sql"] for q in queries if q["sql"].lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE"))]
     assert progress.status_code == 200 and b'id="te-bulk-changed">8<' in progress.content
     assert client_for("bob").get(done["Location"]).status_code == 404, "another tenant's operation"
     assert client.get("/taskengine/bulk/").status_code == 200
