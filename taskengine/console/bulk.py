@@ -187,9 +187,11 @@ def create(
     reason: str = "",
     batch_size: int = DEFAULT_BATCH_SIZE,
     using: str = "default",
+    runner: str = "console",
 ) -> BulkOperation:
     """Store the operation (pending) and its audit row in one transaction; nothing else
-    changes until ``run()``."""
+    changes until ``run()``. ``runner``: who will run it (a command names itself, so the
+    leader leaves the operation to it while it runs)."""
     _check_action(action)
     _check_actor(actor, action)
     problem = text_problem(reason)
@@ -210,6 +212,7 @@ def create(
             matched=matched,
             max_job_id=max_job_id,
             batch_size=batch_size,
+            runner=runner[:150],
             state=BulkOperationState.DONE if matched == 0 else BulkOperationState.PENDING,
             finished_at=Now() if matched == 0 else None,
             **_actor_fields(actor),

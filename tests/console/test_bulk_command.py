@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -155,6 +156,7 @@ def test_bulk_requeue_killed_half_way_and_resumed_changes_each_tenant_job_once()
     assert first.returncode == -signal.SIGKILL, first.stderr.read() if first.stderr else ""
     op = BulkOperation.objects.get()
     assert op.state == "running" and 0 < op.changed < total
+    assert op.runner == f"cli:{socket.gethostname()}:{first.pid}"
     # What committed is whole batches: the jobs, their audit rows and the cursor together.
     assert op.changed == op.batches * batch
     assert Job.objects.filter(tenant="a", state="queued").count() == op.changed

@@ -121,6 +121,7 @@ class Command(BaseCommand):
                 reason=options["reason"],
                 batch_size=options["batch_size"],
                 using=database,
+                runner=runner(),
             )
             self.stderr.write(f"Bulk operation {op.pk}: {action} of {op.matched} job(s).")
         self.apply(op, database, options)
@@ -134,7 +135,7 @@ class Command(BaseCommand):
             op.pk,
             using=database,
             pause=options["pause"],
-            runner=f"cli:{socket.gethostname()}:{os.getpid()}",
+            runner=runner(),
             progress=lambda o: bar.bar(f"bulk {o.pk} {o.action}", o.changed + o.skipped, o.matched),
         )
         self.stdout.write(
@@ -142,3 +143,8 @@ class Command(BaseCommand):
         )
         if op.state == "failed":
             raise CommandError(f"bulk operation {op.pk} failed: {op.error}")
+
+
+def runner() -> str:
+    """This process, as the runner of the operations it applies."""
+    return f"cli:{socket.gethostname()}:{os.getpid()}"
