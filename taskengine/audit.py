@@ -67,6 +67,35 @@ def record(
     )
 
 
+def record_many(
+    *, actor: Actor | None, action: str, target_type: str, rows: list[dict[str, Any]], using: str = "default"
+) -> list[OperatorAction]:
+    """Append one audit row per item of ``rows`` (keys ``target_id``, ``tenant``,
+    ``before``, ``after``, ``reason``) in one INSERT; the rule of ``record()`` holds: it
+    must run inside the transaction of the changes."""
+    connection = transaction.get_connection(using)
+    if not connection.in_atomic_block:
+        raise RuntimeError("audit.record_many() must run inside the transaction that makes the changes")
+    user = None if actor is None or isinstance(actor, (str, AnonymousUser)) or actor.pk is None else actor
+    actor_repr = str(getattr(actor, "get_username", lambda: actor)() if actor is not None else "system")[:150]
+    return OperatorAction.objects.using(using).bulk_create(
+        [
+            OperatorAction(
+                actor=user,
+                actor_repr=actor_repr,
+                action=action,
+                target_type=target_type,
+                target_id=str(row["target_id"]),
+                tenant=row["tenant"],
+                state_before=row.get("before"),
+                state_after=row.get("after"),
+                reason=row.get("reason", ""),
+            )
+            for row in rows
+        ]
+    )
+
+
 def record_cascaded_membership_delete(
     sender: type[TenantMembership],
     instance: TenantMembership,

@@ -108,6 +108,24 @@ def allowed(job: Job, action: str) -> bool:
     return _refusal(job, action) is None
 
 
+def refusal(job: Job, action: str) -> str | None:
+    """Why ``action`` does not apply to ``job`` now, or None if it does (the bulk
+    operations' per-job check: console/bulk.py)."""
+    return _refusal(job, action)
+
+
+def applicable(action: str) -> Q:
+    """The jobs ``action`` applies to, as a filter (the SQL form of ``_refusal``): what a
+    bulk operation counts and selects, so its count is what it changes."""
+    if action == "cancel":
+        return Q(state=JobState.QUEUED) | Q(state=JobState.RUNNING, cancel_requested_at__isnull=True)
+    if action == "requeue":
+        return Q(state__in=[JobState.FAILED, JobState.CANCELLED])
+    if action == "retry":
+        return Q(state=JobState.QUEUED, run_after__gt=Now())
+    raise ValueError(f"unknown action {action!r}")
+
+
 def _refusal(job: Job, action: str) -> str | None:
     """Why ``action`` does not apply to ``job`` now, or None if it does."""
     state = job.state
@@ -199,6 +217,16 @@ def perform(
         )
         transaction.on_commit(lambda: _count(action, before["state"], job), using=using)
     return OperationResult(job=job, action=action, audit_id=row.pk, message=message)
+
+
+def compare_and_set(job: Job, guard: Q, changes: dict[str, Any], using: str = "default") -> bool:
+    """The single-job compare-and-set (raises OperationRefused on a held unique key)."""
+    return _compare_and_set(job, guard, changes, using)
+
+
+def count(action: str, state_before: str, job: Job) -> None:
+    """The metrics of one committed change (call it from ``transaction.on_commit``)."""
+    _count(action, state_before, job)
 
 
 def _count(action: str, state_before: str, job: Job) -> None:

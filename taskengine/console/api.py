@@ -1,7 +1,7 @@
 """JSON API v1 (/taskengine/api/v1/), the dashboard's data source. Shapes: docs/api.md.
 
 GET endpoints only read. Writes are ``POST jobs/<id>/requeue|cancel|retry`` and
-``POST queues/<name>/pause|resume`` with
+``POST queues/<name>/pause|resume`` (bulk actions: ``bulk_pages``, docs/bulk.md) with
 session authentication and Django's CSRF check (send the ``csrftoken`` cookie's value
 in ``X-CSRFToken``); they run ``operations.perform`` (permission, tenant scope,
 compare-and-set, audit in one transaction; for queues ``queues.pause`` / ``resume``). Errors are ``{"error": "..."}`` with

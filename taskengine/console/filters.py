@@ -1,7 +1,10 @@
 """Job filters and keyset pagination, shared by the job list page and the JSON API.
 
 Filters: ``state``, ``queue``, ``task`` (exact task path), ``tenant``, and the
-enqueue date range ``since`` / ``until`` (dates, inclusive, UTC). Indexes that serve
+enqueue range ``since`` / ``until``: a date (inclusive, UTC: ``until`` a date takes the
+whole day) or an ISO 8601 date and time (exact; without an offset it is UTC). Text with a
+NUL or a lone surrogate is a filter error (values.text_problem), not a database error.
+Bulk operations (console/bulk.py) store ``filter_params()`` and apply the same filter. Indexes that serve
 them (migration 0005 keeps the hot path lean, so only some filters have one): queued
 jobs by queue through taskengine_job_claim_idx, running ones through
 taskengine_job_worker_idx, failed/cancelled through taskengine_job_problem_idx, tenants
@@ -17,7 +20,7 @@ one bounded range scan per page.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from django import forms
@@ -25,6 +28,7 @@ from django.db.models import Max, Min
 
 from ..models import Job, JobQuerySet
 from ..states import JobState
+from ..values import text_problem
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -32,13 +36,34 @@ MAX_LIMIT = 200
 SCAN_WINDOW = 100_000
 
 
+class DateOrDateTimeField(forms.Field):
+    """A UTC date (``2026-12-01``) or an ISO 8601 date and time (``2026-12-01T10:30``,
+    ``…+02:00``); a time without an offset is UTC."""
+
+    def to_python(self, value: Any) -> date | datetime | None:
+        if value in (None, ""):
+            return None
+        if isinstance(value, (date, datetime)):
+            return value
+        text = str(value).strip()
+        try:
+            if len(text) == 10:
+                return date.fromisoformat(text)
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise forms.ValidationError(
+                f"{text[:40]!r} is not an ISO 8601 date (YYYY-MM-DD) or date and time (YYYY-MM-DDTHH:MM[:SS][+HH:MM])"
+            ) from None
+        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 class JobFilterForm(forms.Form):
     state = forms.ChoiceField(choices=[("", "any state"), *JobState.choices], required=False)
     queue = forms.CharField(max_length=64, required=False)
     task = forms.CharField(max_length=300, required=False, label="Task path")
     tenant = forms.CharField(max_length=64, required=False)
-    since = forms.DateField(required=False, help_text="Enqueued on or after (UTC date).")
-    until = forms.DateField(required=False, help_text="Enqueued on or before (UTC date).")
+    since = DateOrDateTimeField(required=False, help_text="Enqueued on or after (UTC date, or ISO date and time).")
+    until = DateOrDateTimeField(required=False, help_text="Enqueued on or before (UTC date, or ISO date and time).")
     after = forms.IntegerField(required=False, min_value=0, widget=forms.HiddenInput)
     before = forms.IntegerField(required=False, min_value=0, widget=forms.HiddenInput)
     limit = forms.IntegerField(required=False, min_value=1, max_value=MAX_LIMIT, widget=forms.HiddenInput)
@@ -48,6 +73,10 @@ class JobFilterForm(forms.Form):
         assert data is not None  # Form.clean returns cleaned_data
         if data.get("after") is not None and data.get("before") is not None:
             raise forms.ValidationError("give either after or before, not both")
+        for name in ("queue", "task", "tenant"):
+            problem = text_problem(data.get(name) or "")
+            if problem:
+                self.add_error(name, problem)
         return data
 
     def filter(self, queryset: JobQuerySet) -> JobQuerySet:
@@ -56,12 +85,21 @@ class JobFilterForm(forms.Form):
         for name, lookup in (("state", "state"), ("queue", "queue"), ("task", "task_path"), ("tenant", "tenant")):
             if data.get(name):
                 queryset = queryset.filter(**{lookup: data[name]})
-        if data.get("since"):
-            queryset = queryset.filter(enqueued_at__gte=datetime.combine(data["since"], time.min, UTC))
-        if data.get("until"):
-            end = datetime.combine(data["until"], time.min, UTC) + timedelta(days=1)
+        since, until = data.get("since"), data.get("until")
+        if isinstance(since, datetime):
+            queryset = queryset.filter(enqueued_at__gte=since)
+        elif since:
+            queryset = queryset.filter(enqueued_at__gte=datetime.combine(since, time.min, UTC))
+        if isinstance(until, datetime):
+            queryset = queryset.filter(enqueued_at__lte=until)
+        elif until:
+            end = datetime.combine(until, time.min, UTC) + timedelta(days=1)
             queryset = queryset.filter(enqueued_at__lt=end)
         return queryset
+
+    def error_text(self) -> str:
+        """The form's errors on one line (API and command messages)."""
+        return "; ".join(f"{field}: {' '.join(str(m) for m in msgs)}" for field, msgs in self.errors.items())
 
     def filter_params(self) -> dict[str, str]:
         """The active filters as query parameters (for page links)."""
@@ -69,7 +107,8 @@ class JobFilterForm(forms.Form):
         out = {}
         for name in ("state", "queue", "task", "tenant", "since", "until"):
             if data.get(name):
-                out[name] = str(data[name])
+                value = data[name]
+                out[name] = value.isoformat() if isinstance(value, (date, datetime)) else str(value)
         if data.get("limit"):
             out["limit"] = str(data["limit"])
         return out

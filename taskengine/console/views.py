@@ -2,7 +2,8 @@
 
 GET pages only read (``reads``); the write views, ``job_action`` and ``queue_action``,
 are POST only, CSRF-protected (``admin_view``), and delegate to ``operations.perform``
-and ``queues.pause`` / ``resume`` (permission, tenant scope, compare-and-set, audit). A job outside the user's tenants is a 404 on
+and ``queues.pause`` / ``resume`` (permission, tenant scope, compare-and-set, audit); the
+bulk actions on the job list's filter are in ``bulk_pages`` (docs/bulk.md). A job outside the user's tenants is a 404 on
 every page. Templates live in taskengine/templates/taskengine/ (found through
 ``APP_DIRS``) and extend admin/base_site.html.
 """
@@ -75,6 +76,13 @@ def job_list(request: HttpRequest) -> TemplateResponse:
         states=JobState.choices,
         queues=reads.known_queues(),
         tenants=distinct_tenants() if tenants is None else tenants,
+        # The bulk actions the user may start on this filter (the confirmation page
+        # shows the exact number first): console/bulk_pages.py.
+        bulk_actions=[
+            (action, label)
+            for action, label in (("requeue", "Requeue"), ("retry", "Retry now"), ("cancel", "Cancel"))
+            if operations.has_permission(request.user, action)
+        ],
     )
 
 

@@ -1,4 +1,6 @@
-"""Leader-only maintenance: recovery, schedules, dead workers, retention.
+"""Leader-only maintenance: recovery, schedules, dead workers, retention (and, added by
+runworker through ``build_services(extra=…)``, the batches of unfinished bulk
+operations: console/bulk.py).
 
 ``build_services(worker)`` gives runworker (unless ``--no-leader``) one service that
 stands for leader (leadership.Elector, its own thread) and runs the maintenance
@@ -20,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -168,10 +170,12 @@ class LeaderService:
         self.elector.stop()
 
 
-def build_services(worker: Worker) -> list[WorkerService]:
+def build_services(worker: Worker, extra: Sequence[Service] = ()) -> list[WorkerService]:
     """runworker's leader service. Validates TASKENGINE["SCHEDULES"] first, so a bad
-    entry stops the worker at start with ImproperlyConfigured naming it."""
+    entry stops the worker at start with ImproperlyConfigured naming it. ``extra``:
+    more services for the ticker (runworker adds the bulk operations' batches)."""
     scheduler = Scheduler(worker.database)
     elector = Elector(worker.database, worker.worker_id)
-    ticker = MaintenanceTicker(worker.database, elector, default_services(worker.database, scheduler))
+    services = [*default_services(worker.database, scheduler), *extra]
+    ticker = MaintenanceTicker(worker.database, elector, services)
     return [LeaderService(elector, ticker)]

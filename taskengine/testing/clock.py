@@ -38,6 +38,7 @@ TIMESTAMP_COLUMNS: dict[str, tuple[str, ...]] = {
     "taskengine_missed_slot": ("slot", "recorded_at"),
     "taskengine_operator_action": ("created_at",),
     "taskengine_queue": ("paused_at", "created_at", "updated_at"),
+    "taskengine_bulk_operation": ("created_at", "updated_at", "finished_at"),
 }
 
 TEST_LEADER_ID = "taskengine.testing"  # holder of the leader term run_schedules() acts under

@@ -20,6 +20,7 @@ MUTATING_API = [
     "/taskengine/api/v1/jobs/{id}/retry",
     "/taskengine/api/v1/queues/default/pause",
     "/taskengine/api/v1/queues/default/resume",
+    "/taskengine/api/v1/bulk/1/cancel",
 ]
 MUTATING_PAGES = [
     "/taskengine/jobs/{id}/requeue/",
@@ -27,6 +28,7 @@ MUTATING_PAGES = [
     "/taskengine/jobs/{id}/retry/",
     "/taskengine/queues/default/pause/",
     "/taskengine/queues/default/resume/",
+    "/taskengine/bulk/1/cancel/",
 ]
 READ_URLS = [
     "/taskengine/",
@@ -39,6 +41,10 @@ READ_URLS = [
     "/taskengine/audit/",
     "/taskengine/reconcile/",
     "/taskengine/backfill/",
+    "/taskengine/jobs/bulk/requeue/?state=failed&tenant=a",
+    "/taskengine/jobs/bulk/cancel/",
+    "/taskengine/bulk/",
+    "/taskengine/api/v1/bulk",
     "/taskengine/api/v1/summary",
     "/taskengine/api/v1/jobs",
     "/taskengine/api/v1/jobs?state=failed&limit=2",
