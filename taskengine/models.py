@@ -448,7 +448,7 @@ class BulkOperation(models.Model):
     touched."""
 
     action = models.CharField(max_length=16)
-    # The job list's filter (console/filters.py JobFilterForm fields, as text).
+    # The job list's filter (job_filters.py JobFilterForm fields, as text).
     filter = models.JSONField(default=dict, blank=True)
     # The actor: a user (``actor_kind`` "user": their permission and tenants are checked
     # again on every batch) or a system/CLI name ("system": every tenant).

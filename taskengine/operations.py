@@ -110,7 +110,7 @@ def allowed(job: Job, action: str) -> bool:
 
 def refusal(job: Job, action: str) -> str | None:
     """Why ``action`` does not apply to ``job`` now, or None if it does (the bulk
-    operations' per-job check: console/bulk.py)."""
+    operations' per-job check: bulk.py)."""
     return _refusal(job, action)
 
 

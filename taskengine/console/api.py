@@ -17,10 +17,10 @@ from collections.abc import Callable
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from .. import operations, queues
+from ..job_filters import JobFilterForm, keyset_page
 from . import reads, serialize
 from .access import View, api_endpoint, json_error
 from .counts import bounded_count
-from .filters import JobFilterForm, keyset_page
 
 
 @api_endpoint("GET")

@@ -1,4 +1,4 @@
-"""Console pages and JSON API of bulk actions (console/bulk.py, docs/bulk.md).
+"""Console pages and JSON API of bulk actions (bulk.py, docs/bulk.md).
 
 Pages: ``GET jobs/bulk/<action>/?<filter>`` — the confirmation page: the exact number of
 jobs the action would change, the filter, and a form that repeats the number; it only
@@ -23,10 +23,9 @@ from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden, HttpResponseRedirect, JsonResponse
 from django.urls import reverse
 
-from .. import operations
+from .. import bulk, bulk_batches, operations
 from ..models import BulkOperation
 from ..tenancy import RequestUser
-from . import bulk
 from .access import api_endpoint, json_error, staff_page
 from .views import render
 
@@ -74,7 +73,7 @@ def confirm(request: HttpRequest, action: str) -> HttpResponse:
                     preview=found,
                     error=f"{exc.message}: nothing was changed.",
                 )
-            op = bulk.run(op.pk, max_batches=bulk.IN_REQUEST_BATCHES)
+            op = bulk_batches.run(op.pk, max_batches=bulk.IN_REQUEST_BATCHES)
             messages.success(request, f"Bulk {action} of {op.matched} job(s) started (operation {op.pk}).")
             return _redirect(reverse("taskengine:bulk_detail", args=[op.pk]))
         error = (
@@ -161,7 +160,7 @@ def api_bulk(request: HttpRequest) -> JsonResponse:
     if expected is not None and expected != found.count:
         return json_error(409, f"{found.count} jobs match now, not the {expected} expected: nothing was changed")
     op = bulk.create(action, found.filter, actor=request.user, reason=reason[:2000])
-    op = bulk.run(op.pk, max_batches=bulk.IN_REQUEST_BATCHES)
+    op = bulk_batches.run(op.pk, max_batches=bulk.IN_REQUEST_BATCHES)
     response = JsonResponse({"operation": bulk.as_dict(op)}, status=201)
     response["Location"] = reverse("taskengine:api_bulk_detail", args=[op.pk])
     return response

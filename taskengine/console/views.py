@@ -19,12 +19,12 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from .. import operations, queues
+from ..job_filters import JobFilterForm, keyset_page
 from ..states import JobState
 from ..tenancy import tenants_for
 from . import reads, serialize
 from .access import staff_page
 from .counts import bounded_count, distinct_tenants
-from .filters import JobFilterForm, keyset_page
 
 AUDIT_PAGE = 50
 

@@ -1,6 +1,5 @@
-"""Leader-only maintenance: recovery, schedules, dead workers, retention (and, added by
-runworker through ``build_services(extra=…)``, the batches of unfinished bulk
-operations: console/bulk.py).
+"""Leader-only maintenance: recovery, schedules, dead workers, retention, and the
+batches of unfinished bulk operations (bulk_batches.run_unfinished, docs/bulk.md).
 
 ``build_services(worker)`` gives runworker (unless ``--no-leader``) one service that
 stands for leader (leadership.Elector, its own thread) and runs the maintenance
@@ -22,14 +21,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from django.db import Error as DatabaseError
 from django.db import connections
 
-from .. import gate, metrics
+from .. import bulk_batches, gate, metrics
 from ..conf import engine_settings
 from ..leadership import Elector, LeaderLease, NotLeader
 from . import dead_workers, recovery, retention
@@ -58,6 +57,9 @@ def default_services(database: str, scheduler: Scheduler | None = None) -> list[
         Service("dead_workers", s.MAINTENANCE_INTERVAL_SECONDS, lambda lease: dead_workers.run_once(database, lease)),
         Service("schedules", s.SCHEDULER_INTERVAL_SECONDS, scheduler.run_once),
         Service("retention", s.RETENTION_INTERVAL_SECONDS, lambda lease: retention.run_once(database, lease)),
+        # A bounded slice of the unfinished bulk operations' batches (each its own
+        # transaction, under the operation row's lock: a second runner takes turns).
+        Service("bulk", s.MAINTENANCE_INTERVAL_SECONDS, lambda lease: bulk_batches.run_unfinished(database)),
     ]
 
 
@@ -170,12 +172,10 @@ class LeaderService:
         self.elector.stop()
 
 
-def build_services(worker: Worker, extra: Sequence[Service] = ()) -> list[WorkerService]:
+def build_services(worker: Worker) -> list[WorkerService]:
     """runworker's leader service. Validates TASKENGINE["SCHEDULES"] first, so a bad
-    entry stops the worker at start with ImproperlyConfigured naming it. ``extra``:
-    more services for the ticker (runworker adds the bulk operations' batches)."""
+    entry stops the worker at start with ImproperlyConfigured naming it."""
     scheduler = Scheduler(worker.database)
     elector = Elector(worker.database, worker.worker_id)
-    services = [*default_services(worker.database, scheduler), *extra]
-    ticker = MaintenanceTicker(worker.database, elector, services)
+    ticker = MaintenanceTicker(worker.database, elector, default_services(worker.database, scheduler))
     return [LeaderService(elector, ticker)]

@@ -1,4 +1,4 @@
-"""Bulk actions on a filter (console/bulk.py): the exact count, batches, tenant scope and
+"""Bulk actions on a filter (bulk.py): the exact count, batches, tenant scope and
 permission per batch, compare-and-set per job, one audit row per job changed plus the
 operation's own, resumption after the cursor; the console's confirm → POST → progress
 flow and the JSON API."""
@@ -14,7 +14,7 @@ from django.db import connection, transaction
 from django.db.models.functions import Now
 from django.test.utils import CaptureQueriesContext
 
-from taskengine.console import bulk
+from taskengine import bulk, bulk_batches
 from taskengine.models import BulkOperation, Job, OperatorAction, TenantMembership
 from taskengine.testing import advance_clock
 
@@ -52,7 +52,7 @@ def test_requeue_by_filter_changes_only_the_actors_tenant_in_batches(users):
     own = OperatorAction.objects.get(target_type="bulk_operation")
     assert (own.action, own.target_id, own.tenant, own.state_after["matched"]) == ("bulk.requeue", str(op.pk), "a", 23)
 
-    op = bulk.run(op.pk)
+    op = bulk_batches.run(op.pk)
     assert (op.state, op.changed, op.skipped, op.batches) == ("done", 23, 0, 5)
     assert op.finished_at is not None
     assert Job.objects.filter(tenant="a", task_path="tests.tasks.add", state="queued", max_attempts=4).count() == 23
@@ -73,14 +73,14 @@ def test_requeue_by_filter_changes_only_the_actors_tenant_in_batches(users):
 def test_a_run_stopped_after_some_batches_resumes_after_its_cursor(users):
     failed_jobs(12, "a")
     op = bulk.create("requeue", {"state": "failed"}, actor=users["alice"], batch_size=5)
-    op = bulk.run(op.pk, max_batches=1)
+    op = bulk_batches.run(op.pk, max_batches=1)
     assert (op.state, op.changed, op.batches) == ("running", 5, 1)
     first_cursor = op.cursor
-    op = bulk.run(op.pk)
+    op = bulk_batches.run(op.pk)
     assert (op.state, op.changed, op.skipped) == ("done", 12, 0)
     assert op.cursor > first_cursor
     assert job_audit().count() == 12
-    assert bulk.run_batch(op.pk) is None, "a finished operation runs no batch"
+    assert bulk_batches.run_batch(op.pk) is None, "a finished operation runs no batch"
     assert job_audit().count() == 12
 
 
@@ -88,7 +88,7 @@ def test_a_job_that_moved_meanwhile_is_not_touched(users):
     ids = failed_jobs(4, "a")
     op = bulk.create("requeue", {"state": "failed"}, actor=users["alice"])
     Job.objects.filter(pk=ids[0]).update(state="queued", finished_at=None)  # someone requeued it
-    op = bulk.run(op.pk)
+    op = bulk_batches.run(op.pk)
     assert (op.matched, op.changed) == (4, 3)
     assert job_audit().count() == 3
 
@@ -98,7 +98,7 @@ def test_a_group_whose_job_moved_falls_back_to_one_compare_and_set_per_job(users
     stale = list(Job.objects.filter(pk__in=ids).order_by("pk"))
     Job.objects.filter(pk=ids[1]).update(state="queued", finished_at=None)  # moved after the read
     with transaction.atomic():
-        changed, skipped = bulk._apply_group("requeue", stale, "default")
+        changed, skipped = bulk_batches._apply_group("requeue", stale, "default")
     assert sorted(j.pk for j in changed) == [ids[0], ids[2], ids[3]]
     assert list(skipped) == [ids[1]] and "changed state meanwhile" in skipped[ids[1]]
     assert Job.objects.get(pk=ids[1]).max_attempts == 3, "the moved job was not overwritten"
@@ -108,7 +108,7 @@ def test_a_job_whose_unique_key_is_held_is_skipped_and_the_others_changed(users)
     make_job("queued", "a", unique_key="k1")
     held = make_job("failed", "a", unique_key="k1")
     free = failed_jobs(3, "a")
-    op = bulk.run(bulk.create("requeue", {"state": "failed"}, actor=users["alice"]).pk)
+    op = bulk_batches.run(bulk.create("requeue", {"state": "failed"}, actor=users["alice"]).pk)
     assert (op.state, op.matched, op.changed, op.skipped) == ("done", 4, 3, 1)
     assert "unique key" in op.error
     assert Job.objects.get(pk=held.pk).state == "failed"
@@ -120,7 +120,7 @@ def test_jobs_enqueued_after_creation_are_not_touched(users):
     failed_jobs(3, "a")
     op = bulk.create("requeue", {"state": "failed"}, actor=users["alice"])
     late = failed_jobs(2, "a")
-    bulk.run(op.pk)
+    bulk_batches.run(op.pk)
     assert set(Job.objects.filter(pk__in=late).values_list("state", flat=True)) == {"failed"}
 
 
@@ -128,9 +128,9 @@ def test_permission_revoked_half_way_fails_the_operation(users):
     failed_jobs(6, "a")
     alice = users["alice"]
     op = bulk.create("requeue", {}, actor=alice, batch_size=2)
-    bulk.run(op.pk, max_batches=1)
+    bulk_batches.run(op.pk, max_batches=1)
     alice.user_permissions.remove(Permission.objects.get(codename="requeue_job"))
-    op = bulk.run(op.pk)
+    op = bulk_batches.run(op.pk)
     assert (op.state, op.changed) == ("failed", 2)
     assert "no longer has permission" in op.error
 
@@ -138,9 +138,9 @@ def test_permission_revoked_half_way_fails_the_operation(users):
 def test_tenant_membership_removed_half_way_stops_changing_its_jobs(users):
     failed_jobs(6, "a")
     op = bulk.create("requeue", {}, actor=users["alice"], batch_size=2)
-    bulk.run(op.pk, max_batches=1)
+    bulk_batches.run(op.pk, max_batches=1)
     TenantMembership.objects.filter(user=users["alice"]).delete()
-    op = bulk.run(op.pk)
+    op = bulk_batches.run(op.pk)
     assert (op.state, op.changed) == ("done", 2)
     assert Job.objects.filter(state="failed").count() == 4
 
@@ -160,7 +160,7 @@ def test_cancel_and_retry_count_only_the_jobs_they_apply_to(users):
     make_job("failed", "a")
     assert bulk.preview("retry", {}, actor=users["alice"]).count == 1
     assert bulk.preview("cancel", {}, actor=users["alice"]).count == 3
-    op = bulk.run(bulk.create("cancel", {}, actor=users["alice"]).pk)
+    op = bulk_batches.run(bulk.create("cancel", {}, actor=users["alice"]).pk)
     assert (op.state, op.changed) == ("done", 3)
     assert Job.objects.filter(state="cancelled").count() == 2
     assert Job.objects.filter(state="running", cancel_requested_at__isnull=False).count() == 2
@@ -172,7 +172,7 @@ def test_the_superuser_acts_on_every_tenant_and_a_system_actor_too(users):
     failed_jobs(2, "b")
     failed_jobs(1, None)
     assert bulk.preview("requeue", {}, actor=users["root"]).count == 5
-    op = bulk.run(bulk.create("requeue", {"tenant": "b"}, actor="cli:ops").pk)
+    op = bulk_batches.run(bulk.create("requeue", {"tenant": "b"}, actor="cli:ops").pk)
     assert (op.changed, op.actor_repr, op.actor_kind, op.tenants) == (2, "cli:ops", "system", None)
     assert job_audit().filter(actor_repr="cli:ops").count() == 2
 
@@ -212,10 +212,10 @@ def test_nothing_matching_is_done_at_once(users):
 def test_cancelling_an_operation_stops_it(users):
     failed_jobs(4, "a")
     op = bulk.create("requeue", {}, actor=users["alice"], batch_size=2)
-    bulk.run(op.pk, max_batches=1)
+    bulk_batches.run(op.pk, max_batches=1)
     op = bulk.cancel(op.pk, actor=users["alice"])
     assert op.state == "cancelled"
-    assert bulk.run(op.pk).changed == 2
+    assert bulk_batches.run(op.pk).changed == 2
     with pytest.raises(bulk.operations.JobNotFound):
         bulk.cancel(op.pk, actor=users["bob"])
 
@@ -223,21 +223,21 @@ def test_cancelling_an_operation_stops_it(users):
 def test_the_leaders_service_finishes_unfinished_operations(users):
     failed_jobs(5, "a")
     op = bulk.create("requeue", {}, actor=users["alice"], batch_size=2)
-    assert bulk.run_unfinished(max_batches=1) == 1, "a console operation is the leader's at once"
+    assert bulk_batches.run_unfinished(max_batches=1) == 1, "a console operation is the leader's at once"
     assert BulkOperation.objects.get(pk=op.pk).runner == "leader"
-    assert bulk.run_unfinished(max_batches=1) == 1
+    assert bulk_batches.run_unfinished(max_batches=1) == 1
     assert BulkOperation.objects.get(pk=op.pk).changed == 4
-    bulk.run_unfinished()
+    bulk_batches.run_unfinished()
     assert BulkOperation.objects.get(pk=op.pk).state == "done"
 
 
 def test_the_leader_leaves_a_commands_operation_alone_until_it_is_idle(users):
     failed_jobs(3, "a")
     op = bulk.create("requeue", {}, actor=users["alice"], batch_size=2)
-    bulk.run(op.pk, max_batches=1, runner="cli:host:123")
-    assert bulk.run_unfinished() == 0, "a command may still be running it"
+    bulk_batches.run(op.pk, max_batches=1, runner="cli:host:123")
+    assert bulk_batches.run_unfinished() == 0, "a command may still be running it"
     advance_clock(bulk.IDLE_SECONDS + 1)
-    assert bulk.run_unfinished() == 1
+    assert bulk_batches.run_unfinished() == 1
     assert BulkOperation.objects.get(pk=op.pk).state == "done"
 
 
@@ -396,12 +396,11 @@ def test_anonymous_and_non_staff_are_refused(users):
     assert not BulkOperation.objects.exists()
 
 
-def test_runworker_adds_the_bulk_service_to_the_leader(users):
-    from taskengine.management.commands.runworker import bulk_service
+def test_the_leaders_maintenance_runs_the_bulk_service(users):
+    from taskengine.maintenance import default_services
 
     failed_jobs(3, "a")
     op = bulk.create("requeue", {}, actor=users["alice"], batch_size=2)
-    service = bulk_service("default")
-    assert service.name == "bulk"
+    [service] = [s for s in default_services("default") if s.name == "bulk"]
     assert service.run_once(None) == 2  # the service does not use the lease
     assert BulkOperation.objects.get(pk=op.pk).state == "done"

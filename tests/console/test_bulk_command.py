@@ -18,7 +18,7 @@ from django.db import connection, connections
 from django.db.models import Count
 from django.db.models.functions import Now
 
-from taskengine.console import bulk
+from taskengine import bulk, bulk_batches
 from taskengine.models import BulkOperation, Job, OperatorAction
 from tests.conftest import ROOT, subprocess_env, wait_for
 
@@ -191,7 +191,7 @@ def test_two_runners_of_one_operation_take_turns_and_apply_each_batch_once():
 
     def runner(name: str) -> None:
         try:
-            bulk.run(op.pk, runner=name)
+            bulk_batches.run(op.pk, runner=name)
         except BaseException as exc:  # reported below, not lost in the thread
             errors.append(exc)
         finally:

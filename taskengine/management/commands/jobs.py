@@ -25,8 +25,8 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from taskengine import bulk, bulk_batches
 from taskengine.conf import engine_settings
-from taskengine.console import bulk
 from taskengine.models import BulkOperation
 from taskengine.operations import OperationError
 from taskengine.queues import cli_actor
@@ -131,7 +131,7 @@ class Command(BaseCommand):
             self.stderr._out,  # type: ignore[arg-type]  # the stream (a callable in django-stubs)
             enabled=not options["no_progress"],
         )
-        op = bulk.run(
+        op = bulk_batches.run(
             op.pk,
             using=database,
             pause=options["pause"],

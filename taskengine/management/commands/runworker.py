@@ -15,8 +15,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from taskengine import gate, metrics
 from taskengine.compat import task_backends
 from taskengine.conf import engine_settings
-from taskengine.console import bulk
-from taskengine.maintenance import Service, build_services
+from taskengine.maintenance import build_services
 from taskengine.queues import declared_queues
 from taskengine.worker import Worker
 
@@ -194,7 +193,7 @@ class Command(BaseCommand):
         )
         if not options["no_leader"]:
             try:
-                worker.services = build_services(worker, extra=[bulk_service(worker.database)])
+                worker.services = build_services(worker)
             except ImproperlyConfigured as exc:  # e.g. a bad TASKENGINE["SCHEDULES"] entry
                 raise CommandError(str(exc)) from exc
         return worker
@@ -203,9 +202,3 @@ class Command(BaseCommand):
         logger.info(
             "received a stop signal during start-up: exiting before starting (nothing registered, nothing claimed)"
         )
-
-
-def bulk_service(database: str) -> Service:
-    """The leader's share of bulk operations: a bounded slice of the unfinished
-    operations' batches every MAINTENANCE_INTERVAL_SECONDS (docs/bulk.md)."""
-    return Service("bulk", engine_settings.MAINTENANCE_INTERVAL_SECONDS, lambda lease: bulk.run_unfinished(database))

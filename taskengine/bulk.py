@@ -31,23 +31,19 @@ in the transaction that changed the jobs below it.
 
 from __future__ import annotations
 
-import time
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
-from django.contrib.auth import get_user_model
-from django.db import IntegrityError, connections, transaction
-from django.db.models import Max, Q
+from django.db import transaction
+from django.db.models import Max
 from django.db.models.functions import Now
 
-from .. import audit, operations
-from ..models import BulkOperation, BulkOperationState, Job, JobQuerySet
-from ..tenancy import RequestUser, scope_jobs, tenants_for
-from ..values import text_problem
-from .filters import JobFilterForm
+from . import audit, operations
+from .job_filters import JobFilterForm
+from .models import BulkOperation, BulkOperationState, Job, JobQuerySet
+from .tenancy import RequestUser, scope_jobs, tenants_for
+from .values import text_problem
 
 ACTIONS = ("requeue", "retry", "cancel")
 FILTER_FIELDS = ("state", "queue", "task", "tenant", "since", "until")
@@ -144,7 +140,7 @@ def _scope(queryset: JobQuerySet, actor: BulkActor, tenants: list[str] | None) -
     return queryset if isinstance(actor, str) else scope_jobs(queryset, actor)
 
 
-def _matching(
+def matching(
     action: str, filter_params: dict[str, str], actor: BulkActor, tenants: list[str] | None, using: str
 ) -> JobQuerySet:
     return _scope(_filtered(filter_params, using), actor, tenants).filter(operations.applicable(action))
@@ -160,7 +156,7 @@ def preview(action: str, filter_data: Any, *, actor: BulkActor, using: str = "de
     _check_actor(actor, action)
     params = clean_filter(filter_data)
     tenants = _actor_tenants(actor)
-    count = _matching(action, params, actor, tenants, using).count()
+    count = matching(action, params, actor, tenants, using).count()
     return Preview(action, params, count, tenants)
 
 
@@ -179,6 +175,15 @@ def _audit_tenant(params: dict[str, str], tenants: list[str] | None) -> str | No
     return None
 
 
+def _check_request(action: str, actor: BulkActor, reason: str, batch_size: int) -> None:
+    _check_action(action)
+    _check_actor(actor, action)
+    if problem := text_problem(reason):
+        raise BulkFilterError(f"invalid reason: {problem}")
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise BulkFilterError(f"the batch size must be 1..{MAX_BATCH_SIZE}, not {batch_size}")
+
+
 def create(
     action: str,
     filter_data: Any,
@@ -192,18 +197,12 @@ def create(
     """Store the operation (pending) and its audit row in one transaction; nothing else
     changes until ``run()``. ``runner``: who will run it (a command names itself, so the
     leader leaves the operation to it while it runs)."""
-    _check_action(action)
-    _check_actor(actor, action)
-    problem = text_problem(reason)
-    if problem:
-        raise BulkFilterError(f"invalid reason: {problem}")
-    if not 1 <= batch_size <= MAX_BATCH_SIZE:
-        raise BulkFilterError(f"the batch size must be 1..{MAX_BATCH_SIZE}, not {batch_size}")
+    _check_request(action, actor, reason, batch_size)
     params = clean_filter(filter_data)
     tenants = _actor_tenants(actor)
     with transaction.atomic(using=using):
         max_job_id = Job.objects.using(using).aggregate(m=Max("pk"))["m"] or 0
-        matched = _matching(action, params, actor, tenants, using).filter(pk__lte=max_job_id).count()
+        matched = matching(action, params, actor, tenants, using).filter(pk__lte=max_job_id).count()
         op = BulkOperation.objects.using(using).create(
             action=action,
             filter=params,
@@ -246,54 +245,7 @@ def find_unfinished(action: str, filter_data: Any, *, actor: BulkActor, using: s
     return None
 
 
-def _resolve_actor(op: BulkOperation, using: str) -> tuple[BulkActor | None, str]:
-    """The operation's actor as it is now, or (None, why it may no longer act)."""
-    if op.actor_kind == "system":
-        return op.actor_repr, ""
-    user = get_user_model()._default_manager.using(using).filter(pk=op.actor_id).first() if op.actor_id else None
-    if user is None:
-        return None, "the operation's user no longer exists"
-    if not operations.has_permission(user, op.action):
-        return None, f"{op.actor_repr} no longer has permission to {op.action} jobs (or is not active)"
-    return user, ""
-
-
-def _group_key(job: Job) -> tuple[str, int, bool]:
-    """Jobs whose single-job change (operations.UPDATES) is the same UPDATE."""
-    return (job.state, job.attempts, job.cancel_requested_at is None)
-
-
-def _apply_group(action: str, jobs: list[Job], using: str) -> tuple[list[Job], dict[int, str]]:
-    """Change ``jobs`` (all alike: _group_key): one guarded UPDATE, or, if any of them
-    moved, the single-job compare-and-set for each. Returns (changed, skipped: reason)."""
-    guard, changes, _message = operations.UPDATES[action](jobs[0])
-    ids = [job.pk for job in jobs]
-    try:
-        with transaction.atomic(using=using):
-            rows = Job.objects.using(using).filter(guard, pk__in=ids, attempts=jobs[0].attempts)
-            if rows.update(**changes) == len(ids):
-                return jobs, {}
-            raise _Moved
-    except (_Moved, IntegrityError):
-        pass
-    changed, skipped = [], {}
-    for job in jobs:
-        guard, changes, _message = operations.UPDATES[action](job)
-        try:
-            if operations.compare_and_set(job, guard, changes, using):
-                changed.append(job)
-            else:
-                skipped[job.pk] = f"job {job.pk} changed state meanwhile"
-        except operations.OperationRefused as exc:
-            skipped[job.pk] = exc.message
-    return changed, skipped
-
-
-class _Moved(Exception):
-    """A group's UPDATE matched fewer rows than it had jobs: roll it back, go job by job."""
-
-
-def _claim(op_id: int, using: str, runner: str = "") -> BulkOperation | None:
+def take(op_id: int, using: str, runner: str = "") -> BulkOperation | None:
     """Take the operation's row for this transaction (row lock / write lock) and read it."""
     changes: dict[str, Any] = {"state": BulkOperationState.RUNNING, "updated_at": Now()}
     if runner:
@@ -304,118 +256,10 @@ def _claim(op_id: int, using: str, runner: str = "") -> BulkOperation | None:
     return BulkOperation.objects.using(using).get(pk=op_id)
 
 
-def _finish(op: BulkOperation, state: str, using: str, error: str = "") -> None:
+def finish(op: BulkOperation, state: str, using: str, error: str = "") -> None:
     BulkOperation.objects.using(using).filter(pk=op.pk).update(
         state=state, error=error[:2000], finished_at=Now(), updated_at=Now()
     )
-
-
-def run_batch(op_id: int, *, using: str = "default", runner: str = "") -> BulkOperation | None:
-    """Apply the next batch of operation ``op_id`` in one transaction (module
-    docstring); returns the operation as committed, or None if it is already finished.
-    ``runner`` names who runs it (kept on the record)."""
-    with transaction.atomic(using=using):
-        op = _claim(op_id, using, runner)
-        if op is None:
-            return None
-        actor, problem = _resolve_actor(op, using)
-        if actor is None:
-            _finish(op, BulkOperationState.FAILED, using, problem)
-            return BulkOperation.objects.using(using).get(pk=op_id)
-        candidates = (
-            _matching(op.action, op.filter, actor, op.tenants, using)
-            .filter(pk__gt=op.cursor, pk__lte=op.max_job_id)
-            .only(*JOB_FIELDS)
-            .order_by("pk")
-        )
-        if connections[using].features.has_select_for_update:
-            candidates = candidates.select_for_update(of=("self",))
-        batch = list(candidates[: op.batch_size])
-        groups: dict[tuple[str, int, bool], list[Job]] = defaultdict(list)
-        skipped: dict[int, str] = {}
-        for job in batch:
-            refusal = operations.refusal(job, op.action)
-            if refusal:
-                skipped[job.pk] = refusal
-            else:
-                groups[_group_key(job)].append(job)
-        changed: list[Job] = []
-        for jobs in groups.values():
-            done, refused = _apply_group(op.action, jobs, using)
-            changed.extend(done)
-            skipped.update(refused)
-        _audit_batch(op, actor, changed, using)
-        last = batch[-1].pk if batch else op.cursor
-        complete = len(batch) < op.batch_size or last >= op.max_job_id
-        BulkOperation.objects.using(using).filter(pk=op.pk).update(
-            cursor=last,
-            changed=op.changed + len(changed),
-            skipped=op.skipped + len(skipped),
-            batches=op.batches + 1,
-            error=(next(iter(skipped.values())) if skipped else op.error)[:2000],
-            state=BulkOperationState.DONE if complete else BulkOperationState.RUNNING,
-            finished_at=Now() if complete else None,
-            updated_at=Now(),
-        )
-    return BulkOperation.objects.using(using).get(pk=op_id)
-
-
-def _audit_batch(op: BulkOperation, actor: BulkActor, changed: list[Job], using: str) -> None:
-    """One audit row per job changed, in the batch's transaction; metrics on commit."""
-    if not changed:
-        return
-    befores = {job.pk: audit.job_snapshot(job) for job in changed}
-    after = {job.pk: job for job in Job.objects.using(using).filter(pk__in=list(befores)).only(*JOB_FIELDS)}
-    reason = f"bulk operation {op.pk}" + (f": {op.reason}" if op.reason else "")
-    audit.record_many(
-        actor=actor,
-        action=op.action,
-        target_type="job",
-        rows=[
-            {
-                "target_id": pk,
-                "tenant": after[pk].tenant,
-                "before": before,
-                "after": audit.job_snapshot(after[pk]),
-                "reason": reason[:2000],
-            }
-            for pk, before in befores.items()
-        ],
-        using=using,
-    )
-    counted = [(befores[pk]["state"], after[pk]) for pk in befores]
-
-    def count() -> None:
-        for state_before, job in counted:
-            operations.count(op.action, state_before, job)
-
-    transaction.on_commit(count, using=using)
-
-
-def run(
-    op_id: int,
-    *,
-    using: str = "default",
-    max_batches: int | None = None,
-    pause: float = 0.0,
-    progress: ProgressFn | None = None,
-    runner: str = "console",
-) -> BulkOperation:
-    """Apply batches until the operation is finished (or ``max_batches`` ran); ``pause``
-    seconds between batches throttle a big operation's load."""
-    ran = 0
-    while max_batches is None or ran < max_batches:
-        op = run_batch(op_id, using=using, runner=runner)
-        if op is None:
-            break
-        ran += 1
-        if progress is not None:
-            progress(op)
-        if op.finished:
-            break
-        if pause > 0:
-            time.sleep(pause)
-    return BulkOperation.objects.using(using).get(pk=op_id)
 
 
 def cancel(op_id: int, *, actor: BulkActor, using: str = "default") -> BulkOperation:
@@ -425,9 +269,9 @@ def cancel(op_id: int, *, actor: BulkActor, using: str = "default") -> BulkOpera
         if op is None or not visible(op, actor):
             raise operations.JobNotFound(f"no bulk operation {op_id}")
         _check_actor(actor, op.action)
-        if not _claim(op_id, using):
+        if not take(op_id, using):
             raise operations.OperationRefused(f"bulk operation {op_id} is already {op.state}")
-        _finish(op, BulkOperationState.CANCELLED, using)
+        finish(op, BulkOperationState.CANCELLED, using)
         audit.record(
             actor=actor,
             action=f"bulk.{op.action}.cancel",
@@ -439,27 +283,6 @@ def cancel(op_id: int, *, actor: BulkActor, using: str = "default") -> BulkOpera
             using=using,
         )
     return BulkOperation.objects.using(using).get(pk=op_id)
-
-
-def run_unfinished(using: str = "default", *, max_batches: int = 20, idle_for: float = IDLE_SECONDS) -> int:
-    """The leader's ``bulk`` maintenance service: up to ``max_batches`` batches of the
-    oldest unfinished operations started by the console or the API (or last run by a
-    leader), and of any other no runner has moved for ``idle_for`` seconds: a running
-    ``manage.py jobs`` keeps its own pace (``--pause`` included); one killed is taken
-    over. Returns the batches run."""
-    ours = Q(runner__in=["", "console", LEADER_RUNNER])
-    idle = Q(updated_at__lte=Now() - timedelta(seconds=idle_for))
-    unfinished = BulkOperation.objects.using(using).filter(ours | idle, state__in=UNFINISHED)
-    ran = 0
-    for op_id in unfinished.order_by("pk").values_list("pk", flat=True)[:10]:
-        while ran < max_batches:
-            op = run_batch(op_id, using=using, runner=LEADER_RUNNER)
-            if op is None:
-                break
-            ran += 1
-            if op.finished:
-                break
-    return ran
 
 
 def visible(op: BulkOperation, user: BulkActor) -> bool:

@@ -1,10 +1,10 @@
-"""Job filters and keyset pagination, shared by the job list page and the JSON API.
+"""Job filters and keyset pagination, shared by the job list page, the JSON API and bulk operations.
 
 Filters: ``state``, ``queue``, ``task`` (exact task path), ``tenant``, and the
 enqueue range ``since`` / ``until``: a date (inclusive, UTC: ``until`` a date takes the
 whole day) or an ISO 8601 date and time (exact; without an offset it is UTC). Text with a
 NUL or a lone surrogate is a filter error (values.text_problem), not a database error.
-Bulk operations (console/bulk.py) store ``filter_params()`` and apply the same filter. Indexes that serve
+Bulk operations (bulk.py) store ``filter_params()`` and apply the same filter. Indexes that serve
 them (migration 0005 keeps the hot path lean, so only some filters have one): queued
 jobs by queue through taskengine_job_claim_idx, running ones through
 taskengine_job_worker_idx, failed/cancelled through taskengine_job_problem_idx, tenants
@@ -26,9 +26,9 @@ from typing import Any
 from django import forms
 from django.db.models import Max, Min
 
-from ..models import Job, JobQuerySet
-from ..states import JobState
-from ..values import text_problem
+from .models import Job, JobQuerySet
+from .states import JobState
+from .values import text_problem
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
