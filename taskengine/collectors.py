@@ -6,7 +6,7 @@ project/urls.py); workers export only their own process metrics (taskengine.metr
 Invariants:
 - Registering runs no query: ``describe()`` names the families without collecting.
 - A scrape is cheap on a table of millions of rows: every query is bounded (see
-  sql/metrics.<vendor>.sql — capped index-only counts and index probes on
+  db/<vendor>/metrics.sql — capped index-only counts and index probes on
   taskengine_job_claim_idx / taskengine_job_worker_idx), and one reading is reused for
   ``METRICS_CACHE_SECONDS``, so parallel or frequent scrapes cost one set of queries.
 - Read-only: SELECT and EXPLAIN only, outside any transaction the collector opens.
@@ -160,7 +160,7 @@ def known_queues() -> list[str]:
 
 
 def read_tables(connection: BaseDatabaseWrapper, reading: Reading) -> None:
-    """Fill ``reading`` from the bounded queries of sql/metrics.<vendor>.sql."""
+    """Fill ``reading`` from the bounded queries of db/<vendor>/metrics.sql."""
     max_queues = int(engine_settings.METRICS_MAX_QUEUES)
     cap = int(engine_settings.METRICS_DEPTH_EXACT_LIMIT)
     with connection.cursor() as cursor:

@@ -1,6 +1,6 @@
 """Queues as records: first use, ``TASKENGINE["QUEUES"]``, pause and resume.
 
-See docs/queues.md. The claim (sql/jobs.<vendor>.sql) drops paused queues from the
+See docs/queues.md. The claim (db/<vendor>/jobs.sql) drops paused queues from the
 wanted list inside its own statement, so a pause committed before a claim began is
 always honoured and no worker keeps a copy of the paused set.
 
