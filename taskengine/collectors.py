@@ -19,7 +19,6 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -35,6 +34,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from . import gate, metrics
 from .conf import engine_settings
+from .db import store_for
 from .queries import sql
 
 if TYPE_CHECKING:
@@ -188,11 +188,7 @@ def read_tables(connection: BaseDatabaseWrapper, reading: Reading) -> None:
 def queue_reading(connection: BaseDatabaseWrapper, cursor: CursorWrapper, name: str, cap: int) -> QueueReading:
     cursor.execute(sql(connection, "metrics_queue_stats"), {"queue": name, "cap": cap})
     depth, age = cursor.fetchone()
-    if depth >= cap and connection.vendor == "postgresql":
-        cursor.execute(sql(connection, "metrics_queue_depth_estimate"), {"queue": name})
-        plan = cursor.fetchone()[0]
-        plan = json.loads(plan) if isinstance(plan, str) else plan
-        depth = max(depth, int(plan[0]["Plan"]["Plan Rows"]))
+    depth = store_for(connection).queue_depth(connection, cursor, name, depth, cap)
     return QueueReading(depth=float(depth), oldest_age_seconds=max(0.0, float(age or 0)))
 
 
