@@ -161,8 +161,11 @@ def claimed_jobs(description: Sequence[Sequence[Any]], rows: Sequence[Sequence[A
     """The claimed rows as ClaimedJobs, in claim order. The claim has committed: a row
     that does not decode must still become a ClaimedJob (its attempt fails with the
     reason), never an error that drops the whole batch."""
-    jobs = [claimed_job(record) for record in records(description, rows, CLAIM_RENAMES)]
-    # UPDATE … RETURNING has no order; hand jobs out in claim order.
+    return in_claim_order([claimed_job(record) for record in records(description, rows, CLAIM_RENAMES)])
+
+
+def in_claim_order(jobs: list[ClaimedJob]) -> list[ClaimedJob]:
+    """UPDATE … RETURNING has no order; jobs are handed out in claim order."""
     jobs.sort(key=lambda j: (-j.priority, j.run_after, j.id))
     return jobs
 

@@ -16,13 +16,16 @@ from ...jobs import ClaimedJob, InsertedJob, NewJob, Outcome
 from ...queries import sql
 from ..base import (
     ADVISORY_LOCK_NAMESPACE,
+    CLAIM_RENAMES,
     RELEASED_CANCEL_ERROR_CLASS,
     RELEASED_CANCEL_MESSAGE,
     LeaseRow,
     RecoveredRow,
     Store,
     Won,
+    claimed_job,
     claimed_jobs,
+    in_claim_order,
     fetch_as,
     job_params,
     json_columns,
@@ -156,7 +159,7 @@ class PostgresStore(Store):
         if limit <= 0 or not queues:
             return (self.finish_jobs(connection, worker_id=worker_id, outcomes=outcomes) if outcomes else {}), []
         if not outcomes:
-            claimed = self.claim_jobs(
+            return {}, self.claim_jobs(
                 connection,
                 worker_id=worker_id,
                 queues=queues,
@@ -164,7 +167,6 @@ class PostgresStore(Store):
                 lease_seconds=lease_seconds,
                 advisory=advisory,
             )
-            return {}, claimed
         params = self._finish_params(worker_id, outcomes)
         params.update(
             queues=self.array(queues),
@@ -174,13 +176,18 @@ class PostgresStore(Store):
         )
         with self.engine_cursor(connection) as cursor:
             cursor.execute(sql(connection, "finish_and_claim_advisory" if advisory else "finish_and_claim"), params)
-            rows = cursor.fetchall()
-            # A claimed job has finished_state NULL; a finished one has its id,
-            # finished_state and finished_at (see finish_and_claim_result).
-            state = [column[0] for column in cursor.description].index("finished_state")
-            finished = {row[0]: (row[state], row[state + 1]) for row in rows if row[state] is not None}
-            claimed = claimed_jobs(cursor.description[:state], [r[:state] for r in rows if r[state] is None])
-        return finished, claimed
+            rows = records(cursor.description, cursor.fetchall(), CLAIM_RENAMES)
+        # A claimed job has finished_state NULL; a finished one has its id, finished_state
+        # and finished_at, and NULL in every claim column (see finish_and_claim_result).
+        finished: Won = {}
+        claimed: list[ClaimedJob] = []
+        for record in rows:
+            state, finished_at = record.pop("finished_state"), record.pop("finished_at")
+            if state is None:
+                claimed.append(claimed_job(record))
+            else:
+                finished[record["id"]] = (state, finished_at)
+        return finished, in_claim_order(claimed)
 
     def _finish_params(self, worker_id: str, outcomes: list[Outcome]) -> dict[str, Any]:
         return {
