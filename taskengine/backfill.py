@@ -18,7 +18,6 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from . import audit
+from .db import store_for
 from .queries import sql
 
 TABLE = "task_execution_logs"
@@ -67,13 +67,6 @@ class TableReport:
         return {**asdict(self), "clean": self.clean}
 
 
-def vendor_list(connection: BaseDatabaseWrapper, values: list[Any] | None) -> Any:
-    """A list parameter in the shape the vendor's SQL expects (array / JSON text)."""
-    if values is None:
-        return None
-    return list(values) if connection.vendor == "postgresql" else json.dumps(list(values))
-
-
 def _fetch(connection: BaseDatabaseWrapper, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
     with connection.cursor() as cursor:
         cursor.execute(sql(connection, name), params)
@@ -83,7 +76,7 @@ def _fetch(connection: BaseDatabaseWrapper, name: str, params: dict[str, Any]) -
 
 def count_pending(database: str = "default", *, tenants: list[str] | None = None) -> int:
     connection = connections[database]
-    pending: int = _fetch(connection, "backfill_count_pending", {"tenants": vendor_list(connection, tenants)})[0][0]
+    pending: int = _fetch(connection, "backfill_count_pending", {"tenants": store_for(connection).array(tenants)})[0][0]
     return pending
 
 
@@ -94,7 +87,7 @@ def fill_batch(database: str, ids: list[int], *, actor: Any = SYSTEM_ACTOR) -> l
     connection = connections[database]
     by_tenant: dict[str | None, list[int]] = {}
     with transaction.atomic(using=database):
-        for log_id, tenant in _fetch(connection, "backfill_fill_batch", {"ids": vendor_list(connection, ids)}):
+        for log_id, tenant in _fetch(connection, "backfill_fill_batch", {"ids": store_for(connection).array(ids)}):
             by_tenant.setdefault(tenant, []).append(log_id)
         # Tenants in order of their first row, so the trail reads in id order.
         for tenant, written in sorted(by_tenant.items(), key=lambda item: min(item[1])):
@@ -139,7 +132,7 @@ def run(
             for row in _fetch(
                 connection,
                 "backfill_next_batch",
-                {"after_id": after_id, "limit": batch_size, "tenants": vendor_list(connection, tenants)},
+                {"after_id": after_id, "limit": batch_size, "tenants": store_for(connection).array(tenants)},
             )
         ]
         if not ids:
@@ -164,7 +157,7 @@ def report(database: str = "default", *, tenants: list[str] | None = None, sampl
     """Per table: total rows, filled, missing, mismatched (user_id_str differs from
     user_id as text), rows with no user at all, and samples of offending ids."""
     connection = connections[database]
-    params = {"tenants": vendor_list(connection, tenants), "limit": sample_size}
+    params = {"tenants": store_for(connection).array(tenants), "limit": sample_size}
     total, filled, missing, mismatched, without_user = _fetch(connection, "backfill_report_counts", params)[0]
     return [
         TableReport(

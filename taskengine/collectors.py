@@ -6,7 +6,7 @@ project/urls.py); workers export only their own process metrics (taskengine.metr
 Invariants:
 - Registering runs no query: ``describe()`` names the families without collecting.
 - A scrape is cheap on a table of millions of rows: every query is bounded (see
-  sql/metrics.<vendor>.sql — capped index-only counts and index probes on
+  db/<vendor>/metrics.sql — capped index-only counts and index probes on
   taskengine_job_claim_idx / taskengine_job_worker_idx), and one reading is reused for
   ``METRICS_CACHE_SECONDS``, so parallel or frequent scrapes cost one set of queries.
 - Read-only: SELECT and EXPLAIN only, outside any transaction the collector opens.
@@ -19,7 +19,6 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -35,6 +34,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from . import gate, metrics
 from .conf import engine_settings
+from .db import store_for
 from .queries import sql
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ def known_queues() -> list[str]:
 
 
 def read_tables(connection: BaseDatabaseWrapper, reading: Reading) -> None:
-    """Fill ``reading`` from the bounded queries of sql/metrics.<vendor>.sql."""
+    """Fill ``reading`` from the bounded queries of db/<vendor>/metrics.sql."""
     max_queues = int(engine_settings.METRICS_MAX_QUEUES)
     cap = int(engine_settings.METRICS_DEPTH_EXACT_LIMIT)
     with connection.cursor() as cursor:
@@ -188,11 +188,7 @@ def read_tables(connection: BaseDatabaseWrapper, reading: Reading) -> None:
 def queue_reading(connection: BaseDatabaseWrapper, cursor: CursorWrapper, name: str, cap: int) -> QueueReading:
     cursor.execute(sql(connection, "metrics_queue_stats"), {"queue": name, "cap": cap})
     depth, age = cursor.fetchone()
-    if depth >= cap and connection.vendor == "postgresql":
-        cursor.execute(sql(connection, "metrics_queue_depth_estimate"), {"queue": name})
-        plan = cursor.fetchone()[0]
-        plan = json.loads(plan) if isinstance(plan, str) else plan
-        depth = max(depth, int(plan[0]["Plan"]["Plan Rows"]))
+    depth = store_for(connection).queue_depth(connection, cursor, name, depth, cap)
     return QueueReading(depth=float(depth), oldest_age_seconds=max(0.0, float(age or 0)))
 
 

@@ -5,7 +5,7 @@ call is that round trip. psycopg's cursor drives the protocol from Python genera
 around non-blocking libpq calls, which costs about 60 µs per round trip more than
 libpq's own blocking ``PQexecPrepared`` on the same connection (measured in
 docs/performance.md) — a sixth of the call. ``run`` executes a named statement of
-``sql/*.postgresql.sql`` with ``PQexecPrepared`` (which releases the GIL) on the
+``db/postgresql/*.sql`` with ``PQexecPrepared`` (which releases the GIL) on the
 psycopg connection Django already holds, preparing it once per connection.
 
 It is used only where nothing else is owed to the connection (``usable``):

@@ -1,4 +1,4 @@
-"""Named SQL, loaded from ``sql/<concept>.<vendor>.sql``.
+"""Named SQL, loaded from ``db/<vendor>/<concept>.sql``.
 
 Keeping SQL in files means a reviewer reads the exact statements the engine runs, with
 the index each relies on named in a comment beside it. ``sql(connection, "claim_jobs")``
@@ -41,7 +41,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Protocol
 
-SQL_DIR = Path(__file__).with_name("sql")
+SQL_DIR = Path(__file__).with_name("db")  # one directory per vendor: db/postgresql/, db/sqlite/
 _HEADER = re.compile(r"--\s*name:\s*(\w+)(\s+\(fragment\))?\s*")
 _LOOKS_LIKE_HEADER = re.compile(r"\s*--\s*name\s*:")
 _INCLUDE = re.compile(r"(\s*)--\s*@include\s+(\w+)\s*")
@@ -93,8 +93,9 @@ class Statements(dict[str, str]):
 
 
 def read_blocks(path: Path) -> dict[str, Block]:
-    """The blocks of one SQL file, as written."""
-    return _parse(path.read_text(), path.name)
+    """The blocks of one SQL file, as written. A block's source is ``<vendor>/<file>``
+    (``sqlite/jobs.sql``): the files of the two vendors share their names."""
+    return _parse(path.read_text(), f"{path.parent.name}/{path.name}")
 
 
 def parse_blocks(text: str, source: str = "<text>") -> Statements:
@@ -113,7 +114,7 @@ def package_statements(package: str, filename: str) -> Statements:
 def load(vendor: str) -> Statements:
     """Every statement of ``vendor``'s files in ``SQL_DIR``, checked and expanded."""
     blocks: dict[str, Block] = {}
-    for path in sorted(SQL_DIR.glob(f"*.{vendor}.sql")):
+    for path in sorted((SQL_DIR / vendor).glob("*.sql")):
         for name, block in read_blocks(path).items():
             first = blocks.get(name)
             if first is not None:

@@ -1,6 +1,6 @@
 """Queues as records: first use, ``TASKENGINE["QUEUES"]``, pause and resume.
 
-See docs/queues.md. The claim (sql/jobs.<vendor>.sql) drops paused queues from the
+See docs/queues.md. The claim (db/<vendor>/jobs.sql) drops paused queues from the
 wanted list inside its own statement, so a pause committed before a claim began is
 always honoured and no worker keeps a copy of the paused set.
 
@@ -47,6 +47,7 @@ from django.db.models.functions import Now
 
 from . import audit
 from .conf import engine_settings
+from .db import store_for
 from .listener import CHANNEL
 from .models import Job, Queue
 from .operations import JobNotFound, OperationError, OperationForbidden, OperationRefused
@@ -340,9 +341,7 @@ def _change(
 def _notify(name: str, using: str) -> None:
     """PostgreSQL: wake the LISTENing workers of ``name`` when the transaction commits."""
     connection = connections[using]
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, name])
+    store_for(connection).notify_queue(connection, CHANNEL, name)
 
 
 def snapshot(queue: Queue) -> dict[str, Any]:

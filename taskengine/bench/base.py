@@ -24,6 +24,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from .. import store
 from ..backend import DatabaseBackend
 from ..compat import Task, clone_task
+from ..db import store_for
 from ..models import Job, WorkerProcess, WorkerState
 from .tasks import noop
 
@@ -42,7 +43,7 @@ class BenchBase:
 
     @property
     def postgres(self) -> bool:
-        return self.connection.vendor == "postgresql"
+        return store_for(self.connection).server
 
     def task_for(self, function: Task[..., Any]) -> Task[..., Any]:
         """``function`` (a @task) on the benchmark's queue."""

@@ -1,7 +1,7 @@
 -- The data behind manage.py console_perf (PostgreSQL only), run in the scratch database
 -- the command creates and drops, never in the configured one: --rows jobs (a million by
 -- default) and their attempt and audit rows, in two statements. The command reads this
--- file with taskengine.queries.package_statements (the format of taskengine/sql/*.sql).
+-- file with taskengine.queries.package_statements (the format of taskengine/db/<vendor>/*.sql).
 
 
 -- name: console_perf_fill_jobs

@@ -21,18 +21,15 @@ tries again next tick); nothing is half-written, each run is one transaction.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
-from typing import Any
 
-from django.db import connections, transaction
-from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db import connections
 
 from .. import metrics
 from ..conf import engine_settings
+from ..db import store_for
 from ..leadership import LeaderLease, lease_params
-from ..queries import sql
 
 logger = logging.getLogger("taskengine.recovery")
 
@@ -59,21 +56,17 @@ def run_once(
     """Recover up to ``limit`` jobs; returns what was recovered. ``job_ids`` restricts the
     sweep to those jobs (reconcile --apply recovers what it reported, by this same path)."""
     connection = connections[database]
-    ids: object = None
-    if job_ids is not None:
-        ids = list(job_ids) if connection.vendor == "postgresql" else json.dumps(list(job_ids))
+    store = store_for(connection)
     params = {
-        "job_ids": ids,
+        "job_ids": store.array(job_ids),
         "limit": int(limit if limit is not None else engine_settings.RECOVERY_BATCH_SIZE),
         "dead_after": float(dead_after if dead_after is not None else engine_settings.WORKER_DEAD_AFTER_SECONDS),
         **lease_params(lease),
     }
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(sql(connection, "recover_expired_leases"), params)
-            recovered = [RecoveredJob(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in cursor.fetchall()]
-    else:
-        recovered = _run_sqlite(connection, params)
+    recovered = [
+        RecoveredJob(row.id, row.attempts, row.state, row.queue, row.task_path, row.locked_by, bool(row.worker_dead))
+        for row in store.recover(connection, params)
+    ]
     for job in recovered:
         metrics.job_recovered(job.queue, job.task_path, job.state)  # recovered as failed counts as failed
         reason = f"worker {job.worker_id} is dead" if job.worker_dead else "lease expired"
@@ -91,31 +84,4 @@ def run_once(
                 "state": job.state,
             },
         )
-    return recovered
-
-
-def _run_sqlite(connection: BaseDatabaseWrapper, params: dict[str, Any]) -> list[RecoveredJob]:
-    recovered: list[RecoveredJob] = []
-    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
-        cursor.execute(sql(connection, "select_recoverable"), params)
-        for job_id, locked_by, attempts, worker_dead in cursor.fetchall():
-            cursor.execute(
-                sql(connection, "recover_job"),
-                {"id": job_id, "locked_by": locked_by, "attempts": attempts, "dead_after": params["dead_after"]},
-            )
-            row = cursor.fetchone()
-            if row is None:
-                continue
-            if worker_dead:
-                error_class, message = "taskengine.WorkerDead", f"worker {locked_by} is dead"
-            else:
-                error_class, message = (
-                    "taskengine.LeaseExpired",
-                    f"lease expired: worker {locked_by} stopped heartbeating",
-                )
-            cursor.execute(
-                sql(connection, "log_lost_attempt"),
-                {"id": job_id, "attempt": attempts, "error_class": error_class, "error_message": message},
-            )
-            recovered.append(RecoveredJob(row[0], row[1], row[2], row[3], row[4], locked_by, bool(worker_dead)))
     return recovered

@@ -34,6 +34,7 @@ from django.db import DatabaseError, connections, transaction
 from .. import metrics
 from ..compat import task_backends
 from ..conf import engine_settings
+from ..db import store_for
 from ..leadership import LeaderLease, fenced_transaction
 from ..models import Schedule
 from ..queries import sql
@@ -173,9 +174,8 @@ class Scheduler:
 
     def _slot_param(self, slot: datetime) -> datetime | str | None:
         connection = connections[self.database]
-        if connection.vendor == "postgresql":
-            return slot
-        return connection.ops.adapt_datetimefield_value(slot)
+        param: datetime | str | None = store_for(connection).datetime_param(connection, slot)
+        return param
 
     def _report(self, schedule: Schedule, plan: SlotPlan, created: list[int], job: dict[str, Any]) -> None:
         if created:

@@ -7,7 +7,6 @@ Times come from the database clock (``Context.now``), never from Python's clock.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from ..conf import engine_settings
+from ..db import Store, store_for
 from ..queries import sql
 from ..store import db_now
 
@@ -79,17 +79,12 @@ class Context:
         return connections[self.database]
 
     @property
-    def vendor(self) -> str:
-        return self.connection.vendor
-
-    def as_param_list(self, values: list[Any] | None) -> Any:
-        if values is None:
-            return None
-        return list(values) if self.vendor == "postgresql" else json.dumps(list(values))
+    def store(self) -> Store:
+        return store_for(self.connection)
 
     def params(self, **extra: Any) -> dict[str, Any]:
         return {
-            "tenants": self.as_param_list(self.tenants),
+            "tenants": self.store.array(self.tenants),
             "dead_after": float(engine_settings.WORKER_DEAD_AFTER_SECONDS),
             "stale_after": float(engine_settings.STALE_QUEUED_SECONDS),
             "lookback": float(engine_settings.RECONCILE_SLOT_LOOKBACK_SECONDS),
@@ -115,7 +110,7 @@ class Context:
 
     def db_datetime(self, value: datetime) -> Any:
         """A datetime as the vendor stores it (SQLite: Django's text format, UTC)."""
-        return self.connection.ops.adapt_datetimefield_value(value)
+        return self.store.datetime_param(self.connection, value)
 
 
 def iso(value: datetime | None) -> str | None:

@@ -54,7 +54,7 @@ def _fix_mismatch(ctx: Context) -> Applied:
 
 def _inspect_missing(ctx: Context, check: Check) -> Finding:
     connection = ctx.connection
-    params = {"tenants": ctx.as_param_list(ctx.tenants), "limit": ctx.sample_size}
+    params = {"tenants": ctx.store.array(ctx.tenants), "limit": ctx.sample_size}
     with connection.cursor() as cursor:
         cursor.execute(sql(connection, "backfill_count_pending"), params)
         total = cursor.fetchone()[0]

@@ -13,7 +13,6 @@ transaction (where PostgreSQL's ``now()`` stands still) and needs no privileges.
 
 from __future__ import annotations
 
-import math
 from datetime import datetime, timedelta
 
 from django.db import connections, transaction
@@ -79,6 +78,7 @@ def advance_clock(by: float | timedelta, using: str | None = None) -> None:
     moving back would revive expired leases.
     """
     from taskengine.conf import engine_settings
+    from taskengine.db import store_for
 
     using = using or engine_settings.DATABASE
     seconds = _seconds(by)
@@ -86,12 +86,9 @@ def advance_clock(by: float | timedelta, using: str | None = None) -> None:
         return
     connection = connections[using]
     with transaction.atomic(using=using), connection.cursor() as cursor:
+        store = store_for(connection)
         for table, columns in TIMESTAMP_COLUMNS.items():
-            if connection.vendor == "postgresql":
-                moves = ", ".join(f"{c} = {c} - make_interval(secs => %(seconds)s)" for c in columns)
-                cursor.execute(f"UPDATE {table} SET {moves}", {"seconds": seconds})
-            else:
-                cursor.execute(f"UPDATE {table} SET {', '.join(_sqlite_moves(columns, seconds))}")
+            cursor.execute(*store.clock_shift(table, columns, seconds))
 
 
 def engine_now(using: str | None = None) -> datetime:
@@ -123,22 +120,11 @@ def advance_clock_to(when: datetime, using: str | None = None) -> float:
     if wait <= 0:
         return 0.0
     from taskengine.conf import engine_settings
+    from taskengine.db import store_for
 
-    vendor = connections[using or engine_settings.DATABASE].vendor
-    step = float(math.ceil(wait)) if vendor == "sqlite" else math.ceil(wait * 1000) / 1000
+    step = store_for(connections[using or engine_settings.DATABASE]).clock_step(wait)
     advance_clock(step, using=using)
     return step
-
-
-def _sqlite_moves(columns: tuple[str, ...], seconds: float) -> list[str]:
-    """SQLite stores instants as UTC text ('YYYY-MM-DD HH:MM:SS[.fff[fff]]', compared as
-    text). A whole-second shift rewrites the date and time and keeps the original
-    fraction (characters from the 20th on); a fractional one goes through '%f'."""
-    if seconds == int(seconds):
-        modifier = f"'{-int(seconds):+d} seconds'"
-        return [f"{c} = strftime('%Y-%m-%d %H:%M:%S', {c}, {modifier}) || substr({c}, 20)" for c in columns]
-    modifier = f"'{-seconds:+.6f} seconds'"
-    return [f"{c} = strftime('%Y-%m-%d %H:%M:%f', {c}, {modifier})" for c in columns]
 
 
 def run_schedules(using: str | None = None) -> dict[str, list[int]]:

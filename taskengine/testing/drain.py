@@ -27,7 +27,6 @@ What differs, because the handler runs on the caller's thread and connection:
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import threading
 from collections.abc import Iterable, Iterator
@@ -129,6 +128,7 @@ def drain(
     attempts with jobs still due."""
     from taskengine import store
     from taskengine.conf import engine_settings
+    from taskengine.db import store_for
     from taskengine.models import Job
     from taskengine.queries import sql
 
@@ -162,7 +162,7 @@ def drain(
             if not advance or not names:
                 break
             with connection.cursor() as cursor:
-                params = {"queues": names if connection.vendor == "postgresql" else json.dumps(names)}
+                params = {"queues": store_for(connection).array(names)}
                 cursor.execute(sql(connection, "testing_seconds_until_due"), params)
                 wait = cursor.fetchone()[0]
             if wait is None or wait <= 0:

@@ -66,6 +66,15 @@ def test_an_upward_import_inside_the_bottom_layer_fails_naming_it(package_copy: 
     assert "taskengine.compat -> taskengine.jobs (l." in result.stdout
 
 
+@pytest.mark.parametrize("upward", ["worker", "execution", "console.views"])
+def test_an_upward_import_from_the_database_seam_fails_naming_it(package_copy: Path, upward: str) -> None:
+    add_import_in_function(package_copy, "db/base", f"import taskengine.{upward}")
+    result = lint_imports(package_copy)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "The database seam imports no worker, runtime or console BROKEN" in result.stdout
+    assert f"-   taskengine.db.base -> taskengine.{upward} (l." in result.stdout, result.stdout
+
+
 def test_a_cycle_above_the_bottom_layer_fails_naming_an_import_that_closes_it(package_copy: Path) -> None:
     # The store is imported by the worker; the store importing the worker back, even
     # inside a function, is a cycle.

@@ -14,7 +14,7 @@ from taskengine import queries
 
 @pytest.fixture
 def sql_dir(tmp_path, monkeypatch):
-    """An empty SQL directory the loader reads instead of taskengine/sql/."""
+    """An empty SQL directory the loader reads instead of taskengine/db/ (a <vendor>/ directory each)."""
     monkeypatch.setattr(queries, "SQL_DIR", tmp_path)
     queries.load.cache_clear()
     yield tmp_path
@@ -22,6 +22,7 @@ def sql_dir(tmp_path, monkeypatch):
 
 
 def write(directory, filename: str, text: str) -> None:
+    (directory / filename).parent.mkdir(parents=True, exist_ok=True)
     (directory / filename).write_text(textwrap.dedent(text).lstrip())
 
 
@@ -32,7 +33,7 @@ def connection(vendor: str = "sqlite"):
 def test_a_plain_block_is_its_text_without_the_trailing_semicolon(sql_dir):
     write(
         sql_dir,
-        "things.sqlite.sql",
+        "sqlite/things.sql",
         """
         -- A file comment before the first block belongs to no block.
 
@@ -47,7 +48,7 @@ def test_a_plain_block_is_its_text_without_the_trailing_semicolon(sql_dir):
 def test_nested_includes_expand_fully(sql_dir):
     write(
         sql_dir,
-        "things.sqlite.sql",
+        "sqlite/things.sql",
         """
         -- name: select_things
         SELECT thing.id
@@ -74,18 +75,18 @@ def test_nested_includes_expand_fully(sql_dir):
 
 
 def test_an_include_resolves_across_the_files_of_one_vendor_only(sql_dir):
-    write(sql_dir, "a.sqlite.sql", "-- name: select_things\nSELECT 1\n-- @include shared_tail\n")
-    write(sql_dir, "b.sqlite.sql", "-- name: shared_tail (fragment)\nFROM thing\n")
-    write(sql_dir, "a.postgresql.sql", "-- name: select_things\nSELECT 1\n-- @include shared_tail\n")
+    write(sql_dir, "sqlite/a.sql", "-- name: select_things\nSELECT 1\n-- @include shared_tail\n")
+    write(sql_dir, "sqlite/b.sql", "-- name: shared_tail (fragment)\nFROM thing\n")
+    write(sql_dir, "postgresql/a.sql", "-- name: select_things\nSELECT 1\n-- @include shared_tail\n")
     assert queries.sql(connection("sqlite"), "select_things") == "SELECT 1\nFROM thing"
-    with pytest.raises(ValueError, match=r"a\.postgresql\.sql.*select_things.*shared_tail"):
+    with pytest.raises(ValueError, match=r"postgresql/a\.sql.*select_things.*shared_tail"):
         queries.sql(connection("postgresql"), "select_things")
 
 
 def test_an_indented_include_keeps_its_indentation_in_the_expanded_text(sql_dir):
     write(
         sql_dir,
-        "things.sqlite.sql",
+        "sqlite/things.sql",
         """
         -- name: select_things
         SELECT *
@@ -105,15 +106,15 @@ def test_an_indented_include_keeps_its_indentation_in_the_expanded_text(sql_dir)
 
 
 def test_an_unknown_include_names_the_file_the_block_and_the_include(sql_dir):
-    write(sql_dir, "things.sqlite.sql", "-- name: select_things\nSELECT 1\n-- @include no_such_fragment\n")
-    with pytest.raises(ValueError, match=r"things\.sqlite\.sql.*select_things.*no_such_fragment"):
+    write(sql_dir, "sqlite/things.sql", "-- name: select_things\nSELECT 1\n-- @include no_such_fragment\n")
+    with pytest.raises(ValueError, match=r"sqlite/things\.sql.*select_things.*no_such_fragment"):
         queries.load("sqlite")
 
 
 def test_an_unknown_include_inside_a_fragment_names_the_fragment(sql_dir):
     write(
         sql_dir,
-        "things.sqlite.sql",
+        "sqlite/things.sql",
         """
         -- name: select_things
         SELECT 1
@@ -125,14 +126,14 @@ def test_an_unknown_include_inside_a_fragment_names_the_fragment(sql_dir):
         -- @include missing_part
         """,
     )
-    with pytest.raises(ValueError, match=r"things\.sqlite\.sql.*outer_part.*missing_part"):
+    with pytest.raises(ValueError, match=r"sqlite/things\.sql.*outer_part.*missing_part"):
         queries.load("sqlite")
 
 
 def test_an_include_cycle_is_refused_with_the_chain(sql_dir):
     write(
         sql_dir,
-        "things.sqlite.sql",
+        "sqlite/things.sql",
         """
         -- name: select_things
         SELECT 1
@@ -156,7 +157,7 @@ def test_an_include_cycle_is_refused_with_the_chain(sql_dir):
 def test_a_fragment_including_itself_is_a_cycle(sql_dir):
     write(
         sql_dir,
-        "things.sqlite.sql",
+        "sqlite/things.sql",
         "-- name: select_things\nSELECT 1\n-- @include part_a\n\n-- name: part_a (fragment)\n-- @include part_a\n",
     )
     with pytest.raises(ValueError, match=r"cycle.*part_a -> part_a"):
@@ -178,10 +179,10 @@ def test_an_include_line_the_loader_cannot_expand_is_refused_not_left_behind(sql
     # text afterwards is a line that would silently stay behind as a comment.
     write(
         sql_dir,
-        "things.sqlite.sql",
+        "sqlite/things.sql",
         f"-- name: select_things\nSELECT 1\n{line}\n\n-- name: tail (fragment)\nFROM thing\n",
     )
-    with pytest.raises(ValueError, match=r"things\.sqlite\.sql.*select_things.*@include"):
+    with pytest.raises(ValueError, match=r"sqlite/things\.sql.*select_things.*@include"):
         queries.load("sqlite")
 
 
@@ -194,10 +195,10 @@ def test_no_statement_of_the_shipped_files_keeps_an_include_line():
 def test_a_fragment_is_not_handed_out_as_a_statement(sql_dir):
     write(
         sql_dir,
-        "things.sqlite.sql",
+        "sqlite/things.sql",
         "-- name: select_things\nSELECT 1\n-- @include thing_source\n\n-- name: thing_source (fragment)\nFROM thing\n",
     )
-    with pytest.raises(LookupError, match=r"thing_source.*fragment.*things\.sqlite\.sql.*not a statement"):
+    with pytest.raises(LookupError, match=r"thing_source.*fragment.*sqlite/things\.sql.*not a statement"):
         queries.sql(connection(), "thing_source")
     # The mapping that libpq reads by name refuses it the same way.
     with pytest.raises(LookupError, match=r"thing_source.*fragment"):
@@ -207,14 +208,14 @@ def test_a_fragment_is_not_handed_out_as_a_statement(sql_dir):
 
 
 def test_an_unknown_block_names_the_vendor(sql_dir):
-    write(sql_dir, "things.sqlite.sql", "-- name: select_things\nSELECT 1\n")
+    write(sql_dir, "sqlite/things.sql", "-- name: select_things\nSELECT 1\n")
     with pytest.raises(LookupError, match=r"no SQL block 'select_thongs' for sqlite"):
         queries.sql(connection(), "select_thongs")
 
 
 def test_a_fragment_no_block_includes_is_refused(sql_dir):
-    write(sql_dir, "things.sqlite.sql", "-- name: select_things\nSELECT 1\n\n-- name: orphan (fragment)\nFROM x\n")
-    with pytest.raises(ValueError, match=r"things\.sqlite\.sql.*orphan.*included by no block"):
+    write(sql_dir, "sqlite/things.sql", "-- name: select_things\nSELECT 1\n\n-- name: orphan (fragment)\nFROM x\n")
+    with pytest.raises(ValueError, match=r"sqlite/things\.sql.*orphan.*included by no block"):
         queries.load("sqlite")
 
 
@@ -222,7 +223,7 @@ def test_an_include_of_a_statement_is_refused(sql_dir):
     # Sharing goes through fragments: editing a statement never changes another one.
     write(
         sql_dir,
-        "things.sqlite.sql",
+        "sqlite/things.sql",
         "-- name: select_one\nSELECT 1\n\n-- name: select_things\n-- @include select_one\n",
     )
     with pytest.raises(ValueError, match=r"select_things.*includes 'select_one'.*not a fragment"):
@@ -230,15 +231,15 @@ def test_an_include_of_a_statement_is_refused(sql_dir):
 
 
 def test_duplicate_block_names_in_one_file_are_refused(sql_dir):
-    write(sql_dir, "things.sqlite.sql", "-- name: select_things\nSELECT 1\n\n-- name: select_things\nSELECT 2\n")
-    with pytest.raises(ValueError, match=r"things\.sqlite\.sql.*select_things.*twice"):
+    write(sql_dir, "sqlite/things.sql", "-- name: select_things\nSELECT 1\n\n-- name: select_things\nSELECT 2\n")
+    with pytest.raises(ValueError, match=r"sqlite/things\.sql.*select_things.*twice"):
         queries.load("sqlite")
 
 
 def test_duplicate_block_names_across_files_name_both_files(sql_dir):
-    write(sql_dir, "a.sqlite.sql", "-- name: select_things\nSELECT 1\n")
-    write(sql_dir, "b.sqlite.sql", "-- name: select_things (fragment)\nSELECT 2\n")
-    with pytest.raises(ValueError, match=r"select_things.*a\.sqlite\.sql.*b\.sqlite\.sql"):
+    write(sql_dir, "sqlite/a.sql", "-- name: select_things\nSELECT 1\n")
+    write(sql_dir, "sqlite/b.sql", "-- name: select_things (fragment)\nSELECT 2\n")
+    with pytest.raises(ValueError, match=r"select_things.*sqlite/a\.sql.*sqlite/b\.sql"):
         queries.load("sqlite")
 
 
@@ -254,14 +255,14 @@ def test_duplicate_block_names_across_files_name_both_files(sql_dir):
 )
 def test_a_block_header_the_loader_cannot_read_is_refused(sql_dir, header):
     # Otherwise the line and the query under it would run as part of the block before.
-    write(sql_dir, "things.sqlite.sql", f"-- name: first\nSELECT 1\n\n{header}\nSELECT 2\n")
-    with pytest.raises(ValueError, match=r"things\.sqlite\.sql.*line 4.*name:"):
+    write(sql_dir, "sqlite/things.sql", f"-- name: first\nSELECT 1\n\n{header}\nSELECT 2\n")
+    with pytest.raises(ValueError, match=r"sqlite/things\.sql.*line 4.*name:"):
         queries.load("sqlite")
 
 
 def test_an_empty_block_is_refused(sql_dir):
-    write(sql_dir, "things.sqlite.sql", "-- name: first\n\n-- name: second\nSELECT 2\n")
-    with pytest.raises(ValueError, match=r"things\.sqlite\.sql.*first.*empty"):
+    write(sql_dir, "sqlite/things.sql", "-- name: first\n\n-- name: second\nSELECT 2\n")
+    with pytest.raises(ValueError, match=r"sqlite/things\.sql.*first.*empty"):
         queries.load("sqlite")
 
 

@@ -1,4 +1,4 @@
-"""Parity of the shipped SQL files (taskengine/sql/<concept>.<vendor>.sql): the blocks
+"""Parity of the shipped SQL files (taskengine/db/<vendor>/<concept>.sql): the blocks
 each database must define, listed here by hand, so a block that goes missing from one
 file, or appears in one without the other, fails here instead of at the first call on
 that database. A block one database has and the other has not is listed with the reason.
@@ -112,12 +112,12 @@ FRAGMENTS: dict[tuple[str, str], set[str]] = {
 
 
 def blocks(concept: str, vendor: str) -> dict[str, queries.Block]:
-    return queries.read_blocks(queries.SQL_DIR / f"{concept}.{vendor}.sql")
+    return queries.read_blocks(queries.SQL_DIR / vendor / f"{concept}.sql")
 
 
 def test_every_concept_has_one_file_per_database_and_no_other_files():
-    names = sorted(p.name for p in queries.SQL_DIR.glob("*.sql"))
-    assert names == sorted(f"{concept}.{vendor}.sql" for concept in BOTH for vendor in VENDORS)
+    names = sorted(p.relative_to(queries.SQL_DIR).as_posix() for p in queries.SQL_DIR.rglob("*.sql"))
+    assert names == sorted(f"{vendor}/{concept}.sql" for concept in BOTH for vendor in VENDORS)
 
 
 @pytest.mark.parametrize("vendor", VENDORS)

@@ -69,7 +69,7 @@ VALUES (
 -- The bulk path (COPY) writes ids and times itself: take %(count)s ids from the job
 -- sequence, in order, and the transaction's now() as every row's enqueued_at (the
 -- same value an INSERT in this transaction would store).
-SELECT now(), array_agg(reserved.id ORDER BY reserved.id)
+SELECT now() AS enqueued_at, array_agg(reserved.id ORDER BY reserved.id) AS ids
   FROM (SELECT nextval((SELECT pg_get_serial_sequence('taskengine_job', 'id'))::regclass) AS id
           FROM generate_series(1, %(count)s)) AS reserved;
 

@@ -1,0 +1,1 @@
+"""The PostgreSQL store and its SQL (<concept>.sql, read by taskengine.queries)."""
