@@ -20,14 +20,13 @@ MAX_FUNCTION_LINES = 50
 # Over the limit today, with what their split waits on.
 MODULES_OVER = {
     "taskengine/worker.py": "the runtime package (worker loop, claiming, finishing, heartbeats)",
-    "taskengine/store.py": "the store per database (taskengine/db/)",
     "taskengine/backend.py": "enqueue and result reading apart",
     "taskengine/models.py": "a models package, one module per table group",
     "taskengine/queues.py": "settings, operator changes and reads apart",
 }
 FUNCTIONS_OVER = {
     "taskengine/worker.py:Worker.__init__": "the runtime package: options as one settings object",
-    "taskengine/testing/drain.py:drain": "the store per database (its vendor branch moves into db/)",
+    "taskengine/testing/drain.py:drain": "its clock advance and its job limit as functions of their own",
 }
 
 
