@@ -9,6 +9,7 @@ the functions report which rows they actually changed, so callers know if they w
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,14 +17,16 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any, Self, overload
 
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.dateparse import parse_datetime
 
-from . import libpq
+from . import libpq, limits
 from .conf import engine_settings
 from .jobs import ClaimedJob, InsertedJob, NewJob, Outcome
 from .queries import sql
+
+logger = logging.getLogger("taskengine.store")
 
 if TYPE_CHECKING:
     import psycopg
@@ -220,6 +223,8 @@ def _row(job: NewJob) -> dict[str, Any]:
         "unique_key": job.unique_key,
         "tenant": job.tenant,
         "acting_user_id": job.acting_user_id,
+        "concurrency_key": job.concurrency_key,
+        "concurrency_limit": job.concurrency_limit,
     }
 
 
@@ -301,6 +306,8 @@ def _copy_postgres(connection: BaseDatabaseWrapper, jobs: list[NewJob]) -> list[
                         None,
                         job.tenant,
                         job.acting_user_id,
+                        job.concurrency_key,
+                        job.concurrency_limit,
                     )
                 )
     return [InsertedJob(job_id, enqueued_at, True) for job_id in ids]
@@ -367,6 +374,9 @@ def claim_jobs(
         with engine_cursor(connection) as cursor:
             cursor.execute(sql(connection, name), params)
             rows = cursor.fetchall()
+        if any(r[0] is None for r in rows):  # limited queues or keyed jobs wait (claim_jobs_result)
+            rows = [r for r in rows if r[0] is not None]
+            rows += _claim_limited(connection, worker_id, queues, limit - len(rows), lease_seconds)
     else:
         params = {
             "queues": json.dumps(list(queues)),
@@ -377,11 +387,28 @@ def claim_jobs(
         with transaction.atomic(using=connection.alias), engine_cursor(connection) as cursor:
             cursor.execute(sql(connection, "claim_jobs"), params)
             rows = cursor.fetchall()
+            if len(rows) < limit and limits.needs_limits(connection, list(queues)):
+                rows += _claim_limited(connection, worker_id, queues, limit - len(rows), lease_seconds)
             if rows:
                 cursor.execute(
                     sql(connection, "log_attempts"), {"ids": json.dumps([r[0] for r in rows]), "worker_id": worker_id}
                 )
     return _claimed_jobs(rows)
+
+
+def _claim_limited(
+    connection: BaseDatabaseWrapper, worker_id: str, queues: list[str], limit: int, lease_seconds: float
+) -> list[Any]:
+    """The limited claim's rows (taskengine.limits), after the ordinary claim left room.
+    The ordinary claim may have committed already (PostgreSQL): a failure here must not
+    lose its jobs, so it is logged and claims nothing (the next claim tries again)."""
+    try:
+        return limits.claim_limited(
+            connection, worker_id=worker_id, queues=list(queues), limit=limit, lease_seconds=lease_seconds
+        )
+    except DatabaseError:
+        logger.exception("the limited claim failed; it is tried again at the next claim")
+        return []
 
 
 def _claimed_jobs(rows: list[Any]) -> list[ClaimedJob]:
@@ -504,11 +531,16 @@ def finish_and_claim(
         rows = cursor.fetchall()
     won: dict[int, tuple[str, datetime | None]] = {}
     claimed_rows = []
+    more = False
     for row in rows:
         if row[19] is None:
             claimed_rows.append(row)
+        elif row[19] == "limits":  # limited queues or keyed jobs wait (finish_and_claim_result)
+            more = True
         else:
             won[row[0]] = (row[19], row[20])
+    if more and len(claimed_rows) < limit:
+        claimed_rows += _claim_limited(connection, worker_id, queues, limit - len(claimed_rows), lease_seconds)
     return won, _claimed_jobs(claimed_rows)
 
 

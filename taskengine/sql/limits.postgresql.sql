@@ -1,0 +1,145 @@
+-- Queue limits and per-key concurrency on PostgreSQL: the limited claim
+-- (taskengine.limits.claim_limited). The ordinary claim (jobs.postgresql.sql) leaves
+-- limited queues and keyed jobs alone and reports, in the same statement, whether there
+-- are any for its queues (claim_needs_limits); only then does the worker run these, in
+-- one transaction of their own:
+-- 1. limited_queues locks the rows of the limited (and paused) queues among the wanted
+--    ones, in name order (FOR UPDATE: claimers of one limited queue take turns);
+-- 2. lock_free_keys try-locks the concurrency keys of the queued keyed jobs
+--    (transaction-level advisory locks; a key another claimer holds is skipped, never
+--    waited for, so a busy key blocks nothing behind it);
+-- 3. running_by_queue / running_by_key count running jobs under those locks. Each is a
+--    statement of its own, so (READ COMMITTED) it sees every claim committed before the
+--    lock was granted: a count in the statement that took the lock would see only its
+--    own snapshot, older than the lock;
+-- 4. the candidates are read FOR UPDATE SKIP LOCKED, picked in Python within the
+--    allowances, and leased by claim_limited, which re-checks state and due time;
+-- 5. count_rate adds the starts to the queue's window counter (the row is locked).
+-- now() is the transaction's start: the window, the counts and the attempts' start
+-- times are all one instant of the database clock.
+
+
+-- name: claim_needs_limits (fragment)
+-- True when the wanted queues include a limited one, or a due keyed job waits in an
+-- unpaused one. Index: the queue table's primary key; taskengine_job_key_queued_idx
+-- (partial on the key, so it is empty, and this probe free, where no job has a key).
+(EXISTS (SELECT 1 FROM taskengine_queue AS limited
+          WHERE limited.name = ANY (%(queues)s::text[])
+            AND NOT limited.paused
+            AND (limited.concurrency_limit IS NOT NULL OR limited.rate_limit IS NOT NULL))
+ OR EXISTS (SELECT 1 FROM taskengine_job AS keyed
+             WHERE keyed.state = 'queued'
+               AND keyed.concurrency_key IS NOT NULL
+               AND keyed.queue = ANY (%(queues)s::text[])
+               AND keyed.run_after <= now()
+               AND NOT EXISTS (SELECT 1 FROM taskengine_queue AS paused
+                                WHERE paused.name = keyed.queue AND paused.paused)))
+
+
+-- name: limited_queues
+-- Step 1. Paused rows are locked and returned too (the caller leaves their queues out).
+SELECT queue.name, queue.paused, queue.concurrency_limit, queue.rate_limit,
+       CASE WHEN queue.rate_window = floor(extract(epoch FROM now()) / COALESCE(queue.rate_period, 1))::bigint
+            THEN queue.rate_count ELSE 0 END AS rate_used,
+       floor(extract(epoch FROM now()) / COALESCE(queue.rate_period, 1))::bigint AS window_now
+  FROM taskengine_queue AS queue
+ WHERE queue.name = ANY (%(queues)s::text[])
+   AND (queue.paused OR queue.concurrency_limit IS NOT NULL OR queue.rate_limit IS NOT NULL)
+ ORDER BY queue.name
+   FOR UPDATE
+
+
+-- name: lock_free_keys
+-- Step 2. The distinct keys of queued keyed jobs in the given queues, walked as a skip
+-- scan of taskengine_job_key_queued_idx (one min() probe per key, at most %(max_keys)s
+-- keys per queue), then try-locked once each.
+WITH RECURSIVE keys(queue, key, n) AS (
+    SELECT wanted.queue,
+           (SELECT min(job.concurrency_key) FROM taskengine_job AS job
+             WHERE job.state = 'queued' AND job.concurrency_key IS NOT NULL AND job.queue = wanted.queue),
+           1
+      FROM unnest(%(queues)s::text[]) AS wanted(queue)
+    UNION ALL
+    SELECT keys.queue,
+           (SELECT min(job.concurrency_key) FROM taskengine_job AS job
+             WHERE job.state = 'queued' AND job.concurrency_key IS NOT NULL AND job.queue = keys.queue
+               AND job.concurrency_key > keys.key),
+           keys.n + 1
+      FROM keys
+     WHERE keys.key IS NOT NULL AND keys.n < %(max_keys)s
+),
+distinct_keys AS MATERIALIZED (
+    SELECT DISTINCT keys.key FROM keys WHERE keys.key IS NOT NULL
+)
+SELECT distinct_keys.key
+  FROM distinct_keys
+ WHERE pg_try_advisory_xact_lock(%(lock_namespace)s, hashtext(distinct_keys.key))
+
+
+-- name: running_by_queue
+-- Step 3. Index: taskengine_job_worker_idx (every running row; they are few).
+SELECT job.queue, count(*)
+  FROM taskengine_job AS job
+ WHERE job.state = 'running' AND job.queue = ANY (%(queues)s::text[])
+ GROUP BY job.queue
+
+
+-- name: running_by_key
+-- Step 3. Index: taskengine_job_key_running_idx.
+SELECT job.concurrency_key, count(*)
+  FROM taskengine_job AS job
+ WHERE job.state = 'running' AND job.concurrency_key = ANY (%(keys)s::text[])
+ GROUP BY job.concurrency_key
+
+
+-- name: queue_candidates
+-- Step 4, jobs without a key of the limited queues: up to each queue's allowance, in
+-- claim order. Index: taskengine_job_claim_idx.
+SELECT picked.id, picked.queue, picked.concurrency_key, picked.concurrency_limit, picked.priority, picked.run_after
+  FROM unnest(%(queues)s::text[], %(allowances)s::integer[]) AS wanted(queue, allowance)
+ CROSS JOIN LATERAL (
+        SELECT job.id, job.queue, job.concurrency_key, job.concurrency_limit, job.priority, job.run_after
+          FROM taskengine_job AS job
+         WHERE job.state = 'queued'
+           AND job.queue = wanted.queue
+           AND job.concurrency_key IS NULL
+           AND job.run_after <= now()
+         ORDER BY job.priority DESC, job.run_after, job.id
+         LIMIT wanted.allowance
+           FOR UPDATE SKIP LOCKED
+       ) AS picked
+
+
+-- name: key_candidates
+-- Step 4, keyed jobs of the keys this claim holds, in the given queues: up to %(limit)s
+-- per key, in claim order. Index: taskengine_job_key_queued_idx.
+SELECT picked.id, picked.queue, picked.concurrency_key, picked.concurrency_limit, picked.priority, picked.run_after
+  FROM unnest(%(keys)s::text[]) AS wanted(key)
+ CROSS JOIN LATERAL (
+        SELECT job.id, job.queue, job.concurrency_key, job.concurrency_limit, job.priority, job.run_after
+          FROM taskengine_job AS job
+         WHERE job.state = 'queued'
+           AND job.concurrency_key = wanted.key
+           AND job.queue = ANY (%(queues)s::text[])
+           AND job.run_after <= now()
+         ORDER BY job.priority DESC, job.run_after, job.id
+         LIMIT %(limit)s
+           FOR UPDATE SKIP LOCKED
+       ) AS picked
+
+
+-- name: claim_limited
+-- Step 4: lease the picked jobs (ids in claim order) and log their attempts, as the
+-- ordinary claim does (the UPDATE re-checks state = 'queued' and the due time).
+WITH
+candidates AS (SELECT picked.id FROM unnest(%(ids)s::bigint[]) AS picked(id)),
+-- @include claim_and_log_attempts
+SELECT * FROM claimed
+
+
+-- name: count_rate
+-- Step 5: the starts of this claim in the queue's current window (row locked in step 1).
+UPDATE taskengine_queue
+   SET rate_count = CASE WHEN rate_window = %(window)s THEN rate_count + %(started)s ELSE %(started)s END,
+       rate_window = %(window)s
+ WHERE name = %(name)s
