@@ -161,3 +161,31 @@ def test_a_queue_without_limits_is_claimed_as_before_beside_a_limited_one():
     limited = [int(tasks.add.using(queue_name="demo").enqueue(1, i).id) for i in range(4)]
     got = claim(limit=10)
     assert sorted(j.id for j in got) == sorted([*plain, limited[0]])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"concurrency_key": "a\x00b"}, "NUL character"),
+        ({"concurrency_key": "\udcff"}, "lone surrogate"),
+        ({"concurrency_key": "k" * 256}, "255"),
+        ({"concurrency_key": "k", "concurrency_limit": 0}, "at least 1"),
+        ({"concurrency_limit": 2}, "needs a concurrency_key"),
+    ],
+)
+def test_bad_concurrency_options_are_refused_at_enqueue_and_store_nothing(options, message):
+    from taskengine.compat import InvalidTask
+
+    with pytest.raises(InvalidTask, match=message):
+        tasks.add.using(**options).enqueue(1, 2)
+    assert not Job.objects.exists()
+
+
+def test_the_concurrency_options_are_read_back_on_the_result():
+    result = tasks.add.using(concurrency_key="acct-9", concurrency_limit=3).enqueue(1, 2)
+    task = tasks.add.get_backend().get_result(result.id).task
+    assert (task.concurrency_key, task.concurrency_limit) == ("acct-9", 3)
+    bulk = tasks.add.using(concurrency_key="bulk").enqueue_many([(1, i) for i in range(150)])  # COPY on PostgreSQL
+    assert set(Job.objects.filter(pk__in=[r.id for r in bulk]).values_list("concurrency_key", "concurrency_limit")) == {
+        ("bulk", 1)
+    }
