@@ -15,7 +15,9 @@ Rules:
 - Schedule and tenant-membership edits are for superusers and write audit rows.
 - Queues are read-only rows; they change only through the pause / resume actions, which
   run ``queues.pause`` / ``resume`` queue by queue (permission ``pause_queue`` and every
-  tenant, compare-and-set, audit row in the same transaction).
+  tenant, compare-and-set, audit row in the same transaction), and *Set limits*, which
+  runs ``queues.set_limits`` with the concurrency and rate typed beside the action
+  (permission ``limit_queue``; an empty field lifts that limit).
 - No list runs an unbounded count(*) (BoundedCountPaginator, show_full_result_count
   off) and no filter scans the table for its choices.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.db.models import Count, Model, QuerySet
@@ -46,6 +49,7 @@ from .console.admin_support import (
 )
 from .console.counts import bounded_count
 from .console.serialize import payload_text, truncate_traceback
+from .limits import format_rate
 from .models import (
     ExecutionLog,
     Job,
@@ -351,15 +355,50 @@ class TenantMembershipAdmin(SuperuserEditsOnly, AuditedAdmin):
         return request.user.is_superuser
 
 
+class QueueActionForm(helpers.ActionForm):
+    """The action bar of the queue list: the limits *Set limits* applies."""
+
+    concurrency = forms.CharField(required=False, label="concurrency", help_text="none: no limit")
+    rate = forms.CharField(required=False, label="rate", help_text="like 100/m; none: no limit")
+
+
 @admin.register(Queue)
 class QueueAdmin(TenantScopedAdmin, ReadOnlyAdmin):
-    list_display = ("name", "paused", "paused_by", "paused_at", "pause_reason", "tenant", "updated_at")
+    list_display = (
+        "name",
+        "paused",
+        "paused_by",
+        "paused_at",
+        "pause_reason",
+        "concurrency_limit",
+        "rate",
+        "tenant",
+        "updated_at",
+    )
     list_filter = ("paused",)
     search_fields = ("=name",)
-    actions = ("pause_queues", "resume_queues")
+    actions = ("pause_queues", "resume_queues", "set_limits")
+    action_form = QueueActionForm
+
+    @admin.display(description="rate")
+    def rate(self, obj: Queue) -> str:
+        return format_rate(obj.rate_limit, obj.rate_period) or "-"
 
     def has_pause_permission(self, request: HttpRequest) -> bool:
         return queues.holds_permission(request.user)
+
+    def has_limit_permission(self, request: HttpRequest) -> bool:
+        return queues.holds_limit_permission(request.user)
+
+    @admin.action(permissions=["limit"], description="Set limits of selected queues (concurrency, rate)")
+    def set_limits(self, request: HttpRequest, queryset: QuerySet[Queue]) -> None:
+        concurrency = request.POST.get("concurrency") or None
+        rate = request.POST.get("rate") or None
+
+        def operate(name: str, *, actor: Any, reason: str) -> queues.QueueResult:
+            return queues.set_limits(name, concurrency=concurrency, rate=rate, actor=actor, reason=reason)
+
+        self._run(request, queryset, operate, "limits set")
 
     @admin.action(permissions=["pause"], description="Pause selected queues")
     def pause_queues(self, request: HttpRequest, queryset: QuerySet[Queue]) -> None:

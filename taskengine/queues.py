@@ -242,6 +242,25 @@ def has_permission(user: Any, queue_tenant: str | None = None) -> bool:
     return True
 
 
+def may_limit(user: Any, queue_tenant: str | None = None) -> bool:
+    """Whether ``user`` may set the limits of a queue of ``queue_tenant``
+    (``taskengine.limit_queue``, the same tenant scope as a pause)."""
+    try:
+        _check_actor(user, queue_tenant, permission=LIMIT_PERMISSION)
+    except OperationError:
+        return False
+    return True
+
+
+def holds_limit_permission(user: Any) -> bool:
+    """Whether ``user`` holds ``taskengine.limit_queue`` at all."""
+    try:
+        _check_permission(user, LIMIT_PERMISSION)
+    except OperationError:
+        return False
+    return True
+
+
 def holds_permission(user: Any) -> bool:
     """Whether ``user`` holds ``taskengine.pause_queue`` at all (which queues it may act on
     is ``has_permission``)."""
