@@ -40,7 +40,7 @@ from .queries import sql
 from .values import stored_text_problem
 
 KEY_LOCK_NAMESPACE = 0x7465_6B79  # pg_try_advisory_xact_lock(namespace, hashtext(key)): "teky"
-MAX_KEYS = 256  # the keys one claim considers per queue
+MAX_KEYS = 1024  # the keys one claim considers per queue (in key order: docs/queues.md)
 MAX_KEY_LENGTH = 255  # Job.concurrency_key's length
 PERIODS = {"s": 1, "m": 60, "h": 3600}
 _RATE = re.compile(r"\s*(\d+)\s*/\s*(s|m|h)\s*")
@@ -161,14 +161,17 @@ def claim_limited(
         if not wanted:
             return []
         limited = {r[0]: r for r in controlled if not r[1]}
-        # 2. the free keys, locked (PostgreSQL) — a key another claimer holds is skipped.
-        if postgres:
-            keys = [
-                r[0]
-                for r in rows("lock_free_keys", queues=wanted, max_keys=MAX_KEYS, lock_namespace=KEY_LOCK_NAMESPACE)
-            ]
-        else:
-            keys = [r[0] for r in rows("free_keys", queues=pack(wanted), max_keys=MAX_KEYS * len(wanted))]
+        # 2. the keys that look free, in claim order, up to the claim's room; locked
+        # (PostgreSQL) — a key another claimer holds is skipped.
+        heads = rows("queued_keys", queues=pack(wanted), max_keys=MAX_KEYS if postgres else MAX_KEYS * len(wanted))
+        heads = [h for h in heads if int(h[5]) < (h[4] or 1)]
+        heads.sort(key=lambda h: (-h[1], h[2], h[3]))
+        keys = list(dict.fromkeys(h[0] for h in heads))[:limit]  # a key's first head is its best
+        if postgres and keys:
+            keys = [r[0] for r in rows("lock_keys", keys=keys, lock_namespace=KEY_LOCK_NAMESPACE)]
+        key_limit: dict[str, int] = {}
+        for head in heads:
+            key_limit.setdefault(head[0], head[4] or 1)
         # 3. running jobs, counted after the locks were granted.
         queue_room: dict[str, int] = {}
         if limited:
@@ -186,20 +189,25 @@ def claim_limited(
         # 4. candidates, picked in claim order within every allowance.
         candidates: list[_Candidate] = []
         open_queues = [q for q, room in queue_room.items() if room > 0]
+        # a key's room: the limit of its first job in claim order (a key's jobs normally
+        # share one), less its running jobs; each job is checked against its own below.
+        key_room = {k: min(limit, key_limit[k] - key_running.get(k, 0)) for k in keys}
+        open_keys = [k for k in keys if key_room[k] > 0]
         if postgres:
             if open_queues:
                 found = rows("queue_candidates", queues=open_queues, allowances=[queue_room[q] for q in open_queues])
                 candidates += [_Candidate(*r) for r in found]
-            if keys:
-                found = rows("key_candidates", keys=keys, queues=wanted, limit=limit)
+            if open_keys:
+                found = rows(
+                    "key_candidates", keys=open_keys, allowances=[key_room[k] for k in open_keys], queues=wanted
+                )
                 candidates += [_Candidate(*r) for r in found]
         else:
             for name in open_queues:
                 candidates += [_Candidate(*r) for r in rows("queue_candidates", queue=name, limit=queue_room[name])]
-            for key in keys:
-                candidates += [
-                    _Candidate(*r) for r in rows("key_candidates", key=key, queues=pack(wanted), limit=limit)
-                ]
+            for key in open_keys:
+                found = rows("key_candidates", key=key, queues=pack(wanted), limit=key_room[key])
+                candidates += [_Candidate(*r) for r in found]
         candidates.sort(key=lambda c: (-c.priority, c.run_after, c.id))
         picked: list[int] = []
         for job in candidates:

@@ -5,9 +5,10 @@
 -- one transaction of their own:
 -- 1. limited_queues locks the rows of the limited (and paused) queues among the wanted
 --    ones, in name order (FOR UPDATE: claimers of one limited queue take turns);
--- 2. lock_free_keys try-locks the concurrency keys of the queued keyed jobs
---    (transaction-level advisory locks; a key another claimer holds is skipped, never
---    waited for, so a busy key blocks nothing behind it);
+-- 2. queued_keys lists the keys of due keyed jobs with their place in claim order and
+--    their running jobs (no lock); the first keys that look free, up to the claim's room,
+--    are try-locked by lock_keys (transaction-level advisory locks; a key another claimer
+--    holds is skipped, never waited for, so a busy key blocks nothing behind it);
 -- 3. running_by_queue / running_by_key count running jobs under those locks. Each is a
 --    statement of its own, so (READ COMMITTED) it sees every claim committed before the
 --    lock was granted: a count in the statement that took the lock would see only its
@@ -49,10 +50,13 @@ SELECT queue.name, queue.paused, queue.concurrency_limit, queue.rate_limit,
    FOR UPDATE
 
 
--- name: lock_free_keys
--- Step 2. The distinct keys of queued keyed jobs in the given queues, walked as a skip
--- scan of taskengine_job_key_queued_idx (one min() probe per key, at most %(max_keys)s
--- keys per queue), then try-locked once each.
+-- name: queued_keys
+-- Step 2a, no lock taken: the distinct keys of queued keyed jobs in the given queues,
+-- walked as a skip scan of taskengine_job_key_queued_idx (one min() probe per key, at
+-- most %(max_keys)s keys per queue), each with its first due job in claim order (the
+-- key's place in the claim and its limit: one ordered index probe per queue and key)
+-- and its running jobs as this snapshot sees them (to pass over busy keys before
+-- locking any). A key found in several queues comes once per queue.
 WITH RECURSIVE keys(queue, key, n) AS (
     SELECT wanted.queue,
            (SELECT min(job.concurrency_key) FROM taskengine_job AS job
@@ -68,12 +72,31 @@ WITH RECURSIVE keys(queue, key, n) AS (
       FROM keys
      WHERE keys.key IS NOT NULL AND keys.n < %(max_keys)s
 ),
-distinct_keys AS MATERIALIZED (
-    SELECT DISTINCT keys.key FROM keys WHERE keys.key IS NOT NULL
+found AS (
+    SELECT keys.queue, keys.key FROM keys WHERE keys.key IS NOT NULL
 )
-SELECT distinct_keys.key
-  FROM distinct_keys
- WHERE pg_try_advisory_xact_lock(%(lock_namespace)s, hashtext(distinct_keys.key))
+SELECT found.key, head.priority, head.run_after, head.id, head.concurrency_limit,
+       (SELECT count(*) FROM taskengine_job AS busy
+         WHERE busy.state = 'running' AND busy.concurrency_key = found.key) AS running
+  FROM found
+ CROSS JOIN LATERAL (
+        SELECT job.priority, job.run_after, job.id, job.concurrency_limit
+          FROM taskengine_job AS job
+         WHERE job.state = 'queued'
+           AND job.queue = found.queue
+           AND job.concurrency_key = found.key
+           AND job.run_after <= now()
+         ORDER BY job.priority DESC, job.run_after, job.id
+         LIMIT 1
+       ) AS head
+
+
+-- name: lock_keys
+-- Step 2b: try-lock the chosen keys (transaction-level advisory locks on hashtext(key));
+-- a key another claimer holds is skipped, never waited for.
+SELECT chosen.key
+  FROM unnest(%(keys)s::text[]) AS chosen(key)
+ WHERE pg_try_advisory_xact_lock(%(lock_namespace)s, hashtext(chosen.key))
 
 
 -- name: running_by_queue
@@ -111,19 +134,21 @@ SELECT picked.id, picked.queue, picked.concurrency_key, picked.concurrency_limit
 
 
 -- name: key_candidates
--- Step 4, keyed jobs of the keys this claim holds, in the given queues: up to %(limit)s
--- per key, in claim order. Index: taskengine_job_key_queued_idx.
+-- Step 4, keyed jobs of the keys this claim holds, in the given queues: up to each key's
+-- allowance per queue, in claim order (one ordered probe of
+-- taskengine_job_key_queued_idx per key and queue; the caller keeps the allowance).
 SELECT picked.id, picked.queue, picked.concurrency_key, picked.concurrency_limit, picked.priority, picked.run_after
-  FROM unnest(%(keys)s::text[]) AS wanted(key)
+  FROM unnest(%(keys)s::text[], %(allowances)s::integer[]) AS wanted(key, allowance)
+ CROSS JOIN unnest(%(queues)s::text[]) AS served(queue)
  CROSS JOIN LATERAL (
         SELECT job.id, job.queue, job.concurrency_key, job.concurrency_limit, job.priority, job.run_after
           FROM taskengine_job AS job
          WHERE job.state = 'queued'
+           AND job.queue = served.queue
            AND job.concurrency_key = wanted.key
-           AND job.queue = ANY (%(queues)s::text[])
            AND job.run_after <= now()
          ORDER BY job.priority DESC, job.run_after, job.id
-         LIMIT %(limit)s
+         LIMIT wanted.allowance
            FOR UPDATE SKIP LOCKED
        ) AS picked
 

@@ -28,13 +28,20 @@ SELECT name, paused, concurrency_limit, rate_limit,
  ORDER BY name
 
 
--- name: free_keys
--- Index: taskengine_job_key_queued_idx.
-SELECT DISTINCT concurrency_key
-  FROM taskengine_job
- WHERE state = 'queued'
-   AND concurrency_key IS NOT NULL
-   AND queue IN (SELECT value FROM json_each(%(queues)s))
+-- name: queued_keys
+-- The keys of due keyed jobs, each with its first job in claim order and its running
+-- jobs. Index: taskengine_job_key_queued_idx.
+SELECT head.concurrency_key, head.priority, head.run_after, head.id, head.concurrency_limit,
+       (SELECT count(*) FROM taskengine_job AS busy
+         WHERE busy.state = 'running' AND busy.concurrency_key = head.concurrency_key)
+  FROM (SELECT concurrency_key, priority, run_after, id, concurrency_limit,
+               row_number() OVER (PARTITION BY concurrency_key ORDER BY priority DESC, run_after, id) AS n
+          FROM taskengine_job
+         WHERE state = 'queued'
+           AND concurrency_key IS NOT NULL
+           AND queue IN (SELECT value FROM json_each(%(queues)s))
+           AND run_after <= strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')) AS head
+ WHERE head.n = 1
  LIMIT %(max_keys)s
 
 
