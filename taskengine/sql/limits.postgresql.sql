@@ -21,8 +21,9 @@
 
 
 -- name: claim_needs_limits (fragment)
--- True when the wanted queues include a limited one, or a due keyed job waits in an
--- unpaused one. Index: the queue table's primary key; taskengine_job_key_queued_idx
+-- True when the wanted queues include a limited one, or a due keyed job waits in one
+-- (paused or not: the limited claim then leaves a paused queue out at its first step;
+-- testing the pause here measured 0.2 ms more planning on every claim). Index: the queue table's primary key; taskengine_job_key_queued_idx
 -- (partial on the key, so it is empty, and this probe free, where no job has a key).
 (EXISTS (SELECT 1 FROM taskengine_queue AS limited
           WHERE limited.name = ANY (%(queues)s::text[])
@@ -32,9 +33,7 @@
              WHERE keyed.state = 'queued'
                AND keyed.concurrency_key IS NOT NULL
                AND keyed.queue = ANY (%(queues)s::text[])
-               AND keyed.run_after <= now()
-               AND NOT EXISTS (SELECT 1 FROM taskengine_queue AS paused
-                                WHERE paused.name = keyed.queue AND paused.paused)))
+               AND keyed.run_after <= now()))
 
 
 -- name: limited_queues
