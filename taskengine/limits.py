@@ -130,7 +130,7 @@ class _Candidate:
 
 def needs_limits(connection: BaseDatabaseWrapper, queues: list[str]) -> bool:
     """SQLite: whether limited queues or due keyed jobs wait for ``queues`` (on PostgreSQL
-    the claim statement says so itself: claim_needs_limits)."""
+    the claim statement says so itself: the fragment limits_waiting)."""
     with connection.cursor() as cursor:
         cursor.execute(sql(connection, "claim_needs_limits"), {"queues": json.dumps(queues)})
         row = cursor.fetchone()

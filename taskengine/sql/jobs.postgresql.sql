@@ -140,7 +140,7 @@ UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        NULL, NULL, NULL, NULL, NULL
  WHERE
--- @include claim_needs_limits
+-- @include limits_waiting
 
 
 -- name: finish_and_claim_result (fragment)
@@ -156,7 +156,7 @@ UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        NULL, NULL, NULL, NULL, NULL, 'limits', NULL
  WHERE
--- @include claim_needs_limits
+-- @include limits_waiting
 
 
 -- name: claim_candidates (fragment)

@@ -1,7 +1,7 @@
 -- Queue limits and per-key concurrency on PostgreSQL: the limited claim
 -- (taskengine.limits.claim_limited). The ordinary claim (jobs.postgresql.sql) leaves
 -- limited queues and keyed jobs alone and reports, in the same statement, whether there
--- are any for its queues (claim_needs_limits); only then does the worker run these, in
+-- are any for its queues (the fragment limits_waiting); only then does the worker run these, in
 -- one transaction of their own:
 -- 1. limited_queues locks the rows of the limited (and paused) queues among the wanted
 --    ones, in name order (FOR UPDATE: claimers of one limited queue take turns);
@@ -20,7 +20,7 @@
 -- times are all one instant of the database clock.
 
 
--- name: claim_needs_limits (fragment)
+-- name: limits_waiting (fragment)
 -- True when the wanted queues include a limited one, or a due keyed job waits in one
 -- (paused or not: the limited claim then leaves a paused queue out at its first step;
 -- testing the pause here measured 0.2 ms more planning on every claim). Index: the queue table's primary key; taskengine_job_key_queued_idx
