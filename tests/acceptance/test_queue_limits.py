@@ -66,8 +66,7 @@ def test_a_queue_limited_to_two_runs_at_most_two_across_two_workers_on_sqlite(wo
     limit_of_two(worker_process, tmp_path)
 
 
-@pytest.mark.postgres
-def test_jobs_of_a_key_limited_to_one_never_overlap_while_other_keys_run(worker_process, tmp_path):
+def keys_limited_to_one(worker_process, tmp_path: Path) -> None:
     ids = []
     for key in ("k1", "k2", "k3"):
         keyed = tasks.span.using(concurrency_key=key)
@@ -82,6 +81,16 @@ def test_jobs_of_a_key_limited_to_one_never_overlap_while_other_keys_run(worker_
     for key, runs in by_key.items():
         assert len(runs) == 4 and most_at_once(runs) == 1, (key, runs)
     assert most_at_once([run for runs in by_key.values() for run in runs]) >= 2  # other keys ran beside
+
+
+@pytest.mark.postgres
+def test_jobs_of_a_key_limited_to_one_never_overlap_while_other_keys_run(worker_process, tmp_path):
+    keys_limited_to_one(worker_process, tmp_path)
+
+
+@pytest.mark.sqlite_only
+def test_jobs_of_a_key_limited_to_one_never_overlap_while_other_keys_run_on_sqlite(worker_process, tmp_path):
+    keys_limited_to_one(worker_process, tmp_path)
 
 
 @pytest.mark.postgres
