@@ -20,6 +20,7 @@ MUTATING_API = [
     "/taskengine/api/v1/jobs/{id}/retry",
     "/taskengine/api/v1/queues/default/pause",
     "/taskengine/api/v1/queues/default/resume",
+    "/taskengine/api/v1/queues/default/limits",
 ]
 MUTATING_PAGES = [
     "/taskengine/jobs/{id}/requeue/",
@@ -27,6 +28,7 @@ MUTATING_PAGES = [
     "/taskengine/jobs/{id}/retry/",
     "/taskengine/queues/default/pause/",
     "/taskengine/queues/default/resume/",
+    "/taskengine/queues/default/limits/",
 ]
 READ_URLS = [
     "/taskengine/",
