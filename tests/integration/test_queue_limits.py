@@ -189,3 +189,22 @@ def test_the_concurrency_options_are_read_back_on_the_result():
     assert set(Job.objects.filter(pk__in=[r.id for r in bulk]).values_list("concurrency_key", "concurrency_limit")) == {
         ("bulk", 1)
     }
+
+
+@pytest.mark.postgres
+def test_a_keyed_job_leaving_running_notifies_its_queue_and_an_unkeyed_one_does_not():
+    import psycopg
+
+    from tests.conftest import subprocess_database_url
+
+    keyed = int(tasks.add.using(queue_name="demo", concurrency_key="k").enqueue(1, 1).id)
+    plain = int(tasks.add.enqueue(1, 2).id)
+    with psycopg.connect(subprocess_database_url(), autocommit=True) as listening:
+        listening.execute("LISTEN taskengine_jobs")
+        claimed = {j.id: j for j in claim(worker="w1")}
+        assert set(claimed) == {keyed, plain}
+        list(listening.notifies(timeout=0.2))  # nothing is expected from the claim itself
+        succeed([claimed[plain]])
+        assert [n.payload for n in listening.notifies(timeout=0.5)] == []
+        succeed([claimed[keyed]])
+        assert [n.payload for n in listening.notifies(timeout=2.0, stop_after=1)] == ["demo"]
