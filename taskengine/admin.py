@@ -15,14 +15,15 @@ Rules:
 - Schedule and tenant-membership edits are for superusers and write audit rows.
 - Queues are read-only rows; they change only through the pause / resume actions, which
   run ``queues.pause`` / ``resume`` queue by queue (permission ``pause_queue`` and every
-  tenant, compare-and-set, audit row in the same transaction).
+  tenant, compare-and-set, audit row in the same transaction), and *Set limits*, which
+  runs ``queues.set_limits`` with the concurrency and rate typed beside the action
+  (permission ``limit_queue``; an empty field lifts that limit).
 - No list runs an unbounded count(*) (BoundedCountPaginator, show_full_result_count
   off) and no filter scans the table for its choices.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
@@ -34,7 +35,7 @@ from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 
-from . import operations, queues
+from . import operations
 from .console.admin_support import (
     AuditedAdmin,
     BoundedCountPaginator,
@@ -52,7 +53,6 @@ from .models import (
     Leader,
     MissedSlot,
     OperatorAction,
-    Queue,
     Schedule,
     TenantMembership,
     WorkerProcess,
@@ -351,37 +351,8 @@ class TenantMembershipAdmin(SuperuserEditsOnly, AuditedAdmin):
         return request.user.is_superuser
 
 
-@admin.register(Queue)
-class QueueAdmin(TenantScopedAdmin, ReadOnlyAdmin):
-    list_display = ("name", "paused", "paused_by", "paused_at", "pause_reason", "tenant", "updated_at")
-    list_filter = ("paused",)
-    search_fields = ("=name",)
-    actions = ("pause_queues", "resume_queues")
+# The queue list (pause / resume / Set limits) is console/queue_admin.py's QueueAdmin,
+# registered when it is imported here.
+from .console.queue_admin import QueueAdmin  # noqa: E402 - registers with admin.site once the shared admin classes exist
 
-    def has_pause_permission(self, request: HttpRequest) -> bool:
-        return queues.holds_permission(request.user)
-
-    @admin.action(permissions=["pause"], description="Pause selected queues")
-    def pause_queues(self, request: HttpRequest, queryset: QuerySet[Queue]) -> None:
-        self._run(request, queryset, queues.pause, "paused")
-
-    @admin.action(permissions=["pause"], description="Resume selected queues")
-    def resume_queues(self, request: HttpRequest, queryset: QuerySet[Queue]) -> None:
-        self._run(request, queryset, queues.resume, "resumed")
-
-    def _run(
-        self, request: HttpRequest, queryset: QuerySet[Queue], operate: Callable[..., queues.QueueResult], done: str
-    ) -> None:
-        changed: list[str] = []
-        refused: list[str] = []
-        for name in queryset.order_by("name").values_list("name", flat=True):
-            try:
-                operate(name, actor=request.user, reason="from the admin")
-            except operations.OperationError as exc:
-                refused.append(exc.message)
-            else:
-                changed.append(name)
-        if changed:
-            self.message_user(request, f"{done}: {', '.join(changed)}.", messages.SUCCESS)
-        if refused:
-            self.message_user(request, "; ".join(refused[:5]), messages.WARNING)
+__all__ = ["ExecutionLogAdmin", "JobAdmin", "QueueAdmin", "ScheduleAdmin"]

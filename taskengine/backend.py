@@ -23,7 +23,7 @@ from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.module_loading import import_string
 
-from . import metrics, store
+from . import limits, metrics, store
 from .compat import (
     BaseTaskBackend,
     InvalidTask,
@@ -73,6 +73,8 @@ class EngineTask(Task):  # type: ignore[type-arg]  # Task takes no type argument
     unique_key: str | None = None
     tenant: str | None = None
     acting_user: Any = None
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
 
     def using(
         self,
@@ -87,6 +89,8 @@ class EngineTask(Task):  # type: ignore[type-arg]  # Task takes no type argument
         max_attempts: int | None = None,
         timeout: float | None = _UNSET,
         retry_backoff: float | None = None,
+        concurrency_key: str | None = _UNSET,
+        concurrency_limit: int | None = _UNSET,
     ) -> EngineTask:
         changes: dict[str, Any] = {}
         for name, value in (
@@ -104,6 +108,8 @@ class EngineTask(Task):  # type: ignore[type-arg]  # Task takes no type argument
             ("tenant", tenant),
             ("acting_user", acting_user),
             ("timeout", timeout),
+            ("concurrency_key", concurrency_key),
+            ("concurrency_limit", concurrency_limit),
         ):
             if value is not _UNSET:
                 changes[name] = value
@@ -154,6 +160,8 @@ def _with_arguments(t: NewJob, task: Task[..., Any], args: Sequence[Any], kwargs
         t.unique_key,
         t.tenant,
         t.acting_user_id,
+        t.concurrency_key,
+        t.concurrency_limit,
     )
 
 
@@ -205,6 +213,9 @@ class DatabaseBackend(BaseTaskBackend):
             if value is not None and (not isinstance(value, str) or not value or len(value) > limit):
                 raise InvalidTask(f"{name} must be a non-empty string of at most {limit} characters.")
         self._validate_stored_text(task)
+        limits.check_concurrency_options(
+            getattr(task, "concurrency_key", None), getattr(task, "concurrency_limit", None), InvalidTask
+        )
 
     @staticmethod
     def _validate_stored_text(task: Task[..., Any]) -> None:
@@ -215,6 +226,7 @@ class DatabaseBackend(BaseTaskBackend):
             ("task path", task.module_path, 300),
             ("queue_name", task.queue_name, 64),
             ("unique_key", getattr(task, "unique_key", None), 255),
+            ("concurrency_key", getattr(task, "concurrency_key", None), 255),
             ("tenant", getattr(task, "tenant", None), 64),
             ("acting_user", user_key(getattr(task, "acting_user", None)), 64),
         ):
@@ -325,6 +337,7 @@ class DatabaseBackend(BaseTaskBackend):
         timeout = getattr(task, "timeout", None)
         if problem := dedicated_queue_problem(task.queue_name, getattr(task, "tenant", None)):
             raise InvalidTask(f"{problem}. Nothing was enqueued.")
+        key = getattr(task, "concurrency_key", None)
         return NewJob(
             task_path=task.module_path,
             backend=self.alias,
@@ -340,6 +353,8 @@ class DatabaseBackend(BaseTaskBackend):
             unique_key=getattr(task, "unique_key", None),
             tenant=getattr(task, "tenant", None),
             acting_user_id=user_key(getattr(task, "acting_user", None)),
+            concurrency_key=key,
+            concurrency_limit=limits.job_concurrency_limit(key, getattr(task, "concurrency_limit", None)),
         )
 
     # --- checks ----------------------------------------------------------------------
@@ -452,4 +467,7 @@ class DatabaseBackend(BaseTaskBackend):
             "tenant": (job.tenant, declared.tenant),
             "acting_user": (job.acting_user_id, declared.acting_user_id),
         }
+        if not isinstance(job, ClaimedJob):  # a Job row (a claimed job does not carry them)
+            stored["concurrency_key"] = (job.concurrency_key, declared.concurrency_key)
+            stored["concurrency_limit"] = (job.concurrency_limit, declared.concurrency_limit)
         return {name: value for name, (value, default) in stored.items() if value != default}

@@ -26,6 +26,8 @@ class NewJob:
     unique_key: str | None = None
     tenant: str | None = None
     acting_user_id: str | None = None
+    concurrency_key: str | None = None  # per-key concurrency (taskengine.limits)
+    concurrency_limit: int | None = None  # set (default 1) exactly when concurrency_key is
 
 
 @dataclass(slots=True)

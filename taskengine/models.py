@@ -99,6 +99,10 @@ class Job(models.Model):
         db_index=False,  # taskengine_job_schedule_slot_uniq leads with schedule_id
     )
     slot = models.DateTimeField(null=True, blank=True, help_text="Schedule slot this job runs.")
+    # Per-key concurrency (docs/queues.md): at most concurrency_limit running jobs share a
+    # key, fleet-wide. NULL for jobs without a key (the claim's fast path).
+    concurrency_key = models.CharField(max_length=255, null=True, blank=True)
+    concurrency_limit = models.PositiveIntegerField(null=True, blank=True)
 
     objects = JobQuerySet.as_manager()
 
@@ -149,6 +153,23 @@ class Job(models.Model):
                 fields=["finished_at"],
                 condition=Q(finished_at__isnull=False),
                 name="taskengine_job_finished_idx",
+            ),
+            # Per-key concurrency (taskengine.limits): the running jobs of a key, counted
+            # under the key's lock, and the queued keyed jobs the limited claim walks.
+            # Partial on the key, so jobs without one never enter either index.
+            models.Index(
+                fields=["concurrency_key"],
+                condition=Q(state="running", concurrency_key__isnull=False),
+                name="taskengine_job_key_running_idx",
+            ),
+            models.Index(
+                "queue",
+                "concurrency_key",
+                models.F("priority").desc(),
+                "run_after",
+                "id",
+                condition=Q(state="queued", concurrency_key__isnull=False),
+                name="taskengine_job_key_queued_idx",
             ),
         ]
         constraints = [
@@ -410,18 +431,43 @@ class Queue(models.Model):
     # tenant's operators may pause it. None: shared by every tenant, paused only by users
     # who see every tenant (like a job without a tenant).
     tenant = models.CharField(max_length=64, null=True, blank=True)
+    # Limits (taskengine.limits, docs/queues.md): at most concurrency_limit running jobs
+    # fleet-wide; at most rate_limit starts per fixed window of rate_period seconds on the
+    # database clock. rate_window (epoch seconds // rate_period) and rate_count are the
+    # current window's counter, written by the claim under the row's lock. settings_* are
+    # the TASKENGINE["QUEUES"] values last applied, as settings_paused.
+    concurrency_limit = models.PositiveIntegerField(null=True, blank=True)
+    rate_limit = models.PositiveIntegerField(null=True, blank=True)
+    rate_period = models.PositiveIntegerField(null=True, blank=True)
+    rate_window = models.BigIntegerField(default=0)
+    rate_count = models.PositiveIntegerField(default=0)
+    settings_concurrency = models.PositiveIntegerField(null=True, blank=True)
+    settings_rate = models.CharField(max_length=32, blank=True, default="")
     created_at = models.DateTimeField(db_default=Now())
     updated_at = models.DateTimeField(db_default=Now())
 
     class Meta:
         db_table = "taskengine_queue"
         ordering = ["name"]
-        permissions = [("pause_queue", "Can pause and resume a queue")]
+        permissions = [
+            ("pause_queue", "Can pause and resume a queue"),
+            ("limit_queue", "Can set a queue's concurrency and rate limits"),
+        ]
         constraints = [
             # Who and when are kept exactly while the queue is paused.
             models.CheckConstraint(
                 condition=Q(paused=True, paused_at__isnull=False) | Q(paused=False, paused_at__isnull=True),
                 name="taskengine_queue_paused_at_iff_paused",
+            ),
+            models.CheckConstraint(
+                condition=Q(concurrency_limit__isnull=True) | Q(concurrency_limit__gte=1),
+                name="taskengine_queue_concurrency_positive",
+            ),
+            # A rate is a count and its period, both or neither.
+            models.CheckConstraint(
+                condition=Q(rate_limit__isnull=True, rate_period__isnull=True)
+                | Q(rate_limit__gte=1, rate_period__gte=1),
+                name="taskengine_queue_rate_whole",
             ),
         ]
 

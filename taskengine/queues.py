@@ -45,7 +45,7 @@ from django.db import connections, transaction
 from django.db.models import Q, QuerySet
 from django.db.models.functions import Now
 
-from . import audit
+from . import audit, limits
 from .conf import engine_settings
 from .db import store_for
 from .listener import CHANNEL
@@ -56,8 +56,11 @@ from .tenancy import tenants_for
 from .values import text_problem
 
 PERMISSION = "taskengine.pause_queue"
+LIMIT_PERMISSION = "taskengine.limit_queue"  # concurrency and rate limits (set_limits)
 SETTINGS_ACTOR = "settings"
-SETTING_KEYS = frozenset({"paused", "tenant"})  # the keys a TASKENGINE["QUEUES"] entry may have
+# the keys a TASKENGINE["QUEUES"] entry may have
+SETTING_KEYS = frozenset({"paused", "tenant", "concurrency", "rate"})
+KEEP: Any = object()  # set_limits: leave this limit as it is
 MAX_NAME_LENGTH = 64  # Job.queue's length
 PAUSED_POLL_SECONDS = 0.5  # a polling worker's longest idle wait while one of its queues is paused
 
@@ -83,6 +86,8 @@ class QueueStatus:
     tenant: str | None
     queued: Any  # whatever the caller's count returns (an int, or the console's BoundedCount)
     running: Any
+    concurrency_limit: int | None = None
+    rate: str = ""  # "100/m", "" without a rate limit
 
     @property
     def state(self) -> str:
@@ -130,7 +135,18 @@ def declared_queues() -> dict[str, dict[str, Any]]:
             raise ImproperlyConfigured(f'{where}["tenant"] must be a tenant name (at most 64 characters) or None')
         if tenant is not None and (problem := text_problem(tenant)):
             raise ImproperlyConfigured(f'{where}["tenant"] cannot be stored: {problem}')
-        out[name] = {"paused": paused, "tenant": tenant}
+        concurrency = options.get("concurrency")
+        try:
+            concurrency = limits.parse_concurrency(concurrency)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f'{where}["concurrency"]: {exc}') from None
+        rate = options.get("rate")
+        if rate is not None:
+            try:
+                rate = limits.format_rate(*limits.parse_rate(rate))
+            except ValueError as exc:
+                raise ImproperlyConfigured(f'{where}["rate"]: {exc}') from None
+        out[name] = {"paused": paused, "tenant": tenant, "concurrency": concurrency, "rate": rate or ""}
     return out
 
 
@@ -154,14 +170,43 @@ def sync_settings(using: str = "default", names: Iterable[str] = ()) -> list[str
     operator changes combine."""
     declared = declared_queues()
     ensure(set(declared) | set(names), using)
-    rows = Queue.objects.using(using).filter(Q(settings_paused=True) | Q(tenant__isnull=False))
+    rows = Queue.objects.using(using).filter(
+        Q(settings_paused=True) | Q(tenant__isnull=False) | Q(settings_concurrency__isnull=False) | ~Q(settings_rate="")
+    )
     flagged = set(rows.values_list("name", flat=True))
     changed: list[str] = []
     for name in sorted(set(declared) | flagged):
         with transaction.atomic(using=using):
-            if _apply_setting(name, declared, using):
+            paused = _apply_setting(name, declared, using)
+            limited = _apply_limit_settings(name, declared, using)
+            if paused or limited:
                 changed.append(name)
     return changed
+
+
+def _apply_limit_settings(name: str, declared: dict[str, dict[str, Any]], using: str) -> bool:
+    """Inside a transaction: apply queue ``name``'s declared ``concurrency`` and ``rate``
+    where they changed since last applied (``settings_concurrency``, ``settings_rate``),
+    each on its own, as ``paused``. True when a limit changed."""
+    entry = declared.get(name, {})
+    concurrency, rate = entry.get("concurrency"), entry.get("rate", "")
+    queue = Queue.objects.using(using).select_for_update().filter(pk=name).first()
+    if queue is None or (queue.settings_concurrency == concurrency and queue.settings_rate == rate):
+        return False
+    new_concurrency = concurrency if queue.settings_concurrency != concurrency else KEEP
+    new_rate = rate if queue.settings_rate != rate else KEEP
+    Queue.objects.using(using).filter(pk=name).update(settings_concurrency=concurrency, settings_rate=rate)
+    if not _limits_differ(queue, new_concurrency, new_rate):
+        return False
+    reason = f'TASKENGINE["QUEUES"][{name!r}]: concurrency {concurrency}, rate {rate or None}'
+    _change_limits(queue, concurrency=new_concurrency, rate=new_rate, actor=SETTINGS_ACTOR, reason=reason, using=using)
+    return True
+
+
+def _limits_differ(queue: Queue, concurrency: Any, rate: Any) -> bool:
+    if concurrency is not KEEP and concurrency != queue.concurrency_limit:
+        return True
+    return rate is not KEEP and rate != limits.format_rate(queue.rate_limit, queue.rate_period)
 
 
 def _apply_setting(name: str, declared: dict[str, dict[str, Any]], using: str) -> bool:
@@ -198,6 +243,25 @@ def has_permission(user: Any, queue_tenant: str | None = None) -> bool:
     return True
 
 
+def may_limit(user: Any, queue_tenant: str | None = None) -> bool:
+    """Whether ``user`` may set the limits of a queue of ``queue_tenant``
+    (``taskengine.limit_queue``, the same tenant scope as a pause)."""
+    try:
+        _check_actor(user, queue_tenant, permission=LIMIT_PERMISSION)
+    except OperationError:
+        return False
+    return True
+
+
+def holds_limit_permission(user: Any) -> bool:
+    """Whether ``user`` holds ``taskengine.limit_queue`` at all."""
+    try:
+        _check_permission(user, LIMIT_PERMISSION)
+    except OperationError:
+        return False
+    return True
+
+
 def holds_permission(user: Any) -> bool:
     """Whether ``user`` holds ``taskengine.pause_queue`` at all (which queues it may act on
     is ``has_permission``)."""
@@ -216,15 +280,16 @@ def visible_to(user: Any, queue_tenant: str | None) -> bool:
     return scope is None or queue_tenant is None or queue_tenant in scope
 
 
-def _check_permission(actor: Any) -> None:
+def _check_permission(actor: Any, permission: str = PERMISSION) -> None:
     if isinstance(actor, str):
         return  # the deployment: manage.py queues, settings
-    if actor is None or not getattr(actor, "is_active", False) or not actor.has_perm(PERMISSION):
-        raise OperationForbidden("you do not have permission to pause or resume queues")
+    if actor is None or not getattr(actor, "is_active", False) or not actor.has_perm(permission):
+        what = "pause or resume queues" if permission == PERMISSION else "set queue limits"
+        raise OperationForbidden(f"you do not have permission to {what}")
 
 
-def _check_actor(actor: Any, queue_tenant: str | None, name: str = "") -> None:
-    _check_permission(actor)
+def _check_actor(actor: Any, queue_tenant: str | None, name: str = "", permission: str = PERMISSION) -> None:
+    _check_permission(actor, permission)
     if isinstance(actor, str):
         return
     scope = tenants_for(actor)
@@ -257,28 +322,35 @@ def resume(name: str, *, actor: Any, reason: str = "", using: str = "default") -
     return _operate(name, paused=False, actor=actor, reason=reason, using=using)
 
 
-def _operate(name: str, *, paused: bool, actor: Any, reason: str, using: str) -> QueueResult:
+def _prepare(name: Any, reason: Any, actor: Any, using: str, permission: str) -> tuple[str, str]:
+    """The checks and the settings step of an operator's change (pause, resume, limits)."""
     # Everything is checked before anything is written: the permission, the name and the
     # reason (the stored-text rule), and the actor's scope against the tenant the settings
     # give the queue (they own it: _apply_setting), so a refused change leaves nothing.
-    _check_permission(actor)
+    _check_permission(actor, permission)
     name = _check_name(name)
     reason = _check_reason(reason)
     declared = declared_queues()
     if name in declared:
-        _check_actor(actor, declared[name]["tenant"], name)
+        _check_actor(actor, declared[name]["tenant"], name, permission)
     elif not isinstance(actor, str) and tenants_for(actor) is not None:
         # An undeclared queue is shared; a tenant's operator may not act on it, and may
         # not create one: to them a new queue does not exist.
         if not Queue.objects.using(using).filter(pk=name).exists():
             raise JobNotFound(f"no queue {name!r}")
-        _check_actor(actor, None, name)
+        _check_actor(actor, None, name, permission)
     if name in declared:
         # The deployment's own queue: its row and a pending settings change (rule 3) stand
         # even if this change is refused, as when a worker starts.
         with transaction.atomic(using=using):
             ensure([name], using)
             _apply_setting(name, declared, using)
+            _apply_limit_settings(name, declared, using)
+    return name, reason
+
+
+def _operate(name: str, *, paused: bool, actor: Any, reason: str, using: str) -> QueueResult:
+    name, reason = _prepare(name, reason, actor, using, PERMISSION)
     with transaction.atomic(using=using):  # the row (if new), the change and its audit row
         ensure([name], using)
         queue = Queue.objects.using(using).select_for_update().get(pk=name)
@@ -351,10 +423,90 @@ def snapshot(queue: Queue) -> dict[str, Any]:
         "paused_at": queue.paused_at.isoformat() if queue.paused_at else None,
         "paused_by": queue.paused_by,
         "pause_reason": queue.pause_reason,
+        "concurrency_limit": queue.concurrency_limit,
+        "rate": limits.format_rate(queue.rate_limit, queue.rate_period) or None,
     }
 
 
+# --- limits ------------------------------------------------------------------------------
+
+
+def set_limits(
+    name: str, *, concurrency: Any = KEEP, rate: Any = KEEP, actor: Any, reason: str = "", using: str = "default"
+) -> QueueResult:
+    """Set or lift queue ``name``'s concurrency limit (a whole number >= 1; None or
+    "none" lifts it) and rate ("100/m"; None, "" or "none" lifts it); KEEP leaves one as
+    it is. The steps of a pause (permission ``taskengine.limit_queue``, tenant scope,
+    settings first, compare-and-set under the row's lock, audit row ``queue.limit`` in
+    the same transaction); a change that changes nothing is refused (409). Raising or
+    lifting a limit wakes the queue's workers."""
+    try:
+        concurrency = concurrency if concurrency is KEEP else limits.parse_concurrency(concurrency)
+        if rate is not KEEP:
+            lifted = rate is None or (isinstance(rate, str) and rate.strip().lower() in ("", "none"))
+            rate = "" if lifted else limits.format_rate(*limits.parse_rate(rate))
+    except ValueError as exc:
+        raise OperationError(str(exc)) from None
+    if concurrency is KEEP and rate is KEEP:
+        raise OperationError("give a concurrency limit, a rate, or both")
+    name, reason = _prepare(name, reason, actor, using, LIMIT_PERMISSION)
+    with transaction.atomic(using=using):
+        ensure([name], using)
+        queue = Queue.objects.using(using).select_for_update().get(pk=name)
+        _check_actor(actor, queue.tenant, name, LIMIT_PERMISSION)
+        if not _limits_differ(queue, concurrency, rate):
+            raise OperationRefused(f"queue {name!r} already has these limits")
+        return _change_limits(queue, concurrency=concurrency, rate=rate, actor=actor, reason=reason, using=using)
+
+
+def _change_limits(queue: Queue, *, concurrency: Any, rate: Any, actor: Any, reason: str, using: str) -> QueueResult:
+    """Inside a transaction, the row locked: the compare-and-set of the limits, the audit
+    row and the wake-up."""
+    before = snapshot(queue)
+    changes: dict[str, Any] = {"updated_at": Now()}
+    if concurrency is not KEEP:
+        changes["concurrency_limit"] = concurrency
+    if rate is not KEEP:
+        count, period = limits.parse_rate(rate) if rate else (None, None)
+        changes.update(rate_limit=count, rate_period=period)
+    expected = Q(pk=queue.pk)
+    for field in ("concurrency_limit", "rate_limit", "rate_period"):
+        value = getattr(queue, field)
+        expected &= Q(**{f"{field}__isnull": True}) if value is None else Q(**{field: value})
+    if Queue.objects.using(using).filter(expected).update(**changes) != 1:
+        raise OperationRefused(f"queue {queue.pk!r} changed meanwhile; reload and try again")
+    queue.refresh_from_db(using=using)
+    row = audit.record(
+        actor=actor,
+        action="queue.limit",
+        target_type="queue",
+        target_id=queue.pk,
+        tenant=queue.tenant,
+        before=before,
+        after=snapshot(queue),
+        reason=reason,
+        using=using,
+    )
+    _notify(queue.pk, using)
+    rate_text = limits.format_rate(queue.rate_limit, queue.rate_period) or "none"
+    message = f"Queue {queue.pk}: concurrency {queue.concurrency_limit or 'none'}, rate {rate_text}."
+    return QueueResult(queue=queue, action="queue.limit", audit_id=row.pk, message=message)
+
+
 # --- reads -------------------------------------------------------------------------------
+
+
+def held_among(names: Iterable[str], using: str = "default", paused: bool = True) -> set[str]:
+    """Which of ``names`` are limited (concurrency or rate) now, or paused (with
+    ``paused``): a worker serving one polls at least every PAUSED_POLL_SECONDS (a limit's
+    room and a rate's next window wake no LISTENer; a resume wakes only LISTENers)."""
+    wanted = list(names)
+    if not wanted:
+        return set()
+    held = Q(concurrency_limit__isnull=False) | Q(rate_limit__isnull=False)
+    if paused:
+        held |= Q(paused=True)
+    return set(Queue.objects.using(using).filter(held, pk__in=wanted).values_list("name", flat=True))
 
 
 def paused_among(names: Iterable[str], using: str = "default") -> set[str]:
@@ -404,6 +556,8 @@ def statuses(
                 tenant=tenant,
                 queued=counter(jobs.filter(queue=name, state=JobState.QUEUED)),
                 running=counter(jobs.filter(queue=name, state=JobState.RUNNING)),
+                concurrency_limit=row.concurrency_limit if row else None,
+                rate=limits.format_rate(row.rate_limit, row.rate_period) if row else "",
             )
         )
     return out

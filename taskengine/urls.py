@@ -39,6 +39,7 @@ urlpatterns = [
     path("api/v1/queues", api.queue_list, name="api_queues"),
     path("api/v1/queues/<path:name>/pause", api.queue_pause, name="api_queue_pause"),
     path("api/v1/queues/<path:name>/resume", api.queue_resume, name="api_queue_resume"),
+    path("api/v1/queues/<path:name>/limits", api.queue_limits, name="api_queue_limits"),
     path("api/v1/workers", api.workers, name="api_workers"),
     path("api/v1/schedules", api.schedules, name="api_schedules"),
     path("api/v1/reconcile", reconcile.api_report, name="api_reconcile"),

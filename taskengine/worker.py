@@ -386,9 +386,9 @@ class Worker:
 
     def _poll_wait(self, wait: float) -> float:
         """``wait``, or at most PAUSED_POLL_SECONDS for a worker that polls while a queue
-        of its own is paused: nothing wakes it on resume, so it polls often enough to
-        claim within a second of the resume."""
-        if wait > queues.PAUSED_POLL_SECONDS and not self._woken_on_change() and self._serves_paused_queue():
+        of its own is paused (nothing wakes it on resume, so it polls often enough to
+        claim within a second of the resume), or while one is limited."""
+        if wait > queues.PAUSED_POLL_SECONDS and self._serves_held_queue():
             return queues.PAUSED_POLL_SECONDS
         return wait
 
@@ -396,9 +396,14 @@ class Worker:
         """True while a LISTEN connection wakes this worker on enqueue and on resume."""
         return self._listener is not None and self._listener.connected.is_set()
 
-    def _serves_paused_queue(self) -> bool:
+    def _serves_held_queue(self) -> bool:
+        """A queue of this worker is limited (nothing wakes a worker when a limit has room
+        again: docs/queues.md), or paused while it polls (nothing wakes it on resume)."""
         nothing: set[str] = set()
-        return bool(self._db_call("claim", lambda: queues.paused_among(self.queues, self.database), default=nothing))
+        paused = not self._woken_on_change()
+        return bool(
+            self._db_call("claim", lambda: queues.held_among(self.queues, self.database, paused), default=nothing)
+        )
 
     def _wait(self, timeout: float) -> None:
         now = time.monotonic()

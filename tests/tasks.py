@@ -96,3 +96,13 @@ def fails_with_nul() -> None:
 @task
 def returns_nul() -> str:
     return "text with \x00 inside"
+
+
+@task
+def span(marker_dir: str, name: str, seconds: float) -> str:
+    """Write marker_dir/name.span: this execution's start and end (time.time()), one line."""
+    started = time.time()
+    time.sleep(seconds)
+    with open(Path(marker_dir) / f"{name}.span", "a") as f:
+        f.write(f"{started} {time.time()}\n")
+    return name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from ..models import Job
+from ..models import Job, Queue
 from .base import BenchBase, stop_workers
 
 
@@ -46,4 +46,42 @@ class Latency(BenchBase):
             timings = [self.claim_once(batch) for _ in range(rounds)]
             figures[f"claim_ms_at_{size}"] = statistics.median(timings) * 1000
         self.clear()
+        return figures
+
+    def claim_limits(self, size: int = 100_000, batch: int = 50, rounds: int = 50) -> dict[str, float]:
+        """Median time of one claim of ``batch`` jobs (rolled back) with ``size`` queued
+        rows: of a queue without limits, of the same queue with a concurrency limit (one
+        it never reaches) and with a rate, and of ``size`` keyed jobs over 1,000 keys
+        (limit 1 each) in a queue without limits (docs/performance.md)."""
+        if not self.postgres:
+            return {}
+        figures: dict[str, float] = {}
+        rows = Queue.objects.using(self.database).filter(pk=self.queue)
+        Queue.objects.using(self.database).get_or_create(pk=self.queue)
+        try:
+            self.fill_queued(size)
+            for name, limits in (
+                ("unlimited", {}),
+                ("queue_limit", {"concurrency_limit": 1_000_000}),
+                ("rate_limit", {"rate_limit": 1_000_000_000, "rate_period": 1}),
+                ("unlimited_again", {}),
+            ):
+                rows.update(**{"concurrency_limit": None, "rate_limit": None, "rate_period": None, **limits})
+                self.claim_once(batch)  # warm
+                timings = [self.claim_once(batch) for _ in range(rounds)]
+                figures[f"claim_ms_{name}"] = statistics.median(timings) * 1000
+            rows.update(concurrency_limit=None, rate_limit=None, rate_period=None)
+            with self.connection.cursor() as cursor:
+                cursor.execute(
+                    "UPDATE taskengine_job SET concurrency_key = 'key-' || (id %% 1000), concurrency_limit = 1 "
+                    "WHERE queue = %s AND state = 'queued'",
+                    [self.queue],
+                )
+                cursor.execute("ANALYZE taskengine_job")
+            self.claim_once(batch)
+            timings = [self.claim_once(batch) for _ in range(rounds)]
+            figures["claim_ms_keys_1000"] = statistics.median(timings) * 1000
+        finally:
+            rows.delete()
+            self.clear()
         return figures

@@ -117,3 +117,29 @@ def _queue_act(action: str) -> Callable[..., HttpResponse]:
 
 queue_pause = _queue_act("pause")
 queue_resume = _queue_act("resume")
+
+
+@api_endpoint("POST")
+def queue_limits(request: HttpRequest, name: str) -> JsonResponse:
+    """POST queues/<name>/limits ``{"concurrency": 5 | null, "rate": "100/m" | null,
+    "reason": "..."}``: a key left out keeps that limit, null lifts it
+    (``queues.set_limits``: permission ``taskengine.limit_queue``, audit row)."""
+    if request.content_type == "application/json" and request.body:
+        try:
+            body = json.loads(request.body)
+        except ValueError:
+            raise operations.OperationError("request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise operations.OperationError("request body must be a JSON object")
+    else:
+        body = {k: (v or None) for k, v in request.POST.items() if k in ("concurrency", "rate")}
+    result = queues.set_limits(
+        name,
+        concurrency=body.get("concurrency", queues.KEEP),
+        rate=body.get("rate", queues.KEEP),
+        actor=request.user,
+        reason=_reason(request),
+    )
+    return JsonResponse(
+        {"message": result.message, "audit_id": result.audit_id, "queue": serialize.queue_record(result.queue)}
+    )

@@ -247,4 +247,11 @@ def queue_rows(user: Any, using: str = "default") -> list[dict[str, Any]]:
     """Every known queue with its pause state and the user's queued and running jobs
     (bounded counts through the claim and lease indexes). Reads only."""
     rows = queues.statuses(using, user=user, extra=known_queues(using), count=bounded_count)
-    return [{**serialize.queue_status(row), "can_pause": queues.has_permission(user, row.tenant)} for row in rows]
+    return [
+        {
+            **serialize.queue_status(row),
+            "can_pause": queues.has_permission(user, row.tenant),
+            "can_limit": queues.may_limit(user, row.tenant),
+        }
+        for row in rows
+    ]

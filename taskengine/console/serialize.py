@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from .. import operations
+from ..limits import format_rate
 from ..models import ExecutionLog, Job, Leader, OperatorAction, WorkerProcess
 from ..tenancy import RequestUser
 
@@ -176,6 +177,8 @@ def queue_status(row: Any) -> dict[str, Any]:
         "tenant": row.tenant,
         "queued": row.queued.as_dict(),
         "running": row.running.as_dict(),
+        "concurrency_limit": row.concurrency_limit,
+        "rate": row.rate or None,
     }
 
 
@@ -188,5 +191,7 @@ def queue_record(queue: Any) -> dict[str, Any]:
         "paused_at": iso(queue.paused_at),
         "paused_by": queue.paused_by or None,
         "pause_reason": queue.pause_reason,
+        "concurrency_limit": queue.concurrency_limit,
+        "rate": format_rate(queue.rate_limit, queue.rate_period) or None,
         "tenant": queue.tenant,
     }

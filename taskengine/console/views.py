@@ -159,10 +159,19 @@ def queue_list(request: HttpRequest) -> TemplateResponse:
 @staff_page
 @require_POST
 def queue_action(request: HttpRequest, name: str, action: str) -> HttpResponse:
-    """POST queues/<name>/pause|resume: ``queues.pause`` / ``resume`` (permission, all
-    tenants, compare-and-set, audit in one transaction), then back to the queue page."""
-    operate = {"pause": queues.pause, "resume": queues.resume}.get(action)
-    if operate is None:
+    """POST queues/<name>/pause|resume|limits: ``queues.pause`` / ``resume`` /
+    ``set_limits`` (permission, all tenants, compare-and-set, audit in one transaction),
+    then back to the queue page."""
+    if action == "limits":  # the limits form: an empty field lifts that limit
+        post = request.POST
+
+        def operate(name: str, *, actor: Any, reason: str) -> queues.QueueResult:
+            concurrency, rate = post.get("concurrency") or None, post.get("rate") or None
+            return queues.set_limits(name, concurrency=concurrency, rate=rate, actor=actor, reason=reason)
+
+    elif action in ("pause", "resume"):
+        operate = queues.pause if action == "pause" else queues.resume
+    else:
         raise Http404(f"no action {action}")
     try:
         result = operate(name, actor=request.user, reason=request.POST.get("reason", "")[:2000])

@@ -142,6 +142,8 @@ def job_params(job: NewJob) -> dict[str, Any]:
         "unique_key": job.unique_key,
         "tenant": job.tenant,
         "acting_user_id": job.acting_user_id,
+        "concurrency_key": job.concurrency_key,
+        "concurrency_limit": job.concurrency_limit,
     }
 
 
@@ -243,6 +245,9 @@ class Store(ABC):
     # A client/server database other processes reach: LISTEN/NOTIFY wake-ups, pgbench,
     # the benchmark's multi-process figures.
     server: ClassVar[bool]
+    # Many writers at once: claims lock rows and keys and read candidates in batched
+    # statements (PostgreSQL); else one writer at a time orders every claim (SQLite).
+    concurrent_writers: ClassVar[bool]
 
     # --- the shared adapters
 

@@ -8,7 +8,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("taskengine", "0008_queue"),
+        ("taskengine", "0009_queue_limits_concurrency_key"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

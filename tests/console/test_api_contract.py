@@ -14,6 +14,7 @@ pytestmark = pytest.mark.django_db
 
 STR, INT, BOOL, FLOAT = str, int, bool, (int, float)
 OPT_STR = (str, type(None))
+OPT_INT = (int, type(None))
 COUNT = {"value": INT, "exact": BOOL, "kind": STR, "display": STR}
 JOB_SUMMARY = {
     "id": INT,
@@ -308,6 +309,9 @@ QUEUE_STATUS = {
     "queued": dict,
     "running": dict,
     "can_pause": BOOL,
+    "can_limit": BOOL,
+    "concurrency_limit": OPT_INT,
+    "rate": OPT_STR,
 }
 QUEUE_RECORD = {
     "name": STR,
@@ -316,6 +320,8 @@ QUEUE_RECORD = {
     "paused_at": OPT_STR,
     "paused_by": OPT_STR,
     "pause_reason": STR,
+    "concurrency_limit": OPT_INT,
+    "rate": OPT_STR,
     "tenant": OPT_STR,
 }
 

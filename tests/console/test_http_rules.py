@@ -21,6 +21,7 @@ MUTATING_API = [
     "/taskengine/api/v1/queues/default/pause",
     "/taskengine/api/v1/queues/default/resume",
     "/taskengine/api/v1/bulk/1/cancel",
+    "/taskengine/api/v1/queues/default/limits",
 ]
 MUTATING_PAGES = [
     "/taskengine/jobs/{id}/requeue/",
@@ -29,6 +30,7 @@ MUTATING_PAGES = [
     "/taskengine/queues/default/pause/",
     "/taskengine/queues/default/resume/",
     "/taskengine/bulk/1/cancel/",
+    "/taskengine/queues/default/limits/",
 ]
 READ_URLS = [
     "/taskengine/",

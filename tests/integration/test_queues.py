@@ -95,7 +95,14 @@ def test_pause_and_resume_are_compare_and_set_with_an_audit_row_each():
         (second.audit_id, "queue.resume", "queue", "demo", CLI, "fixed"),
     ]
     assert audit[0].state_before["paused"] is False and audit[0].state_after["paused"] is True
-    assert audit[1].state_after == {"paused": False, "paused_at": None, "paused_by": "", "pause_reason": ""}
+    assert audit[1].state_after == {
+        "paused": False,
+        "paused_at": None,
+        "paused_by": "",
+        "pause_reason": "",
+        "concurrency_limit": None,
+        "rate": None,
+    }
 
 
 def test_a_failed_audit_insert_rolls_the_pause_back(monkeypatch):
@@ -213,7 +220,11 @@ def test_the_settings_own_a_queues_tenant(settings):
 @pytest.mark.parametrize(
     ("declared", "message"),
     [
-        ({"demo": {"concurrency": 5}}, r"unknown option\(s\) concurrency"),
+        ({"demo": {"concurency": 5}}, r"unknown option\(s\) concurency"),
+        ({"demo": {"concurrency": 0}}, "at least 1"),
+        ({"demo": {"concurrency": "five"}}, "not a concurrency limit"),
+        ({"demo": {"rate": "10/d"}}, "not a rate"),
+        ({"demo": {"rate": "0/s"}}, "at least 1 start"),
         ({"demo": {"paused": "yes"}}, "must be True or False"),
         ({"demo": []}, "must be a dict"),
         ({"": {}}, "non-empty string"),

@@ -1,4 +1,4 @@
-"""``manage.py queues list | pause | resume | sync``: what each prints and changes, its
+"""``manage.py queues list | pause | resume | limit | sync``: what each prints and changes, its
 audit rows (actor ``cli:<os user>``), and its refusals as exit status 1 with the reason."""
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ def test_pause_list_resume(monkeypatch):
         "STATE",
         "QUEUED",
         "RUNNING",
+        "LIMIT",
+        "RATE",
         "PAUSED",
         "BY",
         "PAUSED",
@@ -41,7 +43,7 @@ def test_pause_list_resume(monkeypatch):
         "REASON",
     ]
     demo = next(line for line in table if line.startswith("demo "))
-    assert demo.split()[:5] == ["demo", "paused", "2", "0", "cli:ops"] and demo.endswith("smtp down")
+    assert demo.split()[:7] == ["demo", "paused", "2", "0", "-", "-", "cli:ops"] and demo.endswith("smtp down")
     assert any(line.split()[:2] == ["default", "active"] for line in table)
     listed = {q["name"]: q for q in json.loads(run("list", "--json"))}
     assert listed["demo"]["state"] == "paused" and listed["demo"]["queued"] == 2
@@ -74,6 +76,65 @@ def test_sync_applies_the_settings_now(settings):
     assert run("sync").strip() == "applied settings to: demo"
     assert Queue.objects.get(pk="demo").paused_by == "settings"
     assert run("sync").strip() == "nothing to apply"
-    settings.TASKENGINE = {"QUEUES": {"demo": {"rate": "10/s"}}}
-    with pytest.raises(CommandError, match="unknown option"):
+    settings.TASKENGINE = {"QUEUES": {"demo": {"rate": "10/d"}}}
+    with pytest.raises(CommandError, match="not a rate"):
         run("sync")
+
+
+def test_limit_sets_and_lifts_concurrency_and_rate_with_audit_rows(monkeypatch):
+    monkeypatch.setattr(queues.getpass, "getuser", lambda: "ops")
+    out = run("limit", "demo", "--concurrency", "5", "--rate", "100/m", "--reason", "smtp quota")
+    assert out.startswith("Queue demo: concurrency 5, rate 100/m. (audit row ")
+    demo = next(line for line in run("list").splitlines() if line.startswith("demo "))
+    assert demo.split()[:6] == ["demo", "active", "0", "0", "5", "100/m"]
+    listed = {q["name"]: q for q in json.loads(run("list", "--json"))}
+    assert (listed["demo"]["concurrency_limit"], listed["demo"]["rate"]) == (5, "100/m")
+    assert run("limit", "demo", "--rate", "none").startswith("Queue demo: concurrency 5, rate none.")
+    assert run("limit", "demo", "--concurrency", "none").startswith("Queue demo: concurrency none, rate none.")
+    row = Queue.objects.get(pk="demo")
+    assert (row.concurrency_limit, row.rate_limit, row.rate_period) == (None, None, None)
+    actions = list(OperatorAction.objects.order_by("pk").values_list("action", "state_before", "state_after"))
+    assert [a for a, _, _ in actions] == ["queue.limit"] * 3
+    assert actions[0][1]["concurrency_limit"] is None and actions[0][2]["rate"] == "100/m"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--concurrency", "0"), "at least 1"),
+        (("--concurrency", "two"), "not a concurrency limit"),
+        (("--rate", "100/d"), "not a rate"),
+        (("--rate", "0/m"), "at least 1 start"),
+        ((), "give --concurrency"),
+    ],
+)
+def test_limit_refuses_bad_values_and_writes_nothing(args, message):
+    with pytest.raises(CommandError, match=message):
+        run("limit", "demo", *args)
+    assert not Queue.objects.exists() and not OperatorAction.objects.exists()
+
+
+def test_limit_refuses_a_change_that_changes_nothing():
+    run("limit", "demo", "--concurrency", "2")
+    with pytest.raises(CommandError, match="already has these limits"):
+        run("limit", "demo", "--concurrency", "2")
+    assert OperatorAction.objects.count() == 1
+
+
+def test_declared_limits_are_applied_once_and_an_operator_change_stands_until_the_settings_change(settings):
+    settings.TASKENGINE = {"QUEUES": {"demo": {"concurrency": 5, "rate": "100/m"}}}
+    assert run("sync").strip() == "applied settings to: demo"
+    row = Queue.objects.get(pk="demo")
+    assert (row.concurrency_limit, row.rate_limit, row.rate_period) == (5, 100, 60)
+    run("limit", "demo", "--concurrency", "2")
+    assert run("sync").strip() == "nothing to apply"  # same settings deployed again
+    assert Queue.objects.get(pk="demo").concurrency_limit == 2
+    settings.TASKENGINE = {"QUEUES": {"demo": {"concurrency": 5, "rate": "10/s"}}}
+    assert run("sync").strip() == "applied settings to: demo"  # only the rate changed
+    row = Queue.objects.get(pk="demo")
+    assert (row.concurrency_limit, row.rate_limit, row.rate_period) == (2, 10, 1)
+    settings.TASKENGINE = {"QUEUES": {}}
+    run("sync")  # the declaration removed: both lifted
+    row = Queue.objects.get(pk="demo")
+    assert (row.concurrency_limit, row.rate_limit) == (None, None)
+    assert OperatorAction.objects.filter(action="queue.limit", actor_repr="settings").count() == 3

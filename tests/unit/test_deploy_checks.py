@@ -133,8 +133,8 @@ def test_the_deployment_checks_run_with_check_deploy_only():
 
 
 def test_a_queue_setting_runworker_would_refuse_is_error_E007(settings):
-    settings.TASKENGINE = {"QUEUES": {"emails": {"concurrency": 5}}}
+    settings.TASKENGINE = {"QUEUES": {"emails": {"concurrency": 0}}}
     [message] = check_queue_settings()
     assert message.id == "taskengine.E007" and "concurrency" in message.msg
-    settings.TASKENGINE = {"QUEUES": {"emails": {"paused": True, "tenant": "acme"}}}
+    settings.TASKENGINE = {"QUEUES": {"emails": {"paused": True, "tenant": "acme", "concurrency": 5, "rate": "100/m"}}}
     assert check_queue_settings() == []

@@ -29,6 +29,16 @@ BOTH: dict[str, set[str]] = {
     "clock": {"db_now"},
     "console": {"console_queued_queues", "console_distinct_tenants"},
     "jobs": {"insert_job", "claim_jobs", "extend_leases"},
+    "limits": {
+        "limited_queues",
+        "queued_keys",
+        "running_by_queue",
+        "running_by_key",
+        "queue_candidates",
+        "key_candidates",
+        "claim_limited",
+        "count_rate",
+    },
     "leadership": {"leader_acquire", "leader_renew", "leader_resign", "leader_fence", "leader_current"},
     "maintenance": {
         "mark_dead_workers",
@@ -96,6 +106,11 @@ ONLY: dict[tuple[str, str], set[str]] = {
     # EXPLAIN's row estimate for a queue past the exact-count cap; SQLite keeps no such
     # statistics, so it always counts up to the cap.
     ("metrics", "postgresql"): {"metrics_queue_depth_estimate"},
+    # PostgreSQL: whether the limited claim has work is part of the claim statement
+    # (the fragment limits_waiting), and keys are try-locked (advisory locks);
+    # SQLite asks separately, under its one write lock.
+    ("limits", "postgresql"): {"lock_keys"},
+    ("limits", "sqlite"): {"claim_needs_limits"},
 }
 
 # (concept, vendor) -> the fragments (shared parts, included, never run on their own).
@@ -107,7 +122,9 @@ FRAGMENTS: dict[tuple[str, str], set[str]] = {
         "claim_and_log_attempts",
         "finish_outcomes",
         "finish_and_claim_result",
+        "claim_jobs_result",
     },
+    ("limits", "postgresql"): {"limits_waiting"},
 }
 
 

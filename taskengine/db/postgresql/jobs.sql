@@ -13,22 +13,22 @@
 INSERT INTO taskengine_job (
     task_path, backend, queue, priority, args, kwargs, state, run_after, enqueued_at,
     attempts, max_attempts, timeout_seconds, retry_backoff_seconds, on_lease_expired,
-    unique_key, tenant, acting_user_id
+    unique_key, tenant, acting_user_id, concurrency_key, concurrency_limit
 )
 SELECT n.task_path, n.backend, n.queue, n.priority, n.args, n.kwargs, 'queued',
        COALESCE(n.run_after, now()), now(),
        0, n.max_attempts, n.timeout_seconds, n.retry_backoff_seconds, n.on_lease_expired,
-       n.unique_key, n.tenant, n.acting_user_id
+       n.unique_key, n.tenant, n.acting_user_id, n.concurrency_key, n.concurrency_limit
   FROM ROWS FROM (
            jsonb_to_recordset(%(jobs)s::jsonb)
            AS (task_path text, backend text, queue text, priority smallint, args jsonb,
                kwargs jsonb, run_after timestamptz, max_attempts integer, timeout_seconds float8,
                retry_backoff_seconds float8, on_lease_expired text, unique_key text,
-               tenant text, acting_user_id text)
+               tenant text, acting_user_id text, concurrency_key text, concurrency_limit integer)
        ) WITH ORDINALITY
        AS n(task_path, backend, queue, priority, args, kwargs, run_after, max_attempts,
             timeout_seconds, retry_backoff_seconds, on_lease_expired, unique_key, tenant,
-            acting_user_id, position)
+            acting_user_id, concurrency_key, concurrency_limit, position)
  ORDER BY n.position
 ON CONFLICT (unique_key) WHERE state IN ('queued', 'running') AND unique_key IS NOT NULL DO NOTHING
 RETURNING id, unique_key, enqueued_at;
@@ -55,13 +55,14 @@ RETURNING id, unique_key, enqueued_at;
 INSERT INTO taskengine_job (
     task_path, backend, queue, priority, args, kwargs, state, run_after, enqueued_at,
     attempts, max_attempts, timeout_seconds, retry_backoff_seconds, on_lease_expired,
-    unique_key, tenant, acting_user_id
+    unique_key, tenant, acting_user_id, concurrency_key, concurrency_limit
 )
 VALUES (
     %(task_path)s, %(backend)s, %(queue)s, %(priority)s, %(args)s::jsonb, %(kwargs)s::jsonb, 'queued',
     COALESCE(%(run_after)s::timestamptz, now()), now(),
     0, %(max_attempts)s, %(timeout_seconds)s::float8, %(retry_backoff_seconds)s::float8,
-    %(on_lease_expired)s, %(unique_key)s::text, %(tenant)s::text, %(acting_user_id)s::text
+    %(on_lease_expired)s, %(unique_key)s::text, %(tenant)s::text, %(acting_user_id)s::text,
+    %(concurrency_key)s::text, %(concurrency_limit)s::integer
 )
 
 
@@ -82,7 +83,7 @@ SELECT now() AS enqueued_at, array_agg(reserved.id ORDER BY reserved.id) AS ids
 COPY taskengine_job (
     id, task_path, backend, queue, priority, args, kwargs, state, run_after, enqueued_at,
     attempts, max_attempts, timeout_seconds, retry_backoff_seconds, on_lease_expired,
-    unique_key, tenant, acting_user_id
+    unique_key, tenant, acting_user_id, concurrency_key, concurrency_limit
 ) FROM STDIN
 
 
@@ -92,7 +93,7 @@ COPY taskengine_job (
 WITH
 -- @include claim_candidates
 -- @include claim_and_log_attempts
-SELECT * FROM claimed;
+-- @include claim_jobs_result
 
 
 -- name: claim_jobs_advisory
@@ -101,7 +102,7 @@ SELECT * FROM claimed;
 WITH
 -- @include claim_candidates_advisory
 -- @include claim_and_log_attempts
-SELECT * FROM claimed;
+-- @include claim_jobs_result
 
 
 -- name: finish_and_claim
@@ -131,6 +132,17 @@ WITH
 -- @include finish_and_claim_result
 
 
+-- name: claim_jobs_result (fragment)
+-- The claimed jobs, and a row of NULLs when limited queues or keyed jobs wait for the
+-- limited claim (taskengine.limits).
+SELECT * FROM claimed
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL, NULL, NULL, NULL, NULL
+ WHERE
+-- @include limits_waiting
+
+
 -- name: finish_and_claim_result (fragment)
 -- The rows of finish_and_claim: the claimed jobs, then the finished ones.
 SELECT claimed.*, NULL::text AS finished_state, NULL::timestamptz AS finished_at
@@ -138,7 +150,13 @@ SELECT claimed.*, NULL::text AS finished_state, NULL::timestamptz AS finished_at
 UNION ALL
 SELECT finished.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        NULL, NULL, NULL, NULL, NULL, finished.state, finished.finished_at
-  FROM finished;
+  FROM finished
+UNION ALL
+-- The limited claim's turn (as in claim_jobs_result): finished_state 'limits'.
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL, NULL, NULL, NULL, NULL, 'limits', NULL
+ WHERE
+-- @include limits_waiting
 
 
 -- name: claim_candidates (fragment)
@@ -146,22 +164,27 @@ SELECT finished.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 
 -- first, locked with FOR UPDATE SKIP LOCKED.
 -- Index: taskengine_job_claim_idx (queue, priority DESC, run_after, id) WHERE queued —
 -- one ordered index scan per queue (the LATERAL), stopping after %(limit)s rows.
--- Paused queues (taskengine_queue.paused) are dropped from the wanted list first: the
--- paused names are read once per claim (an InitPlan over the few queue rows), never per
--- job row. The statement's snapshot decides: a pause committed before the claim began
+-- Paused queues (taskengine_queue.paused) are dropped from the wanted list first, and
+-- so are limited ones (concurrency or rate: taskengine.limits claims from those): the
+-- names are read once per claim (an InitPlan over the few queue rows), never per job
+-- row. Jobs with a concurrency key are left to the limited claim too (a filter on the
+-- same index scan). The statement's snapshot decides: a pause committed before the claim began
 -- is honoured (docs/queues.md).
 candidates AS (
     SELECT picked.id
       FROM (SELECT wanted.queue
               FROM unnest(%(queues)s::text[]) AS wanted(queue)
              WHERE wanted.queue <> ALL (ARRAY(SELECT paused.name FROM taskengine_queue AS paused
-                                               WHERE paused.paused))
+                                               WHERE paused.paused
+                                                  OR paused.concurrency_limit IS NOT NULL
+                                                  OR paused.rate_limit IS NOT NULL))
            ) AS wanted
      CROSS JOIN LATERAL (
             SELECT job.id, job.priority, job.run_after
               FROM taskengine_job AS job
              WHERE job.state = 'queued'
                AND job.queue = wanted.queue
+               AND job.concurrency_key IS NULL
                AND job.run_after <= now()
              ORDER BY job.priority DESC, job.run_after, job.id
              LIMIT %(limit)s
@@ -185,13 +208,16 @@ candidates AS (
       FROM (SELECT wanted.queue
               FROM unnest(%(queues)s::text[]) AS wanted(queue)
              WHERE wanted.queue <> ALL (ARRAY(SELECT paused.name FROM taskengine_queue AS paused
-                                               WHERE paused.paused))
+                                               WHERE paused.paused
+                                                  OR paused.concurrency_limit IS NOT NULL
+                                                  OR paused.rate_limit IS NOT NULL))
            ) AS wanted
      CROSS JOIN LATERAL (
             SELECT job.id, job.priority, job.run_after
               FROM taskengine_job AS job
              WHERE job.state = 'queued'
                AND job.queue = wanted.queue
+               AND job.concurrency_key IS NULL
                AND job.run_after <= now()
                AND pg_try_advisory_xact_lock(%(lock_namespace)s, (job.id %% 2147483647)::integer)
              ORDER BY job.priority DESC, job.run_after, job.id

@@ -24,7 +24,6 @@ from ..base import (
     Store,
     Won,
     claimed_job,
-    claimed_jobs,
     fetch_as,
     in_claim_order,
     job_params,
@@ -32,6 +31,7 @@ from ..base import (
     records,
     won,
 )
+from ..limited_claim import LIMITS_WAITING, claim_limited_after
 
 if TYPE_CHECKING:
     import psycopg
@@ -45,6 +45,7 @@ class PostgresStore(Store):
     native_arrays: ClassVar[bool] = True
     native_datetimes: ClassVar[bool] = True
     server: ClassVar[bool] = True
+    concurrent_writers: ClassVar[bool] = True
 
     # --- the engine cursor
 
@@ -122,7 +123,19 @@ class PostgresStore(Store):
         }
         with self.engine_cursor(connection) as cursor:
             cursor.execute(sql(connection, "claim_jobs_advisory" if advisory else "claim_jobs"), params)
-            return claimed_jobs(cursor.description, cursor.fetchall())
+            rows = records(cursor.description, cursor.fetchall(), CLAIM_RENAMES)
+        # A row of NULLs: limited queues or keyed jobs wait (claim_jobs_result).
+        jobs = in_claim_order([claimed_job(record) for record in rows if record["id"] is not None])
+        if len(jobs) < len(rows) and len(jobs) < limit:
+            jobs += claim_limited_after(
+                self,
+                connection,
+                worker_id=worker_id,
+                queues=queues,
+                limit=limit - len(jobs),
+                lease_seconds=lease_seconds,
+            )
+        return jobs
 
     def extend_leases(
         self, connection: BaseDatabaseWrapper, *, worker_id: str, held: list[tuple[int, int]], lease_seconds: float
@@ -177,17 +190,17 @@ class PostgresStore(Store):
         with self.engine_cursor(connection) as cursor:
             cursor.execute(sql(connection, "finish_and_claim_advisory" if advisory else "finish_and_claim"), params)
             rows = records(cursor.description, cursor.fetchall(), CLAIM_RENAMES)
-        # A claimed job has finished_state NULL; a finished one has its id, finished_state
-        # and finished_at, and NULL in every claim column (see finish_and_claim_result).
-        finished: Won = {}
-        claimed: list[ClaimedJob] = []
-        for record in rows:
-            state, finished_at = record.pop("finished_state"), record.pop("finished_at")
-            if state is None:
-                claimed.append(claimed_job(record))
-            else:
-                finished[record["id"]] = (state, finished_at)
-        return finished, in_claim_order(claimed)
+        finished, claimed, limits_waiting = _finished_and_claimed(rows)
+        if limits_waiting and len(claimed) < limit:
+            claimed += claim_limited_after(
+                self,
+                connection,
+                worker_id=worker_id,
+                queues=queues,
+                limit=limit - len(claimed),
+                lease_seconds=lease_seconds,
+            )
+        return finished, claimed
 
     def _finish_params(self, worker_id: str, outcomes: list[Outcome]) -> dict[str, Any]:
         return {
@@ -242,6 +255,24 @@ class PostgresStore(Store):
         return f"UPDATE {table} SET {moves}", {"seconds": seconds}
 
 
+def _finished_and_claimed(rows: list[dict[str, Any]]) -> tuple[Won, list[ClaimedJob], bool]:
+    """finish_and_claim's rows apart: a claimed job has finished_state NULL; a finished one
+    its id, finished_state and finished_at and NULL in every claim column; a row with
+    finished_state 'limits' says limited queues or keyed jobs wait (finish_and_claim_result)."""
+    finished: Won = {}
+    claimed: list[ClaimedJob] = []
+    limits_waiting = False
+    for record in rows:
+        state, finished_at = record.pop("finished_state"), record.pop("finished_at")
+        if state is None:
+            claimed.append(claimed_job(record))
+        elif state == LIMITS_WAITING:
+            limits_waiting = True
+        else:
+            finished[record["id"]] = (state, finished_at)
+    return finished, in_claim_order(claimed), limits_waiting
+
+
 def _copy(store: PostgresStore, connection: BaseDatabaseWrapper, jobs: list[NewJob]) -> list[InsertedJob | None]:
     """Many jobs, none with a unique key (so none can conflict): reserve their ids,
     then stream the rows with COPY — in one transaction, the caller's if it has one."""
@@ -275,6 +306,8 @@ def _copy(store: PostgresStore, connection: BaseDatabaseWrapper, jobs: list[NewJ
                         None,
                         job.tenant,
                         job.acting_user_id,
+                        job.concurrency_key,
+                        job.concurrency_limit,
                     )
                 )
     return [InsertedJob(job_id, enqueued_at, True) for job_id in ids]

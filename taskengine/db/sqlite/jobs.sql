@@ -9,14 +9,14 @@
 INSERT INTO taskengine_job (
     task_path, backend, queue, priority, args, kwargs, state, run_after, enqueued_at,
     attempts, max_attempts, timeout_seconds, retry_backoff_seconds, on_lease_expired,
-    unique_key, tenant, acting_user_id
+    unique_key, tenant, acting_user_id, concurrency_key, concurrency_limit
 )
 VALUES (
     %(task_path)s, %(backend)s, %(queue)s, %(priority)s, %(args)s, %(kwargs)s, 'queued',
     COALESCE(%(run_after)s, strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')),
     strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now'),
     0, %(max_attempts)s, %(timeout_seconds)s, %(retry_backoff_seconds)s, %(on_lease_expired)s,
-    %(unique_key)s, %(tenant)s, %(acting_user_id)s
+    %(unique_key)s, %(tenant)s, %(acting_user_id)s, %(concurrency_key)s, %(concurrency_limit)s
 )
 ON CONFLICT (unique_key) WHERE state IN ('queued', 'running') AND unique_key IS NOT NULL DO NOTHING
 RETURNING id, unique_key, enqueued_at, run_after;
@@ -25,7 +25,8 @@ RETURNING id, unique_key, enqueued_at, run_after;
 -- name: claim_jobs
 -- Index: taskengine_job_claim_idx. Paused queues (taskengine_queue.paused) are dropped
 -- from the wanted list once per claim; the claim's BEGIN IMMEDIATE transaction orders
--- it after any committed pause.
+-- it after any committed pause. Limited queues and keyed jobs are left to the limited
+-- claim (taskengine.limits, limits.sqlite.sql).
 UPDATE taskengine_job
    SET state = 'running',
        attempts = attempts + 1,
@@ -37,7 +38,10 @@ UPDATE taskengine_job
         SELECT id FROM taskengine_job
          WHERE state = 'queued'
            AND queue IN (SELECT value FROM json_each(%(queues)s)
-                          WHERE value NOT IN (SELECT name FROM taskengine_queue WHERE paused))
+                          WHERE value NOT IN (SELECT name FROM taskengine_queue
+                                               WHERE paused OR concurrency_limit IS NOT NULL
+                                                  OR rate_limit IS NOT NULL))
+           AND concurrency_key IS NULL
            AND run_after <= strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')
          ORDER BY priority DESC, run_after, id
          LIMIT %(limit)s

@@ -28,6 +28,7 @@ from ..base import (
     records,
     to_datetime,
 )
+from ..limited_claim import claim_limited_after
 
 
 @dataclass(slots=True)
@@ -45,6 +46,7 @@ class SQLiteStore(Store):
     native_arrays: ClassVar[bool] = False
     native_datetimes: ClassVar[bool] = False
     server: ClassVar[bool] = False
+    concurrent_writers: ClassVar[bool] = False
 
     def new_raw_cursor(self, connection: BaseDatabaseWrapper) -> Any:
         return connection.create_cursor()
@@ -89,12 +91,28 @@ class SQLiteStore(Store):
             cursor.execute(sql(connection, "claim_jobs"), params)
             rows = cursor.fetchall()
             jobs = claimed_jobs(cursor.description, rows)
+            if len(jobs) < limit and self._limits_waiting(cursor, connection, queues):
+                jobs += claim_limited_after(
+                    self,
+                    connection,
+                    worker_id=worker_id,
+                    queues=queues,
+                    limit=limit - len(jobs),
+                    lease_seconds=lease_seconds,
+                )
             if jobs:
                 cursor.execute(
                     sql(connection, "log_attempts"),
                     {"ids": self.array([job.id for job in jobs]), "worker_id": worker_id},
                 )
         return jobs
+
+    def _limits_waiting(self, cursor: Any, connection: BaseDatabaseWrapper, queues: list[str]) -> bool:
+        """Whether limited queues or due keyed jobs wait for ``queues`` (on PostgreSQL the
+        claim statement says so itself)."""
+        cursor.execute(sql(connection, "claim_needs_limits"), {"queues": self.array(queues)})
+        row = cursor.fetchone()
+        return bool(row and row[0])
 
     def extend_leases(
         self, connection: BaseDatabaseWrapper, *, worker_id: str, held: list[tuple[int, int]], lease_seconds: float

@@ -38,6 +38,11 @@ class Command(BaseCommand):
             action="store_true",
             help="Also time one claim at 10k, 100k and 1M queued rows (Postgres).",
         )
+        parser.add_argument(
+            "--claim-limits",
+            action="store_true",
+            help="Also time one claim with a queue limit, a rate and keyed jobs against none (Postgres).",
+        )
         self._add_mode_arguments(parser)
         parser.add_argument("--skip", default="", help=f"Comma list of phases to skip: {PHASES}.")
         parser.add_argument("--queue", default="benchmark")
@@ -65,7 +70,7 @@ class Command(BaseCommand):
             "--sustained-rate",
             type=float,
             default=None,
-            help=f"Jobs/s of the sustained producer (default {SUSTAINED_SHARE:.0%} of drain_default_per_s).",
+            help=f"Jobs/s of the sustained producer (default {SUSTAINED_SHARE * 100:.0f}%% of drain_default_per_s).",
         )
         parser.add_argument("--sustained-window", type=float, default=60.0, help="Seconds per reported window.")
         parser.add_argument("--sustained-workers", type=int, default=1, help="runworker processes (defaults).")
@@ -143,6 +148,9 @@ class Command(BaseCommand):
         if self.o["claim_scaling"]:
             self._note("claim time at 10k, 100k and 1M queued rows")
             figures.update(bench.claim_scaling([10_000, 100_000, 1_000_000]))
+        if self.o["claim_limits"]:
+            self._note("claim time with 100k queued rows: no limits, a queue limit, a rate, 1,000 keys")
+            figures.update(bench.claim_limits())
 
     def _modes(self, bench: Benchmark, figures: dict[str, Any]) -> None:
         o = self.o

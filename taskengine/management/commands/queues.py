@@ -1,10 +1,13 @@
-"""``manage.py queues list | pause NAME [--reason TEXT] | resume NAME | sync``
+"""``manage.py queues list | pause NAME [--reason TEXT] | resume NAME | limit NAME
+[--concurrency N|none] [--rate N/s|m|h|none] | sync``
 
 ``list`` prints every queue (with a row, declared in ``TASKENGINE["QUEUES"]`` or named
 in ``TASKS``) with its state, queued and running jobs, and who paused it, when and why;
 it only reads. ``pause`` and ``resume`` go through ``taskengine.queues`` (compare-and-set
 and an audit row in one transaction; the actor is ``cli:<os user>``); a queue already
-in that state exits 1 with the reason. ``sync`` applies ``TASKENGINE["QUEUES"]`` now
+in that state exits 1 with the reason. ``limit`` sets or lifts the queue's fleet-wide
+concurrency limit and its rate of starts (``taskengine.queues.set_limits``, audit row
+``queue.limit``). ``sync`` applies ``TASKENGINE["QUEUES"]`` now
 (workers do it when they start). See docs/queues.md.
 """
 
@@ -36,6 +39,13 @@ class Command(BaseCommand):
         resume = sub.add_parser("resume", help="Let workers claim from the queue again (wakes them at once).")
         resume.add_argument("name")
         resume.add_argument("--reason", default="", help="Why (kept in the audit row).")
+        limit = sub.add_parser("limit", help="Set or lift the queue's concurrency limit and rate of starts.")
+        limit.add_argument("name")
+        limit.add_argument(
+            "--concurrency", default=None, help="At most N running jobs across all workers; 'none' lifts the limit."
+        )
+        limit.add_argument("--rate", default=None, help="At most N starts per second, minute or hour (100/m); 'none'.")
+        limit.add_argument("--reason", default="", help="Why (kept in the audit row).")
         sub.add_parser("sync", help='Apply TASKENGINE["QUEUES"] now (workers do it when they start).')
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -44,6 +54,18 @@ class Command(BaseCommand):
         try:
             if action == "list":
                 self.list(database, as_json=options["json"])
+            elif action == "limit":
+                if options["concurrency"] is None and options["rate"] is None:
+                    raise CommandError("give --concurrency N|none, --rate N/s|m|h|none, or both")
+                result = queues.set_limits(
+                    options["name"],
+                    concurrency=queues.KEEP if options["concurrency"] is None else options["concurrency"],
+                    rate=queues.KEEP if options["rate"] is None else options["rate"],
+                    actor=queues.cli_actor(),
+                    reason=options["reason"],
+                    using=database,
+                )
+                self.stdout.write(f"{result.message} (audit row {result.audit_id})")
             elif action == "sync":
                 changed = queues.sync_settings(database)
                 self.stdout.write(f"applied settings to: {', '.join(changed)}" if changed else "nothing to apply")
@@ -67,6 +89,8 @@ class Command(BaseCommand):
                             "state": r.state,
                             "queued": r.queued,
                             "running": r.running,
+                            "concurrency_limit": r.concurrency_limit,
+                            "rate": r.rate or None,
                             "paused_by": r.paused_by or None,
                             "paused_at": r.paused_at.isoformat() if r.paused_at else None,
                             "pause_reason": r.pause_reason,
@@ -78,11 +102,21 @@ class Command(BaseCommand):
                 )
             )
             return
-        table = [("QUEUE", "STATE", "QUEUED", "RUNNING", "PAUSED BY", "PAUSED AT (UTC)", "REASON")]
+        table = [("QUEUE", "STATE", "QUEUED", "RUNNING", "LIMIT", "RATE", "PAUSED BY", "PAUSED AT (UTC)", "REASON")]
         for r in rows:
             at = r.paused_at.strftime("%Y-%m-%d %H:%M:%S") if r.paused_at else "-"
             table.append(
-                (r.name, r.state, str(r.queued), str(r.running), r.paused_by or "-", at, r.pause_reason or "-")
+                (
+                    r.name,
+                    r.state,
+                    str(r.queued),
+                    str(r.running),
+                    str(r.concurrency_limit or "-"),
+                    r.rate or "-",
+                    r.paused_by or "-",
+                    at,
+                    r.pause_reason or "-",
+                )
             )
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
         for row in table:
