@@ -20,7 +20,7 @@ from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.dateparse import parse_datetime
 
-from . import libpq
+from . import copy_rows, libpq
 from .conf import engine_settings
 from .jobs import ClaimedJob, InsertedJob, NewJob, Outcome
 from .queries import sql
@@ -275,34 +275,9 @@ def _copy_postgres(connection: BaseDatabaseWrapper, jobs: list[NewJob]) -> list[
     with transaction.atomic(using=connection.alias, savepoint=False), engine_cursor(connection) as cursor:
         cursor.execute(sql(connection, "reserve_job_ids"), {"count": len(jobs)})
         enqueued_at, ids = cursor.fetchone()
-        dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
         with connection.wrap_database_errors, cursor.copy(sql(connection, "copy_jobs")) as copy:
-            write = copy.write_row
-            for job_id, job in zip(ids, jobs, strict=True):
-                args = dumps(job.args) if job.args else "[]"
-                kwargs = dumps(job.kwargs) if job.kwargs else "{}"
-                write(
-                    (
-                        job_id,
-                        job.task_path,
-                        job.backend,
-                        job.queue,
-                        job.priority,
-                        args,
-                        kwargs,
-                        "queued",
-                        job.run_after or enqueued_at,
-                        enqueued_at,
-                        0,
-                        job.max_attempts,
-                        job.timeout_seconds,
-                        job.retry_backoff_seconds,
-                        job.on_lease_expired,
-                        None,
-                        job.tenant,
-                        job.acting_user_id,
-                    )
-                )
+            for chunk in copy_rows.copy_chunks(ids, jobs, enqueued_at):
+                copy.write(chunk)
     return [InsertedJob(job_id, enqueued_at, True) for job_id in ids]
 
 

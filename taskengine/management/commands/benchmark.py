@@ -65,7 +65,7 @@ class Command(BaseCommand):
             "--sustained-rate",
             type=float,
             default=None,
-            help=f"Jobs/s of the sustained producer (default {SUSTAINED_SHARE:.0%} of drain_default_per_s).",
+            help=f"Jobs/s of the sustained producer (default {SUSTAINED_SHARE * 100:.0f}%% of drain_default_per_s).",
         )
         parser.add_argument("--sustained-window", type=float, default=60.0, help="Seconds per reported window.")
         parser.add_argument("--sustained-workers", type=int, default=1, help="runworker processes (defaults).")
