@@ -32,6 +32,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import MISSING, fields
+from types import MemberDescriptorType
 from typing import TYPE_CHECKING, Any, overload
 
 import django
@@ -235,6 +236,49 @@ if {f.name for f in fields(TaskResult)} != TASK_RESULT_FIELDS:  # a TaskResult o
     )
 
 
+def _field_setter(name: str) -> Callable[[Any, Any], None]:
+    """A setter of one TaskResult field that bypasses the frozen check: the slot's own
+    descriptor where TaskResult has slots (one C call), object.__setattr__ otherwise."""
+    slot = TaskResult.__dict__.get(name)
+    if isinstance(slot, MemberDescriptorType):
+        return slot.__set__
+    return lambda result, value: object.__setattr__(result, name, value)
+
+
+(
+    _set_task,
+    _set_id,
+    _set_status,
+    _set_enqueued_at,
+    _set_started_at,
+    _set_finished_at,
+    _set_last_attempted_at,
+    _set_args,
+    _set_kwargs,
+    _set_backend,
+    _set_errors,
+    _set_worker_ids,
+    _set_return_value,
+) = (
+    _field_setter(name)
+    for name in (
+        "task",
+        "id",
+        "status",
+        "enqueued_at",
+        "started_at",
+        "finished_at",
+        "last_attempted_at",
+        "args",
+        "kwargs",
+        "backend",
+        "errors",
+        "worker_ids",
+        "_return_value",
+    )
+)
+
+
 def ready_task_result(
     task: Task[..., Any],
     result_id: str,
@@ -245,22 +289,23 @@ def ready_task_result(
 ) -> TaskResult[..., Any]:
     """The TaskResult of a job just enqueued, its arguments already JSON-ready: equal to
     ``TaskResult(status=READY, ...)`` but without ``__post_init__``, which would
-    normalise the arguments a second time (a bulk enqueue makes thousands)."""
+    normalise the arguments a second time (a bulk enqueue makes thousands; each field is
+    set through its slot, not object.__setattr__, which measured 1.0 against 1.65 µs a
+    result)."""
     result = object.__new__(TaskResult)
-    put = object.__setattr__
-    put(result, "task", task)
-    put(result, "id", result_id)
-    put(result, "status", TaskResultStatus.READY)
-    put(result, "enqueued_at", enqueued_at)
-    put(result, "started_at", None)
-    put(result, "finished_at", None)
-    put(result, "last_attempted_at", None)
-    put(result, "args", args)
-    put(result, "kwargs", kwargs)
-    put(result, "backend", backend)
-    put(result, "errors", [])
-    put(result, "worker_ids", [])
-    put(result, "_return_value", None)
+    _set_task(result, task)
+    _set_id(result, result_id)
+    _set_status(result, TaskResultStatus.READY)
+    _set_enqueued_at(result, enqueued_at)
+    _set_started_at(result, None)
+    _set_finished_at(result, None)
+    _set_last_attempted_at(result, None)
+    _set_args(result, args)
+    _set_kwargs(result, kwargs)
+    _set_backend(result, backend)
+    _set_errors(result, [])
+    _set_worker_ids(result, [])
+    _set_return_value(result, None)
     return result
 
 

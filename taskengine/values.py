@@ -214,6 +214,8 @@ def return_value_json(value: Any) -> str:
     point in a str — lone, or one of two that only look like a pair — stays visible to
     the check: escaped, two such code points would come back from jsonb as the one
     character they encode, which is not the value the handler returned."""
+    if value is None:  # most handlers return nothing
+        return "null"
     text = json.dumps(normalize_json(value), allow_nan=False, ensure_ascii=False)
     if "\\u0000" in text and _ESCAPED_NUL.search(text):
         raise ValueError("it contains a NUL character (\\u0000), which PostgreSQL's jsonb cannot store")

@@ -176,3 +176,12 @@ def assert_sustained(figures: dict) -> None:
     # time is the last finish minus that end: zero when the last job finished exactly then.
     assert (figures["sustained_backlog_drain_s"] >= 0) == (figures["sustained_finished_after"] > 0)
     assert figures["sustained_pickup_p50_ms"] <= figures["sustained_pickup_p99_ms"]
+
+
+def test_the_help_lists_every_option():
+    # --help crashed: the sustained rate's help had a bare "%" that argparse expands.
+    from taskengine.management.commands.benchmark import Command
+
+    text = Command().create_parser("manage.py", "benchmark").format_help()
+    assert "--sustained-rate" in text
+    assert "70% of" in text.replace("\n", " ").replace("  ", " ")

@@ -76,6 +76,21 @@ def test_a_bulk_row_is_stored_exactly_like_a_single_enqueue(django_user_model):
     assert bulk[0].args == single.args and bulk[0].kwargs == single.kwargs
 
 
+def test_text_with_copys_special_characters_is_stored_exactly_in_bulk():
+    # The COPY path writes PostgreSQL's text format itself: a backslash, tab, newline or
+    # carriage return in any text column or argument must come back as it went in.
+    awkward = "a\\b\tc\nd\re \\N \\. ☃"
+    task = tasks.add.using(tenant="t\\\t\n", queue_name="demo")
+    calls = [(task, (awkward, i), {"k\t": awkward}) for i in range(BULK)]
+    results = task.get_backend().enqueue_many(calls)
+    single = task.enqueue(awkward, 0, **{"k\t": awkward})
+    assert stored_columns(int(results[0].id)) == stored_columns(int(single.id))
+    stored = Job.objects.get(pk=results[-1].id)
+    assert stored.args == [awkward, BULK - 1]
+    assert stored.kwargs == {"k\t": awkward}
+    assert stored.tenant == "t\\\t\n"
+
+
 def test_bulk_ids_follow_the_call_order_and_every_job_is_due_at_once():
     results = tasks.add.enqueue_many([(i, i) for i in range(BULK)])
     ids = [int(r.id) for r in results]

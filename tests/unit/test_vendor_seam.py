@@ -16,6 +16,7 @@ MUST_NAME_A_VENDOR = {
     "migrations/0004_notify_trigger.py",  # the PostgreSQL NOTIFY trigger
     "migrations/0005_hot_path_indexes.py",  # PostgreSQL-only index options
     "migrations/0009_queue_limits_concurrency_key.py",  # the PostgreSQL NOTIFY of a freed key
+    "migrations/0011_job_autovacuum.py",  # PostgreSQL storage parameters
 }
 
 

@@ -32,6 +32,7 @@ from ..base import (
     won,
 )
 from ..limited_claim import LIMITS_WAITING, claim_limited_after
+from .copy_rows import copy_chunks
 
 if TYPE_CHECKING:
     import psycopg
@@ -280,36 +281,9 @@ def _copy(store: PostgresStore, connection: BaseDatabaseWrapper, jobs: list[NewJ
         cursor.execute(sql(connection, "reserve_job_ids"), {"count": len(jobs)})
         reserved = records(cursor.description, [cursor.fetchone()])[0]
         enqueued_at, ids = reserved["enqueued_at"], reserved["ids"]
-        dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
         with connection.wrap_database_errors, cursor.copy(sql(connection, "copy_jobs")) as copy:
-            write = copy.write_row
-            for job_id, job in zip(ids, jobs, strict=True):
-                args = dumps(job.args) if job.args else "[]"
-                kwargs = dumps(job.kwargs) if job.kwargs else "{}"
-                write(
-                    (
-                        job_id,
-                        job.task_path,
-                        job.backend,
-                        job.queue,
-                        job.priority,
-                        args,
-                        kwargs,
-                        "queued",
-                        job.run_after or enqueued_at,
-                        enqueued_at,
-                        0,
-                        job.max_attempts,
-                        job.timeout_seconds,
-                        job.retry_backoff_seconds,
-                        job.on_lease_expired,
-                        None,
-                        job.tenant,
-                        job.acting_user_id,
-                        job.concurrency_key,
-                        job.concurrency_limit,
-                    )
-                )
+            for chunk in copy_chunks(ids, jobs, enqueued_at):
+                copy.write(chunk)
     return [InsertedJob(job_id, enqueued_at, True) for job_id in ids]
 
 
