@@ -33,7 +33,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 
 from ..jobs import ClaimedJob
 from ..queries import sql
-from .base import claimed_jobs, records, rows_as
+from .rows import claimed_jobs, records, rows_as
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance

@@ -17,13 +17,8 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from taskengine.db import store_for
-from taskengine.db.base import (
-    RELEASED_CANCEL_ERROR_CLASS,
-    Store,
-    fetch_as,
-    rows_as,
-    to_datetime,
-)
+from taskengine.db.base import RELEASED_CANCEL_ERROR_CLASS, Store
+from taskengine.db.rows import fetch_as, rows_as, to_datetime
 from taskengine.jobs import ClaimedJob, NewJob, Outcome
 from taskengine.leadership import LeaderLease, lease_params
 from taskengine.models import ExecutionLog, Job, Queue

@@ -14,14 +14,12 @@ from ... import libpq
 from ...conf import engine_settings
 from ...jobs import ClaimedJob, InsertedJob, NewJob, Outcome
 from ...queries import sql
-from ..base import (
-    ADVISORY_LOCK_NAMESPACE,
+from ..base import ADVISORY_LOCK_NAMESPACE, RELEASED_CANCEL_ERROR_CLASS, RELEASED_CANCEL_MESSAGE, Store
+from ..limited_claim import LIMITS_WAITING, claim_limited_after
+from ..rows import (
     CLAIM_RENAMES,
-    RELEASED_CANCEL_ERROR_CLASS,
-    RELEASED_CANCEL_MESSAGE,
     LeaseRow,
     RecoveredRow,
-    Store,
     Won,
     claimed_job,
     fetch_as,
@@ -31,7 +29,6 @@ from ..base import (
     records,
     won,
 )
-from ..limited_claim import LIMITS_WAITING, claim_limited_after
 from .copy_rows import copy_chunks
 
 if TYPE_CHECKING:

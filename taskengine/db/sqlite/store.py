@@ -13,13 +13,12 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 
 from ...jobs import ClaimedJob, InsertedJob, NewJob, Outcome
 from ...queries import sql
-from ..base import (
-    RELEASED_CANCEL_ERROR_CLASS,
-    RELEASED_CANCEL_MESSAGE,
+from ..base import RELEASED_CANCEL_ERROR_CLASS, RELEASED_CANCEL_MESSAGE, Store
+from ..limited_claim import claim_limited_after
+from ..rows import (
     FinishedRow,
     LeaseRow,
     RecoveredRow,
-    Store,
     Won,
     claimed_jobs,
     fetch_as,
@@ -28,7 +27,6 @@ from ..base import (
     records,
     to_datetime,
 )
-from ..limited_claim import claim_limited_after
 
 
 @dataclass(slots=True)
