@@ -13,6 +13,7 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
+from django.db.migrations.loader import MigrationLoader
 
 from taskengine import backfill, gate, reconcile, store
 from taskengine.jobs import NewJob
@@ -64,7 +65,13 @@ def test_logs_written_before_the_user_id_str_migration_end_backfilled_with_a_cle
             with pytest.raises(CommandError, match="migration gate closed"):
                 run_command(command)
 
-        job = Job.objects.create(
+        # The job as the 0001 schema has it (today's model has columns 0001 lacks).
+        job_at_0001 = (
+            MigrationLoader(connection)
+            .project_state(("taskengine", "0001_initial"))
+            .apps.get_model("taskengine", "Job")
+        )
+        job = job_at_0001.objects.create(
             task_path="tests.tasks.noop", state="succeeded", attempts=1, finished_at="2026-01-01T00:00:00Z"
         )
         with connection.cursor() as cursor:
@@ -73,7 +80,7 @@ def test_logs_written_before_the_user_id_str_migration_end_backfilled_with_a_cle
         call_command("migrate", verbosity=0)
         gate.reset()
 
-        logs = list(ExecutionLog.objects.filter(job=job))
+        logs = list(ExecutionLog.objects.filter(job_id=job.pk))
         assert len(logs) == 30
         assert all(log.user_id_str == (None if log.user_id is None else str(log.user_id)) for log in logs)
         [table] = backfill.report()
