@@ -12,9 +12,9 @@ import logging
 import threading
 from typing import Any
 
-logger = logging.getLogger("taskengine.listener")
+from .db.base import JOBS_CHANNEL
 
-CHANNEL = "taskengine_jobs"  # the channel the taskengine_job_notify trigger sends on
+logger = logging.getLogger("taskengine.listener")
 
 
 class Listener(threading.Thread):
@@ -36,7 +36,7 @@ class Listener(threading.Thread):
         while not self.stopping.is_set():
             try:
                 with psycopg.connect(**self.params, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(f"LISTEN {JOBS_CHANNEL}")
                     self.connected.set()
                     backoff = 0.1
                     self.wake.set()

@@ -48,7 +48,7 @@ from django.db.models.functions import Now
 from . import audit, limits
 from .conf import engine_settings
 from .db import store_for
-from .listener import CHANNEL
+from .db.base import JOBS_CHANNEL
 from .models import Job, Queue
 from .operations import JobNotFound, OperationError, OperationForbidden, OperationRefused
 from .states import JobState
@@ -413,7 +413,7 @@ def _change(
 def _notify(name: str, using: str) -> None:
     """PostgreSQL: wake the LISTENing workers of ``name`` when the transaction commits."""
     connection = connections[using]
-    store_for(connection).notify_queue(connection, CHANNEL, name)
+    store_for(connection).notify_queue(connection, JOBS_CHANNEL, name)
 
 
 def snapshot(queue: Queue) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from .rows import RecoveredRow, Won, to_datetime
 if TYPE_CHECKING:
     pass
 
+JOBS_CHANNEL = "taskengine_jobs"  # the channel the taskengine_job_notify trigger (migration 0004) sends on
 ADVISORY_LOCK_NAMESPACE = 0x7A5C  # first key of pg_try_advisory_xact_lock(int, int)
 
 # How a release records the attempt of a job whose cancellation was requested: as the

@@ -87,3 +87,35 @@ def test_a_cycle_above_the_bottom_layer_fails_naming_an_import_that_closes_it(pa
 
 def test_bin_lint_runs_the_import_check() -> None:
     assert '"$ROOT/.venv/bin/lint-imports" --no-cache --no-logo' in (ROOT / "bin" / "lint").read_text()
+
+
+def test_an_import_of_the_benchmark_from_the_engine_fails_naming_it(package_copy: Path) -> None:
+    add_import_in_function(package_copy, "worker", "from taskengine.bench import drain")
+    result = lint_imports(package_copy)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Nothing imports the benchmark but its commands BROKEN" in result.stdout
+    assert "-   taskengine.worker -> taskengine.bench.drain (l." in result.stdout, result.stdout
+
+
+def test_an_import_of_the_runtime_from_the_console_fails_naming_it(package_copy: Path) -> None:
+    add_import_in_function(package_copy, "console/views", "from taskengine import worker")
+    result = lint_imports(package_copy)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "The console imports no runtime BROKEN" in result.stdout
+    assert "-   taskengine.console.views -> taskengine.worker (l." in result.stdout, result.stdout
+
+
+def test_the_benchmark_contract_lists_every_module_but_the_benchmarks_commands() -> None:
+    """A module added to taskengine must be added to the contract's sources too, or it
+    could import the benchmark unseen."""
+    import tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    [apart] = [c for c in contracts if c["id"] == "bench-apart"]
+    package = ROOT / "taskengine"
+    expected = {f"taskengine.{p.stem}" for p in package.glob("*.py") if p.stem != "__init__"} | {
+        f"taskengine.{p.name}"
+        for p in package.iterdir()
+        if (p / "__init__.py").exists() and p.name not in {"bench", "management", "migrations"}
+    }
+    assert set(apart["source_modules"]) == expected
