@@ -128,11 +128,6 @@ def drain(
     attempts with jobs still due."""
     from taskengine import store
     from taskengine.conf import engine_settings
-    from taskengine.db import store_for
-    from taskengine.models import Job
-    from taskengine.queries import sql
-
-    from .clock import advance_clock
 
     database = using or engine_settings.DATABASE
     connection = connections[database]
@@ -141,49 +136,70 @@ def drain(
     seen: list[int] = []
     runner = _AttemptRunner(database)
     while True:
-        names = (
-            wanted
-            if wanted is not None
-            else sorted(set(Job.objects.using(database).queued().values_list("queue", flat=True)))
-        )
-        claimed = (
-            store.claim_jobs(
-                connection,
-                worker_id=TEST_WORKER_ID,
-                queues=names,
-                limit=1,
-                lease_seconds=LEASE_SECONDS,
-                advisory=engine_settings.USE_ADVISORY_LOCKS,
-            )
-            if names
-            else []
-        )
+        names = wanted if wanted is not None else _queues_with_jobs(database)
+        claimed = _claim_one(connection, names)
         if not claimed:
-            if not advance or not names:
+            step = _advance_to_next_due(connection, database, names) if advance and names else 0
+            if not step:
                 break
-            with connection.cursor() as cursor:
-                params = {"queues": store_for(connection).array(names)}
-                cursor.execute(sql(connection, "testing_seconds_until_due"), params)
-                wait = cursor.fetchone()[0]
-            if wait is None or wait <= 0:
-                break  # nothing queued, or due but held by someone else: time is not the reason
-            step = max(1, math.ceil(wait))  # whole seconds keep SQLite's stored fractions exact
-            advance_clock(step, using=database)
             summary.clock_advanced += step
             continue
+        job = claimed[0]
         if summary.ran >= max_jobs:
             # Hand the claimed job back untouched so the test's database stays consistent.
-            store.release_jobs(connection, worker_id=TEST_WORKER_ID, held=[(claimed[0].id, claimed[0].attempt)])
+            store.release_jobs(connection, worker_id=TEST_WORKER_ID, held=[(job.id, job.attempt)])
             raise DrainLimitReached(
                 f"drain() ran {max_jobs} attempts and jobs are still due ({summary!r}); "
                 "does a task keep enqueueing itself? Pass max_jobs= to allow more."
             )
-        job = claimed[0]
         if job.id not in seen:
             seen.append(job.id)
         summary.attempts.append(runner.run(job))
     summary.results = _results(database, seen)
     return summary
+
+
+def _queues_with_jobs(database: str) -> list[str]:
+    from taskengine.models import Job
+
+    return sorted(set(Job.objects.using(database).queued().values_list("queue", flat=True)))
+
+
+def _claim_one(connection: Any, names: list[str]) -> list[ClaimedJob]:
+    """The next due job of ``names`` by the worker's own claim (limits and pauses
+    included), leased to drain()'s worker id."""
+    from taskengine import store
+    from taskengine.conf import engine_settings
+
+    if not names:
+        return []
+    return store.claim_jobs(
+        connection,
+        worker_id=TEST_WORKER_ID,
+        queues=names,
+        limit=1,
+        lease_seconds=LEASE_SECONDS,
+        advisory=engine_settings.USE_ADVISORY_LOCKS,
+    )
+
+
+def _advance_to_next_due(connection: Any, database: str, names: list[str]) -> int:
+    """Move the engine's clock to the earliest queued job of ``names``, in whole seconds
+    (they keep SQLite's stored fractions exact); 0 when time is not what holds them:
+    nothing queued, or due but held by someone else."""
+    from taskengine.db import store_for
+    from taskengine.queries import sql
+
+    from .clock import advance_clock
+
+    with connection.cursor() as cursor:
+        cursor.execute(sql(connection, "testing_seconds_until_due"), {"queues": store_for(connection).array(names)})
+        wait = cursor.fetchone()[0]
+    if wait is None or wait <= 0:
+        return 0
+    step: int = max(1, math.ceil(wait))
+    advance_clock(step, using=database)
+    return step
 
 
 def _results(database: str, job_ids: list[int]) -> list[TaskResult[..., Any]]:

@@ -26,7 +26,6 @@ MODULES_OVER = {
 }
 FUNCTIONS_OVER = {
     "taskengine/worker.py:Worker.__init__": "the runtime package: options as one settings object",
-    "taskengine/testing/drain.py:drain": "its clock advance and its job limit as functions of their own",
 }
 
 
