@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeGuard, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from django.apps import apps
 from django.core.checks import CheckMessage
@@ -21,112 +19,30 @@ from django.core.checks import Error as CheckError
 from django.db import Error as DatabaseError
 from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.utils.module_loading import import_string
 
-from . import limits, metrics, store
+from . import limits, metrics, store, stored_results
 from .compat import (
     BaseTaskBackend,
     InvalidTask,
     Task,
-    TaskError,
     TaskResult,
-    TaskResultDoesNotExist,
-    clone_task,
     cyclic_gc_paused,
     enqueue_is_observed,
     ready_task_result,
-    set_return_value,
     task_enqueued,
 )
 from .conf import dedicated_queue_problem, engine_settings
+from .engine_task import EngineTask, InvalidTaskArguments
 from .events import send_robustly
 from .jobs import ClaimedJob, InsertedJob, NewJob
-from .states import to_task_result_status
 from .values import describe_refusal, ready_arguments, stored_text_problem
 
 if TYPE_CHECKING:
     from .models import Job
 
+__all__ = ["DatabaseBackend", "EngineTask", "InvalidTaskArguments", "user_key"]
+
 logger = logging.getLogger("taskengine.backend")
-
-
-class InvalidTaskArguments(InvalidTask, TypeError):
-    """The arguments (or options) given at enqueue cannot be stored."""
-
-
-_UNSET: Any = object()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EngineTask(Task):  # type: ignore[type-arg]  # Task takes no type arguments at run time
-    """A django.tasks Task with taskengine's per-task options.
-
-    Declared with ``@task(max_attempts=5, timeout=30, retry_backoff=2,
-    on_lease_expired="retry")``; call-time options through ``.using(unique_key=...,
-    tenant=..., acting_user=...)``.
-    """
-
-    max_attempts: int | None = None
-    timeout: float | None = None
-    retry_backoff: float | None = None
-    on_lease_expired: str = "retry"
-    unique_key: str | None = None
-    tenant: str | None = None
-    acting_user: Any = None
-    concurrency_key: str | None = None
-    concurrency_limit: int | None = None
-
-    def using(
-        self,
-        *,
-        priority: int | None = None,
-        queue_name: str | None = None,
-        run_after: datetime | None = None,
-        backend: str | None = None,
-        unique_key: str | None = _UNSET,
-        tenant: str | None = _UNSET,
-        acting_user: Any = _UNSET,
-        max_attempts: int | None = None,
-        timeout: float | None = _UNSET,
-        retry_backoff: float | None = None,
-        concurrency_key: str | None = _UNSET,
-        concurrency_limit: int | None = _UNSET,
-    ) -> EngineTask:
-        changes: dict[str, Any] = {}
-        for name, value in (
-            ("priority", priority),
-            ("queue_name", queue_name),
-            ("run_after", run_after),
-            ("backend", backend),
-            ("max_attempts", max_attempts),
-            ("retry_backoff", retry_backoff),
-        ):
-            if value is not None:
-                changes[name] = value
-        for name, value in (
-            ("unique_key", unique_key),
-            ("tenant", tenant),
-            ("acting_user", acting_user),
-            ("timeout", timeout),
-            ("concurrency_key", concurrency_key),
-            ("concurrency_limit", concurrency_limit),
-        ):
-            if value is not _UNSET:
-                changes[name] = value
-        return replace(self, **changes)
-
-    def enqueue_many(
-        self, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]] | Sequence[Any]]
-    ) -> list[TaskResult[..., Any]]:
-        """Enqueue one job per call in a single round trip. Each call is an args
-        sequence or an ``(args, kwargs)`` pair."""
-        pairs: list[tuple[Sequence[Any], Mapping[str, Any]]] = [c if _is_pair(c) else (c, {}) for c in calls]
-        # An EngineTask is the task_class of a DatabaseBackend.
-        return cast(DatabaseBackend, self.get_backend()).enqueue_many([(self, a, k) for a, k in pairs])
-
-
-def _is_pair(call: object) -> TypeGuard[tuple[Sequence[Any], Mapping[str, Any]]]:
-    return isinstance(call, tuple) and len(call) == 2 and isinstance(call[1], Mapping)
 
 
 def _refused_arguments(
@@ -163,11 +79,6 @@ def _with_arguments(t: NewJob, task: Task[..., Any], args: Sequence[Any], kwargs
         t.concurrency_key,
         t.concurrency_limit,
     )
-
-
-def _missing_task(*args: Any, **kwargs: Any) -> None:
-    """Stands in for a task whose import path no longer resolves (see get_result)."""
-    raise ImportError("task no longer importable")
 
 
 def user_key(user: Any) -> str | None:
@@ -325,13 +236,13 @@ class DatabaseBackend(BaseTaskBackend):
         if entry is not None and entry[0] is task:
             return entry[1]
         self.validate_task(task)
-        template = self._job_template(task)
+        template = self.job_template(task)
         if len(self._templates) >= self._TEMPLATES_KEPT:
             self._templates.clear()
         self._templates[id(task)] = (task, template)
         return template
 
-    def _job_template(self, task: Task[..., Any]) -> NewJob:
+    def job_template(self, task: Task[..., Any]) -> NewJob:
         """The stored options of ``task``'s jobs (everything but the arguments)."""
         max_attempts = getattr(task, "max_attempts", None) or engine_settings.MAX_ATTEMPTS
         timeout = getattr(task, "timeout", None)
@@ -373,101 +284,15 @@ class DatabaseBackend(BaseTaskBackend):
                 id="taskengine.E101",
             )
 
-    # --- results ---------------------------------------------------------------------
+    # --- results (stored_results.py) ------------------------------------------------
 
     def get_result(self, result_id: str) -> TaskResult[..., Any]:
-        from .models import ExecutionLog, Job
-
-        try:
-            pk = int(result_id)
-        except (TypeError, ValueError):
-            raise TaskResultDoesNotExist(result_id) from None
-        job = Job.objects.using(self.database).filter(pk=pk).first()
-        if job is None:
-            raise TaskResultDoesNotExist(result_id)
-        logs = list(
-            ExecutionLog.objects.using(self.database)
-            .filter(job_id=pk)
-            .order_by("attempt")
-            .values_list("worker_id", "error_class", "traceback")
-        )
-        return self.result_from_job(job, logs)
+        return stored_results.get_result(self, result_id)
 
     def result_from_job(self, job: Job, logs: list[tuple[str, str | None, str]]) -> TaskResult[..., Any]:
-        result = TaskResult(
-            task=self.stored_task(job),
-            id=str(job.pk),
-            status=to_task_result_status(job.state),
-            enqueued_at=job.enqueued_at,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
-            last_attempted_at=job.last_attempted_at,
-            args=job.args,
-            kwargs=job.kwargs,
-            backend=self.alias,
-            errors=[TaskError(exception_class_path=cls, traceback=tb) for _, cls, tb in logs if cls],
-            worker_ids=[worker for worker, _, _ in logs],
-        )
-        set_return_value(result, job.return_value)
-        return result
+        return stored_results.result_from_job(self, job, logs)
 
     def stored_task(self, job: Job | ClaimedJob, task: Task[..., Any] | None = None) -> Task[..., Any]:
-        """The Task ``job`` was enqueued with, rebuilt from its stored columns: what
-        every TaskResult of the job carries — get_result's, and a running attempt's
-        (its TaskContext, task_started, task_finished: execution.task_result_for).
-        ``job`` is a Job row or a claimed job (jobs.ClaimedJob, same column names);
-        ``task`` the task already imported from ``job.task_path``, if any."""
-        if task is None:
-            try:
-                task = import_string(job.task_path)
-            except Exception:
-                task = None
-        # The store sets run_after to the enqueue time when none was given (the claim
-        # orders by it); the task itself had none.
-        run_after = None if job.run_after == job.enqueued_at else job.run_after
-        if not isinstance(task, Task):
-            # The job outlived its code: describe it without pretending it can run.
-            return clone_task(
-                EngineTask,
-                func=_missing_task,
-                priority=job.priority,
-                backend=self.alias,
-                queue_name=job.queue,
-                run_after=run_after,
-                takes_context=False,
-                max_attempts=job.max_attempts,
-                timeout=job.timeout_seconds,
-                on_lease_expired=job.on_lease_expired,
-                unique_key=job.unique_key,
-                tenant=job.tenant,
-                acting_user=job.acting_user_id,
-            )
-        return clone_task(
-            task,
-            queue_name=job.queue,
-            priority=job.priority,
-            run_after=run_after,
-            backend=self.alias,
-            **self._call_time_options(task, job),
-        )
-
-    def _call_time_options(self, task: Task[..., Any], job: Job | ClaimedJob) -> dict[str, Any]:
-        """taskengine's options the job was enqueued with (``.using(...)``) where they
-        differ from what the task declares, so the Task read back equals the one enqueued
-        (except ``acting_user``: the user's key as text, not the user)."""
-        if not isinstance(task, EngineTask):
-            return {}
-        declared = self._job_template(task)
-        stored = {
-            "max_attempts": (job.max_attempts, declared.max_attempts),
-            "timeout": (job.timeout_seconds, declared.timeout_seconds),
-            "retry_backoff": (job.retry_backoff_seconds, declared.retry_backoff_seconds),
-            "on_lease_expired": (job.on_lease_expired, declared.on_lease_expired),
-            "unique_key": (job.unique_key, declared.unique_key),
-            "tenant": (job.tenant, declared.tenant),
-            "acting_user": (job.acting_user_id, declared.acting_user_id),
-        }
-        if not isinstance(job, ClaimedJob):  # a Job row (a claimed job does not carry them)
-            stored["concurrency_key"] = (job.concurrency_key, declared.concurrency_key)
-            stored["concurrency_limit"] = (job.concurrency_limit, declared.concurrency_limit)
-        return {name: value for name, (value, default) in stored.items() if value != default}
+        """The Task ``job`` was enqueued with, rebuilt from its stored columns
+        (stored_results.stored_task)."""
+        return stored_results.stored_task(self, job, task)

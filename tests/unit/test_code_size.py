@@ -20,7 +20,6 @@ MAX_FUNCTION_LINES = 50
 # Over the limit today, with what their split waits on.
 MODULES_OVER = {
     "taskengine/worker.py": "the runtime package (worker loop, claiming, finishing, heartbeats)",
-    "taskengine/backend.py": "enqueue and result reading apart",
     "taskengine/queues.py": "settings, operator changes and reads apart",
 }
 FUNCTIONS_OVER = {
