@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 from django.db import transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from ... import libpq
 from ...conf import engine_settings
 from ...jobs import ClaimedJob, InsertedJob, NewJob, Outcome
 from ...queries import sql
@@ -29,6 +28,7 @@ from ..rows import (
     records,
     won,
 )
+from . import libpq
 from .copy_rows import copy_chunks
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ class PostgresStore(Store):
         if len(jobs) >= BULK_INSERT_MIN and all(job.unique_key is None for job in jobs):
             return _copy(self, connection, jobs)
         if len(jobs) == 1 and jobs[0].unique_key is None and libpq.usable(connection):
-            # The common enqueue() outside a transaction: one round trip through libpq.
+            # TASKENGINE["LIBPQ_FAST_PATH"]: enqueue() outside a transaction through libpq itself.
             job_id, _, enqueued_at = libpq.run(connection, "insert_job", json_columns(job_params(jobs[0])))[0]
             assert job_id is not None and enqueued_at is not None  # NOT NULL columns
             return [InsertedJob(int(job_id), libpq.load_timestamptz(connection, enqueued_at), True)]
