@@ -135,6 +135,7 @@ TASKENGINE = {
     "USE_ADVISORY_LOCKS": env("USE_ADVISORY_LOCKS"),
     "POLL_ONLY": env("TASKENGINE_POLL_ONLY"),
     "LOG_FORMAT": env("TASKENGINE_LOG_FORMAT"),
+    "LIBPQ_FAST_PATH": env.bool("TASKENGINE_LIBPQ_FAST_PATH", default=False),
 }
 # Leadership and maintenance timings (seconds), e.g. TASKENGINE_LEADER_TTL_SECONDS=15;
 # unset variables keep the defaults of taskengine/conf.py.

@@ -96,6 +96,12 @@ DEFAULTS: dict[str, Any] = {
     # rows are created when a worker starts; a change of a declared "paused" is applied
     # once (then an operator's pause or resume stands until the next change of either).
     "QUEUES": {},
+    # PostgreSQL: a single enqueue() outside a transaction sends its INSERT through
+    # libpq's own blocking call instead of psycopg's cursor (db/postgresql/libpq.py).
+    # Off by default: it re-implements parameter encoding, re-preparation and locking,
+    # and django-prometheus's database counters do not see its statements
+    # (docs/performance.md has the measured gain, docs/observability.md the counters).
+    "LIBPQ_FAST_PATH": False,
     # "text" or "json".
     "LOG_FORMAT": "text",
     # /metrics database gauges (taskengine.collectors): seconds a reading is reused, so

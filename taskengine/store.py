@@ -18,9 +18,9 @@ from typing import Any
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from . import libpq as libpq  # the PostgreSQL store's single-enqueue path (tests count its calls)
 from .db import store_for
 from .db.base import ADVISORY_LOCK_NAMESPACE, RELEASED_CANCEL_ERROR_CLASS, RELEASED_CANCEL_MESSAGE
+from .db.postgresql import libpq as libpq  # LIBPQ_FAST_PATH's single enqueue (tests count its calls)
 from .db.postgresql.store import BULK_INSERT_MIN
 from .db.rows import job_params, json_columns, to_datetime
 from .jobs import ClaimedJob, InsertedJob, NewJob, Outcome

@@ -202,7 +202,9 @@ def _engine_cursor(store: Store, connection: BaseDatabaseWrapper) -> Iterator[An
       was a tenth of a single enqueue's time); a nested use gets a cursor of its own.
 
     Errors are still wrapped as django.db errors, Django's execute wrappers still see
-    every statement, and the connection is opened or health-checked as usual."""
+    every statement, django-prometheus's database counters count it (the store builds
+    its driver cursor inside that backend's counting class; docs/observability.md),
+    and the connection is opened or health-checked as usual."""
     connection.close_if_health_check_failed()
     connection.ensure_connection()
     with connection.wrap_database_errors:

@@ -1,7 +1,8 @@
 """Hostile values at enqueue: every entry path applies one rule. The same input gets
 the same clear error (an InvalidTaskArguments naming the field) and stores nothing, or
-is stored and read back exactly — through ``enqueue`` (on PostgreSQL outside a
-transaction: the libpq fast path), ``enqueue`` inside a transaction (the cursor),
+is stored and read back exactly — through ``enqueue`` (the engine's cursor),
+``enqueue`` with ``TASKENGINE["LIBPQ_FAST_PATH"]`` on (on PostgreSQL outside a
+transaction: libpq itself), ``enqueue`` inside a transaction (the cursor),
 ``enqueue`` with a unique key, ``enqueue_many`` (the JSON multi-row INSERT), a bulk
 ``enqueue_many`` (COPY on PostgreSQL) and the scheduler's ``backend.new_job``."""
 
@@ -12,12 +13,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.db import connection, transaction
 from django.test import override_settings
 
-from taskengine import libpq, store
+from taskengine import store
 from taskengine.backend import InvalidTaskArguments
 from taskengine.compat import default_task_backend, task_backends
+from taskengine.db.postgresql import libpq
 from taskengine.jobs import NewJob
 from taskengine.models import Job
 
@@ -31,6 +34,11 @@ BULK = store.BULK_INSERT_MIN + 5
 
 def _single(task, args, kwargs) -> list[int]:
     return [int(task.enqueue(*args, **kwargs).id)]
+
+
+def _single_fast_path(task, args, kwargs) -> list[int]:
+    with override_settings(TASKENGINE={**settings.TASKENGINE, "LIBPQ_FAST_PATH": True}):
+        return _single(task, args, kwargs)
 
 
 def _single_in_transaction(task, args, kwargs) -> list[int]:
@@ -62,6 +70,7 @@ def _scheduler_new_job(task, args, kwargs) -> list[int]:
 
 PATHS: dict[str, Callable[[Any, tuple, dict], list[int]]] = {
     "enqueue": _single,
+    "enqueue_fast_path": _single_fast_path,
     "enqueue_in_transaction": _single_in_transaction,
     "enqueue_with_unique_key": _single_with_unique_key,
     "enqueue_many": _many,
@@ -126,8 +135,10 @@ def test_a_storable_value_is_stored_and_read_back_exactly_on_every_path(kind, pa
         assert result.args == list(_lists(want_args)) and result.kwargs == _lists(want_kwargs), place
     per_call = BULK if path == "enqueue_many_bulk" else 2 if path == "enqueue_many" else 1
     assert Job.objects.count() == per_call * len(PLACES)
-    if path == "enqueue" and connection.vendor == "postgresql":
+    if path == "enqueue_fast_path" and connection.vendor == "postgresql":
         assert fast_path_calls == ["insert_job"] * len(PLACES), "outside a transaction enqueue takes libpq"
+    else:
+        assert fast_path_calls == [], "libpq only with the fast path on"
 
 
 def _lists(value):
@@ -231,7 +242,8 @@ def test_libpq_refuses_text_with_a_nul_instead_of_cutting_it_short():
     from django.db import DataError
 
     job = NewJob("tests.hostile.tasks.echo", "default", [], {}, tenant="acme\x00x")
-    assert libpq.usable(connection)
+    with override_settings(TASKENGINE={**settings.TASKENGINE, "LIBPQ_FAST_PATH": True}):
+        assert libpq.usable(connection)
     with pytest.raises(DataError, match="NUL"):
         libpq.run(connection, "insert_job", store._json_columns(store._row(job)))
     assert not Job.objects.exists()

@@ -468,7 +468,7 @@ def test_the_generic_plans_of_the_prepared_hot_statements_stay_on_their_indexes(
     statistics that counted no running rows, finish and heartbeat scanned the running-
     rows index, dead entries and all, on every call (the drain slowed to ~500 jobs/s).
     Each hot statement must reach its rows by primary key whatever the statistics say."""
-    from taskengine import libpq
+    from taskengine.db.postgresql import libpq
 
     with connection.cursor() as cursor:
         if statistics == "analysed-full":

@@ -1,7 +1,10 @@
-"""A single enqueue outside a transaction on PostgreSQL runs its INSERT through libpq
-itself (taskengine.libpq); inside a transaction, with an execute wrapper installed, with
-POLL_ONLY or with a unique key it takes the engine's cursor. Both must store the same
-row, report errors as Django's database errors and lose nothing."""
+"""A single enqueue on PostgreSQL, in both modes of ``TASKENGINE["LIBPQ_FAST_PATH"]``
+(the ``fast_path`` fixture runs each test with it off, the default, and on). Off, every
+enqueue takes the engine's cursor. On, an enqueue outside a transaction runs its INSERT
+through libpq itself (taskengine/db/postgresql/libpq.py); inside a transaction, with an
+execute wrapper installed, with POLL_ONLY or with a unique key it takes the engine's
+cursor. Both must store the same row, report errors as Django's database errors and
+lose nothing."""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ from django.db import IntegrityError, OperationalError, connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from taskengine import libpq, store
+from taskengine import store
+from taskengine.db.postgresql import libpq
 from taskengine.models import Job
 from tests import tasks
 from tests.integration.test_bulk_enqueue import stored_columns
@@ -20,8 +24,15 @@ from tests.integration.test_bulk_enqueue import stored_columns
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
+@pytest.fixture(params=[False, True], ids=["cursor", "libpq"])
+def fast_path(request, settings) -> bool:
+    """TASKENGINE["LIBPQ_FAST_PATH"] off (the default), then on."""
+    settings.TASKENGINE = {**settings.TASKENGINE, "LIBPQ_FAST_PATH": request.param}
+    return bool(request.param)
+
+
 @pytest.fixture
-def libpq_calls(monkeypatch):
+def libpq_calls(monkeypatch, fast_path):
     """Names of the statements run through libpq during the test."""
     calls: list[str] = []
     real = libpq.run
@@ -34,7 +45,7 @@ def libpq_calls(monkeypatch):
     return calls
 
 
-def test_outside_a_transaction_one_enqueue_is_one_libpq_statement_storing_the_same_row(libpq_calls, django_user_model):
+def test_outside_a_transaction_one_enqueue_stores_the_same_row_as_inside_one(libpq_calls, fast_path, django_user_model):
     user = django_user_model.objects.create(username="single-user")
     task = tasks.add.using(
         priority=-7,
@@ -49,10 +60,10 @@ def test_outside_a_transaction_one_enqueue_is_one_libpq_statement_storing_the_sa
     args, kwargs = (1, ("nested", [1.5, None, True])), {"b": {"ü": "snow ☃ 'quoted' %s", "n": 3}}
 
     direct = task.enqueue(*args, **kwargs)
-    assert libpq_calls == ["insert_job"]
+    assert libpq_calls == (["insert_job"] if fast_path else []), "libpq only with the fast path on"
     with transaction.atomic():
         through_cursor = task.enqueue(*args, **kwargs)
-    assert libpq_calls == ["insert_job"], "inside a transaction the engine cursor is used"
+    assert libpq_calls == (["insert_job"] if fast_path else []), "inside a transaction the engine cursor is used"
 
     assert stored_columns(int(direct.id)) == stored_columns(int(through_cursor.id))
     row = Job.objects.get(pk=direct.id)
@@ -61,14 +72,14 @@ def test_outside_a_transaction_one_enqueue_is_one_libpq_statement_storing_the_sa
     assert direct.args == through_cursor.args and direct.kwargs == through_cursor.kwargs
 
 
-def test_a_direct_enqueue_is_due_at_its_database_time():
+def test_a_direct_enqueue_is_due_at_its_database_time(fast_path):
     result = tasks.noop.enqueue()
     row = Job.objects.get(pk=result.id)
     assert row.run_after == row.enqueued_at == result.enqueued_at
     assert abs(store.db_now() - row.enqueued_at) < timedelta(seconds=5)
 
 
-def test_a_rolled_back_transaction_keeps_no_job():
+def test_a_rolled_back_transaction_keeps_no_job(fast_path):
     with pytest.raises(RuntimeError), transaction.atomic():
         result = tasks.noop.enqueue()
         raise RuntimeError("roll back")
@@ -89,9 +100,8 @@ def test_with_an_execute_wrapper_the_statement_goes_through_a_cursor_the_wrapper
     assert Job.objects.filter(pk=result.id).exists()
 
 
-@pytest.mark.parametrize("options", [{"TASKENGINE": {"POLL_ONLY": True}}], ids=["poll-only"])
-def test_without_prepared_statements_the_cursor_is_used(libpq_calls, options):
-    with override_settings(**options):
+def test_without_prepared_statements_the_cursor_is_used(libpq_calls, settings):
+    with override_settings(TASKENGINE={**settings.TASKENGINE, "POLL_ONLY": True}):
         result = tasks.noop.enqueue()
     assert libpq_calls == []
     assert Job.objects.filter(pk=result.id).exists()
@@ -105,16 +115,16 @@ def test_a_unique_key_enqueue_takes_the_conflict_aware_cursor_statement(libpq_ca
     assert Job.objects.filter(unique_key="only-one").count() == 1
 
 
-def test_a_statement_deallocated_behind_the_engine_is_prepared_again(libpq_calls):
+def test_a_statement_deallocated_behind_the_engine_is_prepared_again(libpq_calls, fast_path):
     first = tasks.noop.enqueue()
     with connection.cursor() as cursor:
         cursor.execute("DISCARD ALL")
     second = tasks.noop.enqueue()
-    assert libpq_calls == ["insert_job", "insert_job"]
+    assert libpq_calls == (["insert_job", "insert_job"] if fast_path else [])
     assert Job.objects.filter(pk__in=[first.id, second.id]).count() == 2
 
 
-def test_a_server_error_is_djangos_error_and_stores_nothing_and_the_connection_goes_on():
+def test_a_server_error_is_djangos_error_and_stores_nothing_and_the_connection_goes_on(libpq_calls, fast_path):
     with connection.cursor() as cursor:
         cursor.execute("""
             CREATE FUNCTION taskengine_test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -132,6 +142,7 @@ def test_a_server_error_is_djangos_error_and_stores_nothing_and_the_connection_g
         assert not Job.objects.filter(kwargs__has_key="refuse").exists()
         after = tasks.noop.enqueue()
         assert Job.objects.filter(pk=after.id).exists()
+        assert libpq_calls == (["insert_job", "insert_job"] if fast_path else [])
     finally:
         with connection.cursor() as cursor:
             cursor.execute(
@@ -139,7 +150,7 @@ def test_a_server_error_is_djangos_error_and_stores_nothing_and_the_connection_g
             )
 
 
-def test_a_lost_connection_is_an_operational_error_and_the_next_connection_works():
+def test_a_lost_connection_is_an_operational_error_and_the_next_connection_works(libpq_calls, fast_path):
     tasks.noop.enqueue()  # connected and prepared
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
@@ -160,6 +171,7 @@ def test_a_lost_connection_is_an_operational_error_and_the_next_connection_works
     connection.close()  # what Django does at the end of a request whose connection broke
     after = tasks.noop.enqueue()
     assert Job.objects.filter(pk=after.id).exists()
+    assert len(libpq_calls) == (3 if fast_path else 0)
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from django.db import transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django_prometheus.db.common import DatabaseWrapperMixin, ExportingCursorWrapper
 
-from ... import libpq
 from ...conf import engine_settings
 from ...jobs import ClaimedJob, InsertedJob, NewJob, Outcome
 from ...queries import sql
@@ -29,6 +29,7 @@ from ..rows import (
     records,
     won,
 )
+from . import libpq
 from .copy_rows import copy_chunks
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ class PostgresStore(Store):
             # Django turns preparation off for the whole connection; its own
             # (client-binding) cursors never prepare, ours ask for it explicitly.
             pg.prepare_threshold = 2**31 - 1
-        raw = _preparing_cursor_class()(pg)
+        raw = _engine_cursor_class(connection)(pg)
         # Django loads every timestamptz through a Python wrapper around psycopg's
         # loader (to set its tzinfo); a claim returns four per job, so the engine's
         # cursor uses psycopg's own (C) loader. Values are the same instants, aware.
@@ -71,7 +72,7 @@ class PostgresStore(Store):
         if len(jobs) >= BULK_INSERT_MIN and all(job.unique_key is None for job in jobs):
             return _copy(self, connection, jobs)
         if len(jobs) == 1 and jobs[0].unique_key is None and libpq.usable(connection):
-            # The common enqueue() outside a transaction: one round trip through libpq.
+            # TASKENGINE["LIBPQ_FAST_PATH"]: enqueue() outside a transaction through libpq itself.
             job_id, _, enqueued_at = libpq.run(connection, "insert_job", json_columns(job_params(jobs[0])))[0]
             assert job_id is not None and enqueued_at is not None  # NOT NULL columns
             return [InsertedJob(int(job_id), libpq.load_timestamptz(connection, enqueued_at), True)]
@@ -314,6 +315,21 @@ def _timestamptz_loader() -> type[Loader]:
     loader = psycopg.adapters.get_loader(psycopg.adapters.types["timestamptz"].oid, Format.TEXT)
     assert loader is not None  # psycopg registers a text loader for every builtin type
     return loader
+
+
+def _engine_cursor_class(connection: BaseDatabaseWrapper) -> type[psycopg.Cursor[Any]]:
+    """The preparing cursor; on django-prometheus's backend, wrapped in the cursor class
+    it counts Django's own cursors with (``django_db_execute_total`` and the query
+    durations and errors count the engine's statements too; docs/observability.md)."""
+    if isinstance(connection, DatabaseWrapperMixin):
+        return _counted_cursor_class(connection.alias, connection.vendor)
+    return _preparing_cursor_class()
+
+
+@cache
+def _counted_cursor_class(alias: str, vendor: str) -> type[psycopg.Cursor[Any]]:
+    counted: type[psycopg.Cursor[Any]] = ExportingCursorWrapper(_preparing_cursor_class(), alias, vendor)
+    return counted
 
 
 @cache

@@ -8,7 +8,10 @@ docs/performance.md) — a sixth of the call. ``run`` executes a named statement
 ``db/postgresql/*.sql`` with ``PQexecPrepared`` (which releases the GIL) on the
 psycopg connection Django already holds, preparing it once per connection.
 
-It is used only where nothing else is owed to the connection (``usable``):
+It is off unless ``TASKENGINE["LIBPQ_FAST_PATH"]`` is true (docs/performance.md has the
+measured gain and docs/observability.md what it costs: django-prometheus's database
+counters never see these statements). Even then it is used only where nothing else is
+owed to the connection (``usable``):
 - PostgreSQL in autocommit, outside any atomic block, with psycopg idle: the
   statement is its own transaction, so no BEGIN of Django's or psycopg's is skipped
   (inside a transaction the engine's cursor is used, and the caller commits);
@@ -36,8 +39,8 @@ from psycopg.abc import Loader
 from psycopg.pq import ConnStatus, DiagnosticField, ExecStatus, Format, TransactionStatus
 from psycopg.pq.abc import PGconn, PGresult
 
-from .conf import engine_settings
-from .queries import load
+from ...conf import engine_settings
+from ...queries import load
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
 
@@ -62,7 +65,7 @@ def _statement(name: str) -> tuple[bytes, bytes, tuple[str, ...]]:
 
 def usable(connection: BaseDatabaseWrapper) -> bool:
     """May ``run`` be used on this Django connection now? (See the module docstring.)"""
-    if connection.vendor != "postgresql" or engine_settings.POLL_ONLY:
+    if not engine_settings.LIBPQ_FAST_PATH or connection.vendor != "postgresql" or engine_settings.POLL_ONLY:
         return False
     if connection.in_atomic_block or connection.execute_wrappers:
         return False
