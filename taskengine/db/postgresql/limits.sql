@@ -38,9 +38,16 @@
 
 -- name: limited_queues
 -- Step 1. Paused rows are locked and returned too (the caller leaves their queues out).
+-- now() is this transaction's start: a row whose window is newer than it (a claim that
+-- began later took the lock first and counted starts there; this one's own window's
+-- count is gone) leaves no room of the rate to this claim, and count_rate never moves
+-- the window back.
 SELECT queue.name, queue.paused, queue.concurrency_limit, queue.rate_limit,
        CASE WHEN queue.rate_window = floor(extract(epoch FROM now()) / COALESCE(queue.rate_period, 1))::bigint
-            THEN queue.rate_count ELSE 0 END AS rate_used,
+            THEN queue.rate_count
+            WHEN queue.rate_window > floor(extract(epoch FROM now()) / COALESCE(queue.rate_period, 1))::bigint
+            THEN COALESCE(queue.rate_limit, 0)
+            ELSE 0 END AS rate_used,
        floor(extract(epoch FROM now()) / COALESCE(queue.rate_period, 1))::bigint AS window_now
   FROM taskengine_queue AS queue
  WHERE queue.name = ANY (%(queues)s::text[])
@@ -162,8 +169,10 @@ SELECT * FROM claimed
 
 
 -- name: count_rate
--- Step 5: the starts of this claim in the queue's current window (row locked in step 1).
+-- Step 5: the starts of this claim in the queue's current window (row locked in step 1);
+-- never into an older window than the row's (limited_queues then left no room).
 UPDATE taskengine_queue
    SET rate_count = CASE WHEN rate_window = %(window)s THEN rate_count + %(started)s ELSE %(started)s END,
        rate_window = %(window)s
  WHERE name = %(name)s
+   AND rate_window <= %(window)s
