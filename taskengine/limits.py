@@ -68,7 +68,7 @@ def parse_concurrency(value: Any) -> int | None:
         raise ValueError("a concurrency limit is a whole number of at least 1 or 'none'")
     try:
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite float (JSON's 1e999)
         raise ValueError(f"not a concurrency limit: {value!r} (a whole number of at least 1, or 'none')") from None
     if isinstance(value, float) and number != value:
         raise ValueError(f"not a concurrency limit: {value!r} (a whole number)")

@@ -172,6 +172,9 @@ def test_a_queue_without_limits_is_claimed_as_before_beside_a_limited_one():
         ({"concurrency_key": "k" * 256}, "255"),
         ({"concurrency_key": "k", "concurrency_limit": 0}, "at least 1"),
         ({"concurrency_limit": 2}, "needs a concurrency_key"),
+        ({"concurrency_key": 5}, "non-empty string"),
+        ({"concurrency_key": b"acct"}, "non-empty string"),
+        ({"concurrency_key": ["acct"]}, "non-empty string"),
     ],
 )
 def test_bad_concurrency_options_are_refused_at_enqueue_and_store_nothing(options, message):

@@ -45,7 +45,9 @@ def test_parse_concurrency(value, parsed):
     assert limits.parse_concurrency(value) == parsed
 
 
-@pytest.mark.parametrize("value", ["0", 0, -3, "two", 1.5, True, "2**40", 2**40])
+@pytest.mark.parametrize(
+    "value", ["0", 0, -3, "two", 1.5, True, "2**40", 2**40, float("inf"), float("-inf"), float("nan"), "9" * 5000]
+)
 def test_parse_concurrency_refuses(value):
     with pytest.raises(ValueError, match="concurrency limit"):
         limits.parse_concurrency(value)
