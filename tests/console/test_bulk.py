@@ -187,6 +187,11 @@ def test_the_superuser_acts_on_every_tenant_and_a_system_actor_too(users):
         ({"queue": "q\ud800"}, "lone surrogate"),
         ({"colour": "red"}, "unknown filter field"),
         ({"state": 3}, "must be text"),
+        # the ends of the calendar: the whole day after 9999-12-31, or a time whose UTC
+        # instant is not a date any more, cannot be compared with (a 500 before)
+        ({"until": "9999-12-31"}, "out of range"),
+        ({"since": "0001-01-01T00:00+14:00"}, "out of range"),
+        ({"until": "9999-12-31T23:59-14:00"}, "out of range"),
     ],
 )
 def test_bad_filters_are_clear_errors(users, data, message):
