@@ -252,3 +252,37 @@ def test_changing_the_rate_period_starts_a_fresh_window():
     queues.set_limits("demo", rate="1/h", actor=CLI)
     assert [j.id for j in claim()] == ids[1:2]
     assert claim() == []
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("change", ["pause", "limit"])
+def test_a_pause_or_limit_committed_during_a_limited_claim_is_honoured_by_its_lease(monkeypatch, change):
+    """The limited claim is several statements: a keyed job's queue paused (or limited
+    to what already runs) after its first statement read the queue rows, and before it
+    leases, must not be leased by it (its UPDATE re-checks the queue, as a claim statement
+    begun after the change would)."""
+    from taskengine.db import limited_claim
+
+    running = int(tasks.add.using(queue_name="demo").enqueue(1, 0).id)
+    assert [j.id for j in claim(queues_=("demo",), worker="w0")] == [running]
+    keyed = int(tasks.add.using(queue_name="demo", concurrency_key="acct").enqueue(1, 1).id)
+    real_pick = limited_claim._pick
+
+    def change_the_queue() -> None:
+        try:
+            if change == "pause":
+                queues.pause("demo", actor=CLI)
+            else:
+                queues.set_limits("demo", concurrency=1, actor=CLI)
+        finally:
+            connections.close_all()
+
+    def pick_after_the_change(*args, **kwargs):
+        thread = threading.Thread(target=change_the_queue)
+        thread.start()
+        thread.join(timeout=30)
+        return real_pick(*args, **kwargs)
+
+    monkeypatch.setattr(limited_claim, "_pick", pick_after_the_change)
+    assert claim(queues_=("demo",), worker="w1") == []
+    assert Job.objects.get(pk=keyed).state == "queued"

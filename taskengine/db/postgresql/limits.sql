@@ -160,10 +160,22 @@ SELECT picked.id, picked.queue, picked.concurrency_key, picked.concurrency_limit
 
 
 -- name: claim_limited
--- Step 4: lease the picked jobs (ids in claim order) and log their attempts, as the
--- ordinary claim does (the UPDATE re-checks state = 'queued' and the due time).
+-- Step 4: lease the picked jobs (ids in claim order, each with its queue) and log their
+-- attempts, as the ordinary claim does (the UPDATE re-checks state = 'queued' and the due
+-- time). The queues are re-read with this statement's snapshot, as the ordinary claim's
+-- InitPlan does: a job of a queue paused since step 1, or limited since then without
+-- this claim holding its row (%(counted)s: the rows step 1 locked), is left queued — the
+-- steps before are many statements, and a pause or a limit committed meanwhile would
+-- otherwise wait for the whole transaction instead of one statement.
 WITH
-candidates AS (SELECT picked.id FROM unnest(%(ids)s::bigint[]) AS picked(id)),
+candidates AS (
+    SELECT picked.id
+      FROM unnest(%(ids)s::bigint[], %(queues)s::text[]) AS picked(id, queue)
+     WHERE picked.queue <> ALL (ARRAY(SELECT changed.name FROM taskengine_queue AS changed
+                                       WHERE changed.paused
+                                          OR ((changed.concurrency_limit IS NOT NULL OR changed.rate_limit IS NOT NULL)
+                                              AND changed.name <> ALL (%(counted)s::text[]))))
+),
 -- @include claim_and_log_attempts
 SELECT * FROM claimed
 
