@@ -141,8 +141,8 @@ class DatabaseBackend(BaseTaskBackend):
             ("tenant", getattr(task, "tenant", None), 64),
             ("acting_user", user_key(getattr(task, "acting_user", None)), 64),
         ):
-            if value is None:
-                continue
+            if not isinstance(value, str):
+                continue  # None, or not text: each option's own check names it (check_concurrency_options)
             if (problem := stored_text_problem(value, limit)) is not None:
                 raise InvalidTaskArguments(
                     f"The {name} of task {task.module_path!r} cannot be stored: {problem}. Nothing was enqueued."

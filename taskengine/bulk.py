@@ -265,7 +265,9 @@ def finish(op: BulkOperation, state: str, using: str, error: str = "") -> None:
 def cancel(op_id: int, *, actor: BulkActor, using: str = "default") -> BulkOperation:
     """Stop an unfinished operation (the jobs changed so far stay changed)."""
     with transaction.atomic(using=using):
-        op = BulkOperation.objects.using(using).filter(pk=op_id).first()
+        # Read under the row's lock (a runner's batch holds it): the refusal and the audit
+        # row's "before" are the operation as the last batch left it.
+        op = BulkOperation.objects.using(using).select_for_update().filter(pk=op_id).first()
         if op is None or not visible(op, actor):
             raise operations.JobNotFound(f"no bulk operation {op_id}")
         _check_actor(actor, op.action)

@@ -54,7 +54,18 @@ class DateOrDateTimeField(forms.Field):
             raise forms.ValidationError(
                 f"{text[:40]!r} is not an ISO 8601 date (YYYY-MM-DD) or date and time (YYYY-MM-DDTHH:MM[:SS][+HH:MM])"
             ) from None
-        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        try:
+            moment.astimezone(UTC)  # what the database compares: its UTC instant must be a datetime
+        except OverflowError:
+            raise forms.ValidationError(f"{text[:40]!r} is out of range (its UTC time is not a date)") from None
+        return moment
+
+    def validate(self, value: Any) -> None:
+        super().validate(value)
+        if isinstance(value, date) and not isinstance(value, datetime) and value == date.max:
+            # filter() compares with the start of the next day (until takes the whole day)
+            raise forms.ValidationError(f"{value.isoformat()!r} is out of range (the last date is 9999-12-30)")
 
 
 class JobFilterForm(forms.Form):

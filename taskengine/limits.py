@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from .values import stored_text_problem
+from .values import shown, stored_text_problem
 
 KEY_LOCK_NAMESPACE = 0x7465_6B79  # pg_try_advisory_xact_lock(namespace, hashtext(key)): "teky"
 MAX_KEYS = 1024  # the keys one claim considers per queue (in key order: docs/queues.md)
@@ -42,12 +42,13 @@ def parse_rate(text: str) -> tuple[int, int]:
         raise ValueError(f"a rate is text like '100/m', not {type(text).__name__}")
     match = _RATE.fullmatch(text)
     if match is None:
-        raise ValueError(f"not a rate: {text!r} (a whole number of starts per s, m or h, like '100/m')")
-    count = int(match.group(1))
+        raise ValueError(f"not a rate: {shown(text)} (a whole number of starts per s, m or h, like '100/m')")
+    digits = match.group(1).lstrip("0") or "0"
+    count = int(digits) if len(digits) <= 10 else 2**31  # more digits: past the limit (and int()'s own)
     if count < 1:
-        raise ValueError(f"not a rate: {text!r} (at least 1 start per period)")
+        raise ValueError(f"not a rate: {shown(text)} (at least 1 start per period)")
     if count > 2**31 - 1:
-        raise ValueError(f"not a rate: {text!r} (at most {2**31 - 1} starts per period)")
+        raise ValueError(f"not a rate: {shown(text)} (at most {2**31 - 1} starts per period)")
     return count, PERIODS[match.group(2)]
 
 
@@ -66,14 +67,15 @@ def parse_concurrency(value: Any) -> int | None:
         return None
     if isinstance(value, bool):
         raise ValueError("a concurrency limit is a whole number of at least 1 or 'none'")
+    given = shown(value) if isinstance(value, str) else repr(value)
     try:
         number = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"not a concurrency limit: {value!r} (a whole number of at least 1, or 'none')") from None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite float (JSON's 1e999)
+        raise ValueError(f"not a concurrency limit: {given} (a whole number of at least 1, or 'none')") from None
     if isinstance(value, float) and number != value:
-        raise ValueError(f"not a concurrency limit: {value!r} (a whole number)")
+        raise ValueError(f"not a concurrency limit: {given} (a whole number)")
     if number < 1 or number > 2**31 - 1:
-        raise ValueError(f"not a concurrency limit: {value!r} (at least 1; 'none' lifts the limit)")
+        raise ValueError(f"not a concurrency limit: {given} (at least 1; 'none' lifts the limit)")
     return number
 
 

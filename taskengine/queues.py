@@ -469,6 +469,8 @@ def _change_limits(queue: Queue, *, concurrency: Any, rate: Any, actor: Any, rea
     if rate is not KEEP:
         count, period = limits.parse_rate(rate) if rate else (None, None)
         changes.update(rate_limit=count, rate_period=period)
+        if period != queue.rate_period:  # windows of another length: the counter starts afresh
+            changes.update(rate_window=0, rate_count=0)
     expected = Q(pk=queue.pk)
     for field in ("concurrency_limit", "rate_limit", "rate_period"):
         value = getattr(queue, field)

@@ -17,7 +17,8 @@ statements are <vendor>/limits.sql:
    granted, so they see every claim committed before (a dead worker's jobs are still
    running until recovery moves them: they count);
 4. candidates within each queue's and key's room, ``FOR UPDATE SKIP LOCKED``, leased by
-   an UPDATE that re-checks state and due time;
+   an UPDATE that re-checks state and due time and, on PostgreSQL, that the job's queue
+   was not paused (or limited, its row not locked in 1) meanwhile;
 5. the starts added to each rate-limited queue's window counter (its row locked in 1).
 """
 
@@ -151,8 +152,14 @@ def claim_limited(
         picked = _pick(candidates, limit, limited, queue_room, key_running)
         if not picked:
             return []
+        queue_of = {c.id: c.queue for c in candidates}
         description, rows = claim.run(
-            "claim_limited", ids=claim.array(picked), worker_id=worker_id, lease_seconds=float(lease_seconds)
+            "claim_limited",
+            ids=claim.array(picked),
+            queues=claim.array([queue_of[i] for i in picked]),
+            counted=claim.array(list(limited)),
+            worker_id=worker_id,
+            lease_seconds=float(lease_seconds),
         )
         claimed = claimed_jobs(description, rows)
         _count_rates(claim, limited, claimed)

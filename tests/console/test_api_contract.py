@@ -196,7 +196,9 @@ def test_jobs_shape_filters_and_keyset_pages(client_for, world):
     assert [r["id"] for r in failed] == [world["b_failed"].pk]
 
 
-@pytest.mark.parametrize("query", ["state=bogus", "limit=0", "limit=100000", "since=yesterday", "after=1&before=2"])
+@pytest.mark.parametrize(
+    "query", ["state=bogus", "limit=0", "limit=100000", "since=yesterday", "after=1&before=2", "until=9999-12-31"]
+)
 def test_bad_filter_is_400_with_message(client_for, world, query):
     response = client_for("root").get(f"/taskengine/api/v1/jobs?{query}")
     assert response.status_code == 400

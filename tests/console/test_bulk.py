@@ -187,6 +187,11 @@ def test_the_superuser_acts_on_every_tenant_and_a_system_actor_too(users):
         ({"queue": "q\ud800"}, "lone surrogate"),
         ({"colour": "red"}, "unknown filter field"),
         ({"state": 3}, "must be text"),
+        # the ends of the calendar: the whole day after 9999-12-31, or a time whose UTC
+        # instant is not a date any more, cannot be compared with (a 500 before)
+        ({"until": "9999-12-31"}, "out of range"),
+        ({"since": "0001-01-01T00:00+14:00"}, "out of range"),
+        ({"until": "9999-12-31T23:59-14:00"}, "out of range"),
     ],
 )
 def test_bad_filters_are_clear_errors(users, data, message):
@@ -218,6 +223,58 @@ def test_cancelling_an_operation_stops_it(users):
     assert bulk_batches.run(op.pk).changed == 2
     with pytest.raises(bulk.operations.JobNotFound):
         bulk.cancel(op.pk, actor=users["bob"])
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_cancel_waiting_for_a_running_batch_records_the_operation_as_that_batch_left_it(users):
+    """bulk.cancel read the operation before it took the row: a cancel that waited for a
+    runner's batch audited the state and count from before that batch."""
+    import threading
+
+    from django.db import connections
+
+    failed_jobs(4, "a")
+    op = bulk.create("requeue", {}, actor=users["alice"], batch_size=2)
+    in_batch, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def runner() -> None:  # a batch in flight: the row taken, two jobs changed, not committed
+        try:
+            with transaction.atomic():
+                bulk.take(op.pk, "default", "console")
+                BulkOperation.objects.filter(pk=op.pk).update(changed=2, cursor=2)
+                in_batch.set()
+                release.wait(timeout=30)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    def canceller() -> None:
+        try:
+            bulk.cancel(op.pk, actor=users["alice"])
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=runner), threading.Thread(target=canceller)]
+    threads[0].start()
+    assert in_batch.wait(timeout=30)
+    threads[1].start()
+    with connection.cursor() as cursor:  # the cancel waits for the batch's row lock
+        for _ in range(600):
+            cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+            if cursor.fetchone()[0]:
+                break
+            threading.Event().wait(0.05)
+    release.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not errors, errors
+    row = OperatorAction.objects.get(action="bulk.requeue.cancel")
+    assert row.state_before == {"state": "running", "changed": 2}
 
 
 def test_the_leaders_service_finishes_unfinished_operations(users):

@@ -80,6 +80,11 @@ def test_api_sets_and_lifts_limits_and_lists_them(client_for, tenant_queues):
     for body in ({"concurrency": 0}, {"rate": "5/d"}, {"concurrency": "x"}, {}):
         response = post_json(client, "/taskengine/api/v1/queues/demo/limits", body)
         assert response.status_code == 400, (body, response.content)
+    # JSON's 1e999 is Python's float("inf"): a clear 400, not a server error
+    huge = client.post(
+        "/taskengine/api/v1/queues/demo/limits", '{"concurrency": 1e999}', content_type="application/json"
+    )
+    assert huge.status_code == 400 and "concurrency limit" in huge.json()["error"]
     assert len(audit_rows()) == 3
 
 

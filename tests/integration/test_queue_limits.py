@@ -5,10 +5,11 @@ calling the real claim), and queues without limits claimed as before."""
 
 from __future__ import annotations
 
+import math
 import threading
 
 import pytest
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 
 from taskengine import queues, store
 from taskengine.jobs import Outcome
@@ -171,6 +172,9 @@ def test_a_queue_without_limits_is_claimed_as_before_beside_a_limited_one():
         ({"concurrency_key": "k" * 256}, "255"),
         ({"concurrency_key": "k", "concurrency_limit": 0}, "at least 1"),
         ({"concurrency_limit": 2}, "needs a concurrency_key"),
+        ({"concurrency_key": 5}, "non-empty string"),
+        ({"concurrency_key": b"acct"}, "non-empty string"),
+        ({"concurrency_key": ["acct"]}, "non-empty string"),
     ],
 )
 def test_bad_concurrency_options_are_refused_at_enqueue_and_store_nothing(options, message):
@@ -208,3 +212,77 @@ def test_a_keyed_job_leaving_running_notifies_its_queue_and_an_unkeyed_one_does_
         assert [n.payload for n in listening.notifies(timeout=0.5)] == []
         succeed([claimed[keyed]])
         assert [n.payload for n in listening.notifies(timeout=2.0, stop_after=1)] == ["demo"]
+
+
+@pytest.mark.postgres
+def test_a_claim_whose_clock_is_behind_the_rate_window_takes_nothing_and_keeps_the_counter():
+    """now() is the transaction's start: a claim that began in window W and reaches the
+    queue row after another claim counted starts in window W+1 must neither start more
+    (W's count was overwritten) nor move the counter back to W (W+1's starts forgotten)."""
+    import time
+
+    queues.set_limits("demo", rate="2/s", actor=CLI)
+    tasks.add.using(queue_name="demo").enqueue_many([(1, i) for i in range(8)])
+    later: list[int] = []
+
+    def claim_in_the_next_window() -> None:
+        try:
+            later.extend(j.id for j in claim(worker="w-later"))
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT extract(epoch FROM now())::float8")
+            (started,) = cursor.fetchone()
+        time.sleep(max(0.0, math.floor(started) + 1.05 - time.time()))  # the next window on the DB clock
+        thread = threading.Thread(target=claim_in_the_next_window)
+        thread.start()
+        thread.join(timeout=30)
+        assert len(later) == 2
+        assert claim(worker="w-behind") == []
+    row = Queue.objects.get(pk="demo")
+    assert (row.rate_window, row.rate_count) == (math.floor(started) + 1, 2)
+
+
+def test_changing_the_rate_period_starts_a_fresh_window():
+    queues.set_limits("demo", rate="1/s", actor=CLI)
+    ids = [int(tasks.add.using(queue_name="demo").enqueue(1, i).id) for i in range(3)]
+    assert [j.id for j in claim()] == ids[:1]
+    queues.set_limits("demo", rate="1/h", actor=CLI)
+    assert [j.id for j in claim()] == ids[1:2]
+    assert claim() == []
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("change", ["pause", "limit"])
+def test_a_pause_or_limit_committed_during_a_limited_claim_is_honoured_by_its_lease(monkeypatch, change):
+    """The limited claim is several statements: a keyed job's queue paused (or limited
+    to what already runs) after its first statement read the queue rows, and before it
+    leases, must not be leased by it (its UPDATE re-checks the queue, as a claim statement
+    begun after the change would)."""
+    from taskengine.db import limited_claim
+
+    running = int(tasks.add.using(queue_name="demo").enqueue(1, 0).id)
+    assert [j.id for j in claim(queues_=("demo",), worker="w0")] == [running]
+    keyed = int(tasks.add.using(queue_name="demo", concurrency_key="acct").enqueue(1, 1).id)
+    real_pick = limited_claim._pick
+
+    def change_the_queue() -> None:
+        try:
+            if change == "pause":
+                queues.pause("demo", actor=CLI)
+            else:
+                queues.set_limits("demo", concurrency=1, actor=CLI)
+        finally:
+            connections.close_all()
+
+    def pick_after_the_change(*args, **kwargs):
+        thread = threading.Thread(target=change_the_queue)
+        thread.start()
+        thread.join(timeout=30)
+        return real_pick(*args, **kwargs)
+
+    monkeypatch.setattr(limited_claim, "_pick", pick_after_the_change)
+    assert claim(queues_=("demo",), worker="w1") == []
+    assert Job.objects.get(pk=keyed).state == "queued"

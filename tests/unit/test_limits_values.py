@@ -45,7 +45,9 @@ def test_parse_concurrency(value, parsed):
     assert limits.parse_concurrency(value) == parsed
 
 
-@pytest.mark.parametrize("value", ["0", 0, -3, "two", 1.5, True, "2**40", 2**40])
+@pytest.mark.parametrize(
+    "value", ["0", 0, -3, "two", 1.5, True, "2**40", 2**40, float("inf"), float("-inf"), float("nan"), "9" * 5000]
+)
 def test_parse_concurrency_refuses(value):
     with pytest.raises(ValueError, match="concurrency limit"):
         limits.parse_concurrency(value)
@@ -76,3 +78,18 @@ def test_concurrency_options_accepted_and_the_default_limit():
     assert limits.job_concurrency_limit("acct-1", None) == 1
     assert limits.job_concurrency_limit("acct-1", 4) == 4
     assert limits.job_concurrency_limit(None, None) is None
+
+
+@pytest.mark.parametrize(
+    ("parse", "value", "message"),
+    [
+        (limits.parse_rate, "9" * 5000 + "/s", "at most 2147483647 starts"),
+        (limits.parse_rate, "x" * 100_000, "not a rate"),
+        (limits.parse_concurrency, "9" * 100_000, "not a concurrency limit"),
+        (limits.parse_concurrency, "9" * 4000, "at least 1"),
+    ],
+)
+def test_a_huge_value_is_refused_with_a_short_clear_message(parse, value, message):
+    with pytest.raises(ValueError, match=message) as exc:
+        parse(value)
+    assert len(str(exc.value)) < 200

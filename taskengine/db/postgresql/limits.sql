@@ -38,9 +38,16 @@
 
 -- name: limited_queues
 -- Step 1. Paused rows are locked and returned too (the caller leaves their queues out).
+-- now() is this transaction's start: a row whose window is newer than it (a claim that
+-- began later took the lock first and counted starts there; this one's own window's
+-- count is gone) leaves no room of the rate to this claim, and count_rate never moves
+-- the window back.
 SELECT queue.name, queue.paused, queue.concurrency_limit, queue.rate_limit,
        CASE WHEN queue.rate_window = floor(extract(epoch FROM now()) / COALESCE(queue.rate_period, 1))::bigint
-            THEN queue.rate_count ELSE 0 END AS rate_used,
+            THEN queue.rate_count
+            WHEN queue.rate_window > floor(extract(epoch FROM now()) / COALESCE(queue.rate_period, 1))::bigint
+            THEN COALESCE(queue.rate_limit, 0)
+            ELSE 0 END AS rate_used,
        floor(extract(epoch FROM now()) / COALESCE(queue.rate_period, 1))::bigint AS window_now
   FROM taskengine_queue AS queue
  WHERE queue.name = ANY (%(queues)s::text[])
@@ -153,17 +160,31 @@ SELECT picked.id, picked.queue, picked.concurrency_key, picked.concurrency_limit
 
 
 -- name: claim_limited
--- Step 4: lease the picked jobs (ids in claim order) and log their attempts, as the
--- ordinary claim does (the UPDATE re-checks state = 'queued' and the due time).
+-- Step 4: lease the picked jobs (ids in claim order, each with its queue) and log their
+-- attempts, as the ordinary claim does (the UPDATE re-checks state = 'queued' and the due
+-- time). The queues are re-read with this statement's snapshot, as the ordinary claim's
+-- InitPlan does: a job of a queue paused since step 1, or limited since then without
+-- this claim holding its row (%(counted)s: the rows step 1 locked), is left queued — the
+-- steps before are many statements, and a pause or a limit committed meanwhile would
+-- otherwise wait for the whole transaction instead of one statement.
 WITH
-candidates AS (SELECT picked.id FROM unnest(%(ids)s::bigint[]) AS picked(id)),
+candidates AS (
+    SELECT picked.id
+      FROM unnest(%(ids)s::bigint[], %(queues)s::text[]) AS picked(id, queue)
+     WHERE picked.queue <> ALL (ARRAY(SELECT changed.name FROM taskengine_queue AS changed
+                                       WHERE changed.paused
+                                          OR ((changed.concurrency_limit IS NOT NULL OR changed.rate_limit IS NOT NULL)
+                                              AND changed.name <> ALL (%(counted)s::text[]))))
+),
 -- @include claim_and_log_attempts
 SELECT * FROM claimed
 
 
 -- name: count_rate
--- Step 5: the starts of this claim in the queue's current window (row locked in step 1).
+-- Step 5: the starts of this claim in the queue's current window (row locked in step 1);
+-- never into an older window than the row's (limited_queues then left no room).
 UPDATE taskengine_queue
    SET rate_count = CASE WHEN rate_window = %(window)s THEN rate_count + %(started)s ELSE %(started)s END,
        rate_window = %(window)s
  WHERE name = %(name)s
+   AND rate_window <= %(window)s

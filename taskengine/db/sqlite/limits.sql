@@ -20,7 +20,11 @@ SELECT EXISTS (SELECT 1 FROM taskengine_queue
 -- name: limited_queues
 SELECT name, paused, concurrency_limit, rate_limit,
        CASE WHEN rate_window = CAST(strftime('%%s', 'now') AS INTEGER) / COALESCE(rate_period, 1)
-            THEN rate_count ELSE 0 END AS rate_used,
+            THEN rate_count
+            -- a window newer than this clock (see postgresql/limits.sql): no room
+            WHEN rate_window > CAST(strftime('%%s', 'now') AS INTEGER) / COALESCE(rate_period, 1)
+            THEN COALESCE(rate_limit, 0)
+            ELSE 0 END AS rate_used,
        CAST(strftime('%%s', 'now') AS INTEGER) / COALESCE(rate_period, 1) AS window_now
   FROM taskengine_queue
  WHERE name IN (SELECT value FROM json_each(%(queues)s))
@@ -105,3 +109,4 @@ UPDATE taskengine_queue
    SET rate_count = CASE WHEN rate_window = %(window)s THEN rate_count + %(started)s ELSE %(started)s END,
        rate_window = %(window)s
  WHERE name = %(name)s
+   AND rate_window <= %(window)s
