@@ -16,6 +16,7 @@ env = environ.Env(
     ALLOWED_HOSTS=(list, ["127.0.0.1", "localhost", "testserver"]),
     USE_ADVISORY_LOCKS=(bool, False),
     TASKENGINE_POLL_ONLY=(bool, False),
+    TASKENGINE_COMPLETER=(bool, True),
     TASKENGINE_QUEUES=(list, ["default", "demo"]),
     TASKENGINE_LOG_FORMAT=(str, "text"),
     CONN_MAX_AGE=(int, 0),
@@ -134,6 +135,7 @@ TASKS = {
 TASKENGINE = {
     "USE_ADVISORY_LOCKS": env("USE_ADVISORY_LOCKS"),
     "POLL_ONLY": env("TASKENGINE_POLL_ONLY"),
+    "COMPLETER": env("TASKENGINE_COMPLETER"),
     "LOG_FORMAT": env("TASKENGINE_LOG_FORMAT"),
     "LIBPQ_FAST_PATH": env.bool("TASKENGINE_LIBPQ_FAST_PATH", default=False),
 }

@@ -1,13 +1,15 @@
 """The runworker loop: claim → run → heartbeat → finish.
 
 One process, ``concurrency`` execution slots: sync handlers on a thread pool, async
-handlers on one event loop thread. The main thread alone talks to the database for the
-engine (claims, heartbeats, fenced finishes, releases), in short statements, never
-around a handler.
+handlers on one event loop thread. The main thread talks to the database for the engine
+(claims, heartbeats, releases), in short statements, never around a handler; on
+PostgreSQL the fenced finishes are written by the completer (taskengine/completer.py),
+a thread with its own connection, so claims never wait for them.
 
 The loop claims and completes in batches, each on its own cadence: a batch of finished
 attempts is written when half the held jobs' worth has returned, when nothing else
-runs, or FLUSH_DELAY after the first; the next claim rides in the same statement
+runs, or FLUSH_DELAY after the first — by the completer, or (SQLite, or
+``completer=False``) by the loop, with the next claim riding in the same statement
 (PostgreSQL: finish_and_claim, one round trip and one commit) whenever there is room.
 Between batches the loop sleeps: a returning handler wakes it only for the first
 outcome since it last looked, a batch's worth, or nothing left running. A handler that
@@ -72,10 +74,11 @@ from datetime import datetime
 from typing import Any, Protocol, overload
 
 from django.db import Error as DatabaseError
-from django.db import InterfaceError, OperationalError, connections
+from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from . import events, metrics, queues, registry, store
+from .completer import FLUSH_DELAY, Completer, Outcomes
 from .conf import engine_settings
 from .execution import (
     JobCancelled,
@@ -89,7 +92,6 @@ from .execution import (
     interrupt_thread,
     run_async,
     run_sync,
-    unstorable_outcome,
 )
 from .jobs import ClaimedJob, Outcome
 from .listener import Listener
@@ -100,17 +102,10 @@ from .states import AttemptOutcome
 logger = logging.getLogger("taskengine.worker")
 
 HARD_TIMEOUT_GRACE = 2.0  # seconds an interrupted handler gets to stop before it counts as stuck
-FLUSH_DELAY = 0.005  # longest an outcome waits to be written with others (seconds)
 PREFETCH_HORIZON = 0.02  # jobs are prefetched only as many as are expected to start within this (seconds)
 PREFETCH_MIN_BOUND = 32  # the prefetch bound is the larger of this and the concurrency
 DURATION_WEIGHT = 0.05  # weight of each handler's run time in the worker's running mean
 STUCK_THREADS_EXIT_CODE = 3  # the worker exits with this when it gives up on stuck handlers
-
-
-def _database_unreachable(exc: BaseException) -> bool:
-    """A connection-level failure (outage, restart, failover, lock or statement timeout):
-    retry the same write later. Anything else raised by a write is about what it wrote."""
-    return isinstance(exc, (OperationalError, InterfaceError))
 
 
 class Service(Protocol):
@@ -138,6 +133,7 @@ class Worker:
         poll_only: bool | None = None,
         max_stuck_threads: int | None = None,
         services: Sequence[Service] = (),
+        completer: bool | None = None,
     ) -> None:
         s = engine_settings
         if concurrency < 1:
@@ -168,8 +164,10 @@ class Worker:
         self._watched: set[RunningJob] = set()  # jobs with a deadline: a timeout or an interrupt's grace
         self._stuck: set[RunningJob] = set()  # handlers that ignored an interrupt and still run
         self._gave_up = False  # draining because of stuck handlers
-        self._pending: list[tuple[RunningJob, Outcome]] = []
-        self._pending_since = 0.0
+        self.events = events.JobEvents(self.worker_id)
+        self.use_completer = s.COMPLETER if completer is None else completer
+        self._outcomes = Outcomes(self.worker_id, self.events)  # written on the loop's connection
+        self._completer: Completer | None = None  # PostgreSQL: written on the completer's
         self._batch = max(1, concurrency // 2)  # half the slots plus the prefetch bound, set by the loop
         # Slots and the prefetch buffer, shared with the handlers' threads (under _slots_lock):
         # a slot is taken from a job's start to its handler's return; a handler that returns
@@ -194,8 +192,6 @@ class Worker:
         self._threads = JobThreads(concurrency, self._run_item, self._on_handler_done)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: Listener | None = None
-        self.events = events.JobEvents(self.worker_id)
-        self.processed = 0
         self.stuck_threads = False  # handler threads were still running at exit
         self.exit_code = 0
 
@@ -260,6 +256,7 @@ class Worker:
                 self._db_call("register", self._register)
                 if not self._registered:
                     self._sleep_until_db_retry()
+            self._start_completer()
             for service in self.services:
                 service.start()
             self._loop_until_drained()
@@ -315,13 +312,15 @@ class Worker:
                 continue
             if claim_due and claimed is None and time.monotonic() >= self._db_retry_at:
                 continue  # the claim did not run (its batch was refused): claim again now
+            if claim_due and self._completer is not None and self._completer.take_requeued():
+                continue  # the completer queued retries since this claim's snapshot: claim again
             if claim_due and not self._running:
                 if self.burst and not self._pending and self._db_down_since is None:
                     logger.info("burst: nothing due, exiting", extra={"worker_id": self.worker_id})
                     return
                 self._wait(self._idle_wait())
                 continue
-            if claim_due and not self._pending:  # free slots, nothing to claim: poll for new work
+            if claim_due and not self._outcomes.pending:  # free slots, nothing to claim: poll for new work
                 self._wait(self._poll_wait(self.max_backoff))
                 continue
             self._wait(self._flush_wait())
@@ -330,21 +329,21 @@ class Worker:
         """Outcomes are written in batches: when half the held jobs' worth (slots plus the
         prefetch bound) have finished, when nothing else is running, or when the oldest is
         FLUSH_DELAY old."""
-        if not self._pending:
+        if not self._outcomes.pending:
             return False
         return (
-            len(self._pending) >= self._batch
+            len(self._outcomes.pending) >= self._batch
             or not self._running
             or self._draining
-            or time.monotonic() - self._pending_since >= FLUSH_DELAY
+            or time.monotonic() - self._outcomes.since >= FLUSH_DELAY
         )
 
     def _flush_wait(self) -> float:
-        if not self._pending:
+        if not self._outcomes.pending:
             return self.max_backoff
         # While writes back off (an outage, a refused batch), the next try is at the
         # retry time: waiting less would spin the loop through refused _db_calls.
-        return max(0.0, max(self._pending_since + FLUSH_DELAY, self._db_retry_at) - time.monotonic())
+        return max(0.0, max(self._outcomes.since + FLUSH_DELAY, self._db_retry_at) - time.monotonic())
 
     def _shutdown(self) -> None:
         for service in self.services:
@@ -356,6 +355,8 @@ class Worker:
             self._listener.stop()
         self._collect_done()
         self._flush()
+        if self._completer is not None:
+            self._completer.stop()  # writes what it holds, then closes its connection
         if self._stuck or self._gave_up:
             self.exit_code = STUCK_THREADS_EXIT_CODE
         if self._stuck:
@@ -816,127 +817,64 @@ class Worker:
             self.request_stop()
 
     def _add_pending(self, running: RunningJob, outcome: Outcome) -> None:
-        if not self._pending:
-            self._pending_since = time.monotonic()
-        self._pending.append((running, outcome))
+        if self._completer is not None:
+            self._completer.submit(running, outcome)
+        else:
+            self._outcomes.add(running, outcome)
+
+    @property
+    def _pending(self) -> bool:
+        """Outcomes not written yet: the loop's, or held by the completer."""
+        return bool(self._outcomes.pending) or (self._completer is not None and self._completer.busy())
+
+    @property
+    def processed(self) -> int:
+        return self._outcomes.processed + (self._completer.processed if self._completer else 0)
 
     def _flush(self, claim: int = 0) -> list[ClaimedJob] | None:
-        """Write pending outcomes (fenced) and, if ``claim`` > 0, claim up to that many
-        jobs in the same transaction. Returns the claimed jobs, or None when the claim
+        """Write the loop's pending outcomes (fenced) and, if ``claim`` > 0, claim up to that
+        many jobs in the same transaction. Returns the claimed jobs, or None when the claim
         did not run (a database error, or a refused batch it rolled back with): "claimed
         nothing" must not read as "nothing is due". Database outages keep the unwritten
         outcomes for the next try; nothing raised here ends the loop."""
-        if not self._pending:
+        if not self._outcomes.pending:
             return self._claim(claim)
         try:
             return self._db_call("finish", lambda: self._finish_then_claim(claim), default=None)
         except Exception:
             logger.exception(
                 "writing %d outcomes failed; retrying after a back-off",
-                len(self._pending),
+                len(self._outcomes.pending),
                 extra={"worker_id": self.worker_id},
             )
             self._back_off(time.monotonic())
             return None
 
     def _finish_then_claim(self, claim: int) -> list[ClaimedJob] | None:
-        batch = list(self._pending)
-        try:
-            started = time.perf_counter()
-            won, claimed = store.finish_and_claim(
-                self.connection,
-                worker_id=self.worker_id,
-                outcomes=[o for _, o in batch],
-                queues=self.queues,
-                limit=claim,
-                lease_seconds=self.lease_seconds,
-                advisory=self.use_advisory_locks,
-            )
-            if claim > 0:
-                metrics.CLAIM_LATENCY.observe(time.perf_counter() - started)
-        except Exception as exc:
-            if _database_unreachable(exc):
-                raise
-            logger.warning(
-                "the database refused a batch of %d outcomes (%s: %s); writing it in parts",
-                len(batch),
-                type(exc).__name__,
-                exc,
-                extra={"worker_id": self.worker_id},
-            )
-            self._finish_isolating(batch)
-            return None  # the claim rolled back with the batch; the next round claims
-        self._written(batch, won)
-        if not claimed and claim > 0 and any(state == "queued" for state, _ in won.values()):
-            # The claim saw the statement's snapshot, without the retries this batch just
-            # queued: "claimed nothing" does not mean nothing is due. Claim again now.
-            return None
-        return claimed
-
-    def _finish_isolating(self, batch: list[tuple[RunningJob, Outcome]]) -> None:
-        """Write ``batch`` in halves until each refused outcome is alone, then write a
-        failure of that attempt naming the refusal in its place. Each part is reported as
-        it commits, so an outage midway keeps only the unwritten ones pending."""
-        parts = [batch]
-        while parts:
-            part = parts.pop()
-            try:
-                won = store.finish_jobs(self.connection, worker_id=self.worker_id, outcomes=[o for _, o in part])
-            except Exception as exc:
-                if _database_unreachable(exc):
-                    raise
-                if len(part) > 1:
-                    middle = len(part) // 2
-                    parts += [part[middle:], part[:middle]]
-                    continue
-                [(running, refused)] = part
-                logger.error(
-                    "the database cannot store this attempt's outcome (%s: %s); the attempt fails instead",
-                    type(exc).__name__,
-                    exc,
-                    extra=self.events.extra(running.job, event="outcome_refused"),
-                )
-                part = [(running, unstorable_outcome(running.job, refused, exc))]
-                try:
-                    won = store.finish_jobs(self.connection, worker_id=self.worker_id, outcomes=[part[0][1]])
-                except Exception as again:
-                    if _database_unreachable(again):
-                        raise
-                    self._drop_unwritable(running, again)
-                    continue
-            self._written(part, won)
-
-    def _drop_unwritable(self, running: RunningJob, exc: BaseException) -> None:
-        """The database refuses this attempt whatever is written for it (a project's
-        CHECK constraint or trigger on the row): keeping the outcome would hold every
-        later batch, and the claims riding in it, hostage. It is dropped; the job stays
-        leased to this worker until the lease lapses and recovery takes it."""
-        logger.error(
-            "the database refuses any outcome of this attempt (%s: %s); it is left to lease recovery",
-            type(exc).__name__,
-            exc,
-            extra=self.events.extra(running.job, event="outcome_dropped"),
+        return self._outcomes.write(
+            self.connection,
+            claim,
+            queues=self.queues,
+            lease_seconds=self.lease_seconds,
+            advisory=self.use_advisory_locks,
         )
-        self._pending = [entry for entry in self._pending if entry[0] is not running]
 
-    def _written(self, part: list[tuple[RunningJob, Outcome]], won: dict[int, tuple[str, datetime | None]]) -> None:
-        """``part`` is written: drop it from the pending outcomes and report each one."""
-        if len(part) == len(self._pending):
-            self._pending = []
-        else:
-            done = {running for running, _ in part}
-            self._pending = [entry for entry in self._pending if entry[0] not in done]
-        newest: dict[int, int] = {}  # only a job's newest attempt can have won (attempts only grow)
-        for _, outcome in part:
-            newest[outcome.job_id] = max(outcome.attempt, newest.get(outcome.job_id, 0))
-        for running, outcome in part:
-            self.processed += 1
-            won_row = won.get(outcome.job_id) if outcome.attempt == newest[outcome.job_id] else None
-            state, outcome.finished_at = won_row or (None, None)
-            try:
-                self.events.finished(running, outcome, state)
-            except Exception:
-                logger.exception("reporting a written outcome failed", extra=self.events.extra(running.job))
+    def _on_written(self, requeued: bool) -> None:
+        """On the completer's thread: wake the loop to claim retries just queued, or to
+        exit once nothing runs (burst, drain)."""
+        if requeued or not self._running or self._draining:
+            self._wake.set()
+
+    def _start_completer(self) -> None:
+        if self.use_completer and Completer.suits(self.connection):
+            self._completer = Completer(
+                database=self.database,
+                outcomes=Outcomes(self.worker_id, self.events),
+                batch=lambda: self._batch,
+                max_backoff=self.max_backoff,
+                wake=self._on_written,
+            )
+            self._completer.start()
 
     def _release_remaining(self) -> None:
         with self._slots_lock:

@@ -45,7 +45,8 @@ class WorkerWhoseOutcomeWritesFailForAWhile(Worker):
 def test_the_loop_does_not_spin_while_outcome_writes_are_refused_and_another_job_runs(tmp_path):
     long = tasks.sleep_then_record.enqueue(str(tmp_path), "long", 3.0)
     quick = tasks.add.enqueue(1, 2)
-    running = start_worker(WorkerWhoseOutcomeWritesFailForAWhile, concurrency=2, burst=True)
+    # The loop's own write path (the completer's outage is in tests/integration/test_completer.py).
+    running = start_worker(WorkerWhoseOutcomeWritesFailForAWhile, concurrency=2, burst=True, completer=False)
     try:
         wait_for(running.exited, timeout=30, message="the burst worker to drain and exit")
     finally:
