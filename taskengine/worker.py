@@ -2,14 +2,14 @@
 
 One process, ``concurrency`` execution slots: sync handlers on a thread pool, async
 handlers on one event loop thread. The main thread talks to the database for the engine
-(claims, heartbeats, releases), in short statements, never around a handler; on
-PostgreSQL the fenced finishes are written by the completer (taskengine/completer.py),
-a thread with its own connection, so claims never wait for them.
+(claims, heartbeats, releases), in short statements, never around a handler; with
+TASKENGINE["COMPLETER"] on PostgreSQL the fenced finishes are written by the completer
+(taskengine/completer.py), a thread with its own connection, so claims never wait for them.
 
 The loop claims and completes in batches, each on its own cadence: a batch of finished
 attempts is written when half the held jobs' worth has returned, when nothing else
-runs, or FLUSH_DELAY after the first — by the completer, or (SQLite, or
-``completer=False``) by the loop, with the next claim riding in the same statement
+runs, or FLUSH_DELAY after the first — by the completer when it is on, or (the default,
+and SQLite) by the loop, with the next claim riding in the same statement
 (PostgreSQL: finish_and_claim, one round trip and one commit) whenever there is room.
 Between batches the loop sleeps: a returning handler wakes it only for the first
 outcome since it last looked, a batch's worth, or nothing left running. A handler that
