@@ -80,6 +80,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from . import events, metrics, queues, registry, store
 from .completer import FLUSH_DELAY, Completer, Outcomes
 from .conf import engine_settings
+from .db import store_for
 from .execution import (
     JobCancelled,
     JobInterrupted,
@@ -246,7 +247,7 @@ class Worker:
             self.concurrency,
             self.lease_seconds,
             "advisory" if self.use_advisory_locks else "skip-locked",
-            "poll" if self.poll_only or self.connection.vendor != "postgresql" else "listen",
+            "poll" if self.poll_only or not store_for(self.connection).listen_notify else "listen",
             extra={"worker_id": self.worker_id},
         )
         metrics.WORKER_SLOTS.set(self.concurrency)
@@ -272,7 +273,7 @@ class Worker:
         self._next_heartbeat = time.monotonic() + self.heartbeat_seconds
 
     def _start_listener(self) -> None:
-        if self.poll_only or self.connection.vendor != "postgresql":
+        if self.poll_only or not store_for(self.connection).listen_notify:
             return
         self._listener = Listener(self.connection.get_connection_params(), set(self.queues), self._wake)
         self._listener.start()

@@ -20,6 +20,7 @@ from django.core.exceptions import EmptyResultSet
 from django.db import OperationalError, connections, transaction
 from django.db.models import QuerySet
 
+from ..db import store_for
 from ..queries import sql
 
 COUNT_LIMIT = 10_000
@@ -69,7 +70,7 @@ def _count_upto(queryset: QuerySet[Any], limit: int) -> int | None:
     transaction, or is restored when we run inside the caller's."""
     counting = queryset.order_by()[: limit + 1]
     connection = connections[queryset.db]
-    if connection.vendor != "postgresql":
+    if not store_for(connection).bounded_statements:
         return counting.count()
     timeout = f"{COUNT_TIMEOUT_MS}ms"
     try:
@@ -102,7 +103,7 @@ def _is_query_cancel(exc: BaseException) -> bool:
 def planner_estimate(queryset: QuerySet[Any]) -> int | None:
     """PostgreSQL's row estimate for ``queryset`` (EXPLAIN only plans; it reads no rows)."""
     connection = connections[queryset.db]
-    if connection.vendor != "postgresql":
+    if not store_for(connection).bounded_statements:
         return None
     try:
         query, params = queryset.order_by().values("pk").query.sql_with_params()

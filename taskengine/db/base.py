@@ -74,6 +74,14 @@ class Store(ABC):
     # Many writers at once: claims lock rows and keys and read candidates in batched
     # statements (PostgreSQL); else one writer at a time orders every claim (SQLite).
     concurrent_writers: ClassVar[bool]
+    # LISTEN/NOTIFY: a worker can be woken on enqueue (else it polls).
+    listen_notify: ClassVar[bool]
+    # A statement can be bounded by a timeout (statement_timeout), and the planner's row
+    # estimate read without a scan (EXPLAIN): the console's bounded counts use both.
+    bounded_statements: ClassVar[bool]
+    # A failed statement aborts the whole transaction until rollback (PostgreSQL's
+    # INERROR state; SQLite carries on).
+    aborts_failed_transactions: ClassVar[bool]
 
     # --- the shared adapters
 

@@ -334,7 +334,9 @@ def _attempt_savepoint(connection: BaseDatabaseWrapper) -> Iterator[None]:
 
 
 def _aborted(connection: BaseDatabaseWrapper) -> bool:
-    if connection.vendor != "postgresql" or connection.connection is None:
+    from taskengine.db import store_for
+
+    if not store_for(connection).aborts_failed_transactions or connection.connection is None:
         return False
     from psycopg.pq import TransactionStatus
 

@@ -2,7 +2,8 @@
 Store interface. Outside it, only checks that must name a vendor may compare
 ``connection.vendor``: the migrations that create PostgreSQL-only objects (the NOTIFY
 trigger, concurrent index builds), which run before any store and must stay as they
-shipped. This scans the source as text, as ``grep -rn 'vendor ==' taskengine/`` does."""
+shipped, and the console's PostgreSQL-only timing command. This scans the source as text, as
+``grep -rnE 'vendor (==|!=)' taskengine/`` does: elsewhere a capability of the store decides."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "taskengine"
-VENDOR_COMPARISON = re.compile(r"vendor\s*==")
+VENDOR_COMPARISON = re.compile(r"vendor\s*[=!]=")
 SEAM = PACKAGE / "db"
 MUST_NAME_A_VENDOR = {
     "migrations/0004_notify_trigger.py",  # the PostgreSQL NOTIFY trigger
     "migrations/0005_hot_path_indexes.py",  # PostgreSQL-only index options
     "migrations/0009_queue_limits_concurrency_key.py",  # the PostgreSQL NOTIFY of a freed key
     "migrations/0011_job_autovacuum.py",  # PostgreSQL storage parameters
+    "management/commands/console_perf.py",  # times the console on PostgreSQL only, and says so
 }
 
 

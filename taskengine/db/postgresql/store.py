@@ -45,6 +45,9 @@ class PostgresStore(Store):
     native_datetimes: ClassVar[bool] = True
     server: ClassVar[bool] = True
     concurrent_writers: ClassVar[bool] = True
+    listen_notify: ClassVar[bool] = True
+    bounded_statements: ClassVar[bool] = True
+    aborts_failed_transactions: ClassVar[bool] = True
 
     # --- the engine cursor
 

@@ -45,6 +45,9 @@ class SQLiteStore(Store):
     native_datetimes: ClassVar[bool] = False
     server: ClassVar[bool] = False
     concurrent_writers: ClassVar[bool] = False
+    listen_notify: ClassVar[bool] = False
+    bounded_statements: ClassVar[bool] = False
+    aborts_failed_transactions: ClassVar[bool] = False
 
     def new_raw_cursor(self, connection: BaseDatabaseWrapper) -> Any:
         return connection.create_cursor()
