@@ -55,6 +55,7 @@ def run_benchmark(*args: str) -> tuple[dict, str]:
     return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
 
 
+@pytest.mark.acceptance  # the benchmark starts real runworker processes
 def test_the_benchmark_reports_every_figure_and_cleans_up_after_itself():
     raw = ["--raw-seconds", "1"] if connection.vendor == "postgresql" else []
     figures, notes = run_benchmark(*raw)
@@ -114,6 +115,7 @@ def test_a_raw_script_that_does_not_exist_is_refused_before_anything_runs(tmp_pa
     assert "enqueue:" not in out.stderr
 
 
+@pytest.mark.acceptance  # the benchmark starts real runworker processes
 def test_the_modes_report_their_figures_and_prune_only_the_benchmarks_own_rows():
     postgres = connection.vendor == "postgresql"
     if postgres:  # a job retention would prune at its default 7 days; the benchmark must not
