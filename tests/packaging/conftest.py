@@ -19,6 +19,8 @@ the old builds are removed."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.metadata
 import os
@@ -26,6 +28,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +58,19 @@ NOT_THE_PROJECT = shutil.ignore_patterns(
 
 
 CACHE = ROOT / "var" / "packaging"
+
+
+@contextlib.contextmanager
+def cache_locked() -> Iterator[None]:
+    """var/packaging/ for this process alone while it builds or installs there: bin/test
+    runs its SQLite and PostgreSQL halves side by side, and both reuse one build."""
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    with open(CACHE.parent / "packaging.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @dataclass
@@ -144,18 +160,20 @@ def packaging_dir(tmp_path_factory) -> Path:
     copy = tmp_path_factory.mktemp("checkout") / "source"
     shutil.copytree(ROOT, copy, ignore=NOT_THE_PROJECT)
     workdir = CACHE / digest(copy)
-    if not (workdir / "source").exists():
-        if CACHE.exists():
-            for old in CACHE.iterdir():
-                shutil.rmtree(old, ignore_errors=True)
-        workdir.mkdir(parents=True)
-        shutil.move(copy, workdir / "source")
+    with cache_locked():
+        if not (workdir / "source").exists():
+            if CACHE.exists():
+                for old in CACHE.iterdir():
+                    shutil.rmtree(old, ignore_errors=True)
+            workdir.mkdir(parents=True)
+            shutil.move(copy, workdir / "source")
     return workdir
 
 
 @pytest.fixture(scope="session")
 def builds(packaging_dir) -> dict[str, Built]:
-    return build_all(packaging_dir / "source", packaging_dir)
+    with cache_locked():
+        return build_all(packaging_dir / "source", packaging_dir)
 
 
 @pytest.fixture(scope="session")
@@ -193,6 +211,12 @@ def venv(wheel, packaging_dir) -> Path:
     key = hashlib.sha256(" ".join(requirements).encode()).hexdigest()[:12]
     name = f"venv-py{sys.version_info.major}.{sys.version_info.minor}-{key}"
     path, done = packaging_dir / name, packaging_dir / f"{name}.done"
+    with cache_locked():
+        _make_venv(path, done, wheel, requirements, packaging_dir)
+    return path
+
+
+def _make_venv(path: Path, done: Path, wheel: Built, requirements: list[str], packaging_dir: Path) -> None:
     if not done.exists():
         shutil.rmtree(path, ignore_errors=True)
         base_python = getattr(sys, "_base_executable", None) or sys.executable
@@ -215,7 +239,6 @@ def venv(wheel, packaging_dir) -> Path:
             timeout=600,
         )
         done.touch()
-    return path
 
 
 def readme_snippet(name: str) -> str:
