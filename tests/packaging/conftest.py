@@ -11,11 +11,11 @@ django-tasks backport when that environment has it, pinned to the versions found
 bin/test-matrix runs the acceptance test in each Django's own environment.
 
 Both are made once and kept in var/packaging/<digest of the copied sources>/ — the
-virtualenv in venv-pyP.Q-<digest of the requirements>/ — so the PostgreSQL half of
-bin/test reuses what the SQLite half built from the same sources (installing the
-dependencies is most of the time), and bin/test-matrix reuses the wheel for every
-Python and Django it runs; a change to any file of the project makes a new digest, and
-the old builds are removed."""
+virtualenv in venv-pyP.Q-<digest of the requirements>/, each made under a file lock — so
+one half of bin/test reuses what the other built from the same sources (installing the
+dependencies is most of the time; the halves run side by side), and bin/test-matrix
+reuses the wheel for every Python and Django it runs; a change to any file of the
+project makes a new digest, and the old builds are removed."""
 
 from __future__ import annotations
 
