@@ -119,6 +119,7 @@ FRAGMENTS: dict[tuple[str, str], set[str]] = {
         "insert_one_job",
         "claim_candidates",
         "claim_candidates_advisory",
+        "claim_wanted_queues",
         "claim_and_log_attempts",
         "finish_outcomes",
         "finish_and_claim_result",

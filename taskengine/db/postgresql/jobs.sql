@@ -159,25 +159,31 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, N
 -- @include limits_waiting
 
 
+-- name: claim_wanted_queues (fragment)
+-- The ordinary claim's queues: the wanted ones less the paused and the limited ones
+-- (concurrency or rate: the limited claim, db/limited_claim.py, takes those), read once
+-- per claim (an InitPlan over the few queue rows), never per job row.
+SELECT wanted.queue
+  FROM unnest(%(queues)s::text[]) AS wanted(queue)
+ WHERE wanted.queue <> ALL (ARRAY(SELECT held.name FROM taskengine_queue AS held
+                                   WHERE held.paused
+                                      OR held.concurrency_limit IS NOT NULL
+                                      OR held.rate_limit IS NOT NULL))
+
+
 -- name: claim_candidates (fragment)
 -- The jobs a claim leases: up to %(limit)s due jobs of the given queues, highest priority
 -- first, locked with FOR UPDATE SKIP LOCKED.
 -- Index: taskengine_job_claim_idx (queue, priority DESC, run_after, id) WHERE queued —
 -- one ordered index scan per queue (the LATERAL), stopping after %(limit)s rows.
--- Paused queues (taskengine_queue.paused) are dropped from the wanted list first, and
--- so are limited ones (concurrency or rate: taskengine.limits claims from those): the
--- names are read once per claim (an InitPlan over the few queue rows), never per job
--- row. Jobs with a concurrency key are left to the limited claim too (a filter on the
+-- Paused and limited queues are dropped from the wanted list first (claim_wanted_queues).
+-- Jobs with a concurrency key are left to the limited claim too (a filter on the
 -- same index scan). The statement's snapshot decides: a pause committed before the claim began
 -- is honoured (docs/queues.md).
 candidates AS (
     SELECT picked.id
-      FROM (SELECT wanted.queue
-              FROM unnest(%(queues)s::text[]) AS wanted(queue)
-             WHERE wanted.queue <> ALL (ARRAY(SELECT paused.name FROM taskengine_queue AS paused
-                                               WHERE paused.paused
-                                                  OR paused.concurrency_limit IS NOT NULL
-                                                  OR paused.rate_limit IS NOT NULL))
+      FROM (
+           -- @include claim_wanted_queues
            ) AS wanted
      CROSS JOIN LATERAL (
             SELECT job.id, job.priority, job.run_after
@@ -205,12 +211,8 @@ candidates AS (
 -- Index: taskengine_job_claim_idx. Paused queues are dropped as in claim_candidates.
 candidates AS (
     SELECT picked.id
-      FROM (SELECT wanted.queue
-              FROM unnest(%(queues)s::text[]) AS wanted(queue)
-             WHERE wanted.queue <> ALL (ARRAY(SELECT paused.name FROM taskengine_queue AS paused
-                                               WHERE paused.paused
-                                                  OR paused.concurrency_limit IS NOT NULL
-                                                  OR paused.rate_limit IS NOT NULL))
+      FROM (
+           -- @include claim_wanted_queues
            ) AS wanted
      CROSS JOIN LATERAL (
             SELECT job.id, job.priority, job.run_after
