@@ -22,7 +22,7 @@ from .db import store_for
 from .db.base import ADVISORY_LOCK_NAMESPACE, RELEASED_CANCEL_ERROR_CLASS, RELEASED_CANCEL_MESSAGE
 from .db.postgresql import libpq as libpq  # LIBPQ_FAST_PATH's single enqueue (tests count its calls)
 from .db.postgresql.store import BULK_INSERT_MIN
-from .db.rows import job_params, json_columns, to_datetime
+from .db.rows import to_datetime
 from .jobs import ClaimedJob, InsertedJob, NewJob, Outcome
 
 __all__ = [
@@ -48,9 +48,6 @@ __all__ = [
     "release_jobs",
     "to_datetime",
 ]
-
-_row = job_params  # the names tests and older callers use
-_json_columns = json_columns
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from taskengine import store
 from taskengine.backend import InvalidTaskArguments
 from taskengine.compat import default_task_backend, task_backends
 from taskengine.db.postgresql import libpq
+from taskengine.db.rows import job_params, json_columns
 from taskengine.jobs import NewJob
 from taskengine.models import Job
 
@@ -245,5 +246,5 @@ def test_libpq_refuses_text_with_a_nul_instead_of_cutting_it_short():
     with override_settings(TASKENGINE={**settings.TASKENGINE, "LIBPQ_FAST_PATH": True}):
         assert libpq.usable(connection)
     with pytest.raises(DataError, match="NUL"):
-        libpq.run(connection, "insert_job", store._json_columns(store._row(job)))
+        libpq.run(connection, "insert_job", json_columns(job_params(job)))
     assert not Job.objects.exists()
