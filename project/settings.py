@@ -157,7 +157,7 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "taskengine": {"()": "taskengine.logs.Formatter"},
+        "taskengine": {"()": "taskengine.observability.logs.Formatter"},
     },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "taskengine"},

@@ -35,7 +35,8 @@ from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 
-from . import operations
+from taskengine.ops import operations
+
 from .console.admin_support import (
     AuditedAdmin,
     BoundedCountPaginator,

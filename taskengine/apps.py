@@ -10,11 +10,13 @@ class TaskEngineConfig(AppConfig):
         # Imports and signal receivers only: no queries and no threads at start-up.
         from django.db.models.signals import pre_delete
 
-        from . import audit, checks, conf  # noqa: F401 - imported for their receivers and checks
+        from taskengine import checks, conf  # noqa: F401 - imported for their receivers and checks
+        from taskengine.ops import audit
+
         from .models import TenantMembership
 
         pre_delete.connect(
             audit.record_cascaded_membership_delete,
             sender=TenantMembership,
-            dispatch_uid="taskengine.audit.cascaded_membership_delete",
+            dispatch_uid="taskengine.ops.audit.cascaded_membership_delete",
         )

@@ -20,7 +20,10 @@ from django.db import Error as DatabaseError
 from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from . import limits, metrics, store, stored_results
+from taskengine import limits, store, stored_results
+from taskengine.observability import metrics
+from taskengine.signals import send_robustly
+
 from .compat import (
     BaseTaskBackend,
     InvalidTask,
@@ -33,7 +36,6 @@ from .compat import (
 )
 from .conf import dedicated_queue_problem, engine_settings
 from .engine_task import EngineTask, InvalidTaskArguments
-from .events import send_robustly
 from .jobs import ClaimedJob, InsertedJob, NewJob
 from .values import describe_refusal, ready_arguments, stored_text_problem
 

@@ -45,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
     # statement or SET a session setting (the next transaction may be another session).
     "POLL_ONLY": False,
     # PostgreSQL: write finished attempts on a second connection, from a thread of the
-    # worker's own (taskengine/completer.py), while the loop claims on its connection.
+    # worker's own (taskengine/runtime/completer.py), while the loop claims on its connection.
     # SQLite (one writer) always writes them on the loop's connection.
     "COMPLETER": False,
     # How long after its last heartbeat a worker counts as dead: the leader marks it

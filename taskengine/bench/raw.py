@@ -16,7 +16,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from .. import queries
+from taskengine.db import queries
+
 from .base import BenchBase, database_url
 
 # The raw limit's defaults: the batch a claim takes and the queued rows it starts from

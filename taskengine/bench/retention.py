@@ -1,5 +1,5 @@
 """Retention at scale: N terminal jobs loaded in one INSERT … SELECT, pruned by the
-engine's own retention (taskengine.maintenance.retention.run_once, under a maintenance
+engine's own retention (taskengine.leader.retention.run_once, under a maintenance
 lease of the benchmark's own) while a claimer claims from the same table; the pruning
 rate and the claim's p99 with and without pruning. PostgreSQL only.
 
@@ -17,8 +17,9 @@ from typing import Any
 
 from django.db import connections
 
-from ..leadership import Elector
-from ..maintenance import retention
+from taskengine.leader import retention
+from taskengine.leader.election import Elector
+
 from .base import BenchBase, percentile
 
 CLAIMER_QUEUED = 10_000  # queued jobs the claimer claims from (each claim rolled back)

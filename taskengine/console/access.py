@@ -19,7 +19,7 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.csrf import csrf_failure as django_csrf_failure
 
-from ..operations import OperationError
+from taskengine.ops.operations import OperationError
 
 #: A console view: a request (and URL arguments) in, a response out.
 type View = Callable[..., HttpResponse]

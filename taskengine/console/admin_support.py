@@ -20,8 +20,9 @@ from django.forms import ModelForm
 from django.forms.models import model_to_dict
 from django.http import HttpRequest, HttpResponse
 
-from .. import audit
-from ..tenancy import tenants_for
+from taskengine.ops import audit
+from taskengine.ops.tenancy import tenants_for
+
 from .counts import bounded_count, distinct_tenants, recent_values
 from .reads import known_queues
 

@@ -4,7 +4,7 @@ GET endpoints only read. Writes are ``POST jobs/<id>/requeue|cancel|retry`` and
 ``POST queues/<name>/pause|resume`` (bulk actions: ``bulk_pages``, docs/bulk.md) with
 session authentication and Django's CSRF check (send the ``csrftoken`` cookie's value
 in ``X-CSRFToken``); they run ``operations.perform`` (permission, tenant scope,
-compare-and-set, audit in one transaction; for queues ``queues.pause`` / ``resume``). Errors are ``{"error": "..."}`` with
+compare-and-set, audit in one transaction; for queues ``queue_control.pause`` / ``resume``). Errors are ``{"error": "..."}`` with
 400 (bad filter), 403 (not logged in / not staff / no permission / CSRF), 404 (no such
 job, or not in the user's tenants), 405 (wrong method), 409 (wrong state).
 """
@@ -16,8 +16,9 @@ from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from .. import operations, queues
-from ..job_filters import JobFilterForm, keyset_page
+from taskengine.ops import operations, queue_changes, queue_control
+from taskengine.ops.job_filters import JobFilterForm, keyset_page
+
 from . import reads, serialize
 from .access import View, api_endpoint, json_error
 from .counts import bounded_count
@@ -102,7 +103,7 @@ def queue_list(request: HttpRequest) -> JsonResponse:
 
 
 def _queue_act(action: str) -> Callable[..., HttpResponse]:
-    operate = queues.pause if action == "pause" else queues.resume
+    operate = queue_control.pause if action == "pause" else queue_control.resume
 
     @api_endpoint("POST")
     def view(request: HttpRequest, name: str) -> JsonResponse:
@@ -123,7 +124,7 @@ queue_resume = _queue_act("resume")
 def queue_limits(request: HttpRequest, name: str) -> JsonResponse:
     """POST queues/<name>/limits ``{"concurrency": 5 | null, "rate": "100/m" | null,
     "reason": "..."}``: a key left out keeps that limit, null lifts it
-    (``queues.set_limits``: permission ``taskengine.limit_queue``, audit row)."""
+    (``queue_control.set_limits``: permission ``taskengine.limit_queue``, audit row)."""
     if request.content_type == "application/json" and request.body:
         try:
             body = json.loads(request.body)
@@ -133,10 +134,10 @@ def queue_limits(request: HttpRequest, name: str) -> JsonResponse:
             raise operations.OperationError("request body must be a JSON object")
     else:
         body = {k: (v or None) for k, v in request.POST.items() if k in ("concurrency", "rate")}
-    result = queues.set_limits(
+    result = queue_control.set_limits(
         name,
-        concurrency=body.get("concurrency", queues.KEEP),
-        rate=body.get("rate", queues.KEEP),
+        concurrency=body.get("concurrency", queue_changes.KEEP),
+        rate=body.get("rate", queue_changes.KEEP),
         actor=request.user,
         reason=_reason(request),
     )

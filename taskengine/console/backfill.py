@@ -14,8 +14,9 @@ import csv
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
 from django.views.decorators.http import require_GET
 
-from .. import backfill as engine_backfill
-from ..tenancy import RequestUser, tenants_for
+from taskengine.ops import backfill as engine_backfill
+from taskengine.ops.tenancy import RequestUser, tenants_for
+
 from .access import api_endpoint, json_error, staff_page
 from .views import render
 

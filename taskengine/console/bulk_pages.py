@@ -23,9 +23,10 @@ from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden, HttpResponseRedirect, JsonResponse
 from django.urls import reverse
 
-from .. import bulk, bulk_batches, operations
+from taskengine.ops import bulk, bulk_batches, operations
+from taskengine.ops.tenancy import RequestUser
+
 from ..models import BulkOperation
-from ..tenancy import RequestUser
 from .access import api_endpoint, json_error, staff_page
 from .views import render
 

@@ -20,8 +20,9 @@ from django.core.exceptions import EmptyResultSet
 from django.db import OperationalError, connections, transaction
 from django.db.models import QuerySet
 
+from taskengine.db.queries import sql
+
 from ..db import store_for
-from ..queries import sql
 
 COUNT_LIMIT = 10_000
 COUNT_TIMEOUT_MS = 100  # PostgreSQL: longest a console count may run before the estimate wins

@@ -1,7 +1,7 @@
 """The Django admin's queue list: read-only rows that change only through the pause /
-resume actions (``queues.pause`` / ``resume`` queue by queue: permission ``pause_queue``
+resume actions (``queue_control.pause`` / ``resume`` queue by queue: permission ``pause_queue``
 and every tenant, compare-and-set, audit row in the same transaction) and *Set limits*
-(``queues.set_limits`` with the concurrency and rate typed beside the action: permission
+(``queue_control.set_limits`` with the concurrency and rate typed beside the action: permission
 ``limit_queue``; an empty field lifts that limit). Registered by taskengine/admin.py."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from django.contrib.admin import helpers
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from .. import operations, queues
+from taskengine.ops import operations, queue_changes, queue_control
+
 from ..limits import format_rate
 from ..models import Queue
 from .admin_support import ReadOnlyAdmin, TenantScopedAdmin
@@ -51,31 +52,35 @@ class QueueAdmin(TenantScopedAdmin, ReadOnlyAdmin):
         return format_rate(obj.rate_limit, obj.rate_period) or "-"
 
     def has_pause_permission(self, request: HttpRequest) -> bool:
-        return queues.holds_permission(request.user)
+        return queue_control.holds_permission(request.user)
 
     def has_limit_permission(self, request: HttpRequest) -> bool:
-        return queues.holds_limit_permission(request.user)
+        return queue_control.holds_limit_permission(request.user)
 
     @admin.action(permissions=["limit"], description="Set limits of selected queues (concurrency, rate)")
     def set_limits(self, request: HttpRequest, queryset: QuerySet[Queue]) -> None:
         concurrency = request.POST.get("concurrency") or None
         rate = request.POST.get("rate") or None
 
-        def operate(name: str, *, actor: Any, reason: str) -> queues.QueueResult:
-            return queues.set_limits(name, concurrency=concurrency, rate=rate, actor=actor, reason=reason)
+        def operate(name: str, *, actor: Any, reason: str) -> queue_changes.QueueResult:
+            return queue_control.set_limits(name, concurrency=concurrency, rate=rate, actor=actor, reason=reason)
 
         self._run(request, queryset, operate, "limits set")
 
     @admin.action(permissions=["pause"], description="Pause selected queues")
     def pause_queues(self, request: HttpRequest, queryset: QuerySet[Queue]) -> None:
-        self._run(request, queryset, queues.pause, "paused")
+        self._run(request, queryset, queue_control.pause, "paused")
 
     @admin.action(permissions=["pause"], description="Resume selected queues")
     def resume_queues(self, request: HttpRequest, queryset: QuerySet[Queue]) -> None:
-        self._run(request, queryset, queues.resume, "resumed")
+        self._run(request, queryset, queue_control.resume, "resumed")
 
     def _run(
-        self, request: HttpRequest, queryset: QuerySet[Queue], operate: Callable[..., queues.QueueResult], done: str
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Queue],
+        operate: Callable[..., queue_changes.QueueResult],
+        done: str,
     ) -> None:
         changed: list[str] = []
         refused: list[str] = []

@@ -17,7 +17,9 @@ from django.conf import settings
 from django.db.models import Count, Min, Prefetch, QuerySet
 from django.db.models.functions import TruncMinute
 
-from .. import gate, queues
+from taskengine.ops.tenancy import RequestUser, scope_jobs, tenants_for
+
+from .. import gate
 from ..conf import engine_settings
 from ..models import (
     ExecutionLog,
@@ -30,10 +32,10 @@ from ..models import (
     WorkerProcess,
     WorkerState,
 )
+from ..ops import queue_control
 from ..schedule_slots import SlotSpec, next_slot
 from ..states import JobState
 from ..store import db_now as db_now  # the console's views read the clock through this module
-from ..tenancy import RequestUser, scope_jobs, tenants_for
 from . import serialize
 from .counts import bounded_count, queued_queues
 
@@ -246,12 +248,12 @@ def schedules(user: RequestUser, using: str = "default") -> list[dict[str, Any]]
 def queue_rows(user: Any, using: str = "default") -> list[dict[str, Any]]:
     """Every known queue with its pause state and the user's queued and running jobs
     (bounded counts through the claim and lease indexes). Reads only."""
-    rows = queues.statuses(using, user=user, extra=known_queues(using), count=bounded_count)
+    rows = queue_control.statuses(using, user=user, extra=known_queues(using), count=bounded_count)
     return [
         {
             **serialize.queue_status(row),
-            "can_pause": queues.has_permission(user, row.tenant),
-            "can_limit": queues.may_limit(user, row.tenant),
+            "can_pause": queue_control.has_permission(user, row.tenant),
+            "can_limit": queue_control.may_limit(user, row.tenant),
         }
         for row in rows
     ]

@@ -29,8 +29,9 @@ from django.http import (
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
-from .. import reconcile as engine_reconcile
-from ..tenancy import RequestUser, tenants_for
+from taskengine.ops import reconcile as engine_reconcile
+from taskengine.ops.tenancy import RequestUser, tenants_for
+
 from .access import api_endpoint, json_error, staff_page
 from .views import render
 

@@ -16,10 +16,11 @@ import re
 from datetime import datetime
 from typing import Any
 
-from .. import operations
+from taskengine.ops import operations
+from taskengine.ops.tenancy import RequestUser
+
 from ..limits import format_rate
 from ..models import ExecutionLog, Job, Leader, OperatorAction, WorkerProcess
-from ..tenancy import RequestUser
 
 TRACEBACK_LIMIT = 4000
 PAYLOAD_LIMIT = 100_000  # characters of one argument list or return value a page shows

@@ -2,7 +2,7 @@
 
 GET pages only read (``reads``); the write views, ``job_action`` and ``queue_action``,
 are POST only, CSRF-protected (``admin_view``), and delegate to ``operations.perform``
-and ``queues.pause`` / ``resume`` (permission, tenant scope, compare-and-set, audit); the
+and ``queue_control.pause`` / ``resume`` (permission, tenant scope, compare-and-set, audit); the
 bulk actions on the job list's filter are in ``bulk_pages`` (docs/bulk.md). A job outside the user's tenants is a 404 on
 every page. Templates live in taskengine/templates/taskengine/ (found through
 ``APP_DIRS``) and extend admin/base_site.html.
@@ -18,10 +18,11 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from .. import operations, queues
-from ..job_filters import JobFilterForm, keyset_page
+from taskengine.ops import operations, queue_changes, queue_control
+from taskengine.ops.job_filters import JobFilterForm, keyset_page
+from taskengine.ops.tenancy import tenants_for
+
 from ..states import JobState
-from ..tenancy import tenants_for
 from . import reads, serialize
 from .access import staff_page
 from .counts import bounded_count, distinct_tenants
@@ -159,18 +160,18 @@ def queue_list(request: HttpRequest) -> TemplateResponse:
 @staff_page
 @require_POST
 def queue_action(request: HttpRequest, name: str, action: str) -> HttpResponse:
-    """POST queues/<name>/pause|resume|limits: ``queues.pause`` / ``resume`` /
+    """POST queues/<name>/pause|resume|limits: ``queue_control.pause`` / ``resume`` /
     ``set_limits`` (permission, all tenants, compare-and-set, audit in one transaction),
     then back to the queue page."""
     if action == "limits":  # the limits form: an empty field lifts that limit
         post = request.POST
 
-        def operate(name: str, *, actor: Any, reason: str) -> queues.QueueResult:
+        def operate(name: str, *, actor: Any, reason: str) -> queue_changes.QueueResult:
             concurrency, rate = post.get("concurrency") or None, post.get("rate") or None
-            return queues.set_limits(name, concurrency=concurrency, rate=rate, actor=actor, reason=reason)
+            return queue_control.set_limits(name, concurrency=concurrency, rate=rate, actor=actor, reason=reason)
 
     elif action in ("pause", "resume"):
-        operate = queues.pause if action == "pause" else queues.resume
+        operate = queue_control.pause if action == "pause" else queue_control.resume
     else:
         raise Http404(f"no action {action}")
     try:

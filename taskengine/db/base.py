@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, overload
 
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+from taskengine.db.queries import sql
+
 from ..jobs import ClaimedJob, InsertedJob, NewJob, Outcome
-from ..queries import sql
 from .rows import RecoveredRow, Won, to_datetime
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ ADVISORY_LOCK_NAMESPACE = 0x7A5C  # first key of pg_try_advisory_xact_lock(int, 
 
 # How a release records the attempt of a job whose cancellation was requested: as the
 # worker's own cancel would (execution.JobCancelled; the store cannot import execution).
-RELEASED_CANCEL_ERROR_CLASS = "taskengine.execution.JobCancelled"
+RELEASED_CANCEL_ERROR_CLASS = "taskengine.runtime.execution.JobCancelled"
 RELEASED_CANCEL_MESSAGE = "cancelled by an operator; the worker was shutting down and stopped the job"
 
 

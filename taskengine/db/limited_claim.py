@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING, Any
 from django.db import DatabaseError, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+from taskengine.db.queries import sql
+
 from ..jobs import ClaimedJob
-from ..queries import sql
 from .rows import claimed_jobs, records, rows_as
 
 if TYPE_CHECKING:

@@ -99,7 +99,7 @@ def engine_now(using: str | None = None) -> datetime:
     computed in Python (``timezone.now()``) or with ``store.db_now()`` during the test
     lies a little after it: ``advance_clock_to`` accounts for that."""
     from taskengine.conf import engine_settings
-    from taskengine.queries import sql
+    from taskengine.db.queries import sql
     from taskengine.store import to_datetime
 
     connection = connections[using or engine_settings.DATABASE]
@@ -138,8 +138,8 @@ def run_schedules(using: str | None = None) -> dict[str, list[int]]:
     resigns. Raises RuntimeError if another leader holds a live term (a worker with
     leadership is running against this database)."""
     from taskengine.conf import engine_settings
-    from taskengine.leadership import Elector, current_leader
-    from taskengine.maintenance.schedules import Scheduler
+    from taskengine.leader.election import Elector, current_leader
+    from taskengine.leader.schedule_enqueuer import Scheduler
 
     using = using or engine_settings.DATABASE
     elector = Elector(using, TEST_LEADER_ID)

@@ -39,8 +39,8 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 
 if TYPE_CHECKING:
     from taskengine.compat import TaskResult
-    from taskengine.execution import RunningJob
     from taskengine.jobs import ClaimedJob, Outcome
+    from taskengine.runtime.execution import RunningJob
 
 TEST_WORKER_ID = "taskengine.testing"  # locked_by and the attempt rows' worker_id of drained jobs
 LEASE_SECONDS = 3600.0
@@ -188,7 +188,7 @@ def _advance_to_next_due(connection: Any, database: str, names: list[str]) -> in
     (they keep SQLite's stored fractions exact); 0 when time is not what holds them:
     nothing queued, or due but held by someone else."""
     from taskengine.db import store_for
-    from taskengine.queries import sql
+    from taskengine.db.queries import sql
 
     from .clock import advance_clock
 
@@ -215,15 +215,15 @@ class _AttemptRunner:
     """Runs claimed jobs one by one the way Worker._start / _flush do, minus threads."""
 
     def __init__(self, database: str) -> None:
-        from taskengine import events
+        from taskengine.runtime import events
 
         self.database = database
         self.events = events.JobEvents(TEST_WORKER_ID)
 
     def run(self, job: ClaimedJob) -> DrainedAttempt:
         from taskengine import store
-        from taskengine.execution import RunningJob, failure_outcome
         from taskengine.resolution import resolve_task
+        from taskengine.runtime.execution import RunningJob, failure_outcome
 
         connection = connections[self.database]
         running = RunningJob(job=job)
@@ -251,13 +251,13 @@ class _AttemptRunner:
         )
 
     def _call(self, running: RunningJob) -> Outcome:
-        from taskengine.execution import run_async
+        from taskengine.runtime.execution import run_async
 
         assert running.task is not None  # resolved by run()
         if inspect.iscoroutinefunction(running.task.func):
             from asgiref.sync import async_to_sync
 
-            from taskengine.execution import JobTimedOut, interrupt_async
+            from taskengine.runtime.execution import JobTimedOut, interrupt_async
 
             running.is_async = True
             # A timer cancels the coroutine at its deadline, as the worker's watch does.
@@ -282,7 +282,7 @@ def _run_sync_inline(running: RunningJob) -> Outcome:
     in it at the deadline (the worker's interrupt). run_sync itself cannot be used:
     after the handler it closes any connection left inside a transaction — in a test,
     the test's own connection."""
-    from taskengine.execution import JobInterrupted, JobTimedOut, call_arguments, interrupt_thread, outcome_for
+    from taskengine.runtime.execution import JobInterrupted, JobTimedOut, call_arguments, interrupt_thread, outcome_for
 
     assert running.task is not None  # resolved by _AttemptRunner.run()
     timer = None

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from taskengine import queues
 from taskengine.models import Job
+from taskengine.ops import queue_control
 from tests import tasks
 from tests.conftest import wait_for
 
@@ -46,7 +46,7 @@ def all_succeeded(ids: list[int]) -> bool:
 
 
 def limit_of_two(worker_process, tmp_path: Path) -> None:
-    queues.set_limits("demo", concurrency=2, actor=CLI)
+    queue_control.set_limits("demo", concurrency=2, actor=CLI)
     ids = [int(tasks.span.using(queue_name="demo").enqueue(str(tmp_path), f"j{i}", 0.25).id) for i in range(16)]
     for name in ("a", "b"):
         worker_process("--queues", "demo", "--concurrency", "8", "--no-leader", name=name)
@@ -95,7 +95,7 @@ def test_jobs_of_a_key_limited_to_one_never_overlap_while_other_keys_run_on_sqli
 
 @pytest.mark.postgres
 def test_a_rate_of_20_per_second_starts_200_jobs_in_10_seconds(worker_process, tmp_path):
-    queues.set_limits("demo", rate="20/s", actor=CLI)
+    queue_control.set_limits("demo", rate="20/s", actor=CLI)
     tasks.noop.using(queue_name="demo").enqueue_many([() for _ in range(320)])
     for name in ("a", "b"):
         worker_process("--queues", "demo", "--concurrency", "8", "--no-leader", name=name)

@@ -8,9 +8,9 @@ import signal
 
 import pytest
 
-from taskengine.maintenance import recovery
+from taskengine.leader import recovery
 from taskengine.models import ExecutionLog, Job, WorkerProcess
-from taskengine.worker import STUCK_THREADS_EXIT_CODE
+from taskengine.runtime.worker import STUCK_THREADS_EXIT_CODE
 from tests import robustness_tasks, tasks
 from tests.conftest import wait_for
 

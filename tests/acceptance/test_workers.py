@@ -153,7 +153,7 @@ def test_a_second_signal_exits_at_once_and_the_lease_recovers_the_job(worker_pro
     assert "second signal" in worker.log()
     assert Job.objects.get(pk=result.id).state == "running"  # nothing written on the way out
     # The lease then expires and the one recovery path hands the job back.
-    from taskengine.maintenance import recovery
+    from taskengine.leader import recovery
 
     wait_for(lambda: recovery.run_once("default"), timeout=30, message="the lease to expire and be recovered")
     assert Job.objects.get(pk=result.id).state == "queued"

@@ -278,7 +278,7 @@ def test_schedules_shape_and_next_slots(client_for, world):
 
 
 def test_pages_scan_a_bounded_id_window_and_still_reach_every_match(client_for, world, monkeypatch):
-    from taskengine import job_filters as filters
+    from taskengine.ops import job_filters as filters
 
     monkeypatch.setattr(filters, "SCAN_WINDOW", 3)
     client = client_for("root")

@@ -14,8 +14,8 @@ from django.db import connection, transaction
 from django.db.models.functions import Now
 from django.test.utils import CaptureQueriesContext
 
-from taskengine import bulk, bulk_batches
 from taskengine.models import BulkOperation, Job, OperatorAction, TenantMembership
+from taskengine.ops import bulk, bulk_batches
 from taskengine.testing import advance_clock
 
 from .conftest import make_job
@@ -454,7 +454,7 @@ def test_anonymous_and_non_staff_are_refused(users):
 
 
 def test_the_leaders_maintenance_runs_the_bulk_service(users):
-    from taskengine.maintenance import default_services
+    from taskengine.runtime.leader_service import default_services
 
     failed_jobs(3, "a")
     op = bulk.create("requeue", {}, actor=users["alice"], batch_size=2)

@@ -18,8 +18,8 @@ from django.db import connection, connections
 from django.db.models import Count
 from django.db.models.functions import Now
 
-from taskengine import bulk, bulk_batches
 from taskengine.models import BulkOperation, Job, OperatorAction
+from taskengine.ops import bulk, bulk_batches
 from tests.conftest import ROOT, subprocess_env, wait_for
 
 from .conftest import make_staff

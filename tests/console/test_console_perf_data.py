@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 from django.db import connection
 
+from taskengine.db.queries import package_statements
 from taskengine.models import ExecutionLog, Job, OperatorAction
-from taskengine.queries import package_statements
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 

@@ -9,8 +9,8 @@ import pytest
 from django.db import DatabaseError, connection
 from django.db.models.functions import Now
 
-from taskengine import operations
 from taskengine.models import Job, OperatorAction
+from taskengine.ops import operations
 
 from .conftest import make_job
 

@@ -9,8 +9,8 @@ import json
 import pytest
 from django.db import connection
 
-from taskengine import queues
 from taskengine.models import OperatorAction, Queue
+from taskengine.ops import queue_settings
 
 from .conftest import JOB_PERMS, make_staff
 
@@ -22,7 +22,7 @@ OWN_QUEUES = {"QUEUES": {"reports-a": {"tenant": "a"}, "reports-b": {"tenant": "
 @pytest.fixture
 def tenant_queues(settings):
     settings.TASKENGINE = OWN_QUEUES
-    queues.sync_settings(connection.alias, ["default", "demo"])
+    queue_settings.sync_settings(connection.alias, ["default", "demo"])
 
 
 @pytest.fixture

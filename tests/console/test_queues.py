@@ -10,8 +10,8 @@ import json
 import pytest
 from django.db import connection
 
-from taskengine import queues
 from taskengine.models import OperatorAction, Queue
+from taskengine.ops import queue_settings
 
 from .conftest import JOB_PERMS, make_job, make_staff
 
@@ -23,7 +23,7 @@ OWN_QUEUES = {"QUEUES": {"reports-a": {"tenant": "a"}, "reports-b": {"tenant": "
 @pytest.fixture
 def tenant_queues(settings):
     settings.TASKENGINE = OWN_QUEUES
-    queues.sync_settings(connection.alias, ["default", "demo"])
+    queue_settings.sync_settings(connection.alias, ["default", "demo"])
 
 
 @pytest.fixture

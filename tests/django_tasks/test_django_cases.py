@@ -68,7 +68,7 @@ from taskengine.compat import (
     task_backends,
 )
 from taskengine.models import ExecutionLog, Job
-from taskengine.worker import Worker
+from taskengine.runtime.worker import Worker
 from tests.django_tasks import tasks as test_tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)

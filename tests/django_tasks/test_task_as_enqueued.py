@@ -26,8 +26,8 @@ from django.test.utils import override_settings
 from django.utils import timezone
 
 from taskengine.compat import TASKS_MODULE, Task, TaskResult, task_backends, task_finished, task_started
+from taskengine.runtime.worker import Worker
 from taskengine.testing import drain
-from taskengine.worker import Worker
 from tests.django_tasks import tasks as test_tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -17,9 +17,10 @@ from django.db.models.functions import Now
 from django.test.utils import CaptureQueriesContext
 
 from taskengine import gate
-from taskengine.leadership import Elector
-from taskengine.maintenance import MaintenanceTicker, default_services
+from taskengine.leader.election import Elector
+from taskengine.leader.ticker import MaintenanceTicker
 from taskengine.models import Job
+from taskengine.runtime.leader_service import default_services
 from tests.conftest import ROOT, subprocess_env, wait_for
 from tests.gate.conftest import job_row, migrate_in_another_process
 

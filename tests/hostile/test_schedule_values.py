@@ -15,7 +15,7 @@ from django.db.models.functions import Now
 from django.test import override_settings
 
 from taskengine.backend import InvalidTaskArguments
-from taskengine.maintenance.schedules import Scheduler
+from taskengine.leader.schedule_enqueuer import Scheduler
 from taskengine.models import Job, Schedule
 from taskengine.schedules import settings_schedules
 from tests.leader.conftest import lead

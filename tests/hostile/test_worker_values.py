@@ -9,7 +9,7 @@ import pytest
 
 from taskengine.compat import TaskResultStatus, default_task_backend
 from taskengine.models import ExecutionLog
-from taskengine.worker import Worker
+from taskengine.runtime.worker import Worker
 from tests.conftest import wait_for
 
 from . import tasks

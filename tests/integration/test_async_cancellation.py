@@ -16,10 +16,10 @@ from asgiref.sync import SyncToAsync
 from django.db import connections
 from django.db.models.functions import Now
 
-from taskengine.maintenance import recovery
+from taskengine.leader import recovery
 from taskengine.models import ExecutionLog, Job, WorkerProcess
+from taskengine.runtime.worker import HARD_TIMEOUT_GRACE, STUCK_THREADS_EXIT_CODE
 from taskengine.testing import drain
-from taskengine.worker import HARD_TIMEOUT_GRACE, STUCK_THREADS_EXIT_CODE
 from tests import tasks
 from tests.async_cancellation_tasks import (
     blocks_the_event_loop_on_first_attempt,
@@ -125,7 +125,7 @@ def test_an_async_handler_swallowing_its_cancel_keeps_its_lease_and_slot_and_is_
         running.stop()
     assert running.raised is None and running.returned == 0
     log = ExecutionLog.objects.get(job_id=result.id)
-    assert (log.attempt, log.outcome, log.error_class) == (1, "cancelled", "taskengine.execution.JobCancelled")
+    assert (log.attempt, log.outcome, log.error_class) == (1, "cancelled", "taskengine.runtime.execution.JobCancelled")
     assert [(kind, attempt) for kind, attempt, _ in executions(tmp_path)] == [
         ("start", 1),
         ("cancelled", 1),
@@ -163,7 +163,7 @@ def test_an_async_handler_raising_another_error_when_cancelled_is_recorded_cance
         running.stop()
     assert running.raised is None and running.returned == 0
     log = ExecutionLog.objects.get(job_id=result.id)
-    assert (log.outcome, log.error_class) == ("cancelled", "taskengine.execution.JobCancelled")
+    assert (log.outcome, log.error_class) == ("cancelled", "taskengine.runtime.execution.JobCancelled")
     assert "RuntimeError: cleanup failed after the cancel" in log.traceback
 
 
@@ -187,7 +187,9 @@ def test_an_async_handler_swallowing_its_timeout_keeps_its_lease_and_slot_and_is
         running.stop()
     assert running.raised is None and running.returned == 0
     assert attempt_outcomes(result.id) == [(1, "timed_out"), (2, "succeeded")]
-    assert ExecutionLog.objects.get(job_id=result.id, attempt=1).error_class == "taskengine.execution.JobTimedOut"
+    assert (
+        ExecutionLog.objects.get(job_id=result.id, attempt=1).error_class == "taskengine.runtime.execution.JobTimedOut"
+    )
     assert_retry_started_after_attempt_1_ended(tmp_path)
 
 
@@ -201,7 +203,7 @@ def test_an_async_handler_returning_a_value_after_swallowing_its_timeout_is_reco
     assert running.raised is None and running.returned == 0
     assert attempt_outcomes(result.id) == [(1, "timed_out"), (2, "succeeded")]
     log = ExecutionLog.objects.get(job_id=result.id, attempt=1)
-    assert (log.error_class, log.error_message) == ("taskengine.execution.JobTimedOut", "timed out after 0.3s")
+    assert (log.error_class, log.error_message) == ("taskengine.runtime.execution.JobTimedOut", "timed out after 0.3s")
     assert_retry_started_after_attempt_1_ended(tmp_path)
 
 
@@ -308,6 +310,6 @@ def test_drain_times_out_an_async_handler_with_the_workers_interrupt():
     assert (attempt.outcome, attempt.state, attempt.error_class) == (
         "timed_out",
         "failed",
-        "taskengine.execution.JobTimedOut",
+        "taskengine.runtime.execution.JobTimedOut",
     )
     assert attempt_outcomes(result.id) == [(1, "timed_out")]

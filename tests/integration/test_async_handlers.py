@@ -49,7 +49,7 @@ def test_cancelling_a_running_async_job_ends_it_cancelled_on_any_attempt(worker_
     wait_for(lambda: job_state(result) != "running", timeout=15, message="the job to end")
     assert job_state(result) == "cancelled", worker.log()
     log = ExecutionLog.objects.get(job_id=result.id)
-    assert (log.outcome, log.error_class) == ("cancelled", "taskengine.execution.JobCancelled")
+    assert (log.outcome, log.error_class) == ("cancelled", "taskengine.runtime.execution.JobCancelled")
     # The worker carries on with its next job.
     after = async_tasks.async_sleep.enqueue(0.01)
     wait_for(lambda: job_state(after) == "succeeded", timeout=15, message="the next job to succeed")

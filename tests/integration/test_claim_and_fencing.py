@@ -12,10 +12,10 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from taskengine import store
+from taskengine.db.queries import sql
 from taskengine.jobs import Outcome
-from taskengine.maintenance import recovery
+from taskengine.leader import recovery
 from taskengine.models import ExecutionLog, Job
-from taskengine.queries import sql
 from taskengine.states import AttemptOutcome
 from tests import tasks
 

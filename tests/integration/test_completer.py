@@ -1,4 +1,4 @@
-"""The completer (taskengine/completer.py): finished attempts written on a thread and
+"""The completer (taskengine/runtime/completer.py): finished attempts written on a thread and
 connection of their own, fenced, exactly once, through outages and at stop."""
 
 from __future__ import annotations
@@ -8,11 +8,12 @@ import threading
 import pytest
 from django.db import OperationalError, connection
 
-from taskengine import events, store
-from taskengine.completer import Completer, Outcomes
-from taskengine.execution import RunningJob
+from taskengine import store
 from taskengine.jobs import ClaimedJob, Outcome
 from taskengine.models import ExecutionLog, Job
+from taskengine.runtime import events
+from taskengine.runtime.completer import Completer, Outcomes
+from taskengine.runtime.execution import RunningJob
 from taskengine.states import AttemptOutcome
 from tests import tasks
 from tests.conftest import wait_for

@@ -17,8 +17,8 @@ from taskengine import store
 from taskengine.compat import task
 from taskengine.jobs import ClaimedJob, Outcome
 from taskengine.models import ExecutionLog, Job
+from taskengine.runtime.worker import PREFETCH_HORIZON, Worker
 from taskengine.states import AttemptOutcome, JobState
-from taskengine.worker import PREFETCH_HORIZON, Worker
 from tests import tasks
 from tests.conftest import wait_for
 from tests.integration.test_worker_robustness import attempt_outcomes, start_worker, state_of

@@ -11,9 +11,10 @@ import threading
 import pytest
 from django.db import connection, connections, transaction
 
-from taskengine import queues, store
+from taskengine import store
 from taskengine.jobs import Outcome
 from taskengine.models import Job, Queue
+from taskengine.ops import queue_control
 from tests import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -45,7 +46,7 @@ def succeed(jobs: list) -> None:
 
 
 def test_a_concurrency_limit_caps_running_jobs_and_counts_jobs_of_other_workers():
-    queues.set_limits("demo", concurrency=2, actor=CLI)
+    queue_control.set_limits("demo", concurrency=2, actor=CLI)
     ids = [int(tasks.add.using(queue_name="demo").enqueue(1, i).id) for i in range(5)]
     other = int(tasks.add.enqueue(2, 2).id)  # default: no limit
     first = claim(worker="w1")
@@ -53,12 +54,12 @@ def test_a_concurrency_limit_caps_running_jobs_and_counts_jobs_of_other_workers(
     assert claim(worker="w2") == []  # w1's two running jobs count for everyone
     succeed([j for j in first if j.id == ids[0]])
     assert [j.id for j in claim(worker="w2")] == [ids[2]]
-    queues.set_limits("demo", concurrency="none", actor=CLI)
+    queue_control.set_limits("demo", concurrency="none", actor=CLI)
     assert sorted(j.id for j in claim()) == ids[3:]
 
 
 def test_jobs_over_a_rate_stay_queued_without_using_an_attempt():
-    queues.set_limits("demo", rate="3/h", actor=CLI)
+    queue_control.set_limits("demo", rate="3/h", actor=CLI)
     ids = [int(tasks.add.using(queue_name="demo").enqueue(1, i).id) for i in range(5)]
     assert [j.id for j in claim(limit=2)] == ids[:2]
     assert [j.id for j in claim()] == ids[2:3]
@@ -83,15 +84,15 @@ def test_a_busy_key_is_passed_over_without_blocking_other_keys():
 
 
 def test_a_paused_queue_stays_paused_for_keyed_and_limited_jobs():
-    queues.set_limits("demo", concurrency=5, actor=CLI)
-    queues.pause("demo", actor=CLI)
+    queue_control.set_limits("demo", concurrency=5, actor=CLI)
+    queue_control.pause("demo", actor=CLI)
     tasks.add.using(queue_name="demo").enqueue(1, 1)
     tasks.add.using(queue_name="demo", concurrency_key="k").enqueue(1, 2)
     assert claim() == []
 
 
 def test_finish_and_claim_takes_the_limited_claims_turn():
-    queues.set_limits("demo", concurrency=1, actor=CLI)
+    queue_control.set_limits("demo", concurrency=1, actor=CLI)
     ids = [int(tasks.add.using(queue_name="demo").enqueue(1, i).id) for i in range(3)]
     (first,) = claim(worker="w1")
     won, claimed = store.finish_and_claim(
@@ -141,7 +142,7 @@ def race(claimers: int, rounds: int) -> list[list[int]]:
 
 
 def test_many_claimers_at_once_never_start_two_jobs_of_a_queue_limited_to_one():
-    queues.set_limits("demo", concurrency=1, actor=CLI)
+    queue_control.set_limits("demo", concurrency=1, actor=CLI)
     tasks.add.using(queue_name="demo").enqueue_many([(1, i) for i in range(40)])
     results = race(claimers=8, rounds=6)
     assert [len(ids) for ids in results] == [1] * 6, results
@@ -157,7 +158,7 @@ def test_many_claimers_at_once_never_start_two_jobs_of_a_key_limited_to_one():
 
 
 def test_a_queue_without_limits_is_claimed_as_before_beside_a_limited_one():
-    queues.set_limits("demo", concurrency=1, actor=CLI)
+    queue_control.set_limits("demo", concurrency=1, actor=CLI)
     plain = [int(tasks.add.enqueue(1, i).id) for i in range(4)]
     limited = [int(tasks.add.using(queue_name="demo").enqueue(1, i).id) for i in range(4)]
     got = claim(limit=10)
@@ -221,7 +222,7 @@ def test_a_claim_whose_clock_is_behind_the_rate_window_takes_nothing_and_keeps_t
     (W's count was overwritten) nor move the counter back to W (W+1's starts forgotten)."""
     import time
 
-    queues.set_limits("demo", rate="2/s", actor=CLI)
+    queue_control.set_limits("demo", rate="2/s", actor=CLI)
     tasks.add.using(queue_name="demo").enqueue_many([(1, i) for i in range(8)])
     later: list[int] = []
 
@@ -246,10 +247,10 @@ def test_a_claim_whose_clock_is_behind_the_rate_window_takes_nothing_and_keeps_t
 
 
 def test_changing_the_rate_period_starts_a_fresh_window():
-    queues.set_limits("demo", rate="1/s", actor=CLI)
+    queue_control.set_limits("demo", rate="1/s", actor=CLI)
     ids = [int(tasks.add.using(queue_name="demo").enqueue(1, i).id) for i in range(3)]
     assert [j.id for j in claim()] == ids[:1]
-    queues.set_limits("demo", rate="1/h", actor=CLI)
+    queue_control.set_limits("demo", rate="1/h", actor=CLI)
     assert [j.id for j in claim()] == ids[1:2]
     assert claim() == []
 
@@ -271,9 +272,9 @@ def test_a_pause_or_limit_committed_during_a_limited_claim_is_honoured_by_its_le
     def change_the_queue() -> None:
         try:
             if change == "pause":
-                queues.pause("demo", actor=CLI)
+                queue_control.pause("demo", actor=CLI)
             else:
-                queues.set_limits("demo", concurrency=1, actor=CLI)
+                queue_control.set_limits("demo", concurrency=1, actor=CLI)
         finally:
             connections.close_all()
 

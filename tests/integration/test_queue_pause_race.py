@@ -15,7 +15,8 @@ from django.db import connection, connections, transaction
 
 from taskengine import queues, store
 from taskengine.models import OperatorAction, Queue
-from taskengine.operations import OperationRefused
+from taskengine.ops import queue_control
+from taskengine.ops.operations import OperationRefused
 from tests import tasks
 from tests.conftest import subprocess_database_url
 
@@ -76,7 +77,7 @@ def test_no_claim_begun_after_a_pause_committed_takes_a_job_of_the_paused_queue(
     for thread in threads:
         thread.start()
     time.sleep(0.3)
-    queues.pause("demo", actor=CLI)
+    queue_control.pause("demo", actor=CLI)
     committed = time.monotonic()
     time.sleep(0.5)
     stop.set()
@@ -99,7 +100,7 @@ def test_two_operators_pausing_at_once_one_wins_and_one_is_refused():
     def pause(actor: str) -> None:
         try:
             barrier.wait(10)
-            queues.pause("demo", actor=actor)
+            queue_control.pause("demo", actor=actor)
             outcomes.append("won")
         except OperationRefused:
             outcomes.append("refused")

@@ -9,13 +9,15 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 
-from taskengine import collectors, queues, store
+from taskengine import queues, store
 from taskengine.jobs import Outcome
 from taskengine.models import Job, OperatorAction, Queue
-from taskengine.operations import JobNotFound, OperationError, OperationForbidden, OperationRefused
+from taskengine.observability import collectors
+from taskengine.ops import queue_changes, queue_control, queue_settings
+from taskengine.ops.operations import JobNotFound, OperationError, OperationForbidden, OperationRefused
+from taskengine.runtime.worker import Worker
 from taskengine.states import AttemptOutcome
 from taskengine.testing import drain
-from taskengine.worker import Worker
 from tests import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -43,21 +45,21 @@ def test_the_advisory_claim_skips_a_paused_queue_too():
 
 
 def paused_queue_claims_nothing(*, advisory: bool) -> None:
-    queues.pause("demo", actor=CLI, reason="maintenance")
+    queue_control.pause("demo", actor=CLI, reason="maintenance")
     held = [int(tasks.add.using(queue_name="demo").enqueue(1, i).id) for i in range(3)]
     free = [int(tasks.add.enqueue(2, i).id) for i in range(3)]
     claimed = claim(advisory=advisory)
     assert sorted(j.id for j in claimed) == sorted(free)
     assert set(Job.objects.filter(pk__in=held).values_list("state", flat=True)) == {"queued"}
     assert claim(("demo",), advisory=advisory) == []
-    queues.resume("demo", actor=CLI)
+    queue_control.resume("demo", actor=CLI)
     assert sorted(j.id for j in claim(("demo",), advisory=advisory)) == sorted(held)
 
 
 def test_enqueue_into_a_paused_queue_works_and_running_jobs_finish_normally():
     running = tasks.add.using(queue_name="demo").enqueue(1, 1)
     [job] = claim(("demo",))
-    queues.pause("demo", actor=CLI)
+    queue_control.pause("demo", actor=CLI)
     later = tasks.add.using(queue_name="demo").enqueue(2, 2)
     assert Job.objects.get(pk=later.id).state == "queued"
     won = store.finish_jobs(
@@ -73,22 +75,22 @@ def test_a_queue_without_a_row_is_not_paused_and_first_use_creates_it_unpaused()
     job = tasks.add.using(queue_name="demo").enqueue(1, 1)
     assert not Queue.objects.exists()  # enqueue never writes the queue table
     assert [j.id for j in claim(("demo",))] == [int(job.id)]
-    queues.sync_settings(connection.alias, ["demo", "default"])
+    queue_settings.sync_settings(connection.alias, ["demo", "default"])
     assert sorted(Queue.objects.values_list("name", "paused")) == [("default", False), ("demo", False)]
 
 
 def test_pause_and_resume_are_compare_and_set_with_an_audit_row_each():
-    first = queues.pause("demo", actor=CLI, reason="smtp down")
+    first = queue_control.pause("demo", actor=CLI, reason="smtp down")
     row = queue("demo")
     assert (row.paused, row.paused_by, row.pause_reason) == (True, CLI, "smtp down")
     assert row.paused_at is not None
     with pytest.raises(OperationRefused, match=r"already paused \(by cli:tester"):
-        queues.pause("demo", actor=CLI)
-    second = queues.resume("demo", actor=CLI, reason="fixed")
+        queue_control.pause("demo", actor=CLI)
+    second = queue_control.resume("demo", actor=CLI, reason="fixed")
     row = queue("demo")
     assert (row.paused, row.paused_at, row.paused_by, row.pause_reason) == (False, None, "", "")
     with pytest.raises(OperationRefused, match="already not paused"):
-        queues.resume("demo", actor=CLI)
+        queue_control.resume("demo", actor=CLI)
     audit = list(OperatorAction.objects.order_by("pk"))
     assert [(a.pk, a.action, a.target_type, a.target_id, a.actor_repr, a.reason) for a in audit] == [
         (first.audit_id, "queue.pause", "queue", "demo", CLI, "smtp down"),
@@ -109,14 +111,14 @@ def test_a_failed_audit_insert_rolls_the_pause_back(monkeypatch):
     def refuse(**kwargs):
         raise RuntimeError("audit table unavailable")
 
-    monkeypatch.setattr(queues.audit, "record", refuse)
+    monkeypatch.setattr(queue_changes.audit, "record", refuse)
     with pytest.raises(RuntimeError, match="audit table unavailable"):
-        queues.pause("demo", actor=CLI)
+        queue_control.pause("demo", actor=CLI)
     # The row the pause would have created is rolled back with it (the queue is new).
     assert not Queue.objects.filter(pk="demo").exists()
     queues.ensure(["demo"])
     with pytest.raises(RuntimeError, match="audit table unavailable"):
-        queues.pause("demo", actor=CLI)
+        queue_control.pause("demo", actor=CLI)
     assert queue("demo").paused is False
     tasks.add.using(queue_name="demo").enqueue(1, 1)
     assert len(claim(("demo",))) == 1
@@ -125,23 +127,23 @@ def test_a_failed_audit_insert_rolls_the_pause_back(monkeypatch):
 @pytest.mark.parametrize("reason", ["a\x00b", "\ud800"])
 def test_a_reason_postgresql_cannot_store_is_refused_and_nothing_is_written(reason):
     with pytest.raises(OperationError, match=r"reason.*(NUL character|lone surrogate)"):
-        queues.pause("new-queue", actor=CLI, reason=reason)
+        queue_control.pause("new-queue", actor=CLI, reason=reason)
     assert not Queue.objects.exists() and not OperatorAction.objects.exists()
 
 
 def test_a_refused_or_failed_change_of_a_new_queue_leaves_no_row(monkeypatch):
-    queues.pause("new-queue", actor=CLI)
+    queue_control.pause("new-queue", actor=CLI)
     Queue.objects.all().delete()
     OperatorAction.objects.all().delete()
 
     def refuse(**kwargs):
         raise RuntimeError("audit table unavailable")
 
-    monkeypatch.setattr(queues.audit, "record", refuse)
+    monkeypatch.setattr(queue_changes.audit, "record", refuse)
     with pytest.raises(RuntimeError, match="audit table unavailable"):
-        queues.pause("new-queue", actor=CLI)
+        queue_control.pause("new-queue", actor=CLI)
     with pytest.raises(OperationRefused):
-        queues.resume("other-new-queue", actor=CLI)  # a new queue is not paused
+        queue_control.resume("other-new-queue", actor=CLI)  # a new queue is not paused
     assert not Queue.objects.exists() and not OperatorAction.objects.exists()
 
 
@@ -156,11 +158,11 @@ def test_an_actor_out_of_scope_creates_no_row_of_a_declared_queue(settings, djan
     TenantMembership.objects.create(user=user, tenant="a")
     user = django_user_model.objects.get(pk=user.pk)
     with pytest.raises(JobNotFound):
-        queues.pause("reports-b", actor=user)
+        queue_control.pause("reports-b", actor=user)
     with pytest.raises(OperationForbidden):
-        queues.pause("shared", actor=user)
+        queue_control.pause("shared", actor=user)
     with pytest.raises(JobNotFound):
-        queues.pause("brand-new", actor=user)
+        queue_control.pause("brand-new", actor=user)
     assert not Queue.objects.exists() and not OperatorAction.objects.exists()
 
 
@@ -169,51 +171,51 @@ def test_an_actor_out_of_scope_creates_no_row_of_a_declared_queue(settings, djan
 
 def test_settings_pause_applies_once_and_an_operator_resume_then_stands(settings):
     settings.TASKENGINE = {"QUEUES": {"demo": {"paused": True}}}
-    assert queues.sync_settings(connection.alias) == ["demo"]
+    assert queue_settings.sync_settings(connection.alias) == ["demo"]
     row = queue("demo")
     assert (row.paused, row.paused_by, row.settings_paused) == (True, "settings", True)
     assert OperatorAction.objects.get().actor_repr == "settings"
-    queues.resume("demo", actor=CLI)
-    assert queues.sync_settings(connection.alias) == []  # same declared value: the operator's resume stands
+    queue_control.resume("demo", actor=CLI)
+    assert queue_settings.sync_settings(connection.alias) == []  # same declared value: the operator's resume stands
     assert queue("demo").paused is False
     settings.TASKENGINE = {"QUEUES": {"demo": {"paused": False}}}
-    assert queues.sync_settings(connection.alias) == []  # a change of the declared value, already in effect
+    assert queue_settings.sync_settings(connection.alias) == []  # a change of the declared value, already in effect
     settings.TASKENGINE = {"QUEUES": {"demo": {"paused": True}}}
-    assert queues.sync_settings(connection.alias) == ["demo"]  # a new change of the declared value applies
+    assert queue_settings.sync_settings(connection.alias) == ["demo"]  # a new change of the declared value applies
     assert queue("demo").paused is True
 
 
 def test_declaring_a_queue_without_paused_never_resumes_an_operator_pause(settings):
-    queues.pause("demo", actor=CLI, reason="incident")
+    queue_control.pause("demo", actor=CLI, reason="incident")
     settings.TASKENGINE = {"QUEUES": {"demo": {}}}
-    assert queues.sync_settings(connection.alias) == []
+    assert queue_settings.sync_settings(connection.alias) == []
     assert queue("demo").paused is True
 
 
 def test_removing_a_declared_pause_resumes_the_queue(settings):
     settings.TASKENGINE = {"QUEUES": {"demo": {"paused": True}}}
-    queues.sync_settings(connection.alias)
+    queue_settings.sync_settings(connection.alias)
     settings.TASKENGINE = {"QUEUES": {}}
-    assert queues.sync_settings(connection.alias) == ["demo"]
+    assert queue_settings.sync_settings(connection.alias) == ["demo"]
     assert (queue("demo").paused, queue("demo").settings_paused) == (False, False)
 
 
 def test_an_operator_change_applies_a_pending_settings_change_first(settings):
-    queues.sync_settings(connection.alias, ["demo"])
+    queue_settings.sync_settings(connection.alias, ["demo"])
     settings.TASKENGINE = {"QUEUES": {"demo": {"paused": True}}}  # deployed, not yet applied by a worker
     with pytest.raises(OperationRefused, match=r"already paused \(by settings"):
-        queues.pause("demo", actor=CLI)
-    queues.resume("demo", actor=CLI)  # the operator's change is the later one ...
-    assert queues.sync_settings(connection.alias) == []  # ... so a worker starting later keeps it
+        queue_control.pause("demo", actor=CLI)
+    queue_control.resume("demo", actor=CLI)  # the operator's change is the later one ...
+    assert queue_settings.sync_settings(connection.alias) == []  # ... so a worker starting later keeps it
     assert queue("demo").paused is False
 
 
 def test_the_settings_own_a_queues_tenant(settings):
     settings.TASKENGINE = {"QUEUES": {"demo": {"tenant": "a"}}}
-    queues.sync_settings(connection.alias)
+    queue_settings.sync_settings(connection.alias)
     assert queue("demo").tenant == "a"
     settings.TASKENGINE = {"QUEUES": {}}
-    queues.sync_settings(connection.alias)
+    queue_settings.sync_settings(connection.alias)
     assert queue("demo").tenant is None
 
 
@@ -240,7 +242,7 @@ def test_the_settings_own_a_queues_tenant(settings):
 def test_bad_queue_settings_are_refused_with_the_entry_named(settings, declared, message):
     settings.TASKENGINE = {"QUEUES": declared}
     with pytest.raises(ImproperlyConfigured, match=message):
-        queues.sync_settings(connection.alias)
+        queue_settings.sync_settings(connection.alias)
 
 
 def test_the_system_check_reports_a_queue_name_or_tenant_postgresql_cannot_store(settings):
@@ -257,7 +259,7 @@ def test_the_system_check_reports_a_queue_name_or_tenant_postgresql_cannot_store
 @pytest.mark.parametrize("name", ["q\x00x", "bad \udcff"])
 def test_an_operator_action_on_a_queue_name_postgresql_cannot_store_is_refused(name):
     with pytest.raises(OperationError, match=r"NUL character|lone surrogate"):
-        queues.pause(name, actor=CLI)
+        queue_control.pause(name, actor=CLI)
     assert not Queue.objects.exists() and not OperatorAction.objects.exists()
 
 
@@ -268,26 +270,26 @@ def test_a_polling_worker_waits_at_most_half_a_second_while_a_queue_of_its_own_i
     worker = Worker(queues=["default", "demo"], poll_only=True, max_backoff=2.0, backoff_base=0.05)
     worker._idle_rounds = 10  # long idle: the wait is at its ceiling
     assert worker._idle_wait() == 2.0
-    queues.pause("demo", actor=CLI)
+    queue_control.pause("demo", actor=CLI)
     assert worker._idle_wait() == queues.PAUSED_POLL_SECONDS
     other = Worker(queues=["default"], poll_only=True, max_backoff=2.0)
     other._idle_rounds = 10
     assert other._idle_wait() == 2.0  # not its queue
     assert worker._poll_wait(2.0) == queues.PAUSED_POLL_SECONDS  # free slots beside running jobs: the same
     assert worker._poll_wait(0.1) == 0.1
-    queues.resume("demo", actor=CLI)
+    queue_control.resume("demo", actor=CLI)
     assert worker._idle_wait() == 2.0
     assert worker._poll_wait(2.0) == 2.0
 
 
 def test_a_worker_serving_a_queue_name_too_long_for_a_job_still_starts():
-    queues.sync_settings(connection.alias, ["default", "q" * 65])
+    queue_settings.sync_settings(connection.alias, ["default", "q" * 65])
     assert list(Queue.objects.values_list("name", flat=True)) == ["default"]
 
 
 def test_metrics_report_which_queues_are_paused():
-    queues.pause("demo", actor=CLI)
-    queues.sync_settings(connection.alias, ["default"])
+    queue_control.pause("demo", actor=CLI)
+    queue_settings.sync_settings(connection.alias, ["default"])
     reading = collectors.EngineCollector(connection.alias)._read()
     assert reading.ok
     paused = {
@@ -302,7 +304,7 @@ def test_metrics_report_which_queues_are_paused():
 
 @pytest.mark.parametrize("advance", [False, True])
 def test_drain_leaves_a_paused_queues_jobs_queued(advance):
-    queues.pause("demo", actor=CLI)
+    queue_control.pause("demo", actor=CLI)
     held = tasks.add.using(queue_name="demo").enqueue(1, 1)
     free = tasks.add.enqueue(2, 2)
     result = drain(advance=advance)

@@ -9,8 +9,8 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from taskengine import queues
 from taskengine.models import OperatorAction, Queue
+from taskengine.ops import queue_control
 from tests import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -23,7 +23,7 @@ def run(*args: str) -> str:
 
 
 def test_pause_list_resume(monkeypatch):
-    monkeypatch.setattr(queues.getpass, "getuser", lambda: "ops")
+    monkeypatch.setattr(queue_control.getpass, "getuser", lambda: "ops")
     tasks.add.using(queue_name="demo").enqueue(1, 1)
     tasks.add.using(queue_name="demo").enqueue(1, 2)
     assert run("pause", "demo", "--reason", "smtp down").startswith("Paused queue demo. (audit row ")
@@ -82,7 +82,7 @@ def test_sync_applies_the_settings_now(settings):
 
 
 def test_limit_sets_and_lifts_concurrency_and_rate_with_audit_rows(monkeypatch):
-    monkeypatch.setattr(queues.getpass, "getuser", lambda: "ops")
+    monkeypatch.setattr(queue_control.getpass, "getuser", lambda: "ops")
     out = run("limit", "demo", "--concurrency", "5", "--rate", "100/m", "--reason", "smtp quota")
     assert out.startswith("Queue demo: concurrency 5, rate 100/m. (audit row ")
     demo = next(line for line in run("list").splitlines() if line.startswith("demo "))

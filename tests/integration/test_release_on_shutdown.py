@@ -13,9 +13,10 @@ import pytest
 from django.contrib.auth import get_user_model
 from prometheus_client import REGISTRY
 
-from taskengine import operations, store
+from taskengine import store
 from taskengine.models import ExecutionLog, Job
-from taskengine.worker import Worker
+from taskengine.ops import operations
+from taskengine.runtime.worker import Worker
 from tests import tasks
 from tests.conftest import wait_for
 

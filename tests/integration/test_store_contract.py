@@ -20,7 +20,7 @@ from taskengine.db import store_for
 from taskengine.db.base import RELEASED_CANCEL_ERROR_CLASS, Store
 from taskengine.db.rows import fetch_as, rows_as, to_datetime
 from taskengine.jobs import ClaimedJob, NewJob, Outcome
-from taskengine.leadership import LeaderLease, lease_params
+from taskengine.leader.election import LeaderLease, lease_params
 from taskengine.models import ExecutionLog, Job, Queue
 from taskengine.states import AttemptOutcome
 from taskengine.testing.clock import TIMESTAMP_COLUMNS

@@ -7,7 +7,7 @@ from django.test.utils import override_settings
 
 from taskengine.compat import TaskResultStatus, task_finished, task_started
 from taskengine.models import ExecutionLog, Job
-from taskengine.worker import Worker
+from taskengine.runtime.worker import Worker
 from tests import tasks
 from tests.conftest import wait_for
 
@@ -99,7 +99,7 @@ def test_a_sync_handler_past_its_timeout_is_interrupted_and_fails():
     result = tasks.busy_loop_forever.enqueue()
     drain()
     log = ExecutionLog.objects.get(job_id=result.id)
-    assert (log.outcome, log.error_class) == ("timed_out", "taskengine.execution.JobTimedOut")
+    assert (log.outcome, log.error_class) == ("timed_out", "taskengine.runtime.execution.JobTimedOut")
     assert log.error_message.startswith("timed out after "), log.error_message  # not the bare interrupt's ""
     assert Job.objects.get(pk=result.id).state == "failed"
 

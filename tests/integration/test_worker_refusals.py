@@ -9,7 +9,7 @@ import pytest
 from django.db import DataError, OperationalError
 
 from taskengine import store
-from taskengine.worker import Worker
+from taskengine.runtime.worker import Worker
 from tests import tasks
 from tests.conftest import wait_for
 from tests.integration.test_worker_robustness import start_worker, state_of
@@ -124,7 +124,7 @@ def test_a_claimed_row_whose_arguments_do_not_decode_fails_its_job_and_the_worke
 
 
 def test_a_handler_that_cannot_be_started_fails_its_attempt_and_the_worker_carries_on(monkeypatch):
-    from taskengine.pool import JobThreads
+    from taskengine.runtime.pool import JobThreads
 
     real_submit = JobThreads.submit
     refused = []

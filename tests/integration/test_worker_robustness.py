@@ -12,9 +12,9 @@ import pytest
 from django.db.models.functions import Now
 
 from taskengine.jobs import Outcome
-from taskengine.maintenance import recovery
+from taskengine.leader import recovery
 from taskengine.models import ExecutionLog, Job
-from taskengine.worker import Worker
+from taskengine.runtime.worker import Worker
 from tests import robustness_tasks, tasks
 from tests.conftest import wait_for
 
@@ -143,7 +143,7 @@ def test_an_outcome_the_database_rejects_fails_its_attempt_without_holding_back_
     assert [state_of(r.id) for r in before + after] == ["succeeded"] * 25
     assert state_of(poisoned.id) == "failed"
     log = ExecutionLog.objects.get(job_id=poisoned.id)
-    assert (log.outcome, log.error_class) == ("failed", "taskengine.execution.OutcomeNotStorable")
+    assert (log.outcome, log.error_class) == ("failed", "taskengine.runtime.execution.OutcomeNotStorable")
     assert "could not be stored" in log.error_message
     assert Job.objects.get(pk=poisoned.id).return_value is None
 
@@ -216,7 +216,7 @@ def test_a_handler_ignoring_its_timeout_keeps_its_lease_and_slot_and_is_retried_
     assert running.raised is None
     assert attempt_outcomes(result.id) == [(1, "timed_out"), (2, "succeeded")]
     log = ExecutionLog.objects.get(job_id=result.id, attempt=1)
-    assert log.error_class == "taskengine.execution.JobTimedOut"
+    assert log.error_class == "taskengine.runtime.execution.JobTimedOut"
     runs = robustness_tasks.executions(tmp_path)
     end_1 = next(at for kind, attempt, at in runs if (kind, attempt) == ("end", 1))
     start_2 = next(at for kind, attempt, at in runs if (kind, attempt) == ("start", 2))

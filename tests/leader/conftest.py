@@ -10,7 +10,7 @@ from django.db.models.functions import Now
 
 from taskengine import store
 from taskengine.jobs import ClaimedJob
-from taskengine.leadership import ELECTION, Elector, LeaderLease
+from taskengine.leader.election import ELECTION, Elector, LeaderLease
 from taskengine.models import Job, Leader
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from taskengine.leadership import current_leader
+from taskengine.leader.election import current_leader
 from taskengine.models import ExecutionLog, Job, Schedule, WorkerProcess
 from taskengine.store import db_now
 from tests import tasks

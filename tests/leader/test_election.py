@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from taskengine.leadership import NotLeader, current_leader, fenced_transaction
+from taskengine.leader.election import NotLeader, current_leader, fenced_transaction
 from taskengine.models import Leader
 
 from .conftest import expire_leader
@@ -143,7 +143,7 @@ def test_a_takeover_waits_for_a_fenced_write_of_the_old_term_to_commit(elector):
     import psycopg
     from django.db import connection, connections
 
-    from taskengine.queries import sql
+    from taskengine.db.queries import sql
     from tests.conftest import subprocess_database_url
 
     a = elector("a", ttl=1.0, renew_every=0.2, margin=0.1)

@@ -8,10 +8,11 @@ import pytest
 from django.db import connection
 from django.db.models.functions import Now
 
-from taskengine import registry, store
+from taskengine import store
 from taskengine.jobs import Outcome
-from taskengine.maintenance import dead_workers, recovery
+from taskengine.leader import dead_workers, recovery
 from taskengine.models import ExecutionLog, Job, WorkerProcess
+from taskengine.runtime import heartbeats
 from tests import tasks
 
 from .conftest import claim, expire_leader, expire_lease, lead
@@ -42,8 +43,8 @@ def test_a_stale_term_recovers_nothing():
 
 
 def test_jobs_of_a_dead_worker_are_recovered_before_their_lease_ends():
-    registry.register("default", "doomed", ["default"], 1)
-    registry.register("default", "healthy", ["default"], 1)
+    heartbeats.register("default", "doomed", ["default"], 1)
+    heartbeats.register("default", "healthy", ["default"], 1)
     tasks.add.enqueue(1, 2)
     tasks.add.enqueue(3, 4)
     [doomed_job] = store.claim_jobs(connection, worker_id="doomed", queues=["default"], limit=1, lease_seconds=300)
@@ -67,7 +68,7 @@ def test_jobs_of_a_dead_worker_are_recovered_before_their_lease_ends():
 
 
 def test_a_stale_heartbeat_alone_makes_a_worker_dead_for_recovery():
-    registry.register("default", "silent", ["default"], 1)
+    heartbeats.register("default", "silent", ["default"], 1)
     tasks.add.enqueue(1, 2)
     [job] = store.claim_jobs(connection, worker_id="silent", queues=["default"], limit=1, lease_seconds=300)
     WorkerProcess.objects.filter(worker_id="silent").update(last_heartbeat_at=Now() - timedelta(seconds=10))
@@ -159,7 +160,7 @@ def test_recovery_compare_and_set_leaves_a_job_finished_after_it_was_read(monkey
         )
         assert recovery.run_once("default") == []
     else:
-        from taskengine.queries import sql
+        from taskengine.db.queries import sql
 
         real_execute = None
 
@@ -204,7 +205,7 @@ def _blocking_the_fenced_sweep(other, lease, job_ids=None, dead_after=60.0):
 
     from django.db import connections
 
-    from taskengine.leadership import ELECTION
+    from taskengine.leader.election import ELECTION
     from tests.conftest import wait_for
 
     with other.cursor() as cursor:
@@ -249,7 +250,7 @@ def test_recovery_leaves_a_lease_renewed_while_it_waited(job_ids):
     commits after the sweep read the lease as expired: under the row lock the lease is
     live again, so the job stays with its worker. Also with the job ids reconcile
     --apply passes (the same statement, restricted to the jobs it found)."""
-    from taskengine.queries import sql
+    from taskengine.db.queries import sql
 
     tasks.add.enqueue(1, 2)
     [job] = claim()
@@ -284,11 +285,11 @@ def test_recovery_of_a_dead_workers_job_leaves_it_once_another_worker_claimed_it
     sweep must re-check under the lock that the lease holder is still the dead worker
     and the attempt the one it picked — not recover the live worker's attempt as
     "worker dead"."""
-    from taskengine.leadership import lease_params
-    from taskengine.queries import sql
+    from taskengine.db.queries import sql
+    from taskengine.leader.election import lease_params
 
-    registry.register("default", "doomed", ["default"], 1)
-    registry.register("default", "fresh", ["default"], 1)
+    heartbeats.register("default", "doomed", ["default"], 1)
+    heartbeats.register("default", "fresh", ["default"], 1)
     tasks.add.enqueue(1, 2)
     [job] = store.claim_jobs(connection, worker_id="doomed", queues=["default"], limit=1, lease_seconds=300)
     WorkerProcess.objects.filter(worker_id="doomed").update(state="dead")
@@ -322,7 +323,7 @@ def test_recovery_leaves_the_job_of_a_worker_whose_heartbeat_arrived_while_it_wa
     """The sweep reads a worker as dead (no heartbeat for dead_after) while its job's
     lease is still live; the worker's registry heartbeat commits before the sweep locks
     the job. Under the lock the worker is alive, so its job is not taken."""
-    registry.register("default", "slow", ["default"], 1)
+    heartbeats.register("default", "slow", ["default"], 1)
     tasks.add.enqueue(1, 2)
     [job] = store.claim_jobs(connection, worker_id="slow", queues=["default"], limit=1, lease_seconds=300)
     WorkerProcess.objects.filter(worker_id="slow").update(last_heartbeat_at=Now() - timedelta(seconds=120))
@@ -330,7 +331,7 @@ def test_recovery_leaves_the_job_of_a_worker_whose_heartbeat_arrived_while_it_wa
     other = _other_connection()
     try:
         thread, result = _blocking_the_fenced_sweep(other, lease, dead_after=60)
-        assert registry.heartbeat("default", "slow", "running")
+        assert heartbeats.heartbeat("default", "slow", "running")
         other.commit()
         assert _sweep_result(thread, result) == []
     finally:
@@ -348,7 +349,7 @@ def test_recovery_leaves_the_job_of_a_worker_whose_heartbeat_arrived_while_it_wa
 def _between_read_and_write(monkeypatch, change):
     from django.db.backends.utils import CursorWrapper
 
-    from taskengine.queries import sql
+    from taskengine.db.queries import sql
 
     real_execute = CursorWrapper.execute
 
@@ -382,10 +383,10 @@ def test_recovery_write_re_checks_that_the_lease_is_still_expired(monkeypatch, j
 def test_recovery_write_re_checks_that_the_worker_is_still_dead(monkeypatch):
     """recover_job re-checks the dead-worker condition itself: a worker whose heartbeat
     lands between select_recoverable and the write keeps its live job."""
-    registry.register("default", "slow", ["default"], 1)
+    heartbeats.register("default", "slow", ["default"], 1)
     tasks.add.enqueue(1, 2)
     [job] = store.claim_jobs(connection, worker_id="slow", queues=["default"], limit=1, lease_seconds=300)
     WorkerProcess.objects.filter(worker_id="slow").update(last_heartbeat_at=Now() - timedelta(seconds=120))
-    _between_read_and_write(monkeypatch, lambda: registry.heartbeat("default", "slow", "running"))
+    _between_read_and_write(monkeypatch, lambda: heartbeats.heartbeat("default", "slow", "running"))
     assert recovery.run_once("default", dead_after=60) == []
     assert Job.objects.get(pk=job.id).state == "running"

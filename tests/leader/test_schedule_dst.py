@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.test import override_settings
 
-from taskengine.maintenance.schedules import Scheduler
+from taskengine.leader.schedule_enqueuer import Scheduler
 from taskengine.models import Job, MissedSlot, Schedule
 from taskengine.schedule_slots import SlotSpec, next_slot, recent_slots
 

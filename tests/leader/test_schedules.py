@@ -9,8 +9,8 @@ from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db.models.functions import Now
 from django.test import override_settings
 
-from taskengine.leadership import NotLeader
-from taskengine.maintenance.schedules import Scheduler, plan_slots
+from taskengine.leader.election import NotLeader
+from taskengine.leader.schedule_enqueuer import Scheduler, plan_slots
 from taskengine.models import Job, MissedSlot, Schedule
 from taskengine.schedule_slots import SlotSpec, next_slot, recent_slots
 from taskengine.schedules import settings_schedules

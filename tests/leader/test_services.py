@@ -8,10 +8,12 @@ from datetime import timedelta
 import pytest
 from django.db.models.functions import Now
 
-from taskengine import gate, registry
-from taskengine.leadership import NotLeader
-from taskengine.maintenance import MaintenanceTicker, Service, dead_workers, retention
+from taskengine import gate
+from taskengine.leader import dead_workers, retention
+from taskengine.leader.election import NotLeader
+from taskengine.leader.ticker import MaintenanceTicker, Service
 from taskengine.models import ExecutionLog, Job, WorkerProcess
+from taskengine.runtime import heartbeats
 from tests import tasks
 
 from .conftest import claim, expire_leader, lead
@@ -65,20 +67,20 @@ def test_retention_refuses_to_prune_live_states():
 
 def test_dead_workers_are_marked_and_long_gone_ones_forgotten():
     for worker_id in ("alive", "silent", "gone"):
-        registry.register("default", worker_id, ["default"], 1)
+        heartbeats.register("default", worker_id, ["default"], 1)
     WorkerProcess.objects.filter(worker_id="silent").update(last_heartbeat_at=Now() - timedelta(seconds=120))
     WorkerProcess.objects.filter(worker_id="gone").update(state="stopped", last_heartbeat_at=Now() - timedelta(days=8))
-    assert list(registry.dead_workers("default", dead_after=60).values_list("worker_id", flat=True)) == ["silent"]
+    assert list(heartbeats.dead_workers("default", dead_after=60).values_list("worker_id", flat=True)) == ["silent"]
     report = dead_workers.run_once("default", lead(), dead_after=60, prune_after=7 * 86400)
     assert (report.marked_dead, report.pruned) == (["silent"], ["gone"])
     states = dict(WorkerProcess.objects.values_list("worker_id", "state"))
     assert states == {"alive": "running", "silent": "dead"}
     # A dead worker that was only paused registers again on its next heartbeat.
-    assert registry.heartbeat("default", "silent", "running") is False
+    assert heartbeats.heartbeat("default", "silent", "running") is False
 
 
 def test_dead_worker_marking_under_a_stale_term_changes_nothing():
-    registry.register("default", "silent", ["default"], 1)
+    heartbeats.register("default", "silent", ["default"], 1)
     WorkerProcess.objects.filter(worker_id="silent").update(last_heartbeat_at=Now() - timedelta(seconds=120))
     stale = lead("old")
     expire_leader()

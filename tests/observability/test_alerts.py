@@ -8,7 +8,7 @@ import subprocess
 
 from prometheus_client import REGISTRY
 
-from taskengine import collectors, metrics  # noqa: F401 - registers the process metrics
+from taskengine.observability import collectors, metrics  # noqa: F401 - registers the process metrics
 from tests.observability.promscrape import ALERTS, HERE, promtool
 
 REQUIRED_ALERTS = {

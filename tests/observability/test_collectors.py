@@ -17,9 +17,10 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from taskengine import collectors, store
+from taskengine import store
+from taskengine.db.queries import sql
 from taskengine.models import Job, Leader, WorkerProcess
-from taskengine.queries import sql
+from taskengine.observability import collectors
 from tests import tasks
 from tests.observability.promscrape import Samples
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from taskengine.logs import Formatter
+from taskengine.observability.logs import Formatter
 from tests import tasks
 
 JOB_KEYS = {"event", "worker_id", "job_id", "task_path", "queue", "attempt", "claimed_at", "run_after"}

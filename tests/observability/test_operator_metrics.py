@@ -7,8 +7,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from prometheus_client import REGISTRY
 
-from taskengine import operations
 from taskengine.models import Job
+from taskengine.ops import operations
 from tests import tasks
 
 LABELS = {"queue": "default", "task": "tests.tasks.add"}

@@ -1,5 +1,5 @@
 """Recovery counts what it recovers: an expired lease swept by
-taskengine.maintenance.recovery.run_once moves taskengine_jobs_recovered_total."""
+taskengine.leader.recovery.run_once moves taskengine_jobs_recovered_total."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from django.db.models.functions import Now
 from prometheus_client import REGISTRY
 
 from taskengine import store
-from taskengine.maintenance import recovery
+from taskengine.leader import recovery
 from taskengine.models import Job
 from tests import tasks
 

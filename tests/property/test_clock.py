@@ -10,7 +10,7 @@ from django.db import connection, models
 
 from taskengine import store
 from taskengine.jobs import ClaimedJob
-from taskengine.maintenance import recovery
+from taskengine.leader import recovery
 from taskengine.models import ExecutionLog, Job
 from tests import tasks
 

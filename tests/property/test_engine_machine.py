@@ -51,11 +51,13 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from taskengine import operations, registry, store
-from taskengine.execution import JobCancelled, JobTimedOut, LeaseLost, RunningJob, outcome_for
-from taskengine.leadership import Elector, LeaderLease, NotLeader
-from taskengine.maintenance import dead_workers, recovery, retention
+from taskengine import store
+from taskengine.leader import dead_workers, recovery, retention
+from taskengine.leader.election import Elector, LeaderLease, NotLeader
 from taskengine.models import ExecutionLog, Job, Leader, MissedSlot, OperatorAction, Schedule, WorkerProcess
+from taskengine.ops import operations
+from taskengine.runtime import heartbeats
+from taskengine.runtime.execution import JobCancelled, JobTimedOut, LeaseLost, RunningJob, outcome_for
 from tests import tasks
 
 from .clock import advance_clock
@@ -314,7 +316,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     def _register(self, slot: int) -> None:
         worker_id = self._worker(slot)
-        registry.register("default", worker_id, QUEUES, concurrency=4)
+        heartbeats.register("default", worker_id, QUEUES, concurrency=4)
         self.held.setdefault(worker_id, set())
 
     def _lease(self) -> LeaderLease:
@@ -399,7 +401,7 @@ class EngineMachine(RuleBasedStateMachine):
     def heartbeat(self, slot: int, lease: float) -> None:
         """What a worker's heartbeat does: its registry row, then its leases."""
         worker_id = self._worker(slot)
-        if not registry.heartbeat("default", worker_id, "running"):
+        if not heartbeats.heartbeat("default", worker_id, "running"):
             self._register(slot)  # marked dead meanwhile: a live worker registers again
         self._extend(worker_id, self._held(worker_id), lease)
 
@@ -481,7 +483,7 @@ class EngineMachine(RuleBasedStateMachine):
                 t.claimed.attempt,
                 "cancelled" if cancelled else "released",
             )
-        registry.mark_stopped("default", worker_id)
+        heartbeats.mark_stopped("default", worker_id)
         self.generation[slot] += 1
         self._register(slot)
 

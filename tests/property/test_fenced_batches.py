@@ -8,10 +8,10 @@ import pytest
 from django.db import connection
 
 from taskengine import store
-from taskengine.execution import RunningJob, outcome_for
 from taskengine.jobs import ClaimedJob
-from taskengine.maintenance import recovery
+from taskengine.leader import recovery
 from taskengine.models import ExecutionLog, Job
+from taskengine.runtime.execution import RunningJob, outcome_for
 from tests import tasks
 
 from .clock import advance_clock

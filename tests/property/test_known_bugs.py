@@ -9,10 +9,11 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
 
-from taskengine import operations, store
-from taskengine.execution import RunningJob, failure_outcome, outcome_for
+from taskengine import store
 from taskengine.jobs import ClaimedJob, Outcome
 from taskengine.models import ExecutionLog, Job
+from taskengine.ops import operations
+from taskengine.runtime.execution import RunningJob, failure_outcome, outcome_for
 from tests import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -8,8 +8,8 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from taskengine import backfill, reconcile
 from taskengine.models import ExecutionLog, Job, OperatorAction
+from taskengine.ops import backfill, reconcile
 
 from . import scenario
 from .test_console import staff

@@ -15,9 +15,10 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.db.migrations.loader import MigrationLoader
 
-from taskengine import backfill, gate, reconcile, store
+from taskengine import gate, store
 from taskengine.jobs import NewJob
 from taskengine.models import ExecutionLog, Job, OperatorAction
+from taskengine.ops import backfill, reconcile
 from tests.conftest import ROOT, subprocess_env, wait_for
 
 LOG_INSERT = """

@@ -13,8 +13,8 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from taskengine import reconcile
 from taskengine.models import ExecutionLog, Job, OperatorAction, TenantMembership
+from taskengine.ops import reconcile
 
 from . import scenario
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from django.test import override_settings
 
-from taskengine import reconcile
 from taskengine.models import ExecutionLog, Job, OperatorAction
+from taskengine.ops import reconcile
 from tests import tasks
 from tests.conftest import wait_for
 

@@ -9,8 +9,8 @@ from datetime import timedelta
 import pytest
 
 from taskengine.models import Job, OperatorAction
-from taskengine.reconcile import jobs as reconcile_jobs
-from taskengine.reconcile.base import Context
+from taskengine.ops.reconcile import jobs as reconcile_jobs
+from taskengine.ops.reconcile.base import Context
 
 from . import scenario
 

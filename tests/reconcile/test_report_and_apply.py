@@ -9,8 +9,8 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 
-from taskengine import reconcile
 from taskengine.models import ExecutionLog, Job, MissedSlot, OperatorAction
+from taskengine.ops import reconcile
 
 from . import scenario
 
@@ -184,8 +184,8 @@ def test_command_text_output_and_apply_progress_on_stderr():
 def test_slots_the_real_scheduler_wrote_after_an_outage_reconcile_clean(policy):
     from datetime import timedelta
 
-    from taskengine.leadership import ELECTION, LeaderLease
-    from taskengine.maintenance.schedules import Scheduler
+    from taskengine.leader.election import ELECTION, LeaderLease
+    from taskengine.leader.schedule_enqueuer import Scheduler
     from taskengine.models import Leader, Schedule
 
     now = scenario.db_now()

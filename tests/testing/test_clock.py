@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from django.test.utils import override_settings
 
-from taskengine.leadership import Elector, current_leader
+from taskengine.leader.election import Elector, current_leader
 from taskengine.models import Job, Schedule
 from taskengine.testing import (
     TEST_LEADER_ID,

@@ -116,7 +116,7 @@ def test_a_handler_running_past_its_timeout_is_interrupted_and_recorded_as_timed
     assert time.monotonic() - started < 10  # interrupted at 0.2 s, not left to spin 30 s
     [attempt] = drained.attempts
     assert (attempt.outcome, attempt.state) == ("timed_out", "failed")
-    assert attempt.error_class == "taskengine.execution.JobTimedOut"
+    assert attempt.error_class == "taskengine.runtime.execution.JobTimedOut"
     assert ExecutionLog.objects.get(job_id=result.id).outcome == "timed_out"
 
 

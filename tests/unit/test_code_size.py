@@ -19,11 +19,10 @@ MAX_FUNCTION_LINES = 50
 
 # Over the limit today, with what their split waits on.
 MODULES_OVER = {
-    "taskengine/worker.py": "the runtime package (worker loop, claiming, finishing, heartbeats)",
-    "taskengine/queues.py": "settings, operator changes and reads apart",
+    "taskengine/runtime/worker.py": "the worker loop apart from claiming, finishing and its options",
 }
 FUNCTIONS_OVER = {
-    "taskengine/worker.py:Worker.__init__": "the runtime package: options as one settings object",
+    "taskengine/runtime/worker.py:Worker.__init__": "options as one settings object",
 }
 
 

@@ -260,10 +260,10 @@ def test_the_frameworks_start_and_finish_log_receivers_are_connected():
 
 
 def test_the_frameworks_log_lines_are_the_format_taskengine_events_copies(framework_log_records):
-    """taskengine.events.DJANGO_TASK_LINE, with (id, task path, status), at INFO, and a
+    """taskengine.runtime.events.DJANGO_TASK_LINE, with (id, task path, status), at INFO, and a
     failure at ERROR with the exception being handled: what a worker writes in the
     framework's place must be what the framework itself would write."""
-    from taskengine.events import DJANGO_TASK_LINE
+    from taskengine.runtime.events import DJANGO_TASK_LINE
 
     running = result_of(tasks.add, TaskResultStatus.RUNNING)
     log_task_started(sender=DatabaseBackend, task_result=running)

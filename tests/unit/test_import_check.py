@@ -51,11 +51,11 @@ def test_the_package_as_it_is_keeps_every_contract(package_copy: Path) -> None:
 
 
 def test_an_upward_import_from_the_bottom_layer_fails_naming_it(package_copy: Path) -> None:
-    add_import_in_function(package_copy, "states", "from taskengine import worker")
+    add_import_in_function(package_copy, "states", "from taskengine.runtime import worker")
     result = lint_imports(package_copy)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "The bottom layer imports nothing above it BROKEN" in result.stdout
-    assert "-   taskengine.states -> taskengine.worker (l." in result.stdout
+    assert "-   taskengine.states -> taskengine.runtime.worker (l." in result.stdout
 
 
 def test_an_upward_import_inside_the_bottom_layer_fails_naming_it(package_copy: Path) -> None:
@@ -66,23 +66,57 @@ def test_an_upward_import_inside_the_bottom_layer_fails_naming_it(package_copy: 
     assert "taskengine.compat -> taskengine.jobs (l." in result.stdout
 
 
-@pytest.mark.parametrize("upward", ["worker", "execution", "console.views"])
+@pytest.mark.parametrize(
+    "upward", ["runtime.worker", "runtime.execution", "leader.recovery", "ops.operations", "console.views"]
+)
 def test_an_upward_import_from_the_database_seam_fails_naming_it(package_copy: Path, upward: str) -> None:
     add_import_in_function(package_copy, "db/base", f"import taskengine.{upward}")
     result = lint_imports(package_copy)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "The database seam imports no worker, runtime or console BROKEN" in result.stdout
+    assert "The database seam imports no runtime, leader, ops or console BROKEN" in result.stdout
     assert f"-   taskengine.db.base -> taskengine.{upward} (l." in result.stdout, result.stdout
 
 
 def test_a_cycle_above_the_bottom_layer_fails_naming_an_import_that_closes_it(package_copy: Path) -> None:
     # The store is imported by the worker; the store importing the worker back, even
     # inside a function, is a cycle.
-    add_import_in_function(package_copy, "store", "from taskengine import worker")
+    add_import_in_function(package_copy, "store", "from taskengine.runtime import worker")
     result = lint_imports(package_copy)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "No import cycles BROKEN" in result.stdout
-    assert ".store -> .worker" in result.stdout or ".worker -> .store" in result.stdout, result.stdout
+    assert ".store -> .runtime" in result.stdout or ".runtime -> .store" in result.stdout, result.stdout
+
+
+def test_a_cycle_inside_a_package_fails_naming_it(package_copy: Path) -> None:
+    # The worker imports the attempt's runtime; the runtime importing the worker back is
+    # a cycle between two modules of runtime/.
+    add_import_in_function(package_copy, "runtime/execution", "from taskengine.runtime import worker")
+    result = lint_imports(package_copy)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "No import cycles BROKEN" in result.stdout
+    assert ".execution -> .worker" in result.stdout or ".worker -> .execution" in result.stdout, result.stdout
+
+
+LAYERS = "Layers: entry points > runtime | console > ops > leader > core > observability >"
+
+
+@pytest.mark.parametrize(
+    ("module", "upward"),
+    [
+        ("leader/recovery", "taskengine.ops.bulk_batches"),  # the leader imports no operator tool
+        ("ops/operations", "taskengine.runtime.worker"),  # operator tools import no runtime
+        ("backend", "taskengine.leader.election"),  # the core imports no leader
+        ("observability/metrics", "taskengine.store"),  # metrics sit below the core
+        ("runtime/worker", "taskengine.console.views"),  # runtime and console are independent
+    ],
+)
+def test_an_import_against_the_layers_fails_naming_it(package_copy: Path, module: str, upward: str) -> None:
+    add_import_in_function(package_copy, module, f"import {upward}")
+    result = lint_imports(package_copy)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert LAYERS in result.stdout and "BROKEN" in result.stdout, result.stdout
+    importer = "taskengine." + module.replace("/", ".")
+    assert f"{importer} -> {upward} (l." in result.stdout, result.stdout
 
 
 def test_bin_lint_runs_the_import_check() -> None:
@@ -90,19 +124,19 @@ def test_bin_lint_runs_the_import_check() -> None:
 
 
 def test_an_import_of_the_benchmark_from_the_engine_fails_naming_it(package_copy: Path) -> None:
-    add_import_in_function(package_copy, "worker", "from taskengine.bench import drain")
+    add_import_in_function(package_copy, "runtime/worker", "from taskengine.bench import drain")
     result = lint_imports(package_copy)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Nothing imports the benchmark but its commands BROKEN" in result.stdout
-    assert "-   taskengine.worker -> taskengine.bench.drain (l." in result.stdout, result.stdout
+    assert "-   taskengine.runtime.worker -> taskengine.bench.drain (l." in result.stdout, result.stdout
 
 
 def test_an_import_of_the_runtime_from_the_console_fails_naming_it(package_copy: Path) -> None:
-    add_import_in_function(package_copy, "console/views", "from taskengine import worker")
+    add_import_in_function(package_copy, "console/views", "from taskengine.runtime import worker")
     result = lint_imports(package_copy)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "The console imports no runtime BROKEN" in result.stdout
-    assert "-   taskengine.console.views -> taskengine.worker (l." in result.stdout, result.stdout
+    assert "-   taskengine.console.views -> taskengine.runtime.worker (l." in result.stdout, result.stdout
 
 
 def test_the_benchmark_contract_lists_every_module_but_the_benchmarks_commands() -> None:

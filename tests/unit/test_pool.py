@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from taskengine.pool import JobThreads
+from taskengine.runtime.pool import JobThreads
 
 
 def test_every_item_runs_once_and_its_result_or_error_reaches_done():

@@ -1,4 +1,4 @@
-"""The SQL loader (taskengine/queries.py) on SQL files written for each test: includes
+"""The SQL loader (taskengine/db/queries.py) on SQL files written for each test: includes
 expand recursively or fail loudly, fragments are never handed out as statements, and a
 file the loader cannot read unambiguously is refused with the file, block and line."""
 
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from taskengine import queries
+from taskengine.db import queries
 
 
 @pytest.fixture

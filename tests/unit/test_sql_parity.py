@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from taskengine import queries
+from taskengine.db import queries
 
 ROOT = Path(__file__).resolve().parents[2]
 VENDORS = ("postgresql", "sqlite")

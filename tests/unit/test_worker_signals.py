@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import threading
 
-from taskengine.worker import Worker
+from taskengine.runtime.worker import Worker
 from tests.conftest import wait_for
 
 

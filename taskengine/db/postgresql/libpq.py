@@ -39,8 +39,9 @@ from psycopg.abc import Loader
 from psycopg.pq import ConnStatus, DiagnosticField, ExecStatus, Format, TransactionStatus
 from psycopg.pq.abc import PGconn, PGresult
 
+from taskengine.db.queries import load
+
 from ...conf import engine_settings
-from ...queries import load
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
 

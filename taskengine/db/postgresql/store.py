@@ -11,9 +11,10 @@ from django.db import transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django_prometheus.db.common import DatabaseWrapperMixin, ExportingCursorWrapper
 
+from taskengine.db.queries import sql
+
 from ...conf import engine_settings
 from ...jobs import ClaimedJob, InsertedJob, NewJob, Outcome
-from ...queries import sql
 from ..base import ADVISORY_LOCK_NAMESPACE, RELEASED_CANCEL_ERROR_CLASS, RELEASED_CANCEL_MESSAGE, Store
 from ..limited_claim import LIMITS_WAITING, claim_limited_after
 from ..rows import (

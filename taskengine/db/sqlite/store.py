@@ -11,8 +11,9 @@ from typing import Any, ClassVar
 from django.db import transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+from taskengine.db.queries import sql
+
 from ...jobs import ClaimedJob, InsertedJob, NewJob, Outcome
-from ...queries import sql
 from ..base import RELEASED_CANCEL_ERROR_CLASS, RELEASED_CANCEL_MESSAGE, Store
 from ..limited_claim import claim_limited_after
 from ..rows import (

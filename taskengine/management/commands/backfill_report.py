@@ -11,7 +11,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ... import backfill, gate
+from taskengine import gate
+from taskengine.ops import backfill
 
 
 class Command(BaseCommand):

@@ -1,7 +1,7 @@
 """``manage.py backfill_user_ids [--batch-size N] [--dry-run] [--max-batches N] [--pause S]``
 
 Fill task_execution_logs.user_id_str from user_id in bounded batches by primary key
-(see taskengine/backfill.py). Safe to interrupt (Ctrl-C, kill) and rerun: each batch
+(see taskengine/ops/backfill.py). Safe to interrupt (Ctrl-C, kill) and rerun: each batch
 commits on its own, and each row is written at most once (compare-and-set on
 user_id_str IS NULL). Progress goes to stderr; the summary to stdout."""
 
@@ -13,8 +13,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ... import backfill, gate
-from ...reconcile.progress import Progress
+from taskengine import gate
+from taskengine.ops import backfill
+from taskengine.ops.reconcile.progress import Progress
 
 
 class Command(BaseCommand):

@@ -109,7 +109,7 @@ class Command(BaseCommand):
         return f"postgres://{params['user']}{password}@{params['host']}:{params['port']}/{name}"
 
     def measure(self, rows: int, runs: int) -> None:
-        from taskengine.queries import package_statements
+        from taskengine.db.queries import package_statements
 
         fill = package_statements("taskengine.bench", "console_perf.sql")
         call_command("migrate", verbosity=0)

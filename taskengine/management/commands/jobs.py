@@ -25,12 +25,12 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from taskengine import bulk, bulk_batches
 from taskengine.conf import engine_settings
 from taskengine.models import BulkOperation
-from taskengine.operations import OperationError
-from taskengine.queues import cli_actor
-from taskengine.reconcile.progress import Progress
+from taskengine.ops import bulk, bulk_batches
+from taskengine.ops.operations import OperationError
+from taskengine.ops.queue_control import cli_actor
+from taskengine.ops.reconcile.progress import Progress
 
 
 class Command(BaseCommand):

@@ -19,10 +19,10 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from taskengine import queues
-from taskengine.collectors import known_queues
 from taskengine.conf import engine_settings
-from taskengine.operations import OperationError
+from taskengine.observability.collectors import known_queues
+from taskengine.ops import queue_changes, queue_control, queue_settings
+from taskengine.ops.operations import OperationError
 
 
 class Command(BaseCommand):
@@ -57,21 +57,23 @@ class Command(BaseCommand):
             elif action == "limit":
                 if options["concurrency"] is None and options["rate"] is None:
                     raise CommandError("give --concurrency N|none, --rate N/s|m|h|none, or both")
-                result = queues.set_limits(
+                result = queue_control.set_limits(
                     options["name"],
-                    concurrency=queues.KEEP if options["concurrency"] is None else options["concurrency"],
-                    rate=queues.KEEP if options["rate"] is None else options["rate"],
-                    actor=queues.cli_actor(),
+                    concurrency=queue_changes.KEEP if options["concurrency"] is None else options["concurrency"],
+                    rate=queue_changes.KEEP if options["rate"] is None else options["rate"],
+                    actor=queue_control.cli_actor(),
                     reason=options["reason"],
                     using=database,
                 )
                 self.stdout.write(f"{result.message} (audit row {result.audit_id})")
             elif action == "sync":
-                changed = queues.sync_settings(database)
+                changed = queue_settings.sync_settings(database)
                 self.stdout.write(f"applied settings to: {', '.join(changed)}" if changed else "nothing to apply")
             else:
-                operate = queues.pause if action == "pause" else queues.resume
-                result = operate(options["name"], actor=queues.cli_actor(), reason=options["reason"], using=database)
+                operate = queue_control.pause if action == "pause" else queue_control.resume
+                result = operate(
+                    options["name"], actor=queue_control.cli_actor(), reason=options["reason"], using=database
+                )
                 self.stdout.write(f"{result.message} (audit row {result.audit_id})")
         except OperationError as exc:
             raise CommandError(exc.message) from exc
@@ -79,7 +81,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
 
     def list(self, database: str, *, as_json: bool) -> None:
-        rows = queues.statuses(database, extra=known_queues())
+        rows = queue_control.statuses(database, extra=known_queues())
         if as_json:
             self.stdout.write(
                 json.dumps(

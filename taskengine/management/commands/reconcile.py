@@ -1,6 +1,6 @@
 """``manage.py reconcile [--apply] [--json] [--check] [--category NAME ...]``
 
-Read-only report by default (see taskengine/reconcile/). ``--apply`` makes the explicit
+Read-only report by default (see taskengine/ops/reconcile/). ``--apply`` makes the explicit
 fixes (compare-and-set writes with audit rows, actor ``system:reconcile``); the report
 printed is the one read *before* applying, plus what this run changed under
 ``applied``. ``--check`` exits 1 when the report found anything (for cron and CI);
@@ -15,8 +15,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from ... import reconcile
-from ...reconcile.progress import Progress
+from taskengine.ops import reconcile
+from taskengine.ops.reconcile.progress import Progress
 
 
 class Command(BaseCommand):

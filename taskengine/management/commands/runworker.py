@@ -12,12 +12,13 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from taskengine import gate, metrics
+from taskengine import gate
 from taskengine.compat import task_backends
 from taskengine.conf import engine_settings
-from taskengine.maintenance import build_services
+from taskengine.observability import metrics
 from taskengine.queues import declared_queues
-from taskengine.worker import Worker
+from taskengine.runtime.leader_service import build_services
+from taskengine.runtime.worker import Worker
 
 logger = logging.getLogger("taskengine.worker")
 START_UP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -1,0 +1,64 @@
+"""The leader in a runworker process: the elector, the maintenance ticker, and the
+services the ticker runs while this process leads (``default_services``).
+
+``build_services(worker)`` gives runworker (unless ``--no-leader``) one service that
+stands for leader: the elector (leader/election.py, its own thread) and the ticker
+(leader/ticker.py, another thread, its own database connection). The services are the
+leader's own (recovery, dead workers, schedules, retention) and the batches of unfinished
+bulk operations (ops/bulk_batches.py), which any one process runs, and the leader does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from taskengine.conf import engine_settings
+from taskengine.leader import dead_workers, recovery, retention
+from taskengine.leader.election import Elector
+from taskengine.leader.schedule_enqueuer import Scheduler
+from taskengine.leader.ticker import MaintenanceTicker, Service
+from taskengine.ops import bulk_batches
+
+if TYPE_CHECKING:
+    from taskengine.runtime.worker import Service as WorkerService
+    from taskengine.runtime.worker import Worker
+
+
+def default_services(database: str, scheduler: Scheduler | None = None) -> list[Service]:
+    s = engine_settings
+    scheduler = scheduler or Scheduler(database)
+    return [
+        Service("recovery", s.MAINTENANCE_INTERVAL_SECONDS, lambda lease: recovery.run_once(database, lease=lease)),
+        Service("dead_workers", s.MAINTENANCE_INTERVAL_SECONDS, lambda lease: dead_workers.run_once(database, lease)),
+        Service("schedules", s.SCHEDULER_INTERVAL_SECONDS, scheduler.run_once),
+        Service("retention", s.RETENTION_INTERVAL_SECONDS, lambda lease: retention.run_once(database, lease)),
+        # A bounded slice of the unfinished bulk operations' batches (each its own
+        # transaction, under the operation row's lock: a second runner takes turns).
+        Service("bulk", s.MAINTENANCE_INTERVAL_SECONDS, lambda lease: bulk_batches.run_unfinished(database)),
+    ]
+
+
+class LeaderService:
+    """The worker service: elector + ticker. Stopping it stops maintenance first and
+    then resigns, so a successor takes over at once after a clean shutdown."""
+
+    def __init__(self, elector: Elector, ticker: MaintenanceTicker) -> None:
+        self.elector = elector
+        self.ticker = ticker
+
+    def start(self) -> None:
+        self.elector.start()
+        self.ticker.start()
+
+    def stop(self) -> None:
+        self.ticker.stop()
+        self.elector.stop()
+
+
+def build_services(worker: Worker) -> list[WorkerService]:
+    """runworker's leader service. Validates TASKENGINE["SCHEDULES"] first, so a bad
+    entry stops the worker at start with ImproperlyConfigured naming it."""
+    scheduler = Scheduler(worker.database)
+    elector = Elector(worker.database, worker.worker_id)
+    ticker = MaintenanceTicker(worker.database, elector, default_services(worker.database, scheduler))
+    return [LeaderService(elector, ticker)]
