@@ -179,6 +179,13 @@ class Store(ABC):
         """Recovery's one run (maintenance/recovery.py), in one transaction."""
 
     @abstractmethod
+    def prune_terminal(self, connection: BaseDatabaseWrapper, params: dict[str, Any]) -> int:
+        """Retention's one batch (leader/retention.py), inside the caller's fenced
+        transaction: up to ``batch_size`` jobs of ``state`` finished ``age_seconds`` ago
+        or earlier, deleted with their attempt rows; the number of jobs deleted. The only
+        delete of jobs in the engine. SQL, not the ORM: no model signals are sent."""
+
+    @abstractmethod
     def notify_queue(self, connection: BaseDatabaseWrapper, channel: str, queue: str) -> None:
         """Wake the LISTENing workers of ``queue`` when the transaction commits (where the
         database has LISTEN/NOTIFY)."""

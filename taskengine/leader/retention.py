@@ -7,9 +7,12 @@ database clock); their attempt logs go with them (ExecutionLog cascades).
 Bounded: each transaction deletes at most RETENTION_BATCH_SIZE jobs, and one run does
 at most RETENTION_MAX_BATCHES transactions per state, so a large backlog drains over
 several runs without long locks. Each transaction holds the leader fence
-(leadership.fenced_transaction): under a stale term it raises NotLeader and deletes
-nothing. The batch is read ``FOR UPDATE SKIP LOCKED`` with the state re-checked, so an
-operator requeueing a job at the same moment keeps it.
+(election.fenced_transaction): under a stale term it raises NotLeader and deletes
+nothing. A batch is one statement on PostgreSQL (``prune_retention_batch``: the jobs
+locked ``FOR UPDATE SKIP LOCKED``, deleted with their attempt rows, the state re-checked,
+so an operator requeueing a job at the same moment keeps it) and three in one write
+transaction on SQLite. The deletes are SQL, not the ORM: no pre_delete / post_delete
+signals are sent for pruned jobs and attempts.
 """
 
 from __future__ import annotations
@@ -19,9 +22,8 @@ import logging
 from django.db import connections
 
 from taskengine.conf import engine_settings
-from taskengine.db.queries import sql
+from taskengine.db import store_for
 from taskengine.leader.election import LeaderLease, fenced_transaction
-from taskengine.models import Job
 from taskengine.states import TERMINAL_STATES
 
 logger = logging.getLogger("taskengine.retention")
@@ -55,17 +57,13 @@ def _prune_state(
     database: str, lease: LeaderLease, state: str, age_seconds: float, batch_size: int, max_batches: int
 ) -> int:
     connection = connections[database]
+    store = store_for(connection)
+    params = {"state": state, "age_seconds": age_seconds, "batch_size": batch_size}
     total = 0
     for _ in range(max_batches):
-        with fenced_transaction(database, lease), connection.cursor() as cursor:
-            cursor.execute(
-                sql(connection, "select_retention_batch"),
-                {"state": state, "age_seconds": age_seconds, "batch_size": batch_size},
-            )
-            ids = [row[0] for row in cursor.fetchall()]
-            if ids:
-                Job.objects.using(database).filter(pk__in=ids, state=state).delete()
-        total += len(ids)
-        if len(ids) < batch_size:
+        with fenced_transaction(database, lease):
+            deleted = store.prune_terminal(connection, params)
+        total += deleted
+        if deleted < batch_size:
             break
     return total

@@ -11,6 +11,7 @@ import inspect
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 from django.db import connection, transaction
 from django.db.models.functions import Now
@@ -394,6 +395,54 @@ def test_recover_under_a_leader_lease_that_is_not_live_writes_nothing(store):
     Job.objects.filter(pk=job_id).update(lease_expires_at=Now() - timedelta(seconds=5))
     assert recover(store, LeaderLease("maintenance", "not-the-leader", 7)) == []
     assert Job.objects.get(pk=job_id).state == "running"
+
+
+def finished(store: Store, state: str, days_ago: float, count: int = 1) -> list[int]:
+    """``count`` jobs claimed once (one attempt row each), then ended ``state`` days ago."""
+    ids = insert(store, *[new_job() for _ in range(count)])
+    claim(store, limit=count)
+    Job.objects.filter(pk__in=ids).update(
+        state=state, finished_at=Now() - timedelta(days=days_ago), locked_by=None, lease_expires_at=None
+    )
+    return ids
+
+
+def prune(store: Store, state: str = "succeeded", days: float = 7, batch_size: int = 100) -> int:
+    with transaction.atomic():
+        return store.prune_terminal(connection, {"state": state, "age_seconds": days * 86400, "batch_size": batch_size})
+
+
+def test_prune_terminal_deletes_old_jobs_of_one_state_with_their_attempts_oldest_first(store):
+    oldest = finished(store, "succeeded", 30)
+    old = finished(store, "succeeded", 10, count=2)
+    young = finished(store, "succeeded", 1)
+    failed = finished(store, "failed", 30)
+    [queued] = insert(store)
+    assert prune(store, batch_size=2) == 2  # a bounded batch, the oldest first
+    assert not Job.objects.filter(pk__in=oldest).exists()
+    assert Job.objects.filter(pk__in=old).count() == 1
+    assert prune(store) == 1
+    assert prune(store) == 0
+    assert set(Job.objects.values_list("id", flat=True)) == {*young, *failed, queued}
+    assert not ExecutionLog.objects.filter(job_id__in=oldest + old).exists()
+    assert ExecutionLog.objects.filter(job_id__in=young + failed).count() == 2  # other jobs' attempts stay
+
+
+@pytest.mark.postgres
+def test_prune_terminal_passes_over_a_job_another_transaction_holds(store):
+    """An operator requeueing an old job holds its row: the prune skips it (SKIP LOCKED)
+    and deletes the rest; once requeued, the job is no longer terminal and stays."""
+    held, free = finished(store, "succeeded", 30), finished(store, "succeeded", 30)
+    s = connection.settings_dict
+    with psycopg.connect(
+        host=s["HOST"] or "127.0.0.1", port=s["PORT"] or 5432, user=s["USER"] or "postgres", dbname=s["NAME"]
+    ) as other:
+        other.execute("SELECT id FROM taskengine_job WHERE id = %s FOR UPDATE", [held[0]])
+        assert prune(store) == 1
+        other.execute("UPDATE taskengine_job SET state = 'queued', finished_at = NULL WHERE id = %s", [held[0]])
+    assert prune(store) == 0
+    assert Job.objects.get(pk=held[0]).state == "queued"
+    assert not Job.objects.filter(pk__in=free).exists()
 
 
 # --- the other modules' operations -----------------------------------------------------

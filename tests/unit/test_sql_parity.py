@@ -46,7 +46,6 @@ BOTH: dict[str, set[str]] = {
         "enqueue_schedule_slot",
         "record_missed_slot",
         "advance_schedule",
-        "select_retention_batch",
     },
     "metrics": {
         "metrics_queued_queues",
@@ -102,6 +101,10 @@ ONLY: dict[tuple[str, str], set[str]] = {
     # PostgreSQL recovers in one fenced statement (row locks re-check the WHERE); SQLite
     # reads, then compare-and-sets each job, under its single write lock.
     ("recovery", "postgresql"): {"recover_expired_leases"},
+    # Retention's batch: PostgreSQL selects, locks and deletes jobs and attempt rows in one
+    # statement (data-modifying CTEs); SQLite reads the batch, then deletes both.
+    ("maintenance", "postgresql"): {"prune_retention_batch"},
+    ("maintenance", "sqlite"): {"select_retention_batch", "delete_retention_attempts", "delete_retention_jobs"},
     ("recovery", "sqlite"): {"select_recoverable", "recover_job", "log_lost_attempt"},
     # EXPLAIN's row estimate for a queue past the exact-count cap; SQLite keeps no such
     # statistics, so it always counts up to the cap.

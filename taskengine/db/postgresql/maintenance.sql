@@ -88,15 +88,31 @@ UPDATE taskengine_schedule
 RETURNING id;
 
 
--- name: select_retention_batch
--- One bounded batch of terminal jobs of one state finished before the cutoff, locked
--- for the deleting transaction (the caller holds the leader fence around it). The
--- state re-check guards against an operator requeue racing the prune.
--- Index: taskengine_job_finished_idx (finished_at).
-SELECT id
-  FROM taskengine_job
- WHERE state = %(state)s
-   AND finished_at < now() - make_interval(secs => %(age_seconds)s)
- ORDER BY finished_at
- LIMIT %(batch_size)s
-   FOR UPDATE SKIP LOCKED;
+-- name: prune_retention_batch
+-- Retention's one batch, one statement: up to batch_size terminal jobs of one state
+-- finished before the cutoff, locked (SKIP LOCKED: a job an operator is requeueing right
+-- now is left for the next batch), and deleted with their attempt rows. The caller holds
+-- the leader fence around it. FOR UPDATE re-checks the WHERE on the row's newest version,
+-- so a job requeued meanwhile is not deleted; the DELETE's own state check says so again.
+-- Index: taskengine_job_finished_idx (finished_at); the attempts by
+-- task_execution_logs_job_attempt_uniq (job_id, attempt).
+WITH batch AS (
+    SELECT id
+      FROM taskengine_job
+     WHERE state = %(state)s
+       AND finished_at < now() - make_interval(secs => %(age_seconds)s)
+     ORDER BY finished_at
+     LIMIT %(batch_size)s
+       FOR UPDATE SKIP LOCKED
+), attempts_deleted AS (
+    DELETE FROM task_execution_logs AS log
+     USING batch
+     WHERE log.job_id = batch.id
+), jobs_deleted AS (
+    DELETE FROM taskengine_job AS job
+     USING batch
+     WHERE job.id = batch.id
+       AND job.state = %(state)s
+    RETURNING job.id
+)
+SELECT count(*) AS deleted FROM jobs_deleted;

@@ -240,6 +240,11 @@ class PostgresStore(Store):
             cursor.execute(sql(connection, "recover_expired_leases"), params)
             return fetch_as(RecoveredRow, cursor)
 
+    def prune_terminal(self, connection: BaseDatabaseWrapper, params: dict[str, Any]) -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(sql(connection, "prune_retention_batch"), params)
+            return int(cursor.fetchone()[0])
+
     def notify_queue(self, connection: BaseDatabaseWrapper, channel: str, queue: str) -> None:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_notify(%s, %s)", [channel, queue])

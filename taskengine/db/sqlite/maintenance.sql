@@ -80,3 +80,18 @@ SELECT id
    AND finished_at < strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', '-' || %(age_seconds)s || ' seconds')
  ORDER BY finished_at
  LIMIT %(batch_size)s;
+
+
+-- name: delete_retention_attempts
+-- The attempt rows of the batch select_retention_batch read, in the same transaction
+-- (SQLite's one writer: nothing changes the batch in between).
+-- Index: task_execution_logs_job_attempt_uniq (job_id, attempt).
+DELETE FROM task_execution_logs
+ WHERE job_id IN (SELECT value FROM json_each(%(ids)s));
+
+
+-- name: delete_retention_jobs
+-- The batch's jobs, the state checked again. Index: primary key.
+DELETE FROM taskengine_job
+ WHERE id IN (SELECT value FROM json_each(%(ids)s))
+   AND state = %(state)s;

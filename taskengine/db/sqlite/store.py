@@ -255,6 +255,16 @@ class SQLiteStore(Store):
                 recovered.append(row)
         return recovered
 
+    def prune_terminal(self, connection: BaseDatabaseWrapper, params: dict[str, Any]) -> int:
+        """select_retention_batch, then its attempt rows and its jobs, in the caller's
+        transaction."""
+        with connection.cursor() as cursor:
+            cursor.execute(sql(connection, "select_retention_batch"), params)
+            ids = self.array([row[0] for row in cursor.fetchall()])
+            cursor.execute(sql(connection, "delete_retention_attempts"), {"ids": ids})
+            cursor.execute(sql(connection, "delete_retention_jobs"), {"ids": ids, "state": params["state"]})
+            return int(cursor.rowcount)
+
     def notify_queue(self, connection: BaseDatabaseWrapper, channel: str, queue: str) -> None:
         """Nothing: SQLite has no LISTEN/NOTIFY, its workers poll."""
 
