@@ -33,7 +33,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from taskengine.db.queries import sql
 
 from ..jobs import ClaimedJob, InsertedJob, NewJob, Outcome
-from .rows import RecoveredRow, Won, to_datetime
+from .rows import PrunedBatch, RecoveredRow, Won, to_datetime
 
 if TYPE_CHECKING:
     pass
@@ -179,11 +179,12 @@ class Store(ABC):
         """Recovery's one run (maintenance/recovery.py), in one transaction."""
 
     @abstractmethod
-    def prune_terminal(self, connection: BaseDatabaseWrapper, params: dict[str, Any]) -> int:
+    def prune_terminal(self, connection: BaseDatabaseWrapper, params: dict[str, Any]) -> PrunedBatch:
         """Retention's one batch (leader/retention.py), inside the caller's fenced
         transaction: up to ``batch_size`` jobs of ``state`` finished ``age_seconds`` ago
-        or earlier, deleted with their attempt rows; the number of jobs deleted. The only
-        delete of jobs in the engine. SQL, not the ORM: no model signals are sent."""
+        or earlier and not before ``after`` (a datetime_param), oldest first, deleted with
+        their attempt rows. The only delete of jobs in the engine. SQL, not the ORM: no
+        model signals are sent."""
 
     @abstractmethod
     def notify_queue(self, connection: BaseDatabaseWrapper, channel: str, queue: str) -> None:

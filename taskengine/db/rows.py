@@ -197,3 +197,12 @@ class RecoveredRow:
     task_path: str
     locked_by: str | None = None
     worker_dead: bool = False
+
+
+@dataclass(slots=True)
+class PrunedBatch:
+    """One retention batch: the jobs deleted, and the latest ``finished_at`` among them
+    (where the next batch of the same pass resumes; None when nothing was deleted)."""
+
+    deleted: int
+    last_finished_at: datetime | None

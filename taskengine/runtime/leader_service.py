@@ -31,7 +31,7 @@ def default_services(database: str, scheduler: Scheduler | None = None) -> list[
         Service("recovery", s.MAINTENANCE_INTERVAL_SECONDS, lambda lease: recovery.run_once(database, lease=lease)),
         Service("dead_workers", s.MAINTENANCE_INTERVAL_SECONDS, lambda lease: dead_workers.run_once(database, lease)),
         Service("schedules", s.SCHEDULER_INTERVAL_SECONDS, scheduler.run_once),
-        Service("retention", s.RETENTION_INTERVAL_SECONDS, lambda lease: retention.run_once(database, lease)),
+        Service("retention", s.RETENTION_INTERVAL_SECONDS, retention.RetentionSweep(database).run_once),
         # A bounded slice of the unfinished bulk operations' batches (each its own
         # transaction, under the operation row's lock: a second runner takes turns).
         Service("bulk", s.MAINTENANCE_INTERVAL_SECONDS, lambda lease: bulk_batches.run_unfinished(database)),

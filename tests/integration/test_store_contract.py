@@ -407,9 +407,11 @@ def finished(store: Store, state: str, days_ago: float, count: int = 1) -> list[
     return ids
 
 
-def prune(store: Store, state: str = "succeeded", days: float = 7, batch_size: int = 100) -> int:
+def prune(store: Store, state: str = "succeeded", days: float = 7, batch_size: int = 100, after=None) -> int:
+    after = store.datetime_param(connection, after or datetime(1, 1, 1, tzinfo=UTC))
+    params = {"state": state, "age_seconds": days * 86400, "batch_size": batch_size, "after": after}
     with transaction.atomic():
-        return store.prune_terminal(connection, {"state": state, "age_seconds": days * 86400, "batch_size": batch_size})
+        return store.prune_terminal(connection, params).deleted
 
 
 def test_prune_terminal_deletes_old_jobs_of_one_state_with_their_attempts_oldest_first(store):
@@ -426,6 +428,22 @@ def test_prune_terminal_deletes_old_jobs_of_one_state_with_their_attempts_oldest
     assert set(Job.objects.values_list("id", flat=True)) == {*young, *failed, queued}
     assert not ExecutionLog.objects.filter(job_id__in=oldest + old).exists()
     assert ExecutionLog.objects.filter(job_id__in=young + failed).count() == 2  # other jobs' attempts stay
+
+
+def test_prune_terminal_resumes_where_the_last_batch_stopped(store):
+    oldest, middle, newest = (finished(store, "succeeded", days) for days in (30, 20, 10))
+    params = {"state": "succeeded", "age_seconds": 7 * 86400, "batch_size": 1}
+    with transaction.atomic():
+        first = store.prune_terminal(
+            connection, {**params, "after": store.datetime_param(connection, datetime(1, 1, 1, tzinfo=UTC))}
+        )
+    assert first.deleted == 1 and not Job.objects.filter(pk__in=oldest).exists()
+    stopped = Job.objects.get(pk=middle[0]).finished_at
+    assert first.last_finished_at is not None and first.last_finished_at < stopped
+    # Resuming past the middle job passes over it; the last batch of a pass is short.
+    assert prune(store, after=stopped + timedelta(seconds=1)) == 1
+    assert Job.objects.filter(pk__in=middle).exists() and not Job.objects.filter(pk__in=newest).exists()
+    assert prune(store, after=first.last_finished_at) == 1
 
 
 @pytest.mark.postgres

@@ -50,6 +50,25 @@ def test_retention_works_in_bounded_batches():
     assert Job.objects.count() == 1
 
 
+def test_a_retention_pass_resumes_across_runs_and_the_next_pass_starts_from_the_oldest():
+    first, second, third = (finished_job("succeeded", days) for days in (30, 20, 10))
+    first_finished = Job.objects.get(pk=first).finished_at
+    sweep = retention.RetentionSweep("default")
+    lease = lead()
+    assert sweep.run_once(lease, days={"succeeded": 7}, batch_size=1, max_batches=1) == {"succeeded": 1}
+    assert sweep.resume_at["succeeded"] == first_finished  # where the pass goes on
+    assert set(Job.objects.values_list("id", flat=True)) == {second, third}
+    # A job older than where the pass stands (one another transaction held, say) is
+    # passed over by this pass ...
+    late = finished_job("succeeded", 40)
+    assert sweep.run_once(lease, days={"succeeded": 7}, batch_size=1, max_batches=5) == {"succeeded": 2}
+    assert set(Job.objects.values_list("id", flat=True)) == {late}
+    assert "succeeded" not in sweep.resume_at  # a short batch ended the pass
+    # ... and pruned by the next one, which starts from the oldest again.
+    assert sweep.run_once(lease, days={"succeeded": 7}, batch_size=1, max_batches=5) == {"succeeded": 1}
+    assert not Job.objects.exists()
+
+
 def test_retention_under_a_stale_term_deletes_nothing():
     finished_job("succeeded", 10)
     stale = lead("old")

@@ -20,6 +20,7 @@ from ..limited_claim import LIMITS_WAITING, claim_limited_after
 from ..rows import (
     CLAIM_RENAMES,
     LeaseRow,
+    PrunedBatch,
     RecoveredRow,
     Won,
     claimed_job,
@@ -240,10 +241,11 @@ class PostgresStore(Store):
             cursor.execute(sql(connection, "recover_expired_leases"), params)
             return fetch_as(RecoveredRow, cursor)
 
-    def prune_terminal(self, connection: BaseDatabaseWrapper, params: dict[str, Any]) -> int:
+    def prune_terminal(self, connection: BaseDatabaseWrapper, params: dict[str, Any]) -> PrunedBatch:
         with connection.cursor() as cursor:
             cursor.execute(sql(connection, "prune_retention_batch"), params)
-            return int(cursor.fetchone()[0])
+            [batch] = fetch_as(PrunedBatch, cursor)
+            return batch
 
     def notify_queue(self, connection: BaseDatabaseWrapper, channel: str, queue: str) -> None:
         with connection.cursor() as cursor:

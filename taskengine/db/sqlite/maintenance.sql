@@ -73,10 +73,14 @@ RETURNING id;
 
 
 -- name: select_retention_batch
+-- One batch of terminal jobs of one state finished before the cutoff and not before
+-- %(after)s (where the pass's previous batch stopped), oldest first, with their
+-- finished_at (the next batch's %(after)s).
 -- Index: taskengine_job_finished_idx (finished_at).
-SELECT id
+SELECT id, finished_at
   FROM taskengine_job
  WHERE state = %(state)s
+   AND finished_at >= %(after)s
    AND finished_at < strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', '-' || %(age_seconds)s || ' seconds')
  ORDER BY finished_at
  LIMIT %(batch_size)s;

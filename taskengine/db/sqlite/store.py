@@ -19,6 +19,7 @@ from ..limited_claim import claim_limited_after
 from ..rows import (
     FinishedRow,
     LeaseRow,
+    PrunedBatch,
     RecoveredRow,
     Won,
     claimed_jobs,
@@ -255,15 +256,17 @@ class SQLiteStore(Store):
                 recovered.append(row)
         return recovered
 
-    def prune_terminal(self, connection: BaseDatabaseWrapper, params: dict[str, Any]) -> int:
+    def prune_terminal(self, connection: BaseDatabaseWrapper, params: dict[str, Any]) -> PrunedBatch:
         """select_retention_batch, then its attempt rows and its jobs, in the caller's
-        transaction."""
+        transaction (SQLite's one writer: the batch cannot change in between)."""
         with connection.cursor() as cursor:
             cursor.execute(sql(connection, "select_retention_batch"), params)
-            ids = self.array([row[0] for row in cursor.fetchall()])
+            batch = cursor.fetchall()
+            ids = self.array([row[0] for row in batch])
             cursor.execute(sql(connection, "delete_retention_attempts"), {"ids": ids})
             cursor.execute(sql(connection, "delete_retention_jobs"), {"ids": ids, "state": params["state"]})
-            return int(cursor.rowcount)
+            last = max((to_datetime(row[1]) for row in batch), default=None)
+            return PrunedBatch(deleted=int(cursor.rowcount), last_finished_at=last)
 
     def notify_queue(self, connection: BaseDatabaseWrapper, channel: str, queue: str) -> None:
         """Nothing: SQLite has no LISTEN/NOTIFY, its workers poll."""
