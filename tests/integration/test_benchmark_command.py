@@ -161,6 +161,21 @@ def test_compare_pgqueuer_without_the_package_is_refused_naming_the_extra():
     assert "[benchmark]" not in out.stderr
 
 
+@pytest.mark.sqlite_only
+def test_compare_pgqueuer_on_sqlite_is_refused_before_anything_runs():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "benchmark", "--compare", "pgqueuer", "--json"],
+        cwd=ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0
+    assert "--compare pgqueuer needs PostgreSQL" in out.stderr
+    assert "enqueue:" not in out.stderr and "drain:" not in out.stderr
+
+
 @pytest.mark.acceptance  # the benchmark starts real runworker processes
 def test_the_modes_report_their_figures_and_prune_only_the_benchmarks_own_rows():
     postgres = connection.vendor == "postgresql"
