@@ -25,7 +25,7 @@ from typing import Any
 from .base import RssSampler, database_url
 from .drain import Drains, ideal_rate
 from .latency import Latency
-from .pgqueuer_drain import MissingPackage, PgqueuerDrain, require_pgqueuer
+from .pgqueuer_drain import CompareRefused, PgqueuerDrain, require_pgqueuer
 from .raw import RAW_CLAIM_BATCH, RAW_CLAIM_ROWS, RawLimits
 from .retention import Retention
 from .sustained import Sustained
@@ -35,7 +35,7 @@ __all__ = [
     "RAW_CLAIM_BATCH",
     "RAW_CLAIM_ROWS",
     "Benchmark",
-    "MissingPackage",
+    "CompareRefused",
     "Report",
     "RssSampler",
     "database_url",

@@ -11,9 +11,9 @@ completion − first pick), both from the database clock: the ``created`` column
 (``now()``) of pgqueuer's own log table (pgqueuer_drain.sql).
 
 pgqueuer is an optional package (the ``bench`` extra): nothing here imports it until
-the phase runs, and require_pgqueuer() says how to install it. Its settings come from
-``PGQUEUER_*`` environment variables; the phase refuses to run with any set, since the
-comparison is with its defaults."""
+the phase runs, and require_pgqueuer() says how to install it. pgqueuer's settings come
+from ``PGQUEUER_*`` environment variables; require_pgqueuer() refuses any set, since
+the comparison is with its defaults."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from importlib import metadata, resources
 from typing import IO, TYPE_CHECKING, Any
 
@@ -40,22 +41,26 @@ ENQUEUE_BATCH = 10_000  # jobs per pgqueuer enqueue call (one transaction for al
 READY_SECONDS = 1.0  # after the consumer LISTENs, as _start_workers waits after registration
 
 
-class MissingPackage(RuntimeError):
-    """An optional package a benchmark phase needs is not installed."""
+class CompareRefused(RuntimeError):
+    """``--compare pgqueuer`` cannot measure what it promises: pgqueuer is not
+    installed, or the environment moves pgqueuer off its defaults."""
 
 
-def require_pgqueuer() -> str:
-    """pgqueuer's version, or MissingPackage naming the extra that brings it."""
+def require_pgqueuer(environ: Mapping[str, str] = os.environ) -> str:
+    """pgqueuer's version, or CompareRefused naming the extra that brings it, or the
+    ``PGQUEUER_*`` variables that would change its settings (its names, schema,
+    durability) away from its defaults."""
     try:
         import pgqueuer  # noqa: F401 - imported to be sure it imports, not only that it is installed
     except ImportError as exc:
-        raise MissingPackage(f"--compare pgqueuer needs the pgqueuer package ({exc}): {EXTRA}") from exc
+        raise CompareRefused(f"--compare pgqueuer needs the pgqueuer package ({exc}): {EXTRA}") from exc
+    if settings := pgqueuer_settings_in(environ):
+        raise CompareRefused(f"--compare pgqueuer measures pgqueuer's defaults: unset {', '.join(settings)}")
     return metadata.version("pgqueuer")
 
 
-def pgqueuer_settings_in(environ: dict[str, str]) -> list[str]:
-    """The environment variables that would change pgqueuer's settings (its names,
-    schema, durability) away from its defaults."""
+def pgqueuer_settings_in(environ: Mapping[str, str]) -> list[str]:
+    """The environment variables pgqueuer's settings read (``PGQUEUER_*``, any case)."""
     return sorted(name for name in environ if name.upper().startswith("PGQUEUER_"))
 
 
@@ -65,9 +70,7 @@ class PgqueuerDrain(BenchBase):
         scratch database dropped afterwards. Needs PostgreSQL and pgqueuer."""
         version = require_pgqueuer()
         if not self.postgres:
-            raise RuntimeError("--compare pgqueuer needs PostgreSQL")
-        if set_ := pgqueuer_settings_in(dict(os.environ)):
-            raise RuntimeError(f"--compare pgqueuer measures pgqueuer's defaults: unset {', '.join(set_)}")
+            raise CompareRefused("--compare pgqueuer needs PostgreSQL")
         import psycopg
 
         scratch = f"taskengine_pgqueuer_{os.getpid()}"

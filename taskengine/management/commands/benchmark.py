@@ -9,7 +9,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from taskengine.bench import Benchmark, MissingPackage, require_pgqueuer
+from taskengine.bench import Benchmark, CompareRefused, require_pgqueuer
 from taskengine.conf import engine_settings
 
 PHASES = "single,bulk,drain,default,latency,raw"
@@ -97,7 +97,7 @@ class Command(BaseCommand):
         if o["compare"] == "pgqueuer":
             try:
                 require_pgqueuer()
-            except MissingPackage as exc:
+            except CompareRefused as exc:
                 raise CommandError(str(exc)) from None
         bench = Benchmark(database=o["database"] or engine_settings.DATABASE, queue=o["queue"], log=self._note)
         if o["compare"] and not bench.postgres:
