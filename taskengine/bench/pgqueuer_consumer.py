@@ -1,8 +1,13 @@
 """One pgqueuer consumer with pgqueuer's defaults, the program behind ``manage.py
 benchmark --compare pgqueuer`` (issue #16): a no-op async entrypoint, started the way
 ``pgq run`` starts a factory (pgqueuer's own supervisor with none of its options given:
-batch size 10, no concurrency limit, its event loop choice), on one psycopg connection
-to the database named by the environment variable DSN_ENV.
+batch size 10, no concurrency limit, its event loop choice), on one asyncpg connection
+to the database named by the environment variable DSN_ENV (a libpq connection string).
+
+asyncpg, not psycopg: it is the driver of pgqueuer's own quick start, and pgqueuer's
+psycopg driver stalls a consumer for its notification watcher's 1 s timeout after the
+first batch of a burst (it holds the connection while it waits), which would count
+against pgqueuer in every drain (docs/performance.md, "pgqueuer in the same run").
 
 It runs as a program of its own (``python -P pgqueuer_consumer.py``), outside Django,
 and so imports nothing of taskengine: importing it through the package would load
@@ -17,17 +22,18 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import psycopg
-from pgqueuer import Job, PgQueuer, PsycopgDriver, run
+import asyncpg
+from pgqueuer import AsyncpgDriver, Job, PgQueuer, run
 from pgqueuer.ports.driver import NotifyCallback
+from psycopg.conninfo import conninfo_to_dict
 
 DSN_ENV = "TASKENGINE_BENCH_PGQUEUER_DSN"
 ENTRYPOINT = "taskengine_bench_noop"
 READY = "ready"
 
 
-class ReadyDriver(PsycopgDriver):
-    """pgqueuer's psycopg driver, saying READY once the first LISTEN is done (the queue
+class ReadyDriver(AsyncpgDriver):
+    """pgqueuer's asyncpg driver, saying READY once the first LISTEN is done (the queue
     manager's, the only listener a consumer adds)."""
 
     said_ready = False
@@ -39,10 +45,24 @@ class ReadyDriver(PsycopgDriver):
             print(READY, flush=True)
 
 
+async def connect(conninfo: str) -> asyncpg.Connection:
+    """An asyncpg connection from a libpq connection string's host, port, user,
+    password, database and sslmode (asyncpg takes a URI or keywords, not the string)."""
+    params = conninfo_to_dict(conninfo)
+    keywords = {"host": "host", "port": "port", "user": "user", "password": "password", "dbname": "database"}
+    given: dict[str, object] = {name: params[libpq] for libpq, name in keywords.items() if params.get(libpq)}
+    if "port" in given:
+        given["port"] = int(str(given["port"]))
+    if params.get("sslmode"):
+        given["ssl"] = params["sslmode"]
+    return await asyncpg.connect(**given)
+
+
 @asynccontextmanager
 async def consumer() -> AsyncIterator[PgQueuer]:
     """The factory ``pgq run`` would be given: a PgQueuer with one no-op entrypoint."""
-    async with await psycopg.AsyncConnection.connect(os.environ[DSN_ENV], autocommit=True) as connection:
+    connection = await connect(os.environ[DSN_ENV])
+    try:
         pgq = PgQueuer(ReadyDriver(connection))
 
         @pgq.entrypoint(ENTRYPOINT)
@@ -50,6 +70,8 @@ async def consumer() -> AsyncIterator[PgQueuer]:
             """The benchmark's no-op."""
 
         yield pgq
+    finally:
+        await connection.close()
 
 
 def main() -> None:
