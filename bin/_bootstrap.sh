@@ -34,8 +34,8 @@ stamp=".venv/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   echo "==> installing taskengine and its dependencies into .venv"
   "$PY" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  "$PY" -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-  "$PY" -c "import django, psycopg, django_prometheus, environ, pytest_django" \
+  "$PY" -m pip install -q -e ".[test,bench]" 2>&1 | grep -v "^WARNING: Location" || true
+  "$PY" -c "import django, psycopg, django_prometheus, environ, pytest_django, pgqueuer" \
     || { echo "dependency install failed" >&2; exit 1; }
   rm -f .venv/.installed-*
   touch "$stamp"

@@ -7,10 +7,13 @@
   concurrency and 32), with real work (``io``/``cpu``) against the ideal, long drains;
 - ``latency``: enqueue→start latency to an idle worker, claim time versus table size;
 - ``sustained``: a fixed-rate producer against a steady pool, per window;
-- ``retention``: the engine's own pruning of many terminal jobs under claims.
+- ``retention``: the engine's own pruning of many terminal jobs under claims;
+- ``pgqueuer_drain``: pgqueuer's defaults draining the same no-op jobs in the same run
+  (``--compare pgqueuer``; the optional package of the ``bench`` extra), by the program
+  ``pgqueuer_consumer``.
 
 All timings of jobs come from the database clock (enqueued_at, started_at,
-finished_at), never from this process. The benchmark works on its own queue
+finished_at; pgqueuer's log table for pgqueuer), never from this process. The benchmark works on its own queue
 ("benchmark" unless told otherwise) and deletes its own jobs when done.
 """
 
@@ -22,6 +25,7 @@ from typing import Any
 from .base import RssSampler, database_url
 from .drain import Drains, ideal_rate
 from .latency import Latency
+from .pgqueuer_drain import CompareRefused, PgqueuerDrain, require_pgqueuer
 from .raw import RAW_CLAIM_BATCH, RAW_CLAIM_ROWS, RawLimits
 from .retention import Retention
 from .sustained import Sustained
@@ -31,11 +35,13 @@ __all__ = [
     "RAW_CLAIM_BATCH",
     "RAW_CLAIM_ROWS",
     "Benchmark",
+    "CompareRefused",
     "Report",
     "RssSampler",
     "database_url",
     "ideal_rate",
     "noop",
+    "require_pgqueuer",
     "sleep_5ms",
     "spin_1ms",
 ]
@@ -50,5 +56,5 @@ class Report:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
-class Benchmark(RawLimits, Drains, Latency, Sustained, Retention):
+class Benchmark(RawLimits, Drains, PgqueuerDrain, Latency, Sustained, Retention):
     """Every phase of ``manage.py benchmark`` on one database and queue."""

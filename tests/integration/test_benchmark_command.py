@@ -1,8 +1,10 @@
 """``manage.py benchmark`` end to end at a small size: every figure it promises comes out,
 the drain runs real workers that are all up before the jobs exist, the raw limits come
 from the project's own scripts (nothing outside the checkout), every mode (real work,
-long drain, retention, sustained load) reports its figures in --json, and the benchmark
-leaves none of its jobs, nor its scratch database or table, behind. (The figures
+long drain, retention, sustained load, pgqueuer's drain with --compare pgqueuer) reports
+its figures in --json, and the benchmark leaves none of its jobs, nor its scratch
+databases or table, behind; --compare pgqueuer without the package is refused naming
+the extra. (The figures
 themselves are read from the command's output in docs/performance.md, never asserted as
 timings here.)"""
 
@@ -113,6 +115,65 @@ def test_a_raw_script_that_does_not_exist_is_refused_before_anything_runs(tmp_pa
     assert out.returncode != 0
     assert f"--raw-script {missing} does not exist" in out.stderr
     assert "enqueue:" not in out.stderr
+
+
+@pytest.mark.postgres
+@pytest.mark.acceptance  # the benchmark starts real runworker processes, and a pgqueuer consumer
+def test_compare_pgqueuer_reports_its_drain_and_the_ratios_and_drops_its_scratch_database():
+    from importlib import metadata
+
+    figures, notes = run_benchmark("--jobs", "500", "--compare", "pgqueuer", "--skip", "single,bulk,drain,latency,raw")
+    assert figures["pgqueuer_version"] == metadata.version("pgqueuer")
+    assert figures["pgqueuer_drain_per_s"] > 0
+    assert figures["pgqueuer_drain_seconds"] > 0
+    assert figures["pgqueuer_drain_per_s"] * figures["pgqueuer_drain_seconds"] == pytest.approx(500, rel=0.01)
+    for drain in ("drain_default", "drain_c32"):
+        assert figures[f"{drain}_per_s"] > 0
+        assert figures[f"{drain}_vs_pgqueuer"] == pytest.approx(
+            figures[f"{drain}_per_s"] / figures["pgqueuer_drain_per_s"], rel=0.01, abs=ROUNDED
+        )
+    (scratch,) = re.findall(r"scratch database (taskengine_pgqueuer_\d+)", notes)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_database WHERE datname = %s", [scratch])
+        assert cursor.fetchone() == (0,)
+    assert not Job.objects.filter(queue="benchmark").exists()
+
+
+def test_compare_pgqueuer_without_the_package_is_refused_naming_the_extra():
+    # None in sys.modules: `import pgqueuer` raises ImportError, as with the package absent.
+    hide_and_run = (
+        "import runpy, sys; sys.modules['pgqueuer'] = None; "
+        "sys.argv = ['manage.py', 'benchmark', '--compare', 'pgqueuer', '--json']; "
+        "runpy.run_path('manage.py', run_name='__main__')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", hide_and_run],
+        cwd=ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0
+    assert "--compare pgqueuer needs the pgqueuer package" in out.stderr
+    assert "pip install 'taskengine[bench]'" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert "[benchmark]" not in out.stderr
+
+
+@pytest.mark.sqlite_only
+def test_compare_pgqueuer_on_sqlite_is_refused_before_anything_runs():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "benchmark", "--compare", "pgqueuer", "--json"],
+        cwd=ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0
+    assert "--compare pgqueuer needs PostgreSQL" in out.stderr
+    assert "enqueue:" not in out.stderr and "drain:" not in out.stderr
 
 
 @pytest.mark.acceptance  # the benchmark starts real runworker processes

@@ -190,6 +190,7 @@ BENCH: dict[str, set[str]] = {
     "raw_claim.setup.sql": {"create_table", "load_queued", "create_claim_index", "settle", "count_queued"},
     "console_perf.sql": {"console_perf_fill_jobs", "console_perf_fill_attempts"},
     "raw_copy.sql": {"drop_scratch", "create_scratch", "rows_out", "rows_in"},
+    "pgqueuer_drain.sql": {"pgqueuer_queued", "pgqueuer_drained"},
 }
 
 

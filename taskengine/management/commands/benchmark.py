@@ -9,7 +9,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from taskengine.bench import Benchmark
+from taskengine.bench import Benchmark, CompareRefused, require_pgqueuer
 from taskengine.conf import engine_settings
 
 PHASES = "single,bulk,drain,default,latency,raw"
@@ -42,6 +42,13 @@ class Command(BaseCommand):
             "--claim-limits",
             action="store_true",
             help="Also time one claim with a queue limit, a rate and keyed jobs against none (Postgres).",
+        )
+        parser.add_argument(
+            "--compare",
+            choices=["pgqueuer"],
+            default=None,
+            help="Also drain --jobs jobs with pgqueuer's defaults (one consumer) in a scratch database, "
+            "and report the shipped worker's drains as ratios to it (PostgreSQL; pip install 'taskengine[bench]').",
         )
         self._add_mode_arguments(parser)
         parser.add_argument("--skip", default="", help=f"Comma list of phases to skip: {PHASES}.")
@@ -87,7 +94,14 @@ class Command(BaseCommand):
             raise CommandError(f"--work takes io and cpu, not {', '.join(sorted(unknown))}")
         if o["raw_script"] is not None and not o["raw_script"].is_file():
             raise CommandError(f"--raw-script {o['raw_script']} does not exist (or is not a file)")
+        if o["compare"] == "pgqueuer":
+            try:
+                require_pgqueuer()
+            except CompareRefused as exc:
+                raise CommandError(str(exc)) from None
         bench = Benchmark(database=o["database"] or engine_settings.DATABASE, queue=o["queue"], log=self._note)
+        if o["compare"] and not bench.postgres:
+            raise CommandError(f"--compare {o['compare']} needs PostgreSQL")
         if not bench.postgres:
             self._note("note: not PostgreSQL — no LISTEN/NOTIFY and no raw limits; figures are for SQLite")
         figures: dict[str, Any] = {
@@ -98,7 +112,15 @@ class Command(BaseCommand):
         }
         bench.clear()
         try:
-            for phase in (self._enqueue, self._drains, self._latency, self._modes, self._sustained, self._raw):
+            for phase in (
+                self._enqueue,
+                self._drains,
+                self._compare,
+                self._latency,
+                self._modes,
+                self._sustained,
+                self._raw,
+            ):
                 phase(bench, figures)
         except Exception as exc:
             raise CommandError(f"benchmark failed: {exc}") from exc
@@ -139,6 +161,18 @@ class Command(BaseCommand):
         for work in self.work:
             self._note(f"work {work}: {o['workers']} workers x concurrency {o['concurrency']}, {o['work_jobs']} jobs")
             figures.update(bench.work_drain(work, o["workers"], o["concurrency"], o["work_jobs"]))
+
+    def _compare(self, bench: Benchmark, figures: dict[str, Any]) -> None:
+        if self.o["compare"] != "pgqueuer":
+            return
+        self._note(f"pgqueuer: one consumer with its defaults, {self.o['jobs']} jobs")
+        figures.update(bench.pgqueuer_drain(self.o["jobs"]))
+        for drain, share in (
+            ("drain_default_per_s", "drain_default_vs_pgqueuer"),
+            ("drain_c32_per_s", "drain_c32_vs_pgqueuer"),
+        ):
+            if drain in figures:
+                figures[share] = ratio(figures, drain, "pgqueuer_drain_per_s")
 
     def _latency(self, bench: Benchmark, figures: dict[str, Any]) -> None:
         if "latency" not in self.skip:
