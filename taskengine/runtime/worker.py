@@ -71,14 +71,13 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from datetime import datetime
-from typing import Any, Protocol, overload
+from typing import Any, Protocol, Unpack, overload
 
 from django.db import Error as DatabaseError
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from taskengine import queues, store
-from taskengine.conf import engine_settings
 from taskengine.db import store_for
 from taskengine.jobs import ClaimedJob, Outcome
 from taskengine.observability import metrics
@@ -101,13 +100,13 @@ from taskengine.runtime.execution import (
 )
 from taskengine.runtime.listener import Listener
 from taskengine.runtime.pool import JobThreads
+from taskengine.runtime.worker_options import WorkerArguments, WorkerOptions
 from taskengine.states import AttemptOutcome
 
 logger = logging.getLogger("taskengine.worker")
 
 HARD_TIMEOUT_GRACE = 2.0  # seconds an interrupted handler gets to stop before it counts as stuck
 PREFETCH_HORIZON = 0.02  # jobs are prefetched only as many as are expected to start within this (seconds)
-PREFETCH_MIN_BOUND = 32  # the prefetch bound is the larger of this and the concurrency
 DURATION_WEIGHT = 0.05  # weight of each handler's run time in the worker's running mean
 STUCK_THREADS_EXIT_CODE = 3  # the worker exits with this when it gives up on stuck handlers
 
@@ -121,45 +120,11 @@ class Service(Protocol):
 
 class Worker:
     def __init__(
-        self,
-        *,
-        queues: Sequence[str],
-        concurrency: int = 8,
-        lease_seconds: float | None = None,
-        backoff_base: float | None = None,
-        max_backoff: float | None = None,
-        burst: bool = False,
-        worker_id: str | None = None,
-        database: str | None = None,
-        shutdown_grace: float | None = None,
-        heartbeat_seconds: float | None = None,
-        use_advisory_locks: bool | None = None,
-        poll_only: bool | None = None,
-        max_stuck_threads: int | None = None,
-        services: Sequence[Service] = (),
-        completer: bool | None = None,
+        self, *, queues: Sequence[str], services: Sequence[Service] = (), **arguments: Unpack[WorkerArguments]
     ) -> None:
-        s = engine_settings
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
-        self.queues = list(dict.fromkeys(queues))
-        if not self.queues:
-            raise ValueError("a worker needs at least one queue")
-        self.concurrency = concurrency
-        self.lease_seconds = float(lease_seconds or s.LEASE_SECONDS)
-        self.backoff_base = float(backoff_base if backoff_base is not None else s.POLL_BACKOFF_BASE)
-        self.max_backoff = float(max_backoff if max_backoff is not None else s.POLL_MAX_BACKOFF)
-        self.burst = burst
-        self.worker_id = worker_id or heartbeats.new_worker_id()
-        self.database = database or s.DATABASE
-        self.shutdown_grace = float(shutdown_grace if shutdown_grace is not None else s.SHUTDOWN_GRACE_SECONDS)
-        self.heartbeat_seconds = float(heartbeat_seconds or min(s.HEARTBEAT_SECONDS, self.lease_seconds / 3))
-        self.use_advisory_locks = s.USE_ADVISORY_LOCKS if use_advisory_locks is None else use_advisory_locks
-        self.poll_only = s.POLL_ONLY if poll_only is None else poll_only
-        configured = s.MAX_STUCK_THREADS if max_stuck_threads is None else max_stuck_threads
-        self.max_stuck_threads = concurrency // 2 if configured is None else int(configured)
-        if self.max_stuck_threads < 0:
-            raise ValueError("max_stuck_threads must be at least 0")
+        self.options = options = WorkerOptions.build(queues, **arguments)
+        self.worker_id = options.worker_id
+        self.database = options.database
         self.services = list(services)
 
         self._wake = threading.Event()
@@ -169,19 +134,17 @@ class Worker:
         self._stuck: set[RunningJob] = set()  # handlers that ignored an interrupt and still run
         self._gave_up = False  # draining because of stuck handlers
         self.events = events.JobEvents(self.worker_id)
-        self.use_completer = s.COMPLETER if completer is None else completer
         self._outcomes = Outcomes(self.worker_id, self.events)  # written on the loop's connection
         self._completer: Completer | None = None  # PostgreSQL: written on the completer's
-        self._batch = max(1, concurrency // 2)  # half the slots plus the prefetch bound, set by the loop
+        self._batch = max(1, options.concurrency // 2)  # half the slots plus the prefetch bound, set by the loop
         # Slots and the prefetch buffer, shared with the handlers' threads (under _slots_lock):
         # a slot is taken from a job's start to its handler's return; a handler that returns
         # hands its slot straight to the next prefetched job, on its own thread.
         self._slots_lock = threading.Lock()
-        self._free_slots = concurrency
+        self._free_slots = options.concurrency
         self._ready: deque[RunningJob] = deque()  # prefetched: leased, not started
         self._hold_ready = False  # no prefetched job starts (draining, or being released)
         self._uncollected = 0  # outcomes handed over since the loop last collected
-        self.prefetch_limit = max(concurrency, PREFETCH_MIN_BOUND)
         self._mean_duration: float | None = None  # running mean of handler run times (seconds)
         self._tasks: dict[str, tuple[Any, bool]] = {}  # task path -> (task, is it async), resolved once
         self._draining = False
@@ -193,7 +156,7 @@ class Worker:
         self._db_backoff = 0.0
         self._db_down_since: float | None = None
         self._registered = False
-        self._threads = JobThreads(concurrency, self._run_item, self._on_handler_done)
+        self._threads = JobThreads(options.concurrency, self._run_item, self._on_handler_done)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: Listener | None = None
         self.stuck_threads = False  # handler threads were still running at exit
@@ -215,7 +178,7 @@ class Worker:
             logger.info(
                 "received %s: draining (no new claims, %.0fs grace)",
                 signal.Signals(signum).name,
-                self.shutdown_grace,
+                self.options.shutdown_grace,
                 extra={"worker_id": self.worker_id},
             )
             self._begin_drain()
@@ -240,20 +203,20 @@ class Worker:
         if not self._draining:
             self._hold_ready = True  # a plain assignment: this may run in a signal handler
             self._draining = True
-            self._drain_deadline = time.monotonic() + self.shutdown_grace
+            self._drain_deadline = time.monotonic() + self.options.shutdown_grace
 
     def run(self) -> int:
         """Run until drained (SIGTERM, request_stop, or --burst with nothing due)."""
         logger.info(
             "worker starting: queues=%s concurrency=%d lease=%.0fs claim=%s wake=%s",
-            ",".join(self.queues),
-            self.concurrency,
-            self.lease_seconds,
-            "advisory" if self.use_advisory_locks else "skip-locked",
-            "poll" if self.poll_only or not store_for(self.connection).listen_notify else "listen",
+            ",".join(self.options.queues),
+            self.options.concurrency,
+            self.options.lease_seconds,
+            "advisory" if self.options.use_advisory_locks else "skip-locked",
+            "poll" if self.options.poll_only or not store_for(self.connection).listen_notify else "listen",
             extra={"worker_id": self.worker_id},
         )
-        metrics.WORKER_SLOTS.set(self.concurrency)
+        metrics.WORKER_SLOTS.set(self.options.concurrency)
         try:
             self._start_listener()
             while not self._registered and not self._draining:
@@ -270,15 +233,15 @@ class Worker:
 
     def _register(self) -> None:
         # First use of the worker's queues: their rows, and TASKENGINE["QUEUES"] applied.
-        queue_settings.sync_settings(self.database, self.queues)
-        heartbeats.register(self.database, self.worker_id, self.queues, self.concurrency)
+        queue_settings.sync_settings(self.database, self.options.queues)
+        heartbeats.register(self.database, self.worker_id, self.options.queues, self.options.concurrency)
         self._registered = True
-        self._next_heartbeat = time.monotonic() + self.heartbeat_seconds
+        self._next_heartbeat = time.monotonic() + self.options.heartbeat_seconds
 
     def _start_listener(self) -> None:
-        if self.poll_only or not store_for(self.connection).listen_notify:
+        if self.options.poll_only or not store_for(self.connection).listen_notify:
             return
-        self._listener = Listener(self.connection.get_connection_params(), set(self.queues), self._wake)
+        self._listener = Listener(self.connection.get_connection_params(), set(self.options.queues), self._wake)
         self._listener.start()
 
     def _loop_until_drained(self) -> None:
@@ -289,8 +252,8 @@ class Worker:
                 self._release_prefetched()
             # Room for the slots not taken and the prefetch bound; a stuck thread keeps its slot.
             bound = self.prefetch_bound()
-            free = self.concurrency + bound - len(self._running)
-            self._batch = max(1, (self.concurrency + bound) // 2)
+            free = self.options.concurrency + bound - len(self._running)
+            self._batch = max(1, (self.options.concurrency + bound) // 2)
             claim_due = not self._draining and (free >= self._batch or (free > 0 and not self._running))
             if self._flush_due():
                 # Write the finished batch and, when slots are free, claim the next one
@@ -319,13 +282,13 @@ class Worker:
             if claim_due and self._completer is not None and self._completer.take_requeued():
                 continue  # the completer queued retries since this claim's snapshot: claim again
             if claim_due and not self._running:
-                if self.burst and not self._pending and self._db_down_since is None:
+                if self.options.burst and not self._pending and self._db_down_since is None:
                     logger.info("burst: nothing due, exiting", extra={"worker_id": self.worker_id})
                     return
                 self._wait(self._idle_wait())
                 continue
             if claim_due and not self._outcomes.pending:  # free slots, nothing to claim: poll for new work
-                self._wait(self._poll_wait(self.max_backoff))
+                self._wait(self._poll_wait(self.options.max_backoff))
                 continue
             self._wait(self._flush_wait())
 
@@ -344,7 +307,7 @@ class Worker:
 
     def _flush_wait(self) -> float:
         if not self._outcomes.pending:
-            return self.max_backoff
+            return self.options.max_backoff
         # While writes back off (an outage, a refused batch), the next try is at the
         # retry time: waiting less would spin the loop through refused _db_calls.
         return max(0.0, max(self._outcomes.since + FLUSH_DELAY, self._db_retry_at) - time.monotonic())
@@ -385,7 +348,7 @@ class Worker:
     # --- waiting ---------------------------------------------------------------------
 
     def _idle_wait(self) -> float:
-        wait: float = min(self.max_backoff, self.backoff_base * (2**self._idle_rounds))
+        wait: float = min(self.options.max_backoff, self.options.backoff_base * (2**self._idle_rounds))
         self._idle_rounds = min(self._idle_rounds + 1, 30)
         return self._poll_wait(wait)
 
@@ -407,7 +370,9 @@ class Worker:
         nothing: set[str] = set()
         paused = not self._woken_on_change()
         return bool(
-            self._db_call("claim", lambda: queues.held_among(self.queues, self.database, paused), default=nothing)
+            self._db_call(
+                "claim", lambda: queues.held_among(self.options.queues, self.database, paused), default=nothing
+            )
         )
 
     def _wait(self, timeout: float) -> None:
@@ -458,7 +423,7 @@ class Worker:
         return result
 
     def _back_off(self, now: float) -> None:
-        self._db_backoff = min(max(self._db_backoff * 2, 0.1), self.max_backoff * 5, 10.0)
+        self._db_backoff = min(max(self._db_backoff * 2, 0.1), self.options.max_backoff * 5, 10.0)
         self._db_retry_at = now + self._db_backoff
 
     def _sleep_until_db_retry(self) -> None:
@@ -476,10 +441,10 @@ class Worker:
         jobs = store.claim_jobs(
             self.connection,
             worker_id=self.worker_id,
-            queues=self.queues,
+            queues=self.options.queues,
             limit=free,
-            lease_seconds=self.lease_seconds,
-            advisory=self.use_advisory_locks,
+            lease_seconds=self.options.lease_seconds,
+            advisory=self.options.use_advisory_locks,
         )
         metrics.CLAIM_LATENCY.observe(time.perf_counter() - started)
         return jobs
@@ -540,8 +505,8 @@ class Worker:
         mean = self._mean_duration
         if mean is None:
             return 0
-        expected = self.concurrency * PREFETCH_HORIZON / max(mean, 1e-6)
-        return min(self.prefetch_limit, int(expected))
+        expected = self.options.concurrency * PREFETCH_HORIZON / max(mean, 1e-6)
+        return min(self.options.prefetch_limit, int(expected))
 
     def _start(self, job: ClaimedJob) -> None:
         """Take a claimed job on: start it in a free slot, or keep it prefetched until a
@@ -651,7 +616,11 @@ class Worker:
                 self._free_slots += 1
             if running is not None:
                 self._uncollected += 1
-            wake = self._uncollected == 1 or self._uncollected >= self._batch or self._free_slots == self.concurrency
+            wake = (
+                self._uncollected == 1
+                or self._uncollected >= self._batch
+                or self._free_slots == self.options.concurrency
+            )
         if wake and not self._wake.is_set():  # set() takes a lock; in a burst the flag is usually up already
             self._wake.set()
         return following
@@ -806,15 +775,15 @@ class Worker:
             reason,
             HARD_TIMEOUT_GRACE,
             len(self._stuck),
-            self.max_stuck_threads,
+            self.options.max_stuck_threads,
             extra=self.events.extra(running.job, event=event),
         )
-        if len(self._stuck) > self.max_stuck_threads and not self._gave_up:
+        if len(self._stuck) > self.options.max_stuck_threads and not self._gave_up:
             self._gave_up = True
             logger.error(
                 "more stuck handlers than --max-stuck-threads %d: draining; the worker exits %d "
                 "for its supervisor to replace it",
-                self.max_stuck_threads,
+                self.options.max_stuck_threads,
                 STUCK_THREADS_EXIT_CODE,
                 extra={"worker_id": self.worker_id},
             )
@@ -858,9 +827,9 @@ class Worker:
         return self._outcomes.write(
             self.connection,
             claim,
-            queues=self.queues,
-            lease_seconds=self.lease_seconds,
-            advisory=self.use_advisory_locks,
+            queues=self.options.queues,
+            lease_seconds=self.options.lease_seconds,
+            advisory=self.options.use_advisory_locks,
         )
 
     def _on_written(self, requeued: bool) -> None:
@@ -870,12 +839,12 @@ class Worker:
             self._wake.set()
 
     def _start_completer(self) -> None:
-        if self.use_completer and Completer.suits(self.connection):
+        if self.options.use_completer and Completer.suits(self.connection):
             self._completer = Completer(
                 database=self.database,
                 outcomes=Outcomes(self.worker_id, self.events),
                 batch=lambda: self._batch,
-                max_backoff=self.max_backoff,
+                max_backoff=self.options.max_backoff,
                 wake=self._on_written,
             )
             self._completer.start()
@@ -911,12 +880,15 @@ class Worker:
         now = time.monotonic()
         if now < self._next_heartbeat or not self._registered:
             return
-        self._next_heartbeat = now + self.heartbeat_seconds
+        self._next_heartbeat = now + self.options.heartbeat_seconds
         live = [r for r in self._running if not r.abandoned and not r.lease_lost]
         kept = self._db_call(
             "heartbeat",
             lambda: store.extend_leases(
-                self.connection, worker_id=self.worker_id, held=[r.held for r in live], lease_seconds=self.lease_seconds
+                self.connection,
+                worker_id=self.worker_id,
+                held=[r.held for r in live],
+                lease_seconds=self.options.lease_seconds,
             ),
         )
         if kept is None:

@@ -244,12 +244,12 @@ def test_the_prefetch_bound_follows_the_handlers_run_time():
     worker = Worker(queues=["default"], concurrency=8)
     assert worker.prefetch_bound() == 0, "nothing is prefetched before a handler has returned"
     worker._mean_duration = 0.0001
-    assert worker.prefetch_bound() == worker.prefetch_limit == 32
+    assert worker.prefetch_bound() == worker.options.prefetch_limit == 32
     worker._mean_duration = PREFETCH_HORIZON * 8 / 4  # four jobs start within the horizon
     assert worker.prefetch_bound() == 4
     worker._mean_duration = 1.0  # slow handlers: a job held here is one another worker could run
     assert worker.prefetch_bound() == 0
-    assert Worker(queues=["default"], concurrency=128).prefetch_limit == 128
+    assert Worker(queues=["default"], concurrency=128).options.prefetch_limit == 128
 
 
 # --- the batch statement: finish and claim, fenced -------------------------------------

@@ -21,9 +21,7 @@ MAX_FUNCTION_LINES = 50
 MODULES_OVER = {
     "taskengine/runtime/worker.py": "the worker loop apart from claiming, finishing and its options",
 }
-FUNCTIONS_OVER = {
-    "taskengine/runtime/worker.py:Worker.__init__": "options as one settings object",
-}
+FUNCTIONS_OVER: dict[str, str] = {}
 
 
 def _modules() -> list[Path]:
