@@ -38,13 +38,10 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import os
-import queue
-import signal
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol, Unpack
+from typing import Protocol, Unpack
 
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -55,20 +52,20 @@ from taskengine.jobs import ClaimedJob, Outcome
 from taskengine.observability import metrics
 from taskengine.ops import queue_settings
 from taskengine.runtime import events, heartbeats
-from taskengine.runtime.completer import FLUSH_DELAY, Completer, Outcomes
 from taskengine.runtime.db_calls import DatabaseCalls
-from taskengine.runtime.execution import RunningJob, failure_outcome, run_sync
+from taskengine.runtime.execution import RunningJob, run_sync
+from taskengine.runtime.finishing import Finishing
 from taskengine.runtime.idle import IdleWaits
 from taskengine.runtime.listener import Listener
 from taskengine.runtime.release import Releases
 from taskengine.runtime.slots import Slots
+from taskengine.runtime.stop_signals import StopSignals
 from taskengine.runtime.supervision import STUCK_THREADS_EXIT_CODE, Supervision
 from taskengine.runtime.worker_options import WorkerArguments, WorkerOptions
 
 logger = logging.getLogger("taskengine.worker")
 
 PREFETCH_HORIZON = 0.02  # jobs are prefetched only as many as are expected to start within this (seconds)
-DURATION_WEIGHT = 0.05  # weight of each handler's run time in the worker's running mean
 
 
 class Service(Protocol):
@@ -110,12 +107,10 @@ class Worker:
             db=self._db,
             woken_on_change=self._woken_on_change,
         )
-        self._outcomes = Outcomes(self.worker_id, self.events)  # written on the loop's connection
-        self._completer: Completer | None = None  # PostgreSQL: written on the completer's
-        self._mean_duration: float | None = None  # running mean of handler run times (seconds)
+        self._finishing = Finishing(self._slots, self._supervision)
+        self._stop_signals = StopSignals(self.worker_id, options.shutdown_grace, self._begin_drain, self._wake)
         self._draining = False
         self._drain_deadline = 0.0
-        self._signals = 0
         self._next_heartbeat = 0.0
         self._registered = False
         self._listener: Listener | None = None
@@ -129,31 +124,7 @@ class Worker:
     # --- lifecycle -------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self._signals += 1
-        if self._signals == 1:
-            logger.info(
-                "received %s: draining (no new claims, %.0fs grace)",
-                signal.Signals(signum).name,
-                self.options.shutdown_grace,
-                extra={"worker_id": self.worker_id},
-            )
-            self._begin_drain()
-            # The handler runs on the main thread wherever it was interrupted, possibly
-            # inside Event.wait holding the event's (non-reentrant) lock: setting the
-            # event here could deadlock, so another thread sets it.
-            threading.Thread(target=self._wake.set, name="taskengine-signal-wake", daemon=True).start()
-        else:
-            logger.warning(
-                "second signal: exiting now; running jobs are recovered when their leases expire",
-                extra={"worker_id": self.worker_id},
-            )
-            for handler in logging.getLogger("taskengine").handlers + logging.getLogger().handlers:
-                handler.flush()
-            os._exit(1)
+        self._stop_signals.install()
 
     def request_stop(self) -> None:
         self._begin_drain()
@@ -210,7 +181,7 @@ class Worker:
 
     def _loop_until_drained(self) -> None:
         while True:
-            self._collect_done()
+            self._finishing.collect()
             self._supervision.watch()
             if self._draining and self._slots.ready:
                 self._releases.prefetched()
@@ -219,7 +190,7 @@ class Worker:
             free = self.options.concurrency + bound - len(self._running)
             batch = self._slots.batch = max(1, (self.options.concurrency + bound) // 2)
             claim_due = not self._draining and (free >= batch or (free > 0 and not self._running))
-            if self._flush_due():
+            if self._finishing.due(self._draining):
                 # Write the finished batch and, when slots are free, claim the next one
                 # in the same transaction: one commit (one WAL flush) per batch.
                 claimed = self._flush(claim=free if claim_due else 0)
@@ -231,7 +202,7 @@ class Worker:
                 self._start_claimed(claimed)
             self._heartbeat_if_due()
             if self._draining:
-                if len(self._running) == len(self._supervision.stuck) and not self._pending:
+                if len(self._running) == len(self._supervision.stuck) and not self._finishing.pending:
                     return  # stuck handlers had their grace; they are not waited for
                 if time.monotonic() >= self._drain_deadline:
                     self._releases.remaining()
@@ -242,7 +213,7 @@ class Worker:
                 self._idle.reset()
                 continue
             if not claim_due:
-                self._wait(self._flush_wait())
+                self._wait(self._finishing.wait(self._db.retry_at, self.options.max_backoff))
             elif not self._wait_to_claim(claimed):
                 return
 
@@ -251,38 +222,18 @@ class Worker:
         for work. False when a burst worker is done."""
         if claimed is None and time.monotonic() >= self._db.retry_at:
             return True  # the claim did not run (its batch was refused): claim again now
-        if self._completer is not None and self._completer.take_requeued():
+        if self._finishing.completer is not None and self._finishing.completer.take_requeued():
             return True  # the completer queued retries since this claim's snapshot: claim again
         if not self._running:
-            if self.options.burst and not self._pending and self._db.down_since is None:
+            if self.options.burst and not self._finishing.pending and self._db.down_since is None:
                 logger.info("burst: nothing due, exiting", extra={"worker_id": self.worker_id})
                 return False
             self._wait(self._idle.next_wait())
-        elif not self._outcomes.pending:  # free slots, nothing to claim: poll for new work
+        elif not self._finishing.outcomes.pending:  # free slots, nothing to claim: poll for new work
             self._wait(self._idle.poll_wait(self.options.max_backoff))
         else:
-            self._wait(self._flush_wait())
+            self._wait(self._finishing.wait(self._db.retry_at, self.options.max_backoff))
         return True
-
-    def _flush_due(self) -> bool:
-        """Outcomes are written in batches: when half the held jobs' worth (slots plus the
-        prefetch bound) have finished, when nothing else is running, or when the oldest is
-        FLUSH_DELAY old."""
-        if not self._outcomes.pending:
-            return False
-        return (
-            len(self._outcomes.pending) >= self._slots.batch
-            or not self._running
-            or self._draining
-            or time.monotonic() - self._outcomes.since >= FLUSH_DELAY
-        )
-
-    def _flush_wait(self) -> float:
-        if not self._outcomes.pending:
-            return self.options.max_backoff
-        # While writes back off (an outage, a refused batch), the next try is at the
-        # retry time: waiting less would spin the loop through refused database calls.
-        return max(0.0, max(self._outcomes.since + FLUSH_DELAY, self._db.retry_at) - time.monotonic())
 
     def _shutdown(self) -> None:
         for service in self.services:
@@ -292,10 +243,10 @@ class Worker:
                 logger.exception("stopping service %r failed", service)
         if self._listener:
             self._listener.stop()
-        self._collect_done()
+        self._finishing.collect()
         self._flush()
-        if self._completer is not None:
-            self._completer.stop()  # writes what it holds, then closes its connection
+        if self._finishing.completer is not None:
+            self._finishing.completer.stop()  # writes what it holds, then closes its connection
         stuck = self._supervision.stuck
         if stuck or self._supervision.gave_up:
             self.exit_code = STUCK_THREADS_EXIT_CODE
@@ -363,7 +314,7 @@ class Worker:
         ``prefetch_limit``; none until a handler has returned, and none for handlers
         slower than that horizon allows (a job held here is one another worker cannot
         take)."""
-        mean = self._mean_duration
+        mean = self._finishing.mean_duration
         if mean is None:
             return 0
         expected = self.options.concurrency * PREFETCH_HORIZON / max(mean, 1e-6)
@@ -374,54 +325,9 @@ class Worker:
 
     # --- completion ------------------------------------------------------------------
 
-    def _collect_done(self) -> None:
-        slots = self._slots
-        with slots.lock:
-            slots.uncollected = 0  # before draining the queue: a later hand-over wakes the loop
-        while True:
-            try:
-                running, outcome, error = slots.done.get_nowait()
-            except queue.Empty:
-                return
-            self._running.discard(running)
-            self._watched.discard(running)
-            if running.ran_for is not None:
-                mean = self._mean_duration
-                self._mean_duration = (
-                    running.ran_for if mean is None else mean + DURATION_WEIGHT * (running.ran_for - mean)
-                )
-            try:
-                self._collected(running, outcome, error)
-            except Exception:
-                logger.exception(
-                    "could not record a finished attempt; its lease lapses and it is recovered",
-                    extra=self.events.extra(running.job),
-                )
-
-    def _collected(self, running: RunningJob, outcome: Outcome | None, error: BaseException | None) -> None:
-        if running.stuck:
-            self._supervision.returned(running)
-        self.events.collected(running)
-        if running.abandoned:
-            return  # released at shutdown: the job is no longer this worker's
-        if outcome is None:
-            outcome = failure_outcome(running.job, error or RuntimeError("no outcome"))
-        self._add_pending(running, outcome)
-
-    def _add_pending(self, running: RunningJob, outcome: Outcome) -> None:
-        if self._completer is not None:
-            self._completer.submit(running, outcome)
-        else:
-            self._outcomes.add(running, outcome)
-
-    @property
-    def _pending(self) -> bool:
-        """Outcomes not written yet: the loop's, or held by the completer."""
-        return bool(self._outcomes.pending) or (self._completer is not None and self._completer.busy())
-
     @property
     def processed(self) -> int:
-        return self._outcomes.processed + (self._completer.processed if self._completer else 0)
+        return self._finishing.processed
 
     def _flush(self, claim: int = 0) -> list[ClaimedJob] | None:
         """Write the loop's pending outcomes (fenced) and, if ``claim`` > 0, claim up to that
@@ -429,21 +335,21 @@ class Worker:
         did not run (a database error, or a refused batch it rolled back with): "claimed
         nothing" must not read as "nothing is due". Database outages keep the unwritten
         outcomes for the next try; nothing raised here ends the loop."""
-        if not self._outcomes.pending:
+        if not self._finishing.outcomes.pending:
             return self._claim(claim)
         try:
             return self._db.call("finish", lambda: self._finish_then_claim(claim), default=None)
         except Exception:
             logger.exception(
                 "writing %d outcomes failed; retrying after a back-off",
-                len(self._outcomes.pending),
+                len(self._finishing.outcomes.pending),
                 extra={"worker_id": self.worker_id},
             )
             self._db.back_off(time.monotonic())
             return None
 
     def _finish_then_claim(self, claim: int) -> list[ClaimedJob] | None:
-        return self._outcomes.write(
+        return self._finishing.outcomes.write(
             self.connection,
             claim,
             queues=self.options.queues,
@@ -458,16 +364,8 @@ class Worker:
             self._wake.set()
 
     def _start_completer(self) -> None:
-        if self.options.use_completer and Completer.suits(self.connection):
-            slots = self._slots
-            self._completer = Completer(
-                database=self.database,
-                outcomes=Outcomes(self.worker_id, self.events),
-                batch=lambda: slots.batch,
-                max_backoff=self.options.max_backoff,
-                wake=self._on_written,
-            )
-            self._completer.start()
+        if self.options.use_completer:
+            self._finishing.start_completer(self.connection, self.database, self.options.max_backoff, self._on_written)
 
     # --- heartbeat -------------------------------------------------------------------
 

@@ -177,7 +177,7 @@ def test_sigterm_while_jobs_are_prefetched_releases_them_unstarted_and_loses_non
     try:
         wait_for(lambda: running.worker.most_prefetched == 3, timeout=20, message="three jobs prefetched")
         worker = running.worker
-        worker._on_signal(signal.SIGTERM, None)  # what the process's SIGTERM handler runs
+        worker._stop_signals.on_signal(signal.SIGTERM, None)  # what the process's SIGTERM handler runs
         wait_for(
             lambda: all(state_of(r.id) == "queued" for r in queued), timeout=20, message="the prefetched jobs released"
         )
@@ -243,11 +243,11 @@ def test_a_prefetched_job_that_lost_its_lease_is_not_started_and_its_outcome_is_
 def test_the_prefetch_bound_follows_the_handlers_run_time():
     worker = Worker(queues=["default"], concurrency=8)
     assert worker.prefetch_bound() == 0, "nothing is prefetched before a handler has returned"
-    worker._mean_duration = 0.0001
+    worker._finishing.mean_duration = 0.0001
     assert worker.prefetch_bound() == worker.options.prefetch_limit == 32
-    worker._mean_duration = PREFETCH_HORIZON * 8 / 4  # four jobs start within the horizon
+    worker._finishing.mean_duration = PREFETCH_HORIZON * 8 / 4  # four jobs start within the horizon
     assert worker.prefetch_bound() == 4
-    worker._mean_duration = 1.0  # slow handlers: a job held here is one another worker could run
+    worker._finishing.mean_duration = 1.0  # slow handlers: a job held here is one another worker could run
     assert worker.prefetch_bound() == 0
     assert Worker(queues=["default"], concurrency=128).options.prefetch_limit == 128
 

@@ -19,7 +19,7 @@ def test_a_stop_signal_arriving_while_the_loop_holds_the_wake_lock_does_not_dead
         # (CPython's Event keeps its Condition as _cond); the handler then runs on this
         # same thread, as a signal handler would.
         with worker._wake._cond:
-            worker._on_signal(signal.SIGTERM, None)
+            worker._stop_signals.on_signal(signal.SIGTERM, None)
         handled.set()
 
     thread = threading.Thread(target=interrupted_inside_wait, daemon=True)
