@@ -8,7 +8,8 @@ the next claim riding in the same transaction), or by the completer thread when 
 Invariants:
 - A batch is due when half the held jobs' worth (slots plus the prefetch bound) has
   finished, when nothing else runs, when the worker drains, or FLUSH_DELAY after its
-  first outcome; while writes back off, not before the retry time.
+  first outcome; the loop sleeps no longer than that, and while writes back off, until
+  the retry time (sooner would spin it through refused database calls).
 - An attempt released at shutdown (``abandoned``) is no longer this worker's: its
   outcome is not written. Nothing raised while recording an outcome ends the loop: the
   attempt's lease lapses and it is recovered.

@@ -10,7 +10,8 @@ left running.
 
 Invariants:
 - The slots and the prefetch buffer are shared with the handlers' threads: ``free``,
-  ``ready``, ``hold`` and ``uncollected`` change only under ``lock``.
+  ``ready`` and ``uncollected`` change only under ``lock``, and so does ``hold`` but
+  for the drain's plain assignment (it may run in a signal handler).
 - A prefetched job is leased and held like a running one — its lease is renewed by every
   heartbeat, a stop request releases it at once, unstarted (runtime/release.py), and a
   lost lease or a cancellation withdraws it before it starts (``withdraw``). Its

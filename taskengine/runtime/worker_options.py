@@ -5,8 +5,9 @@ Invariants:
   list deduplicated, order kept), a concurrency of at least 1, ``max_stuck_threads`` of
   at least 0. A built value is frozen: the running loop never re-reads the settings.
 - An argument left out (or None) takes the TASKENGINE setting; ``lease_seconds`` and
-  ``heartbeat_seconds`` also treat 0 as unset. The heartbeat is at most a third of the
-  lease, so two missed heartbeats still leave the lease held.
+  ``heartbeat_seconds`` also treat 0 as unset. An unset heartbeat is the setting's but
+  at most a third of the lease, so two missed heartbeats still leave the lease held.
+  ``max_stuck_threads`` unset everywhere is half the concurrency.
 """
 
 from __future__ import annotations
