@@ -88,7 +88,7 @@ def job_backend(running: RunningJob) -> Any:
 
 
 def _task(running: RunningJob) -> Task[..., Any]:
-    """The job's task, which the worker resolves before the job starts (Worker._start)."""
+    """The job's task, which the worker resolves before the job starts (slots.Slots.start)."""
     assert running.task is not None
     return running.task
 

@@ -212,7 +212,7 @@ def _results(database: str, job_ids: list[int]) -> list[TaskResult[..., Any]]:
 
 
 class _AttemptRunner:
-    """Runs claimed jobs one by one the way Worker._start / _flush do, minus threads."""
+    """Runs claimed jobs one by one the way runtime.slots.Slots.start and Worker._flush do, minus threads."""
 
     def __init__(self, database: str) -> None:
         from taskengine.runtime import events

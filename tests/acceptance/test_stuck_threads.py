@@ -10,7 +10,7 @@ import pytest
 
 from taskengine.leader import recovery
 from taskengine.models import ExecutionLog, Job, WorkerProcess
-from taskengine.runtime.worker import STUCK_THREADS_EXIT_CODE
+from taskengine.runtime.supervision import STUCK_THREADS_EXIT_CODE
 from tests import robustness_tasks, tasks
 from tests.conftest import wait_for
 

@@ -18,7 +18,7 @@ from django.db.models.functions import Now
 
 from taskengine.leader import recovery
 from taskengine.models import ExecutionLog, Job, WorkerProcess
-from taskengine.runtime.worker import HARD_TIMEOUT_GRACE, STUCK_THREADS_EXIT_CODE
+from taskengine.runtime.supervision import HARD_TIMEOUT_GRACE, STUCK_THREADS_EXIT_CODE
 from taskengine.testing import drain
 from tests import tasks
 from tests.async_cancellation_tasks import (

@@ -69,8 +69,8 @@ class Recording(Worker):
         return self.bound
 
     def _record(self, limit: int) -> None:
-        with self._slots_lock:
-            self.claims.append((limit, self._free_slots, len(self._ready), self.prefetch_bound()))
+        with self._slots.lock:
+            self.claims.append((limit, self._slots.free, len(self._slots.ready), self.prefetch_bound()))
 
     def _claim_now(self, free: int) -> list[ClaimedJob]:
         self._record(free)
@@ -83,9 +83,9 @@ class Recording(Worker):
 
     def _start_claimed(self, jobs: list[ClaimedJob]) -> None:
         super()._start_claimed(jobs)
-        with self._slots_lock:
+        with self._slots.lock:
             self.most_held = max(self.most_held, len(self._running))
-            self.most_prefetched = max(self.most_prefetched, len(self._ready))
+            self.most_prefetched = max(self.most_prefetched, len(self._slots.ready))
 
 
 def test_a_claim_never_asks_for_more_than_the_free_slots_plus_the_prefetch_bound():
@@ -122,8 +122,8 @@ def test_prefetched_jobs_start_when_a_slot_frees_and_their_attempt_begins_then()
         assert [state_of(r.id) for r in queued] == ["running"] * 3
         assert RAN == [], "a prefetched job started while its slot was taken"
         worker = running.worker
-        with worker._slots_lock:
-            prefetched = list(worker._ready)
+        with worker._slots.lock:
+            prefetched = list(worker._slots.ready)
         # Not begun: no timeout clock (counted has a 0.5 s timeout) and no thread.
         assert all(r.deadline is None and r.thread_id is None for r in prefetched)
         GATE.set()
@@ -165,8 +165,8 @@ def test_a_prefetched_job_whose_wait_outlasts_its_timeout_is_not_timed_out():
 def _waited(worker: Worker, seconds: float) -> bool:
     import time
 
-    with worker._slots_lock:
-        ready = list(worker._ready)
+    with worker._slots.lock:
+        ready = list(worker._slots.ready)
     return bool(ready) and time.monotonic() - ready[0].monotonic_start >= seconds
 
 
@@ -177,7 +177,7 @@ def test_sigterm_while_jobs_are_prefetched_releases_them_unstarted_and_loses_non
     try:
         wait_for(lambda: running.worker.most_prefetched == 3, timeout=20, message="three jobs prefetched")
         worker = running.worker
-        worker._on_signal(signal.SIGTERM, None)  # what the process's SIGTERM handler runs
+        worker._stop_signals.on_signal(signal.SIGTERM, None)  # what the process's SIGTERM handler runs
         wait_for(
             lambda: all(state_of(r.id) == "queued" for r in queued), timeout=20, message="the prefetched jobs released"
         )
@@ -243,13 +243,13 @@ def test_a_prefetched_job_that_lost_its_lease_is_not_started_and_its_outcome_is_
 def test_the_prefetch_bound_follows_the_handlers_run_time():
     worker = Worker(queues=["default"], concurrency=8)
     assert worker.prefetch_bound() == 0, "nothing is prefetched before a handler has returned"
-    worker._mean_duration = 0.0001
-    assert worker.prefetch_bound() == worker.prefetch_limit == 32
-    worker._mean_duration = PREFETCH_HORIZON * 8 / 4  # four jobs start within the horizon
+    worker._finishing.mean_duration = 0.0001
+    assert worker.prefetch_bound() == worker.options.prefetch_limit == 32
+    worker._finishing.mean_duration = PREFETCH_HORIZON * 8 / 4  # four jobs start within the horizon
     assert worker.prefetch_bound() == 4
-    worker._mean_duration = 1.0  # slow handlers: a job held here is one another worker could run
+    worker._finishing.mean_duration = 1.0  # slow handlers: a job held here is one another worker could run
     assert worker.prefetch_bound() == 0
-    assert Worker(queues=["default"], concurrency=128).prefetch_limit == 128
+    assert Worker(queues=["default"], concurrency=128).options.prefetch_limit == 128
 
 
 # --- the batch statement: finish and claim, fenced -------------------------------------

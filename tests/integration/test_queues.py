@@ -268,18 +268,18 @@ def test_an_operator_action_on_a_queue_name_postgresql_cannot_store_is_refused(n
 
 def test_a_polling_worker_waits_at_most_half_a_second_while_a_queue_of_its_own_is_paused():
     worker = Worker(queues=["default", "demo"], poll_only=True, max_backoff=2.0, backoff_base=0.05)
-    worker._idle_rounds = 10  # long idle: the wait is at its ceiling
-    assert worker._idle_wait() == 2.0
+    worker._idle.rounds = 10  # long idle: the wait is at its ceiling
+    assert worker._idle.next_wait() == 2.0
     queue_control.pause("demo", actor=CLI)
-    assert worker._idle_wait() == queues.PAUSED_POLL_SECONDS
+    assert worker._idle.next_wait() == queues.PAUSED_POLL_SECONDS
     other = Worker(queues=["default"], poll_only=True, max_backoff=2.0)
-    other._idle_rounds = 10
-    assert other._idle_wait() == 2.0  # not its queue
-    assert worker._poll_wait(2.0) == queues.PAUSED_POLL_SECONDS  # free slots beside running jobs: the same
-    assert worker._poll_wait(0.1) == 0.1
+    other._idle.rounds = 10
+    assert other._idle.next_wait() == 2.0  # not its queue
+    assert worker._idle.poll_wait(2.0) == queues.PAUSED_POLL_SECONDS  # free slots beside running jobs: the same
+    assert worker._idle.poll_wait(0.1) == 0.1
     queue_control.resume("demo", actor=CLI)
-    assert worker._idle_wait() == 2.0
-    assert worker._poll_wait(2.0) == 2.0
+    assert worker._idle.next_wait() == 2.0
+    assert worker._idle.poll_wait(2.0) == 2.0
 
 
 def test_a_worker_serving_a_queue_name_too_long_for_a_job_still_starts():

@@ -19,7 +19,7 @@ def test_a_stop_signal_arriving_while_the_loop_holds_the_wake_lock_does_not_dead
         # (CPython's Event keeps its Condition as _cond); the handler then runs on this
         # same thread, as a signal handler would.
         with worker._wake._cond:
-            worker._on_signal(signal.SIGTERM, None)
+            worker._stop_signals.on_signal(signal.SIGTERM, None)
         handled.set()
 
     thread = threading.Thread(target=interrupted_inside_wait, daemon=True)
@@ -33,9 +33,9 @@ def test_a_stop_signal_arriving_while_the_loop_holds_the_wake_lock_does_not_dead
 def test_a_worker_tolerates_stuck_handlers_up_to_half_its_slots_by_default():
     from django.test import override_settings
 
-    assert Worker(queues=["default"], concurrency=8).max_stuck_threads == 4
-    assert Worker(queues=["default"], concurrency=4).max_stuck_threads == 2
-    assert Worker(queues=["default"], concurrency=1).max_stuck_threads == 0
-    assert Worker(queues=["default"], concurrency=8, max_stuck_threads=0).max_stuck_threads == 0
+    assert Worker(queues=["default"], concurrency=8).options.max_stuck_threads == 4
+    assert Worker(queues=["default"], concurrency=4).options.max_stuck_threads == 2
+    assert Worker(queues=["default"], concurrency=1).options.max_stuck_threads == 0
+    assert Worker(queues=["default"], concurrency=8, max_stuck_threads=0).options.max_stuck_threads == 0
     with override_settings(TASKENGINE={"MAX_STUCK_THREADS": 1}):
-        assert Worker(queues=["default"], concurrency=8).max_stuck_threads == 1
+        assert Worker(queues=["default"], concurrency=8).options.max_stuck_threads == 1
