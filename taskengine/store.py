@@ -52,7 +52,7 @@ __all__ = [
 
 @contextmanager
 def engine_cursor(connection: BaseDatabaseWrapper) -> Iterator[Any]:
-    """The cursor for the engine's own statements (see ``db.base._EngineCursorUse``)."""
+    """The cursor for the engine's own statements (see ``db.base._engine_cursor``)."""
     with store_for(connection).engine_cursor(connection) as cursor:
         yield cursor
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, overload
@@ -114,8 +114,8 @@ class Store(ABC):
     # --- the engine cursor
 
     def engine_cursor(self, connection: BaseDatabaseWrapper) -> AbstractContextManager[Any]:
-        """The cursor the engine's own statements run on (see ``_EngineCursorUse``)."""
-        return _EngineCursorUse(self, connection)
+        """The cursor the engine's own statements run on (see ``_engine_cursor``)."""
+        return _engine_cursor(self, connection)
 
     @abstractmethod
     def new_raw_cursor(self, connection: BaseDatabaseWrapper) -> Any:
@@ -198,8 +198,9 @@ class Store(ABC):
         return math.ceil(wait * 1000) / 1000
 
 
-class _EngineCursorUse:
-    """One use of the engine's cursor: ``with store.engine_cursor(connection) as cursor``.
+@contextmanager
+def _engine_cursor(store: Store, connection: BaseDatabaseWrapper) -> Iterator[Any]:
+    """A cursor for the engine's own statements.
 
     - It skips Django's DEBUG query log: a busy worker runs millions of statements, and
       logging each one (connection.queries with DEBUG=True) would cost more than the
@@ -212,40 +213,25 @@ class _EngineCursorUse:
     Errors are still wrapped as django.db errors, Django's execute wrappers still see
     every statement, django-prometheus's database counters count it (the store builds
     its driver cursor inside that backend's counting class; docs/observability.md),
-    and the connection is opened or health-checked as usual. A class rather than a
-    generator context manager: every engine statement goes through it, and the
-    generator's machinery was half its cost (docs/performance.md, "Single enqueue")."""
-
-    __slots__ = ("connection", "cursor", "store")
-
-    def __init__(self, store: Store, connection: BaseDatabaseWrapper) -> None:
-        self.store = store
-        self.connection = connection
-        self.cursor: EngineCursor | None = None
-
-    def __enter__(self) -> Any:
-        connection, store = self.connection, self.store
-        connection.close_if_health_check_failed()
-        connection.ensure_connection()
-        with connection.wrap_database_errors:
-            connection.validate_thread_sharing()
-            kept = getattr(connection, "_taskengine_cursor", None)
-            if kept is not None and kept.raw.connection is connection.connection and not kept.busy:
-                cursor = kept
-            else:
-                raw = store.new_raw_cursor(connection)
-                # make_cursor wraps the driver's cursor (django-stubs types its argument as a CursorWrapper).
-                cursor = EngineCursor(raw, connection.make_cursor(raw))
-                if kept is None or not kept.busy:
-                    connection._taskengine_cursor = cursor  # type: ignore[attr-defined]  # our own attribute
-            store.before_statement(connection, cursor.raw)
-        cursor.busy = True
-        self.cursor = cursor
-        return cursor.wrapper
-
-    def __exit__(self, *exc_info: object) -> None:
-        cursor = self.cursor
-        assert cursor is not None  # set by __enter__
+    and the connection is opened or health-checked as usual."""
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        connection.validate_thread_sharing()
+        kept = getattr(connection, "_taskengine_cursor", None)
+        if kept is not None and kept.raw.connection is connection.connection and not kept.busy:
+            cursor = kept
+        else:
+            raw = store.new_raw_cursor(connection)
+            # make_cursor wraps the driver's cursor (django-stubs types its argument as a CursorWrapper).
+            cursor = EngineCursor(raw, connection.make_cursor(raw))
+            if kept is None or not kept.busy:
+                connection._taskengine_cursor = cursor  # type: ignore[attr-defined]  # our own attribute
+        store.before_statement(connection, cursor.raw)
+    cursor.busy = True
+    try:
+        yield cursor.wrapper
+    finally:
         cursor.busy = False
-        if getattr(self.connection, "_taskengine_cursor", None) is not cursor:
+        if getattr(connection, "_taskengine_cursor", None) is not cursor:
             cursor.wrapper.close()

@@ -62,7 +62,7 @@ def counted_cursor_class(alias: str, vendor: str) -> type[psycopg.Cursor[Any]]:
             executed.inc()
             started = perf_counter()
             try:
-                return super().execute(query, params, prepare=prepare, binary=binary)  # type: ignore[no-any-return]
+                return super().execute(query, params, prepare=prepare, binary=binary)  # type: ignore[no-any-return]  # the base class is made at run time
             except BaseException as exc:
                 failed(exc)
                 raise
