@@ -66,3 +66,27 @@ def test_with_the_libpq_fast_path_a_single_enqueue_is_not_counted_by_django_prom
     settings.TASKENGINE = {**settings.TASKENGINE, "LIBPQ_FAST_PATH": False}
     tasks.noop.enqueue()
     assert executed() == before + 1, "off (the default), the engine's cursor counts it"
+
+
+@pytest.mark.postgres
+def test_a_failing_engine_statement_counts_as_an_execution_an_error_by_type_and_a_duration():
+    """The engine cursor's own counting (db/postgresql/cursors.py) writes what
+    django-prometheus's cursor class would: the execution, the error under the driver
+    exception's class name, and the statement's duration even though it raised."""
+    from django.db import DataError
+
+    tasks.noop.enqueue()  # the engine's cursor made
+    labels = {"alias": connection.alias, "vendor": connection.vendor}
+    error_labels = {**labels, "type": "DivisionByZero"}
+
+    def sample(name: str, labels: dict[str, str]) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = (executed(), sample("django_db_errors_total", error_labels))
+    durations = sample("django_db_query_duration_seconds_count", labels)
+    with pytest.raises(DataError), store.engine_cursor(connection) as cursor:
+        cursor.execute("SELECT 1 / %(zero)s", {"zero": 0})
+    assert (executed(), sample("django_db_errors_total", error_labels)) == (before[0] + 1, before[1] + 1)
+    assert sample("django_db_query_duration_seconds_count", labels) == durations + 1
+    tasks.noop.enqueue()  # the kept cursor still works after the error
+    assert executed() == before[0] + 2

@@ -4,12 +4,10 @@ engine's cursor binding on the server and preparing each statement once per conn
 from __future__ import annotations
 
 import json
-from functools import cache
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.db import transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django_prometheus.db.common import DatabaseWrapperMixin, ExportingCursorWrapper
 
 from taskengine.db.queries import sql
 
@@ -24,6 +22,7 @@ from ..rows import (
     RecoveredRow,
     Won,
     claimed_job,
+    column_names,
     fetch_as,
     in_claim_order,
     job_params,
@@ -33,10 +32,10 @@ from ..rows import (
 )
 from . import libpq
 from .copy_rows import copy_chunks
+from .cursors import engine_cursor_class, timestamptz_loader
 
 if TYPE_CHECKING:
     import psycopg
-    from psycopg.abc import Loader, Params, QueryNoTemplate
 
 BULK_INSERT_MIN = 100  # from this many jobs without unique keys, enqueue streams rows with COPY
 
@@ -59,11 +58,11 @@ class PostgresStore(Store):
             # Django turns preparation off for the whole connection; its own
             # (client-binding) cursors never prepare, ours ask for it explicitly.
             pg.prepare_threshold = 2**31 - 1
-        raw = _engine_cursor_class(connection)(pg)
+        raw = engine_cursor_class(connection)(pg)
         # Django loads every timestamptz through a Python wrapper around psycopg's
         # loader (to set its tzinfo); a claim returns four per job, so the engine's
         # cursor uses psycopg's own (C) loader. Values are the same instants, aware.
-        raw.adapters.register_loader("timestamptz", _timestamptz_loader())
+        raw.adapters.register_loader("timestamptz", timestamptz_loader())
         return raw
 
     def before_statement(self, connection: BaseDatabaseWrapper, raw: Any) -> None:
@@ -74,25 +73,18 @@ class PostgresStore(Store):
     # --- enqueue
 
     def insert_rows(self, connection: BaseDatabaseWrapper, jobs: list[NewJob]) -> list[InsertedJob | None]:
+        if len(jobs) == 1:
+            return [self._insert_one(connection, jobs[0])]
         if len(jobs) >= BULK_INSERT_MIN and all(job.unique_key is None for job in jobs):
             return _copy(self, connection, jobs)
-        if len(jobs) == 1 and jobs[0].unique_key is None and libpq.usable(connection):
-            # TASKENGINE["LIBPQ_FAST_PATH"]: enqueue() outside a transaction through libpq itself.
-            job_id, _, enqueued_at = libpq.run(connection, "insert_job", json_columns(job_params(jobs[0])))[0]
-            assert job_id is not None and enqueued_at is not None  # NOT NULL columns
-            return [InsertedJob(int(job_id), libpq.load_timestamptz(connection, enqueued_at), True)]
+        rows = [job_params(j) for j in jobs]
+        for row in rows:
+            row["run_after"] = row["run_after"].isoformat() if row["run_after"] else None
         with self.engine_cursor(connection) as cursor:
-            if len(jobs) == 1:  # a plain prepared VALUES insert
-                name = "insert_job" if jobs[0].unique_key is None else "insert_job_unique"
-                cursor.execute(sql(connection, name), json_columns(job_params(jobs[0])))
-            else:
-                rows = [job_params(j) for j in jobs]
-                for row in rows:
-                    row["run_after"] = row["run_after"].isoformat() if row["run_after"] else None
-                cursor.execute(
-                    sql(connection, "insert_jobs"), {"jobs": json.dumps(rows, separators=(",", ":"), allow_nan=False)}
-                )
-            returned = records(cursor.description, cursor.fetchall())
+            cursor.execute(
+                sql(connection, "insert_jobs"), {"jobs": json.dumps(rows, separators=(",", ":"), allow_nan=False)}
+            )
+            returned = _returned(cursor, "insert_jobs")
         # Rows come back in insertion order (ORDER BY position); rows skipped by ON CONFLICT
         # are absent, and only rows with a unique key can be skipped.
         out: list[InsertedJob | None] = []
@@ -105,6 +97,21 @@ class PostgresStore(Store):
             else:
                 out.append(None)
         return out
+
+    def _insert_one(self, connection: BaseDatabaseWrapper, job: NewJob) -> InsertedJob | None:
+        """One job (the common ``enqueue()``): a plain prepared VALUES insert, with ON
+        CONFLICT only for a unique key (None: a live job holds it)."""
+        params = json_columns(job_params(job))
+        if job.unique_key is None and libpq.usable(connection):
+            # TASKENGINE["LIBPQ_FAST_PATH"]: enqueue() outside a transaction through libpq itself.
+            job_id, _, enqueued_at = libpq.run(connection, "insert_job", params)[0]
+            assert job_id is not None and enqueued_at is not None  # NOT NULL columns
+            return InsertedJob(int(job_id), libpq.load_timestamptz(connection, enqueued_at), True)
+        name = "insert_job" if job.unique_key is None else "insert_job_unique"
+        with self.engine_cursor(connection) as cursor:
+            cursor.execute(sql(connection, name), params)
+            returned = _returned(cursor, name)
+        return InsertedJob(returned[0]["id"], returned[0]["enqueued_at"], True) if returned else None
 
     # --- claim, heartbeat, finish, release
 
@@ -296,6 +303,21 @@ def _copy(store: PostgresStore, connection: BaseDatabaseWrapper, jobs: list[NewJ
     return [InsertedJob(job_id, enqueued_at, True) for job_id in ids]
 
 
+_RETURNED_COLUMNS: dict[str, list[str]] = {}
+
+
+def _returned(cursor: Any, statement: str) -> list[dict[str, Any]]:
+    """``records`` of the rows the named ``statement`` returned. A named statement always
+    returns the same columns, so their names are read from ``cursor.description`` once
+    per statement (psycopg builds a Column object per column on each read: ~10 µs of a
+    single enqueue's client CPU, docs/performance.md)."""
+    rows = cursor.fetchall()
+    names = _RETURNED_COLUMNS.get(statement)
+    if names is None:
+        names = _RETURNED_COLUMNS[statement] = column_names(cursor.description)
+    return [dict(zip(names, row, strict=True)) for row in rows]
+
+
 def _plan_each_run(connection: BaseDatabaseWrapper, raw: psycopg.Cursor[Any]) -> None:
     """Have PostgreSQL plan the engine's prepared statements on every run
     (``plan_cache_mode = force_custom_plan``, once per physical connection).
@@ -316,50 +338,3 @@ def _plan_each_run(connection: BaseDatabaseWrapper, raw: psycopg.Cursor[Any]) ->
         return
     raw.execute("SET plan_cache_mode = force_custom_plan", prepare=False)
     connection._taskengine_custom_plans = raw.connection  # type: ignore[attr-defined]  # our own attribute
-
-
-@cache
-def _timestamptz_loader() -> type[Loader]:
-    import psycopg
-    from psycopg.pq import Format
-
-    loader = psycopg.adapters.get_loader(psycopg.adapters.types["timestamptz"].oid, Format.TEXT)
-    assert loader is not None  # psycopg registers a text loader for every builtin type
-    return loader
-
-
-def _engine_cursor_class(connection: BaseDatabaseWrapper) -> type[psycopg.Cursor[Any]]:
-    """The preparing cursor; on django-prometheus's backend, wrapped in the cursor class
-    it counts Django's own cursors with (``django_db_execute_total`` and the query
-    durations and errors count the engine's statements too; docs/observability.md)."""
-    if isinstance(connection, DatabaseWrapperMixin):
-        return _counted_cursor_class(connection.alias, connection.vendor)
-    return _preparing_cursor_class()
-
-
-@cache
-def _counted_cursor_class(alias: str, vendor: str) -> type[psycopg.Cursor[Any]]:
-    counted: type[psycopg.Cursor[Any]] = ExportingCursorWrapper(_preparing_cursor_class(), alias, vendor)
-    return counted
-
-
-@cache
-def _preparing_cursor_class() -> type[psycopg.Cursor[Any]]:
-    import psycopg
-
-    class PreparingCursor(psycopg.Cursor[Any]):
-        """Server-side binding; prepared on first use unless ``prepare`` is False."""
-
-        prepare = True
-
-        def execute(  # type: ignore[override]  # the engine's statements are text, never a Template
-            self,
-            query: QueryNoTemplate,
-            params: Params | None = None,
-            *,
-            prepare: bool | None = None,
-            binary: bool | None = None,
-        ) -> Self:
-            return super().execute(query, params, prepare=self.prepare if prepare is None else prepare, binary=binary)
-
-    return PreparingCursor
