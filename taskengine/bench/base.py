@@ -13,7 +13,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,21 @@ class BenchBase:
         if dbname is not None:
             libpq["dbname"] = dbname
         return make_conninfo(**libpq)
+
+    @contextmanager
+    def scratch_database(self, prefix: str) -> Iterator[str]:
+        """A scratch database on the engine's server, ``<prefix>_<pid>`` (an earlier one of
+        the same name dropped first), dropped afterwards whatever happens; its name."""
+        import psycopg
+
+        scratch = f"{prefix}_{os.getpid()}"
+        with psycopg.connect(self._conninfo("postgres"), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
+            admin.execute(f'CREATE DATABASE "{scratch}"')
+            try:
+                yield scratch
+            finally:
+                admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
 
 
 def stop_workers(procs: list[subprocess.Popen[bytes]]) -> list[int]:

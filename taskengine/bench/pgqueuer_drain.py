@@ -71,17 +71,9 @@ class PgqueuerDrain(BenchBase):
         version = require_pgqueuer()
         if not self.postgres:
             raise CompareRefused("--compare pgqueuer needs PostgreSQL")
-        import psycopg
-
-        scratch = f"taskengine_pgqueuer_{os.getpid()}"
-        self.log(f"pgqueuer {version}: its schema and {jobs} jobs in the scratch database {scratch}")
-        with psycopg.connect(self._conninfo("postgres"), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
-            admin.execute(f'CREATE DATABASE "{scratch}"')
-            try:
-                done, seconds = self._pgqueuer_run(self._conninfo(scratch), jobs)
-            finally:
-                admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
+        with self.scratch_database("taskengine_pgqueuer") as scratch:
+            self.log(f"pgqueuer {version}: its schema and {jobs} jobs in the scratch database {scratch}")
+            done, seconds = self._pgqueuer_run(self._conninfo(scratch), jobs)
         return {"pgqueuer_version": version, "pgqueuer_drain_per_s": done / seconds, "pgqueuer_drain_seconds": seconds}
 
     def _pgqueuer_run(self, dsn: str, jobs: int) -> tuple[int, float]:

@@ -7,7 +7,6 @@ the package, so ``manage.py benchmark`` measures the same from an installed whee
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -109,17 +108,9 @@ class RawLimits(BenchBase):
         pgbench."""
         if not self.postgres or shutil.which("pgbench") is None:
             return None
-        import psycopg
-
-        scratch = f"taskengine_raw_claim_{os.getpid()}"
-        self.log(f"raw claim limit: {rows} queued jobs in the scratch database {scratch}")
-        with psycopg.connect(self._conninfo("postgres"), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
-            admin.execute(f'CREATE DATABASE "{scratch}"')
-            try:
-                return self._run_raw_claim(scratch, seconds, script, clients=clients, batch=batch, rows=rows)
-            finally:
-                admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
+        with self.scratch_database("taskengine_raw_claim") as scratch:
+            self.log(f"raw claim limit: {rows} queued jobs in the scratch database {scratch}")
+            return self._run_raw_claim(scratch, seconds, script, clients=clients, batch=batch, rows=rows)
 
     def _run_raw_claim(
         self, scratch: str, seconds: int, script: Path | None, *, clients: int, batch: int, rows: int
