@@ -182,7 +182,7 @@ class Store(ABC):
     def prune_terminal(self, connection: BaseDatabaseWrapper, params: dict[str, Any]) -> PrunedBatch:
         """Retention's one batch (leader/retention.py), inside the caller's fenced
         transaction: up to ``batch_size`` jobs of ``state`` finished ``age_seconds`` ago
-        or earlier and not before ``after`` (a datetime_param), oldest first, deleted with
+        or earlier and not before ``after`` (an aware datetime), oldest first, deleted with
         their attempt rows. The only delete of jobs in the engine. SQL, not the ORM: no
         model signals are sent."""
 

@@ -88,7 +88,7 @@ class RetentionSweep:
         store = store_for(connection)
         total = 0
         for _ in range(max_batches):
-            after = store.datetime_param(connection, self.resume_at.get(state, EARLIEST))
+            after = self.resume_at.get(state, EARLIEST)
             params = {"state": state, "age_seconds": age_seconds, "batch_size": batch_size, "after": after}
             with fenced_transaction(self.database, lease):
                 batch = store.prune_terminal(connection, params)

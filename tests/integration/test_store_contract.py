@@ -408,7 +408,7 @@ def finished(store: Store, state: str, days_ago: float, count: int = 1) -> list[
 
 
 def prune(store: Store, state: str = "succeeded", days: float = 7, batch_size: int = 100, after=None) -> int:
-    after = store.datetime_param(connection, after or datetime(1, 1, 1, tzinfo=UTC))
+    after = after or datetime(1, 1, 1, tzinfo=UTC)
     params = {"state": state, "age_seconds": days * 86400, "batch_size": batch_size, "after": after}
     with transaction.atomic():
         return store.prune_terminal(connection, params).deleted
@@ -434,9 +434,7 @@ def test_prune_terminal_resumes_where_the_last_batch_stopped(store):
     oldest, middle, newest = (finished(store, "succeeded", days) for days in (30, 20, 10))
     params = {"state": "succeeded", "age_seconds": 7 * 86400, "batch_size": 1}
     with transaction.atomic():
-        first = store.prune_terminal(
-            connection, {**params, "after": store.datetime_param(connection, datetime(1, 1, 1, tzinfo=UTC))}
-        )
+        first = store.prune_terminal(connection, {**params, "after": datetime(1, 1, 1, tzinfo=UTC)})
     assert first.deleted == 1 and not Job.objects.filter(pk__in=oldest).exists()
     stopped = Job.objects.get(pk=middle[0]).finished_at
     assert first.last_finished_at is not None and first.last_finished_at < stopped
@@ -444,6 +442,19 @@ def test_prune_terminal_resumes_where_the_last_batch_stopped(store):
     assert prune(store, after=stopped + timedelta(seconds=1)) == 1
     assert Job.objects.filter(pk__in=middle).exists() and not Job.objects.filter(pk__in=newest).exists()
     assert prune(store, after=first.last_finished_at) == 1
+
+
+def test_prune_terminal_resumes_at_a_job_that_finished_in_the_same_instant(store):
+    """Two jobs finished by one statement share their finished_at: resuming at the first
+    one's must still find the second (on SQLite, stored as text with fewer decimals than
+    the bound would have)."""
+    ids = finished(store, "succeeded", 10, count=2)
+    params = {"state": "succeeded", "age_seconds": 7 * 86400, "batch_size": 1}
+    with transaction.atomic():
+        first = store.prune_terminal(connection, {**params, "after": datetime(1, 1, 1, tzinfo=UTC)})
+    assert first.deleted == 1 and first.last_finished_at is not None
+    assert prune(store, after=first.last_finished_at) == 1
+    assert not Job.objects.filter(pk__in=ids).exists()
 
 
 @pytest.mark.postgres

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any, ClassVar
 
 from django.db import transaction
@@ -259,8 +260,14 @@ class SQLiteStore(Store):
     def prune_terminal(self, connection: BaseDatabaseWrapper, params: dict[str, Any]) -> PrunedBatch:
         """select_retention_batch, then its attempt rows and its jobs, in the caller's
         transaction (SQLite's one writer: the batch cannot change in between)."""
+        # The resume point as text at the millisecond, rounded down: stored instants have
+        # 3 (the engine's strftime) or 6 (the ORM's) decimals, and as text '….027' sorts
+        # before '….027000', so a full-precision bound would pass over a job finished in
+        # that millisecond. A bound at or before the true one only rescans a few rows.
+        after = params["after"].astimezone(UTC)
+        bound = after.strftime("%Y-%m-%d %H:%M:%S.") + f"{after.microsecond // 1000:03d}"
         with connection.cursor() as cursor:
-            cursor.execute(sql(connection, "select_retention_batch"), params)
+            cursor.execute(sql(connection, "select_retention_batch"), {**params, "after": bound})
             batch = cursor.fetchall()
             ids = self.array([row[0] for row in batch])
             cursor.execute(sql(connection, "delete_retention_attempts"), {"ids": ids})
