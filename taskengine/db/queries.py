@@ -3,7 +3,9 @@
 Keeping SQL in files means a reviewer reads the exact statements the engine runs, with
 the index each relies on named in a comment beside it. ``sql(connection, "claim_jobs")``
 returns the statement for that connection's vendor ("postgresql" or "sqlite");
-``load(vendor)`` maps every statement name of a vendor to its text.
+``load(vendor)`` maps every statement name of a vendor to its text as written (includes
+expanded, comments kept); ``sql()`` hands out that text compacted (``compact``): the
+comments and the indentation dropped, so a statement is sent as its SQL alone.
 
 The file format:
 
@@ -131,8 +133,62 @@ class _Connection(Protocol):
 
 
 def sql(connection: _Connection, name: str) -> str:
-    """The named statement for ``connection``'s vendor ("postgresql" or "sqlite")."""
-    return load(connection.vendor)[name]
+    """The named statement for ``connection``'s vendor ("postgresql" or "sqlite"), compacted."""
+    return _compacted(connection.vendor, name)
+
+
+@cache
+def _compacted(vendor: str, name: str) -> str:
+    return compact(load(vendor)[name])
+
+
+# The parts of a statement's text, left to right: a quoted literal or identifier — kept
+# whole, whatever it holds — or a gap: a run of whitespace and comments.
+_TOKEN = re.compile(
+    r"(?P<keep>(?<!\w)[Ee]'(?:[^'\\]|\\.|'')*'|'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\""
+    r"|\$(?P<tag>[A-Za-z_]\w*)?\$.*?\$(?P=tag)\$)"
+    r"|(?P<gap>(?:\s+|--[^\n]*|/\*.*?\*/)+)",
+    re.DOTALL,
+)
+
+
+def compact(text: str) -> str:
+    """``text`` without its comments and indentation: what the server needs, no more.
+
+    A statement's comments are for its reader (the index it relies on, why it is
+    written so); sent, they cost on every call: psycopg parses a query for its
+    placeholders on each execute unless it is short enough for its cache (4 KiB), and
+    the worker's batch statement with its comments was twice that. Quoted text —
+    literals, identifiers, dollar-quoted bodies — is kept exactly; every comment and
+    every run of whitespace outside it becomes one space, and none is kept beside a
+    comma or a parenthesis."""
+
+    def token(match: re.Match[str]) -> str:
+        keep = match.group("keep")
+        return keep if keep is not None else " "
+
+    parts = _TOKEN.sub(token, text)
+    # Beside a comma or a parenthesis a space separates nothing: drop it (outside quotes).
+    return "".join(
+        piece if quoted else _PUNCTUATION_SPACE.sub(r"\1", piece) for piece, quoted in _split_quoted(parts)
+    ).strip()
+
+
+_PUNCTUATION_SPACE = re.compile(r" ?([(),]) ?")
+
+
+def _split_quoted(text: str) -> list[tuple[str, bool]]:
+    """``text`` cut into runs outside quotes and quoted runs (True), in order."""
+    pieces: list[tuple[str, bool]] = []
+    at = 0
+    for match in _TOKEN.finditer(text):
+        if match.group("keep") is None:
+            continue
+        pieces.append((text[at : match.start()], False))
+        pieces.append((match.group("keep"), True))
+        at = match.end()
+    pieces.append((text[at:], False))
+    return pieces
 
 
 def _parse(text: str, source: str) -> dict[str, Block]:

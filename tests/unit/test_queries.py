@@ -17,8 +17,10 @@ def sql_dir(tmp_path, monkeypatch):
     """An empty SQL directory the loader reads instead of taskengine/db/ (a <vendor>/ directory each)."""
     monkeypatch.setattr(queries, "SQL_DIR", tmp_path)
     queries.load.cache_clear()
+    queries._compacted.cache_clear()
     yield tmp_path
     queries.load.cache_clear()
+    queries._compacted.cache_clear()
 
 
 def write(directory, filename: str, text: str) -> None:
@@ -42,7 +44,8 @@ def test_a_plain_block_is_its_text_without_the_trailing_semicolon(sql_dir):
         SELECT count(*) FROM thing;
         """,
     )
-    assert queries.sql(connection(), "count_things") == "-- How many.\nSELECT count(*) FROM thing"
+    assert queries.load("sqlite")["count_things"] == "-- How many.\nSELECT count(*) FROM thing"
+    assert queries.sql(connection(), "count_things") == "SELECT count(*)FROM thing"
 
 
 def test_nested_includes_expand_fully(sql_dir):
@@ -69,7 +72,7 @@ def test_nested_includes_expand_fully(sql_dir):
         ORDER BY thing.id;
         """,
     )
-    assert queries.sql(connection(), "select_things") == (
+    assert queries.load("sqlite")["select_things"] == (
         "SELECT thing.id\nFROM thing\nWHERE thing.live\nORDER BY thing.id"
     )
 
@@ -78,7 +81,7 @@ def test_an_include_resolves_across_the_files_of_one_vendor_only(sql_dir):
     write(sql_dir, "sqlite/a.sql", "-- name: select_things\nSELECT 1\n-- @include shared_tail\n")
     write(sql_dir, "sqlite/b.sql", "-- name: shared_tail (fragment)\nFROM thing\n")
     write(sql_dir, "postgresql/a.sql", "-- name: select_things\nSELECT 1\n-- @include shared_tail\n")
-    assert queries.sql(connection("sqlite"), "select_things") == "SELECT 1\nFROM thing"
+    assert queries.load("sqlite")["select_things"] == "SELECT 1\nFROM thing"
     with pytest.raises(ValueError, match=r"postgresql/a\.sql.*select_things.*shared_tail"):
         queries.sql(connection("postgresql"), "select_things")
 
@@ -100,7 +103,7 @@ def test_an_indented_include_keeps_its_indentation_in_the_expanded_text(sql_dir)
          WHERE live
         """,
     )
-    assert queries.sql(connection(), "select_things") == (
+    assert queries.load("sqlite")["select_things"] == (
         "SELECT *\n  FROM (\n    SELECT id FROM thing\n     WHERE live\n  ) AS t"
     )
 
@@ -273,3 +276,46 @@ def test_parse_blocks_expands_includes_of_one_text_and_keeps_fragments_out():
     assert dict(blocks) == {"fill": "INSERT INTO t\nSELECT 1"}
     with pytest.raises(LookupError, match=r"rows.*fragment"):
         blocks["rows"]
+
+
+@pytest.mark.parametrize(
+    ("written", "sent"),
+    [
+        ("SELECT 1 -- why\n  FROM thing", "SELECT 1 FROM thing"),
+        ("SELECT /* a\n block */ 1", "SELECT 1"),
+        ("SELECT f( a ,\n b )\n  FROM thing", "SELECT f(a,b)FROM thing"),
+        # Quoted text is kept exactly: spaces, comment marks, commas and parentheses in it.
+        ("SELECT 'a  -- not a comment ,( )'  FROM t", "SELECT 'a  -- not a comment ,( )' FROM t"),
+        ("SELECT 'it''s  -- x'  , 2", "SELECT 'it''s  -- x',2"),
+        ('SELECT "odd  -- name" FROM t', 'SELECT "odd  -- name" FROM t'),
+        ("SELECT E'a\\'  -- b'  FROM t", "SELECT E'a\\'  -- b' FROM t"),
+        ("SELECT $q$ a  -- b , ( $q$  FROM t", "SELECT $q$ a  -- b , ( $q$ FROM t"),
+        # A word ending in e before a quote is not an E'' string: the backslash ends nothing.
+        ("WHERE state='C:\\'  -- c\n AND x", "WHERE state='C:\\' AND x"),
+        ("SELECT x %% 2 FROM t WHERE y = %(y)s", "SELECT x %% 2 FROM t WHERE y = %(y)s"),
+    ],
+)
+def test_a_statement_is_sent_without_comments_or_layout_and_its_quoted_text_kept(written, sent):
+    assert queries.compact(written) == sent
+
+
+def test_the_workers_batch_statements_fit_psycopgs_query_cache():
+    """psycopg parses a query for its placeholders on every execute unless the query is
+    at most MAX_CACHED_STATEMENT_LENGTH bytes (then it is parsed once): the statements
+    a worker runs per batch must fit, or each batch pays the parse again."""
+    from psycopg import _queries  # the limit is psycopg's own, read where it is defined
+
+    limit = _queries.MAX_CACHED_STATEMENT_LENGTH
+    for name in (
+        "claim_jobs",
+        "claim_jobs_advisory",
+        "finish_and_claim",
+        "finish_and_claim_advisory",
+        "finish_jobs",
+        "extend_leases",
+        "insert_job",
+        "insert_job_unique",
+        "release_jobs",
+    ):
+        sent = queries.sql(connection("postgresql"), name)
+        assert len(sent.encode()) <= limit, (name, len(sent.encode()), limit)
