@@ -30,6 +30,7 @@ from ..rows import (
     records,
     won,
 )
+from . import array_literals as literal
 from . import libpq
 from .copy_rows import copy_chunks
 from .cursors import engine_cursor_class, timestamptz_loader
@@ -126,7 +127,7 @@ class PostgresStore(Store):
         advisory: bool,
     ) -> list[ClaimedJob]:
         params = {
-            "queues": self.array(queues),
+            "queues": literal.texts(queues),
             "limit": limit,
             "worker_id": worker_id,
             "lease_seconds": float(lease_seconds),
@@ -155,8 +156,8 @@ class PostgresStore(Store):
             cursor.execute(
                 sql(connection, "extend_leases"),
                 {
-                    "ids": self.array([h[0] for h in held]),
-                    "attempts": self.array([h[1] for h in held]),
+                    "ids": literal.integers([h[0] for h in held]),
+                    "attempts": literal.integers([h[1] for h in held]),
                     "worker_id": worker_id,
                     "lease_seconds": float(lease_seconds),
                 },
@@ -193,7 +194,7 @@ class PostgresStore(Store):
             )
         params = self._finish_params(worker_id, outcomes)
         params.update(
-            queues=self.array(queues),
+            queues=literal.texts(queues),
             limit=limit,
             lease_seconds=float(lease_seconds),
             lock_namespace=ADVISORY_LOCK_NAMESPACE,
@@ -216,15 +217,16 @@ class PostgresStore(Store):
     def _finish_params(self, worker_id: str, outcomes: list[Outcome]) -> dict[str, Any]:
         return {
             "worker_id": worker_id,
-            "ids": self.array([o.job_id for o in outcomes]),
-            "attempts": self.array([o.attempt for o in outcomes]),
-            "states": self.array([o.next_state for o in outcomes]),
-            "outcomes": self.array([o.outcome for o in outcomes]),
-            "retry_delays": self.array([float(o.retry_delay) for o in outcomes]),
-            "return_values": self.array([o.return_value for o in outcomes]),
-            "error_classes": self.array([o.error_class for o in outcomes]),
-            "error_messages": self.array([o.error_message for o in outcomes]),
-            "tracebacks": self.array([o.traceback for o in outcomes]),
+            # Array literals written here, not lists for psycopg to adapt (array_literals.py).
+            "ids": literal.integers([o.job_id for o in outcomes]),
+            "attempts": literal.integers([o.attempt for o in outcomes]),
+            "states": literal.texts([o.next_state for o in outcomes]),
+            "outcomes": literal.texts([o.outcome for o in outcomes]),
+            "retry_delays": literal.floats([o.retry_delay for o in outcomes]),
+            "return_values": literal.texts([o.return_value for o in outcomes]),
+            "error_classes": literal.texts([o.error_class for o in outcomes]),
+            "error_messages": literal.texts([o.error_message for o in outcomes]),
+            "tracebacks": literal.texts([o.traceback for o in outcomes]),
         }
 
     def release_jobs(self, connection: BaseDatabaseWrapper, *, worker_id: str, held: list[tuple[int, int]]) -> Won:
@@ -232,8 +234,8 @@ class PostgresStore(Store):
             cursor.execute(
                 sql(connection, "release_jobs"),
                 {
-                    "ids": self.array([h[0] for h in held]),
-                    "attempts": self.array([h[1] for h in held]),
+                    "ids": literal.integers([h[0] for h in held]),
+                    "attempts": literal.integers([h[1] for h in held]),
                     "worker_id": worker_id,
                     "cancel_error_class": RELEASED_CANCEL_ERROR_CLASS,
                     "cancel_error_message": RELEASED_CANCEL_MESSAGE,
