@@ -16,7 +16,7 @@ from django.db.models.functions import Now
 from taskengine import limits
 from taskengine.db import store_for
 from taskengine.db.base import JOBS_CHANNEL
-from taskengine.models import Queue
+from taskengine.models import OperatorAction, Queue
 from taskengine.ops import audit
 from taskengine.ops.operations import OperationRefused
 
@@ -52,6 +52,24 @@ def actor_repr(actor: Any) -> str:
     return str(actor.get_username())[:150]
 
 
+def record_change(
+    queue: Queue, *, action: str, before: dict[str, Any], actor: Any, reason: str, using: str
+) -> OperatorAction:
+    """The audit row of a change of ``queue`` (already reloaded), in the caller's
+    transaction: ``before`` against the queue's snapshot now."""
+    return audit.record(
+        actor=actor,
+        action=action,
+        target_type="queue",
+        target_id=queue.pk,
+        tenant=queue.tenant,
+        before=before,
+        after=snapshot(queue),
+        reason=reason,
+        using=using,
+    )
+
+
 def change_paused(
     queue: Queue, *, paused: bool, actor: Any, reason: str, using: str, settings_paused: bool | None = None
 ) -> QueueResult:
@@ -69,17 +87,7 @@ def change_paused(
         raise OperationRefused(f"queue {queue.pk!r} changed meanwhile; reload and try again")
     queue.refresh_from_db(using=using)
     action = "queue.pause" if paused else "queue.resume"
-    row = audit.record(
-        actor=actor,
-        action=action,
-        target_type="queue",
-        target_id=queue.pk,
-        tenant=queue.tenant,
-        before=before,
-        after=snapshot(queue),
-        reason=reason,
-        using=using,
-    )
+    row = record_change(queue, action=action, before=before, actor=actor, reason=reason, using=using)
     if not paused:
         notify_workers(queue.pk, using)
     message = f"Paused queue {queue.pk}." if paused else f"Resumed queue {queue.pk}."
@@ -117,17 +125,7 @@ def change_limits(queue: Queue, *, concurrency: Any, rate: Any, actor: Any, reas
     if Queue.objects.using(using).filter(expected).update(**changes) != 1:
         raise OperationRefused(f"queue {queue.pk!r} changed meanwhile; reload and try again")
     queue.refresh_from_db(using=using)
-    row = audit.record(
-        actor=actor,
-        action="queue.limit",
-        target_type="queue",
-        target_id=queue.pk,
-        tenant=queue.tenant,
-        before=before,
-        after=snapshot(queue),
-        reason=reason,
-        using=using,
-    )
+    row = record_change(queue, action="queue.limit", before=before, actor=actor, reason=reason, using=using)
     notify_workers(queue.pk, using)
     rate_text = limits.format_rate(queue.rate_limit, queue.rate_period) or "none"
     message = f"Queue {queue.pk}: concurrency {queue.concurrency_limit or 'none'}, rate {rate_text}."

@@ -4,7 +4,7 @@ from the project's own scripts (nothing outside the checkout), every mode (real 
 long drain, retention, sustained load, pgqueuer's drain with --compare pgqueuer) reports
 its figures in --json, and the benchmark leaves none of its jobs, nor its scratch
 databases or table, behind; --compare pgqueuer without the package is refused naming
-the extra. (The figures
+the extra, and an unmigrated database naming its alias and ``migrate``. (The figures
 themselves are read from the command's output in docs/performance.md, never asserted as
 timings here.)"""
 
@@ -115,6 +115,24 @@ def test_a_raw_script_that_does_not_exist_is_refused_before_anything_runs(tmp_pa
     assert out.returncode != 0
     assert f"--raw-script {missing} does not exist" in out.stderr
     assert "enqueue:" not in out.stderr
+
+
+def test_an_unmigrated_database_is_refused_before_anything_runs_naming_the_alias_and_migrate(tmp_path):
+    # A SQLite file nothing has migrated (on either run: the cheapest unmigrated database).
+    database = tmp_path / "unmigrated.sqlite3"
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "benchmark", "--json"],
+        cwd=ROOT,
+        env=subprocess_env(DATABASE_URL=f"sqlite:///{database}"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "CommandError: " in out.stderr and "no such table" not in out.stderr
+    assert "database 'default'" in out.stderr and "manage.py migrate --database default" in out.stderr
+    assert "enqueue:" not in out.stderr and out.stdout == ""
 
 
 @pytest.mark.postgres

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from taskengine.db import store_for
 from taskengine.db.base import RELEASED_CANCEL_ERROR_CLASS, Store
-from taskengine.db.rows import fetch_as, rows_as, to_datetime
+from taskengine.db.rows import PrunedBatch, fetch_as, rows_as, to_datetime
 from taskengine.jobs import ClaimedJob, NewJob, Outcome
 from taskengine.leader.election import LeaderLease, lease_params
 from taskengine.models import ExecutionLog, Job, Queue
@@ -407,11 +407,45 @@ def finished(store: Store, state: str, days_ago: float, count: int = 1) -> list[
     return ids
 
 
-def prune(store: Store, state: str = "succeeded", days: float = 7, batch_size: int = 100, after=None) -> int:
+def prune_batch(
+    store: Store, state: str = "succeeded", days: float = 7, batch_size: int = 100, after=None
+) -> PrunedBatch:
     after = after or datetime(1, 1, 1, tzinfo=UTC)
     params = {"state": state, "age_seconds": days * 86400, "batch_size": batch_size, "after": after}
     with transaction.atomic():
-        return store.prune_terminal(connection, params).deleted
+        return store.prune_terminal(connection, params)
+
+
+def prune(store: Store, state: str = "succeeded", days: float = 7, batch_size: int = 100, after=None) -> int:
+    return prune_batch(store, state, days, batch_size, after).deleted
+
+
+def prune_pass(store: Store, batch_size: int, state: str = "succeeded", days: float = 7) -> int:
+    """One retention pass as RetentionSweep makes it: each batch resumes at the latest
+    finished_at the previous one deleted; a short batch ends the pass."""
+    total, after = 0, None
+    for _ in range(100):
+        batch = prune_batch(store, state, days, batch_size, after)
+        total += batch.deleted
+        if batch.deleted < batch_size or batch.last_finished_at is None:
+            return total
+        after = batch.last_finished_at
+    raise AssertionError("the pass did not end")
+
+
+def finish_at(store: Store, job_id: int, when: datetime) -> None:
+    """End ``job_id`` at ``when`` the way the engine's SQL writes finished_at: on SQLite
+    through strftime's %f (text with 3 decimals: every instant of one millisecond is
+    stored alike), on PostgreSQL as timestamptz (microseconds)."""
+    with connection.cursor() as cursor:
+        if store.native_datetimes:
+            cursor.execute("UPDATE taskengine_job SET finished_at = %s WHERE id = %s", [when, job_id])
+        else:
+            text = when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+            cursor.execute(
+                "UPDATE taskengine_job SET finished_at = strftime('%%Y-%%m-%%d %%H:%%M:%%f', %s) WHERE id = %s",
+                [text, job_id],
+            )
 
 
 def test_prune_terminal_deletes_old_jobs_of_one_state_with_their_attempts_oldest_first(store):
@@ -455,6 +489,32 @@ def test_prune_terminal_resumes_at_a_job_that_finished_in_the_same_instant(store
     assert first.deleted == 1 and first.last_finished_at is not None
     assert prune(store, after=first.last_finished_at) == 1
     assert not Job.objects.filter(pk__in=ids).exists()
+
+
+def test_a_pass_whose_batches_split_one_millisecond_of_finished_jobs_prunes_all_of_them(store):
+    """Five jobs finished in one millisecond, four written as the engine's SQL writes
+    finished_at (0.1 ms apart; on SQLite all stored as the same 3-decimal text) and one
+    by the ORM (on SQLite 6 decimals), with a job in the millisecond before and one in
+    the millisecond after; batches of 2 resume inside the group twice. Every one of them
+    is pruned in one pass, and nothing finished after the cutoff is."""
+    group_ms = datetime(2001, 2, 3, 4, 5, 6, 27000, tzinfo=UTC)
+    before, *group, after = finished(store, "succeeded", 10, count=7)
+    finish_at(store, before, group_ms - timedelta(microseconds=600))
+    for n, job_id in enumerate(group[:4]):
+        finish_at(store, job_id, group_ms + timedelta(microseconds=100 * n))
+    Job.objects.filter(pk=group[4]).update(finished_at=group_ms + timedelta(microseconds=450))
+    finish_at(store, after, group_ms + timedelta(milliseconds=1))
+    young = finished(store, "succeeded", 6.9) + finished(store, "succeeded", 1, count=2)
+    stored = {
+        to_datetime(value) for value in Job.objects.filter(pk__in=group[:4]).values_list("finished_at", flat=True)
+    }
+    assert len(stored) == (4 if store.native_datetimes else 1)  # SQLite: one text for the four
+    assert all(when.replace(microsecond=when.microsecond // 1000 * 1000) == group_ms for when in stored)
+
+    assert prune_pass(store, batch_size=2) == 7
+    assert set(Job.objects.values_list("id", flat=True)) == set(young)
+    assert not ExecutionLog.objects.filter(job_id__in=[before, *group, after]).exists()
+    assert ExecutionLog.objects.filter(job_id__in=young).count() == 3
 
 
 @pytest.mark.postgres

@@ -9,11 +9,26 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from taskengine import gate
 from taskengine.bench import Benchmark, CompareRefused, require_pgqueuer
 from taskengine.conf import engine_settings
 
 PHASES = "single,bulk,drain,default,latency,raw"
 SUSTAINED_SHARE = 0.7  # --sustained's default rate: this share of drain_default_per_s
+
+
+def refuse_unless_migrated(database: str) -> None:
+    """Before anything runs: the migration state the system checks read (taskengine.W001
+    and the gate behind it). Pending migrations, or a gate closed for another reason
+    (its workers would wait on it), end the command with what to do."""
+    state = gate.status(database)
+    if state.pending:
+        raise CommandError(
+            f"database {database!r} is not migrated ({len(state.pending)} migration(s) pending, "
+            f"the first {state.pending[0]}): run `manage.py migrate --database {database}` before the benchmark"
+        )
+    if not state.ready:
+        raise CommandError(f"migration gate of database {database!r} closed: {state.reason}")
 
 
 class Command(BaseCommand):
@@ -99,7 +114,9 @@ class Command(BaseCommand):
                 require_pgqueuer()
             except CompareRefused as exc:
                 raise CommandError(str(exc)) from None
-        bench = Benchmark(database=o["database"] or engine_settings.DATABASE, queue=o["queue"], log=self._note)
+        database = o["database"] or engine_settings.DATABASE
+        refuse_unless_migrated(database)
+        bench = Benchmark(database=database, queue=o["queue"], log=self._note)
         if o["compare"] and not bench.postgres:
             raise CommandError(f"--compare {o['compare']} needs PostgreSQL")
         if not bench.postgres:
