@@ -47,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     # PostgreSQL: write finished attempts on a second connection, from a thread of the
     # worker's own (taskengine/runtime/completer.py), while the loop claims on its connection.
     # SQLite (one writer) always writes them on the loop's connection.
-    "COMPLETER": False,
+    "COMPLETER": True,
     # How long after its last heartbeat a worker counts as dead: the leader marks it
     # dead and recovers its running jobs without waiting for their leases. Keep it well
     # above HEARTBEAT_SECONDS (a live worker must never look dead).
