@@ -138,11 +138,52 @@ CLAIM_RENAMES: Mapping[str, str] = {"attempts": "attempt"}
 _CLAIM_DATETIMES = ("enqueued_at", "started_at", "last_attempted_at", "run_after")
 
 
+_CLAIM_FIELDS = tuple(f.name for f in fields(ClaimedJob) if f.name != "decode_error")
+_ARGS_AT, _KWARGS_AT = _CLAIM_FIELDS.index("args"), _CLAIM_FIELDS.index("kwargs")
+_DATETIMES_AT = tuple(_CLAIM_FIELDS.index(name) for name in _CLAIM_DATETIMES)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimColumns:
+    """Where a claim statement's columns are, by name: ``fields`` the position of each
+    ClaimedJob field in field order, ``others`` those of the columns that are not fields
+    (finish_and_claim's finished_state and finished_at). A statement's columns never
+    change, so this is worked out once per statement (``for_statement``), not per row."""
+
+    fields: tuple[int, ...]
+    others: Mapping[str, int]
+
+    @classmethod
+    def of(cls, description: Sequence[Sequence[Any]]) -> ClaimColumns:
+        names = column_names(description, CLAIM_RENAMES)
+        missing = [name for name in _CLAIM_FIELDS if name not in names]
+        if missing or len(set(names)) != len(names):
+            raise ValueError(f"a claim's columns {names} do not name every ClaimedJob field once: missing {missing}")
+        return cls(
+            fields=tuple(names.index(name) for name in _CLAIM_FIELDS),
+            others={name: at for at, name in enumerate(names) if name not in _CLAIM_FIELDS},
+        )
+
+    @classmethod
+    def for_statement(cls, statement: str, cursor: Any) -> ClaimColumns:
+        """The columns of ``statement``, whose rows ``cursor`` has just fetched."""
+        columns = _STATEMENT_COLUMNS.get(statement)
+        if columns is None:
+            columns = _STATEMENT_COLUMNS[statement] = cls.of(cursor.description)
+        return columns
+
+
+_STATEMENT_COLUMNS: dict[str, ClaimColumns] = {}
+
+
 def claimed_jobs(description: Sequence[Sequence[Any]], rows: Sequence[Sequence[Any]]) -> list[ClaimedJob]:
     """The claimed rows as ClaimedJobs, in claim order. The claim has committed: a row
     that does not decode must still become a ClaimedJob (its attempt fails with the
     reason), never an error that drops the whole batch."""
-    return in_claim_order([claimed_job(record) for record in records(description, rows, CLAIM_RENAMES)])
+    if not rows:
+        return []
+    columns = ClaimColumns.of(description)
+    return in_claim_order([claimed_job(row, columns) for row in rows])
 
 
 def in_claim_order(jobs: list[ClaimedJob]) -> list[ClaimedJob]:
@@ -151,15 +192,19 @@ def in_claim_order(jobs: list[ClaimedJob]) -> list[ClaimedJob]:
     return jobs
 
 
-def claimed_job(record: dict[str, Any]) -> ClaimedJob:
+def claimed_job(row: Sequence[Any], columns: ClaimColumns) -> ClaimedJob:
+    """One claimed row (its columns where ``columns`` says) as a ClaimedJob."""
+    values = [row[at] for at in columns.fields]
     try:
-        record["args"], record["kwargs"], decode_error = json_value(record["args"]), json_value(record["kwargs"]), None
+        values[_ARGS_AT], values[_KWARGS_AT] = json_value(values[_ARGS_AT]), json_value(values[_KWARGS_AT])
+        decode_error = None
     except (ValueError, RecursionError) as exc:
-        record["args"], record["kwargs"] = [], {}
+        values[_ARGS_AT], values[_KWARGS_AT] = [], {}
         decode_error = f"the job's stored arguments do not decode: {exc}"
-    for name in _CLAIM_DATETIMES:
-        record[name] = to_datetime(record[name])
-    return ClaimedJob(**record, decode_error=decode_error)
+    for at in _DATETIMES_AT:
+        values[at] = to_datetime(values[at])
+    values.append(decode_error)  # the last field
+    return ClaimedJob(*values)
 
 
 @dataclass(slots=True)

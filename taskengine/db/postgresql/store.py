@@ -4,6 +4,7 @@ engine's cursor binding on the server and preparing each statement once per conn
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.db import transaction
@@ -16,7 +17,7 @@ from ...jobs import ClaimedJob, InsertedJob, NewJob, Outcome
 from ..base import ADVISORY_LOCK_NAMESPACE, RELEASED_CANCEL_ERROR_CLASS, RELEASED_CANCEL_MESSAGE, Store
 from ..limited_claim import LIMITS_WAITING, claim_limited_after
 from ..rows import (
-    CLAIM_RENAMES,
+    ClaimColumns,
     LeaseRow,
     PrunedBatch,
     RecoveredRow,
@@ -133,11 +134,14 @@ class PostgresStore(Store):
             "lease_seconds": float(lease_seconds),
             "lock_namespace": ADVISORY_LOCK_NAMESPACE,
         }
+        statement = sql(connection, "claim_jobs_advisory" if advisory else "claim_jobs")
         with self.engine_cursor(connection) as cursor:
-            cursor.execute(sql(connection, "claim_jobs_advisory" if advisory else "claim_jobs"), params)
-            rows = records(cursor.description, cursor.fetchall(), CLAIM_RENAMES)
+            cursor.execute(statement, params)
+            rows = cursor.fetchall()
+            columns = ClaimColumns.for_statement(statement, cursor)
         # A row of NULLs: limited queues or keyed jobs wait (claim_jobs_result).
-        jobs = in_claim_order([claimed_job(record) for record in rows if record["id"] is not None])
+        id_at = columns.fields[0]
+        jobs = in_claim_order([claimed_job(row, columns) for row in rows if row[id_at] is not None])
         if len(jobs) < len(rows) and len(jobs) < limit:
             jobs += claim_limited_after(
                 self,
@@ -199,10 +203,12 @@ class PostgresStore(Store):
             lease_seconds=float(lease_seconds),
             lock_namespace=ADVISORY_LOCK_NAMESPACE,
         )
+        statement = sql(connection, "finish_and_claim_advisory" if advisory else "finish_and_claim")
         with self.engine_cursor(connection) as cursor:
-            cursor.execute(sql(connection, "finish_and_claim_advisory" if advisory else "finish_and_claim"), params)
-            rows = records(cursor.description, cursor.fetchall(), CLAIM_RENAMES)
-        finished, claimed, limits_waiting = _finished_and_claimed(rows)
+            cursor.execute(statement, params)
+            rows = cursor.fetchall()
+            columns = ClaimColumns.for_statement(statement, cursor)
+        finished, claimed, limits_waiting = _finished_and_claimed(rows, columns)
         if limits_waiting and len(claimed) < limit:
             claimed += claim_limited_after(
                 self,
@@ -274,21 +280,22 @@ class PostgresStore(Store):
         return f"UPDATE {table} SET {moves}", {"seconds": seconds}
 
 
-def _finished_and_claimed(rows: list[dict[str, Any]]) -> tuple[Won, list[ClaimedJob], bool]:
+def _finished_and_claimed(rows: Sequence[Sequence[Any]], columns: ClaimColumns) -> tuple[Won, list[ClaimedJob], bool]:
     """finish_and_claim's rows apart: a claimed job has finished_state NULL; a finished one
     its id, finished_state and finished_at and NULL in every claim column; a row with
     finished_state 'limits' says limited queues or keyed jobs wait (finish_and_claim_result)."""
     finished: Won = {}
     claimed: list[ClaimedJob] = []
     limits_waiting = False
-    for record in rows:
-        state, finished_at = record.pop("finished_state"), record.pop("finished_at")
+    id_at, state_at, finished_at_at = columns.fields[0], columns.others["finished_state"], columns.others["finished_at"]
+    for row in rows:
+        state = row[state_at]
         if state is None:
-            claimed.append(claimed_job(record))
+            claimed.append(claimed_job(row, columns))
         elif state == LIMITS_WAITING:
             limits_waiting = True
         else:
-            finished[record["id"]] = (state, finished_at)
+            finished[row[id_at]] = (state, row[finished_at_at])
     return finished, in_claim_order(claimed), limits_waiting
 
 
