@@ -3,14 +3,15 @@
 One process, ``concurrency`` execution slots (runtime/slots.py: sync handlers on a
 thread pool, async handlers on one event loop thread). The main thread talks to the
 database for the engine (claims, heartbeats, releases), in short statements, never
-around a handler (runtime/db_calls.py: an error backs the loop off, never ends it); with
-TASKENGINE["COMPLETER"] on PostgreSQL the fenced finishes are written by the completer
-(runtime/completer.py), a thread with its own connection, so claims never wait for them.
+around a handler (runtime/db_calls.py: an error backs the loop off, never ends it); on
+PostgreSQL, with TASKENGINE["COMPLETER"] (the default), the fenced finishes are written by
+the completer (runtime/completer.py), a thread with its own connection, so claims never
+wait for them.
 
 The loop claims and completes in batches, each on its own cadence: a batch of finished
 attempts is written when half the held jobs' worth has returned, when nothing else
-runs, or FLUSH_DELAY after the first — by the completer when it is on, or (the default,
-and SQLite) by the loop, with the next claim riding in the same statement
+runs, or FLUSH_DELAY after the first — by the completer when it is on, or (COMPLETER =
+False, and SQLite) by the loop, with the next claim riding in the same statement
 (PostgreSQL: finish_and_claim, one round trip and one commit) whenever there is room.
 Between batches the loop sleeps (runtime/idle.py when there is nothing to claim): a
 returning handler wakes it only for the first outcome since it last looked, a batch's
@@ -222,10 +223,14 @@ class Worker:
         for work. False when a burst worker is done."""
         if claimed is None and time.monotonic() >= self._db.retry_at:
             return True  # the claim did not run (its batch was refused): claim again now
+        # Read before asking for queued retries: a completer that held nothing here writes
+        # no retry after it, while one that held a write can finish it between two reads
+        # (read the other way round, a burst worker could exit with that retry due).
+        pending = self._finishing.pending
         if self._finishing.completer is not None and self._finishing.completer.take_requeued():
             return True  # the completer queued retries since this claim's snapshot: claim again
         if not self._running:
-            if self.options.burst and not self._finishing.pending and self._db.down_since is None:
+            if self.options.burst and not pending and self._db.down_since is None:
                 logger.info("burst: nothing due, exiting", extra={"worker_id": self.worker_id})
                 return False
             self._wait(self._idle.next_wait())

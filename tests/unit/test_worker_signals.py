@@ -39,3 +39,31 @@ def test_a_worker_tolerates_stuck_handlers_up_to_half_its_slots_by_default():
     assert Worker(queues=["default"], concurrency=8, max_stuck_threads=0).options.max_stuck_threads == 0
     with override_settings(TASKENGINE={"MAX_STUCK_THREADS": 1}):
         assert Worker(queues=["default"], concurrency=8).options.max_stuck_threads == 1
+
+
+class CompleterFinishingAWriteMeanwhile:
+    """A completer holding one write that commits, queueing a retry, at the worst
+    instant: just after the loop asked whether retries were queued (and was told no)."""
+
+    def __init__(self) -> None:
+        self.held = 1
+        self.requeued = False
+
+    def busy(self) -> bool:
+        return self.held > 0
+
+    def take_requeued(self) -> bool:
+        requeued, self.requeued = self.requeued, False
+        if self.held:  # the write commits now, under the loop's feet
+            self.held, self.requeued = 0, True
+        return requeued
+
+
+def test_a_burst_worker_does_not_exit_while_its_completer_queues_a_retry():
+    """Fails on the loop that asked for queued retries before reading whether the
+    completer still held anything: both answers came back "no" and the burst worker
+    exited with the retry due."""
+    worker = Worker(queues=["default"], burst=True, backoff_base=0.001, max_backoff=0.001)
+    worker._finishing.completer = CompleterFinishingAWriteMeanwhile()
+    assert worker._wait_to_claim([]) is True  # claim again: the retry is to be claimed
+    assert worker._finishing.completer.take_requeued() is True
