@@ -146,10 +146,18 @@ def _compacted(vendor: str, name: str) -> str:
 # whole, whatever it holds — or a gap: a run of whitespace and comments.
 _TOKEN = re.compile(
     r"(?P<keep>(?<!\w)[Ee]'(?:[^'\\]|\\.|'')*'|'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\""
-    r"|\$(?P<tag>[A-Za-z_]\w*)?\$.*?\$(?P=tag)\$)"
+    r"|\$(?P<tag>(?:[A-Za-z_]\w*)?)\$.*?\$(?P=tag)\$)"
     r"|(?P<gap>(?:\s+|--[^\n]*|/\*.*?\*/)+)",
     re.DOTALL,
 )
+
+
+_LINE_COMMENT = re.compile(r"--[^\n]*")
+_BLOCK_COMMENT_BODY = re.compile(r"/\*(.*?)\*/", re.DOTALL)
+
+
+class UncompactableSQL(ValueError):
+    """SQL that ``compact`` cannot shorten without risk of changing what it says."""
 
 
 def compact(text: str) -> str:
@@ -161,11 +169,20 @@ def compact(text: str) -> str:
     the worker's batch statement with its comments was twice that. Quoted text —
     literals, identifiers, dollar-quoted bodies — is kept exactly; every comment and
     every run of whitespace outside it becomes one space, and none is kept beside a
-    comma or a parenthesis."""
+    comma or a parenthesis — but for the newline between two string literals that
+    PostgreSQL joins into one. A nested block comment is refused (UncompactableSQL)."""
 
     def token(match: re.Match[str]) -> str:
         keep = match.group("keep")
-        return keep if keep is not None else " "
+        if keep is not None:
+            return keep
+        gap = match.group("gap")
+        for body in _BLOCK_COMMENT_BODY.findall(_LINE_COMMENT.sub("", gap)):
+            if "/*" in body:  # PostgreSQL nests block comments; the pattern above does not
+                raise UncompactableSQL(f"a nested block comment: {gap.strip()!r}")
+        if "\n" in gap and text[match.start() - 1 : match.start()] == "'" and text.startswith("'", match.end()):
+            return "\n"  # 'a'<newline>'b' is one literal, 'ab': the newline is what joins them
+        return " "
 
     parts = _TOKEN.sub(token, text)
     # Beside a comma or a parenthesis a space separates nothing: drop it (outside quotes).

@@ -293,6 +293,11 @@ def test_parse_blocks_expands_includes_of_one_text_and_keeps_fragments_out():
         # A word ending in e before a quote is not an E'' string: the backslash ends nothing.
         ("WHERE state='C:\\'  -- c\n AND x", "WHERE state='C:\\' AND x"),
         ("SELECT x %% 2 FROM t WHERE y = %(y)s", "SELECT x %% 2 FROM t WHERE y = %(y)s"),
+        # An untagged dollar quote is quoted text too.
+        ("SELECT $$ a  -- b , ( $$  FROM t", "SELECT $$ a  -- b , ( $$ FROM t"),
+        # Two literals split by a newline are one literal in PostgreSQL: the newline stays.
+        ("SELECT 'a'\n   'b' FROM t", "SELECT 'a'\n'b' FROM t"),
+        ("SELECT 1 -- see /* here\n, 2", "SELECT 1,2"),
     ],
 )
 def test_a_statement_is_sent_without_comments_or_layout_and_its_quoted_text_kept(written, sent):
@@ -319,3 +324,8 @@ def test_the_workers_batch_statements_fit_psycopgs_query_cache():
     ):
         sent = queries.sql(connection("postgresql"), name)
         assert len(sent.encode()) <= limit, (name, len(sent.encode()), limit)
+
+
+def test_a_nested_block_comment_is_refused_not_cut_short():
+    with pytest.raises(queries.UncompactableSQL, match="nested"):
+        queries.compact("SELECT a /* outer /* inner */ still a comment */ FROM t")
