@@ -6,7 +6,9 @@ Invariants:
   A LISTEN wake-up (runtime/listener.py) or a handler's return ends any wait early.
 - A worker that serves a held queue waits at most PAUSED_POLL_SECONDS: a limited one
   (nothing wakes a worker when a limit has room again: docs/queues.md), or a paused one
-  while it polls (nothing wakes it on resume), so that it claims within a second.
+  while it polls (nothing wakes it on resume), so that it claims within a second. So does
+  the first wait after the queue was last seen held: a resume that commits between an
+  empty claim and the look at the queues must not buy a full back-off.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class IdleWaits:
         self.db = db
         self.woken_on_change = woken_on_change
         self.rounds = 0  # idle waits since the last claim that returned jobs
+        self.held_when_last_seen = False
 
     def reset(self) -> None:
         self.rounds = 0
@@ -50,7 +53,12 @@ class IdleWaits:
         """``wait``, or at most PAUSED_POLL_SECONDS for a worker that polls while a queue
         of its own is paused (nothing wakes it on resume, so it polls often enough to
         claim within a second of the resume), or while one is limited."""
-        if wait > queues.PAUSED_POLL_SECONDS and self._serves_held_queue():
+        if wait <= queues.PAUSED_POLL_SECONDS:
+            return wait
+        # The claim that came back empty may have run while the queue was held, and the
+        # resume committed since: a queue held at the last look still counts this once.
+        held_before, self.held_when_last_seen = self.held_when_last_seen, self._serves_held_queue()
+        if self.held_when_last_seen or held_before:
             return queues.PAUSED_POLL_SECONDS
         return wait
 

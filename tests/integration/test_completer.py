@@ -18,7 +18,7 @@ from taskengine.states import AttemptOutcome
 from tests import tasks
 from tests.conftest import wait_for
 from tests.integration.test_claim_and_fencing import claim, expire_lease
-from tests.integration.test_worker_robustness import start_worker, state_of
+from tests.integration.test_worker_robustness import attempt_outcomes, start_worker, state_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -58,15 +58,41 @@ def reported(done: Completer) -> list[tuple[int, str | None]]:
         return list(recording.reported)
 
 
-def test_a_worker_writes_every_outcome_once_with_one_attempt_row_per_job():
+# On PostgreSQL the completer is the default; COMPLETER = False is the way back (the loop
+# writes, finish_and_claim): both paths run the worker tests below.
+BOTH_PATHS = pytest.mark.parametrize("use_completer", [True, False], ids=["completer", "loop_writes"])
+
+
+@BOTH_PATHS
+def test_a_worker_writes_every_outcome_once_with_one_attempt_row_per_job(use_completer):
     results = [tasks.add.enqueue(i, 1) for i in range(80)]
-    running = start_worker(burst=True, concurrency=8, completer=True)
+    running = start_worker(burst=True, concurrency=8, completer=use_completer)
     wait_for(running.exited, timeout=60, message="the burst worker to drain and exit")
     assert running.raised is None and running.returned == 0
     assert [state_of(r.id) for r in results] == ["succeeded"] * 80
     assert ExecutionLog.objects.count() == 80
     assert sorted(ExecutionLog.objects.values_list("job_id", flat=True)) == sorted(int(r.id) for r in results)
     assert running.worker.processed == 80
+
+
+@BOTH_PATHS
+def test_retries_are_claimed_again_and_every_job_ends_with_one_row_per_attempt(use_completer):
+    flaky = [tasks.fail_until.enqueue(2) for _ in range(12)]
+    steady = [tasks.add.enqueue(i, 1) for i in range(24)]
+    running = start_worker(concurrency=8, completer=use_completer)
+    try:
+        wait_for(
+            lambda: all(state_of(r.id) == "succeeded" for r in flaky + steady),
+            timeout=60,
+            message="every job, retried ones included, to succeed",
+        )
+    finally:
+        running.stop()
+    assert running.raised is None
+    for result in flaky:
+        assert attempt_outcomes(result.id) == [(1, AttemptOutcome.RETRY), (2, AttemptOutcome.SUCCEEDED)]
+    for result in steady:
+        assert attempt_outcomes(result.id) == [(1, AttemptOutcome.SUCCEEDED)]
 
 
 def test_outcomes_handed_over_from_many_threads_are_each_written_and_reported_once():
