@@ -278,6 +278,9 @@ def test_a_polling_worker_waits_at_most_half_a_second_while_a_queue_of_its_own_i
     assert worker._idle.poll_wait(2.0) == queues.PAUSED_POLL_SECONDS  # free slots beside running jobs: the same
     assert worker._idle.poll_wait(0.1) == 0.1
     queue_control.resume("demo", actor=CLI)
+    # Once more short: the last look saw demo paused, and the claim before this wait may
+    # have run before the resume (runtime/idle.py); then the full back-off.
+    assert worker._idle.next_wait() == queues.PAUSED_POLL_SECONDS
     assert worker._idle.next_wait() == 2.0
     assert worker._idle.poll_wait(2.0) == 2.0
 
