@@ -149,9 +149,13 @@ for _name in (
     "SCHEDULER_INTERVAL_SECONDS",
     "WORKER_DEAD_AFTER_SECONDS",
     "HEARTBEAT_SECONDS",
+    "VACUUM_INTERVAL_SECONDS",
 ):
     if env.str(f"TASKENGINE_{_name}", default=""):
         TASKENGINE[_name] = env.float(f"TASKENGINE_{_name}")
+# The leader's vacuum of the job tables: TASKENGINE_VACUUM_DEAD_TUPLES=none turns it off.
+if _vacuum := env.str("TASKENGINE_VACUUM_DEAD_TUPLES", default=""):
+    TASKENGINE["VACUUM_DEAD_TUPLES"] = None if _vacuum.lower() == "none" else int(_vacuum)
 
 LOGGING = {
     "version": 1,

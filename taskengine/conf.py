@@ -68,6 +68,12 @@ DEFAULTS: dict[str, Any] = {
     "MAINTENANCE_INTERVAL_SECONDS": 5.0,
     "SCHEDULER_INTERVAL_SECONDS": 1.0,
     "RETENTION_INTERVAL_SECONDS": 300.0,
+    # PostgreSQL: the leader vacuums (VACUUM (SKIP_LOCKED, ANALYZE)) the job table and
+    # the attempt table once one has VACUUM_DEAD_TUPLES dead tuples, looking every
+    # VACUUM_INTERVAL_SECONDS, unless a vacuum is already at work on it
+    # (leader/vacuum.py). None: never; autovacuum alone keeps them.
+    "VACUUM_DEAD_TUPLES": 10000,
+    "VACUUM_INTERVAL_SECONDS": 10.0,
     # Most running jobs one recovery statement takes.
     "RECOVERY_BATCH_SIZE": 500,
     # Retention deletes at most RETENTION_BATCH_SIZE jobs per transaction and

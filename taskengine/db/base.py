@@ -83,6 +83,10 @@ class Store(ABC):
     # A failed statement aborts the whole transaction until rollback (PostgreSQL's
     # INERROR state; SQLite carries on).
     aborts_failed_transactions: ClassVar[bool]
+    # Updates and deletes leave dead row versions that only VACUUM removes, and the
+    # leader's vacuum (leader/vacuum.py) runs its statements (PostgreSQL; SQLite reuses
+    # freed pages by itself).
+    dead_tuples_need_vacuum: ClassVar[bool]
 
     # --- the shared adapters
 

@@ -1,6 +1,7 @@
 """The maintenance ticker: the thread that runs the leader's services while this process
 leads. Which services a runworker runs is runtime/leader_service.py's ``default_services``
-(recovery, dead workers, schedules, retention, unfinished bulk batches). On every tick:
+(recovery, dead workers, schedules, retention, vacuum, unfinished bulk batches).
+On every tick:
 
 1. checks the migration gate (``gate.is_ready``) — every tick, logging once per change
    of state — and does nothing while it is closed;

@@ -41,6 +41,12 @@ JOBS_RETRIED = Counter(
 JOBS_CANCELLED = Counter("taskengine_jobs_cancelled", "Jobs that ended cancelled.", ["queue", "task"])
 JOBS_RECOVERED = Counter("taskengine_jobs_recovered", "Running jobs whose lease expired and were recovered.", ["queue"])
 LEASES_LOST = Counter("taskengine_leases_lost", "Attempts whose lease this worker lost before finishing.", ["queue"])
+TABLES_VACUUMED = Counter(
+    "taskengine_tables_vacuumed", "VACUUMs the leader ran of the job tables (leader/vacuum.py).", ["table"]
+)
+VACUUM_SECONDS = Counter(
+    "taskengine_vacuum_seconds", "Seconds the leader spent in VACUUM of the job tables.", ["table"]
+)
 DB_ERRORS = Counter("taskengine_db_errors", "Database errors met by the engine, by operation.", ["operation"])
 WORKER_GATE_OPEN = Gauge(
     "taskengine_worker_gate_open",

@@ -4,8 +4,9 @@ services the ticker runs while this process leads (``default_services``).
 ``build_services(worker)`` gives runworker (unless ``--no-leader``) one service that
 stands for leader: the elector (leader/election.py, its own thread) and the ticker
 (leader/ticker.py, another thread, its own database connection). The services are the
-leader's own (recovery, dead workers, schedules, retention) and the batches of unfinished
-bulk operations (ops/bulk_batches.py), which any one process runs, and the leader does.
+leader's own (recovery, dead workers, schedules, retention, the job tables' vacuum) and
+the batches of unfinished bulk operations (ops/bulk_batches.py), which any one process
+runs, and the leader does.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from taskengine.conf import engine_settings
-from taskengine.leader import dead_workers, recovery, retention
+from taskengine.leader import dead_workers, recovery, retention, vacuum
 from taskengine.leader.election import Elector
 from taskengine.leader.schedule_enqueuer import Scheduler
 from taskengine.leader.ticker import MaintenanceTicker, Service
@@ -32,6 +33,7 @@ def default_services(database: str, scheduler: Scheduler | None = None) -> list[
         Service("dead_workers", s.MAINTENANCE_INTERVAL_SECONDS, lambda lease: dead_workers.run_once(database, lease)),
         Service("schedules", s.SCHEDULER_INTERVAL_SECONDS, scheduler.run_once),
         Service("retention", s.RETENTION_INTERVAL_SECONDS, retention.RetentionSweep(database).run_once),
+        Service("vacuum", s.VACUUM_INTERVAL_SECONDS, lambda lease: vacuum.run_once(database, lease)),
         # A bounded slice of the unfinished bulk operations' batches (each its own
         # transaction, under the operation row's lock: a second runner takes turns).
         Service("bulk", s.MAINTENANCE_INTERVAL_SECONDS, lambda lease: bulk_batches.run_unfinished(database)),

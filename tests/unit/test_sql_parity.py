@@ -103,7 +103,14 @@ ONLY: dict[tuple[str, str], set[str]] = {
     ("recovery", "postgresql"): {"recover_expired_leases"},
     # Retention's batch: PostgreSQL selects, locks and deletes jobs and attempt rows in one
     # statement (data-modifying CTEs); SQLite reads the batch, then deletes both.
-    ("maintenance", "postgresql"): {"prune_retention_batch"},
+    # ... and only PostgreSQL has dead tuples to vacuum (leader/vacuum.py): SQLite's
+    # deleted rows' pages go back to its free list, and nothing the engine does needs VACUUM.
+    ("maintenance", "postgresql"): {
+        "prune_retention_batch",
+        "tables_due_for_vacuum",
+        "vacuum_job_table",
+        "vacuum_attempt_table",
+    },
     ("maintenance", "sqlite"): {"select_retention_batch", "delete_retention_attempts", "delete_retention_jobs"},
     ("recovery", "sqlite"): {"select_recoverable", "recover_job", "log_lost_attempt"},
     # EXPLAIN's row estimate for a queue past the exact-count cap; SQLite keeps no such

@@ -120,3 +120,34 @@ WITH batch AS (
     RETURNING job.finished_at
 )
 SELECT count(*) AS deleted, max(finished_at) AS last_finished_at FROM jobs_deleted;
+
+
+-- name: tables_due_for_vacuum
+-- The engine's two churning tables (every job is two non-HOT updates of taskengine_job
+-- and one attempt row; retention deletes both) with at least %(dead_tuples)s dead
+-- tuples by the cumulative statistics, that this role may vacuum (the table's owner or
+-- the database's, or a member of their roles: superusers are members of every role),
+-- and that no vacuum is working on now (pg_stat_progress_vacuum lists autovacuum's and
+-- everyone else's). Most dead tuples first. Nothing here writes: the lease is not needed.
+SELECT stats.relname AS table_name, stats.n_dead_tup AS dead_tuples
+  FROM pg_stat_user_tables AS stats
+  JOIN pg_class AS class ON class.oid = stats.relid
+ WHERE stats.relid IN (to_regclass('taskengine_job'), to_regclass('task_execution_logs'))
+   AND stats.n_dead_tup >= %(dead_tuples)s
+   AND (pg_has_role(class.relowner, 'USAGE')
+        OR pg_has_role((SELECT datdba FROM pg_database WHERE datname = current_database()), 'USAGE'))
+   AND NOT EXISTS (SELECT 1 FROM pg_stat_progress_vacuum AS running WHERE running.relid = stats.relid)
+ ORDER BY stats.n_dead_tup DESC;
+
+
+-- name: vacuum_job_table
+-- Outside any transaction (VACUUM refuses to run in one). SKIP_LOCKED: if a vacuum
+-- started since the query above (autovacuum's, say), skip the table rather than wait for
+-- it. ANALYZE too: the claim is planned per run (plan_cache_mode = force_custom_plan)
+-- from these statistics, and with autovacuum off nothing else refreshes them.
+VACUUM (SKIP_LOCKED, ANALYZE) taskengine_job;
+
+
+-- name: vacuum_attempt_table
+-- As vacuum_job_table, for the attempt rows.
+VACUUM (SKIP_LOCKED, ANALYZE) task_execution_logs;

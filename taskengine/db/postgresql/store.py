@@ -51,6 +51,7 @@ class PostgresStore(Store):
     listen_notify: ClassVar[bool] = True
     bounded_statements: ClassVar[bool] = True
     aborts_failed_transactions: ClassVar[bool] = True
+    dead_tuples_need_vacuum: ClassVar[bool] = True
 
     # --- the engine cursor
 

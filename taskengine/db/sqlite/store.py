@@ -51,6 +51,7 @@ class SQLiteStore(Store):
     listen_notify: ClassVar[bool] = False
     bounded_statements: ClassVar[bool] = False
     aborts_failed_transactions: ClassVar[bool] = False
+    dead_tuples_need_vacuum: ClassVar[bool] = False
 
     def new_raw_cursor(self, connection: BaseDatabaseWrapper) -> Any:
         return connection.create_cursor()
