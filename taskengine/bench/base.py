@@ -25,7 +25,9 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from .. import store
 from ..backend import DatabaseBackend
 from ..compat import Task, clone_task
+from ..conf import engine_settings
 from ..db import store_for
+from ..leader import vacuum
 from ..models import Job, WorkerProcess, WorkerState
 from .tasks import noop
 
@@ -216,6 +218,36 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     """The nearest-rank percentile of an already sorted, non-empty list."""
     rank = max(1, min(len(sorted_values), round(fraction * len(sorted_values) + 0.5)))
     return sorted_values[rank - 1]
+
+
+class LeaderVacuum(threading.Thread):
+    """The leader's vacuum service (leader/vacuum.py) on its cadence, in this process,
+    while a phase's workers run: the benchmark's workers run without a leader (a leader
+    would also run retention, recovery and schedules on whatever else the database
+    holds), but a shipped deployment's leader vacuums the job tables, and the long-drain
+    and sustained figures are about what that does. ``vacuums`` counts the tables
+    vacuumed."""
+
+    def __init__(self, database: str) -> None:
+        super().__init__(daemon=True, name="benchmark-vacuum")
+        self.database = database
+        self.vacuums = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self._stop_event.wait(float(engine_settings.VACUUM_INTERVAL_SECONDS)):
+                self.vacuums += len(vacuum.run_once(self.database))
+        finally:
+            connections[self.database].close()
+
+    def __enter__(self) -> LeaderVacuum:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop_event.set()
+        self.join()
 
 
 class RssSampler(threading.Thread):

@@ -15,7 +15,7 @@ import os
 from django.db import transaction
 
 from .. import store
-from .base import BenchBase, RssSampler, stop_workers
+from .base import BenchBase, LeaderVacuum, RssSampler, stop_workers
 from .tasks import CPU_SECONDS, IO_SECONDS, noop, sleep_5ms, spin_1ms
 
 WORK_TASKS = {"io": sleep_5ms, "cpu": spin_1ms, "none": noop}
@@ -102,8 +102,11 @@ class Drains(BenchBase):
 
     def long_drain(self, workers: int, concurrency: int, jobs: int) -> dict[str, float]:
         """``jobs`` queued in bulk, drained by the configured workers: the rate over the
-        first LONG_DRAIN_HEAD jobs to finish, over the whole drain, and their ratio."""
-        whole = self.drain(workers, concurrency, jobs)
+        first LONG_DRAIN_HEAD jobs to finish, over the whole drain, and their ratio. The
+        leader's vacuum runs meanwhile, as in a deployment (``LeaderVacuum``): it keeps the
+        dead claim-index entries of the jobs done from piling up at the head of the queue."""
+        with LeaderVacuum(self.database) as vacuums:
+            whole = self.drain(workers, concurrency, jobs)
         head = min(LONG_DRAIN_HEAD, jobs)
         with self.connection.cursor() as cursor:
             cursor.execute(
@@ -122,4 +125,5 @@ class Drains(BenchBase):
             "long_drain_per_s": whole["drain_per_s"],
             "long_drain_seconds": whole["drain_seconds"],
             "long_drain_decay": whole["drain_per_s"] / head_rate,
+            "long_drain_vacuums": vacuums.vacuums,
         }

@@ -11,7 +11,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from .base import BenchBase, stop_workers
+from .base import BenchBase, LeaderVacuum, stop_workers
 
 CLAIM_INDEX = "taskengine_job_claim_idx"  # migrations/0001_initial.py
 
@@ -52,21 +52,27 @@ SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
 class Sustained(BenchBase):
     def sustained(self, seconds: float, rate: float, workers: int, window: float) -> dict[str, Any]:
         """``rate`` jobs a second for ``seconds`` into a pool of ``workers`` runworker
-        processes at their defaults; one row of figures per ``window`` seconds."""
+        processes at their defaults; one row of figures per ``window`` seconds. The
+        leader's vacuum of the job tables runs meanwhile, as in a deployment."""
         if not self.postgres:
             return {"sustained": "not available on SQLite (PostgreSQL statistics views)"}
         self.vacuum()
         procs = self._start_workers(workers, [], tuned=False)
         try:
-            t0, stats, sent = self._produce(seconds, rate, window, procs)
-            self._wait_until_drained(sent, procs)
+            with LeaderVacuum(self.database) as vacuums:
+                t0, stats, sent = self._produce(seconds, rate, window, procs)
+                self._wait_until_drained(sent, procs)
             stats.append(self._table_stats())
         finally:
             codes = stop_workers(procs)
         if any(codes):
             raise RuntimeError(f"a sustained-load worker exited with {codes}")
         windows, backlog = self._windows(t0, seconds, window, stats)
-        figures = {**self._sustained_summary(windows, seconds, rate, sent), **backlog}
+        figures = {
+            **self._sustained_summary(windows, seconds, rate, sent),
+            **backlog,
+            "sustained_vacuums": vacuums.vacuums,
+        }
         self.clear()
         return figures
 

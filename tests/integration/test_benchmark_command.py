@@ -219,6 +219,7 @@ def test_the_modes_report_their_figures_and_prune_only_the_benchmarks_own_rows()
     assert figures["long_drain_jobs"] == 500
     assert figures["long_drain_head_per_s"] == pytest.approx(figures["long_drain_per_s"], rel=0.01, abs=ROUNDED)
     assert figures["long_drain_decay"] == pytest.approx(1.0, rel=0.01, abs=ROUNDED)
+    assert isinstance(figures["long_drain_vacuums"], int) and figures["long_drain_vacuums"] >= 0
     if not postgres:
         assert figures["sustained"] == "not available on SQLite"
         assert figures["retention"].startswith("not available on SQLite")
@@ -257,6 +258,7 @@ def assert_sustained(figures: dict) -> None:
     # time is the last finish minus that end: zero when the last job finished exactly then.
     assert (figures["sustained_backlog_drain_s"] >= 0) == (figures["sustained_finished_after"] > 0)
     assert figures["sustained_pickup_p50_ms"] <= figures["sustained_pickup_p99_ms"]
+    assert isinstance(figures["sustained_vacuums"], int) and figures["sustained_vacuums"] >= 0
 
 
 def test_the_help_lists_every_option():
