@@ -57,7 +57,8 @@ class Vacuumed:
 
 def run_once(database: str, lease: LeaderLease | None = None, *, dead_tuples: int | None = None) -> list[Vacuumed]:
     """Vacuum the job tables that have at least ``dead_tuples`` (default
-    ``VACUUM_DEAD_TUPLES``) dead tuples; returns what was vacuumed. ``lease`` is the
+    ``VACUUM_DEAD_TUPLES``) dead tuples; returns what was vacuumed (not a table skipped
+    because another vacuum held it). ``lease`` is the
     ticker's (a service's signature); VACUUM needs none."""
     threshold = engine_settings.VACUUM_DEAD_TUPLES if dead_tuples is None else dead_tuples
     connection = connections[database]
@@ -69,12 +70,18 @@ def run_once(database: str, lease: LeaderLease | None = None, *, dead_tuples: in
         cursor.execute(sql(connection, "tables_due_for_vacuum"), {"dead_tuples": int(threshold)})
         due = cursor.fetchall()
     done = []
-    for table, dead in due:
+    for table, dead, count_before in due:
         started = time.monotonic()
         with connection.cursor() as cursor:
             cursor.execute(sql(connection, VACUUM_STATEMENTS[table]))
-        done.append(Vacuumed(table, int(dead), time.monotonic() - started))
+            seconds = time.monotonic() - started
+            cursor.execute(sql(connection, "table_vacuum_count"), {"table": table})
+            [(count_after,)] = cursor.fetchall()
+        if count_after <= count_before:  # SKIP_LOCKED: another vacuum held the table
+            logger.debug("vacuum of %s skipped: another vacuum holds it", table)
+            continue
+        done.append(Vacuumed(table, int(dead), seconds))
         metrics.TABLES_VACUUMED.labels(table).inc()
-        metrics.VACUUM_SECONDS.labels(table).inc(done[-1].seconds)
-        logger.debug("vacuumed %s (%d dead tuples) in %.2fs", table, dead, done[-1].seconds)
+        metrics.VACUUM_SECONDS.labels(table).inc(seconds)
+        logger.debug("vacuumed %s (%d dead tuples) in %.2fs", table, dead, seconds)
     return done

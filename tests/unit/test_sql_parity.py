@@ -108,6 +108,7 @@ ONLY: dict[tuple[str, str], set[str]] = {
     ("maintenance", "postgresql"): {
         "prune_retention_batch",
         "tables_due_for_vacuum",
+        "table_vacuum_count",
         "vacuum_job_table",
         "vacuum_attempt_table",
     },

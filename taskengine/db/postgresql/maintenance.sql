@@ -129,7 +129,9 @@ SELECT count(*) AS deleted, max(finished_at) AS last_finished_at FROM jobs_delet
 -- the database's, or a member of their roles: superusers are members of every role),
 -- and that no vacuum is working on now (pg_stat_progress_vacuum lists autovacuum's and
 -- everyone else's). Most dead tuples first. Nothing here writes: the lease is not needed.
-SELECT stats.relname AS table_name, stats.n_dead_tup AS dead_tuples
+-- vacuum_count is how many manual vacuums the statistics have seen: table_vacuum_count
+-- after the VACUUM tells one that ran from one SKIP_LOCKED skipped.
+SELECT stats.relname AS table_name, stats.n_dead_tup AS dead_tuples, stats.vacuum_count
   FROM pg_stat_user_tables AS stats
   JOIN pg_class AS class ON class.oid = stats.relid
  WHERE stats.relid IN (to_regclass('taskengine_job'), to_regclass('task_execution_logs'))
@@ -138,6 +140,12 @@ SELECT stats.relname AS table_name, stats.n_dead_tup AS dead_tuples
         OR pg_has_role((SELECT datdba FROM pg_database WHERE datname = current_database()), 'USAGE'))
    AND NOT EXISTS (SELECT 1 FROM pg_stat_progress_vacuum AS running WHERE running.relid = stats.relid)
  ORDER BY stats.n_dead_tup DESC;
+
+
+-- name: table_vacuum_count
+-- A manual VACUUM reports itself to the statistics as it ends, so this, read right after
+-- it (autocommit: a fresh snapshot of the statistics), has grown unless it was skipped.
+SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = to_regclass(%(table)s);
 
 
 -- name: vacuum_job_table
