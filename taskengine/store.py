@@ -57,6 +57,24 @@ def engine_cursor(connection: BaseDatabaseWrapper) -> Iterator[Any]:
         yield cursor
 
 
+@contextmanager
+def worker_connection(connection: BaseDatabaseWrapper) -> Iterator[None]:
+    """While the block runs, ``connection`` (this thread's) is a worker's own: it runs
+    the engine's statements and nothing else, so its store may set its session up for
+    them (PostgreSQL: ``worker_planner_settings`` in db/postgresql/jobs.sql, applied on
+    the connection's next engine statement and again after a reconnect). On leaving, a
+    connection that got such settings is closed, so nothing planned after the block
+    (a test's queries, say) inherits them."""
+    connection._taskengine_worker_connection = True  # type: ignore[attr-defined]  # our own attribute
+    try:
+        yield
+    finally:
+        connection._taskengine_worker_connection = False  # type: ignore[attr-defined]  # our own attribute
+        if getattr(connection, "_taskengine_worker_settings", None) is not None:
+            connection._taskengine_worker_settings = None  # type: ignore[attr-defined]  # our own attribute
+            connection.close()
+
+
 def db_now(database: str = "default") -> datetime:
     """The database clock's current time, aware UTC."""
     connection = connections[database]

@@ -18,6 +18,17 @@ def noop() -> None:
 
 
 @task
+def planner_settings() -> list[str]:
+    """The planner settings of the handler's own connection (a worker's connections have
+    their own: tests/integration/test_worker_robustness.py)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT current_setting('enable_seqscan'), current_setting('enable_bitmapscan'), current_setting('jit')"
+        )
+        return list(cursor.fetchone())
+
+
+@task
 def add(a: int, b: int) -> int:
     return a + b
 

@@ -244,10 +244,11 @@ class Completer:
 
     def _run(self) -> None:
         try:
-            while True:
-                if not self._receive():
-                    break
-                self._write_due()
+            with store.worker_connection(connections[self.database]):  # the finishes' only
+                while True:
+                    if not self._receive():
+                        break
+                    self._write_due()
         finally:
             connections[self.database].close()
             connections.close_all()

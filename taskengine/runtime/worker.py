@@ -149,18 +149,19 @@ class Worker:
             extra={"worker_id": self.worker_id},
         )
         metrics.WORKER_SLOTS.set(self.options.concurrency)
-        try:
-            self._start_listener()
-            while not self._registered and not self._draining:
-                self._db.call("register", self._register)
-                if not self._registered:
-                    self._wait(max(0.05, self._db.retry_at - time.monotonic()))
-            self._start_completer()
-            for service in self.services:
-                service.start()
-            self._loop_until_drained()
-        finally:
-            self._shutdown()
+        with store.worker_connection(self.connection):  # the loop's: engine statements only
+            try:
+                self._start_listener()
+                while not self._registered and not self._draining:
+                    self._db.call("register", self._register)
+                    if not self._registered:
+                        self._wait(max(0.05, self._db.retry_at - time.monotonic()))
+                self._start_completer()
+                for service in self.services:
+                    service.start()
+                self._loop_until_drained()
+            finally:
+                self._shutdown()
         return self.exit_code
 
     def _register(self) -> None:

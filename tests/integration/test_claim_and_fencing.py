@@ -12,6 +12,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from taskengine import store
+from taskengine.db import store_for
 from taskengine.db.queries import sql
 from taskengine.jobs import Outcome
 from taskengine.leader import recovery
@@ -396,7 +397,101 @@ def test_claim_plan_is_an_index_scan_on_the_claim_index_at_any_size():
             plan = "\n".join(row[0] for row in cursor.fetchall())
             assert "taskengine_job_claim_idx" in plan, plan
             assert "Seq Scan on taskengine_job" not in plan, plan
-            assert "Index Scan using taskengine_job_claim_idx" in plan, plan
+            print(plan)
+        print(plan)
+        assert "Index Scan using taskengine_job_claim_idx" in plan, plan
+
+
+# A queue that once had a backlog: its jobs went through the claim index, finished and
+# were pruned, and the vacuum that removed them left the index's pages (a B-tree keeps
+# them; the table gives its empty pages back). Then a quiet moment, when a vacuum's
+# ANALYZE (the leader's, or autovacuum's) counts fewer queued jobs than a claim asks
+# for; then a burst.
+BURST = """
+INSERT INTO taskengine_job (task_path, backend, queue, priority, args, kwargs, state, run_after, enqueued_at,
+    attempts, max_attempts, on_lease_expired)
+SELECT 'tests.tasks.noop', 'default', 'default', 0, '[]', '{}', 'queued', now(), now(), 0, 3, 'retry'
+  FROM generate_series(1, %s)
+"""
+ALL_PRUNED = "DELETE FROM taskengine_job"
+
+
+@pytest.mark.postgres
+def test_a_workers_claim_stays_on_the_claim_index_after_an_analyze_that_saw_few_queued_jobs():
+    """With statistics that count fewer queued jobs than the claim's limit, and a claim
+    index with many pages, PostgreSQL priced the index scan as reading every page and
+    planned the claim as a sequential scan of the whole table and a sort of every
+    queued row. Found by the benchmark's sustained load: after one of the leader's
+    ANALYZEs each worker claimed ~1,300 jobs/s instead of ~4,000, slower as the backlog
+    grew, until the next ANALYZE; pickup latency reached 8 s. A worker's connection
+    plans without sequential or bitmap scans, so the claim walks the claim index in
+    order and stops at its limit, whatever the statistics say."""
+    with connection.cursor() as cursor:
+        cursor.execute(BURST, [200_000])
+        cursor.execute(ALL_PRUNED)
+        cursor.execute("VACUUM taskengine_job")
+        cursor.execute(BURST, [5])
+        cursor.execute("VACUUM ANALYZE taskengine_job")  # the leader's, or autovacuum's
+        cursor.execute(BURST, [70_000])
+    with store.worker_connection(connection):
+        assert len(claim(limit=40)) == 40  # the worker's claim, on its connection
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN " + sql(connection, "claim_jobs"), {**CLAIM_PARAMS, "limit": 40})
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "Index Scan using taskengine_job_claim_idx" in plan, plan
+    assert "Seq Scan on taskengine_job" not in plan, plan
+    assert "Bitmap" not in plan, plan
+    # The queue rows' scan that remains is priced past jit_above_cost: without
+    # jit = off every claim was JIT-compiled (300 ms).
+    assert "JIT" not in plan, plan
+
+
+@pytest.mark.postgres
+def test_a_workers_finish_reaches_its_rows_by_primary_key_after_an_analyze_of_an_empty_table():
+    """Statistics of an empty table (a new deployment; every phase of the benchmark,
+    which clears its queue and vacuums first) and then running jobs: the finish was
+    planned as sequential scans of the job table and of the attempt rows, joined to the
+    batch's outcomes (22 ms for 40 outcomes beside 2,000 running jobs, and slower as the
+    table grew: one worker's completer fell 5 s behind in the sustained load)."""
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE taskengine_job")
+        cursor.execute("VACUUM ANALYZE task_execution_logs")
+        cursor.execute(BURST, [2_000])
+    jobs = claim(limit=2_000)
+    outcomes = [Outcome(j.id, j.attempt, "succeeded", AttemptOutcome.SUCCEEDED, return_value="1") for j in jobs[:40]]
+    params = store_for(connection)._finish_params("w1", outcomes)
+    with store.worker_connection(connection):
+        assert len(succeed(jobs[40])) == 1  # the worker's finish, on its connection
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN " + sql(connection, "finish_jobs"), params)
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "Seq Scan" not in plan, plan
+    assert "Index Scan using taskengine_job_pkey on taskengine_job" in plan, plan
+    assert "Index Scan using task_execution_logs_job_attempt_uniq" in plan, plan
+
+
+@pytest.mark.postgres
+def test_connections_that_are_not_a_workers_keep_the_servers_planner_settings():
+    """The planner settings are a worker's own connections': the connection an
+    application enqueues on (and runs its own queries on), and one that claims outside
+    a worker (taskengine.testing's drain), are planned as the server configures them;
+    and a worker's connection, once the worker is done with it, is closed."""
+    connection.close()
+
+    def settings():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT current_setting('enable_seqscan'), current_setting('enable_bitmapscan'), current_setting('jit')"
+            )
+            return cursor.fetchone()
+
+    tasks.noop.enqueue()
+    assert claim(limit=1)
+    assert settings() == ("on", "on", "on")
+    with store.worker_connection(connection):
+        assert claim(limit=1) == []
+        assert settings() == ("off", "off", "off")
+    assert settings() == ("on", "on", "on")
 
 
 CLAIM_PARAMS = {"queues": ["default"], "limit": 50, "worker_id": "w", "lease_seconds": 30.0}
@@ -535,9 +630,12 @@ def test_with_poll_only_nothing_is_set_on_the_session():
     from django.test import override_settings
 
     connection.close()
-    with override_settings(TASKENGINE={"POLL_ONLY": True}):
+    with override_settings(TASKENGINE={"POLL_ONLY": True}), store.worker_connection(connection):
         store.claim_jobs(connection, worker_id="w", queues=["default"], limit=5, lease_seconds=30)
         assert _plan_cache_mode() == "auto"
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW enable_seqscan")
+            assert cursor.fetchone()[0] == "on"  # nor a worker's planner settings
     connection.close()
 
 

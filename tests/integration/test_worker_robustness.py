@@ -274,3 +274,31 @@ def test_a_burst_worker_does_not_exit_while_jobs_are_due_after_a_refused_outcome
     assert running.raised is None and running.returned == 0
     assert state_of(poisoned.id) == "failed"
     assert [state_of(r.id) for r in after] == ["succeeded"] * 5
+
+
+@pytest.mark.postgres
+def test_the_workers_loop_and_completer_run_on_worker_connections(monkeypatch):
+    """The planner settings of a worker's connections (store.worker_connection,
+    db/postgresql/jobs.sql worker_planner_settings) reach the connections that claim and
+    finish: the loop's and the completer's, each on its own thread. The handler's own
+    connection is not one of them, and keeps the server's settings."""
+    from taskengine import store
+
+    marked: list[str] = []
+    real = store.worker_connection
+
+    def recording(connection):
+        marked.append(threading.current_thread().name)
+        return real(connection)
+
+    monkeypatch.setattr(store, "worker_connection", recording)
+    result = tasks.planner_settings.enqueue()
+    worker = Worker(queues=["default"], burst=True, backoff_base=0.01, max_backoff=0.05)
+    thread = threading.Thread(target=worker.run, name="the-loop")
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive()
+    assert sorted(marked) == ["taskengine-completer", "the-loop"]
+    job = Job.objects.get(pk=result.id)
+    assert job.state == "succeeded", job.state
+    assert job.return_value == ["on", "on", "on"]

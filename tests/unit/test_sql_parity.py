@@ -91,6 +91,9 @@ ONLY: dict[tuple[str, str], set[str]] = {
         "finish_and_claim",
         "finish_and_claim_advisory",
         "release_jobs",  # SQLite: release_job + finish_attempt_log per job
+        # A worker's connections' planner settings: SQLite has no such switches, and the
+        # engine never runs ANALYZE there, so no queue statistics steer its plans.
+        "worker_planner_settings",
     },
     ("jobs", "sqlite"): {
         "log_attempts",  # PostgreSQL writes the attempt rows inside claim_jobs

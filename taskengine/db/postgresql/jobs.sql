@@ -87,6 +87,26 @@ COPY taskengine_job (
 ) FROM STDIN
 
 
+-- name: worker_planner_settings
+-- The planner settings of a worker's own connections: its loop's (claims, heartbeats,
+-- releases) and its completer's (finishes), set once per connection, outside a
+-- transaction (store.worker_connection; PostgresStore.before_statement). Those connections
+-- run the engine's statements only, never a handler's or the application's.
+-- Why: a queue's statistics are stale by nature. Taken while the queue was nearly empty
+-- (a healthy queue's usual state; every start of the benchmark's phases), they count
+-- fewer queued or running jobs than a claim or a finish touches, and PostgreSQL chose
+-- sequential scans for the next burst's statements, until the next ANALYZE: a claim beside
+-- a claim index with many pages (a B-tree keeps the pages of every backlog it held) was
+-- priced as reading every page, and planned as a scan of the whole table and a sort of
+-- every queued row; a finish scanned the table and the attempt rows once per batch
+-- (docs/performance.md, "Statements planned on stale statistics"). Off, not forbidden: a
+-- statement with no index to use still scans (the claim's look at the few queue rows
+-- does), but PostgreSQL then prices it at 10^10, far past jit_above_cost, and
+-- JIT-compiled every claim (300 ms each). So JIT is off too: no statement of the engine's
+-- is long enough to gain from it.
+SET enable_seqscan = off; SET enable_bitmapscan = off; SET jit = off
+
+
 -- name: claim_jobs
 -- Lease up to %(limit)s due jobs from the given queues in one statement, and write the
 -- attempt's execution log row in the same statement.

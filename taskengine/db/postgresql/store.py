@@ -72,6 +72,8 @@ class PostgresStore(Store):
         raw.prepare = not engine_settings.POLL_ONLY
         if raw.prepare:
             _plan_each_run(connection, raw)
+            if getattr(connection, "_taskengine_worker_connection", False):
+                _worker_planner_settings(connection, raw)
 
     # --- enqueue
 
@@ -348,3 +350,18 @@ def _plan_each_run(connection: BaseDatabaseWrapper, raw: psycopg.Cursor[Any]) ->
         return
     raw.execute("SET plan_cache_mode = force_custom_plan", prepare=False)
     connection._taskengine_custom_plans = raw.connection  # type: ignore[attr-defined]  # our own attribute
+
+
+def _worker_planner_settings(connection: BaseDatabaseWrapper, raw: psycopg.Cursor[Any]) -> None:
+    """Give a worker's own connection (``store.worker_connection``) the planner settings
+    of ``worker_planner_settings`` (no sequential or bitmap scans, no JIT; jobs.sql says
+    why), once per physical connection. As with ``_plan_each_run``: only in autocommit (a
+    rollback would undo the SET), and never with POLL_ONLY (the caller's check: behind
+    PgBouncer in transaction mode a session's SET reaches other clients; docs/queues.md
+    says what to do there instead)."""
+    if getattr(connection, "_taskengine_worker_settings", None) is raw.connection:
+        return
+    if connection.in_atomic_block or not raw.connection.autocommit:
+        return
+    raw.execute(sql(connection, "worker_planner_settings"), prepare=False)
+    connection._taskengine_worker_settings = raw.connection  # type: ignore[attr-defined]  # our own attribute
