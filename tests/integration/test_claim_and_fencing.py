@@ -397,9 +397,7 @@ def test_claim_plan_is_an_index_scan_on_the_claim_index_at_any_size():
             plan = "\n".join(row[0] for row in cursor.fetchall())
             assert "taskengine_job_claim_idx" in plan, plan
             assert "Seq Scan on taskengine_job" not in plan, plan
-            print(plan)
-        print(plan)
-        assert "Index Scan using taskengine_job_claim_idx" in plan, plan
+            assert "Index Scan using taskengine_job_claim_idx" in plan, plan
 
 
 # A queue that once had a backlog: its jobs went through the claim index, finished and
@@ -474,8 +472,8 @@ def test_a_workers_finish_reaches_its_rows_by_primary_key_after_an_analyze_of_an
 def test_connections_that_are_not_a_workers_keep_the_servers_planner_settings():
     """The planner settings are a worker's own connections': the connection an
     application enqueues on (and runs its own queries on), and one that claims outside
-    a worker (taskengine.testing's drain), are planned as the server configures them;
-    and a worker's connection, once the worker is done with it, is closed."""
+    a worker (as taskengine.testing's drain does), are planned as the server configures
+    them; and a worker's connection, once the worker is done with it, is closed."""
     connection.close()
 
     def settings():

@@ -91,7 +91,8 @@ COPY taskengine_job (
 -- The planner settings of a worker's own connections: its loop's (claims, heartbeats,
 -- releases) and its completer's (finishes), set once per connection, outside a
 -- transaction (store.worker_connection; PostgresStore.before_statement). Those connections
--- run the engine's statements only, never a handler's or the application's.
+-- run the engine's statements, never a handler's; a project's receivers of task_started
+-- and task_finished, which the worker sends from those threads, run on them too.
 -- Why: a queue's statistics are stale by nature. Taken while the queue was nearly empty
 -- (a healthy queue's usual state; every start of the benchmark's phases), they count
 -- fewer queued or running jobs than a claim or a finish touches, and PostgreSQL chose
