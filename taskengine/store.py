@@ -61,10 +61,11 @@ def engine_cursor(connection: BaseDatabaseWrapper) -> Iterator[Any]:
 def worker_connection(connection: BaseDatabaseWrapper) -> Iterator[None]:
     """While the block runs, ``connection`` (this thread's) is a worker's own: it runs
     the engine's statements (and the receivers of the signals the worker sends from this
-    thread), never a handler's, so its store may set its session up for them (PostgreSQL: ``worker_planner_settings`` in db/postgresql/jobs.sql, applied on
-    the connection's next engine statement and again after a reconnect). On leaving, a
-    connection that got such settings is closed, so nothing planned after the block
-    (a test's queries, say) inherits them."""
+    thread), never a handler's, so its store may set its session up for them
+    (PostgreSQL: ``worker_planner_settings`` in db/postgresql/jobs.sql, applied on the
+    connection's next engine statement and again after a reconnect). On leaving, a
+    connection that got such settings is closed, so nothing planned after the block (a
+    test's queries, say) inherits them."""
     connection._taskengine_worker_connection = True  # type: ignore[attr-defined]  # our own attribute
     try:
         yield

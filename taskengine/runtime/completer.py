@@ -244,7 +244,7 @@ class Completer:
 
     def _run(self) -> None:
         try:
-            with store.worker_connection(connections[self.database]):  # the finishes' only
+            with store.worker_connection(connections[self.database]):  # the finishes'
                 while True:
                     if not self._receive():
                         break

@@ -149,7 +149,7 @@ class Worker:
             extra={"worker_id": self.worker_id},
         )
         metrics.WORKER_SLOTS.set(self.options.concurrency)
-        with store.worker_connection(self.connection):  # the loop's: engine statements only
+        with store.worker_connection(self.connection):  # the loop's: no handler runs on it
             try:
                 self._start_listener()
                 while not self._registered and not self._draining:

@@ -277,28 +277,42 @@ def test_a_burst_worker_does_not_exit_while_jobs_are_due_after_a_refused_outcome
 
 
 @pytest.mark.postgres
-def test_the_workers_loop_and_completer_run_on_worker_connections(monkeypatch):
+def test_the_workers_loop_and_completer_plan_with_the_worker_settings_and_its_handlers_do_not():
     """The planner settings of a worker's connections (store.worker_connection,
-    db/postgresql/jobs.sql worker_planner_settings) reach the connections that claim and
-    finish: the loop's and the completer's, each on its own thread. The handler's own
-    connection is not one of them, and keeps the server's settings."""
-    from taskengine import store
+    db/postgresql/jobs.sql worker_planner_settings) reach the loop's and the completer's
+    sessions, each on its own thread; a handler's own connection keeps the server's
+    settings. Seen from inside those sessions: a task_finished receiver runs on the
+    completer's thread (after its finish), a task_started receiver for an async job on the
+    loop's (after its claim), and the handler reports its own connection's settings."""
+    from django.db import connection
+    from django.tasks.signals import task_finished, task_started
 
-    marked: list[str] = []
-    real = store.worker_connection
+    seen: dict[str, tuple[str, str]] = {}
 
-    def recording(connection):
-        marked.append(threading.current_thread().name)
-        return real(connection)
+    def current(signal: str):
+        def receiver(sender, task_result, **kwargs):
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT current_setting('enable_seqscan'), current_setting('jit')")
+                seen[f"{signal} {task_result.task.name} on {threading.current_thread().name}"] = cursor.fetchone()
 
-    monkeypatch.setattr(store, "worker_connection", recording)
-    result = tasks.planner_settings.enqueue()
-    worker = Worker(queues=["default"], burst=True, backoff_base=0.01, max_backoff=0.05)
-    thread = threading.Thread(target=worker.run, name="the-loop")
-    thread.start()
-    thread.join(60)
-    assert not thread.is_alive()
-    assert sorted(marked) == ["taskengine-completer", "the-loop"]
-    job = Job.objects.get(pk=result.id)
-    assert job.state == "succeeded", job.state
-    assert job.return_value == ["on", "on", "on"]
+        return receiver
+
+    started, finished = current("started"), current("finished")
+    task_started.connect(started)
+    task_finished.connect(finished)
+    try:
+        sync = tasks.planner_settings.enqueue()
+        asynchronous = tasks.async_add.enqueue(1, 2)
+        worker = Worker(queues=["default"], burst=True, backoff_base=0.01, max_backoff=0.05)
+        thread = threading.Thread(target=worker.run, name="the-loop")
+        thread.start()
+        thread.join(60)
+        assert not thread.is_alive()
+    finally:
+        task_started.disconnect(started)
+        task_finished.disconnect(finished)
+    assert Job.objects.get(pk=sync.id).return_value == ["on", "on", "on"]  # the handler's connection
+    assert Job.objects.get(pk=asynchronous.id).state == "succeeded"
+    assert seen["started async_add on the-loop"] == ("off", "off"), seen
+    assert seen["finished async_add on taskengine-completer"] == ("off", "off"), seen
+    assert seen["finished planner_settings on taskengine-completer"] == ("off", "off"), seen

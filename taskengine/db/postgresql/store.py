@@ -344,12 +344,7 @@ def _plan_each_run(connection: BaseDatabaseWrapper, raw: psycopg.Cursor[Any]) ->
 
     Only set in autocommit: a SET inside a transaction would be undone by its rollback,
     so inside one it waits for the next engine statement outside a transaction."""
-    if getattr(connection, "_taskengine_custom_plans", None) is raw.connection:
-        return
-    if connection.in_atomic_block or not raw.connection.autocommit:
-        return
-    raw.execute("SET plan_cache_mode = force_custom_plan", prepare=False)
-    connection._taskengine_custom_plans = raw.connection  # type: ignore[attr-defined]  # our own attribute
+    _set_once(connection, raw, "_taskengine_custom_plans", "SET plan_cache_mode = force_custom_plan")
 
 
 def _worker_planner_settings(connection: BaseDatabaseWrapper, raw: psycopg.Cursor[Any]) -> None:
@@ -359,9 +354,17 @@ def _worker_planner_settings(connection: BaseDatabaseWrapper, raw: psycopg.Curso
     rollback would undo the SET), and never with POLL_ONLY (the caller's check: behind
     PgBouncer in transaction mode a session's SET reaches other clients; docs/queues.md
     says what to do there instead)."""
-    if getattr(connection, "_taskengine_worker_settings", None) is raw.connection:
+    _set_once(connection, raw, "_taskengine_worker_settings", sql(connection, "worker_planner_settings"))
+
+
+def _set_once(connection: BaseDatabaseWrapper, raw: psycopg.Cursor[Any], marker: str, statement: str) -> None:
+    """Run the session ``statement`` once per physical connection (``marker``, an
+    attribute of ours on Django's wrapper, names the connection it last ran on): only in
+    autocommit, since a rollback would undo a SET made inside a transaction; inside one
+    it waits for the connection's next engine statement outside a transaction."""
+    if getattr(connection, marker, None) is raw.connection:
         return
     if connection.in_atomic_block or not raw.connection.autocommit:
         return
-    raw.execute(sql(connection, "worker_planner_settings"), prepare=False)
-    connection._taskengine_worker_settings = raw.connection  # type: ignore[attr-defined]  # our own attribute
+    raw.execute(statement, prepare=False)
+    setattr(connection, marker, raw.connection)
