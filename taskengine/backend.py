@@ -9,7 +9,9 @@ Workers are woken by a NOTIFY sent on commit (Postgres) or by polling (SQLite).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
@@ -55,6 +57,19 @@ def _refused_arguments(
         f"Arguments to task {task.module_path!r} must be JSON-serialisable and storable: "
         f"{describe_refusal(args, kwargs, exc)}. Nothing was enqueued."
     )
+
+
+@contextmanager
+def _enqueue_errors() -> Iterator[None]:
+    """An insert's failures as enqueue reports them: database errors counted, a NaN or
+    infinity the JSON encoder met named as the arguments' fault."""
+    try:
+        yield
+    except DatabaseError:
+        metrics.DB_ERRORS.labels("enqueue").inc()
+        raise
+    except ValueError as exc:
+        raise InvalidTaskArguments(f"Task arguments must be JSON-serialisable: {exc}. Nothing was enqueued.") from exc
 
 
 def _with_arguments(t: NewJob, task: Task[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]) -> NewJob:
@@ -166,7 +181,10 @@ class DatabaseBackend(BaseTaskBackend):
         if len(calls) < store.BULK_INSERT_MIN:
             return self._enqueue(calls)
         with cyclic_gc_paused():
-            return self._enqueue(calls)
+            templates = [self._template(task) for task, _, _ in calls]
+            if any(template.unique_key is not None for template in templates):
+                return self._enqueue(calls)
+            return self._enqueue_streamed(calls, templates)
 
     def _enqueue(
         self, calls: list[tuple[Task[..., Any], Sequence[Any], Mapping[str, Any]]]
@@ -175,51 +193,89 @@ class DatabaseBackend(BaseTaskBackend):
         connection = connections[self.database]
         inserted = self._insert(connection, rows)
         results: list[TaskResult[..., Any]] = []
-        created: list[tuple[NewJob, TaskResult[..., Any]]] = []
+        created: list[TaskResult[..., Any]] = []
+        created_rows: list[NewJob] = []
         for (task, _, _), job, row in zip(calls, inserted, rows, strict=True):
             if not job.created:
                 results.append(self.get_result(str(job.id)))
                 continue
             result = ready_task_result(task, str(job.id), job.enqueued_at, row.args, row.kwargs, self.alias)
             results.append(result)
-            created.append((row, result))
+            created.append(result)
+            created_rows.append(row)
         if created:
-            if connection.in_atomic_block or not connection.get_autocommit():
-                transaction.on_commit(partial(self._announce, created), using=self.database, robust=True)
-            else:  # committed already: what on_commit() would do at once, minus its lookups
-                try:
-                    self._announce(created)
-                except Exception:
-                    logger.exception("announcing %d enqueued job(s) failed", len(created))
+            self._announce_on_commit(connection, partial(self._announce, created, created_rows, None))
         return results
 
-    def _announce(self, created: list[tuple[NewJob, TaskResult[..., Any]]]) -> None:
-        """After commit: count the jobs and send task_enqueued for each."""
-        metrics.jobs_submitted([row for row, _ in created])
+    def _enqueue_streamed(
+        self, calls: list[tuple[Task[..., Any], Sequence[Any], Mapping[str, Any]]], templates: list[NewJob]
+    ) -> list[TaskResult[..., Any]]:
+        """Many calls, none with a unique key: each call's arguments are checked and its
+        row made, and its TaskResult built, while the database takes the rows before it
+        (store.insert_streamed; on PostgreSQL a COPY, which the server parses on its own
+        core). A refused argument rolls the whole call back, as it would before. The rows
+        are not kept past their chunk: fewer objects for the garbage collector's next
+        pass, which would otherwise take ~0.5 µs a job once the call returns."""
+        connection = connections[self.database]
+        alias = self.alias
+        results: list[TaskResult[..., Any]] = []
+        submitted: Counter[tuple[str, str]] = Counter()
+
+        def sent(rows: list[NewJob], inserted: list[InsertedJob]) -> None:
+            start = len(results)
+            for (task, _, _), row, job in zip(calls[start : start + len(rows)], rows, inserted, strict=True):
+                results.append(ready_task_result(task, str(job.id), job.enqueued_at, row.args, row.kwargs, alias))
+            metrics.tally_submitted(submitted, rows)
+
+        rows = (
+            _with_arguments(template, task, args, kwargs)
+            for template, (task, args, kwargs) in zip(templates, calls, strict=True)
+        )
+        with _enqueue_errors():
+            store.insert_streamed(connection, len(calls), rows, sent)
+        self._announce_on_commit(connection, partial(self._announce, results, None, submitted))
+        return results
+
+    def _announce_on_commit(self, connection: BaseDatabaseWrapper, announce: Callable[[], None]) -> None:
+        """Run ``announce`` once the enqueue's transaction has committed."""
+        if connection.in_atomic_block or not connection.get_autocommit():
+            transaction.on_commit(announce, using=self.database, robust=True)
+        else:  # committed already: what on_commit() would do at once, minus its lookups
+            try:
+                announce()
+            except Exception:
+                logger.exception("announcing enqueued jobs failed")
+
+    def _announce(
+        self,
+        created: list[TaskResult[..., Any]],
+        rows: list[NewJob] | None,
+        submitted: Counter[tuple[str, str]] | None,
+    ) -> None:
+        """After commit: count the new jobs — their ``rows``, or ``submitted``, their
+        tally — and send task_enqueued for each."""
+        if submitted is not None:
+            metrics.submitted_counted(submitted)
+        elif rows is not None:
+            metrics.jobs_submitted(rows)
         if enqueue_is_observed():
-            for row, result in created:
+            for result in created:
                 send_robustly(
                     task_enqueued,
                     "task_enqueued",
                     type(self),
                     result,
                     logger,
-                    {"job_id": int(result.id), "task_path": row.task_path, "queue": row.queue},
+                    {"job_id": int(result.id), "task_path": result.task.module_path, "queue": result.task.queue_name},
                 )
 
     def _insert(self, connection: BaseDatabaseWrapper, rows: list[NewJob]) -> list[InsertedJob]:
         for _ in range(5):
             try:
-                return store.insert_jobs(connection, rows)
+                with _enqueue_errors():
+                    return store.insert_jobs(connection, rows)
             except store.UniqueKeyRace:
                 continue  # the key's holder finished meanwhile: insert again
-            except DatabaseError:
-                metrics.DB_ERRORS.labels("enqueue").inc()
-                raise
-            except ValueError as exc:  # NaN or infinity somewhere in the arguments
-                raise InvalidTaskArguments(
-                    f"Task arguments must be JSON-serialisable: {exc}. Nothing was enqueued."
-                ) from exc
         raise RuntimeError("unique key kept changing hands during enqueue; giving up")
 
     def new_job(self, task: Task[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]) -> NewJob:

@@ -10,7 +10,7 @@ so callers know if they won.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -44,6 +44,7 @@ __all__ = [
     "finish_and_claim",
     "finish_jobs",
     "insert_jobs",
+    "insert_streamed",
     "libpq",
     "release_jobs",
     "to_datetime",
@@ -96,6 +97,22 @@ def insert_jobs(connection: BaseDatabaseWrapper, jobs: list[NewJob]) -> list[Ins
         row if row is not None else _live_holder(connection, job.unique_key)
         for job, row in zip(jobs, rows, strict=True)
     ]
+
+
+def insert_streamed(
+    connection: BaseDatabaseWrapper,
+    count: int,
+    jobs: Iterable[NewJob],
+    sent: Callable[[list[NewJob], list[InsertedJob]], None],
+) -> None:
+    """Insert the ``count`` jobs ``jobs`` yields — none may have a unique key — on the
+    caller's connection, in one transaction (a savepoint inside the caller's). ``jobs``
+    may be read while earlier ones are on their way: on PostgreSQL from
+    BULK_INSERT_MIN jobs they are streamed with COPY, and ``sent`` is called with each
+    chunk and its InsertedJobs once the chunk is handed over, before the commit — for
+    building what the caller returns while the server parses. An exception from
+    ``jobs`` or ``sent`` rolls the whole call back."""
+    store_for(connection).insert_streamed(connection, count, jobs, sent)
 
 
 def _live_holder(connection: BaseDatabaseWrapper, unique_key: str | None) -> InsertedJob:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -134,6 +134,23 @@ class Store(ABC):
     @abstractmethod
     def insert_rows(self, connection: BaseDatabaseWrapper, jobs: list[NewJob]) -> list[InsertedJob | None]:
         """Insert ``jobs``; None for a job whose unique key a live job holds."""
+
+    def insert_streamed(
+        self,
+        connection: BaseDatabaseWrapper,
+        count: int,
+        jobs: Iterable[NewJob],
+        sent: Callable[[list[NewJob], list[InsertedJob]], None],
+    ) -> None:
+        """Insert the ``count`` jobs ``jobs`` yields, none with a unique key, in one
+        transaction (a savepoint in the caller's), calling ``sent`` with each run of
+        them and their ids as it is handed to the database — before the commit, so
+        ``sent`` builds what the caller returns and nothing that assumes the jobs are
+        stored. Whatever reading ``jobs`` raises rolls back the whole call. Here: all
+        jobs read first, then inserted; a store that streams reads them as it sends."""
+        rows = list(jobs)
+        inserted = self.insert_rows(connection, rows)
+        sent(rows, [job for job in inserted if job is not None])
 
     @abstractmethod
     def claim_jobs(

@@ -18,7 +18,7 @@ Invariants:
 from __future__ import annotations
 
 from collections import Counter as _Tally
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -94,7 +94,19 @@ def jobs_submitted(jobs: Sequence[_Submitted]) -> None:
     if len(jobs) == 1:  # the common enqueue(): no tally
         _child(JOBS_SUBMITTED, jobs[0].queue, jobs[0].task_path).inc()
         return
-    for (queue, task), n in _Tally((j.queue, j.task_path) for j in jobs).items():
+    submitted_counted(tally_submitted(_Tally(), jobs))
+
+
+def tally_submitted(tally: _Tally[tuple[str, str]], jobs: Iterable[_Submitted]) -> _Tally[tuple[str, str]]:
+    """Add ``jobs`` to ``tally`` — what submitted_counted counts once they are committed —
+    and return it (a bulk enqueue tallies each chunk while the database takes the next)."""
+    tally.update((j.queue, j.task_path) for j in jobs)
+    return tally
+
+
+def submitted_counted(tally: _Tally[tuple[str, str]]) -> None:
+    """Count newly inserted jobs tallied by tally_submitted."""
+    for (queue, task), n in tally.items():
         _child(JOBS_SUBMITTED, queue, task).inc(n)
 
 

@@ -15,6 +15,7 @@ import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.safestring import mark_safe
+from prometheus_client import REGISTRY
 
 from taskengine import store
 from taskengine.backend import InvalidTaskArguments
@@ -26,6 +27,7 @@ from taskengine.compat import (
     normalize_json,
     task_enqueued,
 )
+from taskengine.db.postgresql.copy_rows import CHUNK_ROWS
 from taskengine.models import Job
 from taskengine.values import json_ready
 from tests import tasks
@@ -34,6 +36,7 @@ from tests.conftest import subprocess_database_url
 pytestmark = pytest.mark.django_db(transaction=True)
 
 BULK = store.BULK_INSERT_MIN + 20  # large enough for the COPY path
+CHUNKS = 3 * CHUNK_ROWS + 7  # a COPY of four chunks, the last one short
 
 
 def stored_columns(job_id: int) -> dict:
@@ -100,6 +103,69 @@ def test_bulk_ids_follow_the_call_order_and_every_job_is_due_at_once():
     assert [enqueued for _, enqueued, _ in rows] == [r.enqueued_at for r in results]
     assert all(run_after == enqueued for _, enqueued, run_after in rows)
     assert all(r.status == TaskResultStatus.READY for r in results)
+
+
+def test_a_bulk_of_many_chunks_returns_every_job_in_call_order_counted_once():
+    labels = {"queue": "default", "task": tasks.add.module_path}
+    before = REGISTRY.get_sample_value("taskengine_jobs_submitted_total", labels) or 0.0
+    results = tasks.add.enqueue_many([(i, -i) for i in range(CHUNKS)])
+    ids = [int(r.id) for r in results]
+    assert ids == sorted(ids) and len(set(ids)) == CHUNKS
+    stored = dict(Job.objects.filter(pk__in=ids).values_list("pk", "args"))
+    assert [stored[job_id] for job_id in ids] == [[i, -i] for i in range(CHUNKS)]
+    assert [r.args for r in results] == [[i, -i] for i in range(CHUNKS)]
+    assert len({id(r.args) for r in results}) == CHUNKS  # each result's own list
+    after = REGISTRY.get_sample_value("taskengine_jobs_submitted_total", labels)
+    assert after - before == CHUNKS
+
+
+def test_a_bad_argument_after_the_first_chunks_went_out_stores_none_of_them_and_the_callers_transaction_goes_on():
+    # The COPY path checks each call's arguments while the server takes the chunks before
+    # it: a refusal in the last chunk comes after three were sent. The call rolls back to
+    # its own savepoint; the caller's transaction and what it wrote before are intact.
+    calls = [(i, i) for i in range(CHUNKS)]
+    calls[-2] = ({"text": "nul \x00 inside"}, 1)
+    labels = {"queue": "default", "task": tasks.add.module_path}
+    before = REGISTRY.get_sample_value("taskengine_jobs_submitted_total", labels) or 0.0
+    with transaction.atomic():
+        kept = tasks.add.enqueue(-1, -1)
+        with pytest.raises(InvalidTaskArguments, match=r"args\[0\]\['text'\].*NUL"):
+            tasks.add.enqueue_many(calls)
+        also_kept = tasks.add.enqueue(-2, -2)
+    assert sorted(Job.objects.values_list("pk", flat=True)) == sorted([int(kept.id), int(also_kept.id)])
+    with pytest.raises(InvalidTaskArguments, match="NUL"):
+        tasks.add.enqueue_many(calls)  # in autocommit: nothing of it either
+    assert Job.objects.count() == 2
+    after = REGISTRY.get_sample_value("taskengine_jobs_submitted_total", labels)
+    assert after - before == 2
+
+
+@pytest.mark.postgres
+def test_a_streamed_insert_hands_each_chunk_to_the_server_before_reading_the_next():
+    # What lets the client's work per job run beside the server's parsing: the jobs are
+    # read a chunk at a time, and each chunk is reported sent before the next is read.
+    template = default_task_backend.new_job(tasks.add, (0, 0), {})
+    read: list[int] = []
+    reported: list[tuple[int, int, list[int]]] = []
+
+    def jobs():
+        for i in range(CHUNKS):
+            read.append(i)
+            yield default_task_backend.new_job(tasks.add, (i, i), {})
+
+    def sent(rows, inserted):
+        reported.append((len(read), len(rows), [job.id for job in inserted]))
+
+    store.insert_streamed(connection, CHUNKS, jobs(), sent)
+    assert [(was_read, n) for was_read, n, _ in reported] == [
+        (CHUNK_ROWS, CHUNK_ROWS),
+        (2 * CHUNK_ROWS, CHUNK_ROWS),
+        (3 * CHUNK_ROWS, CHUNK_ROWS),
+        (CHUNKS, 7),
+    ]
+    ids = [job_id for _, _, chunk in reported for job_id in chunk]
+    assert sorted(Job.objects.values_list("pk", flat=True)) == ids
+    assert Job.objects.filter(task_path=template.task_path).count() == CHUNKS
 
 
 @pytest.mark.postgres

@@ -7,6 +7,10 @@ PostgreSQL's text COPY format directly — the repeated columns formatted once p
 distinct job template, the arguments JSON-encoded and escaped per row — and sent with
 ``Copy.write`` in chunks. The columns and their order are ``copy_jobs``' (postgresql/jobs.sql).
 
+The jobs are read from an iterator, a chunk at a time, so the caller's work per job
+(checking its arguments, building what enqueue returns) runs while the server parses
+the chunk before: the server's COPY is the longer of the two (docs/performance.md).
+
 Text format (https://www.postgresql.org/docs/current/sql-copy.html, "Text Format"):
 columns separated by a tab, rows ended by a newline, NULL as ``\\N``, and in a value a
 backslash, newline, carriage return or tab written as a backslash escape. Text the
@@ -16,13 +20,13 @@ engine stores never holds a NUL (values.stored_text_problem refuses it before th
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
 from ...jobs import NewJob
 
-CHUNK_ROWS = 2_000  # rows per Copy.write: the server parses a chunk while the next is formatted
+CHUNK_ROWS = 500  # rows per Copy.write: the server parses a chunk while the next is made and formatted
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 _dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
@@ -70,11 +74,15 @@ def _template_columns(job: NewJob, enqueued_at: str) -> tuple[str, str]:
     return before, after
 
 
-def copy_chunks(ids: Sequence[int], jobs: Sequence[NewJob], enqueued_at: datetime) -> Iterator[str]:
+def copy_chunks(
+    ids: Sequence[int], jobs: Iterable[NewJob], enqueued_at: datetime
+) -> Iterator[tuple[list[NewJob], str]]:
     """The COPY text of ``jobs`` (ids from reserve_job_ids, in order), in chunks of
-    CHUNK_ROWS rows. Raises ValueError for a NaN or infinity in the arguments."""
+    CHUNK_ROWS rows: each chunk's jobs and its text. ``jobs`` is read a chunk at a time,
+    as the chunks are asked for; whatever reading it raises comes out of this iterator. Raises ValueError for a NaN or infinity in the arguments."""
     at = _time(enqueued_at)
     templates: dict[tuple[Any, ...], tuple[str, str]] = {}
+    chunk: list[NewJob] = []
     lines: list[str] = []
     for job_id, job in zip(ids, jobs, strict=True):
         key = (
@@ -99,8 +107,9 @@ def copy_chunks(ids: Sequence[int], jobs: Sequence[NewJob], enqueued_at: datetim
         args = _json_text(job.args) if job.args else "[]"
         kwargs = _json_text(job.kwargs) if job.kwargs else "{}"
         lines.append(f"{job_id}\t{columns[0]}\t{args}\t{kwargs}\t{columns[1]}\n")
+        chunk.append(job)
         if len(lines) >= CHUNK_ROWS:
-            yield "".join(lines)
-            lines = []
+            yield chunk, "".join(lines)
+            chunk, lines = [], []
     if lines:
-        yield "".join(lines)
+        yield chunk, "".join(lines)

@@ -68,9 +68,11 @@ VALUES (
 
 -- name: reserve_job_ids
 -- The bulk path (COPY) writes ids and times itself: take %(count)s ids from the job
--- sequence, in order, and the transaction's now() as every row's enqueued_at (the
--- same value an INSERT in this transaction would store).
-SELECT now() AS enqueued_at, array_agg(reserved.id ORDER BY reserved.id) AS ids
+-- sequence and the transaction's now() as every row's enqueued_at (the same value an
+-- INSERT in this transaction would store). The caller sorts the ids (they come in
+-- order in practice, and Python's sort of a sorted list is one pass; ORDER BY here
+-- cost a sort of its own, ~0.1 µs a job).
+SELECT now() AS enqueued_at, array_agg(reserved.id) AS ids
   FROM (SELECT nextval((SELECT pg_get_serial_sequence('taskengine_job', 'id'))::regclass) AS id
           FROM generate_series(1, %(count)s)) AS reserved;
 

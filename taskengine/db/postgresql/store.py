@@ -4,7 +4,7 @@ engine's cursor binding on the server and preparing each statement once per conn
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.db import transaction
@@ -81,7 +81,9 @@ class PostgresStore(Store):
         if len(jobs) == 1:
             return [self._insert_one(connection, jobs[0])]
         if len(jobs) >= BULK_INSERT_MIN and all(job.unique_key is None for job in jobs):
-            return _copy(self, connection, jobs)
+            inserted: list[InsertedJob | None] = []
+            _copy(self, connection, len(jobs), jobs, lambda _, chunk: inserted.extend(chunk))
+            return inserted
         rows = [job_params(j) for j in jobs]
         for row in rows:
             row["run_after"] = row["run_after"].isoformat() if row["run_after"] else None
@@ -102,6 +104,18 @@ class PostgresStore(Store):
             else:
                 out.append(None)
         return out
+
+    def insert_streamed(
+        self,
+        connection: BaseDatabaseWrapper,
+        count: int,
+        jobs: Iterable[NewJob],
+        sent: Callable[[list[NewJob], list[InsertedJob]], None],
+    ) -> None:
+        if count < BULK_INSERT_MIN:
+            super().insert_streamed(connection, count, jobs, sent)
+        else:
+            _copy(self, connection, count, jobs, sent)
 
     def _insert_one(self, connection: BaseDatabaseWrapper, job: NewJob) -> InsertedJob | None:
         """One job (the common ``enqueue()``): a plain prepared VALUES insert, with ON
@@ -302,17 +316,28 @@ def _finished_and_claimed(rows: Sequence[Sequence[Any]], columns: ClaimColumns) 
     return finished, in_claim_order(claimed), limits_waiting
 
 
-def _copy(store: PostgresStore, connection: BaseDatabaseWrapper, jobs: list[NewJob]) -> list[InsertedJob | None]:
-    """Many jobs, none with a unique key (so none can conflict): reserve their ids,
-    then stream the rows with COPY — in one transaction, the caller's if it has one."""
-    with transaction.atomic(using=connection.alias, savepoint=False), store.engine_cursor(connection) as cursor:
-        cursor.execute(sql(connection, "reserve_job_ids"), {"count": len(jobs)})
+def _copy(
+    store: PostgresStore,
+    connection: BaseDatabaseWrapper,
+    count: int,
+    jobs: Iterable[NewJob],
+    sent: Callable[[list[NewJob], list[InsertedJob]], None],
+) -> None:
+    """``count`` jobs, none with a unique key (so none can conflict): reserve their ids,
+    then stream the rows with COPY, ``sent`` called after each chunk is handed over (so
+    its work and the reading of the next chunk run while the server parses this one) —
+    in one transaction, a savepoint in the caller's (a refused row or a failed COPY
+    leaves the caller's transaction usable)."""
+    with transaction.atomic(using=connection.alias), store.engine_cursor(connection) as cursor:
+        cursor.execute(sql(connection, "reserve_job_ids"), {"count": count})
         reserved = records(cursor.description, [cursor.fetchone()])[0]
-        enqueued_at, ids = reserved["enqueued_at"], reserved["ids"]
+        enqueued_at, ids = reserved["enqueued_at"], sorted(reserved["ids"])
+        first = 0
         with connection.wrap_database_errors, cursor.copy(sql(connection, "copy_jobs")) as copy:
-            for chunk in copy_chunks(ids, jobs, enqueued_at):
-                copy.write(chunk)
-    return [InsertedJob(job_id, enqueued_at, True) for job_id in ids]
+            for rows, text in copy_chunks(ids, jobs, enqueued_at):
+                copy.write(text)
+                sent(rows, [InsertedJob(job_id, enqueued_at, True) for job_id in ids[first : first + len(rows)]])
+                first += len(rows)
 
 
 _RETURNED_COLUMNS: dict[str, list[str]] = {}
