@@ -141,6 +141,31 @@ def test_a_bad_argument_after_the_first_chunks_went_out_stores_none_of_them_and_
 
 
 @pytest.mark.postgres
+def test_a_bulk_refused_mid_copy_does_not_send_the_callers_values_to_the_server(monkeypatch):
+    # psycopg ends a COPY left by an exception with a CopyFail message made of the
+    # exception's text, and PostgreSQL writes it to its log; a refusal's text quotes the
+    # caller's values. The spy passes every call through to psycopg's own writer.
+    from psycopg.copy import LibpqWriter
+
+    ended_with: list[BaseException | None] = []
+    real_finish = LibpqWriter.finish
+
+    def finish(self, exc=None):
+        ended_with.append(exc)
+        return real_finish(self, exc)
+
+    monkeypatch.setattr(LibpqWriter, "finish", finish)
+    calls = [(i, i) for i in range(CHUNKS)]
+    calls[-1] = ({"card": "4111-secret \x00"}, 1)
+    with pytest.raises(InvalidTaskArguments, match="4111-secret"):  # the caller is told where
+        tasks.add.enqueue_many(calls)
+    [stopped_by] = ended_with
+    assert stopped_by is not None
+    assert "4111-secret" not in f"{type(stopped_by).__qualname__} - {stopped_by}"
+    assert not Job.objects.exists()
+
+
+@pytest.mark.postgres
 def test_a_streamed_insert_hands_each_chunk_to_the_server_before_reading_the_next():
     # What lets the client's work per job run beside the server's parsing: the jobs are
     # read a chunk at a time, and each chunk is reported sent before the next is read.

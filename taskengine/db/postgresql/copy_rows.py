@@ -1,4 +1,5 @@
-"""Bulk enqueue's COPY data, formatted here as text lines in one pass.
+"""Bulk enqueue's COPY: the rows formatted here as text lines in one pass, and the COPY
+that streams them (``copy_jobs``).
 
 psycopg's ``Copy.write_row`` adapts every value of every row through its dumpers (about
 5 µs a row, half a bulk enqueue's time on the benchmark machine): a bulk of jobs of one
@@ -14,17 +15,25 @@ the chunk before: the server's COPY is the longer of the two (docs/performance.m
 Text format (https://www.postgresql.org/docs/current/sql-copy.html, "Text Format"):
 columns separated by a tab, rows ended by a newline, NULL as ``\\N``, and in a value a
 backslash, newline, carriage return or tab written as a backslash escape. Text the
-engine stores never holds a NUL (values.stored_text_problem refuses it before this).
+engine stores never holds a NUL (values.stored_text_problem refuses it before a row is
+formatted).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from ...jobs import NewJob
+from django.db import transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+from taskengine.db.queries import sql
+
+from ...jobs import InsertedJob, NewJob
+from ..base import Store
+from ..rows import records
 
 CHUNK_ROWS = 500  # rows per Copy.write: the server parses a chunk while the next is made and formatted
 
@@ -113,3 +122,58 @@ def copy_chunks(
             chunk, lines = [], []
     if lines:
         yield chunk, "".join(lines)
+
+
+def copy_jobs(
+    store: Store,
+    connection: BaseDatabaseWrapper,
+    count: int,
+    jobs: Iterable[NewJob],
+    sent: Callable[[list[NewJob], list[InsertedJob]], None],
+) -> None:
+    """``count`` jobs, none with a unique key (so none can conflict): reserve their ids,
+    then stream the rows with COPY, ``sent`` called after each chunk is handed over (so
+    its work and the reading of the next chunk run while the server parses this one) —
+    in one transaction, a savepoint in the caller's (a refused row or a failed COPY
+    leaves the caller's transaction usable)."""
+    with transaction.atomic(using=connection.alias), store.engine_cursor(connection) as cursor:
+        cursor.execute(sql(connection, "reserve_job_ids"), {"count": count})
+        reserved = records(cursor.description, [cursor.fetchone()])[0]
+        enqueued_at, ids = reserved["enqueued_at"], sorted(reserved["ids"])
+        try:
+            with connection.wrap_database_errors, cursor.copy(sql(connection, "copy_jobs")) as copy:
+                _stream(copy, ids, enqueued_at, jobs, sent)
+        except _CopyStopped as stopped:
+            cause = stopped.__cause__
+            assert cause is not None
+            raise cause from cause.__cause__
+
+
+def _stream(
+    copy: Any,
+    ids: list[int],
+    enqueued_at: datetime,
+    jobs: Iterable[NewJob],
+    sent: Callable[[list[NewJob], list[InsertedJob]], None],
+) -> None:
+    """Write the COPY's chunks, ``sent`` after each; whatever this process raises meanwhile
+    (not the driver) comes out as _CopyStopped."""
+    import psycopg
+
+    first = 0
+    try:
+        for rows, text in copy_chunks(ids, jobs, enqueued_at):
+            copy.write(text)
+            sent(rows, [InsertedJob(job_id, enqueued_at, True) for job_id in ids[first : first + len(rows)]])
+            first += len(rows)
+    except psycopg.Error:
+        raise
+    except Exception as exc:
+        raise _CopyStopped from exc
+
+
+class _CopyStopped(Exception):
+    """This process stopped a COPY (a refused row, a failing callback). psycopg ends a COPY
+    left by an exception with a CopyFail message made of the exception's text, which the
+    server writes to its log; a refusal's text quotes the caller's values, so the COPY is
+    ended with this one's instead (the class name alone), and the refusal is raised."""

@@ -7,7 +7,6 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from django.db import transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from taskengine.db.queries import sql
@@ -28,12 +27,11 @@ from ..rows import (
     in_claim_order,
     job_params,
     json_columns,
-    records,
     won,
 )
 from . import array_literals as literal
 from . import libpq
-from .copy_rows import copy_chunks
+from .copy_rows import copy_jobs
 from .cursors import engine_cursor_class, timestamptz_loader
 
 if TYPE_CHECKING:
@@ -82,7 +80,7 @@ class PostgresStore(Store):
             return [self._insert_one(connection, jobs[0])]
         if len(jobs) >= BULK_INSERT_MIN and all(job.unique_key is None for job in jobs):
             inserted: list[InsertedJob | None] = []
-            _copy(self, connection, len(jobs), jobs, lambda _, chunk: inserted.extend(chunk))
+            copy_jobs(self, connection, len(jobs), jobs, lambda _, chunk: inserted.extend(chunk))
             return inserted
         rows = [job_params(j) for j in jobs]
         for row in rows:
@@ -115,7 +113,7 @@ class PostgresStore(Store):
         if count < BULK_INSERT_MIN:
             super().insert_streamed(connection, count, jobs, sent)
         else:
-            _copy(self, connection, count, jobs, sent)
+            copy_jobs(self, connection, count, jobs, sent)
 
     def _insert_one(self, connection: BaseDatabaseWrapper, job: NewJob) -> InsertedJob | None:
         """One job (the common ``enqueue()``): a plain prepared VALUES insert, with ON
@@ -314,30 +312,6 @@ def _finished_and_claimed(rows: Sequence[Sequence[Any]], columns: ClaimColumns) 
         else:
             finished[row[id_at]] = (state, row[finished_at_at])
     return finished, in_claim_order(claimed), limits_waiting
-
-
-def _copy(
-    store: PostgresStore,
-    connection: BaseDatabaseWrapper,
-    count: int,
-    jobs: Iterable[NewJob],
-    sent: Callable[[list[NewJob], list[InsertedJob]], None],
-) -> None:
-    """``count`` jobs, none with a unique key (so none can conflict): reserve their ids,
-    then stream the rows with COPY, ``sent`` called after each chunk is handed over (so
-    its work and the reading of the next chunk run while the server parses this one) —
-    in one transaction, a savepoint in the caller's (a refused row or a failed COPY
-    leaves the caller's transaction usable)."""
-    with transaction.atomic(using=connection.alias), store.engine_cursor(connection) as cursor:
-        cursor.execute(sql(connection, "reserve_job_ids"), {"count": count})
-        reserved = records(cursor.description, [cursor.fetchone()])[0]
-        enqueued_at, ids = reserved["enqueued_at"], sorted(reserved["ids"])
-        first = 0
-        with connection.wrap_database_errors, cursor.copy(sql(connection, "copy_jobs")) as copy:
-            for rows, text in copy_chunks(ids, jobs, enqueued_at):
-                copy.write(text)
-                sent(rows, [InsertedJob(job_id, enqueued_at, True) for job_id in ids[first : first + len(rows)]])
-                first += len(rows)
 
 
 _RETURNED_COLUMNS: dict[str, list[str]] = {}
