@@ -150,6 +150,7 @@ for _name in (
     "WORKER_DEAD_AFTER_SECONDS",
     "HEARTBEAT_SECONDS",
     "VACUUM_INTERVAL_SECONDS",
+    "VACUUM_COST_DELAY_MS",  # 0: the leader's vacuum at full speed
 ):
     if env.str(f"TASKENGINE_{_name}", default=""):
         TASKENGINE[_name] = env.float(f"TASKENGINE_{_name}")

@@ -74,6 +74,10 @@ DEFAULTS: dict[str, Any] = {
     # (leader/vacuum.py). None: never; autovacuum alone keeps them.
     "VACUUM_DEAD_TUPLES": 10000,
     "VACUUM_INTERVAL_SECONDS": 10.0,
+    # ... paced as autovacuum is: the VACUUM sleeps this many milliseconds after each
+    # vacuum_cost_limit's worth of page work (PostgreSQL's autovacuum_vacuum_cost_delay
+    # default). None or 0: full speed. Not applied behind PgBouncer (POLL_ONLY).
+    "VACUUM_COST_DELAY_MS": 2.0,
     # Most running jobs one recovery statement takes.
     "RECOVERY_BATCH_SIZE": 500,
     # Retention deletes at most RETENTION_BATCH_SIZE jobs per transaction and

@@ -45,7 +45,13 @@ class MaintenanceTicker:
     migration gate is open. ``tick()`` is one pass (tests call it directly)."""
 
     def __init__(
-        self, database: str, elector: Elector, services: list[Service], clock: Callable[[], float] = time.monotonic
+        self,
+        database: str,
+        elector: Elector,
+        services: list[Service],
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        name: str = "taskengine-maintenance",
     ) -> None:
         self.database = database
         self.elector = elector
@@ -53,7 +59,7 @@ class MaintenanceTicker:
         self.clock = clock
         self.interval = max(0.05, min(s.interval for s in services))
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="taskengine-maintenance", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._gate_open: bool | None = None
         self._term: int | None = None
         self._failing: set[str] = set()
@@ -61,9 +67,15 @@ class MaintenanceTicker:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
+        """Run no further service; the one running finishes (see stop)."""
         self._stop.set()
-        self._thread.join(timeout=30)
+
+    def stop(self) -> None:
+        """Stop, waiting up to 30 s for a service still running to end."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
 
     def tick(self) -> list[str]:
         """One pass; returns the names of the services that ran."""

@@ -28,9 +28,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
-from django.db import connections
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from taskengine.conf import engine_settings
 from taskengine.db import store_for
@@ -69,11 +74,13 @@ def run_once(database: str, lease: LeaderLease | None = None, *, dead_tuples: in
     with connection.cursor() as cursor:
         cursor.execute(sql(connection, "tables_due_for_vacuum"), {"dead_tuples": int(threshold)})
         due = cursor.fetchall()
+    delay = cost_delay_ms()
     done = []
     for table, dead, count_before in due:
         started = time.monotonic()
         with connection.cursor() as cursor:
-            cursor.execute(sql(connection, VACUUM_STATEMENTS[table]))
+            with _paced(connection, cursor, delay):
+                cursor.execute(sql(connection, VACUUM_STATEMENTS[table]))
             seconds = time.monotonic() - started
             cursor.execute(sql(connection, "table_vacuum_count"), {"table": table})
             [(count_after,)] = cursor.fetchall()
@@ -85,3 +92,34 @@ def run_once(database: str, lease: LeaderLease | None = None, *, dead_tuples: in
         metrics.VACUUM_SECONDS.labels(table).inc(seconds)
         logger.debug("vacuumed %s (%d dead tuples) in %.2fs", table, dead, seconds)
     return done
+
+
+def cost_delay_ms() -> float | None:
+    """``VACUUM_COST_DELAY_MS`` checked: None (or 0) for a vacuum at full speed, else a
+    number of milliseconds from 0 to 100 (PostgreSQL's range for vacuum_cost_delay)."""
+    value = engine_settings.VACUUM_COST_DELAY_MS
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+        raise ImproperlyConfigured(
+            f"TASKENGINE VACUUM_COST_DELAY_MS must be None or a number of milliseconds from 0 to 100, not {value!r}."
+        )
+    return float(value) or None
+
+
+@contextmanager
+def _paced(connection: BaseDatabaseWrapper, cursor: Any, delay_ms: float | None) -> Iterator[None]:
+    """The VACUUM inside paced as autovacuum's is: the session's vacuum_cost_delay set for
+    it and reset after. Not behind a transaction-mode pooler (POLL_ONLY), where the next
+    statement may run on another server session and the SET would stay on this one."""
+    if delay_ms is None or engine_settings.POLL_ONLY:
+        yield
+        return
+    cursor.execute(sql(connection, "pace_vacuum"), {"delay": f"{delay_ms:g}ms"})
+    try:
+        yield
+    finally:
+        try:
+            cursor.execute(sql(connection, "unpace_vacuum"))
+        except DatabaseError:  # the connection is gone, and the setting with it
+            logger.debug("could not reset vacuum_cost_delay", exc_info=True)

@@ -2,8 +2,9 @@
 services the ticker runs while this process leads (``default_services``).
 
 ``build_services(worker)`` gives runworker (unless ``--no-leader``) one service that
-stands for leader: the elector (leader/election.py, its own thread) and the ticker
-(leader/ticker.py, another thread, its own database connection). The services are the
+stands for leader: the elector (leader/election.py, its own thread) and the tickers
+(leader/ticker.py, a thread and a database connection each: one for the services below
+but the vacuum, one for the vacuum, ``OWN_TICKER``). The services are the
 leader's own (recovery, dead workers, schedules, retention, the job tables' vacuum) and
 the batches of unfinished bulk operations (ops/bulk_batches.py), which any one process
 runs, and the leader does.
@@ -40,20 +41,31 @@ def default_services(database: str, scheduler: Scheduler | None = None) -> list[
     ]
 
 
+# Services that run on a ticker thread (and database connection) of their own: a paced
+# VACUUM of a big job table takes seconds (docs/performance.md, "The leader's vacuum,
+# paced"), and on the shared ticker recovery, dead workers and schedules would wait
+# behind it.
+OWN_TICKER = frozenset({"vacuum"})
+
+
 class LeaderService:
-    """The worker service: elector + ticker. Stopping it stops maintenance first and
+    """The worker service: elector + tickers. Stopping it stops maintenance first and
     then resigns, so a successor takes over at once after a clean shutdown."""
 
-    def __init__(self, elector: Elector, ticker: MaintenanceTicker) -> None:
+    def __init__(self, elector: Elector, tickers: list[MaintenanceTicker]) -> None:
         self.elector = elector
-        self.ticker = ticker
+        self.tickers = tickers
 
     def start(self) -> None:
         self.elector.start()
-        self.ticker.start()
+        for ticker in self.tickers:
+            ticker.start()
 
     def stop(self) -> None:
-        self.ticker.stop()
+        for ticker in self.tickers:  # all told first: none waits for another's service
+            ticker.request_stop()
+        for ticker in self.tickers:
+            ticker.stop()
         self.elector.stop()
 
 
@@ -62,5 +74,11 @@ def build_services(worker: Worker) -> list[WorkerService]:
     entry stops the worker at start with ImproperlyConfigured naming it."""
     scheduler = Scheduler(worker.database)
     elector = Elector(worker.database, worker.worker_id)
-    ticker = MaintenanceTicker(worker.database, elector, default_services(worker.database, scheduler))
-    return [LeaderService(elector, ticker)]
+    services = default_services(worker.database, scheduler)
+    shared = [service for service in services if service.name not in OWN_TICKER]
+    tickers = [MaintenanceTicker(worker.database, elector, shared)] + [
+        MaintenanceTicker(worker.database, elector, [service], name=f"taskengine-{service.name}")
+        for service in services
+        if service.name in OWN_TICKER
+    ]
+    return [LeaderService(elector, tickers)]

@@ -173,3 +173,49 @@ def test_a_failing_service_does_not_stop_the_others(elector, clock, caplog):
     ticker = MaintenanceTicker("default", a, [Service("broken", 1.0, broken), Service("ok", 1.0, ran)], clock=clock)
     assert ticker.tick() == ["broken", "ok"]
     assert len(ran.leases) == 1 and "broken raised" in caplog.text
+
+
+def test_the_vacuum_has_a_ticker_of_its_own_that_runs_it_alone():
+    from types import SimpleNamespace
+
+    from taskengine.runtime.leader_service import build_services
+
+    [service] = build_services(SimpleNamespace(database="default", worker_id="layout"))
+    assert [[s.name for s in ticker.services] for ticker in service.tickers] == [
+        ["recovery", "dead_workers", "schedules", "retention", "bulk"],
+        ["vacuum"],
+    ]
+    assert [ticker._thread.name for ticker in service.tickers] == ["taskengine-maintenance", "taskengine-vacuum"]
+
+
+def test_a_service_that_runs_long_on_its_ticker_holds_no_service_of_another_back(elector):
+    # Two real ticker threads (the runworker layout): a "vacuum" that takes its time
+    # (here until released) while the other ticker's "schedules" keeps its cadence.
+    import threading
+    import time as wall
+
+    a = elector("a")
+    a.step()
+    vacuuming, release = threading.Event(), threading.Event()
+    ran = Recorder()
+
+    def long_vacuum(lease) -> None:
+        vacuuming.set()
+        release.wait(20)
+
+    shared = MaintenanceTicker("default", a, [Service("schedules", 0.05, ran)])
+    own = MaintenanceTicker("default", a, [Service("vacuum", 0.05, long_vacuum)], name="taskengine-vacuum")
+    own.start()
+    try:
+        assert vacuuming.wait(10)
+        shared.start()
+        deadline = wall.monotonic() + 10
+        while len(ran.leases) < 5 and wall.monotonic() < deadline:
+            wall.sleep(0.05)
+        assert len(ran.leases) >= 5 and not release.is_set()  # all while the vacuum ran
+    finally:
+        release.set()
+        shared.request_stop()
+        own.request_stop()
+        shared.stop()
+        own.stop()

@@ -7,6 +7,7 @@ import time
 import uuid
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
 from prometheus_client import REGISTRY
 
@@ -170,3 +171,53 @@ def test_the_benchmarks_stand_in_runs_the_leaders_vacuum_on_its_cadence(settings
             time.sleep(0.05)
     assert vacuums.vacuums >= 1
     assert vacuum_count() > before
+
+
+def cost_delay_seen_by_each_vacuum(**settings_overrides) -> tuple[list[str], str, str]:
+    """Run the leader's vacuum once on tables due for it; returns vacuum_cost_delay as the
+    session had it at each VACUUM statement (read on the same connection just before the
+    statement runs), and before and after the call."""
+
+    def show() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW vacuum_cost_delay")
+            return str(cursor.fetchone()[0])
+
+    seen: list[str] = []
+
+    def wrapper(execute, sql, params, many, context):
+        if sql.startswith("VACUUM"):
+            seen.append(show())
+        return execute(sql, params, many, context)
+
+    make_dead_tuples(20)
+    before = show()
+    with connection.execute_wrapper(wrapper):
+        done = vacuum.run_once("default", dead_tuples=20)
+    assert "taskengine_job" in [v.table for v in done]
+    return seen, before, show()
+
+
+@pytest.mark.postgres
+def test_the_vacuum_is_paced_as_autovacuum_and_leaves_the_session_as_it_was():
+    seen, before, after = cost_delay_seen_by_each_vacuum()
+    assert seen and set(seen) == {"2ms"}  # VACUUM_COST_DELAY_MS: autovacuum_vacuum_cost_delay's default
+    assert after == before == "0"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("setting", [{"VACUUM_COST_DELAY_MS": None}, {"VACUUM_COST_DELAY_MS": 0}, {"POLL_ONLY": True}])
+def test_the_vacuum_runs_at_full_speed_when_told_or_behind_a_transaction_pooler(settings, setting):
+    settings.TASKENGINE = {**getattr(settings, "TASKENGINE", {}), **setting}
+    seen, _, after = cost_delay_seen_by_each_vacuum()
+    assert seen and set(seen) == {"0"}
+    assert after == "0"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("value", ["fast", 150, -1, True])
+def test_a_cost_delay_that_is_not_a_number_of_milliseconds_is_refused_clearly(settings, value):
+    settings.TASKENGINE = {**getattr(settings, "TASKENGINE", {}), "VACUUM_COST_DELAY_MS": value}
+    make_dead_tuples(20)
+    with pytest.raises(ImproperlyConfigured, match=r"VACUUM_COST_DELAY_MS must be None or a number .* 0 to 100"):
+        vacuum.run_once("default", dead_tuples=20)

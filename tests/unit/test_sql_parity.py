@@ -114,6 +114,8 @@ ONLY: dict[tuple[str, str], set[str]] = {
         "table_vacuum_count",
         "vacuum_job_table",
         "vacuum_attempt_table",
+        "pace_vacuum",
+        "unpace_vacuum",
     },
     ("maintenance", "sqlite"): {"select_retention_batch", "delete_retention_attempts", "delete_retention_jobs"},
     ("recovery", "sqlite"): {"select_recoverable", "recover_job", "log_lost_attempt"},

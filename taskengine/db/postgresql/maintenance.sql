@@ -156,6 +156,20 @@ SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = to_regclass(%(table)s
 VACUUM (SKIP_LOCKED, ANALYZE) taskengine_job;
 
 
+-- name: pace_vacuum
+-- The leader's VACUUM paced as autovacuum's is (VACUUM_COST_DELAY_MS, 2 ms by default, as
+-- autovacuum_vacuum_cost_delay): after each vacuum_cost_limit's worth of page work (200
+-- by default) it sleeps %(delay)s, so a vacuum of a big job table spreads over seconds at
+-- part of a core instead of taking a whole one at once while claims and finishes wait
+-- for CPU (docs/performance.md, "The leader's vacuum, paced"). For this session, until
+-- unpace_vacuum; VACUUM runs outside transactions, so SET LOCAL cannot carry it.
+SELECT set_config('vacuum_cost_delay', %(delay)s, false);
+
+
+-- name: unpace_vacuum
+RESET vacuum_cost_delay;
+
+
 -- name: vacuum_attempt_table
 -- As vacuum_job_table, for the attempt rows.
 VACUUM (SKIP_LOCKED, ANALYZE) task_execution_logs;
