@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, overload
 
+from django.db import transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from taskengine.db.queries import sql
@@ -149,8 +150,9 @@ class Store(ABC):
         stored. Whatever reading ``jobs`` raises rolls back the whole call. Here: all
         jobs read first, then inserted; a store that streams reads them as it sends."""
         rows = list(jobs)
-        inserted = self.insert_rows(connection, rows)
-        sent(rows, [job for job in inserted if job is not None])
+        with transaction.atomic(using=connection.alias):  # sent's failure rolls the rows back too
+            inserted = self.insert_rows(connection, rows)
+            sent(rows, [job for job in inserted if job is not None])
 
     @abstractmethod
     def claim_jobs(

@@ -71,11 +71,11 @@ class MaintenanceTicker:
         """Run no further service; the one running finishes (see stop)."""
         self._stop.set()
 
-    def stop(self) -> None:
-        """Stop, waiting up to 30 s for a service still running to end."""
+    def stop(self, wait: float = 30.0) -> None:
+        """Stop, waiting up to ``wait`` seconds for a service still running to end."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=wait)
 
     def tick(self) -> list[str]:
         """One pass; returns the names of the services that ran."""

@@ -46,6 +46,7 @@ def default_services(database: str, scheduler: Scheduler | None = None) -> list[
 # paced"), and on the shared ticker recovery, dead workers and schedules would wait
 # behind it.
 OWN_TICKER = frozenset({"vacuum"})
+OWN_TICKER_STOP_WAIT_SECONDS = 1.0
 
 
 class LeaderService:
@@ -64,8 +65,13 @@ class LeaderService:
     def stop(self) -> None:
         for ticker in self.tickers:  # all told first: none waits for another's service
             ticker.request_stop()
-        for ticker in self.tickers:
-            ticker.stop()
+        shared, *own = self.tickers
+        shared.stop()
+        for ticker in own:
+            # A paced VACUUM may run for seconds more: the worker's stop (its finished
+            # outcomes are written after this) does not wait for it. Its daemon thread
+            # ends with the process; SKIP_LOCKED lets the next leader's vacuum pass it.
+            ticker.stop(wait=OWN_TICKER_STOP_WAIT_SECONDS)
         self.elector.stop()
 
 

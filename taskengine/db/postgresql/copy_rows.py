@@ -140,13 +140,14 @@ def copy_jobs(
         cursor.execute(sql(connection, "reserve_job_ids"), {"count": count})
         reserved = records(cursor.description, [cursor.fetchone()])[0]
         enqueued_at, ids = reserved["enqueued_at"], sorted(reserved["ids"])
+        refused: BaseException | None = None
         try:
             with connection.wrap_database_errors, cursor.copy(sql(connection, "copy_jobs")) as copy:
                 _stream(copy, ids, enqueued_at, jobs, sent)
         except _CopyStopped as stopped:
-            cause = stopped.__cause__
-            assert cause is not None
-            raise cause from cause.__cause__
+            refused = stopped.__cause__
+        if refused is not None:  # raised here, outside the handler: no cycle through _CopyStopped
+            raise refused
 
 
 def _stream(
